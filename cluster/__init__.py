@@ -1,0 +1,1 @@
+"""Wiring: the command line, configs, reports, and (later) the RLlib algorithm, Tune sweeps and jobs."""

@@ -1,0 +1,106 @@
+"""`unmask <command> key=value ...`: the project's entry point."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cluster.configs import ConfigError, flatten_defaults, parse, to_dict, to_yaml
+from cluster.report import markdown_table, pareto_plot, write_atomic, write_json
+from envs.config import PretrainConfig
+from envs.dllm import ModelLoadError
+from envs.samplers import SAMPLERS
+from rollout.evaluate import EvalConfig, evaluate
+from rollout.pareto import ParetoConfig, run_pareto
+
+
+@dataclass
+class Command:
+    schema: type
+    run: Callable
+    summary: str
+
+
+def cmd_eval(cfg: EvalConfig) -> int:
+    result = evaluate(cfg)
+    result["config"] = to_dict(cfg)
+    write_json(Path(cfg.out), result)
+    rows = [{"metric": k, "value": result[k]} for k in
+            ("accuracy", "mean_nfe", "tokens_per_step", "still_masked", "wall_seconds", "num_examples")]
+    print(f"{result['sampler']}  (L={cfg.env.gen_length}, BL={cfg.env.block_length})")
+    print(markdown_table(rows, ["metric", "value"]), end="")
+    print(f"wrote {cfg.out}")
+    return 0
+
+
+def cmd_pareto(cfg: ParetoConfig) -> int:
+    rows = run_pareto(cfg)
+    out = Path(cfg.out_dir)
+    columns = ["mode", "block_length", "setting", "accuracy", "mean_nfe", "tokens_per_step"]
+    table = markdown_table(rows, columns)
+    write_json(out / "pareto.json", {"rows": rows, "config": to_dict(cfg)})
+    write_atomic(out / "pareto.md", table)
+    write_atomic(out / "config.yaml", to_yaml(cfg))
+    pareto_plot(rows, out / "pareto.png", title=f"{cfg.task.name}, L={cfg.env.gen_length}, {cfg.model}")
+    print(table, end="")
+    print(f"wrote {out}/pareto.json, pareto.md, pareto.png")
+    return 0
+
+
+def cmd_pretrain(cfg: PretrainConfig) -> int:
+    from envs.pretrain import pretrain
+
+    summary = pretrain(cfg)
+    print(f"saved {cfg.out} after {summary['steps']} steps ({summary['seconds']} s), "
+          f"loss {summary['final_loss_ema']:.4f}")
+    return 0
+
+
+COMMANDS: dict[str, Command] = {
+    "eval": Command(EvalConfig, cmd_eval, "evaluate one sampler on a task; writes JSON"),
+    "pareto": Command(ParetoConfig, cmd_pareto, "heuristic grid, semi-AR and full diffusion: table + PNG"),
+    "pretrain": Command(PretrainConfig, cmd_pretrain, "train a small dLLM on a task (masked diffusion)"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: unmask <command> [key=value ...]", "", "commands:"]
+    lines += [f"  {name:<10} {c.summary}" for name, c in COMMANDS.items()]
+    lines += ["", "unmask <command> --help lists every key with its default."]
+    return "\n".join(lines)
+
+
+def command_help(name: str) -> str:
+    lines = [f"usage: unmask {name} [key=value ...]", "", COMMANDS[name].summary, "", "keys (default):"]
+    lines += [f"  {key} = {value!r}" for key, value in flatten_defaults(COMMANDS[name].schema)]
+    if any(k.startswith("sampler.") for k, _ in flatten_defaults(COMMANDS[name].schema)):
+        lines += ["", "samplers (sampler=NAME) and the sampler.<param> keys each one reads:"]
+        lines += [f"  {s:<17} {', '.join(cls.params) or '-'}" for s, cls in sorted(SAMPLERS.items())]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, args = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"unmask: error: unknown command {name!r}\n{usage()}", file=sys.stderr)
+        return 2
+    if "-h" in args or "--help" in args:
+        print(command_help(name))
+        return 0
+    try:
+        cfg = parse(COMMANDS[name].schema, args, name)
+        return COMMANDS[name].run(cfg)
+    except (ConfigError, ModelLoadError, ValueError, FileNotFoundError) as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"unmask {name}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,74 @@
+"""Tables and the accuracy-vs-NFE Pareto plot, from result rows."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def write_atomic(path: Path, text: str | bytes) -> None:
+    """Write to a temp file beside `path` and rename, so a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(text.encode() if isinstance(text, str) else text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data) -> None:
+    write_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def markdown_table(rows: list[dict], columns: list[str]) -> str:
+    def fmt(v):
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point beats on both fewer NFE and higher accuracy, sorted by NFE."""
+    front, best = [], -1.0
+    for nfe, acc in sorted(points, key=lambda p: (p[0], -p[1])):
+        if acc > best:
+            front.append((nfe, acc))
+            best = acc
+    return front
+
+
+def pareto_plot(rows: list[dict], path: Path, title: str = "") -> None:
+    """One panel per block length (semi-AR ... full diffusion), one marker series per sampler."""
+    block_lengths = sorted({r["block_length"] for r in rows})
+    fig, axes = plt.subplots(1, len(block_lengths), figsize=(5.2 * len(block_lengths), 4.2),
+                             sharey=True, squeeze=False)
+    samplers = sorted({r["sampler"] for r in rows})
+    colors = {s: plt.cm.tab10(i % 10) for i, s in enumerate(samplers)}
+    for ax, bl in zip(axes[0], block_lengths):
+        panel = [r for r in rows if r["block_length"] == bl]
+        for s in samplers:
+            pts = sorted((r["mean_nfe"], r["accuracy"]) for r in panel if r["sampler"] == s)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", ms=4, lw=1, color=colors[s], label=s)
+        front = pareto_front([(r["mean_nfe"], r["accuracy"]) for r in panel])
+        ax.plot(*zip(*front), color="k", lw=2, alpha=0.25, label="frontier")
+        mode = "full diffusion" if panel and panel[0]["mode"] == "full diffusion" else "semi-AR"
+        ax.set_title(f"{mode} (BL={bl})")
+        ax.set_xlabel("mean NFE")
+        ax.set_xscale("log", base=2)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("accuracy")
+    axes[0][0].set_ylim(-0.02, 1.02)
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)

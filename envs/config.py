@@ -1,0 +1,58 @@
+"""Structured configs of the environment side (OmegaConf dataclasses; every field is a CLI key)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from envs.dllm import ModelSize
+
+
+@dataclass
+class TaskConfig:
+    name: str = "cycles"  # cycles | jsonl
+    num_symbols: int = 10  # cycles: permutation size; answers are 3..num_symbols+2 tokens
+    path: str = ""  # jsonl: the file
+    verifier: str = "exact"  # jsonl: exact | numeric | math | module:function
+    prompt_key: str = "prompt"
+    answer_key: str = "answer"
+    test_fraction: float = 0.1  # jsonl: share of lines (by content hash) held out as the test split
+
+
+@dataclass
+class EnvConfig:
+    gen_length: int = 32  # L: the generation canvas
+    block_length: int = 8  # BL: semi-AR block; BL == L is full diffusion
+    temperature: float = 0.0  # token temperature (Gumbel-max in float64, as LLaDA); 0 = greedy
+    batch_size: int = 250  # sequences per batched dLLM forward
+    device: str = "cpu"
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+
+
+@dataclass
+class SamplerConfig:
+    """One config for every sampler; each sampler reads only its own parameters (see `unmask samplers`)."""
+
+    name: str = "fast_dllm"
+    steps: int = 0  # top_k/margin/entropy: total steps (LLaDA schedule); 0 = gen_length (1 token/step)
+    k: int = 1  # random: tokens per step
+    threshold: float = 0.9  # fast_dllm: lambda
+    factor: float = 1.0  # fast_dllm_factor: f
+    gamma: float = 0.1  # eb: entropy bound
+
+
+@dataclass
+class PretrainConfig:
+    task: TaskConfig = field(default_factory=TaskConfig)
+    out: str = "runs/pretrain"
+    gen_length: int = 32
+    size: ModelSize = field(default_factory=ModelSize)
+    batch_size: int = 128
+    lr: float = 1e-3
+    warmup_steps: int = 200
+    weight_decay: float = 0.01
+    max_steps: int = 100_000
+    minutes: float = 60.0  # wall-clock budget; training stops at whichever limit comes first
+    seed: int = 0
+    num_threads: int = 0  # torch threads; 0 = all cores
+    log_every: int = 100
+    save_every_minutes: float = 10.0  # also save partial checkpoints (atomically) this often; 0 = never

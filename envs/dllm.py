@@ -1,0 +1,140 @@
+"""dLLM adapters: one interface (token ids + attention mask -> logits) over any masked diffusion LM.
+
+The environment only ever calls `DLLM.logits`. Everything model-specific (special token ids, Dream's
+one-position logit shift, the context size, position ids under left padding) is resolved here once.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForMaskedLM, AutoTokenizer, BertConfig, BertForMaskedLM
+
+BUILTIN_MODEL_DIR = Path(__file__).parent / "builtin_model"
+BUILTIN_NAMES = ("builtin", "")
+
+
+class ModelLoadError(ValueError):
+    """A model path or id that cannot be loaded; the message is one line for the CLI."""
+
+
+@dataclass
+class ModelSize:
+    """Shape of a built-in dLLM (a bidirectional BERT-style encoder, trained as a masked diffusion LM)."""
+
+    hidden_size: int = 192
+    num_layers: int = 6
+    num_heads: int = 6
+    ffn_size: int = 768
+
+
+def new_builtin_model(vocab_size: int, max_positions: int, size: ModelSize, ids: dict) -> BertForMaskedLM:
+    """A fresh built-in dLLM. BERT's encoder is already bidirectional, so no custom code is needed and
+    the checkpoint loads with plain `AutoModelForMaskedLM` anywhere."""
+    config = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=size.hidden_size,
+        num_hidden_layers=size.num_layers,
+        num_attention_heads=size.num_heads,
+        intermediate_size=size.ffn_size,
+        max_position_embeddings=max_positions,
+        type_vocab_size=1,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        pad_token_id=ids["pad"],
+        mask_token_id=ids["mask"],
+        eos_token_id=ids["eos"],
+    )
+    return BertForMaskedLM(config)
+
+
+def layout_batch(
+    prompts: list[list[int]], gen_length: int, pad_id: int, mask_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """[left padding | prompt | gen_length masks] per row, and the attention mask that hides the padding."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width + gen_length), pad_id, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt) : width] = torch.tensor(prompt, dtype=torch.long)
+        attn[row, width - len(prompt) :] = 1
+    ids[:, width:] = mask_id
+    return ids, attn
+
+
+class DLLM:
+    """A frozen masked diffusion LM seen as a function from token ids to per-position logits."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, *, mask_id: int, eos_id: int, pad_id: int,
+                 logit_shift: bool = False, max_length: int | None = None, name: str = "model"):
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.mask_id, self.eos_id, self.pad_id = mask_id, eos_id, pad_id
+        self.logit_shift = logit_shift
+        self.max_length = max_length
+        self.name = name
+        self._takes_position_ids = "position_ids" in inspect.signature(model.forward).parameters
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def encode_prompts(self, prompts: list[str]) -> list[list[int]]:
+        return [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+
+    def decode_answer(self, ids: list[int]) -> str:
+        """The answer text: everything before the first EOS (LLaDA's convention). A position still
+        holding the mask token decodes to the mask string, so an unfinished answer never verifies."""
+        if self.eos_id in ids:
+            ids = ids[: ids.index(self.eos_id)]
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+    @torch.no_grad()
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Logits for every position, aligned so that logits[:, i] predicts token i."""
+        kwargs = {}
+        if self._takes_position_ids:
+            # Left padding must not shift absolute positions: count only real tokens.
+            kwargs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
+        if self.logit_shift:  # Dream predicts token i+1 at position i (AR initialisation).
+            out = torch.cat([out[:, :1], out[:, :-1]], dim=1)
+        return out
+
+
+def resolve_model_path(model: str) -> str:
+    return str(BUILTIN_MODEL_DIR) if model in BUILTIN_NAMES else model
+
+
+def load_dllm(model: str = "builtin", *, device: str = "cpu", dtype: str = "float32",
+              trust_remote_code: bool = False, logit_shift: bool | None = None) -> DLLM:
+    """Load a masked LM from a local directory or a hub id through `AutoModelForMaskedLM`."""
+    path = resolve_model_path(model)
+    looks_local = os.path.sep in path or path.startswith(".") or Path(path).exists()
+    if looks_local and not Path(path).is_dir():
+        raise ModelLoadError(f"model path {path!r} does not exist")
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
+    if torch_dtype is None:
+        raise ModelLoadError(f"unknown dtype {dtype!r}: use float32, bfloat16 or float16")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        hf_model = AutoModelForMaskedLM.from_pretrained(
+            path, dtype=torch_dtype, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelLoadError(f"cannot load model {model!r}: {first_line}") from err
+    config = hf_model.config
+    mask_id = getattr(config, "mask_token_id", None) or tokenizer.mask_token_id
+    eos_id = getattr(config, "eos_token_id", None) or tokenizer.eos_token_id
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
+    if mask_id is None or eos_id is None:
+        raise ModelLoadError(f"model {model!r} defines no mask or EOS token id")
+    shift = bool(getattr(config, "logit_shift", False)) if logit_shift is None else logit_shift
+    max_length = getattr(config, "max_position_embeddings", None)
+    return DLLM(hf_model.to(device), tokenizer, mask_id=mask_id, eos_id=eos_id, pad_id=pad_id,
+                logit_shift=shift, max_length=max_length, name=model or "builtin")

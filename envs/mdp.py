@@ -1,0 +1,153 @@
+"""Masked-diffusion sampling as an MDP with the frozen dLLM as the environment (paper.md §1).
+
+State: prompt + a canvas of L positions, masked at the start, split into blocks of BL decoded left to
+right. Each step is ONE dLLM forward over prompt + canvas; it yields, per position, the token that
+would be written and its confidence features (envs.confidence). A sampler answers with a boolean
+unmask decision over the masked positions of the current block; the env writes those tokens, never
+remasks, moves to the next block once the current one is fully unmasked, and the episode ends when
+no position is masked. NFE counts one forward per still-unfinished sequence; finished rows leave the
+batch and cost nothing more.
+
+A step that unmasks nothing (possible for a stochastic policy in training) still costs an NFE. As in
+the paper's code, a block gets at most `max_block_steps` forwards (default BL, so NFE <= L); positions
+still masked then are abandoned: they keep the mask token, so the answer cannot verify.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from envs.confidence import Prediction, predict
+from envs.dllm import DLLM, layout_batch
+
+
+class SamplerError(ValueError):
+    """A sampler's decision that breaks the MDP's rules."""
+
+
+@dataclass
+class Observation:
+    """Everything a sampler may look at, per row ([B] or [B, L] tensors)."""
+
+    confidence: torch.Tensor  # top-1 probability
+    token_prob: torch.Tensor  # probability of the token that would be written
+    margin: torch.Tensor
+    entropy: torch.Tensor
+    masked: torch.Tensor  # bool: still masked
+    valid: torch.Tensor  # bool: masked and inside the current block (and the row is active)
+    t: torch.Tensor  # forwards already spent / L (the policy's time input, in [0, 1))
+    nfe: torch.Tensor  # forwards spent including this one
+    block_step: torch.Tensor  # forwards already spent on the current block
+    block_index: torch.Tensor
+    active: torch.Tensor  # bool [B]: rows that still have masked positions
+    block_length: int
+    gen_length: int
+
+    @property
+    def num_blocks(self) -> int:
+        return self.gen_length // self.block_length
+
+
+def check_lengths(gen_length: int, block_length: int) -> None:
+    if gen_length <= 0 or block_length <= 0:
+        raise ValueError(f"env.gen_length ({gen_length}) and env.block_length ({block_length}) must be > 0")
+    if gen_length % block_length:
+        raise ValueError(f"env.gen_length={gen_length} is not divisible by env.block_length={block_length}")
+
+
+class UnmaskingEnv:
+    """A batch of unmasking episodes over one frozen dLLM."""
+
+    def __init__(self, dllm: DLLM, gen_length: int, block_length: int, temperature: float = 0.0,
+                 max_block_steps: int | None = None, seed: int = 0):
+        check_lengths(gen_length, block_length)
+        self.dllm, self.L, self.BL = dllm, gen_length, block_length
+        self.temperature = temperature
+        self.max_block_steps = max_block_steps or block_length
+        self.generator = torch.Generator(device=dllm.device).manual_seed(seed)
+
+    # ---- episode -------------------------------------------------------------------------------
+    def reset(self, prompts: list[list[int]]) -> Observation:
+        if not prompts:
+            raise ValueError("reset needs at least one prompt")
+        longest = max(len(p) for p in prompts)
+        if self.dllm.max_length is not None and longest + self.L > self.dllm.max_length:
+            raise ValueError(f"prompt ({longest} tokens) + env.gen_length ({self.L}) exceeds the model's "
+                             f"context of {self.dllm.max_length} tokens")
+        device = self.dllm.device
+        ids, attn = layout_batch(prompts, self.L, self.dllm.pad_id, self.dllm.mask_id)
+        self.ids, self.attn = ids.to(device), attn.to(device)
+        B = len(prompts)
+        self.masked = torch.ones(B, self.L, dtype=torch.bool, device=device)
+        self.abandoned = torch.zeros_like(self.masked)
+        self.unmask_step = torch.full((B, self.L), -1, dtype=torch.long, device=device)
+        self.nfe = torch.zeros(B, dtype=torch.long, device=device)
+        self.block_index = torch.zeros_like(self.nfe)
+        self.block_step = torch.zeros_like(self.nfe)
+        self.position_block = torch.arange(self.L, device=device) // self.BL
+        return self._forward()
+
+    def step(self, unmask: torch.Tensor) -> Observation:
+        """Write the predicted tokens at `unmask` ([B, L] bool, a subset of `obs.valid`)."""
+        unmask = unmask.to(self.masked.device, torch.bool)
+        if unmask.shape != self.masked.shape:
+            raise SamplerError(f"decision has shape {tuple(unmask.shape)}, expected {tuple(self.masked.shape)}")
+        if (unmask & ~self.valid).any():
+            raise SamplerError("decision unmasks a position that is not a masked position of the current block")
+        canvas = self.ids[:, -self.L:]
+        canvas[unmask] = self.pred.tokens[unmask]
+        self.masked &= ~unmask
+        self.unmask_step[unmask] = (self.nfe[:, None] - 1).expand_as(unmask)[unmask]
+        ran = self.active
+        self.block_step[ran] += 1
+        in_block = self.position_block[None, :] == self.block_index[:, None]
+        block_left = (self.masked & in_block).any(-1)
+        out_of_steps = ran & block_left & (self.block_step >= self.max_block_steps)
+        if out_of_steps.any():  # abandon what the block did not finish; its mask tokens stay
+            give_up = self.masked & in_block & out_of_steps[:, None]
+            self.abandoned |= give_up
+            self.masked &= ~give_up
+        advance = ran & ~(self.masked & in_block).any(-1) & self.masked.any(-1)
+        self.block_index[advance] += 1
+        self.block_step[advance] = 0
+        return self._forward()
+
+    @property
+    def done(self) -> bool:
+        return not bool(self.masked.any())
+
+    @property
+    def active(self) -> torch.Tensor:
+        return self.masked.any(-1)
+
+    def canvas(self) -> torch.Tensor:
+        return self.ids[:, -self.L:].clone()
+
+    # ---- one dLLM forward ----------------------------------------------------------------------
+    def _forward(self) -> Observation:
+        active = self.active
+        B, L, device = self.masked.shape[0], self.L, self.masked.device
+        steps_done = self.nfe.clone()
+        if active.any():
+            rows = active.nonzero(as_tuple=True)[0]
+            logits = self.dllm.logits(self.ids[rows], self.attn[rows])[:, -L:]
+            part = predict(logits, self.temperature, self.dllm.mask_id, self.generator)
+            self.nfe[rows] += 1
+        fields = {}
+        for name in ("tokens", "token_prob", "confidence", "margin", "entropy"):
+            full = torch.zeros(B, L, device=device,
+                               dtype=torch.long if name == "tokens" else torch.float32)
+            if active.any():
+                full[rows] = getattr(part, name).to(full.dtype)
+            fields[name] = full
+        self.pred = Prediction(**fields)
+        in_block = self.position_block[None, :] == self.block_index[:, None]
+        self.valid = self.masked & in_block & active[:, None]
+        return Observation(
+            confidence=self.pred.confidence, token_prob=self.pred.token_prob, margin=self.pred.margin,
+            entropy=self.pred.entropy, masked=self.masked.clone(), valid=self.valid.clone(),
+            t=steps_done.float() / L, nfe=self.nfe.clone(), block_step=self.block_step.clone(),
+            block_index=self.block_index.clone(), active=active, block_length=self.BL, gen_length=L,
+        )

@@ -1,0 +1,156 @@
+"""Train a small dLLM with the masked-diffusion objective (LLaDA's SFT recipe, scaled down).
+
+Per example: t ~ U(0, 1) (stratified over the batch); every answer position, EOS padding included,
+is masked with probability t; the prompt is never masked. The loss is the cross-entropy on masked
+positions weighted by 1/t and divided by the canvas length L:
+
+    loss = E_t [ (1 / (t * L)) * sum_{i masked} -log p(x_i | x_t) ]
+
+which is the masked-diffusion ELBO of LLaDA (Nie et al. 2025, eq. 3 / SFT eq. 5).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from envs.config import PretrainConfig
+from envs.dllm import layout_batch, new_builtin_model
+from envs.tasks import Task, make_task
+from envs.tokenizer import build_char_tokenizer
+
+
+def training_texts(task: Task, cfg: PretrainConfig) -> tuple[list[str], callable]:
+    """Texts for the vocabulary, and a function drawing a batch of (prompt, answer) training pairs."""
+    if cfg.task.name == "cycles":
+        rng = random.Random(f"pretrain/{cfg.seed}")
+        letters = task.letters
+
+        def draw(n: int) -> list[tuple[str, str]]:
+            pairs = []
+            while len(pairs) < n:
+                ex = task.random_example(rng)
+                if task.split_of(ex.prompt) == "train":
+                    pairs.append((ex.prompt, ex.answer))
+            return pairs
+
+        return [letters + "?<>"], draw
+    train = task.examples("train", n=-1)
+    if not train:
+        raise ValueError(f"task {cfg.task.name!r} has no training examples")
+    rng = random.Random(f"pretrain/{cfg.seed}")
+
+    def draw_jsonl(n: int) -> list[tuple[str, str]]:
+        return [(ex.prompt, ex.answer) for ex in rng.choices(train, k=n)]
+
+    return [t for ex in train for t in (ex.prompt, ex.answer)], draw_jsonl
+
+
+def masked_diffusion_loss(model, ids: torch.Tensor, attn: torch.Tensor, canvas: torch.Tensor,
+                          mask_id: int, generator: torch.Generator) -> torch.Tensor:
+    """The 1/t-weighted masked cross-entropy above; `canvas` marks the L answer positions."""
+    batch, gen_length = ids.shape[0], int(canvas[0].sum())
+    t = (torch.arange(batch) + torch.rand(batch, generator=generator)) / batch  # stratified U(0,1)
+    t = t.clamp(min=1e-3)[:, None]
+    masked = canvas & (torch.rand(ids.shape, generator=generator) < t)
+    noisy = torch.where(masked, torch.full_like(ids, mask_id), ids)
+    position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=noisy, attention_mask=attn, position_ids=position_ids).logits
+    ce = F.cross_entropy(logits[masked], ids[masked], reduction="none")
+    weights = (1.0 / t).expand_as(ids)[masked]
+    return (ce * weights).sum() / (batch * gen_length)
+
+
+def pretrain(cfg: PretrainConfig) -> dict:
+    """Train and save a built-in-size dLLM (HF format, safetensors) with its tokenizer to `cfg.out`."""
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    torch.manual_seed(cfg.seed)
+    task = make_task(cfg.task)
+    vocab_texts, draw = training_texts(task, cfg)
+    tokenizer = build_char_tokenizer(vocab_texts)
+    ids_of = {"pad": tokenizer.pad_token_id, "mask": tokenizer.mask_token_id, "eos": tokenizer.eos_token_id}
+    sample = draw(512)
+    longest_prompt = max(len(p) for p, _ in sample)
+    if cfg.task.name == "jsonl":
+        longest_prompt = max(len(ex.prompt) for ex in task.examples("train", n=-1))
+        longest_answer = max(len(ex.answer) for ex in task.examples("train", n=-1))
+        if longest_answer >= cfg.gen_length:
+            raise ValueError(f"gen_length={cfg.gen_length} is too short for answers of {longest_answer} "
+                             "characters (one EOS must fit)")
+    model = new_builtin_model(len(tokenizer), longest_prompt + cfg.gen_length, cfg.size, ids_of)
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+    budget_s = cfg.minutes * 60
+    generator = torch.Generator().manual_seed(cfg.seed)
+
+    def lr_at(step: int, progress: float) -> float:
+        warm = min(1.0, (step + 1) / cfg.warmup_steps)
+        return cfg.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+    start, step, ema = time.time(), 0, None
+    last_save = start
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"pretrain: {n_params:,} parameters, vocab {len(tokenizer)}, context {model.config.max_position_embeddings}",
+          flush=True)
+    while step < cfg.max_steps and time.time() - start < budget_s:
+        pairs = draw(cfg.batch_size)
+        prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] for p, _ in pairs]
+        ids, attn = layout_batch(prompts, cfg.gen_length, ids_of["pad"], ids_of["mask"])
+        width = ids.shape[1] - cfg.gen_length
+        for row, (_, answer) in enumerate(pairs):
+            ans = tokenizer(answer, add_special_tokens=False)["input_ids"][: cfg.gen_length - 1]
+            ids[row, width:] = ids_of["eos"]
+            ids[row, width : width + len(ans)] = torch.tensor(ans)
+        canvas = torch.zeros_like(ids, dtype=torch.bool)
+        canvas[:, width:] = True
+        progress = max(step / cfg.max_steps, (time.time() - start) / budget_s)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, progress)
+        loss = masked_diffusion_loss(model, ids, attn, canvas, ids_of["mask"], generator)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        step += 1
+        if step % cfg.log_every == 0:
+            print(f"step {step} loss {ema:.4f} lr {lr_at(step, progress):.2e} "
+                  f"elapsed {time.time() - start:.0f}s", flush=True)
+        if cfg.save_every_minutes and time.time() - last_save > cfg.save_every_minutes * 60:
+            save_model(model, tokenizer, Path(cfg.out), {"steps": step, "final_loss_ema": ema, "partial": True})
+            last_save = time.time()
+    summary = {"steps": step, "final_loss_ema": ema, "seconds": round(time.time() - start, 1),
+               "parameters": n_params, "command": "unmask pretrain " + " ".join(sys.argv[2:]),
+               "config": OmegaConf.to_container(OmegaConf.structured(cfg)) if not isinstance(cfg, dict)
+               else cfg}
+    save_model(model.eval(), tokenizer, Path(cfg.out), summary)
+    return summary
+
+
+def save_model(model, tokenizer, out: Path, summary: dict) -> None:
+    """Write next to the target and rename, so an interrupted save never leaves a half model."""
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "pretrain.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+
+
+__all__ = ["pretrain", "masked_diffusion_loss", "asdict"]

@@ -1,0 +1,158 @@
+"""Unmasking samplers behind one interface: Observation -> boolean unmask decision.
+
+Every heuristic follows its reference code (shared/research/paper.md §5, anchors.md §A):
+
+- random         k random masked positions of the current block per step.
+- top_k          LLaDA `low_confidence`: the highest token probabilities; per block, LLaDA's even
+                 schedule (`get_num_transfer_tokens`): `steps // num_blocks` steps, mask count
+                 spread evenly with the remainder on the earliest steps.
+- margin         the same schedule, ranked by top-1 minus top-2 probability (Dream `topk_margin`).
+- entropy        the same schedule, ranked by negative entropy (Dream `entropy`).
+- fast_dllm      Fast-dLLM threshold: every masked position of the block with probability >= lambda,
+                 and always the most confident one (`get_transfer_index` with `threshold`).
+- fast_dllm_factor Fast-dLLM factor rule: the i-th most confident (0-based) is accepted while its
+                 probability >= 1 - f / (i + 2), the top one always (`get_transfer_index_dynamic`).
+- eb             EB-Sampler: sort by an error proxy (entropy by default), take the longest prefix whose
+                 sum of entropies minus its largest entropy is <= gamma (at least one).
+
+The learned policy (learner/) implements the same interface and registers itself as `policy`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import torch
+
+from envs.config import SamplerConfig
+from envs.mdp import Observation
+
+
+class Sampler(ABC):
+    """Chooses which masked positions of the current block to unmask at one step."""
+
+    name: ClassVar[str]
+    params: ClassVar[tuple[str, ...]] = ()  # the SamplerConfig fields it reads
+
+    def __init__(self, cfg: SamplerConfig, generator: torch.Generator | None = None):
+        self.cfg = cfg
+        self.generator = generator
+
+    @abstractmethod
+    def select(self, obs: Observation) -> torch.Tensor:
+        """[B, L] bool, a subset of `obs.valid`."""
+
+    def describe(self) -> str:
+        return self.name + "".join(f" {p}={getattr(self.cfg, p)}" for p in self.params)
+
+
+def take_top(score: torch.Tensor, valid: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """Per row, the `count` valid positions with the highest score (ties: lowest index first)."""
+    order = torch.where(valid, score, -torch.inf).sort(dim=-1, descending=True, stable=True).indices
+    ranks = torch.arange(score.shape[-1], device=score.device)[None, :]
+    chosen_sorted = ranks < count.clamp(max=score.shape[-1])[:, None]
+    chosen = torch.zeros_like(valid).scatter(-1, order, chosen_sorted)
+    return chosen & valid
+
+
+class RandomSampler(Sampler):
+    name, params = "random", ("k",)
+
+    def select(self, obs: Observation) -> torch.Tensor:
+        noise = torch.rand(obs.valid.shape, generator=self.generator, device=obs.valid.device)
+        return take_top(noise, obs.valid, torch.full_like(obs.nfe, self.cfg.k))
+
+
+class ScheduledRanking(Sampler):
+    """A fixed number of steps per block, each unmasking the best-ranked positions (LLaDA schedule)."""
+
+    params = ("steps",)
+
+    @abstractmethod
+    def score(self, obs: Observation) -> torch.Tensor: ...
+
+    def tokens_this_step(self, obs: Observation) -> torch.Tensor:
+        steps = self.cfg.steps or obs.gen_length
+        if steps % obs.num_blocks or steps < obs.num_blocks:
+            raise ValueError(f"sampler.steps={steps} must be a positive multiple of the number of blocks "
+                             f"({obs.num_blocks}), as in LLaDA's generate")
+        steps_left = (steps // obs.num_blocks - obs.block_step).clamp(min=1)
+        remaining = obs.valid.sum(-1)
+        # ceil(remaining / steps_left) per step is exactly LLaDA's get_num_transfer_tokens:
+        # base = n // s per step, with the n % s extra tokens on the earliest steps.
+        return (remaining + steps_left - 1) // steps_left
+
+    def select(self, obs: Observation) -> torch.Tensor:
+        return take_top(self.score(obs), obs.valid, self.tokens_this_step(obs))
+
+
+class TopKConfidence(ScheduledRanking):
+    name = "top_k"
+
+    def score(self, obs: Observation) -> torch.Tensor:
+        return obs.token_prob
+
+
+class TopKMargin(ScheduledRanking):
+    name = "margin"
+
+    def score(self, obs: Observation) -> torch.Tensor:
+        return obs.margin
+
+
+class LowestEntropy(ScheduledRanking):
+    name = "entropy"
+
+    def score(self, obs: Observation) -> torch.Tensor:
+        return -obs.entropy
+
+
+class FastDLLMThreshold(Sampler):
+    name, params = "fast_dllm", ("threshold",)
+
+    def select(self, obs: Observation) -> torch.Tensor:
+        best = take_top(obs.token_prob, obs.valid, torch.ones_like(obs.nfe))
+        return best | (obs.valid & (obs.token_prob >= self.cfg.threshold))
+
+
+class FastDLLMFactor(Sampler):
+    name, params = "fast_dllm_factor", ("factor",)
+
+    def select(self, obs: Observation) -> torch.Tensor:
+        sorted_prob = torch.where(obs.valid, obs.token_prob, -torch.inf).sort(-1, descending=True).values
+        i = torch.arange(obs.valid.shape[-1], device=obs.valid.device)
+        passes = sorted_prob >= 1 - self.cfg.factor / (i + 2)
+        passes[:, 0] = True  # the most confident token is always committed
+        accepted = passes.int().cumprod(-1).sum(-1)  # length of the passing prefix
+        return take_top(obs.token_prob, obs.valid, accepted)
+
+
+class EntropyBounded(Sampler):
+    name, params = "eb", ("gamma",)
+
+    def select(self, obs: Observation) -> torch.Tensor:
+        order = torch.where(obs.valid, -obs.entropy, -torch.inf).sort(dim=-1, descending=True, stable=True).indices
+        h = obs.entropy.gather(-1, order).masked_fill(~obs.valid.gather(-1, order), torch.inf)
+        within = (h.cumsum(-1) - h.cummax(-1).values) <= self.cfg.gamma
+        count = within.int().cumprod(-1).sum(-1).clamp(min=1)
+        return take_top(-obs.entropy, obs.valid, count)
+
+
+SAMPLERS: dict[str, type[Sampler]] = {
+    cls.name: cls
+    for cls in (RandomSampler, TopKConfidence, TopKMargin, LowestEntropy, FastDLLMThreshold,
+                FastDLLMFactor, EntropyBounded)
+}
+
+
+def register_sampler(cls: type[Sampler]) -> type[Sampler]:
+    """Samplers defined outside envs (the learned policy) add themselves here."""
+    SAMPLERS[cls.name] = cls
+    return cls
+
+
+def make_sampler(cfg: SamplerConfig, generator: torch.Generator | None = None) -> Sampler:
+    if cfg.name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {cfg.name!r}: choose one of {', '.join(sorted(SAMPLERS))}")
+    return SAMPLERS[cfg.name](cfg, generator)

@@ -1,0 +1,1 @@
+"""Running samplers (heuristics or the learned policy) in dLLM environments; trajectories and evaluation."""

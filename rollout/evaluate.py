@@ -1,0 +1,103 @@
+"""Run a sampler over a task's prompts in the dLLM environment and score the answers."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from tqdm import tqdm
+
+from envs.config import EnvConfig, SamplerConfig, TaskConfig
+from envs.dllm import DLLM
+from envs.mdp import UnmaskingEnv, check_lengths
+from envs.samplers import Sampler, make_sampler
+from envs.tasks import Example, Task, make_task
+
+
+@dataclass
+class EvalConfig:
+    model: str = "builtin"  # a local HF directory or hub id; "builtin" = the shipped dLLM
+    task: TaskConfig = field(default_factory=TaskConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    num_examples: int = 500
+    split: str = "test"
+    seed: int = 0
+    out: str = "runs/eval/eval.json"
+    progress: bool = True  # a progress bar on stderr
+    trust_remote_code: bool = False
+
+
+@dataclass
+class Episode:
+    """One finished generation."""
+
+    example: Example
+    completion: str
+    correct: bool
+    nfe: int
+    still_masked: int
+    unmask_step: list[int]  # forward index at which each canvas position was written (-1: never)
+
+
+def generate(env: UnmaskingEnv, sampler: Sampler, prompts: list[list[int]]) -> UnmaskingEnv:
+    """Run one batch of episodes to the end."""
+    obs = env.reset(prompts)
+    while not env.done:
+        obs = env.step(sampler.select(obs))
+    return env
+
+
+def run_episodes(dllm: DLLM, task: Task, examples: list[Example], sampler: Sampler, env_cfg: EnvConfig,
+                 seed: int = 0, progress: bool = False) -> list[Episode]:
+    check_lengths(env_cfg.gen_length, env_cfg.block_length)
+    env = UnmaskingEnv(dllm, env_cfg.gen_length, env_cfg.block_length, env_cfg.temperature, seed=seed)
+    episodes: list[Episode] = []
+    bar = tqdm(total=len(examples), desc=sampler.describe(), disable=not progress, leave=False)
+    for start in range(0, len(examples), env_cfg.batch_size):
+        batch = examples[start : start + env_cfg.batch_size]
+        generate(env, sampler, dllm.encode_prompts([ex.prompt for ex in batch]))
+        canvas = env.canvas().tolist()
+        for row, ex in enumerate(batch):
+            completion = dllm.decode_answer(canvas[row])
+            episodes.append(Episode(ex, completion, task.verify(completion, ex), int(env.nfe[row]),
+                                    int(env.abandoned[row].sum()), env.unmask_step[row].tolist()))
+        bar.update(len(batch))
+    bar.close()
+    return episodes
+
+
+def summarize(episodes: list[Episode], gen_length: int) -> dict:
+    n = len(episodes)
+    nfe = torch.tensor([e.nfe for e in episodes], dtype=torch.float64)
+    written = torch.tensor([gen_length - e.still_masked for e in episodes], dtype=torch.float64)
+    return {
+        "accuracy": sum(e.correct for e in episodes) / n,
+        "mean_nfe": float(nfe.mean()),
+        "tokens_per_step": float((written / nfe).mean()),
+        "still_masked": float(sum(e.still_masked for e in episodes) / n),
+        "num_examples": n,
+    }
+
+
+def evaluate(cfg: EvalConfig, dllm: DLLM | None = None) -> dict:
+    """Accuracy, mean NFE and tokens per step of one sampler on `num_examples` prompts."""
+    from envs.dllm import load_dllm
+
+    torch.manual_seed(cfg.seed)
+    task = make_task(cfg.task)
+    check_lengths(cfg.env.gen_length, cfg.env.block_length)
+    sampler = make_sampler(cfg.sampler, torch.Generator().manual_seed(cfg.seed))
+    if dllm is None:
+        dllm = load_dllm(cfg.model, device=cfg.env.device, dtype=cfg.env.dtype,
+                         trust_remote_code=cfg.trust_remote_code)
+    examples = task.examples(cfg.split, cfg.num_examples, seed=cfg.seed)
+    start = time.perf_counter()
+    episodes = run_episodes(dllm, task, examples, sampler, cfg.env, seed=cfg.seed, progress=cfg.progress)
+    result = summarize(episodes, cfg.env.gen_length)
+    result["wall_seconds"] = round(time.perf_counter() - start, 3)
+    result["sampler"] = sampler.describe()
+    result["samples"] = [{"id": e.example.id, "completion": e.completion, "correct": e.correct, "nfe": e.nfe}
+                         for e in episodes[:20]]
+    return result

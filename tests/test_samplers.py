@@ -1,0 +1,94 @@
+"""Heuristic decisions on hand-computed observations (one row = one sequence)."""
+
+import math
+
+import pytest
+import torch
+
+from envs.config import SamplerConfig
+from envs.mdp import Observation
+from envs.samplers import SAMPLERS, make_sampler
+
+
+def obs(token_prob, valid=None, block_step=0, gen_length=None, block_length=None, margin=None, entropy=None):
+    p = torch.tensor([token_prob], dtype=torch.float32)
+    L = p.shape[1]
+    valid = torch.ones_like(p, dtype=torch.bool) if valid is None else torch.tensor([valid])
+    return Observation(
+        confidence=p, token_prob=p, margin=torch.tensor([margin]) if margin else p.clone(),
+        entropy=torch.tensor([entropy]) if entropy else -p.clone(), masked=valid.clone(), valid=valid,
+        t=torch.zeros(1), nfe=torch.ones(1, dtype=torch.long), block_step=torch.tensor([block_step]),
+        block_index=torch.zeros(1, dtype=torch.long), active=torch.ones(1, dtype=torch.bool),
+        block_length=block_length or L, gen_length=gen_length or L)
+
+
+def pick(name, o, **params):
+    return make_sampler(SamplerConfig(name=name, **params), torch.Generator().manual_seed(0)).select(o)[0].tolist()
+
+
+def test_fast_dllm_threshold_is_inclusive_and_keeps_top1():
+    o = obs([0.9, 0.95, 0.3, 0.89999], valid=[True, True, True, True])
+    assert pick("fast_dllm", o, threshold=0.9) == [True, True, False, False]
+    # nothing reaches lambda: the single most confident position is still committed
+    o = obs([0.2, 0.5, 0.4, 0.1])
+    assert pick("fast_dllm", o, threshold=0.9) == [False, True, False, False]
+
+
+def test_fast_dllm_ignores_positions_outside_the_valid_set():
+    o = obs([0.99, 0.95, 0.97, 0.2], valid=[False, True, False, True])
+    assert pick("fast_dllm", o, threshold=0.9) == [False, True, False, False]
+
+
+def test_factor_rule_thresholds_one_minus_f_over_i_plus_2():
+    # sorted: 0.99 (always), 0.8 vs 1-1/3=0.667 ok, 0.74 vs 1-1/4=0.75 fails -> stop, 0.9? sorted order matters
+    o = obs([0.8, 0.99, 0.74, 0.1])
+    assert pick("fast_dllm_factor", o, factor=1.0) == [True, True, False, False]
+    # a larger factor lowers every threshold: 1-2/4 = 0.5 <= 0.74, 1-2/5=0.6 > 0.1
+    assert pick("fast_dllm_factor", o, factor=2.0) == [True, True, True, False]
+
+
+def test_top_k_follows_llada_schedule():
+    # 5 masked positions, 2 steps per block -> get_num_transfer_tokens gives [3, 2]
+    o = obs([0.5, 0.9, 0.1, 0.7, 0.6], gen_length=10, block_length=5)
+    assert pick("top_k", o, steps=4) == [False, True, False, True, True]
+    o = obs([0.5, 0.9, 0.1, 0.7, 0.6], valid=[True, False, True, False, False], block_step=1,
+            gen_length=10, block_length=5)
+    assert pick("top_k", o, steps=4) == [True, False, True, False, False]
+
+
+def test_top_k_steps_must_divide_into_blocks():
+    o = obs([0.5, 0.9, 0.1, 0.7], gen_length=8, block_length=4)
+    with pytest.raises(ValueError, match="multiple of the number of blocks"):
+        pick("top_k", o, steps=3)
+
+
+def test_margin_and_entropy_rank_by_their_own_feature():
+    o = obs([0.9, 0.8, 0.7], margin=[0.1, 0.6, 0.3], entropy=[0.5, 0.9, 0.05])
+    assert pick("margin", o, steps=3) == [False, True, False]
+    assert pick("entropy", o, steps=3) == [False, False, True]
+
+
+def test_eb_sampler_sum_minus_max_entropy_bound():
+    ent = [0.3, 0.05, 0.2, 1.0]
+    o = obs([0.5, 0.9, 0.6, 0.2], entropy=ent)
+    # ascending entropy: 0.05, 0.2, 0.3, 1.0; sum - max: 0, 0.05, 0.25, 0.55
+    assert pick("eb", o, gamma=0.1) == [False, True, True, False]
+    assert pick("eb", o, gamma=0.25) == [True, True, True, False]
+    assert pick("eb", o, gamma=0.0) == [False, True, False, False]  # always at least one
+    assert math.isclose(sum(pick("eb", o, gamma=10.0)), 4)
+
+
+def test_random_takes_k_valid_positions():
+    o = obs([0.1] * 6, valid=[True, False, True, True, False, True])
+    chosen = pick("random", o, k=2)
+    assert sum(chosen) == 2 and not chosen[1] and not chosen[4]
+    assert sum(pick("random", o, k=10)) == 4
+
+
+def test_every_registered_sampler_returns_a_subset_of_valid():
+    o = obs([0.3, 0.8, 0.6, 0.95], valid=[True, False, True, True])
+    for name in SAMPLERS:
+        if name == "policy":
+            continue
+        chosen = torch.tensor(pick(name, o))
+        assert chosen.any() and not (chosen & ~o.valid[0]).any(), name
