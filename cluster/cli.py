@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, args = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"unmask: error: unknown command {name!r}\n{usage()}", file=sys.stderr)
+        print(f"unmask: error: unknown command {name!r} (commands: {', '.join(COMMANDS)})", file=sys.stderr)
         return 2
     if "-h" in args or "--help" in args:
         print(command_help(name))

@@ -50,6 +50,7 @@ class PretrainConfig:
     lr: float = 1e-3
     warmup_steps: int = 200
     weight_decay: float = 0.01
+    min_mask_ratio: float = 1e-3  # t ~ U(min_mask_ratio, 1)
     max_steps: int = 100_000
     minutes: float = 60.0  # wall-clock budget; training stops at whichever limit comes first
     seed: int = 0

@@ -12,7 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForMaskedLM, AutoTokenizer, BertConfig, BertForMaskedLM
+from transformers import (
+    AutoModelForMaskedLM,
+    AutoTokenizer,
+    BertConfig,
+    BertForMaskedLM,
+    ModernBertConfig,
+    ModernBertForMaskedLM,
+)
 
 BUILTIN_MODEL_DIR = Path(__file__).parent / "builtin_model"
 BUILTIN_NAMES = ("builtin", "")
@@ -24,17 +31,30 @@ class ModelLoadError(ValueError):
 
 @dataclass
 class ModelSize:
-    """Shape of a built-in dLLM (a bidirectional BERT-style encoder, trained as a masked diffusion LM)."""
+    """Shape of a built-in dLLM (a bidirectional encoder, trained as a masked diffusion LM)."""
 
+    arch: str = "bert"  # bert (post-LN, learned positions) | modernbert (pre-LN, RoPE, GeGLU)
     hidden_size: int = 192
     num_layers: int = 6
     num_heads: int = 6
     ffn_size: int = 768
 
 
-def new_builtin_model(vocab_size: int, max_positions: int, size: ModelSize, ids: dict) -> BertForMaskedLM:
-    """A fresh built-in dLLM. BERT's encoder is already bidirectional, so no custom code is needed and
-    the checkpoint loads with plain `AutoModelForMaskedLM` anywhere."""
+def new_builtin_model(vocab_size: int, max_positions: int, size: ModelSize, ids: dict) -> torch.nn.Module:
+    """A fresh built-in dLLM. Standard HF encoders are already bidirectional, so no custom code is needed
+    and the checkpoint loads with plain `AutoModelForMaskedLM` anywhere."""
+    if size.arch == "modernbert":
+        config = ModernBertConfig(
+            vocab_size=vocab_size, hidden_size=size.hidden_size, intermediate_size=size.ffn_size,
+            num_hidden_layers=size.num_layers, num_attention_heads=size.num_heads,
+            max_position_embeddings=max_positions, global_attn_every_n_layers=1,
+            hidden_dropout=0.0, attention_dropout=0.0, mlp_dropout=0.0, embedding_dropout=0.0,
+            pad_token_id=ids["pad"], eos_token_id=ids["eos"], bos_token_id=ids["eos"],
+            cls_token_id=ids["eos"], sep_token_id=ids["eos"], mask_token_id=ids["mask"],
+        )
+        return ModernBertForMaskedLM(config)
+    if size.arch != "bert":
+        raise ValueError(f"unknown size.arch {size.arch!r}: use bert or modernbert")
     config = BertConfig(
         vocab_size=vocab_size,
         hidden_size=size.hidden_size,
@@ -113,7 +133,7 @@ def resolve_model_path(model: str) -> str:
 def load_dllm(model: str = "builtin", *, device: str = "cpu", dtype: str = "float32",
               trust_remote_code: bool = False, logit_shift: bool | None = None) -> DLLM:
     """Load a masked LM from a local directory or a hub id through `AutoModelForMaskedLM`."""
-    path = resolve_model_path(model)
+    path = resolve_model_path(str(model))
     looks_local = os.path.sep in path or path.startswith(".") or Path(path).exists()
     if looks_local and not Path(path).is_dir():
         raise ModelLoadError(f"model path {path!r} does not exist")

@@ -57,11 +57,11 @@ def training_texts(task: Task, cfg: PretrainConfig) -> tuple[list[str], callable
 
 
 def masked_diffusion_loss(model, ids: torch.Tensor, attn: torch.Tensor, canvas: torch.Tensor,
-                          mask_id: int, generator: torch.Generator) -> torch.Tensor:
+                          mask_id: int, generator: torch.Generator, min_t: float = 1e-3) -> torch.Tensor:
     """The 1/t-weighted masked cross-entropy above; `canvas` marks the L answer positions."""
     batch, gen_length = ids.shape[0], int(canvas[0].sum())
-    t = (torch.arange(batch) + torch.rand(batch, generator=generator)) / batch  # stratified U(0,1)
-    t = t.clamp(min=1e-3)[:, None]
+    u = (torch.arange(batch) + torch.rand(batch, generator=generator)) / batch  # stratified U(0,1)
+    t = (min_t + (1 - min_t) * u)[:, None]
     masked = canvas & (torch.rand(ids.shape, generator=generator) < t)
     noisy = torch.where(masked, torch.full_like(ids, mask_id), ids)
     position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
@@ -120,16 +120,16 @@ def pretrain(cfg: PretrainConfig) -> dict:
         progress = max(step / cfg.max_steps, (time.time() - start) / budget_s)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, progress)
-        loss = masked_diffusion_loss(model, ids, attn, canvas, ids_of["mask"], generator)
+        loss = masked_diffusion_loss(model, ids, attn, canvas, ids_of["mask"], generator, cfg.min_mask_ratio)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         step += 1
         if step % cfg.log_every == 0:
             print(f"step {step} loss {ema:.4f} lr {lr_at(step, progress):.2e} "
-                  f"elapsed {time.time() - start:.0f}s", flush=True)
+                  f"grad {grad_norm:.2f} elapsed {time.time() - start:.0f}s", flush=True)
         if cfg.save_every_minutes and time.time() - last_save > cfg.save_every_minutes * 60:
             save_model(model, tokenizer, Path(cfg.out), {"steps": step, "final_loss_ema": ema, "partial": True})
             last_save = time.time()

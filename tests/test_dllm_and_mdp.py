@@ -1,0 +1,153 @@
+"""The dLLM adapter and the unmasking MDP on a tiny random-weight dLLM (real HF save/load, real forwards)."""
+
+import pytest
+import torch
+
+from envs.config import SamplerConfig
+from envs.confidence import predict
+from envs.dllm import ModelLoadError, layout_batch, load_dllm
+from envs.mdp import SamplerError, UnmaskingEnv
+from envs.samplers import make_sampler
+from tests.conftest import save_tiny_model
+
+
+def test_loads_through_auto_classes_and_knows_its_tokens(tiny_dllm):
+    tok = tiny_dllm.tokenizer
+    assert tiny_dllm.mask_id == tok.mask_token_id and tiny_dllm.eos_id == tok.eos_token_id
+    assert tiny_dllm.max_length == 64
+    assert tiny_dllm.encode_prompts(["ab?c"]) == [tok.convert_tokens_to_ids(list("ab?c"))]
+    ids = tok.convert_tokens_to_ids(list(">ab")) + [tiny_dllm.eos_id, tiny_dllm.eos_id]
+    assert tiny_dllm.decode_answer(ids) == ">ab"
+
+
+def test_missing_model_path_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_dllm(str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="cannot load model"):
+        load_dllm(str(tmp_path / "empty"))
+
+
+def test_left_padding_gives_the_same_logits_as_one_at_a_time(tiny_dllm):
+    prompts = tiny_dllm.encode_prompts(["abcdefghij?c", "ab?c", "cab?a"])
+    batch_ids, batch_attn = layout_batch(prompts, 8, tiny_dllm.pad_id, tiny_dllm.mask_id)
+    batched = tiny_dllm.logits(batch_ids, batch_attn)[:, -8:]
+    for row, prompt in enumerate(prompts):
+        ids, attn = layout_batch([prompt], 8, tiny_dllm.pad_id, tiny_dllm.mask_id)
+        alone = tiny_dllm.logits(ids, attn)[:, -8:]
+        torch.testing.assert_close(batched[row], alone[0], atol=1e-5, rtol=1e-5)
+
+
+def test_logit_shift_moves_predictions_one_position_right(tiny_model_dir):
+    plain = load_dllm(tiny_model_dir)
+    shifted = load_dllm(tiny_model_dir, logit_shift=True)
+    ids, attn = layout_batch(plain.encode_prompts(["abc?d"]), 6, plain.pad_id, plain.mask_id)
+    a, b = plain.logits(ids, attn), shifted.logits(ids, attn)
+    torch.testing.assert_close(b[:, 1:], a[:, :-1])
+    torch.testing.assert_close(b[:, 0], a[:, 0])
+
+
+def test_predict_features_match_direct_computation():
+    logits = torch.tensor([[[2.0, 1.0, 0.0, -1.0]]])
+    p = torch.softmax(logits.double(), -1)[0, 0]
+    pred = predict(logits, mask_id=3)
+    q = torch.softmax(logits[0, 0, :3].double(), -1)  # the mask token is excluded
+    assert pred.tokens.item() == 0
+    assert pred.confidence.item() == pytest.approx(q[0].item(), rel=1e-6)
+    assert pred.margin.item() == pytest.approx((q[0] - q[1]).item(), rel=1e-6)
+    assert pred.entropy.item() == pytest.approx(-(q * q.log()).sum().item(), rel=1e-6)
+    assert p[0] < q[0]
+
+
+def test_gumbel_sampling_follows_softmax_of_logits_over_temperature():
+    logits = torch.log(torch.tensor([0.6, 0.3, 0.1]))[None, None].expand(1, 20000, 3).clone()
+    g = torch.Generator().manual_seed(0)
+    pred = predict(logits, temperature=1.0, generator=g)
+    freq = torch.bincount(pred.tokens[0], minlength=3).double() / 20000
+    torch.testing.assert_close(freq, torch.tensor([0.6, 0.3, 0.1], dtype=torch.float64), atol=0.02, rtol=0)
+    cold = predict(logits, temperature=0.0)
+    assert (cold.tokens == 0).all()
+    # token_prob is the probability of the sampled token; confidence stays the top-1 probability
+    assert torch.allclose(pred.confidence, torch.full_like(pred.confidence, 0.6))
+
+
+def run(env, sampler, prompts):
+    obs = env.reset(prompts)
+    history = [obs]
+    while not env.done:
+        obs = env.step(sampler.select(obs))
+        history.append(obs)
+    return history
+
+
+def test_episode_respects_blocks_never_remasks_and_counts_nfe(tiny_dllm):
+    env = UnmaskingEnv(tiny_dllm, gen_length=8, block_length=4)
+    sampler = make_sampler(SamplerConfig(name="top_k", steps=8))  # one token per step
+    prompts = tiny_dllm.encode_prompts(["abc?a", "cba?b"])
+    history = run(env, sampler, prompts)
+    assert env.nfe.tolist() == [8, 8]
+    steps = env.unmask_step
+    assert sorted(steps[0].tolist()) == list(range(8))
+    assert steps[:, :4].max() < steps[:, 4:].min()  # block 0 finished before block 1 started
+    assert not (env.canvas() == tiny_dllm.mask_id).any()
+    for before, after in zip(history, history[1:]):
+        assert not (after.masked & ~before.masked).any()  # nothing is ever remasked
+        assert (before.valid.sum(-1)[before.active] > 0).all()
+
+
+def test_finished_rows_stop_costing_forwards(tiny_dllm):
+    env = UnmaskingEnv(tiny_dllm, gen_length=8, block_length=8)
+    prompts = tiny_dllm.encode_prompts(["abc?a", "cba?b"])
+    obs = env.reset(prompts)
+    everything = obs.valid.clone()
+    first_row_only = everything.clone()
+    first_row_only[1] = False
+    first_row_only[1, 0] = True
+    obs = env.step(first_row_only)  # row 0 finishes now; row 1 wrote one token
+    assert obs.active.tolist() == [False, True]
+    assert env.nfe.tolist() == [1, 2]
+    assert obs.t.tolist()[1] == pytest.approx(1 / 8)  # forwards spent before this decision / L
+    obs = env.step(obs.valid)  # row 1 finishes: no forward follows for anyone
+    assert env.done and env.nfe.tolist() == [1, 2]
+
+
+def test_empty_decisions_cost_nfe_and_blocks_are_capped(tiny_dllm):
+    env = UnmaskingEnv(tiny_dllm, gen_length=8, block_length=4)
+    obs = env.reset(tiny_dllm.encode_prompts(["abc?a"]))
+    for _ in range(4):  # a policy that never unmasks anything
+        obs = env.step(torch.zeros_like(obs.valid))
+    assert env.abandoned[0, :4].all() and obs.block_index.item() == 1 and env.nfe.item() == 5
+    while not env.done:
+        obs = env.step(obs.valid)
+    assert env.nfe.item() == 5  # L forwards at most: 4 for block 0, then 1
+    assert (env.canvas()[0, :4] == tiny_dllm.mask_id).all()
+    assert tiny_dllm.mask_id in env.canvas()[0].tolist()
+
+
+def test_invalid_decisions_are_rejected(tiny_dllm):
+    env = UnmaskingEnv(tiny_dllm, gen_length=8, block_length=4)
+    obs = env.reset(tiny_dllm.encode_prompts(["abc?a"]))
+    outside = torch.zeros_like(obs.valid)
+    outside[0, 5] = True  # second block
+    with pytest.raises(SamplerError, match="not a masked position of the current block"):
+        env.step(outside)
+    with pytest.raises(SamplerError, match="shape"):
+        env.step(torch.zeros(1, 3, dtype=torch.bool))
+
+
+def test_length_and_context_errors(tiny_dllm):
+    with pytest.raises(ValueError, match="not divisible"):
+        UnmaskingEnv(tiny_dllm, gen_length=10, block_length=4)
+    env = UnmaskingEnv(tiny_dllm, gen_length=60, block_length=60)
+    with pytest.raises(ValueError, match="exceeds the model's context of 64"):
+        env.reset(tiny_dllm.encode_prompts(["abcdefgh?a"]))
+
+
+def test_seeded_temperature_sampling_is_reproducible(tiny_model_dir, tmp_path):
+    dllm = load_dllm(save_tiny_model(tmp_path / "m", seed=3))
+    outs = []
+    for _ in range(2):
+        env = UnmaskingEnv(dllm, gen_length=8, block_length=8, temperature=1.0, seed=7)
+        run(env, make_sampler(SamplerConfig(name="fast_dllm", threshold=0.5)), dllm.encode_prompts(["abc?a"] * 3))
+        outs.append(env.canvas())
+    assert torch.equal(outs[0], outs[1])

@@ -1,0 +1,110 @@
+import json
+import random
+import sys
+
+import pytest
+
+from envs.config import TaskConfig
+from envs.tasks import make_task
+from envs.tasks.base import Example
+from envs.tasks.cycles import CycleTask
+from envs.tasks.jsonl import JsonlTask
+from envs.tasks.verifiers import math_equivalent, numeric
+
+
+def test_cycle_trace_both_directions():
+    task = CycleTask(num_symbols=4)
+    # f: a->c, b->a, c->d, d->b ; the cycle of b: b a c d b
+    ex = Example(id="x", prompt="cadb?b", answer=">bacdb")
+    assert task.trace(ex.prompt, ">") == "bacdb"
+    assert task.trace(ex.prompt, "<") == "bdcab"
+    assert task.verify(">bacdb", ex) and task.verify("<bdcab", ex)
+    assert not task.verify(">bdcab", ex)  # backward letters under a forward mark
+    assert not task.verify(">bacd", ex)  # cut short (premature EOS)
+    assert not task.verify("bacdb", ex) and not task.verify("", ex)
+
+
+def test_cycle_fixed_point_and_lengths():
+    task = CycleTask(num_symbols=3)
+    ex = Example(id="x", prompt="acb?a", answer=">aa")  # f(a)=a
+    assert task.verify(">aa", ex) and task.verify("<aa", ex)
+    lengths = {len(e.answer) for e in CycleTask(10).examples("train", 2000, seed=1)}
+    assert lengths == set(range(3, 13))  # cycle length of s is uniform on 1..n
+
+
+def test_cycle_splits_are_disjoint_and_reproducible():
+    task = CycleTask()
+    test = task.examples("test", 300, seed=0)
+    train = task.examples("train", 3000, seed=0)
+    assert {e.prompt for e in test}.isdisjoint({e.prompt for e in train})
+    assert [e.prompt for e in test] == [e.prompt for e in task.examples("test", 300, seed=0)]
+    assert len({e.prompt for e in test}) == 300
+    for e in test:
+        assert task.verify(e.answer, e)
+    with pytest.raises(ValueError, match="unknown split"):
+        task.examples("dev", 1)
+
+
+def write_jsonl(path, rows, raw_lines=()):
+    with open(path, "w") as fh:
+        for r in rows:
+            fh.write(json.dumps(r) + "\n")
+        for line in raw_lines:
+            fh.write(line + "\n")
+    return str(path)
+
+
+def test_jsonl_task_reads_splits_and_verifies(tmp_path):
+    rows = [{"prompt": f"{i}+{i}=", "answer": str(2 * i)} for i in range(200)]
+    task = JsonlTask(write_jsonl(tmp_path / "d.jsonl", rows), verifier="numeric", test_fraction=0.2)
+    test, train = task.examples("test", -1), task.examples("train", -1)
+    assert len(test) + len(train) == 200 and 20 < len(test) < 60
+    assert {e.prompt for e in test}.isdisjoint({e.prompt for e in train})
+    ex = test[0]
+    assert task.verify(f"the answer is {ex.answer}", ex)
+    assert not task.verify("no number", ex)
+
+
+@pytest.mark.parametrize("line, message", [
+    ("{not json", "malformed JSON"),
+    ('{"prompt": "x"}', "needs the keys"),
+    ('{"prompt": 3, "answer": "x"}', "must be a string"),
+])
+def test_jsonl_malformed_line_names_the_line(tmp_path, line, message):
+    path = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "a", "answer": "b"}], [line])
+    with pytest.raises(ValueError, match=rf"bad.jsonl:2: .*{message}"):
+        JsonlTask(path)
+
+
+def test_jsonl_missing_file_and_unknown_verifier(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        JsonlTask(str(tmp_path / "nope.jsonl"))
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "a", "answer": "b"}])
+    with pytest.raises(ValueError, match="unknown verifier"):
+        JsonlTask(path, verifier="fuzzy")
+    with pytest.raises(ValueError, match="unknown task"):
+        make_task(TaskConfig(name="nope"))
+
+
+def test_verifiers_numeric_math_and_callable(tmp_path, monkeypatch):
+    assert numeric("so 1,234.0", "1234") and not numeric("1233", "1234")
+    assert math_equivalent("the answer is $\\frac{1}{2}$", "0.5")
+    assert math_equivalent("\\boxed{\\frac{2}{4}}", "\\frac{1}{2}")
+    assert not math_equivalent("\\boxed{3}", "\\frac{1}{2}")
+    (tmp_path / "myverify.py").write_text("def check(c, a):\n    return c.lower() == a.lower()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("myverify", None)
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "p", "answer": "Yes"}])
+    task = JsonlTask(path, verifier="myverify:check", test_fraction=1.0)
+    ex = task.examples("test", -1)[0]
+    assert task.verify("yes", ex) and not task.verify("no", ex)
+    with pytest.raises(ValueError, match="cannot import verifier"):
+        JsonlTask(path, verifier="myverify:missing")
+
+
+def test_random_example_answers_verify():
+    task = CycleTask(num_symbols=7)
+    rng = random.Random(0)
+    for _ in range(200):
+        ex = task.random_example(rng)
+        assert task.verify(ex.answer, ex)
