@@ -28,7 +28,8 @@ def cmd_eval(cfg: EvalConfig) -> int:
     result["config"] = to_dict(cfg)
     write_json(Path(cfg.out), result)
     rows = [{"metric": k, "value": result[k]} for k in
-            ("accuracy", "mean_nfe", "tokens_per_step", "still_masked", "wall_seconds", "num_examples")]
+            ("accuracy", "mean_nfe", "tokens_per_step", "shorter_than_reference", "still_masked", "wall_seconds",
+             "num_examples")]
     print(f"{result['sampler']}  (L={cfg.env.gen_length}, BL={cfg.env.block_length})")
     print(markdown_table(rows, ["metric", "value"]), end="")
     print(f"wrote {cfg.out}")
@@ -38,7 +39,7 @@ def cmd_eval(cfg: EvalConfig) -> int:
 def cmd_pareto(cfg: ParetoConfig) -> int:
     rows = run_pareto(cfg)
     out = Path(cfg.out_dir)
-    columns = ["mode", "block_length", "setting", "accuracy", "mean_nfe", "tokens_per_step"]
+    columns = ["mode", "block_length", "setting", "accuracy", "mean_nfe", "tokens_per_step", "shorter_than_reference"]
     table = markdown_table(rows, columns)
     write_json(out / "pareto.json", {"rows": rows, "config": to_dict(cfg)})
     write_atomic(out / "pareto.md", table)

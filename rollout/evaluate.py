@@ -77,6 +77,8 @@ def summarize(episodes: list[Episode], gen_length: int) -> dict:
         "mean_nfe": float(nfe.mean()),
         "tokens_per_step": float((written / nfe).mean()),
         "still_masked": float(sum(e.still_masked for e in episodes) / n),
+        # answers cut below the reference length: the signature of EOS committed too early
+        "shorter_than_reference": sum(len(e.completion) < len(e.example.answer) for e in episodes) / n,
         "num_examples": n,
     }
 
@@ -88,10 +90,10 @@ def evaluate(cfg: EvalConfig, dllm: DLLM | None = None) -> dict:
     torch.manual_seed(cfg.seed)
     task = make_task(cfg.task)
     check_lengths(cfg.env.gen_length, cfg.env.block_length)
-    sampler = make_sampler(cfg.sampler, torch.Generator().manual_seed(cfg.seed))
     if dllm is None:
         dllm = load_dllm(cfg.model, device=cfg.env.device, dtype=cfg.env.dtype,
                          trust_remote_code=cfg.trust_remote_code)
+    sampler = make_sampler(cfg.sampler, torch.Generator(device=dllm.device).manual_seed(cfg.seed))
     examples = task.examples(cfg.split, cfg.num_examples, seed=cfg.seed)
     start = time.perf_counter()
     episodes = run_episodes(dllm, task, examples, sampler, cfg.env, seed=cfg.seed, progress=cfg.progress)

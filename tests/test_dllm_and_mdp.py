@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from envs.config import SamplerConfig
 from envs.confidence import predict
+from envs.config import SamplerConfig
 from envs.dllm import ModelLoadError, layout_batch, load_dllm
 from envs.mdp import SamplerError, UnmaskingEnv
 from envs.samplers import make_sampler

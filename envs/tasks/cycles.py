@@ -52,7 +52,7 @@ class CycleTask(Task):
     def trace(self, prompt: str, direction: str) -> str:
         """The cycle of the start letter, from it back to it, following f ('>') or f^-1 ('<')."""
         images, start = prompt.split("?")
-        forward = dict(zip(self.letters, images))
+        forward = dict(zip(self.letters, images, strict=True))
         step = forward if direction == ">" else {v: k for k, v in forward.items()}
         out, x = [start], step[start]
         while x != start:

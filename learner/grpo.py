@@ -1,0 +1,69 @@
+"""Reward, group-relative advantage and the clipped GRPO surrogate (paper.md §3-§4), on one screen.
+
+Notation: a group holds G trajectories of the same prompt; trajectory g has steps s = 1..T_g, each with
+valid positions V_s (masked, in the current block), a Bernoulli action u_s in {0,1}^V_s, the behaviour
+log-probability stored at rollout time and the policy's logits b_s.
+
+    reward       R   = correct * ((L - NFE + 1) / L) ** alpha          (multiplicative, the default)
+                 R   = correct - alpha * NFE / L                        (additive, the ablation)
+    advantage    A_g = R_g - mean_G(R)               (optionally / std_G(R))
+    log-prob     log pi(u_s) = sum_{k in V_s} u_k log sigma(b_k) + (1 - u_k) log(1 - sigma(b_k))
+    ratio        rho_s = exp(log pi(u_s) - log pi_old(u_s))
+    loss         -(1/N) sum_g (1/|S_g|) sum_{s in S_g} min(rho_s A_g, clip(rho_s, 1 - eps, 1 + eps) A_g)
+
+S_g are the trajectory's active steps (those with a non-empty valid set).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def reward(correct: torch.Tensor, nfe: torch.Tensor, gen_length: int, alpha: float,
+           kind: str = "multiplicative") -> torch.Tensor:
+    correct, nfe = correct.float(), nfe.float().clamp(max=gen_length)
+    if kind == "multiplicative":
+        return correct * ((gen_length - nfe + 1) / gen_length) ** alpha
+    if kind == "additive":
+        return correct - alpha * nfe / gen_length
+    raise ValueError(f"unknown reward kind {kind!r}: use multiplicative or additive")
+
+
+def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale_by_std: bool = False,
+                     eps: float = 1e-6) -> torch.Tensor:
+    """R - mean of its group (GRPO); the paper does not divide by the std (option)."""
+    groups, index = torch.unique(group_ids, return_inverse=True)
+    count = torch.zeros(len(groups), device=rewards.device).index_add_(0, index, torch.ones_like(rewards))
+    mean = torch.zeros(len(groups), device=rewards.device).index_add_(0, index, rewards) / count
+    adv = rewards - mean[index]
+    if scale_by_std:
+        # unbiased std, as torch.std in TRL's GRPO
+        var = torch.zeros(len(groups), device=rewards.device).index_add_(0, index, adv**2) / (count - 1).clamp(min=1)
+        adv = adv / (var[index].sqrt() + eps)
+    return adv
+
+
+def bernoulli_logp(logits: torch.Tensor, action: torch.Tensor, valid: torch.Tensor,
+                   temperature: float = 1.0) -> torch.Tensor:
+    """Joint log-likelihood of the per-position decisions over the valid positions: [..., L] -> [...].
+    log sigma(b) and log(1 - sigma(b)) = log sigma(-b) are computed stably in float32."""
+    b = logits.float() / temperature
+    per_position = torch.where(action.bool(), F.logsigmoid(b), F.logsigmoid(-b))
+    return (per_position * valid.float()).sum(-1)
+
+
+def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, active: torch.Tensor,
+              clip_eps: float = 0.5) -> tuple[torch.Tensor, dict]:
+    """Clipped surrogate. logp, old_logp, active: [N, T] (trajectory x step); advantages: [N]."""
+    ratio = torch.exp(logp - old_logp)
+    adv = advantages[:, None]
+    surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv)
+    active = active.float()
+    per_trajectory = (surrogate * active).sum(-1) / active.sum(-1).clamp(min=1)
+    loss = -per_trajectory.mean()
+    with torch.no_grad():
+        clipped = ((ratio - 1).abs() > clip_eps).float()
+        stats = {"clip_fraction": float((clipped * active).sum() / active.sum().clamp(min=1)),
+                 "ratio_mean": float((ratio * active).sum() / active.sum().clamp(min=1))}
+    return loss, stats

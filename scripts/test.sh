@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh or prepared machine (sets up first; setup is idempotent).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh >/dev/null
+.venv/bin/python -m pytest -q "$@"

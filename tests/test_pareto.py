@@ -1,0 +1,28 @@
+"""`unmask pareto`: a grid of samplers in semi-AR and full diffusion, with a table and a PNG."""
+
+import json
+
+from cluster.cli import main
+from cluster.report import pareto_front
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    pts = [(10, 0.5), (20, 0.4), (8, 0.2), (30, 0.9), (30, 0.7)]
+    assert pareto_front(pts) == [(8, 0.2), (10, 0.5), (30, 0.9)]
+
+
+def test_pareto_command_writes_table_plot_and_config(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "p"
+    code = main(["pareto", f"model={tiny_model_dir}", "grid=small", "num_examples=6", "env.gen_length=16",
+                 "block_lengths=[4,16]", f"out_dir={out}", "progress=false"])
+    assert code == 0
+    rows = json.loads((out / "pareto.json").read_text())["rows"]
+    assert {r["mode"] for r in rows} == {"semi-AR", "full diffusion"}
+    assert {r["sampler"] for r in rows} == {"top_k", "fast_dllm"}
+    top1 = [r for r in rows if r["setting"] == "top_k steps=16"]
+    assert all(r["mean_nfe"] == 16 for r in top1)  # one token per step = L forwards
+    png = (out / "pareto.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    assert "| mode |" in (out / "pareto.md").read_text()
+    assert "block_lengths" in (out / "config.yaml").read_text()
+    assert "wrote" in capsys.readouterr().out
