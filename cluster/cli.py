@@ -82,6 +82,14 @@ def command_help(name: str) -> str:
     return "\n".join(lines)
 
 
+def quiet_libraries() -> None:
+    """Our own progress bars and tables are the output; transformers' weight-loading bars are noise."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -94,10 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     if "-h" in args or "--help" in args:
         print(command_help(name))
         return 0
+    quiet_libraries()
     try:
         cfg = parse(COMMANDS[name].schema, args, name)
         return COMMANDS[name].run(cfg)
-    except (ConfigError, ModelLoadError, ValueError, FileNotFoundError) as err:
+    except (ConfigError, ModelLoadError, ValueError, OSError) as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"unmask {name}: error: {message}", file=sys.stderr)
         return 2

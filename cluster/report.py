@@ -16,8 +16,11 @@ def write_atomic(path: Path, text: str | bytes) -> None:
     """Write to a temp file beside `path` and rename, so a crash never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(text.encode() if isinstance(text, str) else text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(text.encode() if isinstance(text, str) else text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_json(path: Path, data) -> None:

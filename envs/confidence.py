@@ -26,7 +26,7 @@ def predict(logits: torch.Tensor, temperature: float = 0.0, mask_id: int | None 
     low-precision Gumbel-max hurts quality (arXiv 2409.02908). The mask token itself is never a
     valid prediction.
     """
-    logits = logits.to(torch.float64)
+    logits = logits.to(torch.float64, copy=True)
     if mask_id is not None:
         logits[..., mask_id] = -torch.inf
     probs = torch.softmax(logits, dim=-1)

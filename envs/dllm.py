@@ -7,7 +7,6 @@ one-position logit shift, the context size, position ids under left padding) is 
 from __future__ import annotations
 
 import inspect
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,6 +125,31 @@ class DLLM:
         return out
 
 
+def first_id(*candidates) -> int | None:
+    """The first id that is set; configs may hold a list of EOS ids (the first is the canonical one)."""
+    for value in candidates:
+        if isinstance(value, (list, tuple)):
+            value = value[0] if value else None
+        if value is not None:
+            return int(value)
+    return None
+
+
+def check_device(device: str) -> None:
+    """Fail early and in one line on a device this machine does not have."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ModelLoadError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise ModelLoadError(f"device {device!r} is not available on this machine")
+
+
+def is_local_path(path: str) -> bool:
+    """A filesystem path rather than a hub id such as `GSAI-ML/LLaDA-8B-Instruct`."""
+    return path.startswith(("/", "./", "../", "~")) or Path(path).exists()
+
+
 def resolve_model_path(model: str) -> str:
     return str(BUILTIN_MODEL_DIR) if model in BUILTIN_NAMES else model
 
@@ -134,9 +158,9 @@ def load_dllm(model: str = "builtin", *, device: str = "cpu", dtype: str = "floa
               trust_remote_code: bool = False, logit_shift: bool | None = None) -> DLLM:
     """Load a masked LM from a local directory or a hub id through `AutoModelForMaskedLM`."""
     path = resolve_model_path(str(model))
-    looks_local = os.path.sep in path or path.startswith(".") or Path(path).exists()
-    if looks_local and not Path(path).is_dir():
+    if is_local_path(path) and not Path(path).expanduser().is_dir():
         raise ModelLoadError(f"model path {path!r} does not exist")
+    check_device(device)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
     if torch_dtype is None:
         raise ModelLoadError(f"unknown dtype {dtype!r}: use float32, bfloat16 or float16")
@@ -145,13 +169,13 @@ def load_dllm(model: str = "builtin", *, device: str = "cpu", dtype: str = "floa
         hf_model = AutoModelForMaskedLM.from_pretrained(
             path, dtype=torch_dtype, trust_remote_code=trust_remote_code
         )
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, KeyError, ImportError, RuntimeError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelLoadError(f"cannot load model {model!r}: {first_line}") from err
     config = hf_model.config
-    mask_id = getattr(config, "mask_token_id", None) or tokenizer.mask_token_id
-    eos_id = getattr(config, "eos_token_id", None) or tokenizer.eos_token_id
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
+    mask_id = first_id(getattr(config, "mask_token_id", None), tokenizer.mask_token_id)
+    eos_id = first_id(getattr(config, "eos_token_id", None), tokenizer.eos_token_id)
+    pad_id = first_id(tokenizer.pad_token_id, eos_id)
     if mask_id is None or eos_id is None:
         raise ModelLoadError(f"model {model!r} defines no mask or EOS token id")
     shift = bool(getattr(config, "logit_shift", False)) if logit_shift is None else logit_shift

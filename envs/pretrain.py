@@ -53,7 +53,8 @@ def training_texts(task: Task, cfg: PretrainConfig) -> tuple[list[str], callable
     def draw_jsonl(n: int) -> list[tuple[str, str]]:
         return [(ex.prompt, ex.answer) for ex in rng.choices(train, k=n)]
 
-    return [t for ex in train for t in (ex.prompt, ex.answer)], draw_jsonl
+    everything = train + task.examples("test", n=-1)  # the vocabulary covers every character of the file
+    return [t for ex in everything for t in (ex.prompt, ex.answer)], draw_jsonl
 
 
 def masked_diffusion_loss(model, ids: torch.Tensor, attn: torch.Tensor, canvas: torch.Tensor,
@@ -82,12 +83,17 @@ def pretrain(cfg: PretrainConfig) -> dict:
     ids_of = {"pad": tokenizer.pad_token_id, "mask": tokenizer.mask_token_id, "eos": tokenizer.eos_token_id}
     sample = draw(512)
     longest_prompt = max(len(p) for p, _ in sample)
-    if cfg.task.name == "jsonl":
-        longest_prompt = max(len(ex.prompt) for ex in task.examples("train", n=-1))
-        longest_answer = max(len(ex.answer) for ex in task.examples("train", n=-1))
-        if longest_answer >= cfg.gen_length:
-            raise ValueError(f"gen_length={cfg.gen_length} is too short for answers of {longest_answer} "
-                             "characters (one EOS must fit)")
+    if cfg.task.name == "jsonl":  # size the context for every prompt of the file, test split included
+        everything = task.examples("train", n=-1) + task.examples("test", n=-1)
+        longest_prompt = max(len(ex.prompt) for ex in everything)
+        longest_answer = max(len(ex.answer) for ex in everything)
+    else:
+        longest_answer = task.max_answer_length()
+    if longest_answer >= cfg.gen_length:
+        raise ValueError(f"gen_length={cfg.gen_length} is too short for answers of {longest_answer} "
+                         "characters (one EOS must fit)")
+    if cfg.minutes <= 0 or cfg.max_steps <= 0 or cfg.batch_size <= 0:
+        raise ValueError("pretrain needs minutes > 0, max_steps > 0 and batch_size > 0")
     model = new_builtin_model(len(tokenizer), longest_prompt + cfg.gen_length, cfg.size, ids_of)
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
@@ -98,7 +104,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     generator = torch.Generator().manual_seed(cfg.seed)
 
     def lr_at(step: int, progress: float) -> float:
-        warm = min(1.0, (step + 1) / cfg.warmup_steps)
+        warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
         return cfg.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
     start, step, ema = time.time(), 0, None
@@ -148,9 +154,12 @@ def save_model(model, tokenizer, out: Path, summary: dict) -> None:
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     (tmp / "pretrain.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
     if out.exists():
-        shutil.rmtree(out)
+        out.rename(old)  # the previous model stays whole until the new one is in place
     tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 __all__ = ["pretrain", "masked_diffusion_loss", "asdict"]

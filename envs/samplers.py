@@ -152,7 +152,20 @@ def register_sampler(cls: type[Sampler]) -> type[Sampler]:
     return cls
 
 
+def check_params(cfg: SamplerConfig) -> None:
+    """Reject settings that would silently sample nothing or everything."""
+    if cfg.k < 1:
+        raise ValueError(f"sampler.k must be >= 1, got {cfg.k}")
+    if cfg.steps < 0:
+        raise ValueError(f"sampler.steps must be >= 0 (0 = gen_length), got {cfg.steps}")
+    if not 0.0 <= cfg.threshold <= 1.0:
+        raise ValueError(f"sampler.threshold must be in [0, 1], got {cfg.threshold}")
+    if cfg.factor <= 0 or cfg.gamma < 0:
+        raise ValueError("sampler.factor must be > 0 and sampler.gamma >= 0")
+
+
 def make_sampler(cfg: SamplerConfig, generator: torch.Generator | None = None) -> Sampler:
     if cfg.name not in SAMPLERS:
         raise ValueError(f"unknown sampler {cfg.name!r}: choose one of {', '.join(sorted(SAMPLERS))}")
+    check_params(cfg)
     return SAMPLERS[cfg.name](cfg, generator)

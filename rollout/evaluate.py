@@ -49,9 +49,23 @@ def generate(env: UnmaskingEnv, sampler: Sampler, prompts: list[list[int]]) -> U
     return env
 
 
+def check_examples(dllm: DLLM, examples: list[Example], env_cfg: EnvConfig, split: str = "test") -> None:
+    """Fail before any work: no examples, a bad batch size, or a prompt that cannot fit the context."""
+    if not examples:
+        raise ValueError(f"no examples to evaluate in the {split!r} split (num_examples, task.test_fraction?)")
+    if env_cfg.batch_size < 1:
+        raise ValueError(f"env.batch_size must be >= 1, got {env_cfg.batch_size}")
+    check_lengths(env_cfg.gen_length, env_cfg.block_length)
+    if dllm.max_length is not None:
+        longest = max(len(p) for p in dllm.encode_prompts([ex.prompt for ex in examples]))
+        if longest + env_cfg.gen_length > dllm.max_length:
+            raise ValueError(f"prompt ({longest} tokens) + env.gen_length ({env_cfg.gen_length}) exceeds the "
+                             f"model's context of {dllm.max_length} tokens")
+
+
 def run_episodes(dllm: DLLM, task: Task, examples: list[Example], sampler: Sampler, env_cfg: EnvConfig,
                  seed: int = 0, progress: bool = False) -> list[Episode]:
-    check_lengths(env_cfg.gen_length, env_cfg.block_length)
+    check_examples(dllm, examples, env_cfg)
     env = UnmaskingEnv(dllm, env_cfg.gen_length, env_cfg.block_length, env_cfg.temperature, seed=seed)
     episodes: list[Episode] = []
     bar = tqdm(total=len(examples), desc=sampler.describe(), disable=not progress, leave=False)

@@ -10,7 +10,6 @@ from tqdm import tqdm
 
 from envs.config import EnvConfig, SamplerConfig, TaskConfig
 from envs.dllm import load_dllm
-from envs.mdp import check_lengths
 from envs.samplers import make_sampler
 from envs.tasks import make_task
 from rollout.evaluate import run_episodes, summarize
@@ -20,8 +19,8 @@ from rollout.evaluate import run_episodes, summarize
 class ParetoConfig:
     model: str = "builtin"
     task: TaskConfig = field(default_factory=TaskConfig)
-    env: EnvConfig = field(default_factory=EnvConfig)  # env.block_length is ignored: see block_lengths
-    block_lengths: list[int] = field(default_factory=lambda: [4, 8, 32])  # the last one = full diffusion
+    env: EnvConfig = field(default_factory=EnvConfig)  # env.block_length is not used: see block_lengths
+    block_lengths: list[int] = field(default_factory=lambda: [4, 8])  # semi-AR; full diffusion (L) is always added
     grid: str = "default"  # default | small
     num_examples: int = 500
     split: str = "test"
@@ -54,9 +53,11 @@ def run_pareto(cfg: ParetoConfig, dllm=None) -> list[dict]:
                              trust_remote_code=cfg.trust_remote_code)
     examples = task.examples(cfg.split, cfg.num_examples, seed=cfg.seed)
     jobs = []
-    for block_length in cfg.block_lengths:
+    block_lengths = sorted(set(cfg.block_lengths) | {cfg.env.gen_length})
+    for block_length in block_lengths:
         env_cfg = dataclasses.replace(cfg.env, block_length=block_length)
-        check_lengths(env_cfg.gen_length, block_length)
+        if block_length <= 0 or env_cfg.gen_length % block_length:
+            raise ValueError(f"block_lengths entry {block_length} does not divide env.gen_length={env_cfg.gen_length}")
         for sampler_cfg in default_grid(env_cfg.gen_length, env_cfg.gen_length // block_length, cfg.grid):
             jobs.append((env_cfg, sampler_cfg))
     rows = []

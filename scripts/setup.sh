@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Set up a fresh machine: a virtual environment with the pinned CPU PyTorch wheel first (so no CUDA
-# packages are pulled on CPU machines), then this package and its test tools. Safe to re-run.
+# Set up a fresh machine: a virtual environment with the pinned PyTorch wheel first, then this package
+# and its test tools. Safe to re-run. On this project's CPU machines `torch==2.13.0` resolves to a CPU
+# wheel kept on disk; elsewhere set TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu to avoid the
+# CUDA build, or install your CUDA build of torch before running this script on a GPU machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${UNMASK_VENV:-.venv}"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
-    # On a GPU machine, install the CUDA build of torch yourself before running this script.
-    "$VENV/bin/python" -m pip install -q "torch==2.13.0"
+    "$VENV/bin/python" -m pip install -q ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==2.13.0"
 fi
 "$VENV/bin/python" -m pip install -q -e ".[dev]"
 echo "ready: $VENV/bin/unmask"

@@ -49,7 +49,7 @@ def test_help_lists_every_key_with_defaults():
 def test_bad_input_is_one_line_and_nonzero(args, message, capsys):
     assert main(args) != 0
     err = capsys.readouterr().err.strip()
-    assert message in err and len(err.splitlines()) <= 3  # the error line (+ usage for a bad command)
+    assert message in err and len(err.splitlines()) == 1
 
 
 def test_bad_input_exit_code_from_a_real_process():
@@ -74,3 +74,54 @@ def test_failed_eval_keeps_the_previous_result_file(tiny_model_dir, tmp_path):
     out.write_text('{"previous": true}\n')
     res = unmask("eval", f"model={tiny_model_dir}", "env.gen_length=30", f"out={out}")
     assert res.returncode != 0 and json.loads(out.read_text()) == {"previous": True}
+
+
+def test_a_write_that_fails_late_leaves_the_old_file_and_no_temp(tmp_path, monkeypatch):
+    import os
+
+    from cluster import report
+
+    target = tmp_path / "r.json"
+    target.write_text("old")
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(report.os, "replace", broken_replace)
+    with pytest.raises(OSError):
+        report.write_json(target, {"new": 1})
+    assert target.read_text() == "old" and os.listdir(tmp_path) == ["r.json"]
+
+
+def test_unwritable_out_is_a_one_line_error(tiny_model_dir, tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    code = main(["eval", f"model={tiny_model_dir}", "num_examples=3", "env.gen_length=8", "env.block_length=8",
+                 f"out={tmp_path / 'afile' / 'e.json'}", "progress=false"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "error" in err
+
+
+def test_jsonl_eval_end_to_end(tiny_model_dir, tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(json.dumps({"prompt": p, "answer": a}) for p, a in
+                              [("abc?", "cba"), ("bca?", "acb"), ("cab?", "bac"), ("aab?", "baa")] * 3) + "\n")
+    out = tmp_path / "e.json"
+    assert main(["eval", f"model={tiny_model_dir}", "task=jsonl", f"task.path={data}", "task.test_fraction=1.0",
+                 "num_examples=-1", "env.gen_length=8", "env.block_length=4", "sampler=eb",
+                 f"out={out}", "progress=false"]) == 0
+    result = json.loads(out.read_text())
+    assert result["num_examples"] == 12 and 0 <= result["accuracy"] <= 1 and 2 <= result["mean_nfe"] <= 8
+
+
+def test_empty_split_and_bad_sampler_values_are_errors(tiny_model_dir, tmp_path, capsys):
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"prompt": "abc?", "answer": "cba"}) + "\n")
+    assert main(["eval", f"model={tiny_model_dir}", "task=jsonl", f"task.path={data}", "task.test_fraction=0",
+                 "progress=false"]) == 2
+    assert "no examples" in capsys.readouterr().err
+    assert main(["eval", f"model={tiny_model_dir}", "sampler=random", "sampler.k=0", "progress=false"]) == 2
+    assert "sampler.k must be >= 1" in capsys.readouterr().err
+    assert main(["eval", f"model={tiny_model_dir}", "env.device=cuda:7", "progress=false"]) == 2
+    assert "not available" in capsys.readouterr().err
+    assert main(["eval", "task.num_symbols=4", f"model={tiny_model_dir}", "progress=false"]) == 2
+    assert "fewer than 500 distinct prompts" in capsys.readouterr().err

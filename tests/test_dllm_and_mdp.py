@@ -20,6 +20,12 @@ def test_loads_through_auto_classes_and_knows_its_tokens(tiny_dllm):
     assert tiny_dllm.decode_answer(ids) == ">ab"
 
 
+def test_hub_ids_are_not_mistaken_for_paths(tmp_path, monkeypatch):
+    from envs.dllm import is_local_path
+    assert not is_local_path("GSAI-ML/LLaDA-8B-Instruct") and not is_local_path("bert-base-uncased")
+    assert is_local_path("./runs/model") and is_local_path(str(tmp_path))
+
+
 def test_missing_model_path_is_a_clear_error(tmp_path):
     with pytest.raises(ModelLoadError, match="does not exist"):
         load_dllm(str(tmp_path / "missing"))
@@ -69,6 +75,8 @@ def test_gumbel_sampling_follows_softmax_of_logits_over_temperature():
     assert (cold.tokens == 0).all()
     # token_prob is the probability of the sampled token; confidence stays the top-1 probability
     assert torch.allclose(pred.confidence, torch.full_like(pred.confidence, 0.6))
+    expected = torch.tensor([0.6, 0.3, 0.1])[pred.tokens]
+    torch.testing.assert_close(pred.token_prob, expected.float())
 
 
 def run(env, sampler, prompts):
@@ -143,11 +151,14 @@ def test_length_and_context_errors(tiny_dllm):
         env.reset(tiny_dllm.encode_prompts(["abcdefgh?a"]))
 
 
-def test_seeded_temperature_sampling_is_reproducible(tiny_model_dir, tmp_path):
+def test_seeded_temperature_sampling_is_reproducible(tmp_path):
     dllm = load_dllm(save_tiny_model(tmp_path / "m", seed=3))
-    outs = []
-    for _ in range(2):
-        env = UnmaskingEnv(dllm, gen_length=8, block_length=8, temperature=1.0, seed=7)
-        run(env, make_sampler(SamplerConfig(name="fast_dllm", threshold=0.5)), dllm.encode_prompts(["abc?a"] * 3))
-        outs.append(env.canvas())
-    assert torch.equal(outs[0], outs[1])
+
+    def canvas(temperature, seed):
+        env = UnmaskingEnv(dllm, gen_length=16, block_length=16, temperature=temperature, seed=seed)
+        run(env, make_sampler(SamplerConfig(name="fast_dllm", threshold=0.5)), dllm.encode_prompts(["abc?a"] * 4))
+        return env.canvas()
+
+    assert torch.equal(canvas(1.0, 7), canvas(1.0, 7))
+    assert not torch.equal(canvas(1.0, 7), canvas(1.0, 8))  # the noise is real
+    assert torch.equal(canvas(0.0, 7), canvas(0.0, 8))  # greedy ignores the seed

@@ -26,3 +26,14 @@ def test_pareto_command_writes_table_plot_and_config(tiny_model_dir, tmp_path, c
     assert "| mode |" in (out / "pareto.md").read_text()
     assert "block_lengths" in (out / "config.yaml").read_text()
     assert "wrote" in capsys.readouterr().out
+
+
+def test_pareto_always_adds_full_diffusion_and_checks_block_lengths(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "p"
+    assert main(["pareto", f"model={tiny_model_dir}", "grid=small", "num_examples=3", "env.gen_length=8",
+                 f"out_dir={out}", "progress=false"]) == 0
+    rows = json.loads((out / "pareto.json").read_text())["rows"]
+    assert {r["block_length"] for r in rows} == {4, 8}  # default [4, 8] semi-AR, L=8 is full diffusion
+    assert main(["pareto", f"model={tiny_model_dir}", "env.gen_length=12", "block_lengths=[5]",
+                 f"out_dir={out}", "progress=false"]) == 2
+    assert "block_lengths entry 5" in capsys.readouterr().err

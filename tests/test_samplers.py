@@ -47,6 +47,11 @@ def test_factor_rule_thresholds_one_minus_f_over_i_plus_2():
     assert pick("fast_dllm_factor", o, factor=2.0) == [True, True, True, False]
 
 
+def test_factor_rule_accepts_all_when_every_candidate_passes():
+    o = obs([0.999, 0.998, 0.997], valid=[True, True, True])
+    assert pick("fast_dllm_factor", o, factor=1.0) == [True, True, True]
+
+
 def test_top_k_follows_llada_schedule():
     # 5 masked positions, 2 steps per block -> get_num_transfer_tokens gives [3, 2]
     o = obs([0.5, 0.9, 0.1, 0.7, 0.6], gen_length=10, block_length=5)

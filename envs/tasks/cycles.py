@@ -65,7 +65,12 @@ class CycleTask(Task):
         rng = random.Random(f"{self.name}/{split}/{seed}")
         out: list[Example] = []
         seen: set[str] = set()
+        attempts = 0
         while len(out) < n:
+            attempts += 1
+            if attempts > 200 * n + 10_000:
+                raise ValueError(f"the {split} split of cycles with task.num_symbols={len(self.letters)} has "
+                                 f"fewer than {n} distinct prompts: ask for fewer examples or more symbols")
             ex = self.random_example(rng)
             if self.split_of(ex.prompt) == split and (split == "train" or ex.prompt not in seen):
                 seen.add(ex.prompt)
