@@ -30,10 +30,11 @@ def main(argv: list[str]) -> None:
     print(f"model={model} device={device} torch_threads={torch.get_num_threads()}")
     print(f"{'setting':<38} {'prompts':>7} {'wall s':>8} {'prompts/s':>10} {'fwd/s':>8} {'acc':>6} {'NFE':>6}")
     rates = {}
-    for sampler_cfg, block in ((SamplerConfig(name="top_k", steps=32), 8), (SamplerConfig(name="fast_dllm"), 8),
-                               (SamplerConfig(name="fast_dllm"), 32)):
+    gen_length = int(args.get("gen_length", 24))
+    for sampler_cfg, block in ((SamplerConfig(name="top_k"), 8), (SamplerConfig(name="fast_dllm"), 8),
+                               (SamplerConfig(name="fast_dllm"), gen_length)):
         for batch_size, count in ((250, n), (1, unbatched_n)):
-            env = EnvConfig(block_length=block, batch_size=batch_size, device=device)
+            env = EnvConfig(gen_length=gen_length, block_length=block, batch_size=batch_size, device=device)
             sampler = make_sampler(sampler_cfg)
             start = time.perf_counter()
             episodes = run_episodes(dllm, task, examples[:count], sampler, env)

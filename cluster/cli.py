@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cluster.configs import ConfigError, flatten_defaults, parse, to_dict, to_yaml
-from cluster.report import markdown_table, pareto_plot, write_atomic, write_json
+from cluster.report import markdown_table, pareto_plot, pivot_table, write_atomic, write_json
 from envs.config import PretrainConfig
 from envs.dllm import ModelLoadError
 from envs.samplers import SAMPLERS
@@ -40,7 +40,7 @@ def cmd_pareto(cfg: ParetoConfig) -> int:
     rows = run_pareto(cfg)
     out = Path(cfg.out_dir)
     columns = ["mode", "block_length", "setting", "accuracy", "mean_nfe", "tokens_per_step", "shorter_than_reference"]
-    table = markdown_table(rows, columns)
+    table = "accuracy @ mean NFE\n\n" + pivot_table(rows) + "\n" + markdown_table(rows, columns)
     write_json(out / "pareto.json", {"rows": rows, "config": to_dict(cfg)})
     write_atomic(out / "pareto.md", table)
     write_atomic(out / "config.yaml", to_yaml(cfg))

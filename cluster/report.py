@@ -35,6 +35,23 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pivot_table(rows: list[dict]) -> str:
+    """One line per sampler setting, one 'accuracy @ NFE' column per block length: the modes side by side."""
+    block_lengths = sorted({r["block_length"] for r in rows})
+    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    cell = {(r["setting"], r["block_length"]): r for r in rows}
+    full = max(block_lengths)
+    header = ["sampler"] + [f"BL={bl}" + (" (full diffusion)" if bl == full else "") for bl in block_lengths]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for s in settings:
+        cols = []
+        for bl in block_lengths:
+            r = cell.get((s, bl))
+            cols.append(f"{r['accuracy']:.3f} @ {r['mean_nfe']:.1f}" if r else "")
+        lines.append(f"| {s} | " + " | ".join(cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     """The points no other point beats on both fewer NFE and higher accuracy, sorted by NFE."""
     front, best = [], -1.0

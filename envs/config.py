@@ -10,7 +10,7 @@ from envs.dllm import ModelSize
 @dataclass
 class TaskConfig:
     name: str = "cycles"  # cycles | jsonl
-    num_symbols: int = 10  # cycles: permutation size; answers are 3..num_symbols+2 tokens
+    num_symbols: int = 7  # cycles: permutation size; answers are 3..num_symbols+2 tokens
     path: str = ""  # jsonl: the file
     verifier: str = "exact"  # jsonl: exact | numeric | math | module:function
     prompt_key: str = "prompt"
@@ -20,7 +20,7 @@ class TaskConfig:
 
 @dataclass
 class EnvConfig:
-    gen_length: int = 32  # L: the generation canvas
+    gen_length: int = 24  # L: the generation canvas
     block_length: int = 8  # BL: semi-AR block; BL == L is full diffusion
     temperature: float = 0.0  # token temperature (Gumbel-max in float64, as LLaDA); 0 = greedy
     batch_size: int = 250  # sequences per batched dLLM forward
@@ -44,7 +44,7 @@ class SamplerConfig:
 class PretrainConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     out: str = "runs/pretrain"
-    gen_length: int = 32
+    gen_length: int = 24
     size: ModelSize = field(default_factory=ModelSize)
     batch_size: int = 128
     lr: float = 1e-3
@@ -56,4 +56,5 @@ class PretrainConfig:
     seed: int = 0
     num_threads: int = 0  # torch threads; 0 = all cores
     log_every: int = 100
+    init_from: str = ""  # continue training a saved dLLM (its tokenizer and shape are kept)
     save_every_minutes: float = 10.0  # also save partial checkpoints (atomically) this often; 0 = never

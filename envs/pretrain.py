@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
+from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from envs.config import PretrainConfig
 from envs.dllm import layout_batch, new_builtin_model
@@ -79,7 +80,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
     torch.manual_seed(cfg.seed)
     task = make_task(cfg.task)
     vocab_texts, draw = training_texts(task, cfg)
-    tokenizer = build_char_tokenizer(vocab_texts)
+    tokenizer = (AutoTokenizer.from_pretrained(cfg.init_from) if cfg.init_from
+                 else build_char_tokenizer(vocab_texts))
     ids_of = {"pad": tokenizer.pad_token_id, "mask": tokenizer.mask_token_id, "eos": tokenizer.eos_token_id}
     sample = draw(512)
     longest_prompt = max(len(p) for p, _ in sample)
@@ -94,7 +96,13 @@ def pretrain(cfg: PretrainConfig) -> dict:
                          "characters (one EOS must fit)")
     if cfg.minutes <= 0 or cfg.max_steps <= 0 or cfg.batch_size <= 0:
         raise ValueError("pretrain needs minutes > 0, max_steps > 0 and batch_size > 0")
-    model = new_builtin_model(len(tokenizer), longest_prompt + cfg.gen_length, cfg.size, ids_of)
+    if cfg.init_from:
+        model = AutoModelForMaskedLM.from_pretrained(cfg.init_from)
+        if model.config.max_position_embeddings < longest_prompt + cfg.gen_length:
+            raise ValueError(f"init_from model's context ({model.config.max_position_embeddings}) is shorter than "
+                             f"prompt + gen_length ({longest_prompt + cfg.gen_length})")
+    else:
+        model = new_builtin_model(len(tokenizer), longest_prompt + cfg.gen_length, cfg.size, ids_of)
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]

@@ -52,7 +52,11 @@ def test_pretrain_on_jsonl_saves_a_loadable_model_and_learns(tmp_path):
     assert AutoModelForMaskedLM.from_pretrained(out).config.max_position_embeddings == 4 + 6
     dllm = load_dllm(str(out))
     assert dllm.mask_id == tok.mask_token_id
-    assert not (out.parent / "model.tmp").exists()
+    assert not (out.parent / "model.tmp").exists() and not (out.parent / "model.old").exists()
+    # continue training the saved model: same tokenizer, weights carried over
+    more = PretrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "more"), "init_from": str(out), "max_steps": 5})
+    assert pretrain(more)["final_loss_ema"] < 1.0
+    assert AutoTokenizer.from_pretrained(tmp_path / "more").get_vocab() == tok.get_vocab()
 
 
 def test_pretrain_rejects_answers_longer_than_the_canvas(tmp_path):

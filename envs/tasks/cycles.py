@@ -6,7 +6,7 @@ then EOS padding. With `>` each next letter is f(previous), with `<` it is f^-1(
 directions are correct, so the first answer token is a genuine 50/50 choice, as free phrasing is in
 natural language.
 
-    prompt  "cadbjfhgie?b"      (f(a)=c, f(b)=a, ...)
+    prompt  "cadbgfe?b"      (f(a)=c, f(b)=a, f(c)=d, f(d)=b, ...)
     answers ">bacdb" or "<bdcab"
 
 Why this task makes unmasking order matter (shared/research/tiny-dllm-prototype.md):
@@ -32,7 +32,7 @@ TEST_FRACTION_PER_MILLE = 50  # 5% of all (permutation, start) pairs belong to t
 class CycleTask(Task):
     name = "cycles"
 
-    def __init__(self, num_symbols: int = 10):
+    def __init__(self, num_symbols: int = 7):
         if not 2 <= num_symbols <= 26:
             raise ValueError(f"task.num_symbols must be in 2..26, got {num_symbols}")
         self.letters = string.ascii_lowercase[:num_symbols]

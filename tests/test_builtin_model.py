@@ -1,0 +1,54 @@
+"""The shipped built-in dLLM: it loads by name and shows the phenomena the project is about.
+
+Measured on 200 test prompts (standard error of an accuracy near 0.5 is about 0.035), with margins
+wide enough that a regression, not noise, fails them. The README's table has the 500-prompt figures.
+"""
+
+import pytest
+
+from envs.config import EnvConfig, SamplerConfig, TaskConfig
+from envs.dllm import BUILTIN_MODEL_DIR, load_dllm
+from envs.samplers import make_sampler
+from envs.tasks import make_task
+from rollout.evaluate import run_episodes, summarize
+
+pytestmark = pytest.mark.skipif(not (BUILTIN_MODEL_DIR / "model.safetensors").exists(),
+                                reason="the built-in checkpoint is not in this checkout")
+
+
+@pytest.fixture(scope="module")
+def measure():
+    dllm = load_dllm("builtin")
+    task = make_task(TaskConfig())
+    examples = task.examples("test", 200, seed=1)
+
+    def run(block_length: int, **sampler) -> dict:
+        env = EnvConfig(block_length=block_length, batch_size=200)
+        episodes = run_episodes(dllm, task, examples, make_sampler(SamplerConfig(**sampler)), env)
+        return summarize(episodes, env.gen_length)
+
+    return run
+
+
+def test_builtin_loads_by_name_through_auto_classes():
+    dllm = load_dllm("builtin")
+    assert dllm.max_length == 9 + 24  # prompt of the 7-letter task + L and dllm.tokenizer.mask_token == "[MASK]"
+
+
+def test_one_token_per_step_semi_ar_is_accurate(measure):
+    assert measure(8, name="top_k", steps=24)["accuracy"] >= 0.8
+
+
+def test_threshold_with_small_blocks_keeps_accuracy_at_fewer_nfe(measure):
+    slow = measure(8, name="top_k", steps=24)
+    fast = measure(4, name="fast_dllm", threshold=0.9)
+    assert fast["mean_nfe"] < 0.6 * slow["mean_nfe"]
+    assert fast["accuracy"] >= slow["accuracy"] - 0.1
+
+
+def test_full_diffusion_breaks_confidence_heuristics(measure):
+    for sampler in ({"name": "top_k", "steps": 24}, {"name": "fast_dllm", "threshold": 0.9}):
+        semi = measure(8, **sampler)["accuracy"]
+        full = measure(32, **sampler)
+        assert full["accuracy"] <= semi - 0.15, sampler
+        assert full["shorter_than_reference"] > 0.1  # the mechanism: EOS committed into the answer
