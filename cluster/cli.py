@@ -8,10 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cluster.configs import ConfigError, flatten_defaults, parse, to_dict, to_yaml
-from cluster.report import markdown_table, pareto_plot, pivot_table, write_atomic, write_json
+from cluster.report import markdown_table, pareto_plot, pivot_table
+from cluster.train import TrainConfig
 from envs.config import PretrainConfig
 from envs.dllm import ModelLoadError
+from envs.files import write_atomic, write_json
 from envs.samplers import SAMPLERS
+from learner import sampler as _policy_sampler  # noqa: F401  registers sampler=policy
 from rollout.evaluate import EvalConfig, evaluate
 from rollout.pareto import ParetoConfig, run_pareto
 
@@ -59,10 +62,22 @@ def cmd_pretrain(cfg: PretrainConfig) -> int:
     return 0
 
 
+def cmd_train(cfg: TrainConfig) -> int:
+    from cluster.train import train
+
+    result = train(cfg)
+    if "accuracy" in result:
+        print(f"final policy: accuracy {result['accuracy']:.3f} at mean NFE {result['mean_nfe']:.2f} "
+              f"({result['num_examples']} test prompts)")
+    print(f"wrote {cfg.run_dir}")
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "eval": Command(EvalConfig, cmd_eval, "evaluate one sampler on a task; writes JSON"),
     "pareto": Command(ParetoConfig, cmd_pareto, "heuristic grid, semi-AR and full diffusion: table + PNG"),
     "pretrain": Command(PretrainConfig, cmd_pretrain, "train a small dLLM on a task (masked diffusion)"),
+    "train": Command(TrainConfig, cmd_train, "train the unmasking policy with GRPO on Ray (Tune)"),
 }
 
 
@@ -106,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = parse(COMMANDS[name].schema, args, name)
         return COMMANDS[name].run(cfg)
-    except (ConfigError, ModelLoadError, ValueError, OSError) as err:
+    except (ConfigError, ModelLoadError, ValueError, OSError, RuntimeError) as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"unmask {name}: error: {message}", file=sys.stderr)
         return 2

@@ -38,6 +38,9 @@ class SamplerConfig:
     threshold: float = 0.9  # fast_dllm: lambda
     factor: float = 1.0  # fast_dllm_factor: f
     gamma: float = 0.1  # eb: entropy bound
+    checkpoint: str = ""  # policy: a saved policy directory (run_dir/checkpoints/final)
+    policy_temperature: float = 1.0  # policy: tau_pi (paper: 0.5 semi-AR, 1.0 full diffusion)
+    beta: float = 1.0  # policy: test-time scaling, unmask with probability min(1, beta * s)
 
 
 @dataclass

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
 import sys
 import time
 from dataclasses import asdict
@@ -27,6 +26,7 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from envs.config import PretrainConfig
 from envs.dllm import layout_batch, new_builtin_model
+from envs.files import replace_dir
 from envs.tasks import Task, make_task
 from envs.tokenizer import build_char_tokenizer
 
@@ -156,18 +156,12 @@ def pretrain(cfg: PretrainConfig) -> dict:
 
 
 def save_model(model, tokenizer, out: Path, summary: dict) -> None:
-    """Write next to the target and rename, so an interrupted save never leaves a half model."""
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "pretrain.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    old = out.with_name(out.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        out.rename(old)  # the previous model stays whole until the new one is in place
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
+    def fill(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "pretrain.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+
+    replace_dir(out, fill)
 
 
 __all__ = ["pretrain", "masked_diffusion_loss", "asdict"]

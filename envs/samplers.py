@@ -162,6 +162,8 @@ def check_params(cfg: SamplerConfig) -> None:
         raise ValueError(f"sampler.threshold must be in [0, 1], got {cfg.threshold}")
     if cfg.factor <= 0 or cfg.gamma < 0:
         raise ValueError("sampler.factor must be > 0 and sampler.gamma >= 0")
+    if cfg.policy_temperature <= 0 or cfg.beta <= 0:
+        raise ValueError("sampler.policy_temperature and sampler.beta must be > 0")
 
 
 def make_sampler(cfg: SamplerConfig, generator: torch.Generator | None = None) -> Sampler:

@@ -13,12 +13,16 @@ module has 331,265 parameters, the paper's "~300K".
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from envs.files import replace_dir
 
 
 @dataclass
@@ -100,3 +104,38 @@ class UnmaskingPolicy(nn.Module):
         for block in self.blocks:
             x = block(x, cond)
         return self.head(self.norm_out(x))[..., 0]
+
+
+# ---- weights on disk: safetensors + the config that shapes them --------------------------------------
+POLICY_WEIGHTS, POLICY_CONFIG = "policy.safetensors", "policy.json"
+
+
+def save_policy(state: dict, cfg: PolicyConfig, out: str | Path, info: dict | None = None) -> Path:
+    """Write `out/` = policy.safetensors + policy.json atomically."""
+    from safetensors.torch import save_file
+
+    def fill(tmp: Path) -> None:
+        tensors = {k: torch.as_tensor(v).detach().cpu().contiguous() for k, v in state.items()}
+        save_file(tensors, str(tmp / POLICY_WEIGHTS))
+        (tmp / POLICY_CONFIG).write_text(json.dumps({"policy": asdict(cfg), **(info or {})}, indent=2) + "\n")
+
+    return replace_dir(Path(out), fill)
+
+
+def load_policy(path: str | Path, device: str = "cpu") -> UnmaskingPolicy:
+    """A saved policy directory (or its policy.safetensors) -> the network in eval mode."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    folder = path.parent if path.name == POLICY_WEIGHTS else path
+    if not (folder / POLICY_WEIGHTS).is_file() or not (folder / POLICY_CONFIG).is_file():
+        raise FileNotFoundError(f"no policy checkpoint at {path} (expected {POLICY_WEIGHTS} and {POLICY_CONFIG})")
+    try:
+        meta = json.loads((folder / POLICY_CONFIG).read_text())
+        policy = UnmaskingPolicy(PolicyConfig(**meta["policy"]))
+        policy.load_state_dict(load_file(str(folder / POLICY_WEIGHTS), device=device))
+    except (SafetensorError, json.JSONDecodeError, KeyError, TypeError, RuntimeError) as err:
+        raise ValueError(f"policy checkpoint {folder} is corrupted or does not match its config: "
+                         f"{str(err).splitlines()[0]}") from None
+    return policy.to(device).eval()

@@ -79,7 +79,7 @@ def test_failed_eval_keeps_the_previous_result_file(tiny_model_dir, tmp_path):
 def test_a_write_that_fails_late_leaves_the_old_file_and_no_temp(tmp_path, monkeypatch):
     import os
 
-    from cluster import report
+    from envs import files
 
     target = tmp_path / "r.json"
     target.write_text("old")
@@ -87,9 +87,9 @@ def test_a_write_that_fails_late_leaves_the_old_file_and_no_temp(tmp_path, monke
     def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(report.os, "replace", broken_replace)
+    monkeypatch.setattr(files.os, "replace", broken_replace)
     with pytest.raises(OSError):
-        report.write_json(target, {"new": 1})
+        files.write_json(target, {"new": 1})
     assert target.read_text() == "old" and os.listdir(tmp_path) == ["r.json"]
 
 

@@ -1,0 +1,176 @@
+"""`unmask train`: GRPO training of the unmasking policy on Ray, through Tune (for its loggers,
+checkpoints and, later, sweeps).
+
+run_dir/
+  config.yaml                     the resolved TrainConfig
+  tune/                           Tune's trial directory: progress.csv, result.json, TensorBoard events,
+                                  algorithm checkpoints
+  trajectories/iter_*/runner_*.parquet   Arrow dumps (rollout.trajectories.TRAJECTORY_SCHEMA)
+  checkpoints/policy_*/, checkpoints/final/   policy weights (safetensors) + policy.json
+  eval.json                       the final policy on `eval_examples` test prompts
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from envs.config import SamplerConfig
+from envs.dllm import is_local_path
+from envs.files import write_atomic, write_json
+from envs.mdp import check_lengths
+from learner.config import GRPOConfig, check_grpo
+from rollout.config import RolloutConfig, check_rollout
+
+
+@dataclass
+class TrainConfig:
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    run_dir: str = "runs/train"
+    max_iterations: int = 200  # one iteration = one GRPO update
+    max_minutes: float = 30.0  # wall-clock budget of the training loop
+    ray_address: str = ""  # "" = start a local Ray; "auto" or host:port = join a cluster
+    num_env_runners: int = 1  # 0 = sample in the learner's process
+    num_cpus_per_env_runner: float = 1.0
+    num_gpus_per_env_runner: float = 0.0  # > 0: the runner's dLLM lives on that GPU
+    num_gpus_per_learner: float = 0.0
+    max_policy_lag: int = 1  # drop groups older than this many updates; 0 = on-policy
+    groups_per_update: int = 8  # prompts (x group_size rollouts) per GRPO update
+    checkpoint_every: int = 10  # iterations between checkpoints
+    dump_trajectories: bool = True
+    eval_examples: int = 500  # test prompts for the final eval.json (0 = skip)
+    eval_policy_temperature: float = 1.0
+
+
+def check_train(cfg: TrainConfig) -> None:
+    check_rollout(cfg.rollout)
+    check_grpo(cfg.grpo)
+    check_lengths(cfg.rollout.env.gen_length, cfg.rollout.env.block_length)
+    if cfg.max_iterations < 1 or cfg.max_minutes <= 0 or cfg.groups_per_update < 1:
+        raise ValueError("max_iterations and groups_per_update must be >= 1 and max_minutes > 0")
+    if cfg.max_policy_lag < 0 or cfg.num_env_runners < 0 or cfg.checkpoint_every < 0:
+        raise ValueError("max_policy_lag, num_env_runners and checkpoint_every must be >= 0")
+
+
+def absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """Tune runs trials in their own working directory: every local path must be absolute."""
+    rollout = cfg.rollout
+    if rollout.model != "builtin" and is_local_path(rollout.model):
+        rollout = dataclasses.replace(rollout, model=str(Path(rollout.model).resolve()))
+    if rollout.task.path:
+        rollout = dataclasses.replace(rollout, task=dataclasses.replace(rollout.task,
+                                                                        path=str(Path(rollout.task.path).resolve())))
+    return dataclasses.replace(cfg, rollout=rollout, run_dir=str(Path(cfg.run_dir).resolve()))
+
+
+def algorithm_config(cfg: TrainConfig, run_id: str = ""):
+    """The RLlib AlgorithmConfig of one training run."""
+    from cluster.algorithm import UnmaskGRPOConfig, policy_spaces
+    from cluster.configs import to_dict
+
+    grpo = to_dict(cfg.grpo)
+    obs_space, action_space = policy_spaces(cfg.rollout.env.gen_length)
+    algo = (
+        UnmaskGRPOConfig()
+        .environment(observation_space=obs_space, action_space=action_space,
+                     env_config={"rollout": to_dict(cfg.rollout), "grpo": grpo})
+        .env_runners(num_env_runners=cfg.num_env_runners, num_cpus_per_env_runner=cfg.num_cpus_per_env_runner,
+                     num_gpus_per_env_runner=cfg.num_gpus_per_env_runner)
+        .learners(num_learners=0, num_gpus_per_learner=cfg.num_gpus_per_learner, learner_config_dict=grpo)
+        .rl_module(model_config=grpo["policy"])
+        .training(grad_clip=cfg.grpo.grad_clip, grad_clip_by="global_norm")
+        .debugging(seed=cfg.rollout.seed)
+    )
+    algo.max_policy_lag = cfg.max_policy_lag
+    algo.groups_per_update = cfg.groups_per_update
+    algo.run_dir, algo.run_id = cfg.run_dir, run_id
+    algo.checkpoint_every = cfg.checkpoint_every
+    algo.dump_trajectories = cfg.dump_trajectories
+    return algo
+
+
+def logical_cpus_needed(cfg: TrainConfig) -> float:
+    return 1 + cfg.num_env_runners * cfg.num_cpus_per_env_runner
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run GRPO with Tune in `run_dir`; returns the final eval (or the last metrics when eval is off)."""
+    import ray
+    from ray import tune
+
+    from cluster.configs import to_yaml
+
+    check_train(cfg)
+    cfg = absolute_paths(cfg)
+    run_dir = Path(cfg.run_dir)
+    if (run_dir / "config.yaml").exists():
+        raise ValueError(f"run_dir {run_dir} already holds a run: choose a new run_dir")
+
+    if cfg.ray_address:
+        ray.init(address=cfg.ray_address, include_dashboard=False, log_to_driver=False)
+    elif not ray.is_initialized():
+        ray.init(num_cpus=max(os.cpu_count() or 1, int(logical_cpus_needed(cfg) + 0.999)), include_dashboard=False,
+                 log_to_driver=False)
+    have = ray.cluster_resources()
+    if not cfg.ray_address and (have.get("CPU", 0) < logical_cpus_needed(cfg)
+                                or have.get("GPU", 0) < cfg.num_env_runners * cfg.num_gpus_per_env_runner):
+        raise ValueError(f"this Ray instance has {have.get('CPU', 0):g} CPUs / {have.get('GPU', 0):g} GPUs; the run "
+                         f"needs {logical_cpus_needed(cfg):g} CPUs and "
+                         f"{cfg.num_env_runners * cfg.num_gpus_per_env_runner:g} GPUs")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(run_dir / "config.yaml", to_yaml(cfg))
+    run_id = run_dir.name
+    from cluster.algorithm import UnmaskGRPO
+
+    tuner = tune.Tuner(
+        UnmaskGRPO,
+        param_space=algorithm_config(cfg, run_id),
+        run_config=tune.RunConfig(
+            storage_path=str(run_dir), name="tune", verbose=0, callbacks=[ProgressPrinter()],
+            stop={"training_iteration": cfg.max_iterations, "time_total_s": cfg.max_minutes * 60},
+            checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=cfg.checkpoint_every,
+                                                    checkpoint_at_end=True, num_to_keep=2),
+        ),
+    )
+    results = tuner.fit()
+    if results.errors:
+        raise RuntimeError(f"training failed: {str(results.errors[0]).strip().splitlines()[-1]}")
+    last = results[0].metrics.get("unmask", {})
+    if cfg.eval_examples <= 0:
+        return last
+    return final_eval(cfg, run_dir / "checkpoints" / "final")
+
+
+def final_eval(cfg: TrainConfig, policy_dir: Path) -> dict:
+    from cluster.configs import to_dict
+    from rollout.evaluate import EvalConfig, evaluate
+
+    sampler = SamplerConfig(name="policy", checkpoint=str(policy_dir), policy_temperature=cfg.eval_policy_temperature)
+    eval_cfg = EvalConfig(model=cfg.rollout.model, task=cfg.rollout.task, sampler=sampler, env=cfg.rollout.env,
+                          num_examples=cfg.eval_examples, seed=cfg.rollout.seed, progress=False,
+                          out=str(Path(cfg.run_dir) / "eval.json"), trust_remote_code=cfg.rollout.trust_remote_code)
+    result = evaluate(eval_cfg)
+    result["config"] = to_dict(eval_cfg)
+    write_json(Path(eval_cfg.out), result)
+    return result
+
+
+class _Printer:
+    """A one-line summary per iteration instead of Tune's wide status table."""
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        m = result.get("unmask", {})
+        if m:
+            print(f"iter {result['training_iteration']:4d}  reward {m['reward_mean']:.3f}  acc {m['accuracy']:.3f}  "
+                  f"nfe {m['nfe_mean']:.2f}  traj/s {m['trajectories_per_s']:.1f}  "
+                  f"busy {m['env_runner_busy_fraction']:.2f}  lag {m['staleness_mean']:.2f}  "
+                  f"v{int(m['policy_version'])}  {result['time_total_s']:.0f}s", flush=True)
+
+
+def ProgressPrinter():  # noqa: N802 - a Tune Callback built lazily so importing this module needs no Ray
+    from ray.tune import Callback
+
+    return type("ProgressPrinter", (_Printer, Callback), {})()

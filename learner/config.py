@@ -1,0 +1,36 @@
+"""Structured config of the learning side: the policy network and GRPO (paper.md §2-§4 defaults)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from learner.policy import PolicyConfig
+
+
+@dataclass
+class GRPOConfig:
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    alpha: float = 1.0  # reward trade-off: larger = faster, fewer NFE
+    reward: str = "multiplicative"  # multiplicative: correct*((L-NFE+1)/L)^alpha | additive: correct-alpha*NFE/L
+    scale_by_std: bool = False  # divide advantages by the group std (the paper does not)
+    policy_temperature: float = 1.0  # tau_pi during training (the paper trains at 1)
+    clip_eps: float = 0.5
+    num_updates: int = 2  # mu: optimiser steps per batch of rollouts
+    lr: float = 3e-5
+    warmup_steps: int = 100  # linear warm-up, then cosine decay to 0 over total_steps
+    total_steps: int = 1000  # optimiser steps of the cosine schedule
+    weight_decay: float = 0.1
+    adam_betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = 0.2  # max global grad norm
+    skip_zero_advantage: float = 1e-6  # a batch whose |advantages| are all below this is skipped
+
+
+def check_grpo(cfg: GRPOConfig) -> None:
+    if cfg.reward not in ("multiplicative", "additive"):
+        raise ValueError(f"grpo.reward must be multiplicative or additive, got {cfg.reward!r}")
+    if cfg.policy_temperature <= 0 or cfg.clip_eps <= 0 or cfg.lr <= 0:
+        raise ValueError("grpo.policy_temperature, grpo.clip_eps and grpo.lr must be > 0")
+    if cfg.num_updates < 1 or cfg.total_steps < 1 or cfg.warmup_steps < 0:
+        raise ValueError("grpo.num_updates and grpo.total_steps must be >= 1, grpo.warmup_steps >= 0")
+    if cfg.alpha < 0:
+        raise ValueError(f"grpo.alpha must be >= 0, got {cfg.alpha}")

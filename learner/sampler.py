@@ -1,0 +1,54 @@
+"""The learned policy behind the same Sampler interface as the heuristics (`sampler=policy`).
+
+Evaluation follows the paper's `bernoulli-argmax` mode: u_k ~ Ber(min(1, beta * sigmoid(b_k / tau))) over
+the valid positions, and if a row chose nothing, its most likely position is unmasked (Algorithm 1).
+Training rollouts use `act`: plain Bernoulli at tau, no fallback (a step may unmask nothing and still
+costs an NFE), and the behaviour log-prob of the decision for the GRPO ratio.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from envs.config import SamplerConfig
+from envs.mdp import Observation
+from envs.samplers import Sampler, register_sampler
+from learner.module import FactorisedBernoulli
+from learner.policy import UnmaskingPolicy, load_policy
+
+
+@register_sampler
+class PolicySampler(Sampler):
+    name, params = "policy", ("checkpoint", "policy_temperature", "beta")
+
+    def __init__(self, cfg: SamplerConfig, generator: torch.Generator | None = None,
+                 policy: UnmaskingPolicy | None = None, device: str | None = None):
+        super().__init__(cfg, generator)
+        if policy is None:
+            if not cfg.checkpoint:
+                raise ValueError("sampler=policy needs sampler.checkpoint=<a saved policy directory>")
+            policy = load_policy(cfg.checkpoint, device or (str(generator.device) if generator else "cpu"))
+        self.policy = policy
+
+    @torch.no_grad()
+    def distribution(self, obs: Observation) -> FactorisedBernoulli:
+        device = next(self.policy.parameters()).device
+        logits = self.policy(obs.confidence.to(device), obs.masked.to(device), obs.t.to(device))
+        return FactorisedBernoulli(logits, obs.valid.to(device), self.cfg.policy_temperature)
+
+    def select(self, obs: Observation) -> torch.Tensor:
+        dist = self.distribution(obs)
+        probs = (self.cfg.beta * dist.probs).clamp(max=1.0)
+        noise = torch.rand(probs.shape, generator=self.generator, device=probs.device)
+        chosen = (noise < probs) & dist.valid
+        empty = dist.valid.any(-1) & ~chosen.any(-1)
+        if empty.any():  # argmax fallback: at least one unmask per step at evaluation
+            best = torch.where(dist.valid, dist.probs, -1.0).argmax(-1)
+            chosen[empty, best[empty]] = True
+        return chosen.to(obs.valid.device)
+
+    def act(self, obs: Observation) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training: (decision [B, L], behaviour log-prob [B]) with no fallback."""
+        dist = self.distribution(obs)
+        action = dist.sample(generator=self.generator)
+        return action.to(obs.valid.device), dist.logp(action)

@@ -1,0 +1,157 @@
+"""An RLlib EnvRunner that hosts one frozen-dLLM environment (on a GPU when it is given one).
+
+The model is loaded once per actor. Each `sample()` pulls the newest policy weights (if any) from the
+algorithm's EnvRunnerStateServer, so the learner never waits for a runner and a runner never waits
+for the learner (pull-based sync, as IMPALA/APPO do), then rolls out `prompts_per_sample` prompts x G
+group members as one batched env and returns complete groups, each stamped with the policy version
+that produced it.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import ray
+import torch
+from omegaconf import OmegaConf
+from ray.rllib.core import COMPONENT_RL_MODULE, DEFAULT_MODULE_ID
+from ray.rllib.env import INPUT_ENV_SPACES
+from ray.rllib.env.env_runner import EnvRunner
+from ray.rllib.utils.checkpoints import Checkpointable
+from ray.rllib.utils.metrics import WEIGHTS_SEQ_NO
+
+from envs.config import SamplerConfig
+from envs.dllm import load_dllm
+from envs.mdp import UnmaskingEnv
+from envs.tasks import make_task
+from learner.module import grpo_config
+from learner.sampler import PolicySampler
+from rollout.config import RolloutConfig, check_rollout
+from rollout.trajectories import collect_groups
+
+
+def rollout_config(data: dict | RolloutConfig) -> RolloutConfig:
+    if isinstance(data, RolloutConfig):
+        return data
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RolloutConfig), data))
+
+
+class DLLMEnvRunner(EnvRunner, Checkpointable):
+    """`config.env_config` = {"rollout": RolloutConfig fields, "grpo": GRPOConfig fields}."""
+
+    def __init__(self, *, config, **kwargs):
+        super().__init__(config=config, **kwargs)
+        self.settings = rollout_config(config.env_config["rollout"])
+        self.grpo = grpo_config(config.env_config["grpo"])
+        check_rollout(self.settings)
+        self.version = -1  # no weights yet; the algorithm pushes version 0 before the first sample
+        self.server = None
+        self.groups_made = 0  # group counter: with the runner index it makes every group id unique
+        self.pass_index, self.cursor = 0, 0
+        self.module = self.config.get_rl_module_spec().build()
+        self.module.eval()
+        # The local runner of a run with remote runners stays empty: the driver never loads the dLLM.
+        self.hosts_env = self.worker_index > 0 or self.config.num_env_runners == 0
+        self._last_return = time.perf_counter()
+        if self.hosts_env:
+            self._build_env()
+
+    def _build_env(self) -> None:
+        s = self.settings
+        device = s.env.device
+        if self.config.num_gpus_per_env_runner > 0:
+            if not torch.cuda.is_available():
+                raise RuntimeError("num_gpus_per_env_runner > 0 but this env runner sees no CUDA device")
+            device = "cuda"
+        self.dllm = load_dllm(s.model, device=device, dtype=s.env.dtype, trust_remote_code=s.trust_remote_code)
+        self.module.to(self.dllm.device)
+        seed = s.seed * 1000 + self.worker_index
+        self.env = UnmaskingEnv(self.dllm, s.env.gen_length, s.env.block_length, s.env.temperature, seed=seed)
+        self.task = make_task(s.task)
+        self.pool = self.task.examples("train", s.train_pool, seed=s.seed)
+        if not self.pool:
+            raise ValueError("the task has no training examples")
+        self.generator = torch.Generator(device=self.dllm.device).manual_seed(seed)
+        sampler_cfg = SamplerConfig(name="policy", policy_temperature=self.grpo.policy_temperature)
+        self.sampler = PolicySampler(sampler_cfg, self.generator, policy=self.module.policy)
+
+    # ---- EnvRunner API ---------------------------------------------------------------------------
+    def assert_healthy(self) -> None:
+        assert not self.hosts_env or self.env is not None, "env runner has no dLLM environment"
+
+    def get_spaces(self) -> dict:
+        spaces = (self.config.observation_space, self.config.action_space)
+        return {INPUT_ENV_SPACES: spaces, DEFAULT_MODULE_ID: spaces}
+
+    def set_state_server(self, server) -> None:
+        self.server = server
+
+    def sample(self, **kwargs) -> dict:
+        """One batch of complete groups (numpy, rows = trajectories) and this call's timings."""
+        started = time.perf_counter()
+        idle_s = started - self._last_return
+        sync_s = self._pull_weights()
+        examples = self._next_prompts()
+        batch = collect_groups(self.env, self.sampler, self.task, examples, self.settings.group_size, self.grpo)
+        batch.update(policy_version=self.version, env_runner=self.worker_index, group_offset=self.groups_made)
+        self.groups_made += len(examples)
+        self._last_return = time.perf_counter()
+        batch["timing"] = {"busy_s": self._last_return - started, "idle_s": idle_s, "weight_sync_s": sync_s}
+        return batch
+
+    def _pull_weights(self) -> float:
+        if self.server is None:
+            return 0.0
+        start = time.perf_counter()
+        state = ray.get(self.server.pull_if_newer.remote(self.version))
+        if state is not None:
+            self.set_state(state)
+        return time.perf_counter() - start
+
+    def _next_prompts(self) -> list:
+        """The next prompts of a per-pass shuffle of the pool: the data order is a function of the seed,
+        the runner index and the cursor (which the runner's state carries)."""
+        out = []
+        while len(out) < self.settings.prompts_per_sample:
+            order = list(range(len(self.pool)))
+            random.Random(f"{self.settings.seed}/{self.worker_index}/{self.pass_index}").shuffle(order)
+            take = order[self.cursor : self.cursor + self.settings.prompts_per_sample - len(out)]
+            out += [self.pool[i] for i in take]
+            self.cursor += len(take)
+            if self.cursor >= len(self.pool):
+                self.pass_index, self.cursor = self.pass_index + 1, 0
+        return out
+
+    def get_metrics(self) -> dict:
+        return {}
+
+    def stop(self) -> None:
+        pass
+
+    # ---- Checkpointable ----------------------------------------------------------------------------
+    def get_state(self, components=None, *, not_components=None, **kwargs) -> dict:
+        state = {WEIGHTS_SEQ_NO: self.version, "groups_made": self.groups_made,
+                 "pass_index": self.pass_index, "cursor": self.cursor}
+        if self._check_component(COMPONENT_RL_MODULE, components, not_components):
+            state[COMPONENT_RL_MODULE] = self.module.get_state()
+        if self.hosts_env:
+            state["generator"] = self.generator.get_state()
+            state["env_generator"] = self.env.generator.get_state()
+        return state
+
+    def set_state(self, state: dict) -> None:
+        if COMPONENT_RL_MODULE in state and state.get(WEIGHTS_SEQ_NO, 0) > self.version:
+            weights = state[COMPONENT_RL_MODULE]
+            weights = ray.get(weights) if isinstance(weights, ray.ObjectRef) else weights
+            self.module.set_state(weights.get(DEFAULT_MODULE_ID, weights))
+            self.version = state[WEIGHTS_SEQ_NO]
+        for key in ("groups_made", "pass_index", "cursor"):
+            if key in state:
+                setattr(self, key, state[key])
+        if self.hosts_env and "generator" in state:
+            self.generator.set_state(state["generator"])
+            self.env.generator.set_state(state["env_generator"])
+
+    def get_ctor_args_and_kwargs(self):
+        return (), {"config": self.config}

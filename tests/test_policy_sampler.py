@@ -1,0 +1,104 @@
+"""The learned policy as an RLlib module/distribution and as `sampler=policy`, against direct computations."""
+
+import json
+import math
+
+import pytest
+import torch
+from ray.rllib.core.columns import Columns
+
+from cluster.cli import main
+from envs.config import SamplerConfig
+from envs.mdp import UnmaskingEnv
+from envs.samplers import make_sampler
+from learner.config import GRPOConfig
+from learner.module import FactorisedBernoulli, UnmaskRLModule, cosine_lr
+from learner.policy import PolicyConfig, UnmaskingPolicy, load_policy, save_policy
+from learner.sampler import PolicySampler
+
+SMALL = PolicyConfig(hidden_size=16, num_heads=2, ffn_size=32, time_embed_size=16)
+
+
+def test_factorised_bernoulli_logp_is_the_product_over_valid_positions():
+    logits = torch.tensor([[0.0, 2.0, -1.0, 3.0]])
+    valid = torch.tensor([[True, True, True, False]])
+    action = torch.tensor([[True, False, True, True]])  # the invalid position's action must not count
+    dist = FactorisedBernoulli(logits, valid, temperature=0.5)
+    s = [1 / (1 + math.exp(-b / 0.5)) for b in (0.0, 2.0, -1.0)]
+    expected = math.log(s[0]) + math.log(1 - s[1]) + math.log(s[2])
+    assert dist.logp(action).item() == pytest.approx(expected, rel=1e-6)
+    entropy = sum(-(p * math.log(p) + (1 - p) * math.log(1 - p)) for p in s)
+    assert dist.entropy().item() == pytest.approx(entropy, rel=1e-5)
+    assert dist.kl(dist).item() == pytest.approx(0.0, abs=1e-6)
+    draws = torch.stack([dist.sample(generator=torch.Generator().manual_seed(i)) for i in range(400)])
+    assert not draws[..., 3].any()  # never outside the valid set
+    assert draws[..., 0].float().mean().item() == pytest.approx(0.5, abs=0.08)
+
+
+def test_rl_module_runs_the_policy_only_on_active_steps():
+    module = UnmaskRLModule(observation_space=None, action_space=None, model_config=vars(SMALL))
+    N, T, L = 2, 3, 6
+    batch = {"confidence": torch.rand(N, T, L), "masked": torch.rand(N, T, L) > 0.3, "t": torch.rand(N, T),
+             "active": torch.tensor([[True, True, False], [True, False, False]])}
+    out = module.forward_train(batch)[Columns.ACTION_DIST_INPUTS]
+    direct = module.policy(batch["confidence"][0, :2], batch["masked"][0, :2], batch["t"][0, :2])
+    assert torch.allclose(out[0, :2], direct, atol=1e-6)
+    assert not out[0, 2].any() and not out[1, 1:].any()
+    inference = module.forward_inference({k: batch[k][:, 0] for k in ("confidence", "masked", "t")})
+    assert torch.allclose(inference[Columns.ACTION_DIST_INPUTS][0], direct[0], atol=1e-6)
+
+
+def test_cosine_schedule_with_warmup():
+    cfg = GRPOConfig(lr=1.0, warmup_steps=4, total_steps=14)
+    assert [cosine_lr(s, cfg) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert cosine_lr(9, cfg) == pytest.approx(0.5)  # halfway through the decay
+    assert cosine_lr(14, cfg) == pytest.approx(0.0) and cosine_lr(99, cfg) == pytest.approx(0.0)
+
+
+def observation(tiny_dllm, cycles):
+    env = UnmaskingEnv(tiny_dllm, gen_length=16, block_length=8)
+    return env.reset(tiny_dllm.encode_prompts([ex.prompt for ex in cycles.examples("test", 3)]))
+
+
+def policy_with_bias(bias: float) -> UnmaskingPolicy:
+    policy = UnmaskingPolicy(SMALL)
+    torch.nn.init.zeros_(policy.head.weight)
+    torch.nn.init.constant_(policy.head.bias, bias)
+    return policy
+
+
+def test_eval_fallback_and_beta_scaling(tiny_dllm, cycles):
+    obs = observation(tiny_dllm, cycles)
+    never = PolicySampler(SamplerConfig(name="policy"), torch.Generator().manual_seed(0), policy=policy_with_bias(-30))
+    chosen = never.select(obs)
+    assert chosen.sum(-1).tolist() == [1, 1, 1]  # argmax fallback: exactly one per row
+    assert not (chosen & ~obs.valid).any()
+    action, logp = never.act(obs)  # training: no fallback
+    assert not action.any() and torch.allclose(logp, torch.zeros(3), atol=1e-6)
+    half = policy_with_bias(0.0)  # s = 0.5 everywhere; beta = 2 makes every valid position certain
+    doubled = PolicySampler(SamplerConfig(name="policy", beta=2.0), torch.Generator().manual_seed(0), policy=half)
+    assert torch.equal(doubled.select(obs), obs.valid)
+
+
+def test_saved_policy_round_trip_and_unmask_eval(tiny_model_dir, tmp_path, capsys):
+    policy = UnmaskingPolicy(SMALL)
+    save_policy(policy.state_dict(), SMALL, tmp_path / "pol", {"policy_version": 3})
+    loaded = load_policy(tmp_path / "pol")
+    c, m, t = torch.rand(2, 16), torch.ones(2, 16, dtype=torch.bool), torch.tensor([0.0, 0.5])
+    assert torch.equal(loaded(c, m, t), policy.eval()(c, m, t))
+    sampler = make_sampler(SamplerConfig(name="policy", checkpoint=str(tmp_path / "pol")))
+    assert isinstance(sampler, PolicySampler)
+    out = tmp_path / "eval.json"
+    assert main(["eval", f"model={tiny_model_dir}", "sampler=policy", f"sampler.checkpoint={tmp_path / 'pol'}",
+                 "sampler.policy_temperature=0.5", "env.gen_length=16", "num_examples=6", f"out={out}",
+                 "progress=false"]) == 0
+    result = json.loads(out.read_text())
+    assert result["num_examples"] == 6 and 2 <= result["mean_nfe"] <= 16
+    assert result["config"]["sampler"]["policy_temperature"] == 0.5
+    (tmp_path / "pol" / "policy.safetensors").write_bytes(b"not a safetensors file")
+    assert main(["eval", f"model={tiny_model_dir}", "sampler=policy", f"sampler.checkpoint={tmp_path / 'pol'}",
+                 "env.gen_length=16", f"out={out}"]) == 2
+    assert "corrupted" in capsys.readouterr().err
+    assert main(["eval", f"model={tiny_model_dir}", "sampler=policy", f"out={out}"]) == 2
+    assert "sampler.checkpoint" in capsys.readouterr().err
+

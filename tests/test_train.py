@@ -1,0 +1,119 @@
+"""`unmask train` end to end on a real local Ray: Tune, the UnmaskGRPO algorithm, dLLM env-runner actors,
+asynchronous weight broadcast, Arrow dumps, checkpoints and the final eval."""
+
+import csv
+import json
+
+import numpy as np
+import pyarrow.dataset as ds
+import pytest
+import ray
+
+from cluster.cli import main
+from cluster.train import TrainConfig, train
+from envs.config import EnvConfig, TaskConfig
+from learner.config import GRPOConfig
+from learner.policy import PolicyConfig, load_policy
+from rollout.config import RolloutConfig
+from rollout.trajectories import SCHEMA_VERSION, TRAJECTORY_SCHEMA, read_trajectories
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def tiny_run(model_dir, run_dir, **overrides) -> TrainConfig:
+    """A policy that starts at s = 0.5 and an additive speed reward: on a random tiny dLLM nothing is
+    correct, so the reward is -NFE/L and rises exactly when GRPO teaches the policy to unmask more."""
+    rollout = RolloutConfig(model=model_dir, task=TaskConfig(num_symbols=7), group_size=4, prompts_per_sample=2,
+                            env=EnvConfig(gen_length=16, block_length=8))
+    grpo = GRPOConfig(reward="additive", alpha=1.0, lr=1e-3, warmup_steps=1, policy=PolicyConfig(init_bias=0.0))
+    settings = dict(rollout=rollout, grpo=grpo, run_dir=str(run_dir), max_iterations=8, num_env_runners=1,
+                    groups_per_update=2, checkpoint_every=4, eval_examples=10)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def progress(run_dir) -> list[dict]:
+    [path] = list((run_dir / "tune").glob("*/progress.csv"))
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_async_training_end_to_end(local_ray, tiny_model_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    result = train(tiny_run(tiny_model_dir, run_dir))
+
+    # run directory: config, checkpoints in safetensors, Tune metrics, final eval
+    assert (run_dir / "config.yaml").read_text().count("group_size: 4") == 1
+    assert json.loads((run_dir / "eval.json").read_text())["num_examples"] == 10 == result["num_examples"]
+    load_policy(run_dir / "checkpoints" / "final")
+    assert len(list((run_dir / "checkpoints").glob("policy_*"))) == 2  # iterations 4 and 8
+    rows = progress(run_dir)
+    assert len(rows) == 8
+    for key in ("reward_mean", "accuracy", "nfe_mean", "trajectories_per_s", "env_runner_busy_fraction",
+                "weight_push_s", "weight_pull_s", "staleness_mean", "dropped_groups"):
+        assert f"unmask/{key}" in rows[0], key
+
+    # Arrow dumps: one file per iteration per runner, one dataset, the documented schema
+    files = sorted((run_dir / "trajectories").glob("iter_*/runner_*.parquet"))
+    assert len(files) == 8 and all(f.parent.name.startswith("iter_") for f in files)
+    table = read_trajectories(run_dir / "trajectories")
+    assert table.schema.metadata[b"unmask.trajectory_schema_version"] == str(SCHEMA_VERSION).encode()
+    assert ds.dataset(str(run_dir / "trajectories"), format="parquet").schema.names == TRAJECTORY_SCHEMA.names
+    assert ray.data.read_parquet(str(run_dir / "trajectories")).count() == table.num_rows
+
+    # every trajectory exactly once, with one row per step it took
+    df = table.select(["group_id", "sample_id", "step", "nfe", "iteration", "env_runner", "policy_version",
+                       "reward", "used"]).to_pandas()
+    per_traj = df.groupby(["group_id", "sample_id"]).agg(rows=("step", "size"), nfe=("nfe", "first"),
+                                                        first=("step", "min"), last=("step", "max"),
+                                                        iterations=("iteration", "nunique"))
+    assert (per_traj["rows"] == per_traj["nfe"]).all() and (per_traj["first"] == 0).all()
+    assert (per_traj["last"] == per_traj["nfe"] - 1).all() and (per_traj["iterations"] == 1).all()
+    assert len(per_traj) == int(float(rows[-1]["unmask/trajectories_total"]))
+
+    # versions never go back; staleness respects max_policy_lag for what was used
+    by_iter = df.groupby("iteration")["policy_version"].agg(["min", "max"])
+    assert (np.diff(by_iter["min"].to_numpy()) >= 0).all()
+    assert df["policy_version"].max() >= 1
+
+    # learning happened: the speed reward of the last iterations beats the first
+    reward = df.groupby(["group_id", "sample_id"]).first().groupby("iteration")["reward"].mean()
+    assert reward.iloc[-2:].mean() > reward.iloc[0] + 0.1, reward.to_dict()
+
+
+def test_on_policy_with_two_env_runners(local_ray, tiny_model_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    train(tiny_run(tiny_model_dir, run_dir, num_env_runners=2, max_policy_lag=0, max_iterations=3, eval_examples=0,
+                   checkpoint_every=0))
+    df = read_trajectories(run_dir / "trajectories").to_pandas()
+    assert set(df["env_runner"]) == {1, 2}
+    assert df["used"].all()
+    rows = progress(run_dir)
+    assert all(float(r["unmask/staleness_max"]) == 0 for r in rows)
+    assert (run_dir / "checkpoints" / "final" / "policy.safetensors").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["rollout.env.block_length=5"], "not divisible"),
+    (["rollout.group_size=1"], "group_size"),
+    (["grpo.reward=linear"], "grpo.reward"),
+    (["max_policy_lag=-1"], "max_policy_lag"),
+])
+def test_bad_train_input_is_one_line(args, message, tmp_path, capsys):
+    assert main(["train", f"run_dir={tmp_path / 'r'}", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_existing_run_dir_is_not_overwritten(tmp_path, capsys):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "config.yaml").write_text("keep me")
+    assert main(["train", f"run_dir={tmp_path / 'r'}"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (tmp_path / "r" / "config.yaml").read_text() == "keep me"
