@@ -151,6 +151,10 @@ def pretrain(cfg: PretrainConfig) -> dict:
                "parameters": n_params, "command": "unmask pretrain " + " ".join(sys.argv[2:]),
                "config": OmegaConf.to_container(OmegaConf.structured(cfg)) if not isinstance(cfg, dict)
                else cfg}
+    if cfg.init_from:  # the shape came from the earlier model; keep its recipe as the first stage
+        summary["config"]["size"] = "from init_from"
+        earlier = Path(cfg.init_from) / "pretrain.json"
+        summary["init_from_pretrain"] = json.loads(earlier.read_text()) if earlier.exists() else None
     save_model(model.eval(), tokenizer, Path(cfg.out), summary)
     return summary
 
