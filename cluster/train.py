@@ -76,7 +76,7 @@ def algorithm_config(cfg: TrainConfig, run_id: str = ""):
     algo = (
         UnmaskGRPOConfig()
         .environment(observation_space=obs_space, action_space=action_space,
-                     env_config={"rollout": to_dict(cfg.rollout), "grpo": grpo})
+                     env_config={"rollout": to_dict(cfg.rollout)})
         .env_runners(num_env_runners=cfg.num_env_runners, num_cpus_per_env_runner=cfg.num_cpus_per_env_runner,
                      num_gpus_per_env_runner=cfg.num_gpus_per_env_runner)
         .learners(num_learners=0, num_gpus_per_learner=cfg.num_gpus_per_learner, learner_config_dict=grpo)

@@ -40,9 +40,8 @@ def training_texts(task: Task, cfg: PretrainConfig) -> tuple[list[str], callable
         def draw(n: int) -> list[tuple[str, str]]:
             pairs = []
             while len(pairs) < n:
-                ex = task.random_example(rng)
-                if task.split_of(ex.prompt) == "train":
-                    pairs.append((ex.prompt, ex.answer))
+                ex = task.pretrain_example(rng)
+                pairs.append((ex.prompt, ex.answer))
             return pairs
 
         return [letters + "?<>"], draw

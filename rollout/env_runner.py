@@ -38,12 +38,13 @@ def rollout_config(data: dict | RolloutConfig) -> RolloutConfig:
 
 
 class DLLMEnvRunner(EnvRunner, Checkpointable):
-    """`config.env_config` = {"rollout": RolloutConfig fields, "grpo": GRPOConfig fields}."""
+    """Reads `config.env_config["rollout"]` (RolloutConfig fields) and `config.learner_config_dict`
+    (GRPOConfig fields: the reward and policy temperature are the learner's, one source for both)."""
 
     def __init__(self, *, config, **kwargs):
         super().__init__(config=config, **kwargs)
         self.settings = rollout_config(config.env_config["rollout"])
-        self.grpo = grpo_config(config.env_config["grpo"])
+        self.grpo = grpo_config(config.learner_config_dict)
         check_rollout(self.settings)
         self.version = -1  # no weights yet; the algorithm pushes version 0 before the first sample
         self.server = None

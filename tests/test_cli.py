@@ -29,7 +29,7 @@ def test_eval_writes_json_with_the_resolved_config(tiny_model_dir, tmp_path):
 def test_help_lists_every_key_with_defaults():
     res = unmask("eval", "--help")
     assert res.returncode == 0
-    for key in ("model = 'builtin'", "sampler.threshold = 0.9", "env.gen_length = 32", "num_examples = 500",
+    for key in ("model = 'builtin'", "sampler.threshold = 0.9", "env.gen_length = 24", "num_examples = 500",
                 "fast_dllm_factor", "seed = 0", "out ="):
         assert key in res.stdout
     assert "pretrain" in unmask("--help").stdout

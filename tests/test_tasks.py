@@ -32,6 +32,26 @@ def test_cycle_fixed_point_and_lengths():
     assert lengths == set(range(3, 13))  # cycle length of s is uniform on 1..n
 
 
+def test_cycle_directions_and_pretraining_length_skew():
+    forward = CycleTask(num_symbols=7, directions="forward")
+    assert {e.answer[0] for e in forward.examples("test", 200, seed=0)} == {">"}
+    assert {e.answer[0] for e in CycleTask(7).examples("test", 200, seed=0)} == {">", "<"}
+    # the skew applies to pretraining draws only: P(k) ~ decay^(k-1), so with decay 0.4 and n=7
+    # P(k=1) = 1 / (1 + .4 + .4^2 + ... + .4^6) = 0.60, while RL/test examples stay uniform (1/7)
+    skewed = CycleTask(num_symbols=7, pretrain_length_decay=0.4)
+    rng = random.Random(0)
+    draws = [skewed.pretrain_example(rng) for _ in range(3000)]
+    assert all(skewed.split_of(e.prompt) == "train" for e in draws)
+    share_k1 = sum(len(e.answer) == 3 for e in draws) / len(draws)
+    assert 0.55 < share_k1 < 0.65
+    natural = [len(e.answer) == 3 for e in skewed.examples("train", 3000, seed=0)]
+    assert 0.11 < sum(natural) / len(natural) < 0.18
+    with pytest.raises(ValueError, match="task.directions"):
+        CycleTask(directions="sideways")
+    with pytest.raises(ValueError, match="pretrain_length_decay"):
+        CycleTask(pretrain_length_decay=0.0)
+
+
 def test_cycle_splits_are_disjoint_and_reproducible():
     task = CycleTask()
     test = task.examples("test", 300, seed=0)

@@ -11,7 +11,8 @@ TASKS = ("cycles", "jsonl")
 
 def make_task(cfg: TaskConfig) -> Task:
     if cfg.name == "cycles":
-        return CycleTask(num_symbols=cfg.num_symbols)
+        return CycleTask(num_symbols=cfg.num_symbols, pretrain_length_decay=cfg.pretrain_length_decay,
+                         directions=cfg.directions)
     if cfg.name == "jsonl":
         from envs.tasks.jsonl import JsonlTask
 

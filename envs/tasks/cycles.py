@@ -1,22 +1,22 @@
-"""The built-in reasoning task: trace a cycle of a permutation, in either direction.
+"""The built-in reasoning task: trace a cycle of a permutation.
 
 Prompt: the images f(a), f(b), ... of a random permutation f of the first `num_symbols` letters,
 then `?` and a start letter s. Answer: a direction mark, then the cycle of s written from s back to s,
-then EOS padding. With `>` each next letter is f(previous), with `<` it is f^-1(previous); both
-directions are correct, so the first answer token is a genuine 50/50 choice, as free phrasing is in
-natural language.
+then EOS padding. With `>` each next letter is f(previous), with `<` it is f^-1(previous). Both
+directions always verify; `directions` says which ones the data uses (`both`: the first answer token is
+a 50/50 choice, as free phrasing is in natural language; `forward`: always `>`).
 
     prompt  "cadbgfe?b"      (f(a)=c, f(b)=a, f(c)=d, f(d)=b, ...)
     answers ">bacdb" or "<bdcab"
 
-Why this task makes unmasking order matter (shared/research/tiny-dllm-prototype.md):
+Why order can matter (shared/research/tiny-dllm-prototype.md):
 - Each letter needs the previous one (pointer chasing): a shallow bidirectional model cannot write
-  the k-th letter before the (k-1)-th, so parallel commits of dependent letters go wrong.
-- The cycle length of s is uniform on 1..num_symbols and cannot be seen without tracing the cycle,
-  so the model's EOS confidence at a position is a real length guess. Committed right-to-left
-  (as confidence order does in full diffusion), each EOS raises the next one's confidence and the
-  padding creeps into the answer, cutting it short.
-- The direction mark has confidence ~0.5, below any EOS guess: confidence order postpones it.
+  the k-th letter before the (k-1)-th.
+- The cycle length of s (uniform on 1..num_symbols in the test split) cannot be seen without tracing
+  the cycle, so the model's EOS confidence at a position is a length guess. `pretrain_length_decay` < 1
+  skews the dLLM's pretraining data towards short cycles, as chat SFT data skews towards short answers,
+  which makes those guesses over-confident: the LLaDA failure of EOS committed early. RL prompts and
+  the test split keep the natural distribution (k uniform).
 """
 
 from __future__ import annotations
@@ -26,16 +26,33 @@ import string
 
 from envs.tasks.base import Example, Task, check_split, stable_hash
 
+DIRECTIONS = {"both": "><", "forward": ">", "backward": "<"}  # marks the data uses; both always verify
 TEST_FRACTION_PER_MILLE = 50  # 5% of all (permutation, start) pairs belong to the test split
 
 
 class CycleTask(Task):
     name = "cycles"
 
-    def __init__(self, num_symbols: int = 7):
+    def __init__(self, num_symbols: int = 7, pretrain_length_decay: float = 1.0, directions: str = "both"):
         if not 2 <= num_symbols <= 26:
             raise ValueError(f"task.num_symbols must be in 2..26, got {num_symbols}")
+        if not 0 < pretrain_length_decay <= 1:
+            raise ValueError(f"task.pretrain_length_decay must be in (0, 1], got {pretrain_length_decay}")
         self.letters = string.ascii_lowercase[:num_symbols]
+        if directions not in DIRECTIONS:
+            raise ValueError(f"task.directions must be one of {', '.join(DIRECTIONS)}, got {directions!r}")
+        self.pretrain_length_decay = pretrain_length_decay
+        self.directions = DIRECTIONS[directions]
+
+    def pretrain_example(self, rng: random.Random) -> Example:
+        """A training-split example whose cycle length k is kept with probability decay^(k-1): dLLM
+        pretraining data skewed towards short answers, as chat SFT data is. 1.0 = no skew."""
+        while True:
+            ex = self.random_example(rng)
+            if self.split_of(ex.prompt) != "train":
+                continue
+            if self.pretrain_length_decay == 1.0 or rng.random() < self.pretrain_length_decay ** (len(ex.answer) - 3):
+                return ex
 
     @staticmethod
     def split_of(prompt: str) -> str:
@@ -46,7 +63,7 @@ class CycleTask(Task):
         rng.shuffle(images)
         start = rng.choice(self.letters)
         prompt = "".join(images) + "?" + start
-        direction = rng.choice("><")
+        direction = rng.choice(self.directions)
         return Example(id=prompt, prompt=prompt, answer=direction + self.trace(prompt, direction))
 
     def trace(self, prompt: str, direction: str) -> str:
