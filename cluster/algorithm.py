@@ -81,6 +81,7 @@ class UnmaskGRPO(Algorithm):
             self.server = ray.remote(num_cpus=0)(EnvRunnerStateServer).options(max_concurrency=16).remote()
             self._hand_server_to_runners()
         self.totals = defaultdict(float)
+        self.runner_states: dict[int, dict] = {}  # runner index -> its state after its last delivered batch
         self._broadcast_weights()
 
     @property
@@ -88,7 +89,16 @@ class UnmaskGRPO(Algorithm):
         """The configured run directory, else the Tune trial directory (one per trial in a sweep)."""
         if self.config.run_dir:
             return Path(self.config.run_dir)
+        storage = getattr(self, "_storage", None)  # Tune's StorageContext: the trial's directory in storage_path
+        if storage is not None and storage.storage_filesystem.type_name == "local":
+            return Path(storage.trial_fs_path)
         return Path(self.logdir) if getattr(self, "logdir", None) else None
+
+    @property
+    def run_id(self) -> str:
+        """The configured run id, else the run directory's name (the trial's directory in a sweep)."""
+        run_dir = self.run_dir
+        return self.config.run_id or (run_dir.name if run_dir is not None else "")
 
     def cleanup(self) -> None:
         """The final policy, whatever stopped the run."""
@@ -101,12 +111,22 @@ class UnmaskGRPO(Algorithm):
         self.env_runner_group.foreach_env_runner(lambda r: r.set_state_server(server), local_env_runner=False)
 
     def restore_env_runners(self, env_runner_group):
-        """Restarted runners come back without the server handle: hand it over again."""
-        restored = super().restore_env_runners(env_runner_group)
-        if restored and self.server is not None:
-            server = self.server
-            env_runner_group.foreach_env_runner(lambda r: r.set_state_server(server), local_env_runner=False,
-                                                remote_worker_ids=restored)
+        """A runner Ray restarted after a crash resumes where its last *delivered* batch left it: group
+        counter, data cursor and RNG states (so group ids stay unique and gap-free, and the prompts of the
+        batch lost in the crash are rolled out again), then pulls the newest weights from the server.
+        (RLlib's default would copy the driver's idle local runner state: counters back to zero.)"""
+        restored = env_runner_group.probe_unhealthy_env_runners()
+        if not restored:
+            return []
+        self.totals["env_runner_restarts"] += len(restored)
+        server, states = self.server, dict(self.runner_states)
+
+        def resume(runner) -> None:
+            runner.set_state_server(server)
+            if runner.worker_index in states:
+                runner.set_state(states[runner.worker_index])
+
+        env_runner_group.foreach_env_runner(resume, local_env_runner=False, remote_worker_ids=restored)
         return restored
 
     # ---- weights ----------------------------------------------------------------------------------
@@ -139,7 +159,11 @@ class UnmaskGRPO(Algorithm):
         dumps: dict[int, list] = defaultdict(list)
         fresh: list[dict] = []
         while sum(len(b["reward"]) for b in fresh) < self.config.groups_per_update * self._group_size():
-            for batch in self._gather():
+            batches = self._gather()
+            if not batches and self.env_runner_group.num_healthy_remote_workers() == 0:
+                self.restore_env_runners(self.env_runner_group)  # every runner is down: wait for restarts
+            for batch in batches:
+                self.runner_states[batch["env_runner"]] = batch.pop("runner_state")
                 lag = self.policy_version - batch["policy_version"]
                 used = lag <= self.config.max_policy_lag
                 stats["staleness"].append(lag)
@@ -181,6 +205,8 @@ class UnmaskGRPO(Algorithm):
             "dropped_groups": int(sum(stats["dropped_groups"])), "skipped_batch": int(skipped),
             "learner_s": learn_s, "policy_version": self.policy_version,
             "trajectories_total": int(self.totals["trajectories"]),
+            "env_runner_restarts": int(self.totals["env_runner_restarts"]),
+            "healthy_env_runners": self.env_runner_group.num_healthy_remote_workers(),
         }
         for key, value in report.items():
             self.metrics.log_value(("unmask", key), value, window=1)
@@ -206,7 +232,7 @@ class UnmaskGRPO(Algorithm):
             import pyarrow as pa
 
             for runner, parts in dumps.items():
-                table = pa.concat_tables([to_table(b, self.config.run_id, self.iteration, used) for b, used in parts])
+                table = pa.concat_tables([to_table(b, self.run_id, self.iteration, used) for b, used in parts])
                 write_parquet_atomic(table, run_dir / "trajectories" / f"iter_{self.iteration:06d}"
                                      / f"runner_{runner:03d}.parquet")
         if self.config.checkpoint_every and (self.iteration + 1) % self.config.checkpoint_every == 0:
@@ -214,8 +240,11 @@ class UnmaskGRPO(Algorithm):
 
     def save_policy(self, out: Path) -> Path:
         state = {k.removeprefix("policy."): v for k, v in self.policy_state().items()}
-        return save_policy(state, self.grpo.policy, out, {"policy_version": self.policy_version,
-                                                          "iteration": self.iteration})
+        env = self.config.env_config["rollout"]["env"]
+        return save_policy(state, self.grpo.policy, out, {
+            "policy_version": self.policy_version, "iteration": self.iteration, "run_id": self.run_id,
+            "reward": self.grpo.reward, "alpha": self.grpo.alpha,
+            "gen_length": env["gen_length"], "block_length": env["block_length"]})
 
 
 def _register() -> None:

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cluster.configs import ConfigError, flatten_defaults, parse, to_dict, to_yaml
-from cluster.report import markdown_table, pareto_plot, pivot_table
+from cluster.report import markdown_table, write_pareto
+from cluster.sweep import SweepConfig
 from cluster.train import TrainConfig
 from envs.config import PretrainConfig
 from envs.dllm import ModelLoadError
@@ -42,12 +43,8 @@ def cmd_eval(cfg: EvalConfig) -> int:
 def cmd_pareto(cfg: ParetoConfig) -> int:
     rows = run_pareto(cfg)
     out = Path(cfg.out_dir)
-    columns = ["mode", "block_length", "setting", "accuracy", "mean_nfe", "tokens_per_step", "shorter_than_reference"]
-    table = "accuracy @ mean NFE\n\n" + pivot_table(rows) + "\n" + markdown_table(rows, columns)
-    write_json(out / "pareto.json", {"rows": rows, "config": to_dict(cfg)})
-    write_atomic(out / "pareto.md", table)
+    table = write_pareto(rows, out, cfg, title=f"{cfg.task.name}, L={cfg.env.gen_length}, {cfg.model}")
     write_atomic(out / "config.yaml", to_yaml(cfg))
-    pareto_plot(rows, out / "pareto.png", title=f"{cfg.task.name}, L={cfg.env.gen_length}, {cfg.model}")
     print(table, end="")
     print(f"wrote {out}/pareto.json, pareto.md, pareto.png")
     return 0
@@ -73,11 +70,26 @@ def cmd_train(cfg: TrainConfig) -> int:
     return 0
 
 
+def cmd_sweep(cfg: SweepConfig) -> int:
+    from cluster.sweep import sweep
+
+    result = sweep(cfg)
+    trials = result["trials"]
+    failed = [t for t in trials if t["status"] != "finished"]
+    print(f"{len(trials) - len(failed)} of {len(trials)} trials finished")
+    for t in failed:
+        print(f"FAILED {t['trial']}: {t['error']}")
+    print((Path(cfg.run_dir) / "pareto.md").read_text(), end="")
+    print(f"wrote {cfg.run_dir}/trials.md, pareto.md, pareto.png")
+    return 1 if failed else 0
+
+
 COMMANDS: dict[str, Command] = {
     "eval": Command(EvalConfig, cmd_eval, "evaluate one sampler on a task; writes JSON"),
     "pareto": Command(ParetoConfig, cmd_pareto, "heuristic grid, semi-AR and full diffusion: table + PNG"),
     "pretrain": Command(PretrainConfig, cmd_pretrain, "train a small dLLM on a task (masked diffusion)"),
     "train": Command(TrainConfig, cmd_train, "train the unmasking policy with GRPO on Ray (Tune)"),
+    "sweep": Command(SweepConfig, cmd_sweep, "Tune grid of GRPO runs (default: over alpha) + Pareto report"),
 }
 
 

@@ -35,6 +35,10 @@ def parse(schema: type, args: list[str], command: str) -> Any:
         dotlist.append(f"{key}={value}")
     base = OmegaConf.structured(schema)
     OmegaConf.set_struct(base, True)
+    for key in base.keys():  # plain dict fields (a sweep's grid) take new keys; dataclass nodes do not
+        node = base._get_node(key)
+        if isinstance(node, DictConfig) and node._metadata.object_type in (None, dict):
+            OmegaConf.set_struct(node, False)
     try:
         merged = OmegaConf.merge(base, OmegaConf.from_dotlist(dotlist))
         cfg = OmegaConf.to_object(merged)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
 import matplotlib
+
+from envs.files import write_atomic, write_json
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -76,3 +79,17 @@ def pareto_plot(rows: list[dict], path: Path, title: str = "") -> None:
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     os.replace(tmp, path)
+
+
+PARETO_COLUMNS = ["mode", "block_length", "setting", "accuracy", "mean_nfe", "tokens_per_step",
+                  "shorter_than_reference"]
+
+
+def write_pareto(rows: list[dict], out_dir: Path, config, title: str = "") -> str:
+    """pareto.json (rows + config), pareto.md (pivot + full table) and pareto.png in `out_dir`; returns
+    the markdown."""
+    table = "accuracy @ mean NFE\n\n" + pivot_table(rows) + "\n" + markdown_table(rows, PARETO_COLUMNS)
+    write_json(out_dir / "pareto.json", {"rows": rows, "config": dataclasses.asdict(config)})
+    write_atomic(out_dir / "pareto.md", table)
+    pareto_plot(rows, out_dir / "pareto.png", title=title)
+    return table

@@ -83,6 +83,8 @@ def algorithm_config(cfg: TrainConfig, run_id: str = ""):
         .rl_module(model_config=grpo["policy"])
         .training(grad_clip=cfg.grpo.grad_clip, grad_clip_by="global_norm")
         .debugging(seed=cfg.rollout.seed)
+        # a crashed env runner is restarted by Ray and resumed by UnmaskGRPO.restore_env_runners
+        .fault_tolerance(restart_failed_env_runners=True, delay_between_env_runner_restarts_s=1.0)
     )
     algo.max_policy_lag = cfg.max_policy_lag
     algo.groups_per_update = cfg.groups_per_update
@@ -96,9 +98,34 @@ def logical_cpus_needed(cfg: TrainConfig) -> float:
     return 1 + cfg.num_env_runners * cfg.num_cpus_per_env_runner
 
 
+def connect_ray(cfg: TrainConfig, concurrent_runs: int) -> None:
+    """Join the cluster named by `ray_address` (or by RAY_ADDRESS, as inside `ray job submit`), else start
+    a local Ray with enough logical CPUs; a local instance too small for the run is an error up front."""
+    import ray
+
+    address = cfg.ray_address or os.environ.get("RAY_ADDRESS", "")
+    needed_cpus = logical_cpus_needed(cfg) * concurrent_runs
+    needed_gpus = cfg.num_env_runners * cfg.num_gpus_per_env_runner * concurrent_runs
+    if ray.is_initialized():
+        pass
+    elif address:
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            raise RuntimeError(f"cannot reach the Ray cluster at {address!r}: {str(err).strip().splitlines()[0]}"
+                               ) from None
+        return  # a cluster may autoscale: no resource check
+    else:
+        ray.init(num_cpus=max(os.cpu_count() or 1, int(needed_cpus + 0.999)), include_dashboard=False,
+                 log_to_driver=False)
+    have = ray.cluster_resources()
+    if have.get("CPU", 0) < needed_cpus or have.get("GPU", 0) < needed_gpus:
+        raise ValueError(f"this Ray instance has {have.get('CPU', 0):g} CPUs / {have.get('GPU', 0):g} GPUs; the run "
+                         f"needs {needed_cpus:g} CPUs and {needed_gpus:g} GPUs")
+
+
 def train(cfg: TrainConfig) -> dict:
     """Run GRPO with Tune in `run_dir`; returns the final eval (or the last metrics when eval is off)."""
-    import ray
     from ray import tune
 
     from cluster.configs import to_yaml
@@ -109,17 +136,7 @@ def train(cfg: TrainConfig) -> dict:
     if (run_dir / "config.yaml").exists():
         raise ValueError(f"run_dir {run_dir} already holds a run: choose a new run_dir")
 
-    if cfg.ray_address:
-        ray.init(address=cfg.ray_address, include_dashboard=False, log_to_driver=False)
-    elif not ray.is_initialized():
-        ray.init(num_cpus=max(os.cpu_count() or 1, int(logical_cpus_needed(cfg) + 0.999)), include_dashboard=False,
-                 log_to_driver=False)
-    have = ray.cluster_resources()
-    if not cfg.ray_address and (have.get("CPU", 0) < logical_cpus_needed(cfg)
-                                or have.get("GPU", 0) < cfg.num_env_runners * cfg.num_gpus_per_env_runner):
-        raise ValueError(f"this Ray instance has {have.get('CPU', 0):g} CPUs / {have.get('GPU', 0):g} GPUs; the run "
-                         f"needs {logical_cpus_needed(cfg):g} CPUs and "
-                         f"{cfg.num_env_runners * cfg.num_gpus_per_env_runner:g} GPUs")
+    connect_ray(cfg, concurrent_runs=1)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(run_dir / "config.yaml", to_yaml(cfg))
     run_id = run_dir.name
@@ -161,10 +178,14 @@ def final_eval(cfg: TrainConfig, policy_dir: Path) -> dict:
 class _Printer:
     """A one-line summary per iteration instead of Tune's wide status table."""
 
+    label_trials = False  # sweeps: prefix each line with the trial
+
     def on_trial_result(self, iteration, trials, trial, result, **info):
         m = result.get("unmask", {})
         if m:
-            print(f"iter {result['training_iteration']:4d}  reward {m['reward_mean']:.3f}  acc {m['accuracy']:.3f}  "
+            prefix = f"{trial}  " if self.label_trials else ""
+            print(f"{prefix}iter {result['training_iteration']:4d}  reward {m['reward_mean']:.3f}  "
+                  f"acc {m['accuracy']:.3f}  "
                   f"nfe {m['nfe_mean']:.2f}  traj/s {m['trajectories_per_s']:.1f}  "
                   f"busy {m['env_runner_busy_fraction']:.2f}  lag {m['staleness_mean']:.2f}  "
                   f"v{int(m['policy_version'])}  {result['time_total_s']:.0f}s", flush=True)

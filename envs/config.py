@@ -11,7 +11,8 @@ from envs.dllm import ModelSize
 class TaskConfig:
     name: str = "cycles"  # cycles | jsonl
     num_symbols: int = 7  # cycles: permutation size; answers are 3..num_symbols+2 tokens
-    directions: str = "both"  # cycles: both | forward | backward: the direction marks the data uses
+    directions: str = "forward"  # cycles: forward | backward | both: the direction marks the data uses
+    separator_prob: float = 0.5  # cycles: a `,` between two answer letters with this probability (free phrasing)
     pretrain_length_decay: float = 1.0  # cycles: pretraining keeps cycle length k w.p. decay^(k-1); 1 = natural
     path: str = ""  # jsonl: the file
     verifier: str = "exact"  # jsonl: exact | numeric | math | module:function

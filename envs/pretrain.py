@@ -44,7 +44,7 @@ def training_texts(task: Task, cfg: PretrainConfig) -> tuple[list[str], callable
                 pairs.append((ex.prompt, ex.answer))
             return pairs
 
-        return [letters + "?<>"], draw
+        return [letters + "?<>" + ("," if task.separator_prob > 0 else "")], draw
     train = task.examples("train", n=-1)
     if not train:
         raise ValueError(f"task {cfg.task.name!r} has no training examples")
@@ -79,8 +79,9 @@ def pretrain(cfg: PretrainConfig) -> dict:
     torch.manual_seed(cfg.seed)
     task = make_task(cfg.task)
     vocab_texts, draw = training_texts(task, cfg)
-    tokenizer = (AutoTokenizer.from_pretrained(cfg.init_from) if cfg.init_from
-                 else build_char_tokenizer(vocab_texts))
+    # init_from keeps the model's token ids; characters it has never seen are appended to its vocabulary
+    tokenizer = build_char_tokenizer(vocab_texts, AutoTokenizer.from_pretrained(cfg.init_from) if cfg.init_from
+                                     else None)
     ids_of = {"pad": tokenizer.pad_token_id, "mask": tokenizer.mask_token_id, "eos": tokenizer.eos_token_id}
     sample = draw(512)
     longest_prompt = max(len(p) for p, _ in sample)
@@ -97,6 +98,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
         raise ValueError("pretrain needs minutes > 0, max_steps > 0 and batch_size > 0")
     if cfg.init_from:
         model = AutoModelForMaskedLM.from_pretrained(cfg.init_from)
+        if model.get_input_embeddings().num_embeddings < len(tokenizer):
+            model.resize_token_embeddings(len(tokenizer))
         if model.config.max_position_embeddings < longest_prompt + cfg.gen_length:
             raise ValueError(f"init_from model's context ({model.config.max_position_embeddings}) is shorter than "
                              f"prompt + gen_length ({longest_prompt + cfg.gen_length})")

@@ -16,10 +16,16 @@ PAD, MASK, EOS, UNK = "[PAD]", "[MASK]", "[EOS]", "[UNK]"
 SPECIALS = (PAD, MASK, EOS, UNK)
 
 
-def build_char_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerFast:
-    """One token per character seen in `texts` (sorted, so the vocabulary is reproducible)."""
+def build_char_tokenizer(texts: Iterable[str], base: PreTrainedTokenizerFast | None = None
+                         ) -> PreTrainedTokenizerFast:
+    """One token per character seen in `texts` (sorted, so the vocabulary is reproducible). With `base`
+    (a tokenizer built here), its ids are kept and only new characters are appended."""
     chars = sorted({ch for text in texts for ch in text})
-    vocab = {tok: i for i, tok in enumerate(SPECIALS)}
+    vocab = dict(sorted(base.get_vocab().items(), key=lambda kv: kv[1])) if base is not None else {}
+    if base is not None and list(vocab.values()) != list(range(len(vocab))):
+        raise ValueError("init_from's tokenizer is not a character tokenizer made by unmask pretrain")
+    if not vocab:
+        vocab = {tok: i for i, tok in enumerate(SPECIALS)}
     for ch in chars:
         vocab.setdefault(ch, len(vocab))
     backend = Tokenizer(models.WordLevel(vocab, unk_token=UNK))

@@ -139,3 +139,14 @@ def load_policy(path: str | Path, device: str = "cpu") -> UnmaskingPolicy:
         raise ValueError(f"policy checkpoint {folder} is corrupted or does not match its config: "
                          f"{str(err).splitlines()[0]}") from None
     return policy.to(device).eval()
+
+
+def policy_info(path: str | Path) -> dict:
+    """What policy.json says about how the policy was trained (reward, alpha, block length, version)."""
+    path = Path(path)
+    folder = path.parent if path.name == POLICY_WEIGHTS else path
+    try:
+        meta = json.loads((folder / POLICY_CONFIG).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return {k: v for k, v in meta.items() if k != "policy"}

@@ -8,13 +8,15 @@ costs an NFE), and the behaviour log-prob of the decision for the GRPO ratio.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from envs.config import SamplerConfig
 from envs.mdp import Observation
 from envs.samplers import Sampler, register_sampler
 from learner.module import FactorisedBernoulli
-from learner.policy import UnmaskingPolicy, load_policy
+from learner.policy import UnmaskingPolicy, load_policy, policy_info
 
 
 @register_sampler
@@ -29,6 +31,15 @@ class PolicySampler(Sampler):
                 raise ValueError("sampler=policy needs sampler.checkpoint=<a saved policy directory>")
             policy = load_policy(cfg.checkpoint, device or (str(generator.device) if generator else "cpu"))
         self.policy = policy
+
+    def describe(self) -> str:
+        """`policy alpha=... BL=...` from the checkpoint's policy.json: what the plots and tables label it."""
+        info = policy_info(self.cfg.checkpoint) if self.cfg.checkpoint else {}
+        trained = "".join(f" {key}={info[key]}" for key in ("alpha", "block_length") if key in info)
+        if info.get("reward", "multiplicative") != "multiplicative":
+            trained += f" reward={info['reward']}"
+        label = f"policy{trained}" if trained else f"policy {Path(self.cfg.checkpoint or 'in-memory').name}"
+        return label + (f" beta={self.cfg.beta}" if self.cfg.beta != 1.0 else "")
 
     @torch.no_grad()
     def distribution(self, obs: Observation) -> FactorisedBernoulli:

@@ -99,6 +99,8 @@ class DLLMEnvRunner(EnvRunner, Checkpointable):
         self.groups_made += len(examples)
         self._last_return = time.perf_counter()
         batch["timing"] = {"busy_s": self._last_return - started, "idle_s": idle_s, "weight_sync_s": sync_s}
+        # where this runner stands after the batch: a restarted runner resumes from the last delivered one
+        batch["runner_state"] = self.get_state(not_components=COMPONENT_RL_MODULE)
         return batch
 
     def _pull_weights(self) -> float:

@@ -38,6 +38,7 @@ class Episode:
     correct: bool
     nfe: int
     still_masked: int
+    cut_short: bool  # fewer content tokens than the reference: the signature of EOS committed too early
     unmask_step: list[int]  # forward index at which each canvas position was written (-1: never)
 
 
@@ -75,8 +76,9 @@ def run_episodes(dllm: DLLM, task: Task, examples: list[Example], sampler: Sampl
         canvas = env.canvas().tolist()
         for row, ex in enumerate(batch):
             completion = dllm.decode_answer(canvas[row])
+            cut_short = task.content_length(completion) < task.content_length(ex.answer)
             episodes.append(Episode(ex, completion, task.verify(completion, ex), int(env.nfe[row]),
-                                    int(env.abandoned[row].sum()), env.unmask_step[row].tolist()))
+                                    int(env.abandoned[row].sum()), cut_short, env.unmask_step[row].tolist()))
         bar.update(len(batch))
     bar.close()
     return episodes
@@ -91,8 +93,7 @@ def summarize(episodes: list[Episode], gen_length: int) -> dict:
         "mean_nfe": float(nfe.mean()),
         "tokens_per_step": float((written / nfe).mean()),
         "still_masked": float(sum(e.still_masked for e in episodes) / n),
-        # answers cut below the reference length: the signature of EOS committed too early
-        "shorter_than_reference": sum(len(e.completion) < len(e.example.answer) for e in episodes) / n,
+        "shorter_than_reference": sum(e.cut_short for e in episodes) / n,
         "num_examples": n,
     }
 

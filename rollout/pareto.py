@@ -12,6 +12,7 @@ from envs.config import EnvConfig, SamplerConfig, TaskConfig
 from envs.dllm import load_dllm
 from envs.samplers import make_sampler
 from envs.tasks import make_task
+from learner import sampler as _policy_sampler  # noqa: F401  registers sampler=policy for `policies`
 from rollout.evaluate import run_episodes, summarize
 
 
@@ -22,6 +23,7 @@ class ParetoConfig:
     env: EnvConfig = field(default_factory=EnvConfig)  # env.block_length is not used: see block_lengths
     block_lengths: list[int] = field(default_factory=lambda: [4, 8])  # semi-AR; full diffusion (L) is always added
     grid: str = "default"  # default | small
+    policies: list[str] = field(default_factory=list)  # saved policy directories, evaluated beside the heuristics
     num_examples: int = 500
     split: str = "test"
     seed: int = 0
@@ -60,6 +62,8 @@ def run_pareto(cfg: ParetoConfig, dllm=None) -> list[dict]:
             raise ValueError(f"block_lengths entry {block_length} does not divide env.gen_length={env_cfg.gen_length}")
         for sampler_cfg in default_grid(env_cfg.gen_length, env_cfg.gen_length // block_length, cfg.grid):
             jobs.append((env_cfg, sampler_cfg))
+        for checkpoint in cfg.policies:
+            jobs.append((env_cfg, SamplerConfig(name="policy", checkpoint=checkpoint)))
     rows = []
     for env_cfg, sampler_cfg in tqdm(jobs, desc="pareto", disable=not cfg.progress):
         sampler = make_sampler(sampler_cfg, torch.Generator(device=dllm.device).manual_seed(cfg.seed))

@@ -1,6 +1,6 @@
 """The shipped built-in dLLM: it loads by name and shows the phenomena the project is about.
 
-Measured on 200 test prompts (standard error of an accuracy near 0.6 is about 0.035), with margins
+Measured on 200 test prompts (standard error of an accuracy near 0.9 is about 0.02), with margins
 wide enough that a regression, not noise, fails them. The README's table has the 500-prompt figures.
 """
 
@@ -38,12 +38,20 @@ def test_builtin_loads_by_name_through_auto_classes():
 
 
 def test_one_token_per_step_semi_ar_solves_most_prompts(measure):
-    # measured 0.63-0.66 on the shipped checkpoint (README table); random decoding of a random model is ~0
-    assert measure(8, name="top_k", steps=24)["accuracy"] >= 0.55
+    # measured 0.978 (BL=8) on 500 prompts (README table); a random model scores ~0
+    assert measure(8, name="top_k", steps=24)["accuracy"] >= 0.9
 
 
 def test_threshold_with_small_blocks_keeps_accuracy_at_fewer_nfe(measure):
     slow = measure(8, name="top_k", steps=24)
     fast = measure(4, name="fast_dllm", threshold=0.9)
-    assert fast["mean_nfe"] < 0.45 * slow["mean_nfe"]  # measured 8.4 vs 24
-    assert fast["accuracy"] >= slow["accuracy"] - 0.05
+    assert fast["mean_nfe"] < 0.6 * slow["mean_nfe"]  # measured 11.5 vs 24
+    assert fast["accuracy"] >= slow["accuracy"] - 0.03
+
+
+def test_dependent_tokens_committed_in_parallel_break_answers(measure):
+    # two tokens per step force commits of positions that depend on each other (a letter and whether a
+    # `,` precedes it): measured 0.318 vs 0.978 at BL=8
+    one = measure(8, name="top_k", steps=24)["accuracy"]
+    two = measure(8, name="top_k", steps=12)["accuracy"]
+    assert two < one - 0.4

@@ -60,6 +60,16 @@ def test_pretrain_on_jsonl_saves_a_loadable_model_and_learns(tmp_path):
     assert summary["init_from_pretrain"]["steps"] > 0  # the recipe keeps its first stage
     assert AutoTokenizer.from_pretrained(tmp_path / "more").get_vocab() == tok.get_vocab()
 
+    # new data with a character the model has never seen: its ids stay, the new one is appended
+    data.write_text("\n".join(json.dumps({"prompt": r["prompt"], "answer": r["answer"] + "!"}) for r in rows) + "\n")
+    grown = PretrainConfig(**{**more.__dict__, "out": str(tmp_path / "grown")})
+    pretrain(grown)
+    vocab = AutoTokenizer.from_pretrained(tmp_path / "grown").get_vocab()
+    assert {k: v for k, v in vocab.items() if k != "!"} == tok.get_vocab() and vocab["!"] == len(tok)
+    model = AutoModelForMaskedLM.from_pretrained(tmp_path / "grown")
+    assert model.get_input_embeddings().num_embeddings == len(tok) + 1
+    assert load_dllm(str(tmp_path / "grown")).model(torch.tensor([[vocab["!"]] * 3])).logits.shape[-1] == len(tok) + 1
+
 
 def test_pretrain_rejects_answers_longer_than_the_canvas(tmp_path):
     data = tmp_path / "long.jsonl"

@@ -52,6 +52,22 @@ def test_cycle_directions_and_pretraining_length_skew():
         CycleTask(pretrain_length_decay=0.0)
 
 
+def test_cycle_separators_are_free_phrasing_the_verifier_accepts():
+    task = CycleTask(num_symbols=4, directions="forward", separator_prob=0.5)
+    ex = Example(id="x", prompt="cadb?b", answer=">b,acdb")
+    for ok in (">bacdb", ">b,a,c,d,b", ">ba,cd,b", "<b,dcab"):
+        assert task.verify(ok, ex), ok
+    for bad in (">,bacdb", ">bacdb,", ">b,,acdb", ">b,acd", ">b,a,c,d,b,"):
+        assert not task.verify(bad, ex), bad
+    answers = [e.answer for e in CycleTask(7, separator_prob=0.5).examples("test", 300, seed=0)]
+    gaps = sum(len(a.replace(",", "")) - 2 for a in answers)  # places between two letters
+    assert 0.4 < sum(a.count(",") for a in answers) / gaps < 0.6
+    assert max(len(a) for a in answers) <= CycleTask(7, separator_prob=0.5).max_answer_length() == 16
+    assert CycleTask(7).max_answer_length() == 9
+    with pytest.raises(ValueError, match="separator_prob"):
+        CycleTask(separator_prob=1.0)
+
+
 def test_cycle_splits_are_disjoint_and_reproducible():
     task = CycleTask()
     test = task.examples("test", 300, seed=0)

@@ -3,6 +3,11 @@ asynchronous weight broadcast, Arrow dumps, checkpoints and the final eval."""
 
 import csv
 import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow.dataset as ds
@@ -96,6 +101,55 @@ def test_on_policy_with_two_env_runners(local_ray, tiny_model_dir, tmp_path):
     rows = progress(run_dir)
     assert all(float(r["unmask/staleness_max"]) == 0 for r in rows)
     assert (run_dir / "checkpoints" / "final" / "policy.safetensors").exists()
+
+
+def kill_one_env_runner_when(ready) -> threading.Thread:
+    """SIGKILL one DLLMEnvRunner worker process (found by its Ray process title) once `ready()`."""
+    killed: list[int] = []
+
+    def run():
+        deadline = time.time() + 300
+        while time.time() < deadline and not ready():
+            time.sleep(0.2)
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                title = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if "DLLMEnvRunner" in title:  # Ray titles an actor's worker process `ray::DLLMEnvRunner...`
+                os.kill(int(pid), signal.SIGKILL)
+                killed.append(int(pid))
+                return
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.killed = killed
+    thread.start()
+    return thread
+
+
+def test_killed_env_runner_is_restarted_and_no_trajectory_is_lost_or_duplicated(local_ray, tiny_model_dir,
+                                                                               tmp_path):
+    run_dir = tmp_path / "run"
+    killer = kill_one_env_runner_when(lambda: (run_dir / "trajectories" / "iter_000002").exists())
+    train(tiny_run(tiny_model_dir, run_dir, num_env_runners=2, max_iterations=10, eval_examples=0,
+                   checkpoint_every=0))
+    killer.join(timeout=1)
+    assert killer.killed, "no env runner process was found to kill"
+
+    rows = progress(run_dir)
+    assert len(rows) == 10  # training went on to the end
+    assert int(float(rows[-1]["unmask/env_runner_restarts"])) >= 1  # and says what happened
+    assert int(float(rows[-1]["unmask/healthy_env_runners"])) == 2
+
+    df = read_trajectories(run_dir / "trajectories").to_pandas()
+    assert not df.duplicated(["group_id", "sample_id", "step"]).any()
+    per_traj = df.groupby(["group_id", "sample_id"]).agg(rows=("step", "size"), nfe=("nfe", "first"))
+    assert (per_traj["rows"] == per_traj["nfe"]).all()  # every dumped trajectory is whole
+    assert len(per_traj) == int(float(rows[-1]["unmask/trajectories_total"]))
+    # the restarted runner resumed its group counter: per runner the group numbers are 0..n-1, no gap, no repeat
+    groups = df.drop_duplicates("group_id")["group_id"].str.extract(r"r(\d+)-g(\d+)").astype(int)
+    for runner, numbers in groups.groupby(0)[1]:
+        assert sorted(numbers) == list(range(len(numbers))), runner
 
 
 @pytest.mark.parametrize("args, message", [

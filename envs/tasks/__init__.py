@@ -12,7 +12,7 @@ TASKS = ("cycles", "jsonl")
 def make_task(cfg: TaskConfig) -> Task:
     if cfg.name == "cycles":
         return CycleTask(num_symbols=cfg.num_symbols, pretrain_length_decay=cfg.pretrain_length_decay,
-                         directions=cfg.directions)
+                         directions=cfg.directions, separator_prob=cfg.separator_prob)
     if cfg.name == "jsonl":
         from envs.tasks.jsonl import JsonlTask
 

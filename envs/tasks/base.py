@@ -30,6 +30,10 @@ class Task(ABC):
     def verify(self, completion: str, example: Example) -> bool:
         """Is `completion` (the decoded answer, cut at the first EOS) correct for `example`?"""
 
+    def content_length(self, text: str) -> int:
+        """Length of an answer without optional formatting: what "cut short" compares."""
+        return len(text)
+
 
 def stable_hash(text: str) -> int:
     """A hash that is the same in every process (Python's `hash` is salted per process)."""

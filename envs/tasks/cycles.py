@@ -33,7 +33,8 @@ TEST_FRACTION_PER_MILLE = 50  # 5% of all (permutation, start) pairs belong to t
 class CycleTask(Task):
     name = "cycles"
 
-    def __init__(self, num_symbols: int = 7, pretrain_length_decay: float = 1.0, directions: str = "both"):
+    def __init__(self, num_symbols: int = 7, pretrain_length_decay: float = 1.0, directions: str = "both",
+                 separator_prob: float = 0.0):
         if not 2 <= num_symbols <= 26:
             raise ValueError(f"task.num_symbols must be in 2..26, got {num_symbols}")
         if not 0 < pretrain_length_decay <= 1:
@@ -41,7 +42,10 @@ class CycleTask(Task):
         self.letters = string.ascii_lowercase[:num_symbols]
         if directions not in DIRECTIONS:
             raise ValueError(f"task.directions must be one of {', '.join(DIRECTIONS)}, got {directions!r}")
+        if not 0 <= separator_prob < 1:
+            raise ValueError(f"task.separator_prob must be in [0, 1), got {separator_prob}")
         self.pretrain_length_decay = pretrain_length_decay
+        self.separator_prob = separator_prob
         self.directions = DIRECTIONS[directions]
 
     def pretrain_example(self, rng: random.Random) -> Example:
@@ -64,7 +68,9 @@ class CycleTask(Task):
         start = rng.choice(self.letters)
         prompt = "".join(images) + "?" + start
         direction = rng.choice(self.directions)
-        return Example(id=prompt, prompt=prompt, answer=direction + self.trace(prompt, direction))
+        letters = self.trace(prompt, direction)
+        body = letters[0] + "".join(("," if rng.random() < self.separator_prob else "") + x for x in letters[1:])
+        return Example(id=prompt, prompt=prompt, answer=direction + body)
 
     def trace(self, prompt: str, direction: str) -> str:
         """The cycle of the start letter, from it back to it, following f ('>') or f^-1 ('<')."""
@@ -95,9 +101,17 @@ class CycleTask(Task):
         return out
 
     def verify(self, completion: str, example: Example) -> bool:
+        """The mark, then the cycle in its direction; a single `,` may stand between two letters."""
         if not completion or completion[0] not in "<>":
             return False
-        return completion[1:] == self.trace(example.prompt, completion[0])
+        body = completion[1:]
+        if ",," in body or body.startswith(",") or body.endswith(","):
+            return False
+        return body.replace(",", "") == self.trace(example.prompt, completion[0])
+
+    def content_length(self, text: str) -> int:
+        return len(text.replace(",", ""))
 
     def max_answer_length(self) -> int:
-        return len(self.letters) + 2
+        letters = len(self.letters) + 1
+        return 1 + letters + (letters - 1 if self.separator_prob > 0 else 0)

@@ -1,0 +1,86 @@
+"""`ray job submit` against a real Ray head started with `ray start --head` on loopback: the job runs
+`unmask train`, joins the job's cluster (RAY_ADDRESS) and leaves a complete run directory."""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # a loopback-only test head; real clusters keep token auth
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    env = dict(os.environ)
+    gcs, dashboard = free_port(), free_port()
+    subprocess.run([RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--num-cpus=3",
+                    "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+                    "--disable-usage-stats"], check=True, env=env, timeout=180, capture_output=True)
+    try:
+        yield f"http://127.0.0.1:{dashboard}", env
+    finally:
+        subprocess.run([RAY, "stop", "--force"], env=env, timeout=180, capture_output=True)
+
+
+def wait_for_job(address: str, job_id: str, env: dict, timeout_s: float = 480) -> str:
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(address)
+    deadline = time.time() + timeout_s
+    status = client.get_job_status(job_id)
+    while time.time() < deadline and status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+        time.sleep(2)
+        status = client.get_job_status(job_id)
+    return str(status.value)
+
+
+def submit(address: str, env: dict, *args: str) -> str:
+    runtime_env = json.dumps({"excludes": [".venv", "runs", ".git", "*.egg-info"]})
+    res = subprocess.run([RAY, "job", "submit", "--address", address, "--working-dir", str(REPO), "--no-wait",
+                          "--runtime-env-json", runtime_env, "--", sys.executable, "-m", "cluster.cli", *args],
+                         env=env, capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stderr[-2000:]
+    [job_id] = set(re.findall(r"raysubmit_\w+", res.stdout + res.stderr))
+    return job_id
+
+
+def test_ray_job_submit_runs_unmask_train_on_a_real_head(ray_head, tiny_model_dir, tmp_path):
+    address, env = ray_head
+    run_dir = tmp_path / "job-run"
+    job_id = submit(address, env, "train", f"run_dir={run_dir}", f"rollout.model={tiny_model_dir}",
+                    "rollout.group_size=4", "rollout.prompts_per_sample=2", "rollout.env.gen_length=16",
+                    "rollout.env.block_length=8", "groups_per_update=2", "max_iterations=3", "checkpoint_every=0",
+                    "eval_examples=5", "num_env_runners=1")
+    status = wait_for_job(address, job_id, env)
+    logs = subprocess.run([RAY, "job", "logs", "--address", address, job_id], env=env, capture_output=True,
+                          text=True, timeout=60).stdout
+    assert status == "SUCCEEDED", logs[-3000:]
+    assert "final policy: accuracy" in logs
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints" / "final" / "policy.json").is_file()
+    assert json.loads((run_dir / "eval.json").read_text())["num_examples"] == 5
+    assert len(list((run_dir / "trajectories").glob("iter_*/runner_*.parquet"))) == 3
+
+    # an invalid config inside a job: the job fails with the one-line error and leaves no run directory
+    bad_dir = tmp_path / "bad-run"
+    job_id = submit(address, env, "train", f"run_dir={bad_dir}", "rollout.env.gen_length=24",
+                    "rollout.env.block_length=7")
+    assert wait_for_job(address, job_id, env) == "FAILED"
+    logs = subprocess.run([RAY, "job", "logs", "--address", address, job_id], env=env, capture_output=True,
+                          text=True, timeout=60).stdout
+    assert "unmask train: error:" in logs and "block_length" in logs
+    assert not bad_dir.exists()

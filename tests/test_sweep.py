@@ -1,0 +1,91 @@
+"""`unmask sweep` on a real local Ray: a Tune grid over alpha, per-trial run directories, the Pareto report
+with policies beside heuristics, Tuner.restore, and bad grids."""
+
+import json
+
+import pytest
+import ray
+
+from cluster.cli import main
+from cluster.sweep import SweepConfig, sweep
+from envs.config import EnvConfig, TaskConfig
+from learner.config import GRPOConfig
+from learner.policy import PolicyConfig, policy_info
+from rollout.config import RolloutConfig
+from rollout.trajectories import read_trajectories
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def tiny_sweep(model_dir, run_dir, **overrides) -> SweepConfig:
+    rollout = RolloutConfig(model=model_dir, task=TaskConfig(num_symbols=7), group_size=4, prompts_per_sample=2,
+                            env=EnvConfig(gen_length=16, block_length=8))
+    grpo = GRPOConfig(reward="additive", lr=1e-3, warmup_steps=1, policy=PolicyConfig(init_bias=0.0))
+    settings = dict(rollout=rollout, grpo=grpo, run_dir=str(run_dir), max_iterations=2, num_env_runners=0,
+                    groups_per_update=2, checkpoint_every=0, eval_examples=8, report_grid="small",
+                    report_block_lengths=[4], grid={"grpo": {"alpha": [0.5, 2.0]}})
+    settings.update(overrides)
+    return SweepConfig(**settings)
+
+
+def test_sweep_over_alpha_reports_policies_beside_heuristics_and_resumes(local_ray, tiny_model_dir, tmp_path):
+    run_dir = tmp_path / "sweep"
+    result = sweep(tiny_sweep(tiny_model_dir, run_dir))
+
+    trials = result["trials"]
+    assert [t["grpo.alpha"] for t in trials] == [0.5, 2.0]
+    assert all(t["status"] == "finished" and t["iterations"] == 2 for t in trials), trials
+    assert json.loads((run_dir / "trials.json").read_text())["trials"] == json.loads(json.dumps(trials))
+    assert "grpo.alpha" in (run_dir / "trials.md").read_text()
+    for t in trials:  # each trial trained with its own alpha, in its own directory
+        info = policy_info(t["policy"])
+        assert info["alpha"] == t["grpo.alpha"] and info["reward"] == "additive" and info["run_id"] == t["trial"]
+        dumps = read_trajectories(f"{t['policy']}/../../trajectories")
+        assert set(dumps.column("run_id").to_pylist()) == {t["trial"]}
+        assert sorted(set(dumps.column("iteration").to_pylist())) == [0, 1]
+
+    rows = result["pareto"]
+    assert {r["block_length"] for r in rows} == {4, 8, 16}  # report BL, the trained BL, full diffusion
+    for bl in (4, 8, 16):
+        settings = {r["setting"] for r in rows if r["block_length"] == bl}
+        assert {"policy alpha=0.5 block_length=8 reward=additive",
+                "policy alpha=2.0 block_length=8 reward=additive"} <= settings
+        assert any(s.startswith("top_k") for s in settings) and any(s.startswith("fast_dllm") for s in settings)
+    assert all(r["num_examples"] == 8 for r in rows)
+    assert json.loads((run_dir / "pareto.json").read_text())["rows"] == json.loads(json.dumps(rows))
+    assert (run_dir / "pareto.png").stat().st_size > 10_000
+    assert "policy alpha=2.0" in (run_dir / "pareto.md").read_text()
+
+    # resume: Tuner.restore finds both trials finished and runs nothing new
+    before = sorted(p.name for p in (run_dir / "tune").iterdir() if p.is_dir())
+    again = sweep(tiny_sweep(tiny_model_dir, run_dir, resume=True))
+    assert [t["trial"] for t in again["trials"]] == [t["trial"] for t in trials]
+    assert sorted(p.name for p in (run_dir / "tune").iterdir() if p.is_dir()) == before
+
+    with pytest.raises(ValueError, match="already holds a sweep"):
+        sweep(tiny_sweep(tiny_model_dir, run_dir))
+    with pytest.raises(ValueError, match="another config"):
+        sweep(tiny_sweep(tiny_model_dir, run_dir, resume=True, max_iterations=3))
+    with pytest.raises(ValueError, match="no sweep to resume"):
+        sweep(tiny_sweep(tiny_model_dir, tmp_path / "nothing", resume=True))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["grid.grpo.alpha=3"], "grid.grpo.alpha must be a non-empty list"),
+    (["grid.grpo.policy.width=[64,128]"], "a sweep varies grpo.* and rollout.* keys"),
+    (["grid.max_iterations=[1,2]"], "a sweep varies grpo.* and rollout.* keys"),
+    (["grid.grpo.lr=[0.001,-1]"], "grid point {'grpo.alpha': 0.5, 'grpo.lr': -1}"),
+    (["grid.grpo.alpah=[1,2]"], "grid point"),
+])
+def test_bad_sweep_grids_are_one_line_errors_before_anything_runs(tmp_path, capsys, args, message):
+    run_dir = tmp_path / "sweep"
+    assert main(["sweep", f"run_dir={run_dir}", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not run_dir.exists()
+
