@@ -238,6 +238,37 @@ class UnmaskGRPO(Algorithm):
         if self.config.checkpoint_every and (self.iteration + 1) % self.config.checkpoint_every == 0:
             self.save_policy(run_dir / "checkpoints" / f"policy_{self.policy_version:06d}")
 
+    # ---- checkpoints: Tune saves every `checkpoint_every` iterations and at the end ----------------
+    def get_state(self, components=None, *, not_components=None, **kwargs) -> dict:
+        state = super().get_state(components, not_components=not_components, **kwargs)
+        state["unmask"] = {"policy_version": self.policy_version, "totals": dict(self.totals),
+                           "runner_states": self.runner_states}
+        return state
+
+    def set_state(self, state: dict) -> None:
+        super().set_state(state)
+        if "unmask" in state:
+            self.policy_version = state["unmask"]["policy_version"]
+            self.totals = defaultdict(float, state["unmask"]["totals"])
+            self.runner_states = dict(state["unmask"]["runner_states"])
+
+    def load_checkpoint(self, checkpoint_dir) -> None:
+        """After RLlib's restore (which copies the driver's idle runner state to every runner), put each
+        runner back where it stood at the checkpoint and hand out the restored weights and version."""
+        super().load_checkpoint(checkpoint_dir)
+        states = self.runner_states
+
+        def resume(runner) -> None:
+            runner.forget_weights()
+            if runner.worker_index in states:
+                runner.set_state(states[runner.worker_index])
+
+        if self.env_runner_group.num_remote_env_runners() > 0:
+            self.env_runner_group.foreach_env_runner(resume, local_env_runner=False)
+        else:
+            resume(self.env_runner)
+        self._broadcast_weights()
+
     def save_policy(self, out: Path) -> Path:
         state = {k.removeprefix("policy."): v for k, v in self.policy_state().items()}
         env = self.config.env_config["rollout"]["env"]

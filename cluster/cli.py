@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.configs import ConfigError, flatten_defaults, parse, to_dict, to_yaml
+from cluster.configs import ConfigError, flatten_defaults, parse, resume_config, to_dict, to_yaml
 from cluster.report import markdown_table, write_pareto
 from cluster.sweep import SweepConfig
 from cluster.train import TrainConfig
@@ -60,9 +60,13 @@ def cmd_pretrain(cfg: PretrainConfig) -> int:
 
 
 def cmd_train(cfg: TrainConfig) -> int:
-    from cluster.train import train
+    from cluster.train import Interrupted, train
 
-    result = train(cfg)
+    try:
+        result = train(cfg)
+    except Interrupted as stop:
+        print(f"unmask train: {stop}", file=sys.stderr)
+        return 130
     if "accuracy" in result:
         print(f"final policy: accuracy {result['accuracy']:.3f} at mean NFE {result['mean_nfe']:.2f} "
               f"({result['num_examples']} test prompts)")
@@ -131,8 +135,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     quiet_libraries()
     try:
-        cfg = parse(COMMANDS[name].schema, args, name)
+        if any(arg.startswith("resume=") and arg != "resume=" for arg in args):
+            cfg = resume_config(COMMANDS[name].schema, args, name)
+        else:
+            cfg = parse(COMMANDS[name].schema, args, name)
         return COMMANDS[name].run(cfg)
+    except KeyboardInterrupt:
+        print(f"unmask {name}: interrupted", file=sys.stderr)
+        return 130
     except (ConfigError, ModelLoadError, ValueError, OSError, RuntimeError) as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"unmask {name}: error: {message}", file=sys.stderr)

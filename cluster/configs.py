@@ -23,8 +23,9 @@ class ConfigError(ValueError):
     """A bad command line; the message is one line."""
 
 
-def parse(schema: type, args: list[str], command: str) -> Any:
-    """The dataclass instance for `schema` with `args` (key=value) applied."""
+def parse(schema: type, args: list[str], command: str, base: Any = None) -> Any:
+    """The dataclass instance for `schema` with `args` (key=value) applied, over `base` (a saved config)
+    when given."""
     dotlist = []
     for arg in args:
         if "=" not in arg:
@@ -33,14 +34,16 @@ def parse(schema: type, args: list[str], command: str) -> Any:
         if key in NAMED_NODES and dataclasses.is_dataclass(_field_type(schema, key)):
             key = f"{key}.name"
         dotlist.append(f"{key}={value}")
-    base = OmegaConf.structured(schema)
-    OmegaConf.set_struct(base, True)
-    for key in base.keys():  # plain dict fields (a sweep's grid) take new keys; dataclass nodes do not
-        node = base._get_node(key)
+    structured = OmegaConf.structured(schema)
+    OmegaConf.set_struct(structured, True)
+    for key in structured.keys():  # plain dict fields (a sweep's grid) take new keys; dataclass nodes do not
+        node = structured._get_node(key)
         if isinstance(node, DictConfig) and node._metadata.object_type in (None, dict):
             OmegaConf.set_struct(node, False)
     try:
-        merged = OmegaConf.merge(base, OmegaConf.from_dotlist(dotlist))
+        if base is not None:
+            structured = OmegaConf.merge(structured, base)
+        merged = OmegaConf.merge(structured, OmegaConf.from_dotlist(dotlist))
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None)
@@ -90,3 +93,39 @@ def to_yaml(cfg: Any) -> str:
 
 def to_dict(cfg: Any) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+
+
+def resume_config(schema: type, args: list[str], command: str) -> Any:
+    """`resume=<run dir>`: the config saved in that directory; keys given beside `resume` must agree with it
+    (a run continues with the config it started with)."""
+    from pathlib import Path
+
+    cfg = parse(schema, args, command)
+    run_dir = Path(cfg.resume).resolve()
+    saved_file = run_dir / "config.yaml"
+    if not saved_file.is_file() or not (run_dir / "tune").is_dir():
+        raise ConfigError(f"resume={cfg.resume}: no run to resume there (config.yaml and tune/ are missing)")
+    try:
+        saved_yaml = OmegaConf.load(saved_file)
+    except Exception as err:  # noqa: BLE001 - any unreadable YAML is the same one-line error
+        raise ConfigError(f"resume={cfg.resume}: config.yaml is unreadable ({str(err).splitlines()[0]})") from None
+    others = [a for a in args if not a.startswith("resume=")]
+    saved = to_dict(parse(schema, [], command, base=saved_yaml))
+    asked = to_dict(parse(schema, others, command, base=saved_yaml))
+    for key, value in _flat(asked).items():
+        if key not in ("resume", "ray_address") and _flat(saved).get(key) != value:
+            raise ConfigError(f"resume={cfg.resume} was started with {key}={_flat(saved).get(key)!r}, not {value!r}: "
+                              "a run resumes with its own config")
+    resumed = parse(schema, others, command, base=saved_yaml)
+    resumed.resume, resumed.run_dir = str(run_dir), str(run_dir)
+    return resumed
+
+
+def _flat(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key != "grid":
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

@@ -2,7 +2,7 @@
 report of every trained policy beside the heuristics, in semi-AR and full-diffusion mode.
 
 run_dir/
-  config.yaml          the resolved SweepConfig (a resume must match it)
+  config.yaml          the resolved SweepConfig (`resume=<run_dir>` must match it)
   tune/                Tune's experiment; one trial directory per grid point, each with its own
                        checkpoints/ and trajectories/ (the layout of `unmask train`)
   trials.md, .json     one row per trial: grid values, status, last training metrics, the error if it failed
@@ -11,6 +11,7 @@ run_dir/
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,6 @@ class SweepConfig(TrainConfig):
     # (or replaces that key's values); the default axis is the reward trade-off alpha.
     grid: dict[str, Any] = field(default_factory=lambda: {"grpo": {"alpha": [0.5, 1.0, 2.0]}})
     max_concurrent_trials: int = 1  # trials running at once; each takes 1 CPU + its env runners' resources
-    resume: bool = False  # continue the interrupted sweep in run_dir (Tuner.restore)
     report_block_lengths: list[int] = field(default_factory=lambda: [8])  # + full diffusion + trained BLs
     report_grid: str = "small"  # heuristic grid of the report: small | default
 
@@ -115,16 +115,18 @@ def sweep(cfg: SweepConfig) -> dict:
         raise ValueError("a sweep needs eval_examples >= 1 (its report) and max_concurrent_trials >= 1")
     axes = grid_axes(cfg.grid)
     trial_configs(cfg, axes)
+    if cfg.resume:
+        cfg = dataclasses.replace(cfg, run_dir=cfg.resume)
     cfg = absolute_paths(cfg)
     run_dir = Path(cfg.run_dir)
     saved = run_dir / "config.yaml"
     if cfg.resume:
         if not (run_dir / "tune").is_dir() or not saved.is_file():
-            raise ValueError(f"resume=true but {run_dir} holds no sweep to resume")
+            raise ValueError(f"resume={cfg.resume}: {run_dir} holds no sweep to resume")
         if comparable(saved.read_text()) != comparable(to_yaml(cfg)):
             raise ValueError(f"{run_dir} holds a sweep with another config: resume it with the same keys")
     elif saved.exists():
-        raise ValueError(f"run_dir {run_dir} already holds a sweep: pass resume=true or choose a new run_dir")
+        raise ValueError(f"run_dir {run_dir} already holds a sweep: pass resume={run_dir} or choose a new run_dir")
 
     connect_ray(cfg, concurrent_runs=cfg.max_concurrent_trials)
     if not cfg.resume:

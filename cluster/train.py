@@ -12,8 +12,11 @@ run_dir/
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +39,7 @@ class TrainConfig:
     num_env_runners: int = 1  # 0 = sample in the learner's process
     num_cpus_per_env_runner: float = 1.0
     num_gpus_per_env_runner: float = 0.0  # > 0: the runner's dLLM lives on that GPU
+    custom_resources_per_env_runner: dict[str, float] = field(default_factory=dict)  # e.g. {"a100": 1}
     num_gpus_per_learner: float = 0.0
     max_policy_lag: int = 1  # drop groups older than this many updates; 0 = on-policy
     groups_per_update: int = 8  # prompts (x group_size rollouts) per GRPO update
@@ -43,6 +47,7 @@ class TrainConfig:
     dump_trajectories: bool = True
     eval_examples: int = 500  # test prompts for the final eval.json (0 = skip)
     eval_policy_temperature: float = 1.0
+    resume: str = ""  # a run directory: continue that run from its last checkpoint, with its saved config
 
 
 def check_train(cfg: TrainConfig) -> None:
@@ -78,7 +83,8 @@ def algorithm_config(cfg: TrainConfig, run_id: str = ""):
         .environment(observation_space=obs_space, action_space=action_space,
                      env_config={"rollout": to_dict(cfg.rollout)})
         .env_runners(num_env_runners=cfg.num_env_runners, num_cpus_per_env_runner=cfg.num_cpus_per_env_runner,
-                     num_gpus_per_env_runner=cfg.num_gpus_per_env_runner)
+                     num_gpus_per_env_runner=cfg.num_gpus_per_env_runner,
+                     custom_resources_per_env_runner=dict(cfg.custom_resources_per_env_runner))
         .learners(num_learners=0, num_gpus_per_learner=cfg.num_gpus_per_learner, learner_config_dict=grpo)
         .rl_module(model_config=grpo["policy"])
         .training(grad_clip=cfg.grpo.grad_clip, grad_clip_by="global_norm")
@@ -131,34 +137,70 @@ def train(cfg: TrainConfig) -> dict:
     from cluster.configs import to_yaml
 
     check_train(cfg)
+    if cfg.resume:
+        cfg = dataclasses.replace(cfg, run_dir=cfg.resume)
     cfg = absolute_paths(cfg)
     run_dir = Path(cfg.run_dir)
-    if (run_dir / "config.yaml").exists():
-        raise ValueError(f"run_dir {run_dir} already holds a run: choose a new run_dir")
+    if cfg.resume and not (run_dir / "tune").is_dir():
+        raise ValueError(f"resume={cfg.resume}: no run to resume there")
+    if not cfg.resume and (run_dir / "config.yaml").exists():
+        raise ValueError(f"run_dir {run_dir} already holds a run: choose a new run_dir (or resume={run_dir})")
 
     connect_ray(cfg, concurrent_runs=1)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(run_dir / "config.yaml", to_yaml(cfg))
     run_id = run_dir.name
     from cluster.algorithm import UnmaskGRPO
 
-    tuner = tune.Tuner(
-        UnmaskGRPO,
-        param_space=algorithm_config(cfg, run_id),
-        run_config=tune.RunConfig(
-            storage_path=str(run_dir), name="tune", verbose=0, callbacks=[ProgressPrinter()],
-            stop={"training_iteration": cfg.max_iterations, "time_total_s": cfg.max_minutes * 60},
-            checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=cfg.checkpoint_every,
-                                                    checkpoint_at_end=True, num_to_keep=2),
-        ),
-    )
-    results = tuner.fit()
+    if cfg.resume:  # Tune restores the trial from its last checkpoint: weights, optimizer, RNGs, data cursor
+        tuner = tune.Tuner.restore(str(run_dir / "tune"), trainable=UnmaskGRPO, resume_unfinished=True,
+                                   resume_errored=True)
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(run_dir / "config.yaml", to_yaml(cfg))
+        tuner = tune.Tuner(
+            UnmaskGRPO,
+            param_space=algorithm_config(cfg, run_id),
+            run_config=tune.RunConfig(
+                storage_path=str(run_dir), name="tune", verbose=0, callbacks=[ProgressPrinter()],
+                stop={"training_iteration": cfg.max_iterations, "time_total_s": cfg.max_minutes * 60},
+                checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=cfg.checkpoint_every,
+                                                        checkpoint_at_end=True, num_to_keep=2),
+            ),
+        )
+    with sigterm_as_interrupt():
+        results = tuner.fit()
     if results.errors:
         raise RuntimeError(f"training failed: {str(results.errors[0]).strip().splitlines()[-1]}")
+    if int(results[0].metrics.get("training_iteration", 0)) < cfg.max_iterations and not reached_time_budget(
+            results[0].metrics, cfg):
+        raise Interrupted(f"interrupted at iteration {results[0].metrics.get('training_iteration', 0)}; "
+                          f"continue with: unmask train resume={run_dir}")
     last = results[0].metrics.get("unmask", {})
     if cfg.eval_examples <= 0:
         return last
     return final_eval(cfg, run_dir / "checkpoints" / "final")
+
+
+class Interrupted(RuntimeError):
+    """The run stopped early (SIGINT/SIGTERM, `ray job stop`); its directory can be resumed."""
+
+
+def reached_time_budget(metrics: dict, cfg: TrainConfig) -> bool:
+    return float(metrics.get("time_total_s", 0.0)) >= cfg.max_minutes * 60
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM (what `ray job stop` and schedulers send) is handled like Ctrl-C: Tune stops the trial, which
+    saves its final policy, and writes the experiment state, so the run can be resumed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def final_eval(cfg: TrainConfig, policy_dir: Path) -> dict:

@@ -88,6 +88,10 @@ class DLLMEnvRunner(EnvRunner, Checkpointable):
     def set_state_server(self, server) -> None:
         self.server = server
 
+    def forget_weights(self) -> None:
+        """After a restore: take whatever version is pushed next, even an older one."""
+        self.version = -1
+
     def sample(self, **kwargs) -> dict:
         """One batch of complete groups (numpy, rows = trajectories) and this call's timings."""
         started = time.perf_counter()

@@ -63,16 +63,16 @@ def test_sweep_over_alpha_reports_policies_beside_heuristics_and_resumes(local_r
 
     # resume: Tuner.restore finds both trials finished and runs nothing new
     before = sorted(p.name for p in (run_dir / "tune").iterdir() if p.is_dir())
-    again = sweep(tiny_sweep(tiny_model_dir, run_dir, resume=True))
+    again = sweep(tiny_sweep(tiny_model_dir, tmp_path / "elsewhere", resume=str(run_dir)))
     assert [t["trial"] for t in again["trials"]] == [t["trial"] for t in trials]
     assert sorted(p.name for p in (run_dir / "tune").iterdir() if p.is_dir()) == before
 
     with pytest.raises(ValueError, match="already holds a sweep"):
         sweep(tiny_sweep(tiny_model_dir, run_dir))
     with pytest.raises(ValueError, match="another config"):
-        sweep(tiny_sweep(tiny_model_dir, run_dir, resume=True, max_iterations=3))
+        sweep(tiny_sweep(tiny_model_dir, run_dir, resume=str(run_dir), max_iterations=3))
     with pytest.raises(ValueError, match="no sweep to resume"):
-        sweep(tiny_sweep(tiny_model_dir, tmp_path / "nothing", resume=True))
+        sweep(tiny_sweep(tiny_model_dir, tmp_path / "nothing", resume=str(tmp_path / "nothing")))
 
 
 @pytest.mark.parametrize("args, message", [

@@ -1,0 +1,48 @@
+"""Losing a worker node of a multi-node Ray cluster (several raylets on this machine) during training."""
+
+import threading
+import time
+
+import ray
+
+from cluster.train import train
+from rollout.trajectories import read_trajectories
+from tests.test_train import progress, tiny_run
+
+
+def test_losing_a_worker_node_does_not_stop_the_run(tiny_model_dir, tmp_path):
+    """Several raylets on this machine: the node hosting an env runner is removed mid-run; Ray restarts the
+    runner on a spare node and training goes on to the end with every trajectory once."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    nodes = [cluster.add_node(num_cpus=1, resources={"runner_slot": 1}) for _ in range(3)]
+    ray.init(address=cluster.address, log_to_driver=False)
+    run_dir = tmp_path / "run"
+    removed = []
+
+    def remove_a_runner_node():
+        deadline = time.time() + 300
+        while time.time() < deadline and not (run_dir / "trajectories" / "iter_000002").exists():
+            time.sleep(0.2)
+        hosts = {a["Address"]["NodeID"] for a in ray._private.state.actors().values()
+                 if a["ActorClassName"] == "DLLMEnvRunner" and a["State"] == "ALIVE"}
+        victim = next(n for n in nodes if n.node_id in hosts)
+        cluster.remove_node(victim, allow_graceful=False)
+        removed.append(victim.node_id)
+
+    thread = threading.Thread(target=remove_a_runner_node, daemon=True)
+    thread.start()
+    try:
+        train(tiny_run(tiny_model_dir, run_dir, num_env_runners=2, max_iterations=40, eval_examples=0,
+                       checkpoint_every=0, custom_resources_per_env_runner={"runner_slot": 1}))
+    finally:
+        thread.join(timeout=1)
+        ray.shutdown()
+        cluster.shutdown()
+    assert removed, "no worker node hosting an env runner was found"
+    rows = progress(run_dir)
+    assert len(rows) == 40 and int(float(rows[-1]["unmask/env_runner_restarts"])) >= 1
+    df = read_trajectories(run_dir / "trajectories").to_pandas()
+    assert not df.duplicated(["group_id", "sample_id", "step"]).any()
+    assert set(df["env_runner"]) == {1, 2}
