@@ -148,7 +148,11 @@ def sweep(cfg: SweepConfig) -> dict:
         tuner = tune.Tuner(UnmaskGRPO, param_space=param_space(cfg, axes), run_config=run_config,
                            tune_config=tune.TuneConfig(max_concurrent_trials=cfg.max_concurrent_trials))
     results = tuner.fit()
-    trials = [trial_row(result, axes) for result in results]
+    # the config each trial was given, also for trials that died before reporting one (Tune keeps it on the
+    # Trial objects of the experiment analysis)
+    analysis = getattr(results, "_experiment_analysis", None)
+    given = {Path(t.path).name: t.config for t in getattr(analysis, "trials", None) or []}
+    trials = [trial_row(result, axes, given) for result in results]
     trials.sort(key=lambda r: [str(r[k]) for k in axes])
     write_json(run_dir / "trials.json", {"trials": trials})
     from cluster.report import markdown_table
@@ -159,9 +163,9 @@ def sweep(cfg: SweepConfig) -> dict:
     return {"trials": trials, "pareto": pareto}
 
 
-def trial_row(result, axes: dict[str, list]) -> dict:
+def trial_row(result, axes: dict[str, list], given: dict[str, dict]) -> dict:
     """One trial: its grid values (read back from the trial's own config), status and last metrics."""
-    config = result.config or {}
+    config = result.config or given.get(Path(result.path).name, {})  # a trial that died in setup reports none
     row: dict[str, Any] = {"trial": Path(result.path).name}
     for path in axes:
         section, *keys = path.split(".")
@@ -176,7 +180,9 @@ def trial_row(result, axes: dict[str, list]) -> dict:
     policy = Path(result.path) / "checkpoints" / "final"
     row["policy"] = str(policy)
     if result.error is not None:
-        row["status"], row["error"] = "failed", (str(result.error).strip().splitlines() or ["?"])[-1][:200]
+        lines = [line.strip() for line in str(result.error).splitlines() if line.strip()] or ["?"]
+        named = [line for line in lines if "Error:" in line]  # the innermost exception's own line
+        row["status"], row["error"] = "failed", (named or lines)[-1][:200]
     elif not (policy / "policy.json").is_file():
         row["status"], row["error"] = "failed", "no final policy was saved"
     else:

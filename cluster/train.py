@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import os
 import signal
+import socket
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,6 +105,17 @@ def logical_cpus_needed(cfg: TrainConfig) -> float:
     return 1 + cfg.num_env_runners * cfg.num_cpus_per_env_runner
 
 
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A `host:port` that nothing answers on fails here in seconds (ray.init would wait minutes)."""
+    if address in ("auto", "local") or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError):
+        raise RuntimeError(f"cannot reach the Ray cluster at {address!r}: nothing answers there") from None
+
+
 def connect_ray(cfg: TrainConfig, concurrent_runs: int) -> None:
     """Join the cluster named by `ray_address` (or by RAY_ADDRESS, as inside `ray job submit`), else start
     a local Ray with enough logical CPUs; a local instance too small for the run is an error up front."""
@@ -112,6 +124,8 @@ def connect_ray(cfg: TrainConfig, concurrent_runs: int) -> None:
     address = cfg.ray_address or os.environ.get("RAY_ADDRESS", "")
     needed_cpus = logical_cpus_needed(cfg) * concurrent_runs
     needed_gpus = cfg.num_env_runners * cfg.num_gpus_per_env_runner * concurrent_runs
+    if address:
+        check_reachable(address)
     if ray.is_initialized():
         pass
     elif address:

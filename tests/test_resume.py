@@ -3,6 +3,7 @@ eval.json, so it does not look complete); `unmask train resume=<dir>` continues 
 checkpoint, and in on-policy mode with fixed seeds it ends with the same weights and the same trajectory
 dumps as a run that was never interrupted."""
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -54,6 +55,19 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_pa
     wrong = subprocess.run(cli("train", f"resume={cut}", "grpo.alpha=2"), capture_output=True, text=True, timeout=120)
     assert wrong.returncode == 2 and "a run resumes with its own config" in wrong.stderr
     assert wrong.stderr.count("\n") == 1
+
+    # a truncated checkpoint: one clear error, and the run still does not look complete
+    latest = max((cut / "tune").glob("*/checkpoint_*"))
+    shutil.copytree(latest, tmp_path / "backup")
+    for path in latest.rglob("*"):
+        if path.is_file():
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    broken = subprocess.run(cli("train", f"resume={cut}"), capture_output=True, text=True, timeout=600)
+    assert broken.returncode == 2, broken.stderr[-3000:]
+    assert broken.stderr.strip().splitlines()[-1].startswith("unmask train: error: training failed")
+    assert not (cut / "eval.json").exists()
+    shutil.rmtree(latest)
+    shutil.copytree(tmp_path / "backup", latest)
 
     resumed = subprocess.run(cli("train", f"resume={cut}"), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -75,6 +75,28 @@ def test_sweep_over_alpha_reports_policies_beside_heuristics_and_resumes(local_r
         sweep(tiny_sweep(tiny_model_dir, tmp_path / "nothing", resume=str(tmp_path / "nothing")))
 
 
+def test_a_failed_trial_is_reported_not_hidden(local_ray, tiny_model_dir, tmp_path, capsys):
+    """One grid point points at a model directory that is not a model: its trial fails at runtime, the
+    other finishes; the command lists the failure, reports the finished policy, and exits 1."""
+    not_a_model = tmp_path / "not-a-model"
+    not_a_model.mkdir()
+    run_dir = tmp_path / "sweep"
+    code = main(["sweep", f"run_dir={run_dir}", f"grid.rollout.model=[{tiny_model_dir},{not_a_model}]",
+                 "grid.grpo.alpha=[1.0]", "rollout.group_size=4", "rollout.prompts_per_sample=2",
+                 "rollout.env.gen_length=16", "rollout.env.block_length=8", "groups_per_update=2",
+                 "max_iterations=2", "num_env_runners=0", "checkpoint_every=0", "eval_examples=4",
+                 "report_block_lengths=[4]", f"rollout.model={tiny_model_dir}"])
+    out = capsys.readouterr().out
+    assert code == 1
+    trials = json.loads((run_dir / "trials.json").read_text())["trials"]
+    assert sorted(t["status"] for t in trials) == ["failed", "finished"]
+    failed = next(t for t in trials if t["status"] == "failed")
+    assert failed["rollout.model"] == str(not_a_model) and failed["error"]
+    assert f"FAILED {failed['trial']}" in out and "1 of 2 trials finished" in out
+    rows = json.loads((run_dir / "pareto.json").read_text())["rows"]
+    assert sum(r["sampler"] == "policy" for r in rows) == 3  # the finished policy at BL 4, 8 and 16
+
+
 @pytest.mark.parametrize("args, message", [
     (["grid.grpo.alpha=3"], "grid.grpo.alpha must be a non-empty list"),
     (["grid.grpo.policy.width=[64,128]"], "a sweep varies grpo.* and rollout.* keys"),

@@ -165,6 +165,13 @@ def test_bad_train_input_is_one_line(args, message, tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+def test_unreachable_ray_address_is_a_quick_one_line_error(tmp_path, capsys):
+    assert main(["train", f"run_dir={tmp_path / 'r'}", "ray_address=127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot reach the Ray cluster at '127.0.0.1:9'" in err and err.count("\n") == 1
+    assert not (tmp_path / "r").exists()
+
+
 def test_existing_run_dir_is_not_overwritten(tmp_path, capsys):
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "config.yaml").write_text("keep me")
