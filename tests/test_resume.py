@@ -57,17 +57,18 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_pa
     assert wrong.stderr.count("\n") == 1
 
     # a truncated checkpoint: one clear error, and the run still does not look complete
-    latest = max((cut / "tune").glob("*/checkpoint_*"))
-    shutil.copytree(latest, tmp_path / "backup")
-    for path in latest.rglob("*"):
-        if path.is_file():
-            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    [trial_dir] = [d for d in (cut / "tune").iterdir() if d.is_dir()]
+    shutil.copytree(trial_dir, tmp_path / "backup")
+    for checkpoint in trial_dir.glob("checkpoint_*"):  # every one: Tune may restore any it has registered
+        for path in checkpoint.rglob("*"):
+            if path.is_file():
+                path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     broken = subprocess.run(cli("train", f"resume={cut}"), capture_output=True, text=True, timeout=600)
     assert broken.returncode == 2, broken.stderr[-3000:]
     assert broken.stderr.strip().splitlines()[-1].startswith("unmask train: error: training failed")
     assert not (cut / "eval.json").exists()
-    shutil.rmtree(latest)
-    shutil.copytree(tmp_path / "backup", latest)
+    shutil.rmtree(trial_dir)
+    shutil.copytree(tmp_path / "backup", trial_dir)
 
     resumed = subprocess.run(cli("train", f"resume={cut}"), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
