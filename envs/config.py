@@ -9,16 +9,16 @@ from envs.dllm import ModelSize
 
 @dataclass
 class TaskConfig:
-    name: str = "cycles"  # cycles | jsonl
+    name: str = "cycles"  # cycles | jsonl | gsm8k | math500
     num_symbols: int = 7  # cycles: permutation size; answers are 3..num_symbols+2 tokens
     directions: str = "forward"  # cycles: forward | backward | both: the direction marks the data uses
     separator_prob: float = 0.5  # cycles: a `,` between two answer letters with this probability (free phrasing)
     pretrain_length_decay: float = 1.0  # cycles: pretraining keeps cycle length k w.p. decay^(k-1); 1 = natural
-    path: str = ""  # jsonl: the file
+    path: str = ""  # jsonl: the file; gsm8k/math500: a dir with train/test .jsonl|.parquet, or one file ("" = hub)
     verifier: str = "exact"  # jsonl: exact | numeric | math | module:function
     prompt_key: str = "prompt"
     answer_key: str = "answer"
-    test_fraction: float = 0.1  # jsonl: share of lines (by content hash) held out as the test split
+    test_fraction: float = 0.1  # jsonl, or gsm8k/math500 from one file: share of lines (by content hash) held out as the test split
 
 
 @dataclass
@@ -29,6 +29,9 @@ class EnvConfig:
     batch_size: int = 250  # sequences per batched dLLM forward
     device: str = "cpu"
     dtype: str = "float32"  # float32 | bfloat16 | float16
+    device_map: str = ""  # e.g. "auto": spread the dLLM over this actor's GPUs (overrides device)
+    chat_template: str = "auto"  # auto (use the tokenizer's template if it has one) | on | off
+    prefix_cache: bool = False  # Fast-dLLM prefix KV cache, refreshed once per block (native LLaDA/Dream only)
 
 
 @dataclass

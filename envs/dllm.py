@@ -13,7 +13,6 @@ from pathlib import Path
 import torch
 from transformers import (
     AutoModelForMaskedLM,
-    AutoTokenizer,
     BertConfig,
     BertForMaskedLM,
     ModernBertConfig,
@@ -89,28 +88,38 @@ class DLLM:
     """A frozen masked diffusion LM seen as a function from token ids to per-position logits."""
 
     def __init__(self, model: torch.nn.Module, tokenizer, *, mask_id: int, eos_id: int, pad_id: int,
-                 logit_shift: bool = False, max_length: int | None = None, name: str = "model"):
+                 logit_shift: bool = False, max_length: int | None = None, name: str = "model",
+                 stop_ids: set[int] | None = None, chat_template: bool = False):
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.mask_id, self.eos_id, self.pad_id = mask_id, eos_id, pad_id
+        self.stop_ids = {eos_id} | set(stop_ids or ())  # an answer ends at the first of these
         self.logit_shift = logit_shift
         self.max_length = max_length
         self.name = name
-        self._takes_position_ids = "position_ids" in inspect.signature(model.forward).parameters
+        self.chat_template = chat_template
+        params = inspect.signature(model.forward).parameters
+        self._takes_position_ids = "position_ids" in params
+        self.supports_prefix_cache = "past_key_values" in params and getattr(model, "native_dllm", False)
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def encode_prompts(self, prompts: list[str]) -> list[list[int]]:
-        return [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    def encode_prompts(self, prompts: list[str], response_prefix: str = "") -> list[list[int]]:
+        """Token ids per prompt. Instruct models get their chat template (the prompt is the user turn);
+        `response_prefix` is the start of the assistant's answer (the paper's `<reasoning>`)."""
+        if self.chat_template:
+            prompts = [self.tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                                          add_generation_prompt=True) for p in prompts]
+        return [self.tokenizer(p + response_prefix, add_special_tokens=False)["input_ids"] for p in prompts]
 
     def decode_answer(self, ids: list[int]) -> str:
-        """The answer text: everything before the first EOS (LLaDA's convention). A position still
-        holding the mask token decodes to the mask string, so an unfinished answer never verifies."""
-        if self.eos_id in ids:
-            ids = ids[: ids.index(self.eos_id)]
-        return self.tokenizer.decode(ids, skip_special_tokens=False)
+        """The answer text: everything before the first EOS (LLaDA's convention; instruct models also stop
+        at their end-of-turn token). A position still holding the mask token decodes to the mask string,
+        so an unfinished answer never verifies."""
+        end = next((i for i, token in enumerate(ids) if token in self.stop_ids), len(ids))
+        return self.tokenizer.decode(ids[:end], skip_special_tokens=False)
 
     @torch.no_grad()
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -120,9 +129,39 @@ class DLLM:
             # Left padding must not shift absolute positions: count only real tokens.
             kwargs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
+        return self._align(out)
+
+    def _align(self, out: torch.Tensor) -> torch.Tensor:
         if self.logit_shift:  # Dream predicts token i+1 at position i (AR initialisation).
             out = torch.cat([out[:, :1], out[:, :-1]], dim=1)
         return out
+
+    # ---- Fast-dLLM prefix cache (native models) ------------------------------------------------------
+    @torch.no_grad()
+    def logits_and_prefix_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix: int
+                                ) -> tuple[torch.Tensor, list]:
+        """A full forward (exactly `logits`) that also returns every layer's keys/values of the first
+        `prefix` positions, for `logits_with_prefix_cache` to reuse until the next refresh."""
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                         use_cache=True)
+        cache = [(k[:, :, :prefix], v[:, :, :prefix]) for k, v in out.past_key_values]
+        return self._align(out.logits), cache
+
+    @torch.no_grad()
+    def logits_with_prefix_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: list
+                                 ) -> torch.Tensor:
+        """Logits of positions `prefix:` only, attending to the cached prefix keys/values (stale by design:
+        they were computed when the suffix held more masks). Dream's shift needs the logit of the last
+        prefix position, so for Dream the fed part starts one position earlier."""
+        prefix = cache[0][0].shape[2]
+        start = prefix - 1 if self.logit_shift else prefix
+        if self.logit_shift:
+            cache = [(k[:, :, :start], v[:, :, :start]) for k, v in cache]
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, start:]
+        out = self.model(input_ids=input_ids[:, start:], attention_mask=attention_mask,
+                         position_ids=positions, past_key_values=cache).logits
+        return out[:, :-1] if self.logit_shift else out
 
 
 def first_id(*candidates) -> int | None:
@@ -155,8 +194,14 @@ def resolve_model_path(model: str) -> str:
 
 
 def load_dllm(model: str = "builtin", *, device: str = "cpu", dtype: str = "float32",
-              trust_remote_code: bool = False, logit_shift: bool | None = None) -> DLLM:
-    """Load a masked LM from a local directory or a hub id through `AutoModelForMaskedLM`."""
+              trust_remote_code: bool = False, logit_shift: bool | None = None, chat_template: str = "auto",
+              device_map: str = "") -> DLLM:
+    """Load a dLLM from a local directory or a hub id. LLaDA and Dream checkpoints load into the native
+    implementations in `envs.models` (no remote code); any other masked LM through `AutoModelForMaskedLM`
+    (remote code only with `trust_remote_code`). `device_map` (e.g. "auto") spreads a model over the GPUs
+    of one env actor."""
+    import envs.models  # noqa: F401 - registers the native LLaDA and Dream classes with the Auto API
+
     path = resolve_model_path(str(model))
     if is_local_path(path) and not Path(path).expanduser().is_dir():
         raise ModelLoadError(f"model path {path!r} does not exist")
@@ -164,10 +209,13 @@ def load_dllm(model: str = "builtin", *, device: str = "cpu", dtype: str = "floa
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
     if torch_dtype is None:
         raise ModelLoadError(f"unknown dtype {dtype!r}: use float32, bfloat16 or float16")
+    if chat_template not in ("auto", "on", "off"):
+        raise ModelLoadError(f"unknown env.chat_template {chat_template!r}: use auto, on or off")
+    placement = {"device_map": device_map} if device_map else {}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tokenizer = envs.models.load_tokenizer(path, trust_remote_code=trust_remote_code)
         hf_model = AutoModelForMaskedLM.from_pretrained(
-            path, dtype=torch_dtype, trust_remote_code=trust_remote_code
+            path, dtype=torch_dtype, trust_remote_code=trust_remote_code, **placement
         )
     except (OSError, ValueError, KeyError, ImportError, RuntimeError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -175,10 +223,18 @@ def load_dllm(model: str = "builtin", *, device: str = "cpu", dtype: str = "floa
     config = hf_model.config
     mask_id = first_id(getattr(config, "mask_token_id", None), tokenizer.mask_token_id)
     eos_id = first_id(getattr(config, "eos_token_id", None), tokenizer.eos_token_id)
-    pad_id = first_id(tokenizer.pad_token_id, eos_id)
+    pad_id = first_id(tokenizer.pad_token_id, getattr(config, "pad_token_id", None), eos_id)
     if mask_id is None or eos_id is None:
         raise ModelLoadError(f"model {model!r} defines no mask or EOS token id")
+    stop_ids = {first_id(t) for t in (getattr(config, "eos_token_id", None), tokenizer.eos_token_id) if t is not None}
+    stop_ids |= set(envs.models.end_of_turn_ids(tokenizer))
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if chat_template == "on" and not has_template:
+        raise ModelLoadError(f"env.chat_template=on but the tokenizer of {model!r} has no chat template")
     shift = bool(getattr(config, "logit_shift", False)) if logit_shift is None else logit_shift
-    max_length = getattr(config, "max_position_embeddings", None)
-    return DLLM(hf_model.to(device), tokenizer, mask_id=mask_id, eos_id=eos_id, pad_id=pad_id,
-                logit_shift=shift, max_length=max_length, name=model or "builtin")
+    max_length = getattr(config, "max_position_embeddings", None) or getattr(config, "max_sequence_length", None)
+    if not device_map:
+        hf_model = hf_model.to(device)
+    return DLLM(hf_model, tokenizer, mask_id=mask_id, eos_id=eos_id, pad_id=pad_id,
+                logit_shift=shift, max_length=max_length, name=model or "builtin", stop_ids=stop_ids,
+                chat_template=has_template and chat_template != "off")

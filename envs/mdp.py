@@ -61,10 +61,13 @@ class UnmaskingEnv:
     """A batch of unmasking episodes over one frozen dLLM."""
 
     def __init__(self, dllm: DLLM, gen_length: int, block_length: int, temperature: float = 0.0,
-                 max_block_steps: int | None = None, seed: int = 0):
+                 max_block_steps: int | None = None, seed: int = 0, prefix_cache: bool = False):
         check_lengths(gen_length, block_length)
+        if prefix_cache and not dllm.supports_prefix_cache:
+            raise ValueError(f"env.prefix_cache=true needs a native LLaDA or Dream model; {dllm.name!r} is not one")
         self.dllm, self.L, self.BL = dllm, gen_length, block_length
         self.temperature = temperature
+        self.prefix_cache = prefix_cache
         self.max_block_steps = max_block_steps or block_length
         self.generator = torch.Generator(device=dllm.device).manual_seed(seed)
 
@@ -87,6 +90,9 @@ class UnmaskingEnv:
         self.block_index = torch.zeros_like(self.nfe)
         self.block_step = torch.zeros_like(self.nfe)
         self.position_block = torch.arange(self.L, device=device) // self.BL
+        self.pred = None
+        self.kv = None  # prefix cache: per layer (keys, values) [B, kv_heads, prompt + L, head_dim]
+        self.cached_block = torch.full_like(self.nfe, -1)  # block each row's cache was refreshed for
         return self._forward()
 
     def step(self, unmask: torch.Tensor) -> Observation:
@@ -130,18 +136,17 @@ class UnmaskingEnv:
         active = self.active
         B, L, device = self.masked.shape[0], self.L, self.masked.device
         steps_done = self.nfe.clone()
-        if active.any():
-            rows = active.nonzero(as_tuple=True)[0]
-            logits = self.dllm.logits(self.ids[rows], self.attn[rows])[:, -L:]
-            part = predict(logits, self.temperature, self.dllm.mask_id, self.generator)
-            self.nfe[rows] += 1
         fields = {}
         for name in ("tokens", "token_prob", "confidence", "margin", "entropy"):
-            full = torch.zeros(B, L, device=device,
-                               dtype=torch.long if name == "tokens" else torch.float32)
-            if active.any():
-                full[rows] = getattr(part, name).to(full.dtype)
+            full = torch.zeros(B, L, device=device, dtype=torch.long if name == "tokens" else torch.float32)
+            if self.pred is not None and self.prefix_cache:  # positions a cached forward does not recompute
+                full[active] = getattr(self.pred, name)[active]
             fields[name] = full
+        for rows, first_column, logits in self._logits(active):
+            part = predict(logits, self.temperature, self.dllm.mask_id, self.generator)
+            for name, full in fields.items():
+                full[rows, first_column:] = getattr(part, name).to(full.dtype)
+        self.nfe[active] += 1
         self.pred = Prediction(**fields)
         in_block = self.position_block[None, :] == self.block_index[:, None]
         self.valid = self.masked & in_block & active[:, None]
@@ -151,3 +156,37 @@ class UnmaskingEnv:
             t=steps_done.float() / L, nfe=self.nfe.clone(), block_step=self.block_step.clone(),
             block_index=self.block_index.clone(), active=active, block_length=self.BL, gen_length=L,
         )
+
+    def _logits(self, active: torch.Tensor):
+        """(rows, first canvas column, logits of columns first..L-1) for every group of rows forwarded
+        together: all active rows at once, or, with the prefix cache, rows grouped by their block."""
+        if not active.any():
+            return
+        if not self.prefix_cache:
+            rows = active.nonzero(as_tuple=True)[0]
+            yield rows, 0, self.dllm.logits(self.ids[rows], self.attn[rows])[:, -self.L:]
+            return
+        # Fast-dLLM prefix cache: the first forward of a block is a full one that stores the keys/values of
+        # prompt + finished blocks; the block's later forwards feed only the current block and everything
+        # after it, attending to that stored prefix.
+        prompt_width = self.ids.shape[1] - self.L
+        refresh = active & (self.cached_block != self.block_index)
+        for cached in (False, True):
+            group = active & (~refresh if cached else refresh)
+            for block in self.block_index[group].unique().tolist():
+                rows = (group & (self.block_index == block)).nonzero(as_tuple=True)[0]
+                prefix = prompt_width + block * self.BL
+                if cached:
+                    cache = [(k[rows, :, :prefix], v[rows, :, :prefix]) for k, v in self.kv]
+                    yield rows, block * self.BL, self.dllm.logits_with_prefix_cache(self.ids[rows], self.attn[rows],
+                                                                                    cache)
+                    continue
+                logits, cache = self.dllm.logits_and_prefix_cache(self.ids[rows], self.attn[rows], prefix)
+                if self.kv is None:
+                    width = self.ids.shape[1]
+                    self.kv = [tuple(t.new_zeros(len(self.ids), t.shape[1], width, t.shape[3]) for t in kv)
+                               for kv in cache]
+                for (k_all, v_all), (k, v) in zip(self.kv, cache):
+                    k_all[rows, :, :prefix], v_all[rows, :, :prefix] = k, v
+                self.cached_block[rows] = block
+                yield rows, 0, logits[:, -self.L:]

@@ -65,10 +65,12 @@ class DLLMEnvRunner(EnvRunner, Checkpointable):
             if not torch.cuda.is_available():
                 raise RuntimeError("num_gpus_per_env_runner > 0 but this env runner sees no CUDA device")
             device = "cuda"
-        self.dllm = load_dllm(s.model, device=device, dtype=s.env.dtype, trust_remote_code=s.trust_remote_code)
+        self.dllm = load_dllm(s.model, device=device, dtype=s.env.dtype, trust_remote_code=s.trust_remote_code,
+                              chat_template=s.env.chat_template, device_map=s.env.device_map)
         self.module.to(self.dllm.device)
         seed = s.seed * 1000 + self.worker_index
-        self.env = UnmaskingEnv(self.dllm, s.env.gen_length, s.env.block_length, s.env.temperature, seed=seed)
+        self.env = UnmaskingEnv(self.dllm, s.env.gen_length, s.env.block_length, s.env.temperature, seed=seed,
+                                prefix_cache=s.env.prefix_cache)
         self.task = make_task(s.task)
         self.pool = self.task.examples("train", s.train_pool, seed=s.seed)
         if not self.pool:

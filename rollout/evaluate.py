@@ -50,7 +50,8 @@ def generate(env: UnmaskingEnv, sampler: Sampler, prompts: list[list[int]]) -> U
     return env
 
 
-def check_examples(dllm: DLLM, examples: list[Example], env_cfg: EnvConfig, split: str = "test") -> None:
+def check_examples(dllm: DLLM, examples: list[Example], env_cfg: EnvConfig, split: str = "test",
+                   response_prefix: str = "") -> None:
     """Fail before any work: no examples, a bad batch size, or a prompt that cannot fit the context."""
     if not examples:
         raise ValueError(f"no examples to evaluate in the {split!r} split (num_examples, task.test_fraction?)")
@@ -58,7 +59,7 @@ def check_examples(dllm: DLLM, examples: list[Example], env_cfg: EnvConfig, spli
         raise ValueError(f"env.batch_size must be >= 1, got {env_cfg.batch_size}")
     check_lengths(env_cfg.gen_length, env_cfg.block_length)
     if dllm.max_length is not None:
-        longest = max(len(p) for p in dllm.encode_prompts([ex.prompt for ex in examples]))
+        longest = max(len(p) for p in dllm.encode_prompts([ex.prompt for ex in examples], response_prefix))
         if longest + env_cfg.gen_length > dllm.max_length:
             raise ValueError(f"prompt ({longest} tokens) + env.gen_length ({env_cfg.gen_length}) exceeds the "
                              f"model's context of {dllm.max_length} tokens")
@@ -66,13 +67,14 @@ def check_examples(dllm: DLLM, examples: list[Example], env_cfg: EnvConfig, spli
 
 def run_episodes(dllm: DLLM, task: Task, examples: list[Example], sampler: Sampler, env_cfg: EnvConfig,
                  seed: int = 0, progress: bool = False) -> list[Episode]:
-    check_examples(dllm, examples, env_cfg)
-    env = UnmaskingEnv(dllm, env_cfg.gen_length, env_cfg.block_length, env_cfg.temperature, seed=seed)
+    check_examples(dllm, examples, env_cfg, response_prefix=task.response_prefix)
+    env = UnmaskingEnv(dllm, env_cfg.gen_length, env_cfg.block_length, env_cfg.temperature, seed=seed,
+                       prefix_cache=env_cfg.prefix_cache)
     episodes: list[Episode] = []
     bar = tqdm(total=len(examples), desc=sampler.describe(), disable=not progress, leave=False)
     for start in range(0, len(examples), env_cfg.batch_size):
         batch = examples[start : start + env_cfg.batch_size]
-        generate(env, sampler, dllm.encode_prompts([ex.prompt for ex in batch]))
+        generate(env, sampler, dllm.encode_prompts([ex.prompt for ex in batch], task.response_prefix))
         canvas = env.canvas().tolist()
         for row, ex in enumerate(batch):
             completion = dllm.decode_answer(canvas[row])
@@ -107,7 +109,8 @@ def evaluate(cfg: EvalConfig, dllm: DLLM | None = None) -> dict:
     check_lengths(cfg.env.gen_length, cfg.env.block_length)
     if dllm is None:
         dllm = load_dllm(cfg.model, device=cfg.env.device, dtype=cfg.env.dtype,
-                         trust_remote_code=cfg.trust_remote_code)
+                         trust_remote_code=cfg.trust_remote_code, chat_template=cfg.env.chat_template,
+                         device_map=cfg.env.device_map)
     sampler = make_sampler(cfg.sampler, torch.Generator(device=dllm.device).manual_seed(cfg.seed))
     examples = task.examples(cfg.split, cfg.num_examples, seed=cfg.seed)
     start = time.perf_counter()

@@ -52,7 +52,8 @@ def run_pareto(cfg: ParetoConfig, dllm=None) -> list[dict]:
     """One row per (block length, sampler setting)."""
     task = make_task(cfg.task)
     dllm = dllm or load_dllm(cfg.model, device=cfg.env.device, dtype=cfg.env.dtype,
-                             trust_remote_code=cfg.trust_remote_code)
+                             trust_remote_code=cfg.trust_remote_code, chat_template=cfg.env.chat_template,
+                             device_map=cfg.env.device_map)
     examples = task.examples(cfg.split, cfg.num_examples, seed=cfg.seed)
     jobs = []
     block_lengths = sorted(set(cfg.block_lengths) | {cfg.env.gen_length})

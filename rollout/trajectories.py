@@ -55,7 +55,8 @@ def collect_groups(env: UnmaskingEnv, sampler: PolicySampler, task: Task, exampl
                    group_size: int, grpo: GRPOConfig) -> dict:
     """Run every example `group_size` times in one batched env; record every decision."""
     dllm = env.dllm
-    prompts = [p for p in dllm.encode_prompts([ex.prompt for ex in examples]) for _ in range(group_size)]
+    encoded = dllm.encode_prompts([ex.prompt for ex in examples], task.response_prefix)
+    prompts = [p for p in encoded for _ in range(group_size)]
     obs = env.reset(prompts)
     N, L = len(prompts), env.L
     rec = {

@@ -6,7 +6,7 @@ from envs.config import TaskConfig
 from envs.tasks.base import Example, Task
 from envs.tasks.cycles import CycleTask
 
-TASKS = ("cycles", "jsonl")
+TASKS = ("cycles", "jsonl", "gsm8k", "math500")
 
 
 def make_task(cfg: TaskConfig) -> Task:
@@ -18,6 +18,10 @@ def make_task(cfg: TaskConfig) -> Task:
 
         return JsonlTask(cfg.path, verifier=cfg.verifier, prompt_key=cfg.prompt_key,
                          answer_key=cfg.answer_key, test_fraction=cfg.test_fraction)
+    if cfg.name in ("gsm8k", "math500"):
+        from envs.tasks.math_word import MathWordTask
+
+        return MathWordTask(cfg.name, path=cfg.path, test_fraction=cfg.test_fraction)
     raise ValueError(f"unknown task {cfg.name!r}: choose one of {', '.join(TASKS)}")
 
 

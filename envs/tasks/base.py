@@ -21,6 +21,7 @@ class Task(ABC):
     """A family of prompts with a verifier. Splits must be disjoint."""
 
     name: str = "task"
+    response_prefix: str = ""  # text the answer starts with, after the chat template's assistant header
 
     @abstractmethod
     def examples(self, split: str, n: int, seed: int = 0) -> list[Example]:

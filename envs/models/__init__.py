@@ -1,0 +1,55 @@
+"""Native dLLM architectures (LLaDA, Dream) that load the official checkpoints without remote code.
+
+Importing this package registers them with transformers' Auto API under the checkpoints' own
+`model_type`s ("llada", "Dream"), so `AutoModelForMaskedLM.from_pretrained("GSAI-ML/LLaDA-8B-Instruct")`
+(or a local copy) builds our implementation from the released config.json and safetensors, as vLLM
+and SGLang do, instead of running the Hub's remote code (written for transformers 4.x).
+"""
+
+from __future__ import annotations
+
+import json
+
+import transformers
+from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoTokenizer
+
+from envs.models.dream import DreamConfig, DreamModel
+from envs.models.llada import LLaDAConfig, LLaDAModelLM
+
+for _config, _model in ((LLaDAConfig, LLaDAModelLM), (DreamConfig, DreamModel)):
+    AutoConfig.register(_config.model_type, _config, exist_ok=True)
+    AutoModelForMaskedLM.register(_config, _model, exist_ok=True)
+    AutoModel.register(_config, _model, exist_ok=True)
+
+END_OF_TURN = ("<|eot_id|>", "<|im_end|>", "<|endoftext|>")
+# Remote-code tokenizers that are a copy of a library class: loaded as that class, without running code.
+REMOTE_TOKENIZER_TWINS = {"DreamTokenizer": "Qwen2Tokenizer"}
+
+
+def end_of_turn_ids(tokenizer) -> list[int]:
+    """Ids of the end-of-turn tokens an instruct model writes before its EOS padding."""
+    vocab = tokenizer.get_vocab()
+    return [vocab[t] for t in END_OF_TURN if t in vocab]
+
+
+def tokenizer_class_of(path: str) -> str | None:
+    from transformers.utils import cached_file
+
+    try:
+        file = cached_file(path, "tokenizer_config.json", _raise_exceptions_for_missing_entries=False)
+    except OSError:
+        return None
+    if not file:
+        return None
+    with open(file, encoding="utf-8") as fh:
+        return json.load(fh).get("tokenizer_class")
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    twin = REMOTE_TOKENIZER_TWINS.get(tokenizer_class_of(path) or "")
+    if twin and not trust_remote_code:
+        return getattr(transformers, twin).from_pretrained(path)
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+
+
+__all__ = ["DreamConfig", "DreamModel", "LLaDAConfig", "LLaDAModelLM", "end_of_turn_ids", "load_tokenizer"]

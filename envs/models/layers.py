@@ -1,0 +1,111 @@
+"""Building blocks shared by the native LLaDA and Dream implementations: RMSNorm, rotary embeddings,
+bidirectional attention with an optional key/value prefix cache, and the SwiGLU feed-forward.
+
+Numerics follow the released modeling code (read, not copied): RMSNorm normalises in float32, casts
+back, then multiplies by its weight; RoPE is rotate-half (Llama/NeoX) with float32 frequencies; attention
+is scaled dot-product without a causal mask. Padding is handled by masking padded *keys* only: real
+positions then see exactly what they would see unpadded, and padded query rows stay finite (no NaN can
+leak through them).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+KVCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [B, kv_heads, N, head_dim] after RoPE
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def rotary_tables(position_ids: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [B, 1, N, head_dim] in float32 for integer positions [B, N]. Computed per call (no buffers:
+    nothing to go stale when a checkpoint is loaded on the meta device)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=position_ids.device, dtype=torch.float32)
+                                / head_dim))
+    freqs = position_ids.float()[..., None] * inv_freq
+    emb = torch.cat([freqs, freqs], dim=-1)[:, None]
+    return emb.cos(), emb.sin()
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, full_precision: bool) -> torch.Tensor:
+    """LLaDA rotates in float32 then casts back (`rope_full_precision`); Dream casts cos/sin to the model dtype."""
+    if full_precision:
+        return (x.float() * cos + rotate_half(x.float()) * sin).to(x.dtype)
+    return x * cos.to(x.dtype) + rotate_half(x) * sin.to(x.dtype)
+
+
+def key_padding_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """[B, 1, 1, N_keys] additive mask hiding padded keys; None when nothing is padded."""
+    if attention_mask is None or bool(attention_mask.all()):
+        return None
+    hide = ~attention_mask.bool()[:, None, None, :]
+    return torch.zeros(hide.shape, dtype=dtype, device=hide.device).masked_fill(hide, torch.finfo(dtype).min)
+
+
+class Attention(nn.Module):
+    """Bidirectional multi-head attention (GQA when kv_heads < heads). The projection names are passed in
+    so that each architecture keeps its checkpoint's parameter names."""
+
+    def __init__(self, hidden: int, heads: int, kv_heads: int, theta: float, bias: bool, full_precision_rope: bool):
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, hidden // heads
+        self.theta, self.full_precision_rope = theta, full_precision_rope
+        self.q_proj = nn.Linear(hidden, heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(hidden, kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(hidden, kv_heads * self.head_dim, bias=bias)
+
+    def attend(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None,
+               past: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Attention output before the output projection, and this call's full keys/values (past + new)."""
+        B, N, _ = x.shape
+        q = self.q_proj(x).view(B, N, self.heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, N, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, N, self.kv_heads, self.head_dim).transpose(1, 2)
+        cos, sin = rope
+        q = apply_rotary(q, cos, sin, self.full_precision_rope)
+        k = apply_rotary(k, cos, sin, self.full_precision_rope)
+        if past is not None:  # the cached prefix: keys already rotated at their own positions
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        groups = self.heads // self.kv_heads
+        k_all = k.repeat_interleave(groups, dim=1) if groups > 1 else k
+        v_all = v.repeat_interleave(groups, dim=1) if groups > 1 else v
+        out = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask, is_causal=False)
+        return out.transpose(1, 2).reshape(B, N, self.heads * self.head_dim), (k, v)
+
+
+def swiglu(gate: nn.Linear, up: nn.Linear, down: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return down(F.silu(gate(x)) * up(x))
+
+
+def default_positions(input_ids: torch.Tensor, past_length: int) -> torch.Tensor:
+    N = input_ids.shape[1]
+    return torch.arange(past_length, past_length + N, device=input_ids.device)[None].expand(input_ids.shape[0], N)
+
+
+def init_dllm_weights(module: nn.Module, std: float) -> None:
+    """Random init for freshly built (test or benchmark) models; loaded checkpoints overwrite it."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=std)
+    elif isinstance(module, RMSNorm):
+        nn.init.ones_(module.weight)

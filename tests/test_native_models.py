@@ -1,0 +1,209 @@
+"""Native LLaDA and Dream: official-layout checkpoints load through the public entry points without remote
+code; chat templates, logit shift, batching under left padding, the prefix KV cache, and bad input."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from envs.config import SamplerConfig
+from envs.dllm import ModelLoadError, layout_batch, load_dllm
+from envs.mdp import UnmaskingEnv
+from envs.samplers import make_sampler
+from tests.native_checkpoints import saved_tensors, write_dream, write_llada
+
+WRITERS = {"llada": write_llada, "dream": write_dream}
+
+
+@pytest.fixture(scope="module", params=["llada", "dream"])
+def native_dir(request, tmp_path_factory):
+    return request.param, str(WRITERS[request.param](tmp_path_factory.mktemp(request.param)))
+
+
+@pytest.fixture(scope="module")
+def native(native_dir):
+    return native_dir[0], load_dllm(native_dir[1])
+
+
+def test_official_layout_loads_every_tensor_without_remote_code(native_dir):
+    kind, path = native_dir
+    dllm = load_dllm(path)  # trust_remote_code is off: the config's auto_map must not be needed
+    assert type(dllm.model).__name__ == {"llada": "LLaDAModelLM", "dream": "DreamModel"}[kind]
+    state, saved = dllm.model.state_dict(), saved_tensors(path)
+    assert set(state) == set(saved)  # no missing and no unexpected parameter names
+    for name, tensor in saved.items():
+        assert torch.equal(state[name], tensor), name
+    assert dllm.supports_prefix_cache
+
+
+def test_special_tokens_and_chat_template(native):
+    kind, dllm = native
+    tok = dllm.tokenizer
+    assert dllm.mask_id == tok.mask_token_id and dllm.eos_id == tok.eos_token_id
+    assert dllm.logit_shift == (kind == "dream") and dllm.chat_template
+    text = tok.decode(dllm.encode_prompts(["What is 2+3?"], "<reasoning>")[0])
+    expected = {
+        "llada": "<|startoftext|><|start_header_id|>user<|end_header_id|>\n\nWhat is 2+3?<|eot_id|>"
+                 "<|start_header_id|>assistant<|end_header_id|>\n\n<reasoning>",
+        "dream": "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nWhat is 2+3?"
+                 "<|im_end|>\n<|im_start|>assistant\n<reasoning>",
+    }[kind]
+    assert text == expected
+    # the answer ends at the end-of-turn token as well as at EOS padding
+    end_of_turn = tok.convert_tokens_to_ids("<|eot_id|>" if kind == "llada" else "<|im_end|>")
+    answer = tok("42", add_special_tokens=False)["input_ids"]
+    assert dllm.decode_answer(answer + [end_of_turn] + [dllm.eos_id] * 3) == "42"
+
+
+def test_chat_template_can_be_switched_off(native_dir):
+    _, path = native_dir
+    plain = load_dllm(path, chat_template="off")
+    assert plain.tokenizer.decode(plain.encode_prompts(["hi"])[0]) == "hi"
+    with pytest.raises(ModelLoadError, match="chat_template"):
+        load_dllm(path, chat_template="maybe")
+
+
+def test_dream_logits_are_shifted_by_one_position(native):
+    kind, dllm = native
+    ids, attn = layout_batch(dllm.encode_prompts(["abc"]), 6, dllm.pad_id, dllm.mask_id)
+    raw = dllm.model(input_ids=ids, attention_mask=attn).logits
+    aligned = dllm.logits(ids, attn)
+    if kind == "dream":
+        torch.testing.assert_close(aligned[:, 1:], raw[:, :-1])
+        torch.testing.assert_close(aligned[:, 0], raw[:, 0])
+    else:
+        torch.testing.assert_close(aligned, raw)
+
+
+def test_batched_left_padding_equals_one_at_a_time(native):
+    _, dllm = native
+    prompts = dllm.encode_prompts(["a much longer question here?", "short?", "mid size?"])
+    ids, attn = layout_batch(prompts, 8, dllm.pad_id, dllm.mask_id)
+    batched = dllm.logits(ids, attn)[:, -8:]
+    for row, prompt in enumerate(prompts):
+        alone = dllm.logits(*layout_batch([prompt], 8, dllm.pad_id, dllm.mask_id))[:, -8:]
+        torch.testing.assert_close(batched[row], alone[0], atol=1e-4, rtol=1e-4)
+
+
+def test_prefix_cache_reproduces_the_full_forward_when_nothing_changed(native):
+    """Right after a refresh the cached prefix is exact, so the cached forward must equal the full one on
+    every fed position: positions, masks, GQA and Dream's shift all line up."""
+    _, dllm = native
+    prompts = dllm.encode_prompts(["a longer prompt", "tiny"])
+    ids, attn = layout_batch(prompts, 12, dllm.pad_id, dllm.mask_id)
+    ids[:, -12:-8] = 5  # a finished first block
+    full = dllm.logits(ids, attn)
+    prefix = ids.shape[1] - 8
+    refreshed, cache = dllm.logits_and_prefix_cache(ids, attn, prefix)
+    torch.testing.assert_close(refreshed, full)
+    cached = dllm.logits_with_prefix_cache(ids, attn, cache)
+    assert cached.shape[1] == 8
+    torch.testing.assert_close(cached, full[:, prefix:], atol=1e-4, rtol=1e-4)
+
+
+def test_prefix_cached_decoding_agrees_where_it_must(native):
+    """Cached and uncached envs take the same first step of every block (a refresh is a full forward); in
+    between, the cached run sees a stale prefix, so its later steps may differ, but it still decodes every
+    position with the same NFE accounting."""
+    _, dllm = native
+    prompts = dllm.encode_prompts(["what is one plus one", "two", "three"])
+    sampler = make_sampler(SamplerConfig(name="top_k", steps=8))  # 2 tokens per step, 2 steps per block
+    runs = {}
+    for cache in (False, True):
+        env = UnmaskingEnv(dllm, gen_length=16, block_length=4, prefix_cache=cache)
+        obs, first_steps = env.reset(prompts), []
+        while not env.done:
+            if bool((obs.block_step == 0).all()):
+                first_steps.append((obs.confidence.clone(), obs.valid.clone(), env.canvas()))
+            obs = env.step(sampler.select(obs))
+        runs[cache] = (env.canvas(), env.nfe.clone(), first_steps, env)
+    assert torch.equal(runs[True][1], runs[False][1])  # 2 forwards per block either way
+    assert (runs[True][0] != dllm.mask_id).all()
+    uncached_first, cached_first = runs[False][2][0], runs[True][2][0]
+    torch.testing.assert_close(cached_first[0], uncached_first[0])  # step 0: both are full forwards
+    assert runs[True][3].cached_block.tolist() == [3, 3, 3]  # refreshed once per block, up to the last
+
+
+def test_cached_env_only_feeds_the_suffix(native, monkeypatch):
+    """The point of the cache: after a block's first forward, forwards see only block + later positions."""
+    _, dllm = native
+    widths = []
+    real = dllm.model.forward
+
+    def spy(input_ids, **kwargs):
+        widths.append(input_ids.shape[1])
+        return real(input_ids=input_ids, **kwargs)
+
+    monkeypatch.setattr(dllm.model, "forward", spy)
+    env = UnmaskingEnv(dllm, gen_length=12, block_length=4, prefix_cache=True)
+    prompt = dllm.encode_prompts(["abcdef"])
+    obs = env.reset(prompt)
+    sampler = make_sampler(SamplerConfig(name="top_k", steps=6))  # 2 steps per block
+    while not env.done:
+        obs = env.step(sampler.select(obs))
+    total = len(prompt[0]) + 12
+    shift = 1 if dllm.logit_shift else 0
+    # per block: one full forward, then current block + later blocks (+1 position for Dream's shift)
+    assert widths == [total, 12 + shift, total, 8 + shift, total, 4 + shift]
+
+
+def test_prefix_cache_needs_a_native_model(tiny_dllm):
+    with pytest.raises(ValueError, match="prefix_cache=true needs a native LLaDA or Dream model"):
+        UnmaskingEnv(tiny_dllm, gen_length=8, block_length=4, prefix_cache=True)
+
+
+def test_bfloat16_and_device_map_loading(native_dir):
+    _, path = native_dir
+    bf16 = load_dllm(path, dtype="bfloat16")
+    assert next(bf16.model.parameters()).dtype == torch.bfloat16
+    ids, attn = layout_batch(bf16.encode_prompts(["abc"]), 4, bf16.pad_id, bf16.mask_id)
+    assert torch.isfinite(bf16.logits(ids, attn).float()).all()
+    mapped = load_dllm(path, device_map="auto")  # accelerate's placement; one CPU here
+    assert mapped.device.type in ("cpu", "cuda")
+
+
+def test_unsupported_variant_is_a_one_line_error(tmp_path):
+    path = write_llada(tmp_path / "m")
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps(config | {"block_type": "sequential"}))
+    with pytest.raises(ModelLoadError, match="block_type='sequential'"):
+        load_dllm(str(path))
+
+
+def test_remote_code_models_load_only_when_trusted(tmp_path, tiny_model_dir):
+    """Other remote-code dLLMs stay usable, opt-in: a config whose class lives in the model directory."""
+    import shutil
+
+    path = tmp_path / "remote"
+    shutil.copytree(tiny_model_dir, path)
+    (path / "modeling_custom.py").write_text(
+        "from transformers import BertConfig, BertForMaskedLM\n\n"
+        "class CustomConfig(BertConfig):\n    model_type = 'custom_dllm'\n\n"
+        "class CustomDLLM(BertForMaskedLM):\n    config_class = CustomConfig\n"
+    )
+    config = json.loads((path / "config.json").read_text())
+    config |= {"model_type": "custom_dllm", "architectures": ["CustomDLLM"],
+               "auto_map": {"AutoConfig": "modeling_custom.CustomConfig",
+                            "AutoModelForMaskedLM": "modeling_custom.CustomDLLM"}}
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="cannot load model"):
+        load_dllm(str(path))
+    dllm = load_dllm(str(path), trust_remote_code=True)
+    assert type(dllm.model).__name__ == "CustomDLLM"
+
+
+@pytest.mark.parametrize("kind", ["llada", "dream"])
+def test_parity_with_the_official_remote_code(kind, tmp_path):
+    """Numerical parity with the released modeling code, on the user's machine (README: "Parity")."""
+    code_dir = os.environ.get(f"UNMASK_{kind.upper()}_REMOTE_CODE")
+    if not code_dir:
+        pytest.skip(f"set UNMASK_{kind.upper()}_REMOTE_CODE=<dir with modeling_{kind}.py> to check parity")
+    from tests.parity import official_logits
+
+    path = WRITERS[kind](tmp_path / "m", layers=3)
+    dllm = load_dllm(str(path))
+    ids = torch.tensor([dllm.encode_prompts(["parity check: 12+30="])[0] + [dllm.mask_id] * 8])
+    ours = dllm.model(input_ids=ids).logits  # unshifted, as the official forward returns them
+    theirs = official_logits(kind, code_dir, path, ids)
+    torch.testing.assert_close(ours, theirs, atol=2e-5, rtol=2e-5)
