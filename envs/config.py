@@ -18,7 +18,7 @@ class TaskConfig:
     verifier: str = "exact"  # jsonl: exact | numeric | math | module:function
     prompt_key: str = "prompt"
     answer_key: str = "answer"
-    test_fraction: float = 0.1  # jsonl, or gsm8k/math500 from one file: share of lines (by content hash) held out as the test split
+    test_fraction: float = 0.1  # jsonl, or gsm8k/math500 from one file: share held out (by content hash) as test
 
 
 @dataclass

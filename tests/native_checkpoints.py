@@ -158,3 +158,14 @@ def saved_tensors(path) -> dict[str, torch.Tensor]:
     for file in sorted(Path(path).glob("model-*.safetensors")):
         out |= load_file(str(file))
     return out
+
+
+def write_gsm8k(path, n: int = 6) -> Path:
+    """A GSM8K-format directory (train.jsonl, test.jsonl) of small word problems."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    for split, offset in (("train", 0), ("test", 100)):
+        rows = [{"question": f"Sam has {a} pens and buys {a + 1} more. How many pens?",
+                 "answer": f"{a} + {a + 1} = {2 * a + 1}\n#### {2 * a + 1}"} for a in range(offset, offset + n)]
+        (path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

@@ -11,7 +11,7 @@ from envs.config import SamplerConfig
 from envs.dllm import ModelLoadError, layout_batch, load_dllm
 from envs.mdp import UnmaskingEnv
 from envs.samplers import make_sampler
-from tests.native_checkpoints import saved_tensors, write_dream, write_llada
+from tests.native_checkpoints import saved_tensors, write_dream, write_gsm8k, write_llada
 
 WRITERS = {"llada": write_llada, "dream": write_dream}
 
@@ -146,6 +146,24 @@ def test_cached_env_only_feeds_the_suffix(native, monkeypatch):
     shift = 1 if dllm.logit_shift else 0
     # per block: one full forward, then current block + later blocks (+1 position for Dream's shift)
     assert widths == [total, 12 + shift, total, 8 + shift, total, 4 + shift]
+
+
+def test_unmask_eval_on_a_native_model_with_gsm8k_and_the_prefix_cache(native_dir, tmp_path):
+    """The user's command line, as for LLaDA-8B-Instruct on GSM8K, on the tiny official-layout checkpoint."""
+    import subprocess
+    import sys
+
+    _, path = native_dir
+    out = tmp_path / "eval.json"
+    res = subprocess.run([sys.executable, "-m", "cluster.cli", "eval", f"model={path}", "task=gsm8k",
+                          f"task.path={write_gsm8k(tmp_path / 'gsm8k')}", "env.gen_length=16", "env.block_length=8",
+                          "env.prefix_cache=true", "sampler=fast_dllm", "num_examples=4", f"out={out}"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    data = json.loads(out.read_text())
+    assert data["num_examples"] == 4 and 2 <= data["mean_nfe"] <= 16  # at least one forward per block
+    assert data["config"]["env"]["prefix_cache"] is True and data["config"]["task"]["name"] == "gsm8k"
+    assert all(isinstance(s["completion"], str) for s in data["samples"])
 
 
 def test_prefix_cache_needs_a_native_model(tiny_dllm):

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-KVCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [B, kv_heads, N, head_dim] after RoPE
+KV = tuple[torch.Tensor, torch.Tensor]  # keys, values [B, kv_heads, N, head_dim], keys after RoPE
+KVCache = list[KV]  # one per layer
 
 
 class RMSNorm(nn.Module):
@@ -72,7 +73,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(hidden, kv_heads * self.head_dim, bias=bias)
 
     def attend(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None,
-               past: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+               past: KV | None) -> tuple[torch.Tensor, KV]:
         """Attention output before the output projection, and this call's full keys/values (past + new)."""
         B, N, _ = x.shape
         q = self.q_proj(x).view(B, N, self.heads, self.head_dim).transpose(1, 2)
