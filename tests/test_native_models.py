@@ -37,6 +37,23 @@ def test_official_layout_loads_every_tensor_without_remote_code(native_dir):
     assert dllm.supports_prefix_cache
 
 
+def test_save_pretrained_keeps_the_official_layout(native_dir, tmp_path):
+    """A native model saved by us reloads identically and is still an official-layout checkpoint."""
+    _, path = native_dir
+    dllm = load_dllm(path)
+    dllm.model.save_pretrained(tmp_path / "copy")
+    dllm.tokenizer.save_pretrained(tmp_path / "copy")
+    again = load_dllm(str(tmp_path / "copy"))
+    from safetensors.torch import load_file
+
+    saved = {}
+    for file in (tmp_path / "copy").glob("*.safetensors"):
+        saved |= load_file(str(file))
+    assert set(saved) == set(saved_tensors(path))
+    ids, attn = layout_batch(dllm.encode_prompts(["round trip"]), 4, dllm.pad_id, dllm.mask_id)
+    torch.testing.assert_close(again.logits(ids, attn), dllm.logits(ids, attn))
+
+
 def test_special_tokens_and_chat_template(native):
     kind, dllm = native
     tok = dllm.tokenizer
