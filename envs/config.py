@@ -31,7 +31,7 @@ class EnvConfig:
     dtype: str = "float32"  # float32 | bfloat16 | float16
     device_map: str = ""  # e.g. "auto": spread the dLLM over this actor's GPUs (overrides device)
     chat_template: str = "auto"  # auto (use the tokenizer's template if it has one) | on | off
-    prefix_cache: bool = False  # Fast-dLLM prefix KV cache, refreshed once per block (native LLaDA/Dream only)
+    kv_cache: str = "none"  # none | prefix | dual: Fast-dLLM KV caches, refreshed once per block (native models)
 
 
 @dataclass

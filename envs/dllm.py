@@ -100,7 +100,7 @@ class DLLM:
         self.chat_template = chat_template
         params = inspect.signature(model.forward).parameters
         self._takes_position_ids = "position_ids" in params
-        self.supports_prefix_cache = "past_key_values" in params and getattr(model, "native_dllm", False)
+        self.supports_kv_cache = "past_key_values" in params and getattr(model, "native_dllm", False)
 
     @property
     def device(self) -> torch.device:
@@ -136,31 +136,35 @@ class DLLM:
             out = torch.cat([out[:, :1], out[:, :-1]], dim=1)
         return out
 
-    # ---- Fast-dLLM prefix cache (native models) ------------------------------------------------------
+    # ---- Fast-dLLM KV caches (native models) ---------------------------------------------------------
     @torch.no_grad()
-    def logits_and_prefix_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix: int
-                                ) -> tuple[torch.Tensor, list]:
-        """A full forward (exactly `logits`) that also returns every layer's keys/values of the first
-        `prefix` positions, for `logits_with_prefix_cache` to reuse until the next refresh."""
+    def logits_and_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, list]:
+        """A full forward (exactly `logits`) that also returns every layer's keys/values of every position,
+        for `logits_with_cache` to reuse until the next refresh."""
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
                          use_cache=True)
-        cache = [(k[:, :, :prefix], v[:, :, :prefix]) for k, v in out.past_key_values]
-        return self._align(out.logits), cache
+        return self._align(out.logits), out.past_key_values
 
     @torch.no_grad()
-    def logits_with_prefix_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: list
-                                 ) -> torch.Tensor:
-        """Logits of positions `prefix:` only, attending to the cached prefix keys/values (stale by design:
-        they were computed when the suffix held more masks). Dream's shift needs the logit of the last
-        prefix position, so for Dream the fed part starts one position earlier."""
-        prefix = cache[0][0].shape[2]
-        start = prefix - 1 if self.logit_shift else prefix
-        if self.logit_shift:
-            cache = [(k[:, :, :start], v[:, :, :start]) for k, v in cache]
-        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, start:]
-        out = self.model(input_ids=input_ids[:, start:], attention_mask=attention_mask,
-                         position_ids=positions, past_key_values=cache).logits
+    def logits_with_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: list, start: int,
+                          end: int | None = None) -> torch.Tensor:
+        """Logits of positions start..end-1 from a forward that feeds only part of the sequence and takes
+        every other position's keys/values from `cache` (stale by design: computed at the last refresh).
+
+        Prefix cache (`end=None`): feeds start.. to the end of the sequence; only cache[:, :, :start] is used.
+        Dual cache (`end` given): feeds start..end-1; the cache covers the whole sequence, and the fed
+        positions replace their cached entries. Dream's shift needs the output of position start-1, so for
+        Dream the fed part begins one position earlier."""
+        first = start - 1 if self.logit_shift else start
+        stop = input_ids.shape[1] if end is None else end
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, first:stop]
+        if end is None:
+            out = self.model(input_ids=input_ids[:, first:], attention_mask=attention_mask, position_ids=positions,
+                             past_key_values=[(k[:, :, :first], v[:, :, :first]) for k, v in cache]).logits
+        else:
+            out = self.model(input_ids=input_ids[:, first:stop], attention_mask=attention_mask,
+                             position_ids=positions, past_key_values=cache, replace_position=first).logits
         return out[:, :-1] if self.logit_shift else out
 
 

@@ -22,6 +22,8 @@ import torch
 from envs.confidence import Prediction, predict
 from envs.dllm import DLLM, layout_batch
 
+KV_CACHES = ("none", "prefix", "dual")
+
 
 class SamplerError(ValueError):
     """A sampler's decision that breaks the MDP's rules."""
@@ -61,13 +63,15 @@ class UnmaskingEnv:
     """A batch of unmasking episodes over one frozen dLLM."""
 
     def __init__(self, dllm: DLLM, gen_length: int, block_length: int, temperature: float = 0.0,
-                 max_block_steps: int | None = None, seed: int = 0, prefix_cache: bool = False):
+                 max_block_steps: int | None = None, seed: int = 0, kv_cache: str = "none"):
         check_lengths(gen_length, block_length)
-        if prefix_cache and not dllm.supports_prefix_cache:
-            raise ValueError(f"env.prefix_cache=true needs a native LLaDA or Dream model; {dllm.name!r} is not one")
+        if kv_cache not in KV_CACHES:
+            raise ValueError(f"unknown env.kv_cache {kv_cache!r}: use {', '.join(KV_CACHES)}")
+        if kv_cache != "none" and not dllm.supports_kv_cache:
+            raise ValueError(f"env.kv_cache={kv_cache} needs a native LLaDA or Dream model; {dllm.name!r} is not one")
         self.dllm, self.L, self.BL = dllm, gen_length, block_length
         self.temperature = temperature
-        self.prefix_cache = prefix_cache
+        self.kv_cache = kv_cache
         self.max_block_steps = max_block_steps or block_length
         self.generator = torch.Generator(device=dllm.device).manual_seed(seed)
 
@@ -91,7 +95,7 @@ class UnmaskingEnv:
         self.block_step = torch.zeros_like(self.nfe)
         self.position_block = torch.arange(self.L, device=device) // self.BL
         self.pred = None
-        self.kv = None  # prefix cache: per layer (keys, values) [B, kv_heads, prompt + L, head_dim]
+        self.kv = None  # KV cache: per layer (keys, values) [B, kv_heads, prompt + L, head_dim]
         self.cached_block = torch.full_like(self.nfe, -1)  # block each row's cache was refreshed for
         return self._forward()
 
@@ -139,13 +143,14 @@ class UnmaskingEnv:
         fields = {}
         for name in ("tokens", "token_prob", "confidence", "margin", "entropy"):
             full = torch.zeros(B, L, device=device, dtype=torch.long if name == "tokens" else torch.float32)
-            if self.pred is not None and self.prefix_cache:  # positions a cached forward does not recompute
+            if self.pred is not None and self.kv_cache != "none":  # columns a cached forward does not recompute
                 full[active] = getattr(self.pred, name)[active]
             fields[name] = full
         for rows, first_column, logits in self._logits(active):
             part = predict(logits, self.temperature, self.dllm.mask_id, self.generator)
+            columns = slice(first_column, first_column + logits.shape[1])
             for name, full in fields.items():
-                full[rows, first_column:] = getattr(part, name).to(full.dtype)
+                full[rows, columns] = getattr(part, name).to(full.dtype)
         self.nfe[active] += 1
         self.pred = Prediction(**fields)
         in_block = self.position_block[None, :] == self.block_index[:, None]
@@ -158,35 +163,45 @@ class UnmaskingEnv:
         )
 
     def _logits(self, active: torch.Tensor):
-        """(rows, first canvas column, logits of columns first..L-1) for every group of rows forwarded
-        together: all active rows at once, or, with the prefix cache, rows grouped by their block."""
+        """(rows, first canvas column, logits of the columns it covers) for every group of rows forwarded
+        together: all active rows at once, or, with a KV cache, rows grouped by their block.
+
+        Fast-dLLM's caches: the first forward of a block is a full one that stores every layer's keys and
+        values; the block's later forwards attend to them instead of recomputing them. `prefix` feeds the
+        current block and everything after it (the prompt and finished blocks come from the cache); `dual`
+        feeds only the current block (the later, still masked blocks come from the cache too)."""
         if not active.any():
             return
-        if not self.prefix_cache:
+        if self.kv_cache == "none":
             rows = active.nonzero(as_tuple=True)[0]
             yield rows, 0, self.dllm.logits(self.ids[rows], self.attn[rows])[:, -self.L:]
             return
-        # Fast-dLLM prefix cache: the first forward of a block is a full one that stores the keys/values of
-        # prompt + finished blocks; the block's later forwards feed only the current block and everything
-        # after it, attending to that stored prefix.
         prompt_width = self.ids.shape[1] - self.L
         refresh = active & (self.cached_block != self.block_index)
         for cached in (False, True):
             group = active & (~refresh if cached else refresh)
             for block in self.block_index[group].unique().tolist():
                 rows = (group & (self.block_index == block)).nonzero(as_tuple=True)[0]
-                prefix = prompt_width + block * self.BL
+                start = prompt_width + block * self.BL
                 if cached:
-                    cache = [(k[rows, :, :prefix], v[rows, :, :prefix]) for k, v in self.kv]
-                    yield rows, block * self.BL, self.dllm.logits_with_prefix_cache(self.ids[rows], self.attn[rows],
-                                                                                    cache)
+                    cache = [(take(k, rows), take(v, rows)) for k, v in self.kv]
+                    end = start + self.BL if self.kv_cache == "dual" else None
+                    logits = self.dllm.logits_with_cache(self.ids[rows], self.attn[rows], cache, start, end)
+                    yield rows, block * self.BL, logits
                     continue
-                logits, cache = self.dllm.logits_and_prefix_cache(self.ids[rows], self.attn[rows], prefix)
-                if self.kv is None:
-                    width = self.ids.shape[1]
-                    self.kv = [tuple(t.new_zeros(len(self.ids), t.shape[1], width, t.shape[3]) for t in kv)
-                               for kv in cache]
-                for (k_all, v_all), (k, v) in zip(self.kv, cache):
-                    k_all[rows, :, :prefix], v_all[rows, :, :prefix] = k, v
+                logits, cache = self.dllm.logits_and_cache(self.ids[rows], self.attn[rows])
+                if len(rows) == len(self.ids):
+                    self.kv = cache
+                else:
+                    if self.kv is None:
+                        self.kv = [(k.new_zeros(len(self.ids), *k.shape[1:]), v.new_zeros(len(self.ids), *v.shape[1:]))
+                                   for k, v in cache]
+                    for (k_all, v_all), (k, v) in zip(self.kv, cache):
+                        k_all[rows], v_all[rows] = k, v
                 self.cached_block[rows] = block
                 yield rows, 0, logits[:, -self.L:]
+
+
+def take(tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Rows of a cache tensor; the tensor itself (no copy) when every row is wanted."""
+    return tensor if len(rows) == tensor.shape[0] else tensor[rows]

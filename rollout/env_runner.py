@@ -70,7 +70,7 @@ class DLLMEnvRunner(EnvRunner, Checkpointable):
         self.module.to(self.dllm.device)
         seed = s.seed * 1000 + self.worker_index
         self.env = UnmaskingEnv(self.dllm, s.env.gen_length, s.env.block_length, s.env.temperature, seed=seed,
-                                prefix_cache=s.env.prefix_cache)
+                                kv_cache=s.env.kv_cache)
         self.task = make_task(s.task)
         self.pool = self.task.examples("train", s.train_pool, seed=s.seed)
         if not self.pool:

@@ -69,7 +69,7 @@ def run_episodes(dllm: DLLM, task: Task, examples: list[Example], sampler: Sampl
                  seed: int = 0, progress: bool = False) -> list[Episode]:
     check_examples(dllm, examples, env_cfg, response_prefix=task.response_prefix)
     env = UnmaskingEnv(dllm, env_cfg.gen_length, env_cfg.block_length, env_cfg.temperature, seed=seed,
-                       prefix_cache=env_cfg.prefix_cache)
+                       kv_cache=env_cfg.kv_cache)
     episodes: list[Episode] = []
     bar = tqdm(total=len(examples), desc=sampler.describe(), disable=not progress, leave=False)
     for start in range(0, len(examples), env_cfg.batch_size):

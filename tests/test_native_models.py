@@ -34,7 +34,7 @@ def test_official_layout_loads_every_tensor_without_remote_code(native_dir):
     assert set(state) == set(saved)  # no missing and no unexpected parameter names
     for name, tensor in saved.items():
         assert torch.equal(state[name], tensor), name
-    assert dllm.supports_prefix_cache
+    assert dllm.supports_kv_cache
 
 
 def test_save_pretrained_keeps_the_official_layout(native_dir, tmp_path):
@@ -103,47 +103,50 @@ def test_batched_left_padding_equals_one_at_a_time(native):
         torch.testing.assert_close(batched[row], alone[0], atol=1e-4, rtol=1e-4)
 
 
-def test_prefix_cache_reproduces_the_full_forward_when_nothing_changed(native):
-    """Right after a refresh the cached prefix is exact, so the cached forward must equal the full one on
-    every fed position: positions, masks, GQA and Dream's shift all line up."""
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+def test_cached_forward_reproduces_the_full_forward_when_nothing_changed(native, mode):
+    """Right after a refresh the cache is exact, so a cached forward must equal the full one on every
+    position it returns: positions, masks, GQA, the dual cache's splice and Dream's shift all line up."""
     _, dllm = native
     prompts = dllm.encode_prompts(["a longer prompt", "tiny"])
     ids, attn = layout_batch(prompts, 12, dllm.pad_id, dllm.mask_id)
     ids[:, -12:-8] = 5  # a finished first block
     full = dllm.logits(ids, attn)
-    prefix = ids.shape[1] - 8
-    refreshed, cache = dllm.logits_and_prefix_cache(ids, attn, prefix)
+    refreshed, cache = dllm.logits_and_cache(ids, attn)
     torch.testing.assert_close(refreshed, full)
-    cached = dllm.logits_with_prefix_cache(ids, attn, cache)
-    assert cached.shape[1] == 8
-    torch.testing.assert_close(cached, full[:, prefix:], atol=1e-4, rtol=1e-4)
+    start = ids.shape[1] - 8
+    end = start + 4 if mode == "dual" else None
+    cached = dllm.logits_with_cache(ids, attn, cache, start, end)
+    assert cached.shape[1] == (4 if mode == "dual" else 8)
+    torch.testing.assert_close(cached, full[:, start:start + cached.shape[1]], atol=1e-4, rtol=1e-4)
 
 
-def test_prefix_cached_decoding_agrees_where_it_must(native):
-    """Cached and uncached envs take the same first step of every block (a refresh is a full forward); in
-    between, the cached run sees a stale prefix, so its later steps may differ, but it still decodes every
-    position with the same NFE accounting."""
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+def test_cached_decoding_agrees_where_it_must(native, mode):
+    """Cached and uncached envs take the same first step (a refresh is a full forward); afterwards the
+    cached run sees stale keys/values, so later steps may differ, but it decodes every position with the
+    same NFE accounting and refreshes once per block."""
     _, dllm = native
     prompts = dllm.encode_prompts(["what is one plus one", "two", "three"])
     sampler = make_sampler(SamplerConfig(name="top_k", steps=8))  # 2 tokens per step, 2 steps per block
     runs = {}
-    for cache in (False, True):
-        env = UnmaskingEnv(dllm, gen_length=16, block_length=4, prefix_cache=cache)
-        obs, first_steps = env.reset(prompts), []
+    for cache in ("none", mode):
+        env = UnmaskingEnv(dllm, gen_length=16, block_length=4, kv_cache=cache)
+        obs = env.reset(prompts)
+        first = obs.confidence.clone()
         while not env.done:
-            if bool((obs.block_step == 0).all()):
-                first_steps.append((obs.confidence.clone(), obs.valid.clone(), env.canvas()))
             obs = env.step(sampler.select(obs))
-        runs[cache] = (env.canvas(), env.nfe.clone(), first_steps, env)
-    assert torch.equal(runs[True][1], runs[False][1])  # 2 forwards per block either way
-    assert (runs[True][0] != dllm.mask_id).all()
-    uncached_first, cached_first = runs[False][2][0], runs[True][2][0]
-    torch.testing.assert_close(cached_first[0], uncached_first[0])  # step 0: both are full forwards
-    assert runs[True][3].cached_block.tolist() == [3, 3, 3]  # refreshed once per block, up to the last
+        runs[cache] = (env.canvas(), env.nfe.clone(), first, env)
+    assert torch.equal(runs[mode][1], runs["none"][1])  # 2 forwards per block either way
+    assert (runs[mode][0] != dllm.mask_id).all()
+    torch.testing.assert_close(runs[mode][2], runs["none"][2])
+    assert runs[mode][3].cached_block.tolist() == [3, 3, 3]  # refreshed for every block, up to the last
 
 
-def test_cached_env_only_feeds_the_suffix(native, monkeypatch):
-    """The point of the cache: after a block's first forward, forwards see only block + later positions."""
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+def test_cached_env_feeds_only_what_the_cache_does_not_hold(native, mode, monkeypatch):
+    """The point of the caches: after a block's first forward, the prefix cache feeds block + later
+    positions, the dual cache the block alone."""
     _, dllm = native
     widths = []
     real = dllm.model.forward
@@ -153,19 +156,18 @@ def test_cached_env_only_feeds_the_suffix(native, monkeypatch):
         return real(input_ids=input_ids, **kwargs)
 
     monkeypatch.setattr(dllm.model, "forward", spy)
-    env = UnmaskingEnv(dllm, gen_length=12, block_length=4, prefix_cache=True)
+    env = UnmaskingEnv(dllm, gen_length=12, block_length=4, kv_cache=mode)
     prompt = dllm.encode_prompts(["abcdef"])
     obs = env.reset(prompt)
     sampler = make_sampler(SamplerConfig(name="top_k", steps=6))  # 2 steps per block
     while not env.done:
         obs = env.step(sampler.select(obs))
-    total = len(prompt[0]) + 12
-    shift = 1 if dllm.logit_shift else 0
-    # per block: one full forward, then current block + later blocks (+1 position for Dream's shift)
-    assert widths == [total, 12 + shift, total, 8 + shift, total, 4 + shift]
+    total, shift = len(prompt[0]) + 12, 1 if dllm.logit_shift else 0  # Dream also feeds the position before
+    fed = [12, 8, 4] if mode == "prefix" else [4, 4, 4]
+    assert widths == [w for f in fed for w in (total, f + shift)]
 
 
-def test_unmask_eval_on_a_native_model_with_gsm8k_and_the_prefix_cache(native_dir, tmp_path):
+def test_unmask_eval_on_a_native_model_with_gsm8k_and_a_kv_cache(native_dir, tmp_path):
     """The user's command line, as for LLaDA-8B-Instruct on GSM8K, on the tiny official-layout checkpoint."""
     import subprocess
     import sys
@@ -174,18 +176,20 @@ def test_unmask_eval_on_a_native_model_with_gsm8k_and_the_prefix_cache(native_di
     out = tmp_path / "eval.json"
     res = subprocess.run([sys.executable, "-m", "cluster.cli", "eval", f"model={path}", "task=gsm8k",
                           f"task.path={write_gsm8k(tmp_path / 'gsm8k')}", "env.gen_length=16", "env.block_length=8",
-                          "env.prefix_cache=true", "sampler=fast_dllm", "num_examples=4", f"out={out}"],
+                          "env.kv_cache=dual", "sampler=fast_dllm", "num_examples=4", f"out={out}"],
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     data = json.loads(out.read_text())
     assert data["num_examples"] == 4 and 2 <= data["mean_nfe"] <= 16  # at least one forward per block
-    assert data["config"]["env"]["prefix_cache"] is True and data["config"]["task"]["name"] == "gsm8k"
+    assert data["config"]["env"]["kv_cache"] == "dual" and data["config"]["task"]["name"] == "gsm8k"
     assert all(isinstance(s["completion"], str) for s in data["samples"])
 
 
-def test_prefix_cache_needs_a_native_model(tiny_dllm):
-    with pytest.raises(ValueError, match="prefix_cache=true needs a native LLaDA or Dream model"):
-        UnmaskingEnv(tiny_dllm, gen_length=8, block_length=4, prefix_cache=True)
+def test_kv_cache_needs_a_native_model(tiny_dllm, native):
+    with pytest.raises(ValueError, match="kv_cache=prefix needs a native LLaDA or Dream model"):
+        UnmaskingEnv(tiny_dllm, gen_length=8, block_length=4, kv_cache="prefix")
+    with pytest.raises(ValueError, match="unknown env.kv_cache 'yes'"):
+        UnmaskingEnv(native[1], gen_length=8, block_length=4, kv_cache="yes")
 
 
 def test_bfloat16_and_device_map_loading(native_dir):

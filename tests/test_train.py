@@ -176,7 +176,7 @@ def test_existing_run_dir_is_not_overwritten(tmp_path, capsys):
     assert (tmp_path / "r" / "config.yaml").read_text() == "keep me"
 
 
-def test_training_on_a_native_llada_with_gsm8k_and_the_prefix_cache(local_ray, tmp_path):
+def test_training_on_a_native_llada_with_gsm8k_and_a_kv_cache(local_ray, tmp_path):
     """The real-model path end to end: official-layout LLaDA checkpoint, GSM8K files, chat template,
     prefix-cached env runner; the policy is trained on the trajectories it dumps."""
     from tests.native_checkpoints import write_gsm8k, write_llada
@@ -185,7 +185,7 @@ def test_training_on_a_native_llada_with_gsm8k_and_the_prefix_cache(local_ray, t
     task = TaskConfig(name="gsm8k", path=str(write_gsm8k(tmp_path / "gsm8k")))
     config = tiny_run(str(model), tmp_path / "run", max_iterations=3, checkpoint_every=0, eval_examples=3)
     config.rollout.task = task
-    config.rollout.env.prefix_cache = True
+    config.rollout.env.kv_cache = "prefix"
     train(config)
     table = read_trajectories(tmp_path / "run" / "trajectories")
     assert table.num_rows > 0 and set(table.column("iteration").to_pylist()) == {0, 1, 2}

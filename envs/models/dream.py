@@ -71,8 +71,8 @@ class DreamAttention(Attention):
                          bias=True, full_precision_rope=False)
         self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
 
-    def forward(self, x, rope, mask, past=None):
-        attended, kv = self.attend(x, rope, mask, past)
+    def forward(self, x, rope, mask, past=None, replace_at=None):
+        attended, kv = self.attend(x, rope, mask, past, replace_at)
         return self.o_proj(attended), kv
 
 
@@ -95,8 +95,8 @@ class DreamDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x, rope, mask, past=None):
-        attended, kv = self.self_attn(self.input_layernorm(x), rope, mask, past)
+    def forward(self, x, rope, mask, past=None, replace_at=None):
+        attended, kv = self.self_attn(self.input_layernorm(x), rope, mask, past, replace_at)
         x = x + attended
         return x + self.mlp(self.post_attention_layernorm(x)), kv
 
@@ -110,8 +110,8 @@ class DreamBaseModel(nn.Module):
 
 
 class DreamModel(PreTrainedModel):
-    """`forward(input_ids, attention_mask, position_ids, past_key_values, use_cache)` -> unshifted logits
-    for every fed position (and, with `use_cache`, every layer's keys/values)."""
+    """`forward(input_ids, attention_mask, position_ids, past_key_values, use_cache, replace_position)` ->
+    unshifted logits for every fed position (and, with `use_cache`, every layer's keys/values)."""
 
     config_class = DreamConfig
     base_model_prefix = "model"
@@ -131,8 +131,11 @@ class DreamModel(PreTrainedModel):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, past_key_values: KVCache | None = None,
-                use_cache: bool = False, **_) -> CausalLMOutputWithPast:
-        past_length = past_key_values[0][0].shape[2] if past_key_values else 0
+                use_cache: bool = False, replace_position: int | None = None, **_) -> CausalLMOutputWithPast:
+        if replace_position is not None:  # dual cache: the fed tokens sit at replace_position.. of the sequence
+            past_length = replace_position
+        else:
+            past_length = past_key_values[0][0].shape[2] if past_key_values else 0
         if position_ids is None:
             position_ids = default_positions(input_ids, past_length)
         x = self.model.embed_tokens(input_ids)
@@ -141,7 +144,7 @@ class DreamModel(PreTrainedModel):
         mask = key_padding_mask(attention_mask, x.dtype)
         cache = []
         for i, layer in enumerate(self.model.layers):
-            x, kv = layer(x, rope, mask, past_key_values[i] if past_key_values else None)
+            x, kv = layer(x, rope, mask, past_key_values[i] if past_key_values else None, replace_position)
             cache.append(kv)
         logits = self.lm_head(self.model.norm(x))
         return CausalLMOutputWithPast(logits=logits, past_key_values=cache if use_cache else None)

@@ -73,8 +73,10 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(hidden, kv_heads * self.head_dim, bias=bias)
 
     def attend(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None,
-               past: KV | None) -> tuple[torch.Tensor, KV]:
-        """Attention output before the output projection, and this call's full keys/values (past + new)."""
+               past: KV | None, replace_at: int | None = None) -> tuple[torch.Tensor, KV]:
+        """Attention output before the output projection, and this call's full keys/values. With `past` the
+        fed positions follow the cached ones (prefix cache), or, with `replace_at`, take the place of the
+        cached positions replace_at.. inside a cache of the whole sequence (dual cache)."""
         B, N, _ = x.shape
         q = self.q_proj(x).view(B, N, self.heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, N, self.kv_heads, self.head_dim).transpose(1, 2)
@@ -82,7 +84,11 @@ class Attention(nn.Module):
         cos, sin = rope
         q = apply_rotary(q, cos, sin, self.full_precision_rope)
         k = apply_rotary(k, cos, sin, self.full_precision_rope)
-        if past is not None:  # the cached prefix: keys already rotated at their own positions
+        if past is not None and replace_at is not None:  # cached keys are already rotated at their positions
+            end = replace_at + N
+            k = torch.cat([past[0][:, :, :replace_at], k, past[0][:, :, end:]], dim=2)
+            v = torch.cat([past[1][:, :, :replace_at], v, past[1][:, :, end:]], dim=2)
+        elif past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         groups = self.heads // self.kv_heads
         k_all = k.repeat_interleave(groups, dim=1) if groups > 1 else k
@@ -96,6 +102,7 @@ def swiglu(gate: nn.Linear, up: nn.Linear, down: nn.Linear, x: torch.Tensor) -> 
 
 
 def default_positions(input_ids: torch.Tensor, past_length: int) -> torch.Tensor:
+    """Positions of fed tokens that directly follow `past_length` cached ones (no padding)."""
     N = input_ids.shape[1]
     return torch.arange(past_length, past_length + N, device=input_ids.device)[None].expand(input_ids.shape[0], N)
 

@@ -88,8 +88,8 @@ class LLaDABlock(Attention):
         self.up_proj = nn.Linear(d, hidden, bias=False)
         self.ff_out = nn.Linear(hidden, d, bias=False)
 
-    def forward(self, x, rope, mask, past=None):
-        attended, kv = self.attend(self.attn_norm(x), rope, mask, past)
+    def forward(self, x, rope, mask, past=None, replace_at=None):
+        attended, kv = self.attend(self.attn_norm(x), rope, mask, past, replace_at)
         x = x + self.attn_out(attended)
         x = x + swiglu(self.ff_proj, self.up_proj, self.ff_out, self.ff_norm(x))
         return x, kv
@@ -110,8 +110,8 @@ class LLaDAModel(nn.Module):
 
 
 class LLaDAModelLM(PreTrainedModel):
-    """`forward(input_ids, attention_mask, position_ids, past_key_values, use_cache)` -> logits over the
-    vocabulary for every fed position (and, with `use_cache`, every layer's keys/values)."""
+    """`forward(input_ids, attention_mask, position_ids, past_key_values, use_cache, replace_position)` ->
+    logits over the vocabulary for every fed position (and, with `use_cache`, every layer's keys/values)."""
 
     config_class = LLaDAConfig
     base_model_prefix = "model"
@@ -129,9 +129,12 @@ class LLaDAModelLM(PreTrainedModel):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, past_key_values: KVCache | None = None,
-                use_cache: bool = False, **_) -> CausalLMOutputWithPast:
+                use_cache: bool = False, replace_position: int | None = None, **_) -> CausalLMOutputWithPast:
         t = self.model.transformer
-        past_length = past_key_values[0][0].shape[2] if past_key_values else 0
+        if replace_position is not None:  # dual cache: the fed tokens sit at replace_position.. of the sequence
+            past_length = replace_position
+        else:
+            past_length = past_key_values[0][0].shape[2] if past_key_values else 0
         if position_ids is None:
             position_ids = default_positions(input_ids, past_length)
         x = t.wte(input_ids)
@@ -139,7 +142,7 @@ class LLaDAModelLM(PreTrainedModel):
         mask = key_padding_mask(attention_mask, x.dtype)
         cache = []
         for i, block in enumerate(t.blocks):
-            x, kv = block(x, rope, mask, past_key_values[i] if past_key_values else None)
+            x, kv = block(x, rope, mask, past_key_values[i] if past_key_values else None, replace_position)
             cache.append(kv)
         x = t.ln_f(x)
         logits = x @ t.wte.weight.T if self.model.weight_tying else t.ff_out(x)

@@ -1,13 +1,13 @@
-"""Benchmark: Fast-dLLM prefix KV cache vs full forwards, same model, same prompts, measured side by side.
+"""Benchmark: Fast-dLLM's prefix and dual KV caches vs full forwards, same model and prompts, side by side.
 
-    python bench/prefix_cache.py [arch=llada] [model=<dir>] [layers=8] [d_model=512] [vocab=32768]
+    python bench/kv_cache.py [arch=llada] [model=<dir>] [layers=8] [d_model=512] [vocab=32768]
         [prompt_tokens=128] [gen_length=256] [block_length=32] [steps=64] [batch=4] [device=cpu] [dtype=float32]
 
 Without `model=` it writes a randomly initialised LLaDA- or Dream-shaped checkpoint of the given size
 (weights do not change the cost of a forward) and loads it through `load_dllm`, as `unmask eval` would.
-Prints env steps/s (one step = one dLLM forward for the batch) and tokens/s for both runs and their ratio;
-the issue's goal is >= 2x at L=256, BL=32. Absolute figures only mean something on the machine that printed
-them; on a GPU pass device=cuda dtype=bfloat16.
+Prints env steps/s (one step = one dLLM forward for the batch), tokens/s and NFE/s per mode and the ratios
+to full forwards; the prefix cache's goal is >= 2x at L=256, BL=32. Absolute figures only mean something
+on the machine that printed them; on a GPU pass device=cuda dtype=bfloat16.
 """
 
 from __future__ import annotations
@@ -47,11 +47,11 @@ def random_checkpoint(arch: str, layers: int, d_model: int, vocab: int, out: str
     return out
 
 
-def run(dllm, prompts, gen_length, block_length, steps, cache: bool) -> tuple[float, int, torch.Tensor]:
+def run(dllm, prompts, gen_length, block_length, steps, cache: str) -> tuple[float, int, torch.Tensor]:
     """Seconds and forwards of one batch of episodes with LLaDA's even schedule (steps/L tokens per forward)."""
     from envs.samplers import make_sampler
 
-    env = UnmaskingEnv(dllm, gen_length, block_length, prefix_cache=cache)
+    env = UnmaskingEnv(dllm, gen_length, block_length, kv_cache=cache)
     sampler = make_sampler(SamplerConfig(name="top_k", steps=steps))
     if dllm.device.type == "cuda":
         torch.cuda.synchronize()
@@ -80,15 +80,16 @@ def main(argv: list[str]) -> None:
     prompts = [torch.randint(0, min(vocab, dllm.mask_id), (prompt_tokens,), generator=g).tolist() for _ in range(batch)]
     print(f"{type(dllm.model).__name__} {params / 1e6:.1f}M params, device={device} dtype={dtype} "
           f"threads={torch.get_num_threads()}; batch={batch} prompt={prompt_tokens} L={L} BL={BL} steps={steps}")
-    run(dllm, prompts, L, BL, 2 * (L // BL), cache=True)  # warm-up
+    run(dllm, prompts, L, BL, 2 * (L // BL), cache="dual")  # warm-up
     results = {}
-    for cache in (False, True):
+    for cache in ("none", "prefix", "dual"):
         seconds, forwards, _ = run(dllm, prompts, L, BL, steps, cache)
         results[cache] = forwards / seconds
-        print(f"prefix_cache={str(cache):<5}  {seconds:8.2f} s  {forwards:4d} env steps  "
+        print(f"kv_cache={cache:<7} {seconds:8.2f} s  {forwards:4d} env steps  "
               f"{forwards / seconds:7.2f} env steps/s  {batch * L / seconds:9.1f} tokens/s  "
               f"{batch * forwards / seconds:7.2f} NFE/s")
-    print(f"-> prefix cache speed-up: {results[True] / results[False]:.2f}x env steps/s (goal >= 2x)")
+    print(f"-> speed-up over full forwards: prefix {results['prefix'] / results['none']:.2f}x (goal >= 2x), "
+          f"dual {results['dual'] / results['none']:.2f}x env steps/s")
 
 
 if __name__ == "__main__":
