@@ -18,14 +18,28 @@ class Prediction:
     entropy: torch.Tensor  # entropy of the softmax in nats (Dream's `entropy` alg uses its negative)
 
 
+MAX_FLOAT64_ELEMENTS = 1 << 27  # 1 GiB per float64 temporary: rows are processed in chunks beyond this
+
+
 def predict(logits: torch.Tensor, temperature: float = 0.0, mask_id: int | None = None,
             generator: torch.Generator | None = None) -> Prediction:
     """Greedy or Gumbel-max token choice plus confidence features, from logits [B, L, V].
 
     Softmax is taken in float64 as in LLaDA's and Fast-dLLM's `generate`; Gumbel noise too, because
     low-precision Gumbel-max hurts quality (arXiv 2409.02908). The mask token itself is never a
-    valid prediction.
+    valid prediction. Large inputs (an 8B model's 126k vocabulary over 256 positions is 32M values per
+    row) go through in row chunks, so the float64 temporaries stay bounded.
     """
+    rows_per_chunk = max(1, MAX_FLOAT64_ELEMENTS // max(1, logits[0].numel()))
+    if logits.shape[0] <= rows_per_chunk:
+        return _predict(logits, temperature, mask_id, generator)
+    parts = [_predict(chunk, temperature, mask_id, generator) for chunk in logits.split(rows_per_chunk)]
+    return Prediction(**{name: torch.cat([getattr(part, name) for part in parts])
+                         for name in Prediction.__dataclass_fields__})
+
+
+def _predict(logits: torch.Tensor, temperature: float, mask_id: int | None,
+             generator: torch.Generator | None) -> Prediction:
     logits = logits.to(torch.float64, copy=True)
     if mask_id is not None:
         logits[..., mask_id] = -torch.inf

@@ -162,3 +162,14 @@ def test_seeded_temperature_sampling_is_reproducible(tmp_path):
     assert torch.equal(canvas(1.0, 7), canvas(1.0, 7))
     assert not torch.equal(canvas(1.0, 7), canvas(1.0, 8))  # the noise is real
     assert torch.equal(canvas(0.0, 7), canvas(0.0, 8))  # greedy ignores the seed
+
+
+def test_predict_in_row_chunks_equals_one_pass(monkeypatch):
+    import envs.confidence as confidence
+
+    logits = torch.randn(5, 3, 7)
+    whole = predict(logits, mask_id=6)
+    monkeypatch.setattr(confidence, "MAX_FLOAT64_ELEMENTS", 2 * 3 * 7)  # chunks of 2 rows
+    chunked = predict(logits, mask_id=6)
+    for name in ("tokens", "token_prob", "confidence", "margin", "entropy"):
+        assert torch.equal(getattr(chunked, name), getattr(whole, name)), name
