@@ -122,29 +122,37 @@ class DLLM:
         return self.tokenizer.decode(ids[:end], skip_special_tokens=False)
 
     @torch.no_grad()
-    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Logits for every position, aligned so that logits[:, i] predicts token i."""
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, last: int = 0) -> torch.Tensor:
+        """Logits aligned so that logits[:, i] predicts token i: of every position, or of the `last` ones
+        only (native models then skip the vocabulary projection of the prompt)."""
         kwargs = {}
         if self._takes_position_ids:
             # Left padding must not shift absolute positions: count only real tokens.
             kwargs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        kwargs |= self._keep(last)
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
-        return self._align(out)
+        return self._align(out, last)
 
-    def _align(self, out: torch.Tensor) -> torch.Tensor:
+    def _keep(self, last: int) -> dict:
+        if not last or not self.supports_kv_cache:
+            return {}
+        return {"logits_to_keep": last + 1 if self.logit_shift else last}
+
+    def _align(self, out: torch.Tensor, last: int = 0) -> torch.Tensor:
         if self.logit_shift:  # Dream predicts token i+1 at position i (AR initialisation).
             out = torch.cat([out[:, :1], out[:, :-1]], dim=1)
-        return out
+        return out[:, -last:] if last else out
 
     # ---- Fast-dLLM KV caches (native models) ---------------------------------------------------------
     @torch.no_grad()
-    def logits_and_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, list]:
+    def logits_and_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, last: int = 0
+                         ) -> tuple[torch.Tensor, list]:
         """A full forward (exactly `logits`) that also returns every layer's keys/values of every position,
         for `logits_with_cache` to reuse until the next refresh."""
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                         use_cache=True)
-        return self._align(out.logits), out.past_key_values
+                         use_cache=True, **self._keep(last))
+        return self._align(out.logits, last), out.past_key_values
 
     @torch.no_grad()
     def logits_with_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: list, start: int,
@@ -154,8 +162,8 @@ class DLLM:
 
         Prefix cache (`end=None`): feeds start.. to the end of the sequence; only cache[:, :, :start] is used.
         Dual cache (`end` given): feeds start..end-1; the cache covers the whole sequence, and the fed
-        positions replace their cached entries. Dream's shift needs the output of position start-1, so for
-        Dream the fed part begins one position earlier."""
+        positions overwrite their cached entries in place. Dream's shift needs the output of position
+        start-1, so for Dream the fed part begins one position earlier."""
         first = start - 1 if self.logit_shift else start
         stop = input_ids.shape[1] if end is None else end
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, first:stop]

@@ -31,7 +31,9 @@ class SamplerError(ValueError):
 
 @dataclass
 class Observation:
-    """Everything a sampler may look at, per row ([B] or [B, L] tensors)."""
+    """Everything a sampler may look at, per row ([B] or [B, L] tensors). With a KV cache, columns a
+    cached forward does not recompute (finished blocks; with `dual`, also later blocks) keep their values
+    from the block's refresh: train a policy with the cache setting it will be evaluated with."""
 
     confidence: torch.Tensor  # top-1 probability
     token_prob: torch.Tensor  # probability of the token that would be written
@@ -174,7 +176,7 @@ class UnmaskingEnv:
             return
         if self.kv_cache == "none":
             rows = active.nonzero(as_tuple=True)[0]
-            yield rows, 0, self.dllm.logits(self.ids[rows], self.attn[rows])[:, -self.L:]
+            yield rows, 0, self.dllm.logits(self.ids[rows], self.attn[rows], last=self.L)
             return
         prompt_width = self.ids.shape[1] - self.L
         refresh = active & (self.cached_block != self.block_index)
@@ -184,12 +186,15 @@ class UnmaskingEnv:
                 rows = (group & (self.block_index == block)).nonzero(as_tuple=True)[0]
                 start = prompt_width + block * self.BL
                 if cached:
-                    cache = [(take(k, rows), take(v, rows)) for k, v in self.kv]
+                    keep = slice(None) if self.kv_cache == "dual" else slice(0, start)  # prefix: copy no more
+                    cache = [(take(k[:, :, keep], rows), take(v[:, :, keep], rows)) for k, v in self.kv]
                     end = start + self.BL if self.kv_cache == "dual" else None
                     logits = self.dllm.logits_with_cache(self.ids[rows], self.attn[rows], cache, start, end)
                     yield rows, block * self.BL, logits
                     continue
-                logits, cache = self.dllm.logits_and_cache(self.ids[rows], self.attn[rows])
+                if len(rows) == len(self.ids):
+                    self.kv = None  # free the old cache before the new one is built
+                logits, cache = self.dllm.logits_and_cache(self.ids[rows], self.attn[rows], last=self.L)
                 if len(rows) == len(self.ids):
                     self.kv = cache
                 else:
@@ -197,11 +202,12 @@ class UnmaskingEnv:
                         self.kv = [(k.new_zeros(len(self.ids), *k.shape[1:]), v.new_zeros(len(self.ids), *v.shape[1:]))
                                    for k, v in cache]
                     for (k_all, v_all), (k, v) in zip(self.kv, cache):
-                        k_all[rows], v_all[rows] = k, v
+                        layer_rows = rows.to(k_all.device)  # device_map: layers may live on other GPUs
+                        k_all[layer_rows], v_all[layer_rows] = k, v
                 self.cached_block[rows] = block
-                yield rows, 0, logits[:, -self.L:]
+                yield rows, 0, logits
 
 
 def take(tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Rows of a cache tensor; the tensor itself (no copy) when every row is wanted."""
-    return tensor if len(rows) == tensor.shape[0] else tensor[rows]
+    return tensor if len(rows) == tensor.shape[0] else tensor[rows.to(tensor.device)]

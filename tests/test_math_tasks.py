@@ -46,6 +46,14 @@ def test_gsm8k_verifier_follows_the_paper():
     assert gsm8k_correct("so the answer is 7", "7")  # fallback: last number of the completion
     assert not gsm8k_correct("<answer>\\boxed{8}</answer> 7", "7")  # the boxed answer wins over stray numbers
     assert not gsm8k_correct("<answer>no idea</answer>", "7")
+    for spelled in ("\\boxed{1{,}000}", "\\boxed{1,\\!000}", "\\boxed{1\\,000}", "\\boxed{\\$1,000}",
+                    "\\boxed{\\frac{2000}{2}}", "\\boxed{\\dfrac{2000}{2}}"):
+        assert gsm8k_correct(f"<answer>{spelled}</answer>", "1000"), spelled
+    assert gsm8k_correct("<answer>-\\$5</answer>", "-5") and gsm8k_correct("<answer>- $5</answer>", "-5")
+    assert not gsm8k_correct("<answer>\\$5</answer>", "-5")
+    # the <answer> section decides, even when the reasoning boxed something else
+    assert gsm8k_correct("<reasoning>maybe \\boxed{5}</reasoning><answer>7</answer>", "7")
+    assert not gsm8k_correct("<reasoning>maybe \\boxed{7}</reasoning><answer>5</answer>", "7")
 
 
 def test_math_verifier_uses_math_verify_equivalence():
@@ -54,6 +62,14 @@ def test_math_verifier_uses_math_verify_equivalence():
     assert math_correct("<answer>\\boxed{\\dfrac{6}{8}}</answer>", "\\frac{3}{4}")
     assert not math_correct("<answer>\\boxed{\\frac{2}{3}}</answer>", "\\frac{3}{4}")
     assert not math_correct("<answer></answer>", "\\frac{3}{4}")
+    # bare LaTeX golds (MATH-500's `answer` field) are parsed whole, not as their leading number
+    assert math_correct("<answer>\\boxed{3\\sqrt{2}}</answer>", "3\\sqrt2")
+    assert not math_correct("<answer>\\boxed{3}</answer>", "3\\sqrt{2}")
+    assert not math_correct("<answer>\\boxed{2}</answer>", "2\\sqrt{3}")
+    assert math_correct("<answer>\\boxed{\\pi}</answer>", "\\pi")
+    tuple_gold = "\\left( 3, \\frac{\\pi}{2} \\right)"
+    assert math_correct("<answer>\\boxed{(3, \\frac{\\pi}{2})}</answer>", tuple_gold)
+    assert not math_correct("<answer>\\boxed{3}</answer>", tuple_gold)
 
 
 def test_gsm8k_from_a_directory_of_official_splits(tmp_path):

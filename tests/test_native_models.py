@@ -143,6 +143,34 @@ def test_cached_decoding_agrees_where_it_must(native, mode):
     assert runs[mode][3].cached_block.tolist() == [3, 3, 3]  # refreshed for every block, up to the last
 
 
+def first_valid(obs, per_row: list[int]) -> torch.Tensor:
+    """Unmask the leftmost `per_row[r]` valid positions of row r: rows drift into different blocks."""
+    rank = obs.valid.long().cumsum(-1)
+    return obs.valid & (rank <= torch.tensor(per_row)[:, None])
+
+
+@pytest.mark.parametrize("mode", ["none", "prefix", "dual"])
+def test_rows_in_different_blocks_decode_as_if_alone(native, mode):
+    """Rows finish blocks at different steps, so cached and refreshing rows share forwards; each row must
+    still get exactly what it gets alone (same tokens, same NFE)."""
+    _, dllm = native
+    prompts = dllm.encode_prompts(["first prompt", "second", "a third prompt here"])
+    per_row = [4, 1, 2]
+
+    def decode(rows):
+        env = UnmaskingEnv(dllm, gen_length=12, block_length=4, kv_cache=mode)
+        obs = env.reset([prompts[r] for r in rows])
+        while not env.done:
+            obs = env.step(first_valid(obs, [per_row[r] for r in rows]))
+        return env.canvas(), env.nfe.clone()
+
+    canvas, nfe = decode([0, 1, 2])
+    assert nfe.tolist() == [3, 12, 6]
+    for r in range(3):
+        alone_canvas, alone_nfe = decode([r])
+        assert torch.equal(canvas[r], alone_canvas[0]) and nfe[r] == alone_nfe[0]
+
+
 @pytest.mark.parametrize("mode", ["prefix", "dual"])
 def test_cached_env_feeds_only_what_the_cache_does_not_hold(native, mode, monkeypatch):
     """The point of the caches: after a block's first forward, the prefix cache feeds block + later

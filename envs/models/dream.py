@@ -131,7 +131,8 @@ class DreamModel(PreTrainedModel):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, past_key_values: KVCache | None = None,
-                use_cache: bool = False, replace_position: int | None = None, **_) -> CausalLMOutputWithPast:
+                use_cache: bool = False, replace_position: int | None = None, logits_to_keep: int = 0,
+                **_) -> CausalLMOutputWithPast:
         if replace_position is not None:  # dual cache: the fed tokens sit at replace_position.. of the sequence
             past_length = replace_position
         else:
@@ -145,6 +146,7 @@ class DreamModel(PreTrainedModel):
         cache = []
         for i, layer in enumerate(self.model.layers):
             x, kv = layer(x, rope, mask, past_key_values[i] if past_key_values else None, replace_position)
-            cache.append(kv)
-        logits = self.lm_head(self.model.norm(x))
+            if use_cache:
+                cache.append(kv)
+        logits = self.lm_head(self.model.norm(x[:, -logits_to_keep:]))  # 0 keeps every position
         return CausalLMOutputWithPast(logits=logits, past_key_values=cache if use_cache else None)

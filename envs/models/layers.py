@@ -85,9 +85,9 @@ class Attention(nn.Module):
         q = apply_rotary(q, cos, sin, self.full_precision_rope)
         k = apply_rotary(k, cos, sin, self.full_precision_rope)
         if past is not None and replace_at is not None:  # cached keys are already rotated at their positions
-            end = replace_at + N
-            k = torch.cat([past[0][:, :, :replace_at], k, past[0][:, :, end:]], dim=2)
-            v = torch.cat([past[1][:, :, :replace_at], v, past[1][:, :, end:]], dim=2)
+            past[0][:, :, replace_at:replace_at + N] = k  # in place, as Fast-dLLM: no second copy of the cache
+            past[1][:, :, replace_at:replace_at + N] = v
+            k, v = past
         elif past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         groups = self.heads // self.kv_heads

@@ -70,6 +70,11 @@ def check_supported(config: LLaDAConfig) -> None:
             raise ValueError(f"LLaDA config has {key}={getattr(config, key)!r}; the native model supports {value!r}")
     if getattr(config, "alibi", False) or not getattr(config, "rope", True):
         raise ValueError("LLaDA config without RoPE (alibi or rope=false) is not supported by the native model")
+    for key in ("attention_layer_norm", "multi_query_attention", "clip_qkv"):
+        if getattr(config, key, None):
+            raise ValueError(f"LLaDA config has {key}={getattr(config, key)!r}; the native model does not support it")
+    if not getattr(config, "layer_norm_with_affine", True):
+        raise ValueError("LLaDA config has layer_norm_with_affine=false; the native model supports true")
 
 
 class LLaDABlock(Attention):
@@ -129,7 +134,8 @@ class LLaDAModelLM(PreTrainedModel):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, past_key_values: KVCache | None = None,
-                use_cache: bool = False, replace_position: int | None = None, **_) -> CausalLMOutputWithPast:
+                use_cache: bool = False, replace_position: int | None = None, logits_to_keep: int = 0,
+                **_) -> CausalLMOutputWithPast:
         t = self.model.transformer
         if replace_position is not None:  # dual cache: the fed tokens sit at replace_position.. of the sequence
             past_length = replace_position
@@ -143,7 +149,8 @@ class LLaDAModelLM(PreTrainedModel):
         cache = []
         for i, block in enumerate(t.blocks):
             x, kv = block(x, rope, mask, past_key_values[i] if past_key_values else None, replace_position)
-            cache.append(kv)
-        x = t.ln_f(x)
+            if use_cache:
+                cache.append(kv)
+        x = t.ln_f(x[:, -logits_to_keep:])  # 0 keeps every position
         logits = x @ t.wte.weight.T if self.model.weight_tying else t.ff_out(x)
         return CausalLMOutputWithPast(logits=logits, past_key_values=cache if use_cache else None)

@@ -58,12 +58,20 @@ def answer_section(text: str) -> str | None:
 
 
 def final_answer(completion: str) -> str:
-    """What a completion answers: the last boxed expression, else its `<answer>` text, else all of it."""
+    """What a completion answers: its `<answer>` section (the boxed expression in it, if any); without a
+    section, the last boxed expression, else all of it."""
     section = answer_section(completion)
-    boxed = last_boxed(section if section is not None else completion) or last_boxed(completion)
-    if boxed is not None:
-        return boxed.strip()
-    return section if section is not None else completion.strip()
+    text = section if section is not None else completion
+    boxed = last_boxed(text)
+    return boxed.strip() if boxed is not None else text.strip()
+
+
+def plain_number_text(text: str) -> str:
+    """LaTeX number spellings made plain: `1{,}000`, `1\\,000`, `\\$5`, `-\\$5`, `\\frac{10}{2}`."""
+    text = text.replace("{,}", ",").replace("\\!", "").replace("\\,", "").replace("\\$", "").replace("$", "")
+    text = re.sub(r"-\s+(?=\d)", "-", text)
+    return re.sub(r"\\d?frac\{(-?\d+(?:\.\d+)?)\}\{(-?\d+(?:\.\d+)?)\}",
+                  lambda m: repr(float(m[1]) / float(m[2])) if float(m[2]) else m[0], text)
 
 
 def gsm8k_gold(answer_field: str) -> str:
@@ -74,9 +82,9 @@ def gsm8k_gold(answer_field: str) -> str:
 
 def gsm8k_correct(completion: str, gold: str) -> bool:
     want = last_number(gold)
-    got = last_number(final_answer(completion))
+    got = last_number(plain_number_text(final_answer(completion)))
     if got is None:
-        got = last_number(completion)
+        got = last_number(plain_number_text(completion))
     return got is not None and want is not None and abs(got - want) < 1e-6
 
 

@@ -35,7 +35,8 @@ def math_equivalent(completion: str, reference: str) -> bool:
     """Symbolic equivalence through the `math-verify` library (LaTeX, \\boxed{}, fractions, ...)."""
     from math_verify import parse, verify
 
-    gold = parse(reference if "$" in reference or "\\" in reference else f"${reference}$")
+    delimited = reference.lstrip().startswith(("$", "\\(", "\\[")) or "\\boxed" in reference
+    gold = parse(reference if delimited else f"${reference}$")  # bare LaTeX (`\\sqrt{2}`) needs delimiters
     answer = parse(completion)
     return bool(gold) and bool(answer) and bool(verify(gold, answer))
 
