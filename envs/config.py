@@ -9,12 +9,12 @@ from envs.dllm import ModelSize
 
 @dataclass
 class TaskConfig:
-    name: str = "cycles"  # cycles | jsonl | gsm8k | math500
+    name: str = "cycles"  # cycles | jsonl | gsm8k | math500 | gsm8k_math (the paper's training mixture)
     num_symbols: int = 7  # cycles: permutation size; answers are 3..num_symbols+2 tokens
     directions: str = "forward"  # cycles: forward | backward | both: the direction marks the data uses
     separator_prob: float = 0.5  # cycles: a `,` between two answer letters with this probability (free phrasing)
     pretrain_length_decay: float = 1.0  # cycles: pretraining keeps cycle length k w.p. decay^(k-1); 1 = natural
-    path: str = ""  # jsonl: the file; gsm8k/math500: a dir with train/test .jsonl|.parquet, or one file ("" = hub)
+    path: str = ""  # jsonl: the file; gsm8k/math500: a dir of train/test .jsonl|.parquet or one file; "" = hub
     verifier: str = "exact"  # jsonl: exact | numeric | math | module:function
     prompt_key: str = "prompt"
     answer_key: str = "answer"

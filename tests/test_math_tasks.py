@@ -90,8 +90,23 @@ def test_math500_from_one_file_split_by_hash(tmp_path):
     assert set(examples) == {"\\frac{3}{4}", "1024"}  # the answer field, else the boxed solution
     assert task.examples("train", -1) == []
     assert "Wrap the final answer in a \\boxed{}" in examples["1024"].prompt
-    assert examples["\\frac{3}{4}"].id == "test/algebra/1.json"
+    assert examples["\\frac{3}{4}"].id == "math500/test/algebra/1.json"
     assert task.verify("<answer>\\boxed{1024}</answer>", examples["1024"])
+
+
+def test_the_papers_training_mixture(tmp_path):
+    for name, rows in (("gsm8k", GSM8K_ROWS), ("math500", MATH_ROWS)):
+        (tmp_path / name).mkdir()
+        write_jsonl(tmp_path / name / "train.jsonl", rows)
+    task = make_task(TaskConfig(name="gsm8k_math", path=str(tmp_path)))
+    train = task.examples("train", -1, seed=3)
+    assert sorted(ex.meta["source"] for ex in train) == ["gsm8k"] * 2 + ["math500"] * 2
+    assert len({ex.id for ex in train}) == 4 and task.response_prefix == "<reasoning>"
+    by_answer = {ex.answer: ex for ex in train}
+    assert task.verify("<answer>\\boxed{7}</answer>", by_answer["7"])  # GSM8K's numeric check
+    assert task.verify("<answer>\\boxed{0.75}</answer>", by_answer["\\frac{3}{4}"])  # MATH's math-verify
+    with pytest.raises(FileNotFoundError, match="directory holding gsm8k/ and math500/"):
+        make_task(TaskConfig(name="gsm8k_math", path=str(tmp_path / "gsm8k" / "train.jsonl")))
 
 
 def test_bad_sources_are_one_line_errors(tmp_path):

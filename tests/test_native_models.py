@@ -103,6 +103,22 @@ def test_batched_left_padding_equals_one_at_a_time(native):
         torch.testing.assert_close(batched[row], alone[0], atol=1e-4, rtol=1e-4)
 
 
+def test_pairwise_4d_mask_as_dream_generation_builds_it(native):
+    """Dream's generation code passes a pairwise boolean mask [B, 1, N, N] and `tok_idx` positions; the
+    native model accepts it and gives real positions what the 2D padding mask gives them."""
+    _, dllm = native
+    prompts = dllm.encode_prompts(["a much longer question?", "short?"])
+    ids, attn = layout_batch(prompts, 6, dllm.pad_id, dllm.mask_id)
+    positions = (attn.cumsum(-1) - 1).clamp(min=0)
+    pairwise = (attn.bool()[:, None, None, :] & attn.bool()[:, None, :, None])
+    with torch.no_grad():
+        two_d = dllm.model(input_ids=ids, attention_mask=attn, position_ids=positions).logits
+        four_d = dllm.model(input_ids=ids, attention_mask=pairwise, position_ids=positions).logits
+    real = attn.bool()
+    assert torch.isfinite(four_d).all()
+    torch.testing.assert_close(four_d[real], two_d[real])
+
+
 @pytest.mark.parametrize("mode", ["prefix", "dual"])
 def test_cached_forward_reproduces_the_full_forward_when_nothing_changed(native, mode):
     """Right after a refresh the cache is exact, so a cached forward must equal the full one on every

@@ -7,7 +7,8 @@ mlp.{gate,up,down}_proj}, norm}` and `lm_head`; q/k/v carry biases; grouped-quer
 config says so with `logit_shift=True`, and the dLLM adapter shifts the logits once, in one place.
 
 Positions count real tokens only and padded keys are hidden, as Dream's own generation code does
-(`tok_idx` and its pairwise mask); padded query rows are left unmasked so they stay finite.
+(`tok_idx` and its pairwise mask, which `forward` also accepts as a 4D boolean mask); masks use a finite
+minimum so padded query rows stay finite.
 """
 
 from __future__ import annotations

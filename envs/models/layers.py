@@ -52,11 +52,16 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, full_pre
     return x * cos.to(x.dtype) + rotate_half(x) * sin.to(x.dtype)
 
 
-def key_padding_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """[B, 1, 1, N_keys] additive mask hiding padded keys; None when nothing is padded."""
-    if attention_mask is None or bool(attention_mask.all()):
+def key_padding_mask(attention_mask: torch.Tensor | str | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """Additive attention mask: from a 2D padding mask, [B, 1, 1, N_keys] hiding padded keys; a 4D boolean
+    [B, 1, N_queries, N_keys] mask (Dream's pairwise form, True = attend) is taken as it is. A finite
+    minimum instead of -inf keeps fully masked (padding) query rows finite. None/"full": no mask."""
+    if attention_mask is None or isinstance(attention_mask, str) or bool(attention_mask.all()):
         return None
-    hide = ~attention_mask.bool()[:, None, None, :]
+    if attention_mask.dim() == 4:
+        hide = ~attention_mask.bool()
+    else:
+        hide = ~attention_mask.bool()[:, None, None, :]
     return torch.zeros(hide.shape, dtype=dtype, device=hide.device).masked_fill(hide, torch.finfo(dtype).min)
 
 

@@ -6,7 +6,7 @@ from envs.config import TaskConfig
 from envs.tasks.base import Example, Task
 from envs.tasks.cycles import CycleTask
 
-TASKS = ("cycles", "jsonl", "gsm8k", "math500")
+TASKS = ("cycles", "jsonl", "gsm8k", "math500", "gsm8k_math")
 
 
 def make_task(cfg: TaskConfig) -> Task:
@@ -22,6 +22,10 @@ def make_task(cfg: TaskConfig) -> Task:
         from envs.tasks.math_word import MathWordTask
 
         return MathWordTask(cfg.name, path=cfg.path, test_fraction=cfg.test_fraction)
+    if cfg.name == "gsm8k_math":
+        from envs.tasks.math_word import MixedMathTask
+
+        return MixedMathTask(path=cfg.path, test_fraction=cfg.test_fraction)
     raise ValueError(f"unknown task {cfg.name!r}: choose one of {', '.join(TASKS)}")
 
 

@@ -174,7 +174,8 @@ class MathWordTask(Task):
             if not gold:
                 raise ValueError(f"{self.name} row {index} has neither 'answer' nor a boxed 'solution'")
         prompt = f"{self.system_prompt}\n\n{row[question_key]}"
-        return Example(id=str(row.get("unique_id", row.get("id", index))), prompt=prompt, answer=str(gold))
+        example_id = f"{self.name}/{row.get('unique_id', row.get('id', index))}"
+        return Example(id=example_id, prompt=prompt, answer=str(gold), meta={"source": self.name})
 
     def examples(self, split: str, n: int, seed: int = 0) -> list[Example]:
         check_split(split)
@@ -187,3 +188,26 @@ class MathWordTask(Task):
     def verify(self, completion: str, example: Example) -> bool:
         check = gsm8k_correct if self.name == "gsm8k" else math_correct
         return bool(check(completion, example.answer))
+
+
+class MixedMathTask(Task):
+    """The paper's RL training data: GSM8K and MATH shuffled together (paper.md §6), each example checked
+    by its own dataset's verifier. `task.path` holds `gsm8k/` and `math500/` directories (or is empty: hub)."""
+
+    name = "gsm8k_math"
+    response_prefix = RESPONSE_PREFIX
+
+    def __init__(self, path: str = "", test_fraction: float = 0.1):
+        base = Path(path) if path else None
+        if base is not None and not base.is_dir():
+            raise FileNotFoundError(f"task.path {path!r} must be a directory holding gsm8k/ and math500/")
+        self.parts = {name: MathWordTask(name, str(base / name) if base else "", test_fraction)
+                      for name in ("gsm8k", "math500")}
+
+    def examples(self, split: str, n: int, seed: int = 0) -> list[Example]:
+        pool = [ex for part in self.parts.values() for ex in part.examples(split, -1, seed)]
+        random.Random(seed).shuffle(pool)
+        return pool if n < 0 else pool[:n]
+
+    def verify(self, completion: str, example: Example) -> bool:
+        return self.parts[example.meta["source"]].verify(completion, example)
