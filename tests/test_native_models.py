@@ -290,3 +290,19 @@ def test_parity_with_the_official_remote_code(kind, tmp_path):
     ours = dllm.model(input_ids=ids).logits  # unshifted, as the official forward returns them
     theirs = official_logits(kind, code_dir, path, ids)
     torch.testing.assert_close(ours, theirs, atol=2e-5, rtol=2e-5)
+
+
+def test_gpu_validation_script_runs_end_to_end_on_cpu(tmp_path):
+    """bench/gpu_validation.py is the one command a GPU session runs; keep it working (tiny, on CPU)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "gpu.md"
+    res = subprocess.run([sys.executable, "bench/gpu_validation.py", "device=cpu", "dtype=float32", "layers=1",
+                          "d_model=64", "vocab=512", "gen_length=16", "block_length=8", "prompt_tokens=8", "batch=2",
+                          "steps=8", "train_iterations=2", f"out={out}"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    table = out.read_text()
+    for row in ("kv_cache=none", "kv_cache=prefix", "kv_cache=dual", "policy share", "`unmask train`"):
+        assert row in table, row
+    assert "2 iterations" in table
