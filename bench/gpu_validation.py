@@ -128,7 +128,8 @@ def training_figures(model: str, a: dict, root: Path) -> list[tuple[str, str]]:
     return [(f"`unmask train`, 1 env-runner actor holding the dLLM on {a['device']}, 2 prompts x 8 per sample",
              f"{len(rows)} iterations in {wall:.0f} s (incl. Ray start and model load); last iteration: "
              f"{float(last['unmask/trajectories_per_s']):.1f} traj/s, "
-             f"busy {float(last['unmask/env_runner_busy_fraction']):.2f}, mean NFE {float(last['unmask/nfe_mean']):.1f}")]
+             f"busy {float(last['unmask/env_runner_busy_fraction']):.2f}, "
+             f"mean NFE {float(last['unmask/nfe_mean']):.1f}")]
 
 
 def main(argv: list[str]) -> None:
