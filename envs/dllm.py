@@ -212,7 +212,9 @@ def load_dllm(model: str = "builtin", *, device: str = "cpu", dtype: str = "floa
     implementations in `envs.models` (no remote code); any other masked LM through `AutoModelForMaskedLM`
     (remote code only with `trust_remote_code`). `device_map` (e.g. "auto") spreads a model over the GPUs
     of one env actor."""
-    import envs.models  # noqa: F401 - registers the native LLaDA and Dream classes with the Auto API
+    import envs.models
+
+    envs.models.register()  # the native LLaDA and Dream classes answer for their model types
 
     path = resolve_model_path(str(model))
     if is_local_path(path) and not Path(path).expanduser().is_dir():

@@ -73,9 +73,14 @@ def load_official(kind: str, code_dir: str, checkpoint: Path) -> torch.nn.Module
 
 
 @torch.no_grad()
-def official_logits(kind: str, code_dir: str, checkpoint: Path, ids: torch.Tensor) -> torch.Tensor:
-    """Logits of the official code for unpadded `ids` (the batch-size-1 setting of the official evals)."""
+def official_logits(kind: str, code_dir: str, checkpoint: Path, ids: torch.Tensor,
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Logits of the official code for unpadded `ids` (the batch-size-1 setting of the official evals).
+    In bf16 only the parameters are cast, as `from_pretrained(torch_dtype=bf16)` leaves rotary buffers
+    in float32."""
     model = load_official(kind, code_dir, Path(checkpoint))
+    for param in model.parameters():
+        param.data = param.data.to(dtype)
     if kind == "llada":
         return model(input_ids=ids).logits
     return model(ids, "full", None).logits

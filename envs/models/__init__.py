@@ -16,10 +16,17 @@ from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoTokeni
 from envs.models.dream import DreamConfig, DreamModel
 from envs.models.llada import LLaDAConfig, LLaDAModelLM
 
-for _config, _model in ((LLaDAConfig, LLaDAModelLM), (DreamConfig, DreamModel)):
-    AutoConfig.register(_config.model_type, _config, exist_ok=True)
-    AutoModelForMaskedLM.register(_config, _model, exist_ok=True)
-    AutoModel.register(_config, _model, exist_ok=True)
+
+def register() -> None:
+    """(Re-)claim the model types: importing the official remote code registers its own classes under the
+    same names, so `load_dllm` calls this before every load."""
+    for config, model in ((LLaDAConfig, LLaDAModelLM), (DreamConfig, DreamModel)):
+        AutoConfig.register(config.model_type, config, exist_ok=True)
+        AutoModelForMaskedLM.register(config, model, exist_ok=True)
+        AutoModel.register(config, model, exist_ok=True)
+
+
+register()
 
 END_OF_TURN = ("<|eot_id|>", "<|im_end|>", "<|endoftext|>")
 # Remote-code tokenizers that are a copy of a library class: loaded as that class, without running code.
@@ -52,4 +59,5 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
 
 
-__all__ = ["DreamConfig", "DreamModel", "LLaDAConfig", "LLaDAModelLM", "end_of_turn_ids", "load_tokenizer"]
+__all__ = ["DreamConfig", "DreamModel", "LLaDAConfig", "LLaDAModelLM", "end_of_turn_ids", "load_tokenizer",
+           "register"]
