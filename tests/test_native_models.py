@@ -312,7 +312,10 @@ def test_gpu_validation_script_runs_end_to_end_on_cpu(tmp_path):
     import sys
 
     out = tmp_path / "gpu.md"
-    res = subprocess.run([sys.executable, "bench/gpu_validation.py", "device=cpu", "dtype=float32", "layers=1",
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "gpu_validation.py"
+    res = subprocess.run([sys.executable, str(script), "device=cpu", "dtype=float32", "layers=1",
                           "d_model=64", "vocab=512", "gen_length=16", "block_length=8", "prompt_tokens=8", "batch=2",
                           "steps=8", "train_iterations=2", f"out={out}"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
