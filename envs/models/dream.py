@@ -18,16 +18,7 @@ from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from envs.models.layers import (
-    Attention,
-    KVCache,
-    RMSNorm,
-    default_positions,
-    init_dllm_weights,
-    key_padding_mask,
-    rotary_tables,
-    swiglu,
-)
+from envs.models.layers import Attention, KVCache, RMSNorm, init_dllm_weights, run_layers, swiglu
 
 
 class DreamConfig(PreTrainedConfig):
@@ -68,8 +59,8 @@ def check_supported(config: DreamConfig) -> None:
 class DreamAttention(Attention):
     def __init__(self, config: DreamConfig):
         super().__init__(config.hidden_size, config.num_attention_heads,
-                         config.num_key_value_heads or config.num_attention_heads, config.rope_theta,
-                         bias=True, full_precision_rope=False)
+                         config.num_key_value_heads or config.num_attention_heads, bias=True,
+                         full_precision_rope=False)
         self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
 
     def forward(self, x, rope, mask, past=None, replace_at=None):
@@ -134,20 +125,10 @@ class DreamModel(PreTrainedModel):
                 position_ids: torch.Tensor | None = None, past_key_values: KVCache | None = None,
                 use_cache: bool = False, replace_position: int | None = None, logits_to_keep: int = 0,
                 **_) -> CausalLMOutputWithPast:
-        if replace_position is not None:  # dual cache: the fed tokens sit at replace_position.. of the sequence
-            past_length = replace_position
-        else:
-            past_length = past_key_values[0][0].shape[2] if past_key_values else 0
-        if position_ids is None:
-            position_ids = default_positions(input_ids, past_length)
-        x = self.model.embed_tokens(input_ids)
-        head_dim = self.config.hidden_size // self.config.num_attention_heads
-        rope = rotary_tables(position_ids, head_dim, self.config.rope_theta)
-        mask = key_padding_mask(attention_mask, x.dtype)
-        cache = []
-        for i, layer in enumerate(self.model.layers):
-            x, kv = layer(x, rope, mask, past_key_values[i] if past_key_values else None, replace_position)
-            if use_cache:
-                cache.append(kv)
+        x, cache = run_layers(self.model.layers, self.model.embed_tokens(input_ids),
+                              head_dim=self.config.hidden_size // self.config.num_attention_heads,
+                              theta=self.config.rope_theta, attention_mask=attention_mask,
+                              position_ids=position_ids, past_key_values=past_key_values,
+                              replace_position=replace_position, use_cache=use_cache)
         logits = self.lm_head(self.model.norm(x[:, -logits_to_keep:]))  # 0 keeps every position
-        return CausalLMOutputWithPast(logits=logits, past_key_values=cache if use_cache else None)
+        return CausalLMOutputWithPast(logits=logits, past_key_values=cache)

@@ -69,10 +69,10 @@ class Attention(nn.Module):
     """Bidirectional multi-head attention (GQA when kv_heads < heads). The projection names are passed in
     so that each architecture keeps its checkpoint's parameter names."""
 
-    def __init__(self, hidden: int, heads: int, kv_heads: int, theta: float, bias: bool, full_precision_rope: bool):
+    def __init__(self, hidden: int, heads: int, kv_heads: int, bias: bool, full_precision_rope: bool):
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, hidden // heads
-        self.theta, self.full_precision_rope = theta, full_precision_rope
+        self.full_precision_rope = full_precision_rope
         self.q_proj = nn.Linear(hidden, heads * self.head_dim, bias=bias)
         self.k_proj = nn.Linear(hidden, kv_heads * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(hidden, kv_heads * self.head_dim, bias=bias)
@@ -106,10 +106,28 @@ def swiglu(gate: nn.Linear, up: nn.Linear, down: nn.Linear, x: torch.Tensor) -> 
     return down(F.silu(gate(x)) * up(x))
 
 
-def default_positions(input_ids: torch.Tensor, past_length: int) -> torch.Tensor:
-    """Positions of fed tokens that directly follow `past_length` cached ones (no padding)."""
-    N = input_ids.shape[1]
-    return torch.arange(past_length, past_length + N, device=input_ids.device)[None].expand(input_ids.shape[0], N)
+def run_layers(layers: nn.ModuleList, x: torch.Tensor, *, head_dim: int, theta: float,
+               attention_mask: torch.Tensor | str | None, position_ids: torch.Tensor | None,
+               past_key_values: KVCache | None, replace_position: int | None, use_cache: bool
+               ) -> tuple[torch.Tensor, KVCache | None]:
+    """The stack both architectures share, from embeddings to the last layer's output: positions (by
+    default right after the cached ones, or at `replace_position` for the dual cache), one rotary table
+    and one mask for every layer, each layer with its slice of the cache; the new cache with `use_cache`."""
+    if position_ids is None:
+        if replace_position is not None:
+            first = replace_position
+        else:
+            first = past_key_values[0][0].shape[2] if past_key_values else 0
+        B, N = x.shape[:2]
+        position_ids = torch.arange(first, first + N, device=x.device)[None].expand(B, N)
+    rope = rotary_tables(position_ids, head_dim, theta)
+    mask = key_padding_mask(attention_mask, x.dtype)
+    cache = []
+    for i, layer in enumerate(layers):
+        x, kv = layer(x, rope, mask, past_key_values[i] if past_key_values else None, replace_position)
+        if use_cache:
+            cache.append(kv)
+    return x, cache if use_cache else None
 
 
 def init_dllm_weights(module: nn.Module, std: float) -> None:

@@ -16,16 +16,7 @@ from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from envs.models.layers import (
-    Attention,
-    KVCache,
-    RMSNorm,
-    default_positions,
-    init_dllm_weights,
-    key_padding_mask,
-    rotary_tables,
-    swiglu,
-)
+from envs.models.layers import Attention, KVCache, RMSNorm, init_dllm_weights, run_layers, swiglu
 
 
 class LLaDAConfig(PreTrainedConfig):
@@ -83,8 +74,7 @@ class LLaDABlock(Attention):
 
     def __init__(self, config: LLaDAConfig):
         d, kv_heads = config.d_model, config.n_kv_heads or config.n_heads
-        super().__init__(d, config.n_heads, kv_heads, config.rope_theta, bias=False,
-                         full_precision_rope=config.rope_full_precision)
+        super().__init__(d, config.n_heads, kv_heads, bias=False, full_precision_rope=config.rope_full_precision)
         hidden = config.mlp_hidden_size or config.mlp_ratio * d
         self.attn_norm = RMSNorm(d, config.rms_norm_eps)
         self.attn_out = nn.Linear(d, d, bias=False)
@@ -137,20 +127,10 @@ class LLaDAModelLM(PreTrainedModel):
                 use_cache: bool = False, replace_position: int | None = None, logits_to_keep: int = 0,
                 **_) -> CausalLMOutputWithPast:
         t = self.model.transformer
-        if replace_position is not None:  # dual cache: the fed tokens sit at replace_position.. of the sequence
-            past_length = replace_position
-        else:
-            past_length = past_key_values[0][0].shape[2] if past_key_values else 0
-        if position_ids is None:
-            position_ids = default_positions(input_ids, past_length)
-        x = t.wte(input_ids)
-        rope = rotary_tables(position_ids, self.config.d_model // self.config.n_heads, self.config.rope_theta)
-        mask = key_padding_mask(attention_mask, x.dtype)
-        cache = []
-        for i, block in enumerate(t.blocks):
-            x, kv = block(x, rope, mask, past_key_values[i] if past_key_values else None, replace_position)
-            if use_cache:
-                cache.append(kv)
+        x, cache = run_layers(t.blocks, t.wte(input_ids), head_dim=self.config.d_model // self.config.n_heads,
+                              theta=self.config.rope_theta, attention_mask=attention_mask,
+                              position_ids=position_ids, past_key_values=past_key_values,
+                              replace_position=replace_position, use_cache=use_cache)
         x = t.ln_f(x[:, -logits_to_keep:])  # 0 keeps every position
         logits = x @ t.wte.weight.T if self.model.weight_tying else t.ff_out(x)
-        return CausalLMOutputWithPast(logits=logits, past_key_values=cache if use_cache else None)
+        return CausalLMOutputWithPast(logits=logits, past_key_values=cache)
