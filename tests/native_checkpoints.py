@@ -52,6 +52,16 @@ def dream_tokenizer() -> Qwen2Tokenizer:
     return tok
 
 
+def random_tensors(seed: int, dtype: torch.dtype):
+    """`rand(*shape, scale=0.08)`: small seeded random weights in `dtype`."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=0.08):
+        return (torch.randn(*shape, generator=g) * scale).to(dtype)
+
+    return rand
+
+
 def save_sharded(path: Path, tensors: dict[str, torch.Tensor], shards: int = 2) -> None:
     """Safetensors shards plus `model.safetensors.index.json`, as the released checkpoints are stored."""
     names = sorted(tensors)
@@ -74,11 +84,7 @@ def write_llada(path, d=64, heads=4, layers=2, mlp=96, seed=0, dtype=torch.float
     tok = llada_tokenizer()
     tok.save_pretrained(path)
     vocab = len(tok) + 3  # the released embedding is padded past the tokenizer's last id too
-    g = torch.Generator().manual_seed(seed)
-
-    def rand(*shape, scale=0.08):
-        return (torch.randn(*shape, generator=g) * scale).to(dtype)
-
+    rand = random_tensors(seed, dtype)
     t = {"model.transformer.wte.weight": rand(vocab, d, scale=1.0), "model.transformer.ln_f.weight": 1 + rand(d),
          "model.transformer.ff_out.weight": rand(vocab, d)}
     for i in range(layers):
@@ -119,11 +125,7 @@ def write_dream(path, d=64, heads=4, kv_heads=2, layers=2, ffn=96, seed=0, dtype
                    "auto_map": {"AutoTokenizer": ["tokenization_dream.DreamTokenizer", None]}}
     (path / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2))
     vocab, kv = len(tok) + 4, kv_heads * (d // heads)
-    g = torch.Generator().manual_seed(seed)
-
-    def rand(*shape, scale=0.08):
-        return (torch.randn(*shape, generator=g) * scale).to(dtype)
-
+    rand = random_tensors(seed, dtype)
     t = {"model.embed_tokens.weight": rand(vocab, d, scale=1.0), "model.norm.weight": 1 + rand(d),
          "lm_head.weight": rand(vocab, d)}
     for i in range(layers):

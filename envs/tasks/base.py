@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import random
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,29 @@ class Task(ABC):
 def stable_hash(text: str) -> int:
     """A hash that is the same in every process (Python's `hash` is salted per process)."""
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+def hash_split(text: str, test_fraction: float) -> str:
+    """'test' for a stable `test_fraction` share of texts (by content hash), else 'train'."""
+    return "test" if stable_hash(text) % 10_000 < int(test_fraction * 10_000) else "train"
+
+
+def seeded_head(pool: list[Example], n: int, seed: int) -> list[Example]:
+    """Up to `n` of `pool` (all of them when n < 0) in a seed-shuffled order."""
+    pool = list(pool)
+    random.Random(seed).shuffle(pool)
+    return pool if n < 0 else pool[:n]
+
+
+def read_jsonl(path: Path) -> Iterator[tuple[int, object]]:
+    """(line number, parsed object) per non-blank line; a malformed line is a one-line error naming it."""
+    with Path(path).open(encoding="utf-8") as fh:
+        for number, line in enumerate(fh, start=1):
+            if line.strip():
+                try:
+                    yield number, json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}:{number}: malformed JSON ({err.msg})") from None
 
 
 def check_split(split: str) -> None:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import random
 from pathlib import Path
 
-from envs.tasks.base import Example, Task, check_split, stable_hash
+from envs.tasks.base import Example, Task, check_split, hash_split, read_jsonl, seeded_head
 from envs.tasks.verifiers import resolve_verifier
 
 
@@ -28,35 +26,22 @@ class JsonlTask(Task):
         if not self.path.is_file():
             raise FileNotFoundError(f"task.path {str(self.path)!r} does not exist")
         items = []
-        with self.path.open(encoding="utf-8") as fh:
-            for number, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{self.path}:{number}: malformed JSON ({err.msg})") from None
-                if not isinstance(row, dict) or prompt_key not in row or answer_key not in row:
-                    raise ValueError(f"{self.path}:{number}: needs the keys {prompt_key!r} and {answer_key!r}")
-                prompt, answer = row[prompt_key], row[answer_key]
-                if not isinstance(prompt, str) or not isinstance(answer, (str, int, float)):
-                    raise ValueError(f"{self.path}:{number}: {prompt_key!r} must be a string and "
-                                     f"{answer_key!r} a string or number")
-                items.append(Example(id=str(row.get("id", number)), prompt=prompt, answer=str(answer)))
+        for number, row in read_jsonl(self.path):
+            if not isinstance(row, dict) or prompt_key not in row or answer_key not in row:
+                raise ValueError(f"{self.path}:{number}: needs the keys {prompt_key!r} and {answer_key!r}")
+            prompt, answer = row[prompt_key], row[answer_key]
+            if not isinstance(prompt, str) or not isinstance(answer, (str, int, float)):
+                raise ValueError(f"{self.path}:{number}: {prompt_key!r} must be a string and "
+                                 f"{answer_key!r} a string or number")
+            items.append(Example(id=str(row.get("id", number)), prompt=prompt, answer=str(answer)))
         if not items:
             raise ValueError(f"{self.path} holds no examples")
         return items
 
-    def split_of(self, example: Example) -> str:
-        cut = int(self.test_fraction * 10_000)
-        return "test" if stable_hash(example.prompt) % 10_000 < cut else "train"
-
     def examples(self, split: str, n: int, seed: int = 0) -> list[Example]:
         """Up to `n` examples of the split (all of them when n < 0), in a seed-shuffled order."""
         check_split(split)
-        pool = [ex for ex in self.items if self.split_of(ex) == split]
-        random.Random(seed).shuffle(pool)
-        return pool if n < 0 else pool[:n]
+        return seeded_head([ex for ex in self.items if hash_split(ex.prompt, self.test_fraction) == split], n, seed)
 
     def verify(self, completion: str, example: Example) -> bool:
         return bool(self.verifier(completion, example.answer))

@@ -14,12 +14,10 @@ Sources, in order: `task.path` = a directory holding `train.{jsonl,parquet}` and
 
 from __future__ import annotations
 
-import json
-import random
 import re
 from pathlib import Path
 
-from envs.tasks.base import Example, Task, check_split, stable_hash
+from envs.tasks.base import Example, Task, check_split, hash_split, read_jsonl, seeded_head
 from envs.tasks.verifiers import last_number, math_equivalent
 
 ANSWER_FORMAT = "Respond in the following format:\n<reasoning>\n...\n</reasoning>\n<answer>\n...\n</answer>"
@@ -104,15 +102,7 @@ def read_rows(path: Path) -> list[dict]:
         return pq.read_table(path).to_pylist()
     if path.suffix not in (".jsonl", ".json"):
         raise ValueError(f"{path}: use a .jsonl or .parquet file")
-    rows = []
-    with path.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{number}: malformed JSON ({err.msg})") from None
-    return rows
+    return [row for _, row in read_jsonl(path)]
 
 
 def split_file(directory: Path, split: str) -> Path | None:
@@ -158,10 +148,8 @@ class MathWordTask(Task):
             if file is None:
                 raise FileNotFoundError(f"{self.path} has no {split}.jsonl or {split}.parquet")
             return read_rows(file)
-        cut = int(self.test_fraction * 10_000)
         question = SOURCES[self.name][0]
-        return [row for row in read_rows(self.path)
-                if ("test" if stable_hash(str(row.get(question))) % 10_000 < cut else "train") == split]
+        return [row for row in read_rows(self.path) if hash_split(str(row.get(question)), self.test_fraction) == split]
 
     def to_example(self, row: dict, index: int) -> Example:
         question_key = SOURCES[self.name][0]
@@ -181,9 +169,7 @@ class MathWordTask(Task):
         check_split(split)
         if split not in self._cache:
             self._cache[split] = [self.to_example(row, i) for i, row in enumerate(self.rows(split))]
-        pool = list(self._cache[split])
-        random.Random(seed).shuffle(pool)
-        return pool if n < 0 else pool[:n]
+        return seeded_head(self._cache[split], n, seed)
 
     def verify(self, completion: str, example: Example) -> bool:
         check = gsm8k_correct if self.name == "gsm8k" else math_correct
@@ -205,9 +191,7 @@ class MixedMathTask(Task):
                       for name in ("gsm8k", "math500")}
 
     def examples(self, split: str, n: int, seed: int = 0) -> list[Example]:
-        pool = [ex for part in self.parts.values() for ex in part.examples(split, -1, seed)]
-        random.Random(seed).shuffle(pool)
-        return pool if n < 0 else pool[:n]
+        return seeded_head([ex for part in self.parts.values() for ex in part.examples(split, -1, seed)], n, seed)
 
     def verify(self, completion: str, example: Example) -> bool:
         return self.parts[example.meta["source"]].verify(completion, example)
