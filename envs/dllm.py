@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import (
@@ -18,6 +19,9 @@ from transformers import (
     ModernBertConfig,
     ModernBertForMaskedLM,
 )
+
+if TYPE_CHECKING:  # envs.config imports this module
+    from envs.config import EnvConfig
 
 BUILTIN_MODEL_DIR = Path(__file__).parent / "builtin_model"
 BUILTIN_NAMES = ("builtin", "")
@@ -84,6 +88,11 @@ def layout_batch(
     return ids, attn
 
 
+def real_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that count only real tokens: left padding does not shift a prompt's positions."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
 class DLLM:
     """A frozen masked diffusion LM seen as a function from token ids to per-position logits."""
 
@@ -127,8 +136,7 @@ class DLLM:
         only (native models then skip the vocabulary projection of the prompt)."""
         kwargs = {}
         if self._takes_position_ids:
-            # Left padding must not shift absolute positions: count only real tokens.
-            kwargs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+            kwargs["position_ids"] = real_positions(attention_mask)
         kwargs |= self._keep(last)
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
         return self._align(out, last)
@@ -149,9 +157,8 @@ class DLLM:
                          ) -> tuple[torch.Tensor, list]:
         """A full forward (exactly `logits`) that also returns every layer's keys/values of every position,
         for `logits_with_cache` to reuse until the next refresh."""
-        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                         use_cache=True, **self._keep(last))
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                         position_ids=real_positions(attention_mask), use_cache=True, **self._keep(last))
         return self._align(out.logits, last), out.past_key_values
 
     @torch.no_grad()
@@ -166,7 +173,7 @@ class DLLM:
         start-1, so for Dream the fed part begins one position earlier."""
         first = start - 1 if self.logit_shift else start
         stop = input_ids.shape[1] if end is None else end
-        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, first:stop]
+        positions = real_positions(attention_mask)[:, first:stop]
         if end is None:
             out = self.model(input_ids=input_ids[:, first:], attention_mask=attention_mask, position_ids=positions,
                              past_key_values=[(k[:, :, :first], v[:, :, :first]) for k, v in cache]).logits
@@ -203,6 +210,13 @@ def is_local_path(path: str) -> bool:
 
 def resolve_model_path(model: str) -> str:
     return str(BUILTIN_MODEL_DIR) if model in BUILTIN_NAMES else model
+
+
+def load_env_dllm(model: str, env: EnvConfig, *, trust_remote_code: bool = False, device: str = "") -> DLLM:
+    """`load_dllm` with the placement, precision and prompt settings of an `env` config (`device`
+    overrides `env.device`, e.g. the GPU Ray gave an env runner)."""
+    return load_dllm(model, device=device or env.device, dtype=env.dtype, trust_remote_code=trust_remote_code,
+                     chat_template=env.chat_template, device_map=env.device_map)
 
 
 def load_dllm(model: str = "builtin", *, device: str = "cpu", dtype: str = "float32",

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from envs.confidence import Prediction, predict
+from envs.config import EnvConfig
 from envs.dllm import DLLM, layout_batch
 
 KV_CACHES = ("none", "prefix", "dual")
@@ -76,6 +77,10 @@ class UnmaskingEnv:
         self.kv_cache = kv_cache
         self.max_block_steps = max_block_steps or block_length
         self.generator = torch.Generator(device=dllm.device).manual_seed(seed)
+
+    @classmethod
+    def from_config(cls, dllm: DLLM, env: EnvConfig, seed: int = 0) -> UnmaskingEnv:
+        return cls(dllm, env.gen_length, env.block_length, env.temperature, seed=seed, kv_cache=env.kv_cache)
 
     # ---- episode -------------------------------------------------------------------------------
     def reset(self, prompts: list[list[int]]) -> Observation:

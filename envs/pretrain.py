@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from envs.config import PretrainConfig
-from envs.dllm import layout_batch, new_builtin_model
+from envs.dllm import layout_batch, new_builtin_model, real_positions
 from envs.files import replace_dir
 from envs.tasks import Task, make_task
 from envs.tokenizer import build_char_tokenizer
@@ -65,8 +65,7 @@ def masked_diffusion_loss(model, ids: torch.Tensor, attn: torch.Tensor, canvas: 
     t = (min_t + (1 - min_t) * u)[:, None]
     masked = canvas & (torch.rand(ids.shape, generator=generator) < t)
     noisy = torch.where(masked, torch.full_like(ids, mask_id), ids)
-    position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=noisy, attention_mask=attn, position_ids=position_ids).logits
+    logits = model(input_ids=noisy, attention_mask=attn, position_ids=real_positions(attn)).logits
     ce = F.cross_entropy(logits[masked], ids[masked], reduction="none")
     weights = (1.0 / t).expand_as(ids)[masked]
     return (ce * weights).sum() / (batch * gen_length)

@@ -22,7 +22,7 @@ from ray.rllib.utils.checkpoints import Checkpointable
 from ray.rllib.utils.metrics import WEIGHTS_SEQ_NO
 
 from envs.config import SamplerConfig
-from envs.dllm import load_dllm
+from envs.dllm import load_env_dllm
 from envs.mdp import UnmaskingEnv
 from envs.tasks import make_task
 from learner.module import grpo_config
@@ -65,12 +65,10 @@ class DLLMEnvRunner(EnvRunner, Checkpointable):
             if not torch.cuda.is_available():
                 raise RuntimeError("num_gpus_per_env_runner > 0 but this env runner sees no CUDA device")
             device = "cuda"
-        self.dllm = load_dllm(s.model, device=device, dtype=s.env.dtype, trust_remote_code=s.trust_remote_code,
-                              chat_template=s.env.chat_template, device_map=s.env.device_map)
+        self.dllm = load_env_dllm(s.model, s.env, trust_remote_code=s.trust_remote_code, device=device)
         self.module.to(self.dllm.device)
         seed = s.seed * 1000 + self.worker_index
-        self.env = UnmaskingEnv(self.dllm, s.env.gen_length, s.env.block_length, s.env.temperature, seed=seed,
-                                kv_cache=s.env.kv_cache)
+        self.env = UnmaskingEnv.from_config(self.dllm, s.env, seed=seed)
         self.task = make_task(s.task)
         self.pool = self.task.examples("train", s.train_pool, seed=s.seed)
         if not self.pool:

@@ -68,8 +68,7 @@ def check_examples(dllm: DLLM, examples: list[Example], env_cfg: EnvConfig, spli
 def run_episodes(dllm: DLLM, task: Task, examples: list[Example], sampler: Sampler, env_cfg: EnvConfig,
                  seed: int = 0, progress: bool = False) -> list[Episode]:
     check_examples(dllm, examples, env_cfg, response_prefix=task.response_prefix)
-    env = UnmaskingEnv(dllm, env_cfg.gen_length, env_cfg.block_length, env_cfg.temperature, seed=seed,
-                       kv_cache=env_cfg.kv_cache)
+    env = UnmaskingEnv.from_config(dllm, env_cfg, seed=seed)
     episodes: list[Episode] = []
     bar = tqdm(total=len(examples), desc=sampler.describe(), disable=not progress, leave=False)
     for start in range(0, len(examples), env_cfg.batch_size):
@@ -102,15 +101,13 @@ def summarize(episodes: list[Episode], gen_length: int) -> dict:
 
 def evaluate(cfg: EvalConfig, dllm: DLLM | None = None) -> dict:
     """Accuracy, mean NFE and tokens per step of one sampler on `num_examples` prompts."""
-    from envs.dllm import load_dllm
+    from envs.dllm import load_env_dllm
 
     torch.manual_seed(cfg.seed)
     task = make_task(cfg.task)
     check_lengths(cfg.env.gen_length, cfg.env.block_length)
     if dllm is None:
-        dllm = load_dllm(cfg.model, device=cfg.env.device, dtype=cfg.env.dtype,
-                         trust_remote_code=cfg.trust_remote_code, chat_template=cfg.env.chat_template,
-                         device_map=cfg.env.device_map)
+        dllm = load_env_dllm(cfg.model, cfg.env, trust_remote_code=cfg.trust_remote_code)
     sampler = make_sampler(cfg.sampler, torch.Generator(device=dllm.device).manual_seed(cfg.seed))
     examples = task.examples(cfg.split, cfg.num_examples, seed=cfg.seed)
     start = time.perf_counter()

@@ -9,7 +9,7 @@ import torch
 from tqdm import tqdm
 
 from envs.config import EnvConfig, SamplerConfig, TaskConfig
-from envs.dllm import load_dllm
+from envs.dllm import load_env_dllm
 from envs.samplers import make_sampler
 from envs.tasks import make_task
 from learner import sampler as _policy_sampler  # noqa: F401  registers sampler=policy for `policies`
@@ -51,9 +51,7 @@ def default_grid(gen_length: int, num_blocks: int, size: str = "default") -> lis
 def run_pareto(cfg: ParetoConfig, dllm=None) -> list[dict]:
     """One row per (block length, sampler setting)."""
     task = make_task(cfg.task)
-    dllm = dllm or load_dllm(cfg.model, device=cfg.env.device, dtype=cfg.env.dtype,
-                             trust_remote_code=cfg.trust_remote_code, chat_template=cfg.env.chat_template,
-                             device_map=cfg.env.device_map)
+    dllm = dllm or load_env_dllm(cfg.model, cfg.env, trust_remote_code=cfg.trust_remote_code)
     examples = task.examples(cfg.split, cfg.num_examples, seed=cfg.seed)
     jobs = []
     block_lengths = sorted(set(cfg.block_lengths) | {cfg.env.gen_length})
