@@ -22,67 +22,27 @@ import time
 from pathlib import Path
 
 import torch
+from common import random_checkpoint, random_prompts, synchronize, timed_decode
 
 DEFAULTS = {"layers": "16", "d_model": "2048", "vocab": "126464", "device": "cuda", "dtype": "bfloat16",
             "gen_length": "256", "block_length": "32", "batch": "16", "prompt_tokens": "160", "steps": "64",
             "train_iterations": "5", "out": "docs/results/gpu-validation.md"}
 
 
-def build_model(out: str, layers: int, d_model: int, vocab: int) -> str:
-    """An LLaDA-shaped checkpoint with a character tokenizer padded to the full vocabulary (every id
-    decodes, as every id of the real tokenizer does)."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    from envs.models import LLaDAConfig, LLaDAModelLM
-
-    specials = ["<|endoftext|>", "<|mdm_mask|>"]
-    chars = [chr(c) for c in range(32, 127)]
-    table = {t: i for i, t in enumerate(specials + chars)}
-    table |= {f"<t{i}>": i for i in range(len(table), vocab)}
-    backend = Tokenizer(models.WordLevel(table, unk_token="<|endoftext|>"))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    backend.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=specials[0], pad_token=specials[0],
-                                  mask_token=specials[1])
-    heads = max(1, d_model // 128)
-    config = LLaDAConfig(d_model=d_model, n_heads=heads, n_kv_heads=heads, n_layers=layers,
-                         mlp_hidden_size=int(d_model * 3), vocab_size=vocab, embedding_size=vocab,
-                         mask_token_id=1, eos_token_id=0, pad_token_id=0)
-    with torch.device("cpu"):
-        LLaDAModelLM(config).to(torch.bfloat16).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
-def synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def decode_figures(dllm, a: dict) -> list[tuple[str, str]]:
     """Env throughput without and with the caches, and the policy's share of a policy-driven step."""
     from envs.config import SamplerConfig
     from envs.mdp import UnmaskingEnv
-    from envs.samplers import make_sampler
     from learner.policy import UnmaskingPolicy
     from learner.sampler import PolicySampler
 
     L, BL, batch, steps = int(a["gen_length"]), int(a["block_length"]), int(a["batch"]), int(a["steps"])
-    g = torch.Generator().manual_seed(0)
-    prompts = [torch.randint(2, 97, (int(a["prompt_tokens"]),), generator=g).tolist() for _ in range(batch)]
+    prompts = random_prompts(batch, int(a["prompt_tokens"]))
     rows = []
     for cache in ("none", "prefix", "dual"):
-        env = UnmaskingEnv(dllm, L, BL, kv_cache=cache)
-        sampler = make_sampler(SamplerConfig(name="top_k", steps=steps))
-        for _pass in ("warm-up", "timed"):  # the first pass warms up kernels and the allocator
-            synchronize(a["device"])
-            start = time.perf_counter()
-            obs = env.reset(prompts)
-            while not env.done:
-                obs = env.step(sampler.select(obs))
-            synchronize(a["device"])
-        seconds, nfe = time.perf_counter() - start, int(env.nfe.sum())
+        timed_decode(dllm, prompts, L, BL, steps, cache)  # warms up kernels and the allocator
+        seconds, env = timed_decode(dllm, prompts, L, BL, steps, cache)
+        nfe = int(env.nfe.sum())
         rows.append((f"decode kv_cache={cache}, top_k {L // steps if steps else 1} tokens/step",
                      f"{batch * L / seconds:,.0f} tokens/s, {nfe / seconds:,.1f} NFE/s, "
                      f"{seconds / max(1, int(env.nfe.max())) * 1000:,.1f} ms per env step"))
@@ -137,7 +97,9 @@ def main(argv: list[str]) -> None:
     from envs.dllm import load_dllm
 
     with tempfile.TemporaryDirectory() as tmp:
-        model = build_model(str(Path(tmp) / "llada"), int(a["layers"]), int(a["d_model"]), int(a["vocab"]))
+        d_model = int(a["d_model"])
+        model = random_checkpoint(str(Path(tmp) / "llada"), "llada", int(a["layers"]), d_model, int(a["vocab"]),
+                                  head_dim=128, mlp_hidden=3 * d_model, dtype=torch.bfloat16)
         dllm = load_dllm(model, device=a["device"], dtype=a["dtype"], chat_template="off")
         params = sum(p.numel() for p in dllm.model.parameters())
         device_name = torch.cuda.get_device_name() if a["device"].startswith("cuda") else "CPU"
