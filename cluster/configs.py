@@ -110,13 +110,12 @@ def resume_config(schema: type, args: list[str], command: str) -> Any:
     except Exception as err:  # noqa: BLE001 - any unreadable YAML is the same one-line error
         raise ConfigError(f"resume={cfg.resume}: config.yaml is unreadable ({str(err).splitlines()[0]})") from None
     others = [a for a in args if not a.startswith("resume=")]
-    saved = to_dict(parse(schema, [], command, base=saved_yaml))
-    asked = to_dict(parse(schema, others, command, base=saved_yaml))
-    for key, value in _flat(asked).items():
-        if key not in ("resume", "ray_address") and _flat(saved).get(key) != value:
-            raise ConfigError(f"resume={cfg.resume} was started with {key}={_flat(saved).get(key)!r}, not {value!r}: "
-                              "a run resumes with its own config")
+    saved = _flat(to_dict(parse(schema, [], command, base=saved_yaml)))
     resumed = parse(schema, others, command, base=saved_yaml)
+    for key, value in _flat(to_dict(resumed)).items():
+        if key not in ("resume", "ray_address") and saved.get(key) != value:
+            raise ConfigError(f"resume={cfg.resume} was started with {key}={saved.get(key)!r}, not {value!r}: "
+                              "a run resumes with its own config")
     resumed.resume, resumed.run_dir = str(run_dir), str(run_dir)
     return resumed
 

@@ -126,16 +126,14 @@ def connect_ray(cfg: TrainConfig, concurrent_runs: int) -> None:
     needed_gpus = cfg.num_env_runners * cfg.num_gpus_per_env_runner * concurrent_runs
     if address:
         check_reachable(address)
-    if ray.is_initialized():
-        pass
-    elif address:
-        try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
-        except (ConnectionError, RuntimeError, ValueError) as err:
-            raise RuntimeError(f"cannot reach the Ray cluster at {address!r}: {str(err).strip().splitlines()[0]}"
-                               ) from None
-        return  # a cluster may autoscale: no resource check
-    else:
+    if not ray.is_initialized():
+        if address:
+            try:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            except (ConnectionError, RuntimeError, ValueError) as err:
+                raise RuntimeError(f"cannot reach the Ray cluster at {address!r}: "
+                                   f"{str(err).strip().splitlines()[0]}") from None
+            return  # a cluster may autoscale: no resource check
         ray.init(num_cpus=max(os.cpu_count() or 1, int(needed_cpus + 0.999)), include_dashboard=False,
                  log_to_driver=False)
     have = ray.cluster_resources()
