@@ -109,7 +109,7 @@ def sweep(cfg: SweepConfig) -> dict:
 
     from cluster.algorithm import UnmaskGRPO
     from cluster.configs import to_yaml
-    from cluster.train import ProgressPrinter
+    from cluster.train import ProgressPrinter, tune_run_config
 
     if cfg.eval_examples < 1 or cfg.max_concurrent_trials < 1:
         raise ValueError("a sweep needs eval_examples >= 1 (its report) and max_concurrent_trials >= 1")
@@ -135,17 +135,11 @@ def sweep(cfg: SweepConfig) -> dict:
 
     printer = ProgressPrinter()
     printer.label_trials = True
-    run_config = tune.RunConfig(
-        storage_path=str(run_dir), name="tune", verbose=0, callbacks=[printer],
-        stop={"training_iteration": cfg.max_iterations, "time_total_s": cfg.max_minutes * 60},
-        checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=cfg.checkpoint_every, checkpoint_at_end=True,
-                                                num_to_keep=2),
-    )
     if cfg.resume:
         tuner = tune.Tuner.restore(str(run_dir / "tune"), trainable=UnmaskGRPO, resume_unfinished=True,
                                    resume_errored=False, restart_errored=False)
     else:
-        tuner = tune.Tuner(UnmaskGRPO, param_space=param_space(cfg, axes), run_config=run_config,
+        tuner = tune.Tuner(UnmaskGRPO, param_space=param_space(cfg, axes), run_config=tune_run_config(cfg, printer),
                            tune_config=tune.TuneConfig(max_concurrent_trials=cfg.max_concurrent_trials))
     results = tuner.fit()
     # the config each trial was given, also for trials that died before reporting one (Tune keeps it on the

@@ -142,6 +142,18 @@ def connect_ray(cfg: TrainConfig, concurrent_runs: int) -> None:
                          f"needs {needed_cpus:g} CPUs and {needed_gpus:g} GPUs")
 
 
+def tune_run_config(cfg: TrainConfig, printer: object):
+    """Where Tune keeps a run (run_dir/tune), when it stops, and how often it checkpoints."""
+    from ray import tune
+
+    return tune.RunConfig(
+        storage_path=cfg.run_dir, name="tune", verbose=0, callbacks=[printer],
+        stop={"training_iteration": cfg.max_iterations, "time_total_s": cfg.max_minutes * 60},
+        checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=cfg.checkpoint_every, checkpoint_at_end=True,
+                                                num_to_keep=2),
+    )
+
+
 def train(cfg: TrainConfig) -> dict:
     """Run GRPO with Tune in `run_dir`; returns the final eval (or the last metrics when eval is off)."""
     from ray import tune
@@ -168,16 +180,8 @@ def train(cfg: TrainConfig) -> dict:
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(run_dir / "config.yaml", to_yaml(cfg))
-        tuner = tune.Tuner(
-            UnmaskGRPO,
-            param_space=algorithm_config(cfg, run_id),
-            run_config=tune.RunConfig(
-                storage_path=str(run_dir), name="tune", verbose=0, callbacks=[ProgressPrinter()],
-                stop={"training_iteration": cfg.max_iterations, "time_total_s": cfg.max_minutes * 60},
-                checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=cfg.checkpoint_every,
-                                                        checkpoint_at_end=True, num_to_keep=2),
-            ),
-        )
+        tuner = tune.Tuner(UnmaskGRPO, param_space=algorithm_config(cfg, run_id),
+                           run_config=tune_run_config(cfg, ProgressPrinter()))
     with sigterm_as_interrupt():
         results = tuner.fit()
     if results.errors:
