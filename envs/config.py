@@ -66,4 +66,8 @@ class PretrainConfig:
     num_threads: int = 0  # torch threads; 0 = all cores
     log_every: int = 100
     init_from: str = ""  # continue training a saved dLLM (its tokenizer and shape are kept)
+    # when init_from's context is too short for the task: where its position table grows. -1 appends the new
+    # rows; an index inserts them there (cycles 7 -> 10 letters: 7, so `?`, start letter and canvas keep the
+    # positions they were trained at and only the new image slots are new)
+    grow_positions_at: int = -1
     save_every_minutes: float = 10.0  # also save partial checkpoints (atomically) this often; 0 = never

@@ -71,6 +71,34 @@ def masked_diffusion_loss(model, ids: torch.Tensor, attn: torch.Tensor, canvas: 
     return (ce * weights).sum() / (batch * gen_length)
 
 
+def grow_positions(model, context: int, at: int = -1) -> None:
+    """Give a saved model a longer context: insert `context - old` learned position rows at index `at`
+    (-1: at the end). Rows after `at` move up with their learned values, so a task whose prompt grew in
+    the middle keeps everything after the insertion where the model learned it. New rows start as the
+    row before them plus small noise (they must become distinguishable from it)."""
+    embeddings = getattr(model.base_model, "embeddings", None)
+    table = getattr(embeddings, "position_embeddings", None)
+    if not isinstance(table, torch.nn.Embedding):
+        raise ValueError(f"init_from model ({model.config.model_type}) has no learned position table to grow; "
+                         "pretrain a new model for this task instead")
+    old = table.num_embeddings
+    at = old if at < 0 else at
+    if not 1 <= at <= old:
+        raise ValueError(f"grow_positions_at must be -1 or in 1..{old}, got {at}")
+    weight = table.weight.data
+    new_rows = weight[at - 1].expand(context - old, -1).clone()
+    new_rows += 0.02 * torch.randn_like(new_rows)
+    grown = torch.nn.Embedding(context, weight.shape[1])
+    grown.weight.data = torch.cat([weight[:at], new_rows, weight[at:]])
+    embeddings.position_embeddings = grown
+    for name in ("position_ids", "token_type_ids"):
+        if hasattr(embeddings, name):
+            buffer = getattr(embeddings, name)
+            embeddings.register_buffer(name, torch.zeros(1, context, dtype=buffer.dtype) if name == "token_type_ids"
+                                       else torch.arange(context).unsqueeze(0), persistent=False)
+    model.config.max_position_embeddings = context
+
+
 def pretrain(cfg: PretrainConfig) -> dict:
     """Train and save a built-in-size dLLM (HF format, safetensors) with its tokenizer to `cfg.out`."""
     if cfg.num_threads:
@@ -100,8 +128,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
         if model.get_input_embeddings().num_embeddings < len(tokenizer):
             model.resize_token_embeddings(len(tokenizer))
         if model.config.max_position_embeddings < longest_prompt + cfg.gen_length:
-            raise ValueError(f"init_from model's context ({model.config.max_position_embeddings}) is shorter than "
-                             f"prompt + gen_length ({longest_prompt + cfg.gen_length})")
+            grow_positions(model, longest_prompt + cfg.gen_length, cfg.grow_positions_at)
     else:
         model = new_builtin_model(len(tokenizer), longest_prompt + cfg.gen_length, cfg.size, ids_of)
     model.train()

@@ -8,7 +8,7 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from envs.config import PretrainConfig, TaskConfig
 from envs.dllm import ModelSize, load_dllm, new_builtin_model
-from envs.pretrain import masked_diffusion_loss, pretrain
+from envs.pretrain import grow_positions, masked_diffusion_loss, pretrain
 from tests.conftest import TINY
 
 
@@ -70,6 +70,13 @@ def test_pretrain_on_jsonl_saves_a_loadable_model_and_learns(tmp_path):
     assert model.get_input_embeddings().num_embeddings == len(tok) + 1
     assert load_dllm(str(tmp_path / "grown")).model(torch.tensor([[vocab["!"]] * 3])).logits.shape[-1] == len(tok) + 1
 
+    # longer prompts than the saved context: the position table grows (rows inserted at grow_positions_at)
+    data.write_text("\n".join(json.dumps({"prompt": "xy" + r["prompt"], "answer": r["answer"]}) for r in rows) + "\n")
+    longer = PretrainConfig(**{**more.__dict__, "out": str(tmp_path / "longer"), "grow_positions_at": 1})
+    pretrain(longer)
+    assert AutoModelForMaskedLM.from_pretrained(tmp_path / "longer").config.max_position_embeddings == 6 + 6
+    assert json.loads((tmp_path / "longer" / "pretrain.json").read_text())["config"]["grow_positions_at"] == 1
+
 
 def test_pretrain_rejects_answers_longer_than_the_canvas(tmp_path):
     data = tmp_path / "long.jsonl"
@@ -78,3 +85,21 @@ def test_pretrain_rejects_answers_longer_than_the_canvas(tmp_path):
                          out=str(tmp_path / "m"), gen_length=8, size=TINY, max_steps=1)
     with pytest.raises(ValueError, match="too short"):
         pretrain(cfg)
+
+
+def test_grow_positions_inserts_rows_and_keeps_the_learned_ones_where_they_were():
+    torch.manual_seed(0)
+    model = new_builtin_model(8, 10, ModelSize(hidden_size=16, num_layers=1, num_heads=2, ffn_size=16),
+                              {"pad": 0, "mask": 1, "eos": 2})
+    old = model.base_model.embeddings.position_embeddings.weight.detach().clone()
+    grow_positions(model, 13, at=4)  # a prompt that grew by 3 tokens in front of index 4
+    new = model.base_model.embeddings.position_embeddings.weight.detach()
+    assert new.shape == (13, 16) and model.config.max_position_embeddings == 13
+    assert torch.equal(new[:4], old[:4]) and torch.equal(new[7:], old[4:])  # rows after the insert moved up
+    assert (new[4:7] - old[3]).abs().max() < 0.2 and not torch.equal(new[4], new[5])  # near their neighbour
+    ids = torch.randint(3, 8, (2, 13))
+    assert model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.shape == (2, 13, 8)
+    grow_positions(model, 15)  # -1: appended at the end
+    assert torch.equal(model.base_model.embeddings.position_embeddings.weight[:13], new)
+    with pytest.raises(ValueError, match="grow_positions_at"):
+        grow_positions(model, 20, at=99)
