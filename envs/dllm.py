@@ -121,7 +121,13 @@ class DLLM:
         if self.chat_template:
             prompts = [self.tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
                                                           add_generation_prompt=True) for p in prompts]
-        return [self.tokenizer(p + response_prefix, add_special_tokens=False)["input_ids"] for p in prompts]
+        encoded = [self.tokenizer(p + response_prefix, add_special_tokens=False)["input_ids"] for p in prompts]
+        unk = self.tokenizer.unk_token_id
+        for prompt, ids in zip(prompts, encoded, strict=True):
+            if unk is not None and unk in ids:  # the model would silently see only part of the prompt
+                raise ValueError(f"prompt {prompt[:40]!r} has text the model's tokenizer cannot represent "
+                                 f"({self.tokenizer.unk_token}): is the task the one this model was made for?")
+        return encoded
 
     def decode_answer(self, ids: list[int]) -> str:
         """The answer text: everything before the first EOS (LLaDA's convention; instruct models also stop

@@ -69,6 +69,13 @@ def test_context_overflow_and_malformed_jsonl(tiny_model_dir, tmp_path, capsys):
     assert "bad.jsonl:2: malformed JSON" in err and len(err.splitlines()) == 1
 
 
+def test_prompt_the_tokenizer_cannot_represent_is_an_error(capsys):
+    # the built-in model knows the letters a-g: an 8-letter task would feed it [UNK] for every `h`
+    assert main(["eval", "task.num_symbols=8", "env.gen_length=16", "num_examples=5", "progress=false"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot represent ([UNK])" in err and len(err.splitlines()) == 1
+
+
 def test_failed_eval_keeps_the_previous_result_file(tiny_model_dir, tmp_path):
     out = tmp_path / "e.json"
     out.write_text('{"previous": true}\n')
