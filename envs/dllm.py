@@ -121,12 +121,15 @@ class DLLM:
         if self.chat_template:
             prompts = [self.tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
                                                           add_generation_prompt=True) for p in prompts]
-        encoded = [self.tokenizer(p + response_prefix, add_special_tokens=False)["input_ids"] for p in prompts]
-        unk = self.tokenizer.unk_token_id
-        for prompt, ids in zip(prompts, encoded, strict=True):
-            if unk is not None and unk in ids:  # the model would silently see only part of the prompt
-                raise ValueError(f"prompt {prompt[:40]!r} has text the model's tokenizer cannot represent "
-                                 f"({self.tokenizer.unk_token}): is the task the one this model was made for?")
+        texts = [p + response_prefix for p in prompts]
+        encoded = [self.tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+        unk, unk_text = self.tokenizer.unk_token_id, self.tokenizer.unk_token
+        for text, ids in zip(texts, encoded, strict=True):
+            # more unknown-token ids than the text spells out literally (some tokenizers reuse a real special
+            # token such as <|endoftext|> as unk): the model would silently see only part of the prompt
+            if unk is not None and ids.count(unk) > text.count(unk_text):
+                raise ValueError(f"prompt {text[:40]!r} has text the model's tokenizer cannot represent "
+                                 f"({unk_text}): is the task the one this model was made for?")
         return encoded
 
     def decode_answer(self, ids: list[int]) -> str:

@@ -173,3 +173,10 @@ def test_predict_in_row_chunks_equals_one_pass(monkeypatch):
     chunked = predict(logits, mask_id=6)
     for name in ("tokens", "token_prob", "confidence", "margin", "entropy"):
         assert torch.equal(getattr(chunked, name), getattr(whole, name)), name
+
+
+def test_prompts_with_text_the_tokenizer_cannot_represent_are_refused():
+    dllm = load_dllm("builtin")  # knows the letters a-g
+    assert dllm.encode_prompts(["ab[UNK]?a"]) == [[7, 8, dllm.tokenizer.unk_token_id, 6, 7]]  # spelled out: fine
+    with pytest.raises(ValueError, match="cannot represent"):
+        dllm.encode_prompts(["abh?a"])
