@@ -10,7 +10,7 @@ from envs.dllm import ModelSize
 @dataclass
 class TaskConfig:
     name: str = "cycles"  # cycles | jsonl | gsm8k | math500 | gsm8k_math (the paper's training mixture)
-    num_symbols: int = 7  # cycles: permutation size; answers are 3..num_symbols+2 tokens
+    num_symbols: int = 10  # cycles: permutation size; answers are 3..num_symbols+2 tokens, +1 per `,`
     directions: str = "forward"  # cycles: forward | backward | both: the direction marks the data uses
     separator_prob: float = 0.5  # cycles: a `,` between two answer letters with this probability (free phrasing)
     pretrain_length_decay: float = 1.0  # cycles: pretraining keeps cycle length k w.p. decay^(k-1); 1 = natural

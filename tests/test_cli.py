@@ -70,8 +70,8 @@ def test_context_overflow_and_malformed_jsonl(tiny_model_dir, tmp_path, capsys):
 
 
 def test_prompt_the_tokenizer_cannot_represent_is_an_error(capsys):
-    # the built-in model knows the letters a-g: an 8-letter task would feed it [UNK] for every `h`
-    assert main(["eval", "task.num_symbols=8", "env.gen_length=16", "num_examples=5", "progress=false"]) == 2
+    # the built-in model knows the letters a-j: a 12-letter task would feed it [UNK] for every `k`, `l`
+    assert main(["eval", "task.num_symbols=12", "env.gen_length=16", "num_examples=5", "progress=false"]) == 2
     err = capsys.readouterr().err.strip()
     assert "cannot represent ([UNK])" in err and len(err.splitlines()) == 1
 

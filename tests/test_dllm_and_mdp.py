@@ -176,7 +176,7 @@ def test_predict_in_row_chunks_equals_one_pass(monkeypatch):
 
 
 def test_prompts_with_text_the_tokenizer_cannot_represent_are_refused():
-    dllm = load_dllm("builtin")  # knows the letters a-g
+    dllm = load_dllm("builtin")  # knows the letters a-j
     assert dllm.encode_prompts(["ab[UNK]?a"]) == [[7, 8, dllm.tokenizer.unk_token_id, 6, 7]]  # spelled out: fine
     with pytest.raises(ValueError, match="cannot represent"):
-        dllm.encode_prompts(["abh?a"])
+        dllm.encode_prompts(["abk?a"])

@@ -6,16 +6,17 @@ then EOS padding. With `>` each next letter is f(previous), with `<` it is f^-1(
 directions always verify; `directions` says which ones the data uses (`both`: the first answer token is
 a 50/50 choice, as free phrasing is in natural language; `forward`: always `>`).
 
-    prompt  "cadbgfe?b"      (f(a)=c, f(b)=a, f(c)=d, f(d)=b, ...)
-    answers ">bacdb" or "<bdcab"
+    prompt  "cadbgfehji?b"   (f(a)=c, f(b)=a, f(c)=d, f(d)=b, ...)
+    answers ">bacdb", ">b,a,cd,b", ... or "<bdcab"
 
 Why order can matter (shared/research/tiny-dllm-prototype.md):
 - Each letter needs the previous one (pointer chasing): a shallow bidirectional model cannot write
   the k-th letter before the (k-1)-th.
 - The cycle length of s (uniform on 1..num_symbols in the test split) cannot be seen without tracing
-  the cycle, so the model's EOS confidence at a position is a length guess. `pretrain_length_decay` < 1
-  skews the dLLM's pretraining data towards short cycles, as chat SFT data skews towards short answers,
-  which makes those guesses over-confident: the LLaDA failure of EOS committed early. RL prompts and
+  the cycle, so the model's EOS confidence at a position is a length guess. In full diffusion the
+  EOS padding is committed first and creeps left past where the answer should end (LLaDA's failure):
+  the built-in 10-letter model loses ~24 points that way. `pretrain_length_decay` < 1 skews the dLLM's
+  pretraining data towards short cycles, as chat SFT data skews towards short answers. RL prompts and
   the test split keep the natural distribution (k uniform).
 """
 
@@ -33,7 +34,7 @@ TEST_FRACTION_PER_MILLE = 50  # 5% of all (permutation, start) pairs belong to t
 class CycleTask(Task):
     name = "cycles"
 
-    def __init__(self, num_symbols: int = 7, pretrain_length_decay: float = 1.0, directions: str = "both",
+    def __init__(self, num_symbols: int = 10, pretrain_length_decay: float = 1.0, directions: str = "both",
                  separator_prob: float = 0.0):
         if not 2 <= num_symbols <= 26:
             raise ValueError(f"task.num_symbols must be in 2..26, got {num_symbols}")
