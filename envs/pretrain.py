@@ -91,11 +91,11 @@ def grow_positions(model, context: int, at: int = -1) -> None:
     grown = torch.nn.Embedding(context, weight.shape[1])
     grown.weight.data = torch.cat([weight[:at], new_rows, weight[at:]])
     embeddings.position_embeddings = grown
-    for name in ("position_ids", "token_type_ids"):
-        if hasattr(embeddings, name):
-            buffer = getattr(embeddings, name)
-            embeddings.register_buffer(name, torch.zeros(1, context, dtype=buffer.dtype) if name == "token_type_ids"
-                                       else torch.arange(context).unsqueeze(0), persistent=False)
+    # BERT's non-persistent id buffers are sized to the old context
+    if hasattr(embeddings, "position_ids"):
+        embeddings.register_buffer("position_ids", torch.arange(context).unsqueeze(0), persistent=False)
+    if hasattr(embeddings, "token_type_ids"):
+        embeddings.register_buffer("token_type_ids", torch.zeros(1, context, dtype=torch.long), persistent=False)
     model.config.max_position_embeddings = context
 
 
