@@ -1,69 +1,210 @@
 """UnmaskGRPO: the RLlib Algorithm that wires dLLM env runners (rollout/) to the GRPO learner (learner/).
 
-One training iteration = one GRPO update:
-  1. gather complete groups from the env runners until `groups_per_update` fresh ones are buffered.
-     With `max_policy_lag` > 0 runners sample asynchronously (they never stop for the learner); groups
-     whose policy version lags the learner by more than `max_policy_lag` are dropped. With 0 the loop
-     is on-policy: runners sample after each update, with its weights.
-  2. advantages over whole groups (R - group mean), then `grpo.num_updates` optimiser steps on the batch
-     (a batch whose advantages are all ~0 is skipped, as in the paper's code);
-  3. push the new weights (version + 1) to the state server, where runners pull them;
-  4. write this iteration's trajectories, one Parquet file per env runner, and the policy checkpoint.
+One training iteration = one GRPO update, in three phases (`training_step`):
+  collect  gather complete groups from the env runners until `groups_per_update` usable ones arrived. With
+           `max_policy_lag` > 0 runners sample asynchronously (they never stop for the learner); groups whose
+           policy version lags the learner by more than `max_policy_lag` are dropped. With 0 the loop is
+           on-policy: runners sample after each update, with its weights.
+  update   advantages over whole groups (R - group mean), `grpo.num_updates` optimiser steps on the batch (a
+           batch whose advantages are all ~0 is skipped, as in the paper's code), then the new weights
+           (version + 1) go to the state server, where runners pull them.
+  report   this iteration's trajectories (one Parquet file per env runner), the policy checkpoint, metrics.
+
+Iterations count from 1, as Tune's `training_iteration`: the dumps of iteration k are in `iter_{k:06d}`, and
+the policy saved after it records `iteration: k`.
 """
 
 from __future__ import annotations
 
-import time
-from collections import defaultdict
+import dataclasses
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
+import pyarrow as pa
 import ray
 import torch
+from omegaconf import OmegaConf
 from ray.rllib.algorithms.algorithm import Algorithm
-from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
+from ray.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided
 from ray.rllib.core import COMPONENT_RL_MODULE, DEFAULT_MODULE_ID
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.env.env_runner_state_server import EnvRunnerStateServer
 from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
-from ray.rllib.utils.metrics import WEIGHTS_SEQ_NO
+from ray.rllib.utils.metrics import LEARNER_RESULTS, TIMERS, WEIGHTS_SEQ_NO
 
+from cluster.configs import AlgorithmSettings, TrainConfig, check_algorithm_settings
+from envs.config import EnvConfig
+from learner.config import GRPOConfig, check_grpo
 from learner.grpo import group_advantages
-from learner.module import GRPOLearner, UnmaskRLModule, grpo_config
-from learner.policy import save_policy
-from rollout.env_runner import DLLMEnvRunner
-from rollout.trajectories import to_table, write_parquet_atomic
+from learner.module import GRPOLearner, UnmaskRLModule
+from learner.policy import UnmaskingPolicy, save_policy
+from rollout.config import RolloutConfig, check_rollout
+from rollout.env_runner import DLLMEnvRunner, RunnerSample
+from rollout.trajectories import TrajectoryBatch, write_parquet_atomic
 
-TRAIN_COLUMNS = ("confidence", "masked", "valid", "action", "t", "active")
+logger = logging.getLogger(__name__)
+
+ROLLOUT_FIELDS = {f.name for f in dataclasses.fields(RolloutConfig)}
+ENV_FIELDS = {f.name for f in dataclasses.fields(EnvConfig)}
+GRPO_FIELDS = {f.name for f in dataclasses.fields(GRPOConfig)}
+SETTINGS = [f.name for f in dataclasses.fields(AlgorithmSettings)]
+TYPED = {"rollout": RolloutConfig, "grpo": GRPOConfig}  # the config attributes that are dataclasses
 
 
 def policy_spaces(gen_length: int) -> tuple[gym.Space, gym.Space]:
-    """Placeholder spaces RLlib requires; nothing reads them (the runner builds its own observations)."""
-    obs = gym.spaces.Dict({"confidence": gym.spaces.Box(0, 1, (gen_length,)),
-                           "masked": gym.spaces.MultiBinary(gen_length), "t": gym.spaces.Box(0, 1, ())})
+    """The spaces RLlib requires of a module; nothing reads them (the runner builds its own observations)."""
+    obs = gym.spaces.Dict({"confidences": gym.spaces.Box(0, 1, (gen_length,)),
+                           "mask": gym.spaces.MultiBinary(gen_length), "t": gym.spaces.Box(0, 1, ())})
     return obs, gym.spaces.MultiBinary(gen_length)
 
 
+def typed(schema: type, data) -> object:
+    """A plain dict (what Tune hands a trial) as its dataclass, every key and type checked."""
+    if isinstance(data, schema):
+        return data
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), data))
+
+
 class UnmaskGRPOConfig(AlgorithmConfig):
+    """UnmaskGRPO's hyper-parameters as typed attributes, set through builder methods and checked in
+    `validate()`:
+        .environment(model=..., task=TaskConfig(...), gen_length=..., block_length=..., group_size=...)
+                     -> `rollout` (RolloutConfig; EnvConfig's fields set `rollout.env`)
+        .training(alpha=..., lr=..., groups_per_update=..., max_policy_lag=...)
+                     -> `grpo` (GRPOConfig) and the AlgorithmSettings fields
+        .outputs(run_dir=..., checkpoint_every=..., dump_trajectories=...)
+    plus RLlib's own (`.env_runners(num_env_runners=...)`, `.learners(...)`, ...). Tune sees it as plain data
+    (`to_dict`) and a trial turns that back into the typed attributes (`update_from_dict`)."""
+
     def __init__(self, algo_class=None):
         super().__init__(algo_class=algo_class or UnmaskGRPO)
+        self.rollout = RolloutConfig()
+        self.grpo = GRPOConfig()
+        for name in SETTINGS:
+            setattr(self, name, AlgorithmSettings.__dataclass_fields__[name].default)
+        self.run_dir = ""  # trajectory dumps and policy checkpoints; "" = the Tune trial directory, else nowhere
+        self.run_id = ""  # "" = the run directory's name
         self.env_runner_cls = DLLMEnvRunner
         self._dont_auto_sync_env_runner_states = True  # runners pull weights themselves
         self.add_default_connectors_to_learner_pipeline = False
-        self.max_policy_lag = 1
-        self.groups_per_update = 8
-        self.sample_wait_s = 1.0
-        self.run_dir = ""  # trajectory dumps and policy checkpoints go here ("" = nowhere)
-        self.run_id = ""
-        self.dump_trajectories = True
-        self.checkpoint_every = 10
+        self.grad_clip_by = "global_norm"
+
+    @classmethod
+    def from_train_config(cls, cfg: TrainConfig, run_id: str = "") -> UnmaskGRPOConfig:
+        """The RLlib config of one `unmask train` run."""
+        return (
+            cls()
+            .environment(rollout=cfg.rollout)
+            .training(grpo=cfg.grpo, **{name: getattr(cfg, name) for name in SETTINGS
+                                        if name not in ("checkpoint_every", "dump_trajectories")})
+            .outputs(run_dir=cfg.run_dir, run_id=run_id, checkpoint_every=cfg.checkpoint_every,
+                     dump_trajectories=cfg.dump_trajectories)
+            .env_runners(num_env_runners=cfg.num_env_runners, num_cpus_per_env_runner=cfg.num_cpus_per_env_runner,
+                         num_gpus_per_env_runner=cfg.num_gpus_per_env_runner,
+                         custom_resources_per_env_runner=dict(cfg.custom_resources_per_env_runner))
+            .learners(num_learners=0, num_gpus_per_learner=cfg.num_gpus_per_learner)
+            .debugging(seed=cfg.rollout.seed)
+            # a crashed env runner is restarted by Ray and resumed by UnmaskGRPO.restore_env_runners
+            .fault_tolerance(restart_failed_env_runners=True, delay_between_env_runner_restarts_s=1.0)
+        )
+
+    # ---- builder methods ------------------------------------------------------------------------------
+    def environment(self, env=NotProvided, *, rollout: RolloutConfig = NotProvided, **settings):
+        """The dLLM environment: a whole `rollout=RolloutConfig(...)`, or its fields (model, task, group_size,
+        prompts_per_sample, train_pool, seed, trust_remote_code), EnvConfig's fields (gen_length,
+        block_length, temperature, kv_cache, device, dtype, ...) or `env=EnvConfig(...)`."""
+        if rollout is not NotProvided:
+            self.rollout = rollout
+        if isinstance(env, EnvConfig):
+            self.rollout = dataclasses.replace(self.rollout, env=env)
+        elif env is not NotProvided:
+            raise ValueError("UnmaskGRPO's environment is the dLLM MDP, not a gym env: configure it with "
+                             ".environment(model=..., task=..., gen_length=..., block_length=...)")
+        own = {k: settings.pop(k) for k in list(settings) if k in ROLLOUT_FIELDS}
+        env_fields = {k: settings.pop(k) for k in list(settings) if k in ENV_FIELDS}
+        self.rollout = dataclasses.replace(self.rollout, **own)
+        if env_fields:
+            self.rollout = dataclasses.replace(self.rollout, env=dataclasses.replace(self.rollout.env, **env_fields))
+        return super().environment(**settings)
+
+    def training(self, *, grpo: GRPOConfig = NotProvided, **settings):
+        """GRPO: a whole `grpo=GRPOConfig(...)` or its fields (alpha, reward, lr, clip_eps, num_updates,
+        policy=PolicyConfig(...), ...; RLlib's `lr` and `grad_clip` are GRPO's), and `groups_per_update`,
+        `max_policy_lag`, `sample_wait_s`."""
+        if grpo is not NotProvided:
+            self.grpo = grpo
+        ours = {k: settings.pop(k) for k in list(settings) if k in GRPO_FIELDS}
+        self.grpo = dataclasses.replace(self.grpo, **ours)
+        for name in ("groups_per_update", "max_policy_lag", "sample_wait_s"):
+            if name in settings:
+                setattr(self, name, settings.pop(name))
+        return super().training(**settings)
+
+    def outputs(self, *, run_dir: str = NotProvided, run_id: str = NotProvided,
+                checkpoint_every: int = NotProvided, dump_trajectories: bool = NotProvided):
+        """Where trajectory dumps and policy checkpoints go, and how often."""
+        for name, value in (("run_dir", run_dir), ("run_id", run_id), ("checkpoint_every", checkpoint_every),
+                            ("dump_trajectories", dump_trajectories)):
+            if value is not NotProvided:
+                setattr(self, name, str(value) if name == "run_dir" else value)
+        return self
+
+    def validate(self) -> None:
+        super().validate()
+        check_rollout(self.rollout)
+        check_grpo(self.grpo)
+        check_algorithm_settings(self)
+        if self.observation_space is None or self.action_space is None:
+            self.observation_space, self.action_space = policy_spaces(self.rollout.env.gen_length)
+        self.grad_clip = self.grpo.grad_clip  # RLlib's learner clips with its own attribute
+
+    # ---- plain data for Tune, typed for everything else ----------------------------------------------
+    def to_dict(self) -> dict:
+        data = super().to_dict()
+        for name in TYPED:
+            data[name] = dataclasses.asdict(getattr(self, name))
+        return data
+
+    def update_from_dict(self, config_dict: dict):
+        config_dict = dict(config_dict)
+        for name, schema in TYPED.items():
+            if name in config_dict:
+                setattr(self, name, typed(schema, config_dict.pop(name)))
+        return super().update_from_dict(config_dict)
+
+    @property
+    def _model_config_auto_includes(self) -> dict:
+        return dataclasses.asdict(self.grpo.policy)
 
     def get_default_rl_module_spec(self) -> RLModuleSpec:
         return RLModuleSpec(module_class=UnmaskRLModule)
 
     def get_default_learner_class(self):
         return GRPOLearner
+
+
+@dataclass
+class Arrival:
+    sample: RunnerSample
+    lag: int  # learner updates since the policy version that sampled it
+    used: bool  # lag <= max_policy_lag: trained on (else dropped, and counted)
+
+
+@dataclass
+class Collected:
+    """One iteration's collect phase: every sample that arrived."""
+
+    arrivals: list[Arrival]
+
+    @property
+    def fresh(self) -> list[TrajectoryBatch]:
+        return [a.sample.trajectories for a in self.arrivals if a.used]
+
+    def per_trajectory(self, field: str) -> list:
+        return [v for a in self.arrivals for v in getattr(a.sample.trajectories, field).tolist()]
 
 
 class UnmaskGRPO(Algorithm):
@@ -73,26 +214,27 @@ class UnmaskGRPO(Algorithm):
 
     def setup(self, config) -> None:
         super().setup(config)
-        self.grpo = grpo_config(self.config.learner_config_dict)
         self.policy_version = 0
-        self.buffer: list[dict] = []
         self.server = None
         if self.env_runner_group.num_remote_env_runners() > 0:
             self.server = ray.remote(num_cpus=0)(EnvRunnerStateServer).options(max_concurrency=16).remote()
             self._hand_server_to_runners()
-        self.totals = defaultdict(float)
+        self.totals = {"trajectories": 0, "skipped_batches": 0, "env_runner_restarts": 0}
         self.runner_states: dict[int, dict] = {}  # runner index -> its state after its last delivered batch
+        if self.run_dir is None:
+            logger.warning("UnmaskGRPO: no run_dir (config.outputs(run_dir=...)) and not a Tune trial: "
+                           "no trajectory dumps, policy checkpoints or final policy are written")
         self._broadcast_weights()
 
     @property
     def run_dir(self) -> Path | None:
-        """The configured run directory, else the Tune trial directory (one per trial in a sweep)."""
+        """The configured run directory, else the Tune trial directory (one per trial in a sweep), else None."""
         if self.config.run_dir:
             return Path(self.config.run_dir)
         storage = getattr(self, "_storage", None)  # Tune's StorageContext: the trial's directory in storage_path
         if storage is not None and storage.storage_filesystem.type_name == "local":
             return Path(storage.trial_fs_path)
-        return Path(self.logdir) if getattr(self, "logdir", None) else None
+        return None
 
     @property
     def run_id(self) -> str:
@@ -101,10 +243,102 @@ class UnmaskGRPO(Algorithm):
         return self.config.run_id or (run_dir.name if run_dir is not None else "")
 
     def cleanup(self) -> None:
-        """The final policy, whatever stopped the run."""
-        if self.run_dir is not None and hasattr(self, "learner_group"):
-            self.save_policy(self.run_dir / "checkpoints" / "final")
-        super().cleanup()
+        """Write the final policy, whatever stopped the run, then free the learner and the env runners."""
+        try:
+            if self.run_dir is not None and getattr(self, "learner_group", None) is not None:
+                self.save_policy(self.run_dir / "checkpoints" / "final")
+        finally:
+            super().cleanup()
+
+    # ---- the training step --------------------------------------------------------------------------
+    def training_step(self) -> None:
+        with self.metrics.log_time((TIMERS, "collect_s"), reduce="mean", window=1):
+            collected = self._collect()
+        with self.metrics.log_time((TIMERS, "update_s"), reduce="mean", window=1):
+            skipped = self._update(collected.fresh)
+        with self.metrics.log_time((TIMERS, "report_s"), reduce="mean", window=1):
+            self._write_outputs(collected, iteration=self.iteration + 1)
+            self._report(collected, skipped)
+
+    def _collect(self) -> Collected:
+        collected = Collected([])
+        while sum(batch.num_groups for batch in collected.fresh) < self.config.groups_per_update:
+            samples = self._gather()
+            if not samples and self.env_runner_group.num_healthy_remote_workers() == 0:
+                self.restore_env_runners(self.env_runner_group)  # every runner is down: wait for restarts
+            for sample in samples:
+                self.runner_states[sample.trajectories.env_runner] = sample.runner_state
+                lag = self.policy_version - sample.trajectories.policy_version
+                collected.arrivals.append(Arrival(sample, lag, lag <= self.config.max_policy_lag))
+        return collected
+
+    def _gather(self) -> list[RunnerSample]:
+        group = self.env_runner_group
+        if group.num_remote_env_runners() == 0:
+            return [self.env_runner.sample()]
+        if self.config.max_policy_lag == 0:  # on-policy: every runner samples with the newest weights
+            return group.foreach_env_runner(lambda r: r.sample(), local_env_runner=False)
+        return group.foreach_env_runner_async_fetch_ready(lambda r: r.sample(), tag="sample",
+                                                          timeout_seconds=self.config.sample_wait_s)
+
+    def _update(self, batches: list[TrajectoryBatch]) -> bool:
+        """GRPO on whole groups; returns whether the batch was skipped (every advantage ~0)."""
+        columns = {key: np.concatenate([b.learner_columns()[key] for b in batches])
+                   for key in batches[0].learner_columns()}
+        rewards = torch.from_numpy(np.concatenate([b.reward for b in batches]))
+        _, group_index = np.unique(np.concatenate([b.group_id for b in batches]), return_inverse=True)
+        advantages = group_advantages(rewards, torch.from_numpy(group_index), self.config.grpo.scale_by_std)
+        if float(advantages.abs().max()) < self.config.grpo.skip_zero_advantage:
+            return True
+        columns["advantages"] = advantages.numpy()
+        with self.metrics.log_time(("unmask", "learner_s"), reduce="mean", window=1):
+            results = self.learner_group.update(
+                batch=MultiAgentBatch({DEFAULT_MODULE_ID: SampleBatch(columns)}, env_steps=len(advantages)),
+                num_epochs=self.config.grpo.num_updates, minibatch_size=len(advantages),
+                shuffle_batch_per_epoch=False)
+        self.metrics.aggregate(results, key=LEARNER_RESULTS)
+        self.policy_version += 1
+        with self.metrics.log_time(("unmask", "weight_push_s"), reduce="mean", window=1):
+            self._broadcast_weights()
+        return False
+
+    def _report(self, collected: Collected, skipped: bool) -> None:
+        rewards, samples = collected.per_trajectory("reward"), [a.sample for a in collected.arrivals]
+        lags = [a.lag for a in collected.arrivals]
+        busy, idle = sum(s.busy_s for s in samples), sum(s.idle_s for s in samples)
+        elapsed = self.metrics.peek((TIMERS, "collect_s")) + self.metrics.peek((TIMERS, "update_s"))
+        self.totals["trajectories"] += len(rewards)
+        self.totals["skipped_batches"] += int(skipped)
+        if skipped:
+            for key in ("learner_s", "weight_push_s"):
+                self.metrics.log_value(("unmask", key), 0.0, reduce="mean", window=1)
+        report = {
+            "reward_mean": float(np.mean(rewards)), "accuracy": float(np.mean(collected.per_trajectory("correct"))),
+            "nfe_mean": float(np.mean(collected.per_trajectory("nfe"))),
+            "trajectories_per_s": len(rewards) / max(elapsed, 1e-9),
+            "env_runner_busy_fraction": busy / max(busy + idle, 1e-9),
+            "weight_pull_s": float(np.mean([s.weight_sync_s for s in samples])),
+            "staleness_mean": float(np.mean(lags)), "staleness_max": int(max(lags)),
+            "dropped_groups": sum(a.sample.trajectories.num_groups for a in collected.arrivals if not a.used),
+            "skipped_batch": int(skipped), "policy_version": self.policy_version,
+            "trajectories_total": int(self.totals["trajectories"]),
+            "env_runner_restarts": int(self.totals["env_runner_restarts"]),
+            "healthy_env_runners": self.env_runner_group.num_healthy_remote_workers(),
+        }
+        for key, value in report.items():
+            self.metrics.log_value(("unmask", key), value, window=1)
+
+    # ---- weights ----------------------------------------------------------------------------------
+    def policy_state(self) -> dict:
+        state = self.learner_group.get_state(components=f"learner/{COMPONENT_RL_MODULE}/{DEFAULT_MODULE_ID}")
+        return state["learner"][COMPONENT_RL_MODULE][DEFAULT_MODULE_ID]
+
+    def _broadcast_weights(self) -> None:
+        state = {COMPONENT_RL_MODULE: ray.put(self.policy_state()), WEIGHTS_SEQ_NO: self.policy_version}
+        if self.server is not None:
+            ray.get(self.server.push.remote(state))
+        else:
+            self.env_runner.set_state(state)
 
     def _hand_server_to_runners(self) -> None:
         server = self.server
@@ -129,114 +363,32 @@ class UnmaskGRPO(Algorithm):
         env_runner_group.foreach_env_runner(resume, local_env_runner=False, remote_worker_ids=restored)
         return restored
 
-    # ---- weights ----------------------------------------------------------------------------------
-    def policy_state(self) -> dict:
-        state = self.learner_group.get_state(components=f"learner/{COMPONENT_RL_MODULE}/{DEFAULT_MODULE_ID}")
-        return state["learner"][COMPONENT_RL_MODULE][DEFAULT_MODULE_ID]
-
-    def _broadcast_weights(self) -> float:
-        start = time.perf_counter()
-        state = {COMPONENT_RL_MODULE: ray.put(self.policy_state()), WEIGHTS_SEQ_NO: self.policy_version}
-        if self.server is not None:
-            ray.get(self.server.push.remote(state))
-        else:
-            self.env_runner.set_state(state)
-        return time.perf_counter() - start
-
-    # ---- sampling -----------------------------------------------------------------------------------
-    def _gather(self) -> list[dict]:
-        group = self.env_runner_group
-        if group.num_remote_env_runners() == 0:
-            return [self.env_runner.sample()]
-        if self.config.max_policy_lag == 0:  # on-policy: every runner samples with the newest weights
-            return group.foreach_env_runner(lambda r: r.sample(), local_env_runner=False)
-        return group.foreach_env_runner_async_fetch_ready(lambda r: r.sample(), tag="sample",
-                                                          timeout_seconds=self.config.sample_wait_s)
-
-    def training_step(self) -> None:
-        start = time.perf_counter()
-        stats = defaultdict(list)
-        dumps: dict[int, list] = defaultdict(list)
-        fresh: list[dict] = []
-        while sum(len(b["reward"]) for b in fresh) < self.config.groups_per_update * self._group_size():
-            batches = self._gather()
-            if not batches and self.env_runner_group.num_healthy_remote_workers() == 0:
-                self.restore_env_runners(self.env_runner_group)  # every runner is down: wait for restarts
-            for batch in batches:
-                self.runner_states[batch["env_runner"]] = batch.pop("runner_state")
-                lag = self.policy_version - batch["policy_version"]
-                used = lag <= self.config.max_policy_lag
-                stats["staleness"].append(lag)
-                stats["dropped_groups"].append(0 if used else len(set(batch["group"].tolist())))
-                for key in ("busy_s", "idle_s", "weight_sync_s"):
-                    stats[key].append(batch["timing"][key])
-                for key in ("reward", "correct", "nfe"):
-                    stats[key].extend(batch[key].tolist())
-                dumps[batch["env_runner"]].append((batch, used))
-                if used:
-                    fresh.append(batch)
-
-        batch = self._learner_batch(fresh)
-        advantages = batch["advantages"]
-        skipped = bool(np.abs(advantages).max() < self.grpo.skip_zero_advantage)
-        learn_s = sync_s = 0.0
-        if not skipped:
-            learn_start = time.perf_counter()
-            results = self.learner_group.update(
-                batch=MultiAgentBatch({DEFAULT_MODULE_ID: SampleBatch(batch)}, env_steps=len(advantages)),
-                num_epochs=self.grpo.num_updates, minibatch_size=len(advantages), shuffle_batch_per_epoch=False)
-            learn_s = time.perf_counter() - learn_start
-            self.metrics.aggregate(results, key="learners")
-            self.policy_version += 1
-            sync_s = self._broadcast_weights()
-
-        self._write_outputs(dumps)
-        elapsed = time.perf_counter() - start
-        n = len(stats["reward"])
-        self.totals["trajectories"] += n
-        self.totals["skipped_batches"] += int(skipped)
-        busy, idle = sum(stats["busy_s"]), sum(stats["idle_s"])
-        report = {
-            "reward_mean": float(np.mean(stats["reward"])), "accuracy": float(np.mean(stats["correct"])),
-            "nfe_mean": float(np.mean(stats["nfe"])), "trajectories_per_s": n / elapsed,
-            "env_runner_busy_fraction": busy / max(busy + idle, 1e-9),
-            "weight_push_s": sync_s, "weight_pull_s": float(np.mean(stats["weight_sync_s"])),
-            "staleness_mean": float(np.mean(stats["staleness"])), "staleness_max": int(max(stats["staleness"])),
-            "dropped_groups": int(sum(stats["dropped_groups"])), "skipped_batch": int(skipped),
-            "learner_s": learn_s, "policy_version": self.policy_version,
-            "trajectories_total": int(self.totals["trajectories"]),
-            "env_runner_restarts": int(self.totals["env_runner_restarts"]),
-            "healthy_env_runners": self.env_runner_group.num_healthy_remote_workers(),
-        }
-        for key, value in report.items():
-            self.metrics.log_value(("unmask", key), value, window=1)
-
-    def _group_size(self) -> int:
-        return int(self.config.env_config["rollout"]["group_size"])
-
-    def _learner_batch(self, batches: list[dict]) -> dict:
-        """Concatenate runner batches; group ids become unique across them before the advantages."""
-        out = {key: np.concatenate([b[key] for b in batches]) for key in TRAIN_COLUMNS}
-        out["old_logp"] = np.concatenate([b["logp"] for b in batches])
-        rewards = torch.from_numpy(np.concatenate([b["reward"] for b in batches]))
-        group_ids = torch.from_numpy(np.concatenate([b["group"] + 1_000_000 * i for i, b in enumerate(batches)]))
-        out["advantages"] = group_advantages(rewards, group_ids, self.grpo.scale_by_std).numpy()
-        return out
-
     # ---- files ---------------------------------------------------------------------------------------
-    def _write_outputs(self, dumps: dict[int, list]) -> None:
+    def _write_outputs(self, collected: Collected, iteration: int) -> None:
         run_dir = self.run_dir
         if run_dir is None:
             return
         if self.config.dump_trajectories:
-            import pyarrow as pa
+            by_runner: dict[int, list[pa.Table]] = {}
+            for arrival in collected.arrivals:
+                batch = arrival.sample.trajectories
+                by_runner.setdefault(batch.env_runner, []).append(batch.to_arrow(self.run_id, iteration, arrival.used))
+            folder = run_dir / "trajectories" / f"iter_{iteration:06d}"
+            for runner, tables in by_runner.items():
+                write_parquet_atomic(pa.concat_tables(tables), folder / f"runner_{runner:03d}.parquet")
+        if self.config.checkpoint_every and iteration % self.config.checkpoint_every == 0:
+            self.save_policy(run_dir / "checkpoints" / f"policy_{self.policy_version:06d}", iteration)
 
-            for runner, parts in dumps.items():
-                table = pa.concat_tables([to_table(b, self.run_id, self.iteration, used) for b, used in parts])
-                write_parquet_atomic(table, run_dir / "trajectories" / f"iter_{self.iteration:06d}"
-                                     / f"runner_{runner:03d}.parquet")
-        if self.config.checkpoint_every and (self.iteration + 1) % self.config.checkpoint_every == 0:
-            self.save_policy(run_dir / "checkpoints" / f"policy_{self.policy_version:06d}")
+    def save_policy(self, out: Path, iteration: int | None = None) -> Path:
+        """The learner's policy as a Hugging Face checkpoint, with how it was trained in its config.json."""
+        policy = UnmaskingPolicy(self.config.grpo.policy)
+        policy.load_state_dict({k.removeprefix("policy."): torch.as_tensor(v) for k, v in self.policy_state().items()})
+        env = self.config.rollout.env
+        return save_policy(policy, out, {
+            "policy_version": self.policy_version, "iteration": self.iteration if iteration is None else iteration,
+            "run_id": self.run_id, "reward": self.config.grpo.reward, "alpha": self.config.grpo.alpha,
+            "gen_length": env.gen_length, "block_length": env.block_length, "kv_cache": env.kv_cache,
+            "model": self.config.rollout.model})
 
     # ---- checkpoints: Tune saves every `checkpoint_every` iterations and at the end ----------------
     def get_state(self, components=None, *, not_components=None, **kwargs) -> dict:
@@ -249,13 +401,14 @@ class UnmaskGRPO(Algorithm):
         super().set_state(state)
         if "unmask" in state:
             self.policy_version = state["unmask"]["policy_version"]
-            self.totals = defaultdict(float, state["unmask"]["totals"])
+            self.totals = {**self.totals, **state["unmask"]["totals"]}
             self.runner_states = dict(state["unmask"]["runner_states"])
 
-    def load_checkpoint(self, checkpoint_dir) -> None:
-        """After RLlib's restore (which copies the driver's idle runner state to every runner), put each
-        runner back where it stood at the checkpoint and hand out the restored weights and version."""
-        super().load_checkpoint(checkpoint_dir)
+    def restore_from_path(self, path, *args, **kwargs):
+        """After RLlib's restore (Tune's and `from_checkpoint`'s; it copies the driver's idle runner state to
+        every runner), put each runner back where it stood at the checkpoint and hand out the restored
+        weights and version."""
+        out = super().restore_from_path(path, *args, **kwargs)
         states = self.runner_states
 
         def resume(runner) -> None:
@@ -268,14 +421,7 @@ class UnmaskGRPO(Algorithm):
         else:
             resume(self.env_runner)
         self._broadcast_weights()
-
-    def save_policy(self, out: Path) -> Path:
-        state = {k.removeprefix("policy."): v for k, v in self.policy_state().items()}
-        env = self.config.env_config["rollout"]["env"]
-        return save_policy(state, self.grpo.policy, out, {
-            "policy_version": self.policy_version, "iteration": self.iteration, "run_id": self.run_id,
-            "reward": self.grpo.reward, "alpha": self.grpo.alpha,
-            "gen_length": env["gen_length"], "block_length": env["block_length"]})
+        return out
 
 
 def _register() -> None:

@@ -1,4 +1,8 @@
-"""`unmask <command> key=value ...`: the project's entry point."""
+"""`unmask <command> key=value ...`: the project's entry point.
+
+Only the configs are imported up front, so `--help` and a bad key answer at once; each command imports what it
+runs (torch, transformers, Ray) itself, and `eval`, `pareto` and `pretrain` never import Ray.
+"""
 
 from __future__ import annotations
 
@@ -7,27 +11,38 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.configs import ConfigError, flatten_defaults, parse, resume_config, to_dict, to_yaml
-from cluster.report import markdown_table, write_pareto
-from cluster.sweep import SweepConfig
-from cluster.train import TrainConfig
-from envs.config import PretrainConfig
-from envs.dllm import ModelLoadError
-from envs.files import write_atomic, write_json
-from envs.samplers import SAMPLERS
-from learner import sampler as _policy_sampler  # noqa: F401  registers sampler=policy
-from rollout.evaluate import EvalConfig, evaluate
-from rollout.pareto import ParetoConfig, run_pareto
+from cluster.configs import (
+    ConfigError,
+    SweepConfig,
+    TrainConfig,
+    check_sweep,
+    check_train,
+    flatten_defaults,
+    grid_axes,
+    grid_points,
+    load_yaml,
+    parse,
+    resume_config,
+    to_dict,
+    to_yaml,
+)
+from envs.config import SAMPLER_PARAMS, PretrainConfig, check_pretrain
+from rollout.config import EvalConfig, ParetoConfig, check_eval, check_pareto
 
 
 @dataclass
 class Command:
     schema: type
+    check: Callable  # every setting, before the command imports anything heavy
     run: Callable
     summary: str
 
 
 def cmd_eval(cfg: EvalConfig) -> int:
+    from cluster.report import markdown_table
+    from envs.files import write_json
+    from rollout.evaluate import evaluate
+
     result = evaluate(cfg)
     result["config"] = to_dict(cfg)
     write_json(Path(cfg.out), result)
@@ -41,6 +56,10 @@ def cmd_eval(cfg: EvalConfig) -> int:
 
 
 def cmd_pareto(cfg: ParetoConfig) -> int:
+    from cluster.report import write_pareto
+    from envs.files import write_atomic
+    from rollout.pareto import run_pareto
+
     rows = run_pareto(cfg)
     out = Path(cfg.out_dir)
     table = write_pareto(rows, out, cfg, title=f"{cfg.task.name}, L={cfg.env.gen_length}, {cfg.model}")
@@ -70,7 +89,7 @@ def cmd_train(cfg: TrainConfig) -> int:
     if "accuracy" in result:
         print(f"final policy: accuracy {result['accuracy']:.3f} at mean NFE {result['mean_nfe']:.2f} "
               f"({result['num_examples']} test prompts)")
-    print(f"wrote {cfg.run_dir}")
+    print(f"wrote {cfg.resume or cfg.run_dir}")
     return 0
 
 
@@ -80,36 +99,48 @@ def cmd_sweep(cfg: SweepConfig) -> int:
     result = sweep(cfg)
     trials = result["trials"]
     failed = [t for t in trials if t["status"] != "finished"]
+    run_dir = Path(cfg.resume or cfg.run_dir)
     print(f"{len(trials) - len(failed)} of {len(trials)} trials finished")
     for t in failed:
         print(f"FAILED {t['trial']}: {t['error']}")
-    print((Path(cfg.run_dir) / "pareto.md").read_text(), end="")
-    print(f"wrote {cfg.run_dir}/trials.md, pareto.md, pareto.png")
+    print((run_dir / "pareto.md").read_text(), end="")
+    print(f"wrote {run_dir}/trials.md, pareto.md, pareto.png")
     return 1 if failed else 0
 
 
+def check_sweep_grid(cfg: SweepConfig) -> None:
+    check_sweep(cfg)
+    grid_points(cfg, grid_axes(cfg.grid))
+
+
 COMMANDS: dict[str, Command] = {
-    "eval": Command(EvalConfig, cmd_eval, "evaluate one sampler on a task; writes JSON"),
-    "pareto": Command(ParetoConfig, cmd_pareto, "heuristic grid, semi-AR and full diffusion: table + PNG"),
-    "pretrain": Command(PretrainConfig, cmd_pretrain, "train a small dLLM on a task (masked diffusion)"),
-    "train": Command(TrainConfig, cmd_train, "train the unmasking policy with GRPO on Ray (Tune)"),
-    "sweep": Command(SweepConfig, cmd_sweep, "Tune grid of GRPO runs (default: over alpha) + Pareto report"),
+    "eval": Command(EvalConfig, check_eval, cmd_eval, "evaluate one sampler on a task; writes JSON"),
+    "pareto": Command(ParetoConfig, check_pareto, cmd_pareto,
+                      "heuristic grid, semi-AR and full diffusion: table + PNG"),
+    "pretrain": Command(PretrainConfig, check_pretrain, cmd_pretrain,
+                        "train a small dLLM on a task (masked diffusion)"),
+    "train": Command(TrainConfig, check_train, cmd_train, "train the unmasking policy with GRPO on Ray (Tune)"),
+    "sweep": Command(SweepConfig, check_sweep_grid, cmd_sweep,
+                     "Tune grid of GRPO runs (default: over alpha) + Pareto report"),
 }
 
 
 def usage() -> str:
-    lines = ["usage: unmask <command> [key=value ...]", "", "commands:"]
+    lines = ["usage: unmask <command> [config=FILE.yaml] [key=value ...]", "", "commands:"]
     lines += [f"  {name:<10} {c.summary}" for name, c in COMMANDS.items()]
     lines += ["", "unmask <command> --help lists every key with its default."]
     return "\n".join(lines)
 
 
 def command_help(name: str) -> str:
-    lines = [f"usage: unmask {name} [key=value ...]", "", COMMANDS[name].summary, "", "keys (default):"]
-    lines += [f"  {key} = {value!r}" for key, value in flatten_defaults(COMMANDS[name].schema)]
-    if any(k.startswith("sampler.") for k, _ in flatten_defaults(COMMANDS[name].schema)):
+    keys = flatten_defaults(COMMANDS[name].schema)
+    lines = [f"usage: unmask {name} [config=FILE.yaml] [key=value ...]", "", COMMANDS[name].summary, "",
+             "config=FILE.yaml starts from a saved config (a run's config.yaml); keys given beside it apply on top.",
+             "", "keys (default):"]
+    lines += [f"  {key} = {value!r}" for key, value in keys]
+    if any(k.startswith("sampler.") for k, _ in keys):
         lines += ["", "samplers (sampler=NAME) and the sampler.<param> keys each one reads:"]
-        lines += [f"  {s:<17} {', '.join(cls.params) or '-'}" for s, cls in sorted(SAMPLERS.items())]
+        lines += [f"  {s:<17} {', '.join(params) or '-'}" for s, params in sorted(SAMPLER_PARAMS.items())]
     return "\n".join(lines)
 
 
@@ -119,6 +150,20 @@ def quiet_libraries() -> None:
 
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
+
+
+def load_config(name: str, args: list[str]):
+    """The command's config from its arguments: `resume=<run dir>`, `config=<file>` or neither, then keys."""
+    schema = COMMANDS[name].schema
+    given = {arg.split("=", 1)[0] for arg in args if "=" in arg}
+    if "resume" in given and any(a.startswith("resume=") and a != "resume=" for a in args):
+        if "config" in given:
+            raise ConfigError("give resume=<run dir> or config=<file>, not both (a resumed run keeps its config)")
+        return resume_config(schema, args, name)
+    files = [arg.split("=", 1)[1] for arg in args if arg.startswith("config=")]
+    others = [arg for arg in args if not arg.startswith("config=")]
+    base = load_yaml(files[-1], f"config={files[-1]}") if files else None
+    return parse(schema, others, name, base=base)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,17 +178,15 @@ def main(argv: list[str] | None = None) -> int:
     if "-h" in args or "--help" in args:
         print(command_help(name))
         return 0
-    quiet_libraries()
     try:
-        if any(arg.startswith("resume=") and arg != "resume=" for arg in args):
-            cfg = resume_config(COMMANDS[name].schema, args, name)
-        else:
-            cfg = parse(COMMANDS[name].schema, args, name)
+        cfg = load_config(name, args)
+        COMMANDS[name].check(cfg)
+        quiet_libraries()
         return COMMANDS[name].run(cfg)
     except KeyboardInterrupt:
         print(f"unmask {name}: interrupted", file=sys.stderr)
         return 130
-    except (ConfigError, ModelLoadError, ValueError, OSError, RuntimeError) as err:
+    except (ValueError, OSError, RuntimeError) as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"unmask {name}: error: {message}", file=sys.stderr)
         return 2

@@ -1,10 +1,12 @@
-"""Structured configs of the environment side (OmegaConf dataclasses; every field is a CLI key)."""
+"""Structured configs of the environment side (OmegaConf dataclasses; every field is a CLI key).
+
+Plain dataclasses with no heavy imports: a command parses and checks its whole configuration before it
+loads torch, transformers or Ray.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-from envs.dllm import ModelSize
 
 
 @dataclass
@@ -21,17 +23,44 @@ class TaskConfig:
     test_fraction: float = 0.1  # jsonl, or gsm8k/math500 from one file: share held out (by content hash) as test
 
 
+TASK_NAMES = ("cycles", "jsonl", "gsm8k", "math500", "gsm8k_math")
+
+
+def check_task(cfg: TaskConfig) -> None:
+    if cfg.name not in TASK_NAMES:
+        raise ValueError(f"unknown task {cfg.name!r}: choose one of {', '.join(TASK_NAMES)}")
+    if cfg.name == "jsonl" and not cfg.path:
+        raise ValueError("task=jsonl needs task.path=<a .jsonl file>")
+    if not 0.0 <= cfg.test_fraction <= 1.0:
+        raise ValueError(f"task.test_fraction must be in [0, 1], got {cfg.test_fraction}")
+
+
 @dataclass
 class EnvConfig:
     gen_length: int = 24  # L: the generation canvas
     block_length: int = 8  # BL: semi-AR block; BL == L is full diffusion
     temperature: float = 0.0  # token temperature (Gumbel-max in float64, as LLaDA); 0 = greedy
-    batch_size: int = 250  # sequences per batched dLLM forward
     device: str = "cpu"
     dtype: str = "float32"  # float32 | bfloat16 | float16
     device_map: str = ""  # e.g. "auto": spread the dLLM over this actor's GPUs (overrides device)
     chat_template: str = "auto"  # auto (use the tokenizer's template if it has one) | on | off
     kv_cache: str = "none"  # none | prefix | dual: Fast-dLLM KV caches, refreshed once per block (native models)
+
+
+KV_CACHES = ("none", "prefix", "dual")
+
+
+def check_env(cfg: EnvConfig) -> None:
+    """The MDP's own rules on its settings (the env checks them too; commands check them before any work)."""
+    L, BL = cfg.gen_length, cfg.block_length
+    if L <= 0 or BL <= 0:
+        raise ValueError(f"env.gen_length ({L}) and env.block_length ({BL}) must be > 0")
+    if L % BL:
+        raise ValueError(f"env.gen_length={L} is not divisible by env.block_length={BL}")
+    if cfg.kv_cache not in KV_CACHES:
+        raise ValueError(f"unknown env.kv_cache {cfg.kv_cache!r}: use {', '.join(KV_CACHES)}")
+    if cfg.temperature < 0:
+        raise ValueError(f"env.temperature must be >= 0, got {cfg.temperature}")
 
 
 @dataclass
@@ -47,6 +76,47 @@ class SamplerConfig:
     checkpoint: str = ""  # policy: a saved policy directory (run_dir/checkpoints/final)
     policy_temperature: float = 1.0  # policy: tau_pi (paper: 0.5 semi-AR, 1.0 full diffusion)
     beta: float = 1.0  # policy: test-time scaling, unmask with probability min(1, beta * s)
+
+
+# Which SamplerConfig fields each sampler reads (the classes, envs.samplers and learner.sampler, take their
+# `params` from here, so a command can reject a misplaced `sampler.<param>` before it imports torch).
+SAMPLER_PARAMS: dict[str, tuple[str, ...]] = {
+    "random": ("k",),
+    "top_k": ("steps",),
+    "margin": ("steps",),
+    "entropy": ("steps",),
+    "fast_dllm": ("threshold",),
+    "fast_dllm_factor": ("factor",),
+    "eb": ("gamma",),
+    "policy": ("checkpoint", "policy_temperature", "beta"),
+}
+
+
+def check_sampler(cfg: SamplerConfig) -> None:
+    """Reject an unknown sampler and settings that would silently sample nothing or everything."""
+    if cfg.name not in SAMPLER_PARAMS:
+        raise ValueError(f"unknown sampler {cfg.name!r}: choose one of {', '.join(sorted(SAMPLER_PARAMS))}")
+    if cfg.k < 1:
+        raise ValueError(f"sampler.k must be >= 1, got {cfg.k}")
+    if cfg.steps < 0:
+        raise ValueError(f"sampler.steps must be >= 0 (0 = gen_length), got {cfg.steps}")
+    if not 0.0 <= cfg.threshold <= 1.0:
+        raise ValueError(f"sampler.threshold must be in [0, 1], got {cfg.threshold}")
+    if cfg.factor <= 0 or cfg.gamma < 0:
+        raise ValueError("sampler.factor must be > 0 and sampler.gamma >= 0")
+    if cfg.policy_temperature <= 0 or cfg.beta <= 0:
+        raise ValueError("sampler.policy_temperature and sampler.beta must be > 0")
+
+
+@dataclass
+class ModelSize:
+    """Shape of a built-in dLLM (a bidirectional encoder, trained as a masked diffusion LM)."""
+
+    arch: str = "bert"  # bert (post-LN, learned positions) | modernbert (pre-LN, RoPE, GeGLU)
+    hidden_size: int = 192
+    num_layers: int = 6
+    num_heads: int = 6
+    ffn_size: int = 768
 
 
 @dataclass
@@ -71,3 +141,11 @@ class PretrainConfig:
     # positions they were trained at and only the new image slots are new)
     grow_positions_at: int = -1
     save_every_minutes: float = 10.0  # also save partial checkpoints (atomically) this often; 0 = never
+
+
+def check_pretrain(cfg: PretrainConfig) -> None:
+    check_task(cfg.task)
+    if cfg.minutes <= 0 or cfg.max_steps <= 0 or cfg.batch_size <= 0:
+        raise ValueError("pretrain needs minutes > 0, max_steps > 0 and batch_size > 0")
+    if cfg.gen_length <= 0:
+        raise ValueError(f"gen_length must be > 0, got {cfg.gen_length}")

@@ -7,9 +7,7 @@ one-position logit shift, the context size, position ids under left padding) is 
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from transformers import (
@@ -20,8 +18,7 @@ from transformers import (
     ModernBertForMaskedLM,
 )
 
-if TYPE_CHECKING:  # envs.config imports this module
-    from envs.config import EnvConfig
+from envs.config import EnvConfig, ModelSize
 
 BUILTIN_MODEL_DIR = Path(__file__).parent / "builtin_model"
 BUILTIN_NAMES = ("builtin", "")
@@ -29,17 +26,6 @@ BUILTIN_NAMES = ("builtin", "")
 
 class ModelLoadError(ValueError):
     """A model path or id that cannot be loaded; the message is one line for the CLI."""
-
-
-@dataclass
-class ModelSize:
-    """Shape of a built-in dLLM (a bidirectional encoder, trained as a masked diffusion LM)."""
-
-    arch: str = "bert"  # bert (post-LN, learned positions) | modernbert (pre-LN, RoPE, GeGLU)
-    hidden_size: int = 192
-    num_layers: int = 6
-    num_heads: int = 6
-    ffn_size: int = 768
 
 
 def new_builtin_model(vocab_size: int, max_positions: int, size: ModelSize, ids: dict) -> torch.nn.Module:
@@ -114,6 +100,12 @@ class DLLM:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def check_fits(self, prompt_length: int, gen_length: int) -> None:
+        """A prompt of `prompt_length` tokens plus the canvas must fit the model's context."""
+        if self.max_length is not None and prompt_length + gen_length > self.max_length:
+            raise ValueError(f"prompt ({prompt_length} tokens) + env.gen_length ({gen_length}) exceeds the model's "
+                             f"context of {self.max_length} tokens")
 
     def encode_prompts(self, prompts: list[str], response_prefix: str = "") -> list[list[int]]:
         """Token ids per prompt. Instruct models get their chat template (the prompt is the user turn);

@@ -9,8 +9,9 @@ no position is masked. NFE counts one forward per still-unfinished sequence; fin
 batch and cost nothing more.
 
 A step that unmasks nothing (possible for a stochastic policy in training) still costs an NFE. As in
-the paper's code, a block gets at most `max_block_steps` forwards (default BL, so NFE <= L); positions
-still masked then are abandoned: they keep the mask token, so the answer cannot verify.
+the paper's code, a block gets at most BL forwards (so NFE <= L); positions still masked then are
+*abandoned*: they keep the mask token, so the answer cannot verify, and they are no longer `masked`
+(nothing may unmask them) but `abandoned`.
 """
 
 from __future__ import annotations
@@ -20,10 +21,8 @@ from dataclasses import dataclass
 import torch
 
 from envs.confidence import Prediction, predict
-from envs.config import EnvConfig
+from envs.config import EnvConfig, check_env
 from envs.dllm import DLLM, layout_batch
-
-KV_CACHES = ("none", "prefix", "dual")
 
 
 class SamplerError(ValueError):
@@ -40,7 +39,8 @@ class Observation:
     token_prob: torch.Tensor  # probability of the token that would be written
     margin: torch.Tensor
     entropy: torch.Tensor
-    masked: torch.Tensor  # bool: still masked
+    masked: torch.Tensor  # bool: still masked (may be unmasked at a later step)
+    abandoned: torch.Tensor  # bool: given up when its block ran out of forwards (the canvas keeps [MASK])
     valid: torch.Tensor  # bool: masked and inside the current block (and the row is active)
     t: torch.Tensor  # forwards already spent / L (the policy's time input, in [0, 1))
     nfe: torch.Tensor  # forwards spent including this one
@@ -55,27 +55,18 @@ class Observation:
         return self.gen_length // self.block_length
 
 
-def check_lengths(gen_length: int, block_length: int) -> None:
-    if gen_length <= 0 or block_length <= 0:
-        raise ValueError(f"env.gen_length ({gen_length}) and env.block_length ({block_length}) must be > 0")
-    if gen_length % block_length:
-        raise ValueError(f"env.gen_length={gen_length} is not divisible by env.block_length={block_length}")
-
-
 class UnmaskingEnv:
     """A batch of unmasking episodes over one frozen dLLM."""
 
-    def __init__(self, dllm: DLLM, gen_length: int, block_length: int, temperature: float = 0.0,
-                 max_block_steps: int | None = None, seed: int = 0, kv_cache: str = "none"):
-        check_lengths(gen_length, block_length)
-        if kv_cache not in KV_CACHES:
-            raise ValueError(f"unknown env.kv_cache {kv_cache!r}: use {', '.join(KV_CACHES)}")
+    def __init__(self, dllm: DLLM, gen_length: int, block_length: int, temperature: float = 0.0, seed: int = 0,
+                 kv_cache: str = "none"):
+        check_env(EnvConfig(gen_length=gen_length, block_length=block_length, temperature=temperature,
+                            kv_cache=kv_cache))
         if kv_cache != "none" and not dllm.supports_kv_cache:
             raise ValueError(f"env.kv_cache={kv_cache} needs a native LLaDA or Dream model; {dllm.name!r} is not one")
         self.dllm, self.L, self.BL = dllm, gen_length, block_length
         self.temperature = temperature
         self.kv_cache = kv_cache
-        self.max_block_steps = max_block_steps or block_length
         self.generator = torch.Generator(device=dllm.device).manual_seed(seed)
 
     @classmethod
@@ -86,10 +77,7 @@ class UnmaskingEnv:
     def reset(self, prompts: list[list[int]]) -> Observation:
         if not prompts:
             raise ValueError("reset needs at least one prompt")
-        longest = max(len(p) for p in prompts)
-        if self.dllm.max_length is not None and longest + self.L > self.dllm.max_length:
-            raise ValueError(f"prompt ({longest} tokens) + env.gen_length ({self.L}) exceeds the model's "
-                             f"context of {self.dllm.max_length} tokens")
+        self.dllm.check_fits(max(len(p) for p in prompts), self.L)
         device = self.dllm.device
         ids, attn = layout_batch(prompts, self.L, self.dllm.pad_id, self.dllm.mask_id)
         self.ids, self.attn = ids.to(device), attn.to(device)
@@ -121,7 +109,7 @@ class UnmaskingEnv:
         self.block_step[ran] += 1
         in_block = self.position_block[None, :] == self.block_index[:, None]
         block_left = (self.masked & in_block).any(-1)
-        out_of_steps = ran & block_left & (self.block_step >= self.max_block_steps)
+        out_of_steps = ran & block_left & (self.block_step >= self.BL)
         if out_of_steps.any():  # abandon what the block did not finish; its mask tokens stay
             give_up = self.masked & in_block & out_of_steps[:, None]
             self.abandoned |= give_up
@@ -164,7 +152,8 @@ class UnmaskingEnv:
         self.valid = self.masked & in_block & active[:, None]
         return Observation(
             confidence=self.pred.confidence, token_prob=self.pred.token_prob, margin=self.pred.margin,
-            entropy=self.pred.entropy, masked=self.masked.clone(), valid=self.valid.clone(),
+            entropy=self.pred.entropy, masked=self.masked.clone(), abandoned=self.abandoned.clone(),
+            valid=self.valid.clone(),
             t=steps_done.float() / L, nfe=self.nfe.clone(), block_step=self.block_step.clone(),
             block_index=self.block_index.clone(), active=active, block_length=self.BL, gen_length=L,
         )

@@ -12,11 +12,9 @@ which is the masked-diffusion ELBO of LLaDA (Nie et al. 2025, eq. 3 / SFT eq. 5)
 from __future__ import annotations
 
 import json
-import math
 import random
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -24,9 +22,10 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-from envs.config import PretrainConfig
+from envs.config import PretrainConfig, check_pretrain
 from envs.dllm import layout_batch, new_builtin_model, real_positions
 from envs.files import replace_dir
+from envs.optim import adamw, warmup_cosine
 from envs.tasks import Task, make_task
 from envs.tokenizer import build_char_tokenizer
 
@@ -99,8 +98,59 @@ def grow_positions(model, context: int, at: int = -1) -> None:
     model.config.max_position_embeddings = context
 
 
+def build_model(cfg: PretrainConfig, tokenizer, context: int):
+    """A fresh built-in-size dLLM, or `init_from` with its vocabulary and context grown to fit."""
+    if not cfg.init_from:
+        ids = {"pad": tokenizer.pad_token_id, "mask": tokenizer.mask_token_id, "eos": tokenizer.eos_token_id}
+        return new_builtin_model(len(tokenizer), context, cfg.size, ids)
+    model = AutoModelForMaskedLM.from_pretrained(cfg.init_from)
+    if model.get_input_embeddings().num_embeddings < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+    if model.config.max_position_embeddings < context:
+        grow_positions(model, context, cfg.grow_positions_at)
+    return model
+
+
+def make_batch(pairs: list[tuple[str, str]], tokenizer, gen_length: int) -> tuple[torch.Tensor, ...]:
+    """(ids, attention mask, canvas) of [left padding | prompt | answer + EOS padding]; `canvas` marks the
+    gen_length answer positions, the only ones the loss masks."""
+    prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] for p, _ in pairs]
+    ids, attn = layout_batch(prompts, gen_length, tokenizer.pad_token_id, tokenizer.mask_token_id)
+    width = ids.shape[1] - gen_length
+    ids[:, width:] = tokenizer.eos_token_id
+    for row, (_, answer) in enumerate(pairs):
+        ans = tokenizer(answer, add_special_tokens=False)["input_ids"][: gen_length - 1]
+        ids[row, width : width + len(ans)] = torch.tensor(ans, dtype=torch.long)
+    canvas = torch.zeros_like(ids, dtype=torch.bool)
+    canvas[:, width:] = True
+    return ids, attn, canvas
+
+
+class Schedule:
+    """Warm-up + cosine to 10% (envs.optim.warmup_cosine) over whichever budget is further along, steps or
+    minutes: the warm-up counts real steps; after it, wall-clock progress can move the cosine ahead."""
+
+    def __init__(self, cfg: PretrainConfig):
+        self.cfg, self.start = cfg, time.time()
+        self.multiplier = warmup_cosine(cfg.warmup_steps, cfg.max_steps, min_lr_rate=0.1)
+
+    def elapsed(self) -> float:
+        return time.time() - self.start
+
+    def out_of_budget(self, step: int) -> bool:
+        return step >= self.cfg.max_steps or self.elapsed() >= self.cfg.minutes * 60
+
+    def lr(self, step: int) -> float:
+        cfg = self.cfg
+        if step >= cfg.warmup_steps:
+            by_time = cfg.warmup_steps + self.elapsed() / (cfg.minutes * 60) * (cfg.max_steps - cfg.warmup_steps)
+            step = max(step, int(by_time))
+        return cfg.lr * self.multiplier(step)
+
+
 def pretrain(cfg: PretrainConfig) -> dict:
     """Train and save a built-in-size dLLM (HF format, safetensors) with its tokenizer to `cfg.out`."""
+    check_pretrain(cfg)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
@@ -109,82 +159,53 @@ def pretrain(cfg: PretrainConfig) -> dict:
     # init_from keeps the model's token ids; characters it has never seen are appended to its vocabulary
     tokenizer = build_char_tokenizer(vocab_texts, AutoTokenizer.from_pretrained(cfg.init_from) if cfg.init_from
                                      else None)
-    ids_of = {"pad": tokenizer.pad_token_id, "mask": tokenizer.mask_token_id, "eos": tokenizer.eos_token_id}
-    sample = draw(512)
-    longest_prompt = max(len(p) for p, _ in sample)
-    if cfg.task.name == "jsonl":  # size the context for every prompt of the file, test split included
-        everything = task.examples("train", n=-1) + task.examples("test", n=-1)
-        longest_prompt = max(len(ex.prompt) for ex in everything)
-        longest_answer = max(len(ex.answer) for ex in everything)
-    else:
-        longest_answer = task.max_answer_length()
+    longest_prompt, longest_answer = longest_example(task, cfg, draw)
     if longest_answer >= cfg.gen_length:
         raise ValueError(f"gen_length={cfg.gen_length} is too short for answers of {longest_answer} "
                          "characters (one EOS must fit)")
-    if cfg.minutes <= 0 or cfg.max_steps <= 0 or cfg.batch_size <= 0:
-        raise ValueError("pretrain needs minutes > 0, max_steps > 0 and batch_size > 0")
-    if cfg.init_from:
-        model = AutoModelForMaskedLM.from_pretrained(cfg.init_from)
-        if model.get_input_embeddings().num_embeddings < len(tokenizer):
-            model.resize_token_embeddings(len(tokenizer))
-        if model.config.max_position_embeddings < longest_prompt + cfg.gen_length:
-            grow_positions(model, longest_prompt + cfg.gen_length, cfg.grow_positions_at)
-    else:
-        model = new_builtin_model(len(tokenizer), longest_prompt + cfg.gen_length, cfg.size, ids_of)
-    model.train()
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
-    budget_s = cfg.minutes * 60
+    model = build_model(cfg, tokenizer, longest_prompt + cfg.gen_length).train()
+    optimizer = adamw(model.parameters(), cfg.lr, cfg.weight_decay, (0.9, 0.98))
+    schedule = Schedule(cfg)
     generator = torch.Generator().manual_seed(cfg.seed)
-
-    def lr_at(step: int, progress: float) -> float:
-        warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
-        return cfg.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
-
-    start, step, ema = time.time(), 0, None
-    last_save = start
+    step, ema, last_save = 0, None, schedule.start
     n_params = sum(p.numel() for p in model.parameters())
     print(f"pretrain: {n_params:,} parameters, vocab {len(tokenizer)}, context {model.config.max_position_embeddings}",
           flush=True)
-    while step < cfg.max_steps and time.time() - start < budget_s:
-        pairs = draw(cfg.batch_size)
-        prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] for p, _ in pairs]
-        ids, attn = layout_batch(prompts, cfg.gen_length, ids_of["pad"], ids_of["mask"])
-        width = ids.shape[1] - cfg.gen_length
-        for row, (_, answer) in enumerate(pairs):
-            ans = tokenizer(answer, add_special_tokens=False)["input_ids"][: cfg.gen_length - 1]
-            ids[row, width:] = ids_of["eos"]
-            ids[row, width : width + len(ans)] = torch.tensor(ans)
-        canvas = torch.zeros_like(ids, dtype=torch.bool)
-        canvas[:, width:] = True
-        progress = max(step / cfg.max_steps, (time.time() - start) / budget_s)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, progress)
-        loss = masked_diffusion_loss(model, ids, attn, canvas, ids_of["mask"], generator, cfg.min_mask_ratio)
-        opt.zero_grad(set_to_none=True)
+    while not schedule.out_of_budget(step):
+        ids, attn, canvas = make_batch(draw(cfg.batch_size), tokenizer, cfg.gen_length)
+        for group in optimizer.param_groups:
+            group["lr"] = schedule.lr(step)
+        loss = masked_diffusion_loss(model, ids, attn, canvas, tokenizer.mask_token_id, generator, cfg.min_mask_ratio)
+        optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        optimizer.step()
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         step += 1
         if step % cfg.log_every == 0:
-            print(f"step {step} loss {ema:.4f} lr {lr_at(step, progress):.2e} "
-                  f"grad {grad_norm:.2f} elapsed {time.time() - start:.0f}s", flush=True)
+            print(f"step {step} loss {ema:.4f} lr {schedule.lr(step):.2e} "
+                  f"grad {grad_norm:.2f} elapsed {schedule.elapsed():.0f}s", flush=True)
         if cfg.save_every_minutes and time.time() - last_save > cfg.save_every_minutes * 60:
             save_model(model, tokenizer, Path(cfg.out), {"steps": step, "final_loss_ema": ema, "partial": True})
             last_save = time.time()
-    summary = {"steps": step, "final_loss_ema": ema, "seconds": round(time.time() - start, 1),
+    summary = {"steps": step, "final_loss_ema": ema, "seconds": round(schedule.elapsed(), 1),
                "parameters": n_params, "command": "unmask pretrain " + " ".join(sys.argv[2:]),
-               "config": OmegaConf.to_container(OmegaConf.structured(cfg)) if not isinstance(cfg, dict)
-               else cfg}
+               "config": OmegaConf.to_container(OmegaConf.structured(cfg))}
     if cfg.init_from:  # the shape came from the earlier model; keep its recipe as the first stage
         summary["config"]["size"] = "from init_from"
         earlier = Path(cfg.init_from) / "pretrain.json"
         summary["init_from_pretrain"] = json.loads(earlier.read_text()) if earlier.exists() else None
     save_model(model.eval(), tokenizer, Path(cfg.out), summary)
     return summary
+
+
+def longest_example(task: Task, cfg: PretrainConfig, draw) -> tuple[int, int]:
+    """(longest prompt, longest answer) in characters, which size the model's context: for a JSONL task
+    over every line of the file, test split included; for the built-in task, a sample and its maximum."""
+    if cfg.task.name == "jsonl":
+        everything = task.examples("train", n=-1) + task.examples("test", n=-1)
+        return max(len(ex.prompt) for ex in everything), max(len(ex.answer) for ex in everything)
+    return max(len(p) for p, _ in draw(512)), task.max_answer_length()
 
 
 def save_model(model, tokenizer, out: Path, summary: dict) -> None:
@@ -194,6 +215,3 @@ def save_model(model, tokenizer, out: Path, summary: dict) -> None:
         (tmp / "pretrain.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
 
     replace_dir(out, fill)
-
-
-__all__ = ["pretrain", "masked_diffusion_loss", "asdict"]

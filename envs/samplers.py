@@ -15,7 +15,8 @@ Every heuristic follows its reference code (shared/research/paper.md §5, anchor
 - eb             EB-Sampler: sort by an error proxy (entropy by default), take the longest prefix whose
                  sum of entropies minus its largest entropy is <= gamma (at least one).
 
-The learned policy (learner/) implements the same interface and registers itself as `policy`.
+The learned policy (learner.sampler.PolicySampler) implements the same interface; the one table of every
+sampler, heuristics and policy side by side, is `rollout.samplers.SAMPLERS`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import ClassVar
 
 import torch
 
-from envs.config import SamplerConfig
+from envs.config import SAMPLER_PARAMS, SamplerConfig
 from envs.mdp import Observation
 
 
@@ -33,11 +34,15 @@ class Sampler(ABC):
     """Chooses which masked positions of the current block to unmask at one step."""
 
     name: ClassVar[str]
-    params: ClassVar[tuple[str, ...]] = ()  # the SamplerConfig fields it reads
 
     def __init__(self, cfg: SamplerConfig, generator: torch.Generator | None = None):
         self.cfg = cfg
         self.generator = generator
+
+    @property
+    def params(self) -> tuple[str, ...]:
+        """The SamplerConfig fields it reads."""
+        return SAMPLER_PARAMS[self.name]
 
     @abstractmethod
     def select(self, obs: Observation) -> torch.Tensor:
@@ -57,7 +62,7 @@ def take_top(score: torch.Tensor, valid: torch.Tensor, count: torch.Tensor) -> t
 
 
 class RandomSampler(Sampler):
-    name, params = "random", ("k",)
+    name = "random"
 
     def select(self, obs: Observation) -> torch.Tensor:
         noise = torch.rand(obs.valid.shape, generator=self.generator, device=obs.valid.device)
@@ -66,8 +71,6 @@ class RandomSampler(Sampler):
 
 class ScheduledRanking(Sampler):
     """A fixed number of steps per block, each unmasking the best-ranked positions (LLaDA schedule)."""
-
-    params = ("steps",)
 
     @abstractmethod
     def score(self, obs: Observation) -> torch.Tensor: ...
@@ -109,7 +112,7 @@ class LowestEntropy(ScheduledRanking):
 
 
 class FastDLLMThreshold(Sampler):
-    name, params = "fast_dllm", ("threshold",)
+    name = "fast_dllm"
 
     def select(self, obs: Observation) -> torch.Tensor:
         best = take_top(obs.token_prob, obs.valid, torch.ones_like(obs.nfe))
@@ -117,7 +120,7 @@ class FastDLLMThreshold(Sampler):
 
 
 class FastDLLMFactor(Sampler):
-    name, params = "fast_dllm_factor", ("factor",)
+    name = "fast_dllm_factor"
 
     def select(self, obs: Observation) -> torch.Tensor:
         sorted_prob = torch.where(obs.valid, obs.token_prob, -torch.inf).sort(-1, descending=True).values
@@ -129,7 +132,7 @@ class FastDLLMFactor(Sampler):
 
 
 class EntropyBounded(Sampler):
-    name, params = "eb", ("gamma",)
+    name = "eb"
 
     def select(self, obs: Observation) -> torch.Tensor:
         order = torch.where(obs.valid, -obs.entropy, -torch.inf).sort(dim=-1, descending=True, stable=True).indices
@@ -139,35 +142,8 @@ class EntropyBounded(Sampler):
         return take_top(-obs.entropy, obs.valid, count)
 
 
-SAMPLERS: dict[str, type[Sampler]] = {
+HEURISTICS: dict[str, type[Sampler]] = {
     cls.name: cls
     for cls in (RandomSampler, TopKConfidence, TopKMargin, LowestEntropy, FastDLLMThreshold,
                 FastDLLMFactor, EntropyBounded)
 }
-
-
-def register_sampler(cls: type[Sampler]) -> type[Sampler]:
-    """Samplers defined outside envs (the learned policy) add themselves here."""
-    SAMPLERS[cls.name] = cls
-    return cls
-
-
-def check_params(cfg: SamplerConfig) -> None:
-    """Reject settings that would silently sample nothing or everything."""
-    if cfg.k < 1:
-        raise ValueError(f"sampler.k must be >= 1, got {cfg.k}")
-    if cfg.steps < 0:
-        raise ValueError(f"sampler.steps must be >= 0 (0 = gen_length), got {cfg.steps}")
-    if not 0.0 <= cfg.threshold <= 1.0:
-        raise ValueError(f"sampler.threshold must be in [0, 1], got {cfg.threshold}")
-    if cfg.factor <= 0 or cfg.gamma < 0:
-        raise ValueError("sampler.factor must be > 0 and sampler.gamma >= 0")
-    if cfg.policy_temperature <= 0 or cfg.beta <= 0:
-        raise ValueError("sampler.policy_temperature and sampler.beta must be > 0")
-
-
-def make_sampler(cfg: SamplerConfig, generator: torch.Generator | None = None) -> Sampler:
-    if cfg.name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {cfg.name!r}: choose one of {', '.join(sorted(SAMPLERS))}")
-    check_params(cfg)
-    return SAMPLERS[cfg.name](cfg, generator)

@@ -1,10 +1,25 @@
-"""Structured config of the learning side: the policy network and GRPO (paper.md §2-§4 defaults)."""
+"""Structured configs of the learning side: the policy network and GRPO (paper.md §2-§4 defaults).
+
+No heavy imports: commands parse and check these before torch is loaded.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from learner.policy import PolicyConfig
+
+@dataclass
+class PolicyConfig:
+    """Shape of the unmasking policy (learner.policy.UnmaskingPolicy)."""
+
+    hidden_size: int = 128
+    num_heads: int = 2
+    ffn_size: int = 512
+    num_blocks: int = 1
+    time_embed_size: int = 128
+    time_period: float = 1.0  # t lies in [0, 1], so the sinusoid's longest period is 1
+    rope_base: float = 10_000.0
+    init_bias: float = -2.0
 
 
 @dataclass

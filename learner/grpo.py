@@ -7,6 +7,7 @@ log-probability stored at rollout time and the policy's logits b_s.
     reward       R   = correct * ((L - NFE + 1) / L) ** alpha          (multiplicative, the default)
                  R   = correct - alpha * NFE / L                        (additive, the ablation)
     advantage    A_g = R_g - mean_G(R)               (optionally / std_G(R))
+    decision     u_k ~ Bernoulli(sigma(b_k / tau)) for k in V_s, else 0   (tau: the policy temperature)
     log-prob     log pi(u_s) = sum_{k in V_s} u_k log sigma(b_k) + (1 - u_k) log(1 - sigma(b_k))
     ratio        rho_s = exp(log pi(u_s) - log pi_old(u_s))
     loss         -(1/N) sum_g (1/|S_g|) sum_{s in S_g} min(rho_s A_g, clip(rho_s, 1 - eps, 1 + eps) A_g)
@@ -42,6 +43,19 @@ def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale_by_st
         var = torch.zeros(len(groups), device=rewards.device).index_add_(0, index, adv**2) / (count - 1).clamp(min=1)
         adv = adv / (var[index].sqrt() + eps)
     return adv
+
+
+def unmask_probabilities(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """sigma(b / tau): each position's probability of being unmasked."""
+    return torch.sigmoid(logits.float() / temperature)
+
+
+def bernoulli_sample(logits: torch.Tensor, valid: torch.Tensor, temperature: float = 1.0,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """One factorised Bernoulli decision per valid position ([..., L] bool); invalid ones are never chosen."""
+    probs = unmask_probabilities(logits, temperature)
+    noise = torch.rand(probs.shape, generator=generator, device=probs.device)
+    return (noise < probs) & valid.bool()
 
 
 def bernoulli_logp(logits: torch.Tensor, action: torch.Tensor, valid: torch.Tensor,

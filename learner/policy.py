@@ -15,26 +15,20 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin, constants, hf_hub_download
+from safetensors import SafetensorError
+from safetensors.torch import load_file, load_model
 from torch import nn
 
 from envs.files import replace_dir
+from learner.config import PolicyConfig
 
-
-@dataclass
-class PolicyConfig:
-    hidden_size: int = 128
-    num_heads: int = 2
-    ffn_size: int = 512
-    num_blocks: int = 1
-    time_embed_size: int = 128
-    time_period: float = 1.0  # t lies in [0, 1], so the sinusoid's longest period is 1
-    rope_base: float = 10_000.0
-    init_bias: float = -2.0
+PAPER_URL = "https://arxiv.org/abs/2512.09106"
 
 
 def sinusoid(t: torch.Tensor, dim: int, max_period: float) -> torch.Tensor:
@@ -82,12 +76,19 @@ class DiTBlock(nn.Module):
         return x + self.ffn(h) * (1 + gate2)
 
 
-class UnmaskingPolicy(nn.Module):
-    """(confidence [B, L], masked [B, L], t [B]) -> unmask logits [B, L]."""
+class UnmaskingPolicy(nn.Module, PyTorchModelHubMixin, library_name="unmask", paper_url=PAPER_URL,
+                      tags=["dllm", "unmasking-policy", "grpo"]):
+    """(confidence [B, L], masked [B, L], t [B]) -> unmask logits [B, L].
 
-    def __init__(self, cfg: PolicyConfig | None = None):
+    A Hugging Face model: `save_pretrained(dir)` writes model.safetensors + config.json (+ a model card),
+    `from_pretrained(dir or hub id)` loads it back (checkpoints of the earlier policy.safetensors +
+    policy.json layout too), `push_to_hub(repo_id)` publishes it."""
+
+    def __init__(self, config: PolicyConfig | dict | None = None):
         super().__init__()
-        self.cfg = cfg = cfg or PolicyConfig()
+        if isinstance(config, dict):  # config.json: the PolicyConfig fields, plus what training recorded
+            config = PolicyConfig(**{k: v for k, v in config.items() if k in PolicyConfig.__dataclass_fields__})
+        self.config = cfg = config or PolicyConfig()
         d = cfg.hidden_size
         self.confidence_in = nn.Linear(1, d)
         self.mask_embed = nn.Embedding(2, d)
@@ -99,54 +100,77 @@ class UnmaskingPolicy(nn.Module):
 
     def forward(self, confidence: torch.Tensor, masked: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         x = self.confidence_in(confidence.float()[..., None])
-        time = self.time_mlp(sinusoid(t, self.cfg.time_embed_size, self.cfg.time_period))
+        time = self.time_mlp(sinusoid(t, self.config.time_embed_size, self.config.time_period))
         cond = self.mask_embed(masked.long()) + time[:, None, :]
         for block in self.blocks:
             x = block(x, cond)
         return self.head(self.norm_out(x))[..., 0]
 
+    # ---- Hugging Face persistence ------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs) -> UnmaskingPolicy:
+        folder = policy_folder(pretrained_model_name_or_path)
+        if (folder / LEGACY_CONFIG).is_file() and not (folder / CONFIG_FILE).is_file():
+            return cls._from_legacy(folder, kwargs.get("map_location", "cpu"))
+        return super().from_pretrained(str(folder) if folder.is_dir() else pretrained_model_name_or_path, **kwargs)
 
-# ---- weights on disk: safetensors + the config that shapes them --------------------------------------
-POLICY_WEIGHTS, POLICY_CONFIG = "policy.safetensors", "policy.json"
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, revision, cache_dir, force_download, local_files_only, token,
+                         map_location: str = "cpu", strict: bool = True, config=None, **kwargs) -> UnmaskingPolicy:
+        """The mixin's loader, strict (a checkpoint that does not match its config is an error) and quiet."""
+        weights = Path(model_id) / WEIGHTS_FILE
+        if not weights.is_file():
+            weights = hf_hub_download(model_id, WEIGHTS_FILE, revision=revision, cache_dir=cache_dir,
+                                      force_download=force_download, local_files_only=local_files_only, token=token)
+        model = cls(config)
+        load_model(model, str(weights), strict=strict, device=str(map_location))
+        return model.eval()
+
+    @classmethod
+    def _from_legacy(cls, folder: Path, device: str) -> UnmaskingPolicy:
+        model = cls(json.loads((folder / LEGACY_CONFIG).read_text())["policy"])
+        model.load_state_dict(load_file(str(folder / LEGACY_WEIGHTS), device=str(device)))
+        return model.eval()
 
 
-def save_policy(state: dict, cfg: PolicyConfig, out: str | Path, info: dict | None = None) -> Path:
-    """Write `out/` = policy.safetensors + policy.json atomically."""
-    from safetensors.torch import save_file
+# ---- checkpoints on disk -------------------------------------------------------------------------------
+WEIGHTS_FILE, CONFIG_FILE = constants.SAFETENSORS_SINGLE_FILE, constants.CONFIG_NAME  # model.safetensors, config.json
+LEGACY_WEIGHTS, LEGACY_CONFIG = "policy.safetensors", "policy.json"  # checkpoints written before the HF layout
+TRAINING_KEY = "training"  # config.json: how the policy was trained (reward, alpha, lengths, version)
 
-    def fill(tmp: Path) -> None:
-        tensors = {k: torch.as_tensor(v).detach().cpu().contiguous() for k, v in state.items()}
-        save_file(tensors, str(tmp / POLICY_WEIGHTS))
-        (tmp / POLICY_CONFIG).write_text(json.dumps({"policy": asdict(cfg), **(info or {})}, indent=2) + "\n")
 
-    return replace_dir(Path(out), fill)
+def policy_folder(path: str | Path) -> Path:
+    """A policy directory, given it or one of its files."""
+    path = Path(path)
+    return path.parent if path.suffix in (".safetensors", ".json") else path
+
+
+def save_policy(policy: UnmaskingPolicy, out: str | Path, info: dict | None = None) -> Path:
+    """`save_pretrained` into `out/` atomically, with `info` (how it was trained) in config.json."""
+    config = {**asdict(policy.config), TRAINING_KEY: info or {}}
+    return replace_dir(Path(out), lambda tmp: policy.save_pretrained(tmp, config=config))
 
 
 def load_policy(path: str | Path, device: str = "cpu") -> UnmaskingPolicy:
-    """A saved policy directory (or its policy.safetensors) -> the network in eval mode."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    folder = path.parent if path.name == POLICY_WEIGHTS else path
-    if not (folder / POLICY_WEIGHTS).is_file() or not (folder / POLICY_CONFIG).is_file():
-        raise FileNotFoundError(f"no policy checkpoint at {path} (expected {POLICY_WEIGHTS} and {POLICY_CONFIG})")
+    """A saved policy (a local directory or one of its files, or a hub id) -> the network in eval mode."""
+    folder = policy_folder(path)
+    local = folder.is_dir() or str(path).startswith(("/", ".", "~")) or Path(path).exists()
+    if local and not any((folder / name).is_file() for name in (WEIGHTS_FILE, LEGACY_WEIGHTS)):
+        raise FileNotFoundError(f"no policy checkpoint at {path} (expected {WEIGHTS_FILE} and {CONFIG_FILE})")
     try:
-        meta = json.loads((folder / POLICY_CONFIG).read_text())
-        policy = UnmaskingPolicy(PolicyConfig(**meta["policy"]))
-        policy.load_state_dict(load_file(str(folder / POLICY_WEIGHTS), device=device))
-    except (SafetensorError, json.JSONDecodeError, KeyError, TypeError, RuntimeError) as err:
-        raise ValueError(f"policy checkpoint {folder} is corrupted or does not match its config: "
-                         f"{str(err).splitlines()[0]}") from None
-    return policy.to(device).eval()
+        return UnmaskingPolicy.from_pretrained(folder if local else str(path), map_location=device).to(device)
+    except (SafetensorError, json.JSONDecodeError, KeyError, TypeError, RuntimeError, OSError) as err:
+        raise ValueError(f"policy checkpoint {path} is corrupted or does not match its config: "
+                         f"{str(err).strip().splitlines()[0]}") from None
 
 
 def policy_info(path: str | Path) -> dict:
-    """What policy.json says about how the policy was trained (reward, alpha, block length, version)."""
-    path = Path(path)
-    folder = path.parent if path.name == POLICY_WEIGHTS else path
-    try:
-        meta = json.loads((folder / POLICY_CONFIG).read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return {k: v for k, v in meta.items() if k != "policy"}
+    """How a saved policy was trained (reward, alpha, block length, version), from its config."""
+    folder = policy_folder(path)
+    for name, read in ((CONFIG_FILE, lambda meta: meta.get(TRAINING_KEY, {})),
+                       (LEGACY_CONFIG, lambda meta: {k: v for k, v in meta.items() if k != "policy"})):
+        try:
+            return read(json.loads((folder / name).read_text()))
+        except (OSError, json.JSONDecodeError):
+            continue
+    return {}

@@ -14,26 +14,25 @@ import torch
 
 from envs.config import SamplerConfig
 from envs.mdp import Observation
-from envs.samplers import Sampler, register_sampler
-from learner.module import FactorisedBernoulli
+from envs.samplers import Sampler
+from learner.grpo import bernoulli_logp, bernoulli_sample, unmask_probabilities
 from learner.policy import UnmaskingPolicy, load_policy, policy_info
 
 
-@register_sampler
 class PolicySampler(Sampler):
-    name, params = "policy", ("checkpoint", "policy_temperature", "beta")
+    name = "policy"
 
     def __init__(self, cfg: SamplerConfig, generator: torch.Generator | None = None,
                  policy: UnmaskingPolicy | None = None, device: str | None = None):
         super().__init__(cfg, generator)
         if policy is None:
             if not cfg.checkpoint:
-                raise ValueError("sampler=policy needs sampler.checkpoint=<a saved policy directory>")
+                raise ValueError("sampler=policy needs sampler.checkpoint=<a saved policy directory or hub id>")
             policy = load_policy(cfg.checkpoint, device or (str(generator.device) if generator else "cpu"))
         self.policy = policy
 
     def describe(self) -> str:
-        """`policy alpha=... BL=...` from the checkpoint's policy.json: what the plots and tables label it."""
+        """`policy alpha=... BL=...` from the checkpoint's config: what the plots and tables label it."""
         info = policy_info(self.cfg.checkpoint) if self.cfg.checkpoint else {}
         trained = "".join(f" {key}={info[key]}" for key in ("alpha", "block_length") if key in info)
         if info.get("reward", "multiplicative") != "multiplicative":
@@ -42,24 +41,23 @@ class PolicySampler(Sampler):
         return label + (f" beta={self.cfg.beta}" if self.cfg.beta != 1.0 else "")
 
     @torch.no_grad()
-    def distribution(self, obs: Observation) -> FactorisedBernoulli:
+    def logits(self, obs: Observation) -> torch.Tensor:
         device = next(self.policy.parameters()).device
-        logits = self.policy(obs.confidence.to(device), obs.masked.to(device), obs.t.to(device))
-        return FactorisedBernoulli(logits, obs.valid.to(device), self.cfg.policy_temperature)
+        return self.policy(obs.confidence.to(device), obs.masked.to(device), obs.t.to(device))
 
     def select(self, obs: Observation) -> torch.Tensor:
-        dist = self.distribution(obs)
-        probs = (self.cfg.beta * dist.probs).clamp(max=1.0)
+        logits, valid = self.logits(obs), obs.valid.to(next(self.policy.parameters()).device)
+        probs = unmask_probabilities(logits, self.cfg.policy_temperature)
         noise = torch.rand(probs.shape, generator=self.generator, device=probs.device)
-        chosen = (noise < probs) & dist.valid
-        empty = dist.valid.any(-1) & ~chosen.any(-1)
+        chosen = (noise < (self.cfg.beta * probs).clamp(max=1.0)) & valid
+        empty = valid.any(-1) & ~chosen.any(-1)
         if empty.any():  # argmax fallback: at least one unmask per step at evaluation
-            best = torch.where(dist.valid, dist.probs, -1.0).argmax(-1)
+            best = torch.where(valid, probs, -1.0).argmax(-1)
             chosen[empty, best[empty]] = True
         return chosen.to(obs.valid.device)
 
     def act(self, obs: Observation) -> tuple[torch.Tensor, torch.Tensor]:
         """Training: (decision [B, L], behaviour log-prob [B]) with no fallback."""
-        dist = self.distribution(obs)
-        action = dist.sample(generator=self.generator)
-        return action.to(obs.valid.device), dist.logp(action)
+        logits, valid = self.logits(obs), obs.valid.to(next(self.policy.parameters()).device)
+        action = bernoulli_sample(logits, valid, self.cfg.policy_temperature, self.generator)
+        return action.to(obs.valid.device), bernoulli_logp(logits, action, valid, self.cfg.policy_temperature)

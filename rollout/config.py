@@ -1,17 +1,20 @@
-"""Structured config of the rollout side: which dLLM environment an env runner hosts and what it samples."""
+"""Structured configs of the rollout side: what an env runner hosts and samples, and what `unmask eval` and
+`unmask pareto` evaluate. No heavy imports: commands check them before loading torch."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from typing import ClassVar
 
-from envs.config import EnvConfig, TaskConfig
+from envs.config import EnvConfig, SamplerConfig, TaskConfig, check_env, check_sampler, check_task
 
 
 @dataclass
 class RolloutConfig:
     model: str = "builtin"  # a local HF directory or hub id; "builtin" = the shipped dLLM
     task: TaskConfig = field(default_factory=TaskConfig)
-    env: EnvConfig = field(default_factory=EnvConfig)  # env.batch_size is unused: one sample = one batch
+    env: EnvConfig = field(default_factory=EnvConfig)
     group_size: int = 8  # G: rollouts per prompt
     prompts_per_sample: int = 8  # prompts in one env-runner sample (prompts x G sequences, one batched env)
     train_pool: int = 20_000  # training prompts an env runner draws from (reshuffled each pass)
@@ -20,8 +23,73 @@ class RolloutConfig:
 
 
 def check_rollout(cfg: RolloutConfig) -> None:
+    check_task(cfg.task)
+    check_env(cfg.env)
     if cfg.group_size < 2:
         raise ValueError(f"rollout.group_size must be >= 2 (GRPO compares rollouts of one prompt), "
                          f"got {cfg.group_size}")
     if cfg.prompts_per_sample < 1 or cfg.train_pool < 1:
         raise ValueError("rollout.prompts_per_sample and rollout.train_pool must be >= 1")
+
+
+@dataclass
+class EvalConfig:
+    model: str = "builtin"  # a local HF directory or hub id; "builtin" = the shipped dLLM
+    task: TaskConfig = field(default_factory=TaskConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    batch_size: int = 250  # sequences per batched dLLM forward
+    num_examples: int = 500
+    split: str = "test"
+    seed: int = 0
+    out: str = "runs/eval/eval.json"
+    progress: bool = True  # a progress bar on stderr
+    trust_remote_code: bool = False
+
+
+def check_eval(cfg: EvalConfig) -> None:
+    check_task(cfg.task)
+    check_env(cfg.env)
+    check_sampler(cfg.sampler)
+    if cfg.batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
+
+
+@dataclass
+class ParetoConfig:
+    # keys the schema has (through EnvConfig) but this command does not read: giving one is an error
+    unused_keys: ClassVar[dict[str, str]] = {"env.block_length": "unmask pareto takes block_lengths=[...]"}
+
+    model: str = "builtin"
+    task: TaskConfig = field(default_factory=TaskConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    block_lengths: list[int] = field(default_factory=lambda: [4, 8])  # semi-AR; full diffusion (L) is always added
+    grid: str = "default"  # default | small
+    policies: list[str] = field(default_factory=list)  # saved policy directories, evaluated beside the heuristics
+    batch_size: int = 250  # sequences per batched dLLM forward
+    num_examples: int = 500
+    split: str = "test"
+    seed: int = 0
+    out_dir: str = "runs/pareto"
+    progress: bool = True
+    trust_remote_code: bool = False
+
+
+GRIDS = ("default", "small")
+
+
+def check_pareto(cfg: ParetoConfig) -> None:
+    check_task(cfg.task)
+    if cfg.grid not in GRIDS:
+        raise ValueError(f"unknown grid {cfg.grid!r}: use {' or '.join(GRIDS)}")
+    if cfg.batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
+    for block_length in pareto_block_lengths(cfg):
+        if block_length <= 0 or cfg.env.gen_length % block_length:
+            raise ValueError(f"block_lengths entry {block_length} does not divide env.gen_length={cfg.env.gen_length}")
+        check_env(dataclasses.replace(cfg.env, block_length=block_length))
+
+
+def pareto_block_lengths(cfg: ParetoConfig) -> list[int]:
+    """The semi-AR block lengths asked for, and full diffusion (one block of L)."""
+    return sorted(set(cfg.block_lengths) | {cfg.env.gen_length})

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import random
 import time
+from dataclasses import dataclass
 
 import ray
 import torch
-from omegaconf import OmegaConf
 from ray.rllib.core import COMPONENT_RL_MODULE, DEFAULT_MODULE_ID
 from ray.rllib.env import INPUT_ENV_SPACES
 from ray.rllib.env.env_runner import EnvRunner
@@ -25,27 +25,29 @@ from envs.config import SamplerConfig
 from envs.dllm import load_env_dllm
 from envs.mdp import UnmaskingEnv
 from envs.tasks import make_task
-from learner.module import grpo_config
 from learner.sampler import PolicySampler
-from rollout.config import RolloutConfig, check_rollout
-from rollout.trajectories import collect_groups
+from rollout.trajectories import TrajectoryBatch, collect_groups
 
 
-def rollout_config(data: dict | RolloutConfig) -> RolloutConfig:
-    if isinstance(data, RolloutConfig):
-        return data
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RolloutConfig), data))
+@dataclass
+class RunnerSample:
+    """What one `DLLMEnvRunner.sample()` delivers: the trajectories, and beside them (not in them) how the
+    runner spent its time and where it stands after the batch (a restarted runner resumes from there)."""
+
+    trajectories: TrajectoryBatch
+    busy_s: float  # rolling out, weight pull included
+    idle_s: float  # between the previous sample's return and this call
+    weight_sync_s: float  # pulling the newest weights from the state server
+    runner_state: dict
 
 
 class DLLMEnvRunner(EnvRunner, Checkpointable):
-    """Reads `config.env_config["rollout"]` (RolloutConfig fields) and `config.learner_config_dict`
-    (GRPOConfig fields: the reward and policy temperature are the learner's, one source for both)."""
+    """Reads the typed `config.rollout` (RolloutConfig) and `config.grpo` (GRPOConfig: the reward and the
+    policy temperature are the learner's, one source for both) of its UnmaskGRPOConfig."""
 
     def __init__(self, *, config, **kwargs):
         super().__init__(config=config, **kwargs)
-        self.settings = rollout_config(config.env_config["rollout"])
-        self.grpo = grpo_config(config.learner_config_dict)
-        check_rollout(self.settings)
+        self.settings, self.grpo = config.rollout, config.grpo
         self.version = -1  # no weights yet; the algorithm pushes version 0 before the first sample
         self.server = None
         self.groups_made = 0  # group counter: with the runner index it makes every group id unique
@@ -92,20 +94,19 @@ class DLLMEnvRunner(EnvRunner, Checkpointable):
         """After a restore: take whatever version is pushed next, even an older one."""
         self.version = -1
 
-    def sample(self, **kwargs) -> dict:
-        """One batch of complete groups (numpy, rows = trajectories) and this call's timings."""
+    def sample(self, **kwargs) -> RunnerSample:
+        """One batch of complete groups, sampled with one policy version, and this call's timings."""
         started = time.perf_counter()
         idle_s = started - self._last_return
         sync_s = self._pull_weights()
         examples = self._next_prompts()
-        batch = collect_groups(self.env, self.sampler, self.task, examples, self.settings.group_size, self.grpo)
-        batch.update(policy_version=self.version, env_runner=self.worker_index, group_offset=self.groups_made)
+        batch = collect_groups(self.env, self.sampler, self.task, examples, self.settings.group_size, self.grpo,
+                               env_runner=self.worker_index, first_group=self.groups_made,
+                               policy_version=self.version)
         self.groups_made += len(examples)
         self._last_return = time.perf_counter()
-        batch["timing"] = {"busy_s": self._last_return - started, "idle_s": idle_s, "weight_sync_s": sync_s}
-        # where this runner stands after the batch: a restarted runner resumes from the last delivered one
-        batch["runner_state"] = self.get_state(not_components=COMPONENT_RL_MODULE)
-        return batch
+        return RunnerSample(batch, busy_s=self._last_return - started, idle_s=idle_s, weight_sync_s=sync_s,
+                            runner_state=self.get_state(not_components=COMPONENT_RL_MODULE))
 
     def _pull_weights(self) -> float:
         if self.server is None:

@@ -3,97 +3,57 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
 
-from envs.config import EnvConfig, SamplerConfig, TaskConfig
-from envs.dllm import DLLM
-from envs.mdp import UnmaskingEnv, check_lengths
-from envs.samplers import Sampler, make_sampler
+from envs.config import EnvConfig
+from envs.dllm import DLLM, load_env_dllm
+from envs.samplers import Sampler
 from envs.tasks import Example, Task, make_task
-
-
-@dataclass
-class EvalConfig:
-    model: str = "builtin"  # a local HF directory or hub id; "builtin" = the shipped dLLM
-    task: TaskConfig = field(default_factory=TaskConfig)
-    sampler: SamplerConfig = field(default_factory=SamplerConfig)
-    env: EnvConfig = field(default_factory=EnvConfig)
-    num_examples: int = 500
-    split: str = "test"
-    seed: int = 0
-    out: str = "runs/eval/eval.json"
-    progress: bool = True  # a progress bar on stderr
-    trust_remote_code: bool = False
+from rollout.config import EvalConfig, check_eval
+from rollout.generation import Generation, generate
+from rollout.samplers import make_sampler
 
 
 @dataclass
 class Episode:
-    """One finished generation."""
+    """One scored generation."""
 
     example: Example
-    completion: str
+    generation: Generation
     correct: bool
-    nfe: int
-    still_masked: int
     cut_short: bool  # fewer content tokens than the reference: the signature of EOS committed too early
-    unmask_step: list[int]  # forward index at which each canvas position was written (-1: never)
 
 
-def generate(env: UnmaskingEnv, sampler: Sampler, prompts: list[list[int]]) -> UnmaskingEnv:
-    """Run one batch of episodes to the end."""
-    obs = env.reset(prompts)
-    while not env.done:
-        obs = env.step(sampler.select(obs))
-    return env
-
-
-def check_examples(dllm: DLLM, examples: list[Example], env_cfg: EnvConfig, split: str = "test",
-                   response_prefix: str = "") -> None:
-    """Fail before any work: no examples, a bad batch size, or a prompt that cannot fit the context."""
+def examples_to_evaluate(task: Task, split: str, n: int, seed: int) -> list[Example]:
+    """The examples of `split`; none at all is an error before any work."""
+    examples = task.examples(split, n, seed=seed)
     if not examples:
         raise ValueError(f"no examples to evaluate in the {split!r} split (num_examples, task.test_fraction?)")
-    if env_cfg.batch_size < 1:
-        raise ValueError(f"env.batch_size must be >= 1, got {env_cfg.batch_size}")
-    check_lengths(env_cfg.gen_length, env_cfg.block_length)
-    if dllm.max_length is not None:
-        longest = max(len(p) for p in dllm.encode_prompts([ex.prompt for ex in examples], response_prefix))
-        if longest + env_cfg.gen_length > dllm.max_length:
-            raise ValueError(f"prompt ({longest} tokens) + env.gen_length ({env_cfg.gen_length}) exceeds the "
-                             f"model's context of {dllm.max_length} tokens")
+    return examples
 
 
 def run_episodes(dllm: DLLM, task: Task, examples: list[Example], sampler: Sampler, env_cfg: EnvConfig,
-                 seed: int = 0, progress: bool = False) -> list[Episode]:
-    check_examples(dllm, examples, env_cfg, response_prefix=task.response_prefix)
-    env = UnmaskingEnv.from_config(dllm, env_cfg, seed=seed)
-    episodes: list[Episode] = []
-    bar = tqdm(total=len(examples), desc=sampler.describe(), disable=not progress, leave=False)
-    for start in range(0, len(examples), env_cfg.batch_size):
-        batch = examples[start : start + env_cfg.batch_size]
-        generate(env, sampler, dllm.encode_prompts([ex.prompt for ex in batch], task.response_prefix))
-        canvas = env.canvas().tolist()
-        for row, ex in enumerate(batch):
-            completion = dllm.decode_answer(canvas[row])
-            cut_short = task.content_length(completion) < task.content_length(ex.answer)
-            episodes.append(Episode(ex, completion, task.verify(completion, ex), int(env.nfe[row]),
-                                    int(env.abandoned[row].sum()), cut_short, env.unmask_step[row].tolist()))
-        bar.update(len(batch))
-    bar.close()
-    return episodes
+                 batch_size: int = 250, seed: int = 0, progress: bool = False) -> list[Episode]:
+    with tqdm(total=len(examples), desc=sampler.describe(), disable=not progress, leave=False) as bar:
+        generations = generate(dllm, [ex.prompt for ex in examples], sampler, env_cfg, batch_size=batch_size,
+                               response_prefix=task.response_prefix, seed=seed, on_batch=bar.update)
+    return [Episode(ex, gen, task.verify(gen.text, ex), task.content_length(gen.text) < task.content_length(ex.answer))
+            for ex, gen in zip(examples, generations, strict=True)]
 
 
 def summarize(episodes: list[Episode], gen_length: int) -> dict:
     n = len(episodes)
-    nfe = torch.tensor([e.nfe for e in episodes], dtype=torch.float64)
-    written = torch.tensor([gen_length - e.still_masked for e in episodes], dtype=torch.float64)
+    nfe = torch.tensor([e.generation.nfe for e in episodes], dtype=torch.float64)
+    abandoned = [e.generation.abandoned for e in episodes]
+    written = torch.tensor([gen_length - a for a in abandoned], dtype=torch.float64)
     return {
         "accuracy": sum(e.correct for e in episodes) / n,
         "mean_nfe": float(nfe.mean()),
         "tokens_per_step": float((written / nfe).mean()),
-        "still_masked": float(sum(e.still_masked for e in episodes) / n),
+        "still_masked": sum(abandoned) / n,
         "shorter_than_reference": sum(e.cut_short for e in episodes) / n,
         "num_examples": n,
     }
@@ -101,20 +61,19 @@ def summarize(episodes: list[Episode], gen_length: int) -> dict:
 
 def evaluate(cfg: EvalConfig, dllm: DLLM | None = None) -> dict:
     """Accuracy, mean NFE and tokens per step of one sampler on `num_examples` prompts."""
-    from envs.dllm import load_env_dllm
-
+    check_eval(cfg)
     torch.manual_seed(cfg.seed)
     task = make_task(cfg.task)
-    check_lengths(cfg.env.gen_length, cfg.env.block_length)
+    examples = examples_to_evaluate(task, cfg.split, cfg.num_examples, cfg.seed)
     if dllm is None:
         dllm = load_env_dllm(cfg.model, cfg.env, trust_remote_code=cfg.trust_remote_code)
     sampler = make_sampler(cfg.sampler, torch.Generator(device=dllm.device).manual_seed(cfg.seed))
-    examples = task.examples(cfg.split, cfg.num_examples, seed=cfg.seed)
     start = time.perf_counter()
-    episodes = run_episodes(dllm, task, examples, sampler, cfg.env, seed=cfg.seed, progress=cfg.progress)
+    episodes = run_episodes(dllm, task, examples, sampler, cfg.env, cfg.batch_size, seed=cfg.seed,
+                            progress=cfg.progress)
     result = summarize(episodes, cfg.env.gen_length)
     result["wall_seconds"] = round(time.perf_counter() - start, 3)
     result["sampler"] = sampler.describe()
-    result["samples"] = [{"id": e.example.id, "completion": e.completion, "correct": e.correct, "nfe": e.nfe}
-                         for e in episodes[:20]]
+    result["samples"] = [{"id": e.example.id, "completion": e.generation.text, "correct": e.correct,
+                          "nfe": e.generation.nfe} for e in episodes[:20]]
     return result

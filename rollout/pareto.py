@@ -3,33 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 
 import torch
 from tqdm import tqdm
 
-from envs.config import EnvConfig, SamplerConfig, TaskConfig
+from envs.config import SamplerConfig
 from envs.dllm import load_env_dllm
-from envs.samplers import make_sampler
 from envs.tasks import make_task
-from learner import sampler as _policy_sampler  # noqa: F401  registers sampler=policy for `policies`
-from rollout.evaluate import run_episodes, summarize
-
-
-@dataclass
-class ParetoConfig:
-    model: str = "builtin"
-    task: TaskConfig = field(default_factory=TaskConfig)
-    env: EnvConfig = field(default_factory=EnvConfig)  # env.block_length is not used: see block_lengths
-    block_lengths: list[int] = field(default_factory=lambda: [4, 8])  # semi-AR; full diffusion (L) is always added
-    grid: str = "default"  # default | small
-    policies: list[str] = field(default_factory=list)  # saved policy directories, evaluated beside the heuristics
-    num_examples: int = 500
-    split: str = "test"
-    seed: int = 0
-    out_dir: str = "runs/pareto"
-    progress: bool = True
-    trust_remote_code: bool = False
+from rollout.config import ParetoConfig, check_pareto, pareto_block_lengths
+from rollout.evaluate import examples_to_evaluate, run_episodes, summarize
+from rollout.samplers import make_sampler
 
 
 def default_grid(gen_length: int, num_blocks: int, size: str = "default") -> list[SamplerConfig]:
@@ -50,23 +33,21 @@ def default_grid(gen_length: int, num_blocks: int, size: str = "default") -> lis
 
 def run_pareto(cfg: ParetoConfig, dllm=None) -> list[dict]:
     """One row per (block length, sampler setting)."""
+    check_pareto(cfg)
     task = make_task(cfg.task)
+    examples = examples_to_evaluate(task, cfg.split, cfg.num_examples, cfg.seed)
     dllm = dllm or load_env_dllm(cfg.model, cfg.env, trust_remote_code=cfg.trust_remote_code)
-    examples = task.examples(cfg.split, cfg.num_examples, seed=cfg.seed)
-    jobs = []
-    block_lengths = sorted(set(cfg.block_lengths) | {cfg.env.gen_length})
-    for block_length in block_lengths:
+    jobs = []  # every sampler is built (and every policy loaded) before the first episode runs
+    for block_length in pareto_block_lengths(cfg):
         env_cfg = dataclasses.replace(cfg.env, block_length=block_length)
-        if block_length <= 0 or env_cfg.gen_length % block_length:
-            raise ValueError(f"block_lengths entry {block_length} does not divide env.gen_length={env_cfg.gen_length}")
-        for sampler_cfg in default_grid(env_cfg.gen_length, env_cfg.gen_length // block_length, cfg.grid):
-            jobs.append((env_cfg, sampler_cfg))
-        for checkpoint in cfg.policies:
-            jobs.append((env_cfg, SamplerConfig(name="policy", checkpoint=checkpoint)))
+        grid = default_grid(env_cfg.gen_length, env_cfg.gen_length // block_length, cfg.grid)
+        grid += [SamplerConfig(name="policy", checkpoint=checkpoint) for checkpoint in cfg.policies]
+        for sampler_cfg in grid:
+            generator = torch.Generator(device=dllm.device).manual_seed(cfg.seed)
+            jobs.append((env_cfg, sampler_cfg, make_sampler(sampler_cfg, generator)))
     rows = []
-    for env_cfg, sampler_cfg in tqdm(jobs, desc="pareto", disable=not cfg.progress):
-        sampler = make_sampler(sampler_cfg, torch.Generator(device=dllm.device).manual_seed(cfg.seed))
-        episodes = run_episodes(dllm, task, examples, sampler, env_cfg, seed=cfg.seed)
+    for env_cfg, sampler_cfg, sampler in tqdm(jobs, desc="pareto", disable=not cfg.progress):
+        episodes = run_episodes(dllm, task, examples, sampler, env_cfg, cfg.batch_size, seed=cfg.seed)
         mode = "full diffusion" if env_cfg.block_length == env_cfg.gen_length else "semi-AR"
         rows.append({"mode": mode, "block_length": env_cfg.block_length, "sampler": sampler_cfg.name,
                      "setting": sampler.describe(), **summarize(episodes, env_cfg.gen_length)})

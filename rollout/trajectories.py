@@ -1,15 +1,14 @@
-"""Unmasking trajectories: collecting them in a dLLM env, and THE trajectory schema (Arrow/Parquet).
+"""Unmasking trajectories: THE trajectory batch type, collecting it in a dLLM env, and its Arrow/Parquet form.
 
-In memory a batch is a dict of numpy arrays, one row per trajectory, steps padded to T = L:
-    confidence [N,T,L] f32, masked/valid/action [N,T,L] bool, t/logp [N,T] f32, active [N,T] bool,
-    reward [N] f32, correct [N] bool, nfe [N] i32, sample_id [N] i32, group [N] i64 (index in the batch),
-    plus lists prompt_id, completion (str) and the ints policy_version, env_runner.
-On disk (`TRAJECTORY_SCHEMA`, version `SCHEMA_VERSION`) a Parquet file has one row per step actually
-taken, so `pyarrow.dataset` / `ray.data.read_parquet` read a folder of dumps as one table.
+One `TrajectoryBatch` crosses from generation (an env runner) to training (the learner) and to disk, converted
+once each way: its field names are the Parquet column names, `learner_columns()` is what the GRPO learner
+reads, and `to_arrow()` writes one row per step a trajectory actually took (`TRAJECTORY_SCHEMA`), so
+`pyarrow.dataset` / `ray.data.read_parquet` read a folder of dumps as one table.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +23,14 @@ from learner.config import GRPOConfig
 from learner.grpo import reward
 from learner.sampler import PolicySampler
 
-SCHEMA_VERSION = 1
+# 2: the `abandoned` column (positions given up at a block's forward budget). Version-1 dumps still read
+# (`read_trajectories`); their `abandoned` is null.
+SCHEMA_VERSION = 2
+SCHEMA_VERSION_KEY = "unmask.trajectory_schema_version"
 TRAJECTORY_SCHEMA = pa.schema(
     [
         pa.field("run_id", pa.string()),
-        pa.field("iteration", pa.int64()),  # training iteration whose dump holds the row
+        pa.field("iteration", pa.int64()),  # training iteration whose dump holds the row (1-based, as Tune's)
         pa.field("env_runner", pa.int32()),
         pa.field("policy_version", pa.int64()),  # learner updates behind the behaviour policy
         pa.field("prompt_id", pa.string()),
@@ -38,6 +40,7 @@ TRAJECTORY_SCHEMA = pa.schema(
         pa.field("t", pa.float32()),  # policy time input
         pa.field("confidences", pa.list_(pa.float32())),  # [L] top-1 probabilities
         pa.field("mask", pa.list_(pa.bool_())),  # [L] still masked
+        pa.field("abandoned", pa.list_(pa.bool_())),  # [L] given up at a block's forward budget: keeps [MASK]
         pa.field("valid", pa.list_(pa.bool_())),  # [L] may be unmasked at this step
         pa.field("action", pa.list_(pa.bool_())),  # [L] unmask decision
         pa.field("logp", pa.float32()),  # behaviour log-prob of the decision
@@ -47,76 +50,109 @@ TRAJECTORY_SCHEMA = pa.schema(
         pa.field("used", pa.bool_()),  # trained on (False: dropped as too stale)
         pa.field("completion", pa.string()),
     ],
-    metadata={"unmask.trajectory_schema_version": str(SCHEMA_VERSION)},
+    metadata={SCHEMA_VERSION_KEY: str(SCHEMA_VERSION)},
 )
 
 
+@dataclass
+class TrajectoryBatch:
+    """Complete groups of trajectories from one env-runner sample: one row per trajectory, steps padded to
+    T = L. Step s of trajectory n was taken iff s < nfe[n] (one decision per dLLM forward)."""
+
+    confidences: np.ndarray  # [N, T, L] float32: the dLLM's top-1 probabilities the policy saw
+    mask: np.ndarray  # [N, T, L] bool: still masked
+    abandoned: np.ndarray  # [N, T, L] bool: given up before this step (its block ran out of forwards)
+    valid: np.ndarray  # [N, T, L] bool: may be unmasked at this step (masked, in the current block)
+    action: np.ndarray  # [N, T, L] bool: the unmask decision
+    t: np.ndarray  # [N, T] float32: the policy's time input
+    logp: np.ndarray  # [N, T] float32: behaviour log-prob of the decision
+    reward: np.ndarray  # [N] float32
+    correct: np.ndarray  # [N] bool
+    nfe: np.ndarray  # [N] int32
+    sample_id: np.ndarray  # [N] int32: member of its group, 0..G-1
+    prompt_id: list[str]
+    group_id: list[str]  # r<runner>-g<n>: the runner's group counter makes it unique in the run
+    completion: list[str]  # the decoded answer; an abandoned position shows as the mask token
+    env_runner: int  # runner index (1-based; 0 = sampled in the algorithm's process)
+    policy_version: int  # learner updates behind the policy that sampled every step of it
+
+    def __len__(self) -> int:
+        return len(self.nfe)
+
+    @property
+    def active(self) -> np.ndarray:
+        """[N, T] bool: the steps each trajectory took."""
+        return np.arange(self.t.shape[1])[None, :] < self.nfe[:, None]
+
+    @property
+    def num_groups(self) -> int:
+        return len(set(self.group_id))
+
+    def learner_columns(self) -> dict[str, np.ndarray]:
+        """What the GRPO learner reads (learner.module), under the same names."""
+        return {"confidences": self.confidences, "mask": self.mask, "valid": self.valid, "action": self.action,
+                "t": self.t, "logp": self.logp, "active": self.active}
+
+    def to_arrow(self, run_id: str, iteration: int, used: bool) -> pa.Table:
+        """One row per step actually taken, in TRAJECTORY_SCHEMA."""
+        traj, step = np.nonzero(self.active)
+        per_step = {name: list(getattr(self, name)[traj, step])
+                    for name in ("confidences", "mask", "abandoned", "valid", "action")}
+        columns = {
+            "run_id": [run_id] * len(traj),
+            "iteration": np.full(len(traj), iteration, np.int64),
+            "env_runner": np.full(len(traj), self.env_runner, np.int32),
+            "policy_version": np.full(len(traj), self.policy_version, np.int64),
+            "prompt_id": [self.prompt_id[i] for i in traj],
+            "group_id": [self.group_id[i] for i in traj],
+            "sample_id": self.sample_id[traj],
+            "step": step.astype(np.int32),
+            "t": self.t[traj, step],
+            **per_step,
+            "logp": self.logp[traj, step],
+            "reward": self.reward[traj],
+            "correct": self.correct[traj],
+            "nfe": self.nfe[traj],
+            "used": np.full(len(traj), used),
+            "completion": [self.completion[i] for i in traj],
+        }
+        return pa.Table.from_pydict(columns, schema=TRAJECTORY_SCHEMA)
+
+
 def collect_groups(env: UnmaskingEnv, sampler: PolicySampler, task: Task, examples: list[Example],
-                   group_size: int, grpo: GRPOConfig) -> dict:
-    """Run every example `group_size` times in one batched env; record every decision."""
+                   group_size: int, grpo: GRPOConfig, *, env_runner: int, first_group: int,
+                   policy_version: int) -> TrajectoryBatch:
+    """Run every example `group_size` times in one batched env; record every decision. Groups are numbered
+    from `first_group` on."""
     dllm = env.dllm
     encoded = dllm.encode_prompts([ex.prompt for ex in examples], task.response_prefix)
     prompts = [p for p in encoded for _ in range(group_size)]
     obs = env.reset(prompts)
     N, L = len(prompts), env.L
-    rec = {
-        "confidence": torch.zeros(N, L, L), "masked": torch.zeros(N, L, L, dtype=torch.bool),
-        "valid": torch.zeros(N, L, L, dtype=torch.bool), "action": torch.zeros(N, L, L, dtype=torch.bool),
-        "t": torch.zeros(N, L), "logp": torch.zeros(N, L), "active": torch.zeros(N, L, dtype=torch.bool),
-    }
+    per_step = {name: torch.zeros(N, L, L, dtype=torch.bool) for name in ("mask", "abandoned", "valid", "action")}
+    rec = {"confidences": torch.zeros(N, L, L), **per_step, "t": torch.zeros(N, L), "logp": torch.zeros(N, L)}
     step = 0
     while not env.done:
         action, logp = sampler.act(obs)
         rows = obs.active.cpu()
-        for name, value in (("confidence", obs.confidence), ("masked", obs.masked), ("valid", obs.valid),
-                            ("action", action), ("t", obs.t), ("logp", logp)):
+        for name, value in (("confidences", obs.confidence), ("mask", obs.masked), ("abandoned", obs.abandoned),
+                            ("valid", obs.valid), ("action", action), ("t", obs.t), ("logp", logp)):
             rec[name][rows, step] = value.detach().cpu()[rows].to(rec[name].dtype)
-        rec["active"][rows, step] = True
         obs = env.step(action)
         step += 1
-    canvas = env.canvas().tolist()
-    completions = [dllm.decode_answer(row) for row in canvas]
+    completions = [dllm.decode_answer(row) for row in env.canvas().tolist()]
     group_examples = [ex for ex in examples for _ in range(group_size)]
     correct = torch.tensor([task.verify(c, ex) for c, ex in zip(completions, group_examples)])
     nfe = env.nfe.cpu()
-    batch = {name: value.numpy() for name, value in rec.items()}
-    batch.update(
+    return TrajectoryBatch(
+        **{name: value.numpy() for name, value in rec.items()},
         reward=reward(correct, nfe, L, grpo.alpha, grpo.reward).numpy().astype(np.float32),
         correct=correct.numpy(), nfe=nfe.numpy().astype(np.int32),
         sample_id=np.tile(np.arange(group_size, dtype=np.int32), len(examples)),
-        group=np.repeat(np.arange(len(examples), dtype=np.int64), group_size),
-        prompt_id=[ex.id for ex in group_examples], completion=completions,
+        prompt_id=[ex.id for ex in group_examples],
+        group_id=[f"r{env_runner}-g{first_group + g}" for g in range(len(examples)) for _ in range(group_size)],
+        completion=completions, env_runner=env_runner, policy_version=policy_version,
     )
-    return batch
-
-
-def to_table(batch: dict, run_id: str, iteration: int, used: bool) -> pa.Table:
-    """One row per step actually taken, in TRAJECTORY_SCHEMA."""
-    traj, step = np.nonzero(batch["active"])
-    runner, version = batch["env_runner"], batch["policy_version"]
-    groups = [f"r{runner}-g{batch['group_offset'] + g}" for g in batch["group"]]
-    columns = {
-        "run_id": [run_id] * len(traj),
-        "iteration": np.full(len(traj), iteration, np.int64),
-        "env_runner": np.full(len(traj), runner, np.int32),
-        "policy_version": np.full(len(traj), version, np.int64),
-        "prompt_id": [batch["prompt_id"][i] for i in traj],
-        "group_id": [groups[i] for i in traj],
-        "sample_id": batch["sample_id"][traj],
-        "step": step.astype(np.int32),
-        "t": batch["t"][traj, step],
-        "confidences": list(batch["confidence"][traj, step]),
-        "mask": list(batch["masked"][traj, step]),
-        "valid": list(batch["valid"][traj, step]),
-        "action": list(batch["action"][traj, step]),
-        "logp": batch["logp"][traj, step],
-        "reward": batch["reward"][traj],
-        "correct": batch["correct"][traj],
-        "nfe": batch["nfe"][traj],
-        "used": np.full(len(traj), used),
-        "completion": [batch["completion"][i] for i in traj],
-    }
-    return pa.Table.from_pydict(columns, schema=TRAJECTORY_SCHEMA)
 
 
 def write_parquet_atomic(table: pa.Table, path: Path) -> Path:
@@ -128,7 +164,8 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> Path:
 
 
 def read_trajectories(folder: str | Path) -> pa.Table:
-    """Every dump under `folder` as one table (hidden temp files are skipped by pyarrow)."""
+    """Every dump under `folder` as one table (hidden temp files are skipped by pyarrow). Dumps of an
+    earlier schema version read too: the columns they lack are null."""
     import pyarrow.dataset as ds
 
     return ds.dataset(str(folder), format="parquet", schema=TRAJECTORY_SCHEMA).to_table()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from envs.dllm import ModelSize, load_dllm, new_builtin_model
+from envs.config import ModelSize
+from envs.dllm import load_dllm, new_builtin_model
 from envs.tasks.cycles import CycleTask
 from envs.tokenizer import build_char_tokenizer
 

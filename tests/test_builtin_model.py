@@ -8,7 +8,7 @@ import pytest
 
 from envs.config import EnvConfig, SamplerConfig, TaskConfig
 from envs.dllm import BUILTIN_MODEL_DIR, load_dllm
-from envs.samplers import make_sampler
+from rollout.samplers import make_sampler
 from envs.tasks import make_task
 from rollout.evaluate import run_episodes, summarize
 
@@ -23,8 +23,8 @@ def measure():
     examples = task.examples("test", 200, seed=1)
 
     def run(block_length: int, **sampler) -> dict:
-        env = EnvConfig(block_length=block_length, batch_size=200)
-        episodes = run_episodes(dllm, task, examples, make_sampler(SamplerConfig(**sampler)), env)
+        env = EnvConfig(block_length=block_length)
+        episodes = run_episodes(dllm, task, examples, make_sampler(SamplerConfig(**sampler)), env, batch_size=200)
         return summarize(episodes, env.gen_length)
 
     return run

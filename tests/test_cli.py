@@ -15,7 +15,7 @@ def unmask(*args, cwd=None):
 
 def test_eval_writes_json_with_the_resolved_config(tiny_model_dir, tmp_path):
     out = tmp_path / "e.json"
-    res = unmask("eval", f"model={tiny_model_dir}", "num_examples=12", "env.batch_size=5",
+    res = unmask("eval", f"model={tiny_model_dir}", "num_examples=12", "batch_size=5",
                  "sampler=top_k", "sampler.steps=16", "env.gen_length=16", "env.block_length=4", f"out={out}")
     assert res.returncode == 0, res.stderr
     data = json.loads(out.read_text())
@@ -114,10 +114,12 @@ def test_jsonl_eval_end_to_end(tiny_model_dir, tmp_path):
                               [("abc?", "cba"), ("bca?", "acb"), ("cab?", "bac"), ("aab?", "baa")] * 3) + "\n")
     out = tmp_path / "e.json"
     assert main(["eval", f"model={tiny_model_dir}", "task=jsonl", f"task.path={data}", "task.test_fraction=1.0",
-                 "num_examples=-1", "env.gen_length=8", "env.block_length=4", "sampler=eb",
+                 "num_examples=-1", "env.gen_length=8", "env.block_length=4", "sampler=top_k", "sampler.steps=4",
                  f"out={out}", "progress=false"]) == 0
     result = json.loads(out.read_text())
-    assert result["num_examples"] == 12 and 0 <= result["accuracy"] <= 1 and 2 <= result["mean_nfe"] <= 8
+    # two blocks of 4, two steps each (LLaDA's schedule): exactly 4 forwards of 2 tokens, whatever the model
+    assert result["num_examples"] == 12 and 0 <= result["accuracy"] <= 1
+    assert result["mean_nfe"] == 4 and result["tokens_per_step"] == 2 and result["still_masked"] == 0
 
 
 def test_empty_split_and_bad_sampler_values_are_errors(tiny_model_dir, tmp_path, capsys):

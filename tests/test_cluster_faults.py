@@ -23,7 +23,7 @@ def test_losing_a_worker_node_does_not_stop_the_run(tiny_model_dir, tmp_path):
 
     def remove_a_runner_node():
         deadline = time.time() + 300
-        while time.time() < deadline and not (run_dir / "trajectories" / "iter_000002").exists():
+        while time.time() < deadline and not (run_dir / "trajectories" / "iter_000003").exists():
             time.sleep(0.2)
         hosts = {a["Address"]["NodeID"] for a in ray._private.state.actors().values()
                  if a["ActorClassName"] == "DLLMEnvRunner" and a["State"] == "ALIVE"}

@@ -7,7 +7,7 @@ from envs.confidence import predict
 from envs.config import SamplerConfig
 from envs.dllm import ModelLoadError, layout_batch, load_dllm
 from envs.mdp import SamplerError, UnmaskingEnv
-from envs.samplers import make_sampler
+from rollout.samplers import make_sampler
 from tests.conftest import save_tiny_model
 
 

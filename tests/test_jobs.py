@@ -68,13 +68,13 @@ def test_ray_job_submit_runs_unmask_train_on_a_real_head(ray_head, tiny_model_di
     job_id = submit(address, env, "train", f"run_dir={run_dir}", f"rollout.model={tiny_model_dir}",
                     "rollout.group_size=4", "rollout.prompts_per_sample=2", "rollout.env.gen_length=16",
                     "rollout.env.block_length=8", "groups_per_update=2", "max_iterations=3", "checkpoint_every=0",
-                    "eval_examples=5", "num_env_runners=1")
+                    "eval.num_examples=5", "num_env_runners=1")
     status = wait_for_job(address, job_id, env)
     logs = subprocess.run([RAY, "job", "logs", "--address", address, job_id], env=env, capture_output=True,
                           text=True, timeout=60).stdout
     assert status == "SUCCEEDED", logs[-3000:]
     assert "final policy: accuracy" in logs
-    assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints" / "final" / "policy.json").is_file()
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints" / "final" / "config.json").is_file()
     assert json.loads((run_dir / "eval.json").read_text())["num_examples"] == 5
     assert len(list((run_dir / "trajectories").glob("iter_*/runner_*.parquet"))) == 3
 
@@ -95,13 +95,13 @@ def test_ray_job_stop_leaves_a_resumable_run(ray_head, tiny_model_dir, tmp_path)
     job_id = submit(address, env, "train", f"run_dir={run_dir}", f"rollout.model={tiny_model_dir}",
                     "rollout.group_size=4", "rollout.prompts_per_sample=2", "rollout.env.gen_length=16",
                     "rollout.env.block_length=8", "groups_per_update=2", "max_iterations=120",
-                    "checkpoint_every=2", "eval_examples=5", "num_env_runners=1")
+                    "checkpoint_every=2", "eval.num_examples=5", "num_env_runners=1")
     deadline = time.time() + 300
-    while not (run_dir / "trajectories" / "iter_000004").exists() and time.time() < deadline:
+    while not (run_dir / "trajectories" / "iter_000005").exists() and time.time() < deadline:
         time.sleep(0.2)
     subprocess.run([RAY, "job", "stop", "--address", address, job_id], env=env, capture_output=True, timeout=120)
     assert wait_for_job(address, job_id, env) == "STOPPED"
-    assert (run_dir / "checkpoints" / "final" / "policy.json").is_file()  # written on the way out
+    assert (run_dir / "checkpoints" / "final" / "config.json").is_file()  # written on the way out
     assert not (run_dir / "eval.json").exists()
     assert list((run_dir / "tune").glob("*/checkpoint_*"))
 

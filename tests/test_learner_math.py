@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from learner.grpo import bernoulli_logp, group_advantages, grpo_loss, reward
-from learner.policy import PolicyConfig, UnmaskingPolicy
+from learner.config import PolicyConfig
+from learner.policy import UnmaskingPolicy
 
 
 def test_policy_matches_the_paper_size_and_init():

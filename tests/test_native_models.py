@@ -10,7 +10,7 @@ import torch
 from envs.config import SamplerConfig
 from envs.dllm import ModelLoadError, layout_batch, load_dllm
 from envs.mdp import UnmaskingEnv
-from envs.samplers import make_sampler
+from rollout.samplers import make_sampler
 from tests.native_checkpoints import saved_tensors, write_dream, write_gsm8k, write_llada
 
 WRITERS = {"llada": write_llada, "dream": write_dream}

@@ -7,7 +7,8 @@ import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from envs.config import PretrainConfig, TaskConfig
-from envs.dllm import ModelSize, load_dllm, new_builtin_model
+from envs.config import ModelSize
+from envs.dllm import load_dllm, new_builtin_model
 from envs.pretrain import grow_positions, masked_diffusion_loss, pretrain
 from tests.conftest import TINY
 

@@ -24,7 +24,7 @@ def tiny_train(model_dir, run_dir) -> list[str]:
     return ["train", f"run_dir={run_dir}", f"rollout.model={model_dir}", "rollout.group_size=4",
             "rollout.prompts_per_sample=2", "rollout.env.gen_length=16", "rollout.env.block_length=8",
             "groups_per_update=2", "max_iterations=10", "checkpoint_every=2", "max_policy_lag=0",
-            "num_env_runners=1", "eval_examples=5", "grpo.reward=additive", "grpo.lr=1e-3", "grpo.warmup_steps=1",
+            "num_env_runners=1", "eval.num_examples=5", "grpo.reward=additive", "grpo.lr=1e-3", "grpo.warmup_steps=1",
             "grpo.policy.init_bias=0.0"]
 
 
@@ -43,13 +43,13 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_pa
     proc = subprocess.Popen(cli(*tiny_train(tiny_model_dir, cut)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     deadline = time.time() + 300
-    while not (cut / "trajectories" / "iter_000004").exists() and time.time() < deadline and proc.poll() is None:
+    while not (cut / "trajectories" / "iter_000005").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err[-3000:]
     assert f"unmask train resume={cut}" in err
-    assert (cut / "checkpoints" / "final" / "policy.safetensors").is_file()  # the final policy, written on SIGTERM
+    assert (cut / "checkpoints" / "final" / "model.safetensors").is_file()  # the final policy, written on SIGTERM
     assert not (cut / "eval.json").exists()  # an interrupted run does not look complete
 
     wrong = subprocess.run(cli("train", f"resume={cut}", "grpo.alpha=2"), capture_output=True, text=True, timeout=120)
@@ -74,13 +74,13 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_pa
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert (cut / "eval.json").exists()
 
-    a = load_file(straight / "checkpoints" / "final" / "policy.safetensors")
-    b = load_file(cut / "checkpoints" / "final" / "policy.safetensors")
+    a = load_file(straight / "checkpoints" / "final" / "model.safetensors")
+    b = load_file(cut / "checkpoints" / "final" / "model.safetensors")
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
     first, second = trajectories(straight), trajectories(cut)
-    assert sorted(set(first["iteration"])) == list(range(10))
+    assert sorted(set(first["iteration"])) == list(range(1, 11))
     assert first.equals(second)  # every iteration once, each decision identical
     assert first["policy_version"].max() >= 5  # the policy really changed along the way
 

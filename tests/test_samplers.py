@@ -7,7 +7,9 @@ import torch
 
 from envs.config import SamplerConfig
 from envs.mdp import Observation
-from envs.samplers import SAMPLERS, make_sampler
+from envs.config import SAMPLER_PARAMS
+from envs.samplers import HEURISTICS
+from rollout.samplers import SAMPLERS, make_sampler, sampler
 
 
 def obs(token_prob, valid=None, block_step=0, gen_length=None, block_length=None, margin=None, entropy=None):
@@ -16,7 +18,7 @@ def obs(token_prob, valid=None, block_step=0, gen_length=None, block_length=None
     valid = torch.ones_like(p, dtype=torch.bool) if valid is None else torch.tensor([valid])
     return Observation(
         confidence=p, token_prob=p, margin=torch.tensor([margin]) if margin else p.clone(),
-        entropy=torch.tensor([entropy]) if entropy else -p.clone(), masked=valid.clone(), valid=valid,
+        entropy=torch.tensor([entropy]) if entropy else -p.clone(), masked=valid.clone(), abandoned=torch.zeros_like(valid), valid=valid,
         t=torch.zeros(1), nfe=torch.ones(1, dtype=torch.long), block_step=torch.tensor([block_step]),
         block_index=torch.zeros(1, dtype=torch.long), active=torch.ones(1, dtype=torch.bool),
         block_length=block_length or L, gen_length=gen_length or L)
@@ -90,10 +92,25 @@ def test_random_takes_k_valid_positions():
     assert sum(pick("random", o, k=10)) == 4
 
 
-def test_every_registered_sampler_returns_a_subset_of_valid():
+def test_every_heuristic_returns_a_subset_of_valid():
     o = obs([0.3, 0.8, 0.6, 0.95], valid=[True, False, True, True])
-    for name in SAMPLERS:
-        if name == "policy":
-            continue
+    for name in HEURISTICS:
         chosen = torch.tensor(pick(name, o))
         assert chosen.any() and not (chosen & ~o.valid[0]).any(), name
+
+
+def test_one_sampler_table_with_the_parameters_each_reads():
+    assert set(SAMPLERS) == set(SAMPLER_PARAMS) == set(HEURISTICS) | {"policy"}
+    for name, cls in SAMPLERS.items():
+        assert cls.name == name
+
+
+def test_sampler_by_name_takes_only_its_own_parameters():
+    o = obs([0.2, 0.95, 0.4, 0.91])
+    assert sampler("fast_dllm", threshold=0.9).select(o)[0].tolist() == [False, True, False, True]
+    with pytest.raises(ValueError, match="steps does not apply to sampler 'fast_dllm'"):
+        sampler("fast_dllm", steps=4)
+    with pytest.raises(ValueError, match="unknown sampler 'fastdllm'"):
+        sampler("fastdllm")
+    with pytest.raises(ValueError, match="sampler.threshold must be in"):
+        sampler("fast_dllm", threshold=2.0)

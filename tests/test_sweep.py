@@ -7,10 +7,12 @@ import pytest
 import ray
 
 from cluster.cli import main
-from cluster.sweep import SweepConfig, sweep
+from cluster.configs import FinalEvalConfig, SweepConfig
+from cluster.sweep import sweep
 from envs.config import EnvConfig, TaskConfig
 from learner.config import GRPOConfig
-from learner.policy import PolicyConfig, policy_info
+from learner.config import PolicyConfig
+from learner.policy import policy_info
 from rollout.config import RolloutConfig
 from rollout.trajectories import read_trajectories
 
@@ -27,7 +29,7 @@ def tiny_sweep(model_dir, run_dir, **overrides) -> SweepConfig:
                             env=EnvConfig(gen_length=16, block_length=8))
     grpo = GRPOConfig(reward="additive", lr=1e-3, warmup_steps=1, policy=PolicyConfig(init_bias=0.0))
     settings = dict(rollout=rollout, grpo=grpo, run_dir=str(run_dir), max_iterations=2, num_env_runners=0,
-                    groups_per_update=2, checkpoint_every=0, eval_examples=8, report_grid="small",
+                    groups_per_update=2, checkpoint_every=0, eval=FinalEvalConfig(num_examples=8), report_grid="small",
                     report_block_lengths=[4], grid={"grpo": {"alpha": [0.5, 2.0]}})
     settings.update(overrides)
     return SweepConfig(**settings)
@@ -47,7 +49,7 @@ def test_sweep_over_alpha_reports_policies_beside_heuristics_and_resumes(local_r
         assert info["alpha"] == t["grpo.alpha"] and info["reward"] == "additive" and info["run_id"] == t["trial"]
         dumps = read_trajectories(f"{t['policy']}/../../trajectories")
         assert set(dumps.column("run_id").to_pylist()) == {t["trial"]}
-        assert sorted(set(dumps.column("iteration").to_pylist())) == [0, 1]
+        assert sorted(set(dumps.column("iteration").to_pylist())) == [1, 2]
 
     rows = result["pareto"]
     assert {r["block_length"] for r in rows} == {4, 8, 16}  # report BL, the trained BL, full diffusion
@@ -84,7 +86,7 @@ def test_a_failed_trial_is_reported_not_hidden(local_ray, tiny_model_dir, tmp_pa
     code = main(["sweep", f"run_dir={run_dir}", f"grid.rollout.model=[{tiny_model_dir},{not_a_model}]",
                  "grid.grpo.alpha=[1.0]", "rollout.group_size=4", "rollout.prompts_per_sample=2",
                  "rollout.env.gen_length=16", "rollout.env.block_length=8", "groups_per_update=2",
-                 "max_iterations=2", "num_env_runners=0", "checkpoint_every=0", "eval_examples=4",
+                 "max_iterations=2", "num_env_runners=0", "checkpoint_every=0", "eval.num_examples=4",
                  "report_block_lengths=[4]", f"rollout.model={tiny_model_dir}"])
     out = capsys.readouterr().out
     assert code == 1

@@ -14,10 +14,12 @@ import pytest
 import ray
 
 from cluster.cli import main
-from cluster.train import TrainConfig, train
+from cluster.configs import FinalEvalConfig, TrainConfig
+from cluster.train import train
 from envs.config import EnvConfig, TaskConfig
 from learner.config import GRPOConfig
-from learner.policy import PolicyConfig, load_policy
+from learner.config import PolicyConfig
+from learner.policy import load_policy
 from rollout.config import RolloutConfig
 from rollout.trajectories import SCHEMA_VERSION, TRAJECTORY_SCHEMA, read_trajectories
 
@@ -29,14 +31,14 @@ def local_ray():
     ray.shutdown()
 
 
-def tiny_run(model_dir, run_dir, **overrides) -> TrainConfig:
+def tiny_run(model_dir, run_dir, eval_examples: int = 10, **overrides) -> TrainConfig:
     """A policy that starts at s = 0.5 and an additive speed reward: on a random tiny dLLM nothing is
     correct, so the reward is -NFE/L and rises exactly when GRPO teaches the policy to unmask more."""
     rollout = RolloutConfig(model=model_dir, task=TaskConfig(num_symbols=7), group_size=4, prompts_per_sample=2,
                             env=EnvConfig(gen_length=16, block_length=8))
     grpo = GRPOConfig(reward="additive", alpha=1.0, lr=1e-3, warmup_steps=1, policy=PolicyConfig(init_bias=0.0))
     settings = dict(rollout=rollout, grpo=grpo, run_dir=str(run_dir), max_iterations=8, num_env_runners=1,
-                    groups_per_update=2, checkpoint_every=4, eval_examples=10)
+                    groups_per_update=2, checkpoint_every=4, eval=FinalEvalConfig(num_examples=eval_examples))
     settings.update(overrides)
     return TrainConfig(**settings)
 
@@ -80,10 +82,23 @@ def test_async_training_end_to_end(local_ray, tiny_model_dir, tmp_path):
     assert (per_traj["last"] == per_traj["nfe"] - 1).all() and (per_traj["iterations"] == 1).all()
     assert len(per_traj) == int(float(rows[-1]["unmask/trajectories_total"]))
 
-    # versions never go back; staleness respects max_policy_lag for what was used
+    # versions never go back; what was trained on is at most max_policy_lag (1) updates old, what was dropped
+    # is older: the learner's version when iteration k gathered is its version after k, less k's own update
     by_iter = df.groupby("iteration")["policy_version"].agg(["min", "max"])
     assert (np.diff(by_iter["min"].to_numpy()) >= 0).all()
     assert df["policy_version"].max() >= 1
+    learner_version = {int(r["training_iteration"]): int(float(r["unmask/policy_version"]))
+                       - (1 - int(float(r["unmask/skipped_batch"]))) for r in rows}
+    lag = df["iteration"].map(learner_version) - df["policy_version"]
+    assert (lag[df["used"]] <= 1).all() and (lag[~df["used"]] > 1).all()
+    assert lag.groupby(df["iteration"]).max().to_dict() == {
+        int(r["training_iteration"]): int(float(r["unmask/staleness_max"])) for r in rows}
+    # one iteration convention: dumps, Tune and the saved policies all count iterations from 1
+    assert sorted(set(df["iteration"])) == list(range(1, 9))
+    assert sorted(json.loads((d / "config.json").read_text())["training"]["iteration"]
+                  for d in (run_dir / "checkpoints").glob("policy_*")) == [4, 8]
+    final = json.loads((run_dir / "checkpoints" / "final" / "config.json").read_text())["training"]
+    assert final["iteration"] == 8 and final["policy_version"] == int(float(rows[-1]["unmask/policy_version"]))
 
     # learning happened: the speed reward of the last iterations beats the first
     reward = df.groupby(["group_id", "sample_id"]).first().groupby("iteration")["reward"].mean()
@@ -99,7 +114,7 @@ def test_on_policy_with_two_env_runners(local_ray, tiny_model_dir, tmp_path):
     assert df["used"].all()
     rows = progress(run_dir)
     assert all(float(r["unmask/staleness_max"]) == 0 for r in rows)
-    assert (run_dir / "checkpoints" / "final" / "policy.safetensors").exists()
+    assert (run_dir / "checkpoints" / "final" / "model.safetensors").exists()
 
 
 def kill_one_env_runner_when(ready) -> threading.Thread:
@@ -125,7 +140,7 @@ def kill_one_env_runner_when(ready) -> threading.Thread:
 def test_killed_env_runner_is_restarted_and_no_trajectory_is_lost_or_duplicated(local_ray, tiny_model_dir,
                                                                                tmp_path):
     run_dir = tmp_path / "run"
-    killer = kill_one_env_runner_when(lambda: (run_dir / "trajectories" / "iter_000002").exists())
+    killer = kill_one_env_runner_when(lambda: (run_dir / "trajectories" / "iter_000003").exists())
     # the only runner dies: training cannot go on until Ray has restarted it and it has been resumed
     train(tiny_run(tiny_model_dir, run_dir, num_env_runners=1, max_iterations=10, eval_examples=0,
                    checkpoint_every=0))
@@ -188,5 +203,5 @@ def test_training_on_a_native_llada_with_gsm8k_and_a_kv_cache(local_ray, tmp_pat
     config.rollout.env.kv_cache = "prefix"
     train(config)
     table = read_trajectories(tmp_path / "run" / "trajectories")
-    assert table.num_rows > 0 and set(table.column("iteration").to_pylist()) == {0, 1, 2}
+    assert table.num_rows > 0 and set(table.column("iteration").to_pylist()) == {1, 2, 3}
     assert json.loads((tmp_path / "run" / "eval.json").read_text())["num_examples"] == 3

@@ -1,0 +1,19 @@
+"""What `unmask train` and `unmask sweep` print: one line per iteration instead of Tune's status table."""
+
+from __future__ import annotations
+
+from ray.tune import Callback
+
+
+class ProgressPrinter(Callback):
+    def __init__(self, label_trials: bool = False):
+        self.label_trials = label_trials  # sweeps: prefix each line with the trial
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        m = result.get("unmask", {})
+        if m:
+            prefix = f"{trial}  " if self.label_trials else ""
+            print(f"{prefix}iter {result['training_iteration']:4d}  reward {m['reward_mean']:.3f}  "
+                  f"acc {m['accuracy']:.3f}  nfe {m['nfe_mean']:.2f}  traj/s {m['trajectories_per_s']:.1f}  "
+                  f"busy {m['env_runner_busy_fraction']:.2f}  lag {m['staleness_mean']:.2f}  "
+                  f"v{int(m['policy_version'])}  {result['time_total_s']:.0f}s", flush=True)

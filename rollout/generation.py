@@ -1,0 +1,63 @@
+"""Generation with any sampler on any supported dLLM: the Python API.
+
+    from envs.config import EnvConfig
+    from envs.dllm import load_dllm
+    from rollout.generation import generate
+    from rollout.samplers import sampler
+
+    dllm = load_dllm("GSAI-ML/LLaDA-8B-Instruct", device="cuda", dtype="bfloat16")
+    policy = sampler("policy", checkpoint="runs/a1/checkpoints/final")  # or sampler("fast_dllm", threshold=0.9)
+    for out in generate(dllm, ["What is 17 * 23?"], policy, EnvConfig(gen_length=256, block_length=32)):
+        print(out.nfe, out.text)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from envs.config import EnvConfig
+from envs.dllm import DLLM
+from envs.mdp import UnmaskingEnv
+from envs.samplers import Sampler
+
+
+@dataclass
+class Generation:
+    """One finished generation."""
+
+    text: str  # the decoded answer, cut at the first end-of-sequence token
+    nfe: int  # dLLM forwards it took
+    tokens: list[int]  # the whole canvas
+    unmask_step: list[int] = field(repr=False)  # forward index at which each canvas position was written (-1: never)
+    abandoned: int = 0  # positions given up at a block's forward budget (they still hold the mask token)
+
+
+def run_to_end(env: UnmaskingEnv, sampler: Sampler, prompts: list[list[int]]) -> UnmaskingEnv:
+    """One batch of episodes, from the fully masked canvas until nothing is masked."""
+    obs = env.reset(prompts)
+    while not env.done:
+        obs = env.step(sampler.select(obs))
+    return env
+
+
+def generate(dllm: DLLM, prompts: list[str], sampler: Sampler, env: EnvConfig | None = None, *,
+             batch_size: int = 16, response_prefix: str = "", seed: int = 0,
+             on_batch: Callable[[int], None] | None = None) -> list[Generation]:
+    """Generate an answer to each prompt (batched, `batch_size` sequences per dLLM forward) by unmasking
+    with `sampler` in the MDP of `env` (canvas length, block length, token temperature, KV cache)."""
+    env = env or EnvConfig()
+    encoded = dllm.encode_prompts(prompts, response_prefix)
+    if encoded:  # before any forward: every prompt must fit the context with the canvas
+        dllm.check_fits(max(len(ids) for ids in encoded), env.gen_length)
+    mdp = UnmaskingEnv.from_config(dllm, env, seed=seed)
+    out: list[Generation] = []
+    for start in range(0, len(encoded), batch_size):
+        run_to_end(mdp, sampler, encoded[start : start + batch_size])
+        canvas = mdp.canvas().tolist()
+        for row, tokens in enumerate(canvas):
+            out.append(Generation(dllm.decode_answer(tokens), int(mdp.nfe[row]), tokens,
+                                  mdp.unmask_step[row].tolist(), int(mdp.abandoned[row].sum())))
+        if on_batch is not None:
+            on_batch(len(canvas))
+    return out
