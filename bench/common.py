@@ -10,7 +10,7 @@ import torch
 from envs.config import SamplerConfig
 from envs.mdp import UnmaskingEnv
 from envs.models import DreamConfig, DreamModel, LLaDAConfig, LLaDAModelLM
-from envs.samplers import make_sampler
+from rollout.samplers import make_sampler
 
 
 def random_checkpoint(out: str, arch: str, layers: int, d_model: int, vocab: int, head_dim: int, mlp_hidden: int,

@@ -15,9 +15,9 @@ import torch
 
 from envs.config import EnvConfig, SamplerConfig
 from envs.dllm import load_dllm
-from envs.samplers import make_sampler
 from envs.tasks.cycles import CycleTask
 from rollout.evaluate import run_episodes, summarize
+from rollout.samplers import make_sampler
 
 
 def main(argv: list[str]) -> None:
@@ -34,10 +34,10 @@ def main(argv: list[str]) -> None:
     for sampler_cfg, block in ((SamplerConfig(name="top_k"), 8), (SamplerConfig(name="fast_dllm"), 8),
                                (SamplerConfig(name="fast_dllm"), gen_length)):
         for batch_size, count in ((250, n), (1, unbatched_n)):
-            env = EnvConfig(gen_length=gen_length, block_length=block, batch_size=batch_size, device=device)
+            env = EnvConfig(gen_length=gen_length, block_length=block, device=device)
             sampler = make_sampler(sampler_cfg)
             start = time.perf_counter()
-            episodes = run_episodes(dllm, task, examples[:count], sampler, env)
+            episodes = run_episodes(dllm, task, examples[:count], sampler, env, batch_size=batch_size)
             wall = time.perf_counter() - start
             s = summarize(episodes, env.gen_length)
             forwards = s["mean_nfe"] * count / batch_size if batch_size > 1 else s["mean_nfe"] * count

@@ -67,7 +67,8 @@ def decode_figures(dllm, a: dict) -> list[tuple[str, str]]:
 
 
 def training_figures(model: str, a: dict, root: Path) -> list[tuple[str, str]]:
-    from cluster.train import TrainConfig, train
+    from cluster.configs import FinalEvalConfig, TrainConfig
+    from cluster.train import train
     from envs.config import EnvConfig, TaskConfig
     from learner.config import GRPOConfig
     from rollout.config import RolloutConfig
@@ -78,7 +79,7 @@ def training_figures(model: str, a: dict, root: Path) -> list[tuple[str, str]]:
     cfg = TrainConfig(rollout=rollout, grpo=GRPOConfig(reward="additive", alpha=1.0),
                       run_dir=str(root / "train"), max_iterations=int(a["train_iterations"]), num_env_runners=1,
                       num_gpus_per_env_runner=1.0 if a["device"].startswith("cuda") else 0.0,
-                      groups_per_update=2, checkpoint_every=0, eval_examples=0)
+                      groups_per_update=2, checkpoint_every=0, eval=FinalEvalConfig(num_examples=0))
     start = time.perf_counter()
     train(cfg)
     wall = time.perf_counter() - start

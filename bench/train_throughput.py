@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from cluster.train import TrainConfig, train
+from cluster.configs import FinalEvalConfig, TrainConfig
+from cluster.train import train
 from envs.config import EnvConfig
 from envs.dllm import load_dllm
 from envs.mdp import UnmaskingEnv
@@ -57,7 +58,7 @@ def training_figures(model: str, device: str, runners: int, iterations: int, roo
     rollout = RolloutConfig(model=model, group_size=8, prompts_per_sample=4, env=EnvConfig(device=device))
     cfg = TrainConfig(rollout=rollout, grpo=GRPOConfig(alpha=1.0), run_dir=str(root / f"runners_{runners}"),
                       max_iterations=iterations, num_env_runners=runners, groups_per_update=4 * runners,
-                      checkpoint_every=0, eval_examples=0, dump_trajectories=True,
+                      checkpoint_every=0, eval=FinalEvalConfig(num_examples=0), dump_trajectories=True,
                       num_gpus_per_env_runner=1 / runners if device.startswith("cuda") else 0.0)
     train(cfg)
     [progress] = list((root / f"runners_{runners}" / "tune").glob("*/progress.csv"))

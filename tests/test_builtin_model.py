@@ -8,9 +8,9 @@ import pytest
 
 from envs.config import EnvConfig, SamplerConfig, TaskConfig
 from envs.dllm import BUILTIN_MODEL_DIR, load_dllm
-from rollout.samplers import make_sampler
 from envs.tasks import make_task
 from rollout.evaluate import run_episodes, summarize
+from rollout.samplers import make_sampler
 
 pytestmark = pytest.mark.skipif(not (BUILTIN_MODEL_DIR / "model.safetensors").exists(),
                                 reason="the built-in checkpoint is not in this checkout")
@@ -37,11 +37,13 @@ def test_builtin_loads_by_name_through_auto_classes():
     assert (BUILTIN_MODEL_DIR / "model.safetensors").stat().st_size < 20 * 2**20
 
 
+@pytest.mark.slow
 def test_one_token_per_step_semi_ar_solves_most_prompts(measure):
     # measured 0.992 (BL=8) on 500 prompts (README table); a random model scores ~0
     assert measure(8, name="top_k", steps=24)["accuracy"] >= 0.9
 
 
+@pytest.mark.slow
 def test_threshold_with_small_blocks_keeps_accuracy_at_fewer_nfe(measure):
     slow = measure(8, name="top_k", steps=24)
     fast = measure(4, name="fast_dllm", threshold=0.9)
@@ -49,6 +51,7 @@ def test_threshold_with_small_blocks_keeps_accuracy_at_fewer_nfe(measure):
     assert fast["accuracy"] >= slow["accuracy"] - 0.03
 
 
+@pytest.mark.slow
 def test_dependent_tokens_committed_in_parallel_break_answers(measure):
     # two tokens per step force commits of positions that depend on each other (a letter and whether a
     # `,` precedes it): measured 0.286 vs 0.992 at BL=8
@@ -57,6 +60,7 @@ def test_dependent_tokens_committed_in_parallel_break_answers(measure):
     assert two < one - 0.4
 
 
+@pytest.mark.slow
 def test_full_diffusion_commits_eos_early_and_loses_to_semi_ar_at_equal_nfe(measure):
     # LLaDA's failure: with one block, confidence order commits EOS padding from the right before the
     # answer is written, and the model cannot see a long cycle's length, so answers are cut short

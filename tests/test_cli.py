@@ -13,6 +13,7 @@ def unmask(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "cluster.cli", *args], capture_output=True, text=True, cwd=cwd)
 
 
+@pytest.mark.slow
 def test_eval_writes_json_with_the_resolved_config(tiny_model_dir, tmp_path):
     out = tmp_path / "e.json"
     res = unmask("eval", f"model={tiny_model_dir}", "num_examples=12", "batch_size=5",
@@ -26,6 +27,7 @@ def test_eval_writes_json_with_the_resolved_config(tiny_model_dir, tmp_path):
     assert "accuracy" in res.stdout
 
 
+@pytest.mark.slow
 def test_help_lists_every_key_with_defaults():
     res = unmask("eval", "--help")
     assert res.returncode == 0
@@ -52,6 +54,7 @@ def test_bad_input_is_one_line_and_nonzero(args, message, capsys):
     assert message in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_bad_input_exit_code_from_a_real_process():
     res = unmask("eval", "env.gen_length=30", "env.block_length=8")
     assert res.returncode == 2 and "Traceback" not in res.stderr
@@ -76,6 +79,7 @@ def test_prompt_the_tokenizer_cannot_represent_is_an_error(capsys):
     assert "cannot represent ([UNK])" in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_failed_eval_keeps_the_previous_result_file(tiny_model_dir, tmp_path):
     out = tmp_path / "e.json"
     out.write_text('{"previous": true}\n')
@@ -134,3 +138,58 @@ def test_empty_split_and_bad_sampler_values_are_errors(tiny_model_dir, tmp_path,
     assert "not available" in capsys.readouterr().err
     assert main(["eval", "task.num_symbols=4", f"model={tiny_model_dir}", "progress=false"]) == 2
     assert "fewer than 500 distinct prompts" in capsys.readouterr().err
+
+
+def test_help_lists_dict_keys_whole_and_a_saved_config_starts_a_run(tmp_path, capsys):
+    from cluster.cli import load_config
+
+    assert main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "custom_resources_per_env_runner = {}" in out and "eval.policy_temperature = 1.0" in out
+    assert main(["sweep", "--help"]) == 0
+    assert "grid = {'grpo': {'alpha': [0.5, 1.0, 2.0]}}" in capsys.readouterr().out
+
+    saved = tmp_path / "config.yaml"
+    from cluster.configs import TrainConfig, to_yaml
+
+    first = load_config("train", ["max_iterations=7", "grpo.alpha=0.3", "rollout.env.block_length=24"])
+    saved.write_text(to_yaml(first))
+    cfg = load_config("train", [f"config={saved}", "max_iterations=9"])
+    assert isinstance(cfg, TrainConfig) and cfg.max_iterations == 9  # the key beside config= wins
+    assert cfg.grpo.alpha == 0.3 and cfg.rollout.env.block_length == 24  # the rest comes from the file
+    saved.write_text(saved.read_text() + "not_a_key: 1\n")
+    assert main(["train", f"config={saved}"]) == 2
+    assert "unknown key 'not_a_key'" in capsys.readouterr().err
+    assert main(["train", f"config={tmp_path / 'missing.yaml'}"]) == 2
+    assert "no config file at" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["pareto", "env.block_length=4"], "env.block_length is not used by 'unmask pareto'"),
+    (["pareto", "grid=bogus"], "unknown grid 'bogus'"),
+    (["eval", "env.batch_size=5"], "unknown key 'env.batch_size'"),
+    (["eval", "env.kv_cache=triple"], "unknown env.kv_cache 'triple'"),
+    (["train", "rollout.env.batch_size=5"], "unknown key 'rollout.env.batch_size'"),
+    (["train", "eval_policy_temperature=0.5"], "unknown key 'eval_policy_temperature'"),
+    (["sweep", "report_grid=huge"], "unknown report_grid 'huge'"),
+])
+def test_keys_that_would_be_ignored_are_errors_before_any_work(args, message, tmp_path, capsys):
+    assert main([*args, f"out_dir={tmp_path / 'o'}"] if args[0] == "pareto" else args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_config_errors_come_before_heavy_imports_and_eval_never_imports_ray(tiny_model_dir, tmp_path):
+    """A typo is reported before torch is even imported; a whole `unmask eval` never imports Ray."""
+    probe = ("import sys; from cluster.cli import main; code = main(sys.argv[1:]); "
+             "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'ray'}))")
+    typo = subprocess.run([sys.executable, "-c", probe, "eval", "sampler.treshold=0.5"], capture_output=True,
+                          text=True)
+    assert "unknown key 'sampler.treshold'" in typo.stderr and typo.stdout.strip() == "[]"
+    full = subprocess.run([sys.executable, "-c", probe, "eval", f"model={tiny_model_dir}", "num_examples=3",
+                           "env.gen_length=8", "env.block_length=8", f"out={tmp_path / 'e.json'}",
+                           "progress=false"], capture_output=True, text=True)
+    assert full.returncode == 0, full.stderr
+    assert full.stdout.strip().splitlines()[-1] == "['torch', 'transformers']"

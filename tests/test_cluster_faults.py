@@ -3,11 +3,14 @@
 import threading
 import time
 
+import pytest
 import ray
 
 from cluster.train import train
 from rollout.trajectories import read_trajectories
 from tests.test_train import progress, tiny_run
+
+pytestmark = pytest.mark.slow
 
 
 def test_losing_a_worker_node_does_not_stop_the_run(tiny_model_dir, tmp_path):

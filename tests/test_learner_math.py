@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from learner.grpo import bernoulli_logp, group_advantages, grpo_loss, reward
 from learner.config import PolicyConfig
+from learner.grpo import bernoulli_logp, group_advantages, grpo_loss, reward
 from learner.policy import UnmaskingPolicy
 
 

@@ -10,12 +10,12 @@ from ray.rllib.core.columns import Columns
 from cluster.cli import main
 from envs.config import SamplerConfig
 from envs.mdp import UnmaskingEnv
-from rollout.samplers import make_sampler
 from envs.optim import warmup_cosine
-from learner.module import FactorisedBernoulli, UnmaskRLModule
 from learner.config import PolicyConfig
+from learner.module import FactorisedBernoulli, UnmaskRLModule
 from learner.policy import UnmaskingPolicy, load_policy, save_policy
 from learner.sampler import PolicySampler
+from rollout.samplers import make_sampler
 
 SMALL = PolicyConfig(hidden_size=16, num_heads=2, ffn_size=32, time_embed_size=16)
 
@@ -107,3 +107,46 @@ def test_saved_policy_round_trip_and_unmask_eval(tiny_model_dir, tmp_path, capsy
     assert main(["eval", f"model={tiny_model_dir}", "sampler=policy", f"out={out}"]) == 2
     assert "sampler.checkpoint" in capsys.readouterr().err
 
+
+
+def test_policy_is_a_hugging_face_model_and_old_checkpoints_still_load(tmp_path):
+    from dataclasses import asdict
+
+    from safetensors.torch import save_file
+
+    from learner.policy import policy_info
+
+    policy = UnmaskingPolicy(SMALL)
+    policy.save_pretrained(tmp_path / "hf")  # the mixin's own layout
+    assert {"model.safetensors", "config.json", "README.md"} <= {p.name for p in (tmp_path / "hf").iterdir()}
+    again = UnmaskingPolicy.from_pretrained(tmp_path / "hf")
+    assert again.config == SMALL and all(torch.equal(a, b) for a, b in zip(policy.state_dict().values(),
+                                                                           again.state_dict().values()))
+    # a checkpoint written before the Hugging Face layout: policy.safetensors + policy.json
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    save_file({k: v.contiguous() for k, v in policy.state_dict().items()}, str(legacy / "policy.safetensors"))
+    (legacy / "policy.json").write_text(json.dumps({"policy": asdict(SMALL), "alpha": 0.3, "block_length": 24}))
+    old = load_policy(legacy)
+    c, m, t = torch.rand(2, 16), torch.ones(2, 16, dtype=torch.bool), torch.tensor([0.0, 0.5])
+    assert torch.equal(old(c, m, t), policy.eval()(c, m, t))
+    assert policy_info(legacy) == {"alpha": 0.3, "block_length": 24}
+    assert PolicySampler(SamplerConfig(name="policy", checkpoint=str(legacy))).describe() == \
+        "policy alpha=0.3 block_length=24"
+    with pytest.raises(FileNotFoundError, match="no policy checkpoint"):
+        load_policy(tmp_path / "nothing-here")
+
+
+def test_generate_with_a_heuristic_or_an_in_memory_policy(tiny_dllm, cycles):
+    from envs.config import EnvConfig
+    from rollout.generation import generate
+    from rollout.samplers import sampler
+
+    prompts = [ex.prompt for ex in cycles.examples("test", 5)]
+    env = EnvConfig(gen_length=8, block_length=4)
+    out = generate(tiny_dllm, prompts, sampler("top_k", steps=4), env, batch_size=2)
+    assert [g.nfe for g in out] == [4] * 5 and all(g.abandoned == 0 for g in out)  # 2 blocks x 2 steps
+    assert all(sorted(g.unmask_step) == [0, 0, 1, 1, 2, 2, 3, 3] for g in out)  # 2 tokens at each forward
+    assert [g.text for g in out] == [tiny_dllm.decode_answer(g.tokens) for g in out]
+    policy = sampler("policy", policy=policy_with_bias(30.0))  # unmasks the whole block at once
+    assert [g.nfe for g in generate(tiny_dllm, prompts, policy, env)] == [2] * 5

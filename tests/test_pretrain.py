@@ -6,8 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-from envs.config import PretrainConfig, TaskConfig
-from envs.config import ModelSize
+from envs.config import ModelSize, PretrainConfig, TaskConfig
 from envs.dllm import load_dllm, new_builtin_model
 from envs.pretrain import grow_positions, masked_diffusion_loss, pretrain
 from tests.conftest import TINY

@@ -15,6 +15,8 @@ from safetensors.torch import load_file
 
 from rollout.trajectories import read_trajectories
 
+pytestmark = pytest.mark.slow
+
 
 def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "cluster.cli", *args]
@@ -82,7 +84,10 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_pa
     first, second = trajectories(straight), trajectories(cut)
     assert sorted(set(first["iteration"])) == list(range(1, 11))
     assert first.equals(second)  # every iteration once, each decision identical
-    assert first["policy_version"].max() >= 5  # the policy really changed along the way
+    # the policy really changed along the way: it learned to unmask whole blocks (reward -NFE/L from about
+    # -0.55 to the minimum NFE's -2/16), after which batches have all-zero advantages and are skipped
+    reward = first.groupby("iteration")["reward"].mean()
+    assert first["policy_version"].max() >= 2 and reward[10] > reward[1] + 0.2, reward.to_dict()
 
 
 @pytest.mark.parametrize("target", ["missing", "no-tune"])

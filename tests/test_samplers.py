@@ -5,9 +5,8 @@ import math
 import pytest
 import torch
 
-from envs.config import SamplerConfig
+from envs.config import SAMPLER_PARAMS, SamplerConfig
 from envs.mdp import Observation
-from envs.config import SAMPLER_PARAMS
 from envs.samplers import HEURISTICS
 from rollout.samplers import SAMPLERS, make_sampler, sampler
 
@@ -18,7 +17,8 @@ def obs(token_prob, valid=None, block_step=0, gen_length=None, block_length=None
     valid = torch.ones_like(p, dtype=torch.bool) if valid is None else torch.tensor([valid])
     return Observation(
         confidence=p, token_prob=p, margin=torch.tensor([margin]) if margin else p.clone(),
-        entropy=torch.tensor([entropy]) if entropy else -p.clone(), masked=valid.clone(), abandoned=torch.zeros_like(valid), valid=valid,
+        entropy=torch.tensor([entropy]) if entropy else -p.clone(), masked=valid.clone(),
+        abandoned=torch.zeros_like(valid), valid=valid,
         t=torch.zeros(1), nfe=torch.ones(1, dtype=torch.long), block_step=torch.tensor([block_step]),
         block_index=torch.zeros(1, dtype=torch.long), active=torch.ones(1, dtype=torch.bool),
         block_length=block_length or L, gen_length=gen_length or L)

@@ -10,8 +10,7 @@ from cluster.cli import main
 from cluster.configs import FinalEvalConfig, SweepConfig
 from cluster.sweep import sweep
 from envs.config import EnvConfig, TaskConfig
-from learner.config import GRPOConfig
-from learner.config import PolicyConfig
+from learner.config import GRPOConfig, PolicyConfig
 from learner.policy import policy_info
 from rollout.config import RolloutConfig
 from rollout.trajectories import read_trajectories
@@ -35,6 +34,7 @@ def tiny_sweep(model_dir, run_dir, **overrides) -> SweepConfig:
     return SweepConfig(**settings)
 
 
+@pytest.mark.slow
 def test_sweep_over_alpha_reports_policies_beside_heuristics_and_resumes(local_ray, tiny_model_dir, tmp_path):
     run_dir = tmp_path / "sweep"
     result = sweep(tiny_sweep(tiny_model_dir, run_dir))
@@ -69,14 +69,15 @@ def test_sweep_over_alpha_reports_policies_beside_heuristics_and_resumes(local_r
     assert [t["trial"] for t in again["trials"]] == [t["trial"] for t in trials]
     assert sorted(p.name for p in (run_dir / "tune").iterdir() if p.is_dir()) == before
 
-    with pytest.raises(ValueError, match="already holds a sweep"):
+    with pytest.raises(ValueError, match="already holds a run"):
         sweep(tiny_sweep(tiny_model_dir, run_dir))
-    with pytest.raises(ValueError, match="another config"):
+    with pytest.raises(ValueError, match="was started with max_iterations=2, not 3: a run resumes with its own config"):
         sweep(tiny_sweep(tiny_model_dir, run_dir, resume=str(run_dir), max_iterations=3))
-    with pytest.raises(ValueError, match="no sweep to resume"):
+    with pytest.raises(ValueError, match="no run to resume there"):
         sweep(tiny_sweep(tiny_model_dir, tmp_path / "nothing", resume=str(tmp_path / "nothing")))
 
 
+@pytest.mark.slow
 def test_a_failed_trial_is_reported_not_hidden(local_ray, tiny_model_dir, tmp_path, capsys):
     """One grid point points at a model directory that is not a model: its trial fails at runtime, the
     other finishes; the command lists the failure, reports the finished policy, and exits 1."""

@@ -17,8 +17,7 @@ from cluster.cli import main
 from cluster.configs import FinalEvalConfig, TrainConfig
 from cluster.train import train
 from envs.config import EnvConfig, TaskConfig
-from learner.config import GRPOConfig
-from learner.config import PolicyConfig
+from learner.config import GRPOConfig, PolicyConfig
 from learner.policy import load_policy
 from rollout.config import RolloutConfig
 from rollout.trajectories import SCHEMA_VERSION, TRAJECTORY_SCHEMA, read_trajectories
@@ -49,6 +48,7 @@ def progress(run_dir) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_async_training_end_to_end(local_ray, tiny_model_dir, tmp_path):
     run_dir = tmp_path / "run"
     result = train(tiny_run(tiny_model_dir, run_dir))
@@ -105,6 +105,7 @@ def test_async_training_end_to_end(local_ray, tiny_model_dir, tmp_path):
     assert reward.iloc[-2:].mean() > reward.iloc[0] + 0.1, reward.to_dict()
 
 
+@pytest.mark.slow
 def test_on_policy_with_two_env_runners(local_ray, tiny_model_dir, tmp_path):
     run_dir = tmp_path / "run"
     train(tiny_run(tiny_model_dir, run_dir, num_env_runners=2, max_policy_lag=0, max_iterations=3, eval_examples=0,
@@ -137,6 +138,7 @@ def kill_one_env_runner_when(ready) -> threading.Thread:
     return thread
 
 
+@pytest.mark.slow
 def test_killed_env_runner_is_restarted_and_no_trajectory_is_lost_or_duplicated(local_ray, tiny_model_dir,
                                                                                tmp_path):
     run_dir = tmp_path / "run"
@@ -191,6 +193,7 @@ def test_existing_run_dir_is_not_overwritten(tmp_path, capsys):
     assert (tmp_path / "r" / "config.yaml").read_text() == "keep me"
 
 
+@pytest.mark.slow
 def test_training_on_a_native_llada_with_gsm8k_and_a_kv_cache(local_ray, tmp_path):
     """The real-model path end to end: official-layout LLaDA checkpoint, GSM8K files, chat template,
     prefix-cached env runner; the policy is trained on the trajectories it dumps."""

@@ -1,0 +1,98 @@
+"""THE trajectory batch: collected in a real dLLM env, one type from the rollout to the learner and to Parquet
+(schema version 2, which says which positions were abandoned), and version-1 dumps still read."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from envs.config import SamplerConfig
+from envs.mdp import UnmaskingEnv
+from learner.config import GRPOConfig, PolicyConfig
+from learner.policy import UnmaskingPolicy
+from learner.sampler import PolicySampler
+from rollout.trajectories import (
+    SCHEMA_VERSION,
+    SCHEMA_VERSION_KEY,
+    TRAJECTORY_SCHEMA,
+    TrajectoryBatch,
+    collect_groups,
+    read_trajectories,
+    write_parquet_atomic,
+)
+
+
+def policy_sampler(bias: float) -> PolicySampler:
+    policy = UnmaskingPolicy(PolicyConfig(hidden_size=16, num_heads=2, ffn_size=32, time_embed_size=16))
+    torch.nn.init.zeros_(policy.head.weight)
+    torch.nn.init.constant_(policy.head.bias, bias)
+    return PolicySampler(SamplerConfig(name="policy"), torch.Generator().manual_seed(0), policy=policy)
+
+
+def collect(tiny_dllm, cycles, bias: float, first_group: int = 5) -> TrajectoryBatch:
+    env = UnmaskingEnv(tiny_dllm, gen_length=8, block_length=4)
+    return collect_groups(env, policy_sampler(bias), cycles, cycles.examples("train", 2), group_size=3,
+                          grpo=GRPOConfig(), env_runner=2, first_group=first_group, policy_version=7)
+
+
+def test_a_batch_is_whole_groups_with_ids_from_its_offset(tiny_dllm, cycles):
+    batch = collect(tiny_dllm, cycles, bias=0.0)
+    assert len(batch) == 6 and batch.num_groups == 2
+    assert batch.group_id == ["r2-g5"] * 3 + ["r2-g6"] * 3 and batch.sample_id.tolist() == [0, 1, 2] * 2
+    assert batch.policy_version == 7 and batch.env_runner == 2
+    # one step per forward: the steps taken are exactly 0..nfe-1, and they are what the learner reads
+    assert (batch.active.sum(1) == batch.nfe).all()
+    columns = batch.learner_columns()
+    assert set(columns) == {"confidences", "mask", "valid", "action", "t", "logp", "active"}
+    assert columns["confidences"].shape == (6, 8, 8) and columns["logp"].shape == (6, 8)
+    assert not columns["action"][~batch.active].any()  # padding steps decide nothing
+
+
+def test_positions_abandoned_at_the_block_budget_say_so_in_memory_and_on_disk(tiny_dllm, cycles, tmp_path):
+    """A policy that never unmasks: each block spends its BL = 4 forwards and gives up its 4 positions."""
+    batch = collect(tiny_dllm, cycles, bias=-30.0)
+    assert (batch.nfe == 8).all() and not batch.action.any() and not batch.correct.any()
+    # at the first step of block 2 (step 4) block 1's positions are abandoned, no longer masked
+    assert batch.abandoned[:, 4, :4].all() and not batch.mask[:, 4, :4].any() and not batch.abandoned[:, 3].any()
+    assert all("[MASK]" in c for c in batch.completion)  # the canvas keeps the mask token
+
+    path = write_parquet_atomic(batch.to_arrow("run", iteration=3, used=True), tmp_path / "d" / "runner_002.parquet")
+    table = read_trajectories(tmp_path / "d")
+    assert table.schema.metadata[SCHEMA_VERSION_KEY.encode()] == str(SCHEMA_VERSION).encode() == b"2"
+    assert table.num_rows == int(batch.nfe.sum()) and set(table.column("iteration").to_pylist()) == {3}
+    rows = table.to_pandas()
+    step4 = rows[rows["step"] == 4].iloc[0]
+    assert list(step4["abandoned"]) == [True] * 4 + [False] * 4 and not any(step4["mask"][:4])
+    assert path.is_file() and not list(path.parent.glob(".*"))  # no temp file left behind
+
+
+def test_version_1_dumps_still_read_beside_version_2(tiny_dllm, cycles, tmp_path):
+    batch = collect(tiny_dllm, cycles, bias=0.0)
+    new = batch.to_arrow("run", iteration=2, used=True)
+    v1_schema = pa.schema([f for f in TRAJECTORY_SCHEMA if f.name != "abandoned"],
+                          metadata={SCHEMA_VERSION_KEY: "1"})
+    old = batch.to_arrow("run", iteration=1, used=True).drop_columns(["abandoned"]).cast(v1_schema)
+    write_parquet_atomic(old, tmp_path / "d" / "iter_000001" / "runner_001.parquet")
+    write_parquet_atomic(new, tmp_path / "d" / "iter_000002" / "runner_001.parquet")
+    table = read_trajectories(tmp_path / "d")
+    assert table.num_rows == 2 * new.num_rows and table.schema.names == TRAJECTORY_SCHEMA.names
+    by_iteration = table.to_pandas().groupby("iteration")["abandoned"]
+    assert by_iteration.apply(lambda col: col.isna().all()).to_dict() == {1: True, 2: False}
+
+
+@pytest.mark.parametrize("bias", [-30.0, 0.0, 30.0])
+def test_recorded_log_probs_are_the_behaviour_policy_s(tiny_dllm, cycles, bias):
+    """logp on disk is exactly log pi(action) under the sampling policy at tau = 1 (the GRPO ratio's
+    denominator), recomputed here from the stored inputs."""
+    from learner.grpo import bernoulli_logp
+
+    sampler = policy_sampler(bias)
+    env = UnmaskingEnv(tiny_dllm, gen_length=8, block_length=4)
+    batch = collect_groups(env, sampler, cycles, cycles.examples("train", 2), group_size=2, grpo=GRPOConfig(),
+                           env_runner=1, first_group=0, policy_version=0)
+    active = batch.active
+    with torch.no_grad():
+        logits = sampler.policy(torch.from_numpy(batch.confidences[active]), torch.from_numpy(batch.mask[active]),
+                                torch.from_numpy(batch.t[active]))
+    again = bernoulli_logp(logits, torch.from_numpy(batch.action[active]), torch.from_numpy(batch.valid[active]))
+    np.testing.assert_allclose(again.numpy(), batch.logp[active], rtol=1e-5, atol=1e-5)
