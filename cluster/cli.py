@@ -6,6 +6,7 @@ runs (torch, transformers, Ray) itself, and `eval`, `pareto` and `pretrain` neve
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -145,11 +146,10 @@ def command_help(name: str) -> str:
 
 
 def quiet_libraries() -> None:
-    """Our own progress bars and tables are the output; transformers' weight-loading bars are noise."""
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
+    """Our own progress bars and tables are the output; transformers' weight-loading bars and warnings are
+    noise. Set through the environment, so nothing is imported for it and Ray's workers inherit it."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def load_config(name: str, args: list[str]):

@@ -45,15 +45,15 @@ def param_space(cfg: SweepConfig, axes: dict[str, list]):
 
 def sweep(cfg: SweepConfig) -> dict:
     """Run (or resume) the grid, then write trials.* and pareto.*; returns {"trials": rows, "pareto": rows}."""
-    from ray import tune
-
-    from cluster.algorithm import UnmaskGRPO
-
     check_sweep(cfg)
     axes = grid_axes(cfg.grid)
     points = grid_points(cfg, axes)
     cfg = absolute_paths(cfg)
     run_dir = claim_run_dir(cfg, SweepConfig, "sweep")
+    from ray import tune
+
+    from cluster.algorithm import UnmaskGRPO
+
     connect_ray(cfg, concurrent_runs=cfg.max_concurrent_trials)
     if cfg.resume:
         tuner = tune.Tuner.restore(str(run_dir / "tune"), trainable=UnmaskGRPO, resume_unfinished=True,

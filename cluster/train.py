@@ -23,8 +23,7 @@ from pathlib import Path
 
 from cluster.configs import TrainConfig, check_train, claim_run_dir, to_dict, to_yaml
 from envs.config import SamplerConfig
-from envs.dllm import is_local_path
-from envs.files import write_atomic, write_json
+from envs.files import is_local_path, write_atomic, write_json
 from rollout.config import EvalConfig
 
 
@@ -96,11 +95,11 @@ def tune_run_config(cfg: TrainConfig, label_trials: bool = False):
 
 def train(cfg: TrainConfig) -> dict:
     """Run GRPO with Tune in `run_dir`; returns the final eval (or the last metrics when eval is off)."""
-    from ray import tune
-
     check_train(cfg)
     cfg = absolute_paths(cfg)
     run_dir = claim_run_dir(cfg, TrainConfig, "train")
+    from ray import tune
+
     connect_ray(cfg, concurrent_runs=1)
     from cluster.algorithm import UnmaskGRPO, UnmaskGRPOConfig
 

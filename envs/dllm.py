@@ -19,6 +19,7 @@ from transformers import (
 )
 
 from envs.config import EnvConfig, ModelSize
+from envs.files import is_local_path
 
 BUILTIN_MODEL_DIR = Path(__file__).parent / "builtin_model"
 BUILTIN_NAMES = ("builtin", "")
@@ -202,11 +203,6 @@ def check_device(device: str) -> None:
         raise ModelLoadError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
         raise ModelLoadError(f"device {device!r} is not available on this machine")
-
-
-def is_local_path(path: str) -> bool:
-    """A filesystem path rather than a hub id such as `GSAI-ML/LLaDA-8B-Instruct`."""
-    return path.startswith(("/", "./", "../", "~")) or Path(path).exists()
 
 
 def resolve_model_path(model: str) -> str:

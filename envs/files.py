@@ -9,6 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def is_local_path(path: str) -> bool:
+    """A filesystem path rather than a hub id such as `GSAI-ML/LLaDA-8B-Instruct`."""
+    return path.startswith(("/", "./", "../", "~")) or Path(path).exists()
+
+
 def write_atomic(path: Path, data: str | bytes) -> None:
     """Write to a temp file beside `path` and rename over it."""
     path = Path(path)

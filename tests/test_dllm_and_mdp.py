@@ -21,7 +21,7 @@ def test_loads_through_auto_classes_and_knows_its_tokens(tiny_dllm):
 
 
 def test_hub_ids_are_not_mistaken_for_paths(tmp_path, monkeypatch):
-    from envs.dllm import is_local_path
+    from envs.files import is_local_path
     assert not is_local_path("GSAI-ML/LLaDA-8B-Instruct") and not is_local_path("bert-base-uncased")
     assert is_local_path("./runs/model") and is_local_path(str(tmp_path))
 

@@ -24,19 +24,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def ray_head(tmp_path, monkeypatch):
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # a loopback-only test head; real clusters keep token auth
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    env = dict(os.environ)
-    gcs, dashboard = free_port(), free_port()
-    subprocess.run([RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--num-cpus=3",
-                    "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-                    "--disable-usage-stats"], check=True, env=env, timeout=180, capture_output=True)
-    try:
-        yield f"http://127.0.0.1:{dashboard}", env
-    finally:
-        subprocess.run([RAY, "stop", "--force"], env=env, timeout=180, capture_output=True)
+@pytest.fixture(scope="module")
+def ray_head():
+    """One loopback head for the module's jobs (token auth off for this test head; real clusters keep it)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_AUTH_MODE", "disabled")
+        mp.delenv("RAY_ADDRESS", raising=False)
+        env = dict(os.environ)
+        gcs, dashboard = free_port(), free_port()
+        subprocess.run([RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--num-cpus=3",
+                        "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+                        "--disable-usage-stats"], check=True, env=env, timeout=180, capture_output=True)
+        try:
+            yield f"http://127.0.0.1:{dashboard}", env
+        finally:
+            subprocess.run([RAY, "stop", "--force"], env=env, timeout=180, capture_output=True)
 
 
 def wait_for_job(address: str, job_id: str, env: dict, timeout_s: float = 480) -> str:
@@ -96,7 +98,7 @@ def test_ray_job_stop_leaves_a_resumable_run(ray_head, tiny_model_dir, tmp_path)
     run_dir = tmp_path / "stopped"
     job_id = submit(address, env, "train", f"run_dir={run_dir}", f"rollout.model={tiny_model_dir}",
                     "rollout.group_size=4", "rollout.prompts_per_sample=2", "rollout.env.gen_length=16",
-                    "rollout.env.block_length=8", "groups_per_update=2", "max_iterations=120",
+                    "rollout.env.block_length=8", "groups_per_update=2", "max_iterations=40",
                     "checkpoint_every=2", "eval.num_examples=5", "num_env_runners=1")
     deadline = time.time() + 300
     while not (run_dir / "trajectories" / "iter_000005").exists() and time.time() < deadline:

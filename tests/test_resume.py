@@ -39,9 +39,9 @@ def trajectories(run_dir):
 
 def test_sigterm_then_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_path):
     straight, cut = tmp_path / "straight", tmp_path / "cut"
-    done = subprocess.run(cli(*tiny_train(tiny_model_dir, straight)), capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-
+    # the uninterrupted run goes on beside the interrupted one (each starts its own local Ray)
+    done = subprocess.Popen(cli(*tiny_train(tiny_model_dir, straight)), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
     proc = subprocess.Popen(cli(*tiny_train(tiny_model_dir, cut)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     deadline = time.time() + 300
@@ -53,6 +53,8 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_pa
     assert f"unmask train resume={cut}" in err
     assert (cut / "checkpoints" / "final" / "model.safetensors").is_file()  # the final policy, written on SIGTERM
     assert not (cut / "eval.json").exists()  # an interrupted run does not look complete
+    _, straight_err = done.communicate(timeout=600)
+    assert done.returncode == 0, straight_err[-3000:]
 
     wrong = subprocess.run(cli("train", f"resume={cut}", "grpo.alpha=2"), capture_output=True, text=True, timeout=120)
     assert wrong.returncode == 2 and "a run resumes with its own config" in wrong.stderr

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)  # the grid's two trials at once
     yield
     ray.shutdown()
 
@@ -55,7 +55,7 @@ def test_the_documented_rllib_snippet(local_ray, tmp_path):
     final = json.loads((run_dir / "checkpoints" / "final" / "config.json").read_text())["training"]
     assert final["iteration"] == 1 and final["alpha"] == 1.0 and final["gen_length"] == 24
     assert read_trajectories(run_dir / "trajectories").column("iteration").to_pylist()[0] == 1
-    assert wait_until_free(3), "stop() left resources held"
+    assert wait_until_free(4), "stop() left resources held"
 
     restored = UnmaskGRPO.from_checkpoint(path)
     assert restored.iteration == 1 and restored.policy_version == final["policy_version"]
@@ -66,7 +66,7 @@ def test_the_documented_rllib_snippet(local_ray, tmp_path):
     restored.stop()
     assert again["training_iteration"] == 2 and again["unmask"]["trajectories_total"] == 128
     assert sorted(set(read_trajectories(run_dir / "trajectories").column("iteration").to_pylist())) == [1, 2]
-    assert wait_until_free(3)
+    assert wait_until_free(4)
 
 
 def test_a_tune_grid_over_alpha_with_the_default_config(local_ray, tmp_path):
