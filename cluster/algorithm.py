@@ -36,7 +36,7 @@ from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
 from ray.rllib.utils.metrics import LEARNER_RESULTS, TIMERS, WEIGHTS_SEQ_NO
 
 from cluster.configs import AlgorithmSettings, TrainConfig, check_algorithm_settings
-from envs.config import EnvConfig
+from envs.config import EnvConfig, check_finite
 from learner.config import GRPOConfig, check_grpo
 from learner.grpo import group_advantages
 from learner.module import GRPOLearner, UnmaskRLModule
@@ -154,6 +154,8 @@ class UnmaskGRPOConfig(AlgorithmConfig):
 
     def validate(self) -> None:
         super().validate()
+        check_finite(self.rollout, "rollout.")
+        check_finite(self.grpo, "grpo.")
         check_rollout(self.rollout)
         check_grpo(self.grpo)
         check_algorithm_settings(self)

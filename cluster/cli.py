@@ -24,10 +24,10 @@ from cluster.configs import (
     load_yaml,
     parse,
     resume_config,
-    to_dict,
     to_yaml,
 )
 from envs.config import SAMPLER_PARAMS, PretrainConfig, check_pretrain
+from envs.files import Interrupted
 from rollout.config import EvalConfig, ParetoConfig, check_eval, check_pareto
 
 
@@ -41,18 +41,18 @@ class Command:
 
 def cmd_eval(cfg: EvalConfig) -> int:
     from cluster.report import markdown_table
-    from envs.files import write_json
-    from rollout.evaluate import evaluate
+    from rollout.evaluate import evaluate, outcomes_path, write_eval
 
-    result = evaluate(cfg)
-    result["config"] = to_dict(cfg)
-    write_json(Path(cfg.out), result)
+    result = write_eval(cfg, evaluate(cfg))
     rows = [{"metric": k, "value": result[k]} for k in
             ("accuracy", "mean_nfe", "tokens_per_step", "shorter_than_reference", "still_masked", "wall_seconds",
              "num_examples")]
     print(f"{result['sampler']}  (L={cfg.env.gen_length}, BL={cfg.env.block_length})")
     print(markdown_table(rows, ["metric", "value"]), end="")
-    print(f"wrote {cfg.out}")
+    if cfg.group_by:
+        columns = [cfg.group_by, "num_examples", "accuracy", "mean_nfe", "shorter_than_reference"]
+        print(markdown_table(result["groups"], columns), end="")
+    print(f"wrote {cfg.out} and {outcomes_path(cfg.out)}")
     return 0
 
 
@@ -80,13 +80,9 @@ def cmd_pretrain(cfg: PretrainConfig) -> int:
 
 
 def cmd_train(cfg: TrainConfig) -> int:
-    from cluster.train import Interrupted, train
+    from cluster.train import train
 
-    try:
-        result = train(cfg)
-    except Interrupted as stop:
-        print(f"unmask train: {stop}", file=sys.stderr)
-        return 130
+    result = train(cfg)
     if "accuracy" in result:
         print(f"final policy: accuracy {result['accuracy']:.3f} at mean NFE {result['mean_nfe']:.2f} "
               f"({result['num_examples']} test prompts)")
@@ -150,6 +146,10 @@ def quiet_libraries() -> None:
     noise. Set through the environment, so nothing is imported for it and Ray's workers inherit it."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:  # already imported (a command run in-process): tell it directly
+        transformers = sys.modules["transformers"]
+        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.set_verbosity_error()
 
 
 def load_config(name: str, args: list[str]):
@@ -183,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         COMMANDS[name].check(cfg)
         quiet_libraries()
         return COMMANDS[name].run(cfg)
+    except Interrupted as stop:  # the command saved what it had and says where
+        print(f"unmask {name}: {stop}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print(f"unmask {name}: interrupted", file=sys.stderr)
         return 130

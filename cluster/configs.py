@@ -19,7 +19,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from envs.config import SAMPLER_PARAMS
+from envs.config import SAMPLER_PARAMS, check_finite
+from envs.files import check_writable
 from learner.config import GRPOConfig, check_grpo
 from rollout.config import RolloutConfig, check_rollout
 
@@ -48,8 +49,8 @@ def check_algorithm_settings(cfg: Any) -> None:
         raise ValueError(f"groups_per_update must be >= 1, got {cfg.groups_per_update}")
     if cfg.max_policy_lag < 0 or cfg.checkpoint_every < 0:
         raise ValueError("max_policy_lag and checkpoint_every must be >= 0")
-    if cfg.sample_wait_s <= 0:
-        raise ValueError(f"sample_wait_s must be > 0, got {cfg.sample_wait_s}")
+    if not cfg.sample_wait_s > 0 or cfg.sample_wait_s == float("inf"):
+        raise ValueError(f"sample_wait_s must be a finite number > 0, got {cfg.sample_wait_s}")
 
 
 @dataclass
@@ -75,9 +76,11 @@ class TrainConfig(AlgorithmSettings):
     num_gpus_per_learner: float = 0.0
     eval: FinalEvalConfig = field(default_factory=FinalEvalConfig)
     resume: str = ""  # a run directory: continue that run from its last checkpoint, with its saved config
+    resume_unverified: bool = False  # resume a run dir whose pickled state does not match its seal (trust it!)
 
 
 def check_train(cfg: TrainConfig) -> None:
+    check_finite(cfg)
     check_rollout(cfg.rollout)
     check_grpo(cfg.grpo)
     check_algorithm_settings(cfg)
@@ -87,6 +90,7 @@ def check_train(cfg: TrainConfig) -> None:
         raise ValueError("num_env_runners and eval.num_examples must be >= 0")
     if cfg.eval.policy_temperature <= 0:
         raise ValueError(f"eval.policy_temperature must be > 0, got {cfg.eval.policy_temperature}")
+    check_writable(cfg.resume or cfg.run_dir, "run_dir", directory=True)
 
 
 SWEEPABLE = ("grpo.", "rollout.")
@@ -167,6 +171,9 @@ def parse(schema: type, args: list[str], command: str, base: Any = None) -> Any:
         key, value = arg.split("=", 1)
         if key in NAMED_NODES and dataclasses.is_dataclass(_field_default(schema, key)):
             key = f"{key}.name"
+        earlier = next((d.split("=", 1)[1] for d in dotlist if d.split("=", 1)[0] == key), None)
+        if earlier is not None and earlier != value:
+            raise ConfigError(f"{key} is given twice ({earlier} and {value}): give it once")
         dotlist.append(f"{key}={value}")
     structured = OmegaConf.structured(schema)
     OmegaConf.set_struct(structured, True)
@@ -248,13 +255,10 @@ def load_yaml(path: str | Path, what: str) -> DictConfig:
         raise ConfigError(f"{what}: {path} is unreadable ({str(err).splitlines()[0]})") from None
 
 
-# ---- run directories: a new run never overwrites one, a resumed run keeps its own config --------------
-RUN_SPECIFIC = ("resume", "run_dir", "ray_address")  # may differ between a run and its continuation
-
-
+# ---- resuming ----------------------------------------------------------------------------------------
 def resume_config(schema: type, args: list[str], command: str) -> Any:
     """`resume=<run dir>` [key=value ...]: the config saved in that directory with the keys applied on top;
-    `claim_run_dir` then checks that they agree with it."""
+    `cluster.rundir.claim_run_dir` then checks that they agree with it."""
     cfg = parse(schema, args, command)
     run_dir = Path(cfg.resume).resolve()
     saved = load_yaml(run_dir / "config.yaml", f"resume={cfg.resume}: no run to resume there (config.yaml)")
@@ -262,32 +266,3 @@ def resume_config(schema: type, args: list[str], command: str) -> Any:
     resumed = parse(schema, others, command, base=saved)
     resumed.resume, resumed.run_dir = str(run_dir), str(run_dir)
     return resumed
-
-
-def claim_run_dir(cfg: Any, schema: type, command: str) -> Path:
-    """The run directory of `cfg` (the resumed one with `resume`). A new run needs a directory that holds no
-    run; a resumed one needs its config.yaml and tune/ and must agree with the saved config on every key."""
-    run_dir = Path(cfg.resume or cfg.run_dir).resolve()
-    saved_file = run_dir / "config.yaml"
-    if not cfg.resume:
-        if saved_file.exists():
-            raise ValueError(f"run_dir {run_dir} already holds a run: choose a new run_dir (or resume={run_dir})")
-        return run_dir
-    if not saved_file.is_file() or not (run_dir / "tune").is_dir():
-        raise ValueError(f"resume={cfg.resume}: no run to resume there (config.yaml and tune/ are missing)")
-    saved = _flat(to_dict(parse(schema, [], command, base=load_yaml(saved_file, f"resume={cfg.resume}"))))
-    for key, value in _flat(to_dict(cfg)).items():
-        if key not in RUN_SPECIFIC and saved.get(key) != value:
-            raise ValueError(f"resume={cfg.resume} was started with {key}={saved.get(key)!r}, not {value!r}: "
-                             "a run resumes with its own config")
-    return run_dir
-
-
-def _flat(data: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and key != "grid":
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out

@@ -19,11 +19,11 @@ from cluster.configs import (
     SweepConfig,
     TrainConfig,
     check_sweep,
-    claim_run_dir,
     grid_axes,
     grid_points,
     to_yaml,
 )
+from cluster.rundir import claim_run_dir, seal
 from cluster.train import absolute_paths, connect_ray, tune_run_config
 from envs.files import write_atomic, write_json
 
@@ -50,6 +50,10 @@ def sweep(cfg: SweepConfig) -> dict:
     points = grid_points(cfg, axes)
     cfg = absolute_paths(cfg)
     run_dir = claim_run_dir(cfg, SweepConfig, "sweep")
+    from rollout.preflight import preflight
+
+    for rollout in {repr(point.rollout): point.rollout for point in points}.values():  # each distinct one once
+        preflight(rollout)
     from ray import tune
 
     from cluster.algorithm import UnmaskGRPO
@@ -64,7 +68,10 @@ def sweep(cfg: SweepConfig) -> dict:
         tuner = tune.Tuner(UnmaskGRPO, param_space=param_space(cfg, axes),
                            run_config=tune_run_config(cfg, label_trials=True),
                            tune_config=tune.TuneConfig(max_concurrent_trials=cfg.max_concurrent_trials))
-    results = tuner.fit()
+    try:
+        results = tuner.fit()
+    finally:
+        seal(run_dir)
     # the config each trial was given, also for trials that died before reporting one (Tune keeps it on the
     # Trial objects of the experiment analysis)
     analysis = getattr(results, "_experiment_analysis", None)

@@ -13,17 +13,15 @@ run_dir/
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-import signal
 import socket
-import threading
 from pathlib import Path
 
-from cluster.configs import TrainConfig, check_train, claim_run_dir, to_dict, to_yaml
+from cluster.configs import TrainConfig, check_train, to_yaml
+from cluster.rundir import claim_run_dir, forget_run, seal
 from envs.config import SamplerConfig
-from envs.files import is_local_path, write_atomic, write_json
+from envs.files import Interrupted, is_local_path, sigterm_as_interrupt, write_atomic
 from rollout.config import EvalConfig
 
 
@@ -53,6 +51,16 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
         raise RuntimeError(f"cannot reach the Ray cluster at {address!r}: nothing answers there") from None
 
 
+def on_loopback_only() -> None:
+    """A local Ray (this machine only, started by this command) listens on loopback alone: Ray's one-machine
+    mode, the one it uses on macOS and Windows, through its own switch (by default on Linux its GCS, raylet,
+    workers and metrics endpoints listen on every interface). Set for this process and its children."""
+    from ray._private import ray_constants
+
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 def connect_ray(cfg: TrainConfig, concurrent_runs: int) -> None:
     """Join the cluster named by `ray_address` (or by RAY_ADDRESS, as inside `ray job submit`), else start
     a local Ray with enough logical CPUs; a local instance too small for the run is an error up front."""
@@ -71,6 +79,7 @@ def connect_ray(cfg: TrainConfig, concurrent_runs: int) -> None:
                 raise RuntimeError(f"cannot reach the Ray cluster at {address!r}: "
                                    f"{str(err).strip().splitlines()[0]}") from None
             return  # a cluster may autoscale: no resource check
+        on_loopback_only()
         ray.init(num_cpus=max(os.cpu_count() or 1, int(needed_cpus + 0.999)), include_dashboard=False,
                  log_to_driver=False)
     have = ray.cluster_resources()
@@ -98,6 +107,9 @@ def train(cfg: TrainConfig) -> dict:
     check_train(cfg)
     cfg = absolute_paths(cfg)
     run_dir = claim_run_dir(cfg, TrainConfig, "train")
+    from rollout.preflight import preflight
+
+    preflight(cfg.rollout)
     from ray import tune
 
     connect_ray(cfg, concurrent_runs=1)
@@ -107,14 +119,22 @@ def train(cfg: TrainConfig) -> dict:
         tuner = tune.Tuner.restore(str(run_dir / "tune"), trainable=UnmaskGRPO, resume_unfinished=True,
                                    resume_errored=True)
     else:
+        new_dir = not run_dir.exists()
         run_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(run_dir / "config.yaml", to_yaml(cfg))
         tuner = tune.Tuner(UnmaskGRPO, param_space=UnmaskGRPOConfig.from_train_config(cfg, run_dir.name),
                            run_config=tune_run_config(cfg))
-    with sigterm_as_interrupt():
-        results = tuner.fit()
+    try:
+        with sigterm_as_interrupt():
+            results = tuner.fit()
+    finally:
+        seal(run_dir)  # whatever stopped it: what a resume will unpickle is recorded as this user's
     if results.errors:
-        raise RuntimeError(f"training failed: {str(results.errors[0]).strip().splitlines()[-1]}")
+        error = str(results.errors[0]).strip().splitlines()[-1]
+        if not cfg.resume and int((results[0].metrics or {}).get("training_iteration", 0)) == 0:
+            forget_run(run_dir, new_dir)  # nothing to resume: the corrected re-run may use the same run_dir
+            raise RuntimeError(f"training failed before its first iteration (nothing kept): {error}")
+        raise RuntimeError(f"training failed: {error}")
     if int(results[0].metrics.get("training_iteration", 0)) < cfg.max_iterations and not reached_time_budget(
             results[0].metrics, cfg):
         raise Interrupted(f"interrupted at iteration {results[0].metrics.get('training_iteration', 0)}; "
@@ -124,37 +144,15 @@ def train(cfg: TrainConfig) -> dict:
     return final_eval(cfg, run_dir / "checkpoints" / "final")
 
 
-class Interrupted(RuntimeError):
-    """The run stopped early (SIGINT/SIGTERM, `ray job stop`); its directory can be resumed."""
-
-
 def reached_time_budget(metrics: dict, cfg: TrainConfig) -> bool:
     return float(metrics.get("time_total_s", 0.0)) >= cfg.max_minutes * 60
 
 
-@contextlib.contextmanager
-def sigterm_as_interrupt():
-    """SIGTERM (what `ray job stop` and schedulers send) is handled like Ctrl-C: Tune stops the trial, which
-    saves its final policy, and writes the experiment state, so the run can be resumed."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def final_eval(cfg: TrainConfig, policy_dir: Path) -> dict:
-    from rollout.evaluate import evaluate
+    from rollout.evaluate import evaluate, write_eval
 
     sampler = SamplerConfig(name="policy", checkpoint=str(policy_dir), policy_temperature=cfg.eval.policy_temperature)
     eval_cfg = EvalConfig(model=cfg.rollout.model, task=cfg.rollout.task, sampler=sampler, env=cfg.rollout.env,
                           num_examples=cfg.eval.num_examples, seed=cfg.rollout.seed, progress=False,
                           out=str(Path(cfg.run_dir) / "eval.json"), trust_remote_code=cfg.rollout.trust_remote_code)
-    result = evaluate(eval_cfg)
-    result["config"] = to_dict(eval_cfg)
-    write_json(Path(eval_cfg.out), result)
-    return result
+    return write_eval(eval_cfg, evaluate(eval_cfg))

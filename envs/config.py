@@ -6,7 +6,13 @@ loads torch, transformers or Ray.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from envs.files import check_writable
 
 
 @dataclass
@@ -17,10 +23,13 @@ class TaskConfig:
     separator_prob: float = 0.5  # cycles: a `,` between two answer letters with this probability (free phrasing)
     pretrain_length_decay: float = 1.0  # cycles: pretraining keeps cycle length k w.p. decay^(k-1); 1 = natural
     path: str = ""  # jsonl: the file; gsm8k/math500: a dir of train/test .jsonl|.parquet or one file; "" = hub
-    verifier: str = "exact"  # jsonl: exact | numeric | math | module:function
+    test_path: str = ""  # jsonl: a separate test file (then `path` is all training data and no hash split is made)
+    verifier: str = "exact"  # jsonl: exact | numeric | math | module:function (imports and runs that code)
     prompt_key: str = "prompt"
     answer_key: str = "answer"
     test_fraction: float = 0.1  # jsonl, or gsm8k/math500 from one file: share held out (by content hash) as test
+    max_prompt_chars: int = 32_768  # a longer prompt in the data is an error (it would size a model or a batch)
+    max_answer_chars: int = 32_768
 
 
 TASK_NAMES = ("cycles", "jsonl", "gsm8k", "math500", "gsm8k_math")
@@ -31,8 +40,12 @@ def check_task(cfg: TaskConfig) -> None:
         raise ValueError(f"unknown task {cfg.name!r}: choose one of {', '.join(TASK_NAMES)}")
     if cfg.name == "jsonl" and not cfg.path:
         raise ValueError("task=jsonl needs task.path=<a .jsonl file>")
+    if cfg.test_path and cfg.name != "jsonl":
+        raise ValueError(f"task.test_path is for task=jsonl, not task={cfg.name}")
     if not 0.0 <= cfg.test_fraction <= 1.0:
         raise ValueError(f"task.test_fraction must be in [0, 1], got {cfg.test_fraction}")
+    if cfg.max_prompt_chars < 1 or cfg.max_answer_chars < 1:
+        raise ValueError("task.max_prompt_chars and task.max_answer_chars must be >= 1")
 
 
 @dataclass
@@ -76,6 +89,7 @@ class SamplerConfig:
     checkpoint: str = ""  # policy: a saved policy directory (run_dir/checkpoints/final)
     policy_temperature: float = 1.0  # policy: tau_pi (paper: 0.5 semi-AR, 1.0 full diffusion)
     beta: float = 1.0  # policy: test-time scaling, unmask with probability min(1, beta * s)
+    allow_mismatch: bool = False  # policy: run at an L or KV cache other than the one it was trained with
 
 
 # Which SamplerConfig fields each sampler reads (the classes, envs.samplers and learner.sampler, take their
@@ -88,7 +102,7 @@ SAMPLER_PARAMS: dict[str, tuple[str, ...]] = {
     "fast_dllm": ("threshold",),
     "fast_dllm_factor": ("factor",),
     "eb": ("gamma",),
-    "policy": ("checkpoint", "policy_temperature", "beta"),
+    "policy": ("checkpoint", "policy_temperature", "beta", "allow_mismatch"),
 }
 
 
@@ -113,10 +127,10 @@ class ModelSize:
     """Shape of a built-in dLLM (a bidirectional encoder, trained as a masked diffusion LM)."""
 
     arch: str = "bert"  # bert (post-LN, learned positions) | modernbert (pre-LN, RoPE, GeGLU)
-    hidden_size: int = 192
-    num_layers: int = 6
-    num_heads: int = 6
-    ffn_size: int = 768
+    hidden_size: int = 256  # the defaults are the shipped built-in model's size (1.66 M parameters)
+    num_layers: int = 2
+    num_heads: int = 4
+    ffn_size: int = 1024
 
 
 @dataclass
@@ -141,11 +155,35 @@ class PretrainConfig:
     # positions they were trained at and only the new image slots are new)
     grow_positions_at: int = -1
     save_every_minutes: float = 10.0  # also save partial checkpoints (atomically) this often; 0 = never
+    overwrite: bool = False  # out may hold files: the model's own are replaced, every other file is kept
+    progress: bool = True  # a progress bar (steps, loss, ETA) on stderr
 
 
 def check_pretrain(cfg: PretrainConfig) -> None:
+    """Settings, and `out`: new or empty; a directory with files in it (another model, the shipped built-in
+    one, notes) is refused unless `overwrite=true`, and even then only the files a model save writes are
+    replaced."""
+    check_finite(cfg)
     check_task(cfg.task)
     if cfg.minutes <= 0 or cfg.max_steps <= 0 or cfg.batch_size <= 0:
         raise ValueError("pretrain needs minutes > 0, max_steps > 0 and batch_size > 0")
     if cfg.gen_length <= 0:
         raise ValueError(f"gen_length must be > 0, got {cfg.gen_length}")
+    check_writable(cfg.out, "out", directory=True)
+    out = Path(cfg.out)
+    if out.is_dir() and any(out.iterdir()) and not cfg.overwrite:
+        raise ValueError(f"out={cfg.out} is not empty: choose a new out (or overwrite=true to replace the model "
+                         "files in it; other files are kept)")
+
+
+def check_finite(cfg: Any, prefix: str = "") -> None:
+    """Every float setting of a config (nested dataclasses and lists included) is a finite number: a NaN
+    passes every `<` and `>` check and would run as something else."""
+    for f in dataclasses.fields(cfg):
+        value, key = getattr(cfg, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            check_finite(value, key + ".")
+            continue
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ValueError(f"{key} must be a finite number, got {item}")

@@ -6,10 +6,12 @@ one-position logit shift, the context size, position ids under left padding) is 
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import (
     AutoModelForMaskedLM,
     BertConfig,
@@ -80,6 +82,32 @@ def real_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
 
+def check_fits(prompt_length: int, gen_length: int, context: int | None) -> None:
+    """A prompt of `prompt_length` tokens plus the canvas must fit the model's context."""
+    if context is not None and prompt_length + gen_length > context:
+        raise ValueError(f"prompt ({prompt_length} tokens) + env.gen_length ({gen_length}) exceeds the model's "
+                         f"context of {context} tokens")
+
+
+def encode_prompts(tokenizer, prompts: list[str], response_prefix: str = "", chat_template: bool = False
+                   ) -> list[list[int]]:
+    """Token ids per prompt. Instruct models get their chat template (the prompt is the user turn);
+    `response_prefix` is the start of the assistant's answer (the paper's `<reasoning>`)."""
+    if chat_template:
+        prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                                 add_generation_prompt=True) for p in prompts]
+    texts = [p + response_prefix for p in prompts]
+    encoded = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    unk, unk_text = tokenizer.unk_token_id, tokenizer.unk_token
+    for text, ids in zip(texts, encoded, strict=True):
+        # more unknown-token ids than the text spells out literally (some tokenizers reuse a real special
+        # token such as <|endoftext|> as unk): the model would silently see only part of the prompt
+        if unk is not None and ids.count(unk) > text.count(unk_text):
+            raise ValueError(f"prompt {text[:40]!r} has text the model's tokenizer cannot represent "
+                             f"({unk_text}): is the task the one this model was made for?")
+    return encoded
+
+
 class DLLM:
     """A frozen masked diffusion LM seen as a function from token ids to per-position logits."""
 
@@ -103,27 +131,11 @@ class DLLM:
         return next(self.model.parameters()).device
 
     def check_fits(self, prompt_length: int, gen_length: int) -> None:
-        """A prompt of `prompt_length` tokens plus the canvas must fit the model's context."""
-        if self.max_length is not None and prompt_length + gen_length > self.max_length:
-            raise ValueError(f"prompt ({prompt_length} tokens) + env.gen_length ({gen_length}) exceeds the model's "
-                             f"context of {self.max_length} tokens")
+        check_fits(prompt_length, gen_length, self.max_length)
 
     def encode_prompts(self, prompts: list[str], response_prefix: str = "") -> list[list[int]]:
-        """Token ids per prompt. Instruct models get their chat template (the prompt is the user turn);
-        `response_prefix` is the start of the assistant's answer (the paper's `<reasoning>`)."""
-        if self.chat_template:
-            prompts = [self.tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                                          add_generation_prompt=True) for p in prompts]
-        texts = [p + response_prefix for p in prompts]
-        encoded = [self.tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
-        unk, unk_text = self.tokenizer.unk_token_id, self.tokenizer.unk_token
-        for text, ids in zip(texts, encoded, strict=True):
-            # more unknown-token ids than the text spells out literally (some tokenizers reuse a real special
-            # token such as <|endoftext|> as unk): the model would silently see only part of the prompt
-            if unk is not None and ids.count(unk) > text.count(unk_text):
-                raise ValueError(f"prompt {text[:40]!r} has text the model's tokenizer cannot represent "
-                                 f"({unk_text}): is the task the one this model was made for?")
-        return encoded
+        """Token ids per prompt (`encode_prompts` with this model's tokenizer and chat-template setting)."""
+        return encode_prompts(self.tokenizer, prompts, response_prefix, self.chat_template)
 
     def decode_answer(self, ids: list[int]) -> str:
         """The answer text: everything before the first EOS (LLaDA's convention; instruct models also stop
@@ -209,6 +221,57 @@ def resolve_model_path(model: str) -> str:
     return str(BUILTIN_MODEL_DIR) if model in BUILTIN_NAMES else model
 
 
+def check_model_path(model: str) -> str:
+    """The local directory or hub id `model` names; a local path that is not a model directory is an error."""
+    path = resolve_model_path(model)
+    if is_local_path(path):
+        local = Path(path).expanduser()
+        if not local.exists():
+            raise ModelLoadError(f"model path {path!r} does not exist")
+        if not local.is_dir():
+            raise ModelLoadError(f"model path {path!r} is a file, not a model directory")
+        if not (local / "config.json").is_file():
+            raise ModelLoadError(f"model path {path!r} is not a model directory (it has no config.json)")
+    return path
+
+
+@contextlib.contextmanager
+def loading(model: str):
+    """Whatever loading a checkpoint raises (missing or truncated files, an unknown architecture, a broken
+    tokenizer) becomes one line naming the model."""
+    try:
+        yield
+    except (OSError, ValueError, KeyError, ImportError, RuntimeError, SafetensorError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelLoadError(f"cannot load model {model!r}: {first_line}") from None
+
+
+def check_model_files(model: str, env: EnvConfig, trust_remote_code: bool = False):
+    """What `load_env_dllm` would refuse, found without loading the weights (what a driver checks before it
+    starts env runners that load them): the model's files, config and tokenizer, its special tokens, the
+    chat-template and KV-cache settings. Returns (tokenizer, context length, chat template on?)."""
+    from transformers import AutoConfig
+
+    import envs.models
+
+    envs.models.register()
+    path = check_model_path(model)
+    with loading(model):
+        tokenizer = envs.models.load_tokenizer(path, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if first_id(getattr(config, "mask_token_id", None), tokenizer.mask_token_id) is None:
+        raise ModelLoadError(f"model {model!r} defines no mask token id")
+    if env.kv_cache != "none" and config.model_type not in (envs.models.LLaDAConfig.model_type,
+                                                            envs.models.DreamConfig.model_type):
+        raise ModelLoadError(f"env.kv_cache={env.kv_cache} needs a native LLaDA or Dream model; {model!r} is "
+                             f"a {config.model_type!r}")
+    return tokenizer, context_length(config), uses_chat_template(tokenizer, env.chat_template, model)
+
+
+def context_length(config) -> int | None:
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "max_sequence_length", None)
+
+
 def load_env_dllm(model: str, env: EnvConfig, *, trust_remote_code: bool = False, device: str = "") -> DLLM:
     """`load_dllm` with the placement, precision and prompt settings of an `env` config (`device`
     overrides `env.device`, e.g. the GPU Ray gave an env runner)."""
@@ -227,24 +290,17 @@ def load_dllm(model: str = "builtin", *, device: str = "cpu", dtype: str = "floa
 
     envs.models.register()  # the native LLaDA and Dream classes answer for their model types
 
-    path = resolve_model_path(str(model))
-    if is_local_path(path) and not Path(path).expanduser().is_dir():
-        raise ModelLoadError(f"model path {path!r} does not exist")
+    path = check_model_path(str(model))
     check_device(device)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
     if torch_dtype is None:
         raise ModelLoadError(f"unknown dtype {dtype!r}: use float32, bfloat16 or float16")
-    if chat_template not in ("auto", "on", "off"):
-        raise ModelLoadError(f"unknown env.chat_template {chat_template!r}: use auto, on or off")
     placement = {"device_map": device_map} if device_map else {}
-    try:
+    with loading(model):
         tokenizer = envs.models.load_tokenizer(path, trust_remote_code=trust_remote_code)
         hf_model = AutoModelForMaskedLM.from_pretrained(
             path, dtype=torch_dtype, trust_remote_code=trust_remote_code, **placement
         )
-    except (OSError, ValueError, KeyError, ImportError, RuntimeError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelLoadError(f"cannot load model {model!r}: {first_line}") from err
     config = hf_model.config
     mask_id = first_id(getattr(config, "mask_token_id", None), tokenizer.mask_token_id)
     eos_id = first_id(getattr(config, "eos_token_id", None), tokenizer.eos_token_id)
@@ -253,13 +309,20 @@ def load_dllm(model: str = "builtin", *, device: str = "cpu", dtype: str = "floa
         raise ModelLoadError(f"model {model!r} defines no mask or EOS token id")
     stop_ids = {first_id(t) for t in (getattr(config, "eos_token_id", None), tokenizer.eos_token_id) if t is not None}
     stop_ids |= set(envs.models.end_of_turn_ids(tokenizer))
-    has_template = bool(getattr(tokenizer, "chat_template", None))
-    if chat_template == "on" and not has_template:
-        raise ModelLoadError(f"env.chat_template=on but the tokenizer of {model!r} has no chat template")
     shift = bool(getattr(config, "logit_shift", False)) if logit_shift is None else logit_shift
-    max_length = getattr(config, "max_position_embeddings", None) or getattr(config, "max_sequence_length", None)
+    max_length = context_length(config)
     if not device_map:
         hf_model = hf_model.to(device)
     return DLLM(hf_model, tokenizer, mask_id=mask_id, eos_id=eos_id, pad_id=pad_id,
                 logit_shift=shift, max_length=max_length, name=model or "builtin", stop_ids=stop_ids,
-                chat_template=has_template and chat_template != "off")
+                chat_template=uses_chat_template(tokenizer, chat_template, model))
+
+
+def uses_chat_template(tokenizer, setting: str, model: str) -> bool:
+    """env.chat_template: auto (the tokenizer's template if it has one), on (it must have one) or off."""
+    if setting not in ("auto", "on", "off"):
+        raise ModelLoadError(f"unknown env.chat_template {setting!r}: use auto, on or off")
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if setting == "on" and not has_template:
+        raise ModelLoadError(f"env.chat_template=on but the tokenizer of {model!r} has no chat template")
+    return has_template and setting != "off"

@@ -20,11 +20,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
+from tqdm import tqdm
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from envs.config import PretrainConfig, check_pretrain
-from envs.dllm import layout_batch, new_builtin_model, real_positions
-from envs.files import replace_dir
+from envs.dllm import check_model_path, layout_batch, loading, new_builtin_model, real_positions
+from envs.files import Interrupted, publish_dir, sigterm_as_interrupt
 from envs.optim import adamw, warmup_cosine
 from envs.tasks import Task, make_task
 from envs.tokenizer import build_char_tokenizer
@@ -103,7 +104,8 @@ def build_model(cfg: PretrainConfig, tokenizer, context: int):
     if not cfg.init_from:
         ids = {"pad": tokenizer.pad_token_id, "mask": tokenizer.mask_token_id, "eos": tokenizer.eos_token_id}
         return new_builtin_model(len(tokenizer), context, cfg.size, ids)
-    model = AutoModelForMaskedLM.from_pretrained(cfg.init_from)
+    with loading(cfg.init_from):
+        model = AutoModelForMaskedLM.from_pretrained(check_model_path(cfg.init_from))
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
     if model.config.max_position_embeddings < context:
@@ -140,6 +142,12 @@ class Schedule:
     def out_of_budget(self, step: int) -> bool:
         return step >= self.cfg.max_steps or self.elapsed() >= self.cfg.minutes * 60
 
+    def eta(self, step: int) -> float:
+        """Seconds left: whichever budget, steps or minutes, runs out first."""
+        by_time = self.cfg.minutes * 60 - self.elapsed()
+        by_steps = (self.cfg.max_steps - step) * self.elapsed() / max(step, 1)
+        return max(0.0, min(by_time, by_steps))
+
     def lr(self, step: int) -> float:
         cfg = self.cfg
         if step >= cfg.warmup_steps:
@@ -149,7 +157,8 @@ class Schedule:
 
 
 def pretrain(cfg: PretrainConfig) -> dict:
-    """Train and save a built-in-size dLLM (HF format, safetensors) with its tokenizer to `cfg.out`."""
+    """Train and save a built-in-size dLLM (HF format, safetensors) with its tokenizer to `cfg.out`. Ctrl-C or
+    SIGTERM saves the model so far (a complete one) and raises Interrupted."""
     check_pretrain(cfg)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -157,8 +166,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     task = make_task(cfg.task)
     vocab_texts, draw = training_texts(task, cfg)
     # init_from keeps the model's token ids; characters it has never seen are appended to its vocabulary
-    tokenizer = build_char_tokenizer(vocab_texts, AutoTokenizer.from_pretrained(cfg.init_from) if cfg.init_from
-                                     else None)
+    tokenizer = build_char_tokenizer(vocab_texts, load_init_tokenizer(cfg.init_from) if cfg.init_from else None)
     longest_prompt, longest_answer = longest_example(task, cfg, draw)
     if longest_answer >= cfg.gen_length:
         raise ValueError(f"gen_length={cfg.gen_length} is too short for answers of {longest_answer} "
@@ -171,32 +179,56 @@ def pretrain(cfg: PretrainConfig) -> dict:
     n_params = sum(p.numel() for p in model.parameters())
     print(f"pretrain: {n_params:,} parameters, vocab {len(tokenizer)}, context {model.config.max_position_embeddings}",
           flush=True)
-    while not schedule.out_of_budget(step):
-        ids, attn, canvas = make_batch(draw(cfg.batch_size), tokenizer, cfg.gen_length)
-        for group in optimizer.param_groups:
-            group["lr"] = schedule.lr(step)
-        loss = masked_diffusion_loss(model, ids, attn, canvas, tokenizer.mask_token_id, generator, cfg.min_mask_ratio)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
-        step += 1
-        if step % cfg.log_every == 0:
-            print(f"step {step} loss {ema:.4f} lr {schedule.lr(step):.2e} "
-                  f"grad {grad_norm:.2f} elapsed {schedule.elapsed():.0f}s", flush=True)
-        if cfg.save_every_minutes and time.time() - last_save > cfg.save_every_minutes * 60:
-            save_model(model, tokenizer, Path(cfg.out), {"steps": step, "final_loss_ema": ema, "partial": True})
-            last_save = time.time()
-    summary = {"steps": step, "final_loss_ema": ema, "seconds": round(schedule.elapsed(), 1),
-               "parameters": n_params, "command": "unmask pretrain " + " ".join(sys.argv[2:]),
-               "config": OmegaConf.to_container(OmegaConf.structured(cfg))}
-    if cfg.init_from:  # the shape came from the earlier model; keep its recipe as the first stage
-        summary["config"]["size"] = "from init_from"
-        earlier = Path(cfg.init_from) / "pretrain.json"
-        summary["init_from_pretrain"] = json.loads(earlier.read_text()) if earlier.exists() else None
+
+    def record(**extra) -> dict:
+        summary = {"steps": step, "final_loss_ema": ema, "seconds": round(schedule.elapsed(), 1),
+                   "parameters": n_params, "command": "unmask pretrain " + " ".join(sys.argv[2:]),
+                   "config": OmegaConf.to_container(OmegaConf.structured(cfg)), **extra}
+        if cfg.init_from:  # the shape came from the earlier model; keep its recipe as the first stage
+            summary["config"]["size"] = "from init_from"
+            earlier = Path(cfg.init_from) / "pretrain.json"
+            summary["init_from_pretrain"] = json.loads(earlier.read_text()) if earlier.exists() else None
+        return summary
+
+    bar = tqdm(total=cfg.max_steps, disable=not cfg.progress, desc="pretrain", unit="step",
+               bar_format="{desc} {n_fmt} steps [{elapsed}] {postfix}")
+    try:
+        with sigterm_as_interrupt():
+            while not schedule.out_of_budget(step):
+                ids, attn, canvas = make_batch(draw(cfg.batch_size), tokenizer, cfg.gen_length)
+                for group in optimizer.param_groups:
+                    group["lr"] = schedule.lr(step)
+                loss = masked_diffusion_loss(model, ids, attn, canvas, tokenizer.mask_token_id, generator,
+                                             cfg.min_mask_ratio)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+                step += 1
+                bar.update(1)
+                bar.set_postfix_str(f"loss {ema:.4f}  lr {schedule.lr(step):.1e}  eta {schedule.eta(step):.0f}s",
+                                    refresh=False)
+                if step % cfg.log_every == 0:
+                    print(f"step {step} loss {ema:.4f} lr {schedule.lr(step):.2e} "
+                          f"grad {grad_norm:.2f} elapsed {schedule.elapsed():.0f}s", flush=True)
+                if cfg.save_every_minutes and time.time() - last_save > cfg.save_every_minutes * 60:
+                    save_model(model, tokenizer, Path(cfg.out), record(partial=True))
+                    last_save = time.time()
+    except KeyboardInterrupt:
+        bar.close()
+        save_model(model.eval(), tokenizer, Path(cfg.out), record(partial=True, interrupted=True))
+        raise Interrupted(f"interrupted at step {step}: saved the model so far to {cfg.out}") from None
+    bar.close()
+    summary = record()
     save_model(model.eval(), tokenizer, Path(cfg.out), summary)
     return summary
+
+
+def load_init_tokenizer(path: str):
+    """init_from's tokenizer; a path that is not a saved model is a one-line error."""
+    with loading(path):
+        return AutoTokenizer.from_pretrained(check_model_path(path))
 
 
 def longest_example(task: Task, cfg: PretrainConfig, draw) -> tuple[int, int]:
@@ -209,9 +241,10 @@ def longest_example(task: Task, cfg: PretrainConfig, draw) -> tuple[int, int]:
 
 
 def save_model(model, tokenizer, out: Path, summary: dict) -> None:
+    """The model, its tokenizer and pretrain.json (written last: the record of a complete save)."""
     def fill(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / "pretrain.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
 
-    replace_dir(out, fill)
+    publish_dir(out, fill, last="pretrain.json")

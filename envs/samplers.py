@@ -26,7 +26,7 @@ from typing import ClassVar
 
 import torch
 
-from envs.config import SAMPLER_PARAMS, SamplerConfig
+from envs.config import SAMPLER_PARAMS, EnvConfig, SamplerConfig
 from envs.mdp import Observation
 
 
@@ -47,6 +47,9 @@ class Sampler(ABC):
     @abstractmethod
     def select(self, obs: Observation) -> torch.Tensor:
         """[B, L] bool, a subset of `obs.valid`."""
+
+    def check_env(self, env: EnvConfig) -> None:  # noqa: B027 - a hook: most samplers fit every MDP
+        """Refuse an MDP this sampler would silently do the wrong thing in (called before any episode)."""
 
     def describe(self) -> str:
         return self.name + "".join(f" {p}={getattr(self.cfg, p)}" for p in self.params)

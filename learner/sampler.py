@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from envs.config import SamplerConfig
+from envs.config import EnvConfig, SamplerConfig
 from envs.mdp import Observation
 from envs.samplers import Sampler
 from learner.grpo import bernoulli_logp, bernoulli_sample, unmask_probabilities
@@ -39,6 +39,15 @@ class PolicySampler(Sampler):
             trained += f" reward={info['reward']}"
         label = f"policy{trained}" if trained else f"policy {Path(self.cfg.checkpoint or 'in-memory').name}"
         return label + (f" beta={self.cfg.beta}" if self.cfg.beta != 1.0 else "")
+
+    def check_env(self, env: EnvConfig) -> None:
+        """A policy sees per-position features of a canvas of L positions (stale ones under a KV cache): at
+        another L or cache setting than it was trained with it runs, but is not the policy that was trained."""
+        info = policy_info(self.cfg.checkpoint) if self.cfg.checkpoint else {}
+        for key in ("gen_length", "kv_cache"):
+            if key in info and info[key] != getattr(env, key) and not self.cfg.allow_mismatch:
+                raise ValueError(f"policy {self.cfg.checkpoint} was trained with env.{key}={info[key]!r}, not "
+                                 f"{getattr(env, key)!r}: pass sampler.allow_mismatch=true to run it there anyway")
 
     @torch.no_grad()
     def logits(self, obs: Observation) -> torch.Tensor:

@@ -7,7 +7,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from envs.config import EnvConfig, SamplerConfig, TaskConfig, check_env, check_sampler, check_task
+from envs.config import EnvConfig, SamplerConfig, TaskConfig, check_env, check_finite, check_sampler, check_task
+from envs.files import check_writable
 
 
 @dataclass
@@ -42,15 +43,18 @@ class EvalConfig:
     num_examples: int = 500
     split: str = "test"
     seed: int = 0
-    out: str = "runs/eval/eval.json"
+    out: str = "runs/eval/eval.json"  # and beside it <stem>.examples.jsonl: every example's outcome
+    group_by: str = ""  # a field of the examples (a JSONL column; cycles: cycle_length): results per value
     progress: bool = True  # a progress bar on stderr
     trust_remote_code: bool = False
 
 
 def check_eval(cfg: EvalConfig) -> None:
+    check_finite(cfg)
     check_task(cfg.task)
     check_env(cfg.env)
     check_sampler(cfg.sampler)
+    check_writable(cfg.out, "out")
     if cfg.batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
 
@@ -79,7 +83,9 @@ GRIDS = ("default", "small")
 
 
 def check_pareto(cfg: ParetoConfig) -> None:
+    check_finite(cfg)
     check_task(cfg.task)
+    check_writable(cfg.out_dir, "out_dir", directory=True)
     if cfg.grid not in GRIDS:
         raise ValueError(f"unknown grid {cfg.grid!r}: use {' or '.join(GRIDS)}")
     if cfg.batch_size < 1:

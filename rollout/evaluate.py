@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -44,6 +46,22 @@ def run_episodes(dllm: DLLM, task: Task, examples: list[Example], sampler: Sampl
             for ex, gen in zip(examples, generations, strict=True)]
 
 
+def outcome(episode: Episode) -> dict:
+    """One example's result, as written to <out stem>.examples.jsonl."""
+    g = episode.generation
+    return {"id": episode.example.id, "correct": episode.correct, "nfe": g.nfe, "cut_short": episode.cut_short,
+            "abandoned": g.abandoned, "completion": g.text, "answer": episode.example.answer, **episode.example.meta}
+
+
+def by_field(episodes: list[Episode], field: str, gen_length: int) -> list[dict]:
+    """summarize() per value of an example field, sorted by value."""
+    groups: dict = {}
+    for e in episodes:
+        groups.setdefault(e.example.meta[field], []).append(e)
+    return [{field: value, **summarize(part, gen_length)}
+            for value, part in sorted(groups.items(), key=lambda kv: (str(type(kv[0])), kv[0]))]
+
+
 def summarize(episodes: list[Episode], gen_length: int) -> dict:
     n = len(episodes)
     nfe = torch.tensor([e.generation.nfe for e in episodes], dtype=torch.float64)
@@ -65,6 +83,12 @@ def evaluate(cfg: EvalConfig, dllm: DLLM | None = None) -> dict:
     torch.manual_seed(cfg.seed)
     task = make_task(cfg.task)
     examples = examples_to_evaluate(task, cfg.split, cfg.num_examples, cfg.seed)
+    if cfg.group_by:
+        missing = next((ex for ex in examples if cfg.group_by not in ex.meta), None)
+        if missing is not None:
+            fields = ", ".join(sorted(missing.meta)) or "none"
+            raise ValueError(f"group_by={cfg.group_by}: example {missing.id!r} has no such field "
+                             f"(its fields: {fields})")
     if dllm is None:
         dllm = load_env_dllm(cfg.model, cfg.env, trust_remote_code=cfg.trust_remote_code)
     sampler = make_sampler(cfg.sampler, torch.Generator(device=dllm.device).manual_seed(cfg.seed))
@@ -76,4 +100,27 @@ def evaluate(cfg: EvalConfig, dllm: DLLM | None = None) -> dict:
     result["sampler"] = sampler.describe()
     result["samples"] = [{"id": e.example.id, "completion": e.generation.text, "correct": e.correct,
                           "nfe": e.generation.nfe} for e in episodes[:20]]
+    if cfg.group_by:
+        result["groups"] = by_field(episodes, cfg.group_by, cfg.env.gen_length)
+    result["examples"] = [outcome(e) for e in episodes]
     return result
+
+
+def outcomes_path(out: str | Path) -> Path:
+    """Where `unmask eval out=<file>.json` writes every example's outcome."""
+    out = Path(out)
+    return out.with_name(out.stem + ".examples.jsonl")
+
+
+def write_eval(cfg: EvalConfig, result: dict) -> dict:
+    """`cfg.out` (the summary and the resolved config) and its .examples.jsonl (every example's outcome),
+    each written atomically; returns the summary."""
+    import json
+
+    from envs.files import write_atomic, write_json
+
+    summary = {k: v for k, v in result.items() if k != "examples"}
+    summary["config"] = dataclasses.asdict(cfg)
+    write_atomic(outcomes_path(cfg.out), "".join(json.dumps(row, default=str) + "\n" for row in result["examples"]))
+    write_json(Path(cfg.out), summary)
+    return summary

@@ -47,6 +47,7 @@ def generate(dllm: DLLM, prompts: list[str], sampler: Sampler, env: EnvConfig | 
     """Generate an answer to each prompt (batched, `batch_size` sequences per dLLM forward) by unmasking
     with `sampler` in the MDP of `env` (canvas length, block length, token temperature, KV cache)."""
     env = env or EnvConfig()
+    sampler.check_env(env)
     encoded = dllm.encode_prompts(prompts, response_prefix)
     if encoded:  # before any forward: every prompt must fit the context with the canvas
         dllm.check_fits(max(len(ids) for ids in encoded), env.gen_length)

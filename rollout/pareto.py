@@ -44,7 +44,9 @@ def run_pareto(cfg: ParetoConfig, dllm=None) -> list[dict]:
         grid += [SamplerConfig(name="policy", checkpoint=checkpoint) for checkpoint in cfg.policies]
         for sampler_cfg in grid:
             generator = torch.Generator(device=dllm.device).manual_seed(cfg.seed)
-            jobs.append((env_cfg, sampler_cfg, make_sampler(sampler_cfg, generator)))
+            sampler = make_sampler(sampler_cfg, generator)
+            sampler.check_env(env_cfg)
+            jobs.append((env_cfg, sampler_cfg, sampler))
     rows = []
     for env_cfg, sampler_cfg, sampler in tqdm(jobs, desc="pareto", disable=not cfg.progress):
         episodes = run_episodes(dllm, task, examples, sampler, env_cfg, cfg.batch_size, seed=cfg.seed)

@@ -30,8 +30,22 @@ def test_missing_model_path_is_a_clear_error(tmp_path):
     with pytest.raises(ModelLoadError, match="does not exist"):
         load_dllm(str(tmp_path / "missing"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelLoadError, match="cannot load model"):
+    with pytest.raises(ModelLoadError, match="is not a model directory"):
         load_dllm(str(tmp_path / "empty"))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ModelLoadError, match="is a file, not a model directory"):
+        load_dllm(str(tmp_path / "file"))
+
+
+def test_a_truncated_checkpoint_is_one_line(tiny_model_dir, tmp_path):
+    import shutil
+
+    broken = shutil.copytree(tiny_model_dir, tmp_path / "broken")
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ModelLoadError, match="cannot load model") as err:
+        load_dllm(str(broken))
+    assert len(str(err.value).splitlines()) == 1
 
 
 def test_left_padding_gives_the_same_logits_as_one_at_a_time(tiny_dllm):

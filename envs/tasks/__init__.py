@@ -15,16 +15,19 @@ def make_task(cfg: TaskConfig) -> Task:
     if cfg.name == "jsonl":
         from envs.tasks.jsonl import JsonlTask
 
-        return JsonlTask(cfg.path, verifier=cfg.verifier, prompt_key=cfg.prompt_key,
-                         answer_key=cfg.answer_key, test_fraction=cfg.test_fraction)
+        return JsonlTask(cfg.path, verifier=cfg.verifier, prompt_key=cfg.prompt_key, answer_key=cfg.answer_key,
+                         test_fraction=cfg.test_fraction, test_path=cfg.test_path,
+                         max_prompt_chars=cfg.max_prompt_chars, max_answer_chars=cfg.max_answer_chars)
     if cfg.name in ("gsm8k", "math500"):
         from envs.tasks.math_word import MathWordTask
 
-        return MathWordTask(cfg.name, path=cfg.path, test_fraction=cfg.test_fraction)
+        return MathWordTask(cfg.name, path=cfg.path, test_fraction=cfg.test_fraction,
+                            bounds=(cfg.max_prompt_chars, cfg.max_answer_chars))
     if cfg.name == "gsm8k_math":
         from envs.tasks.math_word import MixedMathTask
 
-        return MixedMathTask(path=cfg.path, test_fraction=cfg.test_fraction)
+        return MixedMathTask(path=cfg.path, test_fraction=cfg.test_fraction,
+                             bounds=(cfg.max_prompt_chars, cfg.max_answer_chars))
     raise AssertionError(f"task {cfg.name!r} is listed in TASK_NAMES but not built here")
 
 

@@ -59,13 +59,31 @@ def seeded_head(pool: list[Example], n: int, seed: int) -> list[Example]:
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, object]]:
     """(line number, parsed object) per non-blank line; a malformed line is a one-line error naming it."""
-    with Path(path).open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not a .jsonl file")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{path}:{number}: not UTF-8 text ({err.reason} at byte {err.start})") from None
             if line.strip():
                 try:
                     yield number, json.loads(line)
                 except json.JSONDecodeError as err:
                     raise ValueError(f"{path}:{number}: malformed JSON ({err.msg})") from None
+
+
+def check_example_size(example: Example, max_prompt_chars: int, max_answer_chars: int, where: str) -> Example:
+    """A prompt or answer longer than the task's bound is an error naming it, before it sizes a model or a batch."""
+    for what, text, bound in (("prompt", example.prompt, max_prompt_chars), ("answer", example.answer,
+                                                                           max_answer_chars)):
+        if len(text) > bound:
+            raise ValueError(f"{where}: {what} of {len(text):,} characters exceeds task.max_{what}_chars={bound:,}")
+    return example
 
 
 def check_split(split: str) -> None:

@@ -71,7 +71,7 @@ class CycleTask(Task):
         direction = rng.choice(self.directions)
         letters = self.trace(prompt, direction)
         body = letters[0] + "".join(("," if rng.random() < self.separator_prob else "") + x for x in letters[1:])
-        return Example(id=prompt, prompt=prompt, answer=direction + body)
+        return Example(id=prompt, prompt=prompt, answer=direction + body, meta={"cycle_length": len(letters) - 1})
 
     def trace(self, prompt: str, direction: str) -> str:
         """The cycle of the start letter, from it back to it, following f ('>') or f^-1 ('<')."""

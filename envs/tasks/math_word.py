@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from envs.tasks.base import Example, Task, check_split, hash_split, read_jsonl, seeded_head
+from envs.tasks.base import Example, Task, check_example_size, check_split, hash_split, read_jsonl, seeded_head
 from envs.tasks.verifiers import last_number, math_equivalent
 
 ANSWER_FORMAT = "Respond in the following format:\n<reasoning>\n...\n</reasoning>\n<answer>\n...\n</answer>"
@@ -131,7 +131,9 @@ class MathWordTask(Task):
 
     response_prefix = RESPONSE_PREFIX
 
-    def __init__(self, name: str = "gsm8k", path: str = "", test_fraction: float = 0.1):
+    def __init__(self, name: str = "gsm8k", path: str = "", test_fraction: float = 0.1,
+                 bounds: tuple[int, int] = (32_768, 32_768)):
+        self.bounds = bounds
         if name not in SOURCES:
             raise ValueError(f"unknown math task {name!r}: use {' or '.join(SOURCES)}")
         self.name, self.path, self.test_fraction = name, Path(path) if path else None, test_fraction
@@ -163,7 +165,8 @@ class MathWordTask(Task):
                 raise ValueError(f"{self.name} row {index} has neither 'answer' nor a boxed 'solution'")
         prompt = f"{self.system_prompt}\n\n{row[question_key]}"
         example_id = f"{self.name}/{row.get('unique_id', row.get('id', index))}"
-        return Example(id=example_id, prompt=prompt, answer=str(gold), meta={"source": self.name})
+        example = Example(id=example_id, prompt=prompt, answer=str(gold), meta={"source": self.name})
+        return check_example_size(example, *self.bounds, where=f"{self.name} row {index}")
 
     def examples(self, split: str, n: int, seed: int = 0) -> list[Example]:
         check_split(split)
@@ -183,11 +186,11 @@ class MixedMathTask(Task):
     name = "gsm8k_math"
     response_prefix = RESPONSE_PREFIX
 
-    def __init__(self, path: str = "", test_fraction: float = 0.1):
+    def __init__(self, path: str = "", test_fraction: float = 0.1, bounds: tuple[int, int] = (32_768, 32_768)):
         base = Path(path) if path else None
         if base is not None and not base.is_dir():
             raise FileNotFoundError(f"task.path {path!r} must be a directory holding gsm8k/ and math500/")
-        self.parts = {name: MathWordTask(name, str(base / name) if base else "", test_fraction)
+        self.parts = {name: MathWordTask(name, str(base / name) if base else "", test_fraction, bounds)
                       for name in ("gsm8k", "math500")}
 
     def examples(self, split: str, n: int, seed: int = 0) -> list[Example]:

@@ -1,0 +1,118 @@
+"""Run directories: a new run never overwrites one, a resumed run keeps its own config, a run that failed
+before it began leaves nothing behind, and `resume=` only unpickles what this user's unmask wrote.
+
+Resuming restores Tune's and RLlib's state, which unpickles files of the run directory (tuner.pkl, the
+experiment state, checkpoints' state.pkl and class_and_ctor_args.pkl): a run directory from someone else
+could run their code. Every time `unmask train` or `unmask sweep` stops, it seals the directory: an HMAC-SHA256
+of each of those files under a key only this user can read (`~/.config/unmask/run-key`, or the file
+UNMASK_RUN_KEY names), in run_dir/unmask-seal.json. `resume=` refuses a directory whose files do not match
+their seal (`resume_unverified=true` resumes anyway: only for a directory you trust).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import shutil
+from pathlib import Path
+from typing import Any
+
+from cluster.configs import load_yaml, parse, to_dict
+from envs.files import write_atomic
+
+RUN_FILES = ("config.yaml", "tune", "checkpoints", "trajectories", "unmask-seal.json")  # what a run writes
+RUN_SPECIFIC = ("resume", "run_dir", "ray_address", "resume_unverified")  # may differ in a continuation
+SEAL = "unmask-seal.json"
+
+
+def claim_run_dir(cfg: Any, schema: type, command: str) -> Path:
+    """The run directory of `cfg` (the resumed one with `resume`). A new run needs a directory that holds no
+    run; a resumed one needs its config.yaml and tune/, must agree with the saved config on every key, and
+    its pickled state must match its seal."""
+    run_dir = Path(cfg.resume or cfg.run_dir).resolve()
+    saved_file = run_dir / "config.yaml"
+    if not cfg.resume:
+        if saved_file.exists():
+            raise ValueError(f"run_dir {run_dir} already holds a run: choose a new run_dir (or resume={run_dir})")
+        return run_dir
+    if not saved_file.is_file() or not (run_dir / "tune").is_dir():
+        raise ValueError(f"resume={cfg.resume}: no run to resume there (config.yaml and tune/ are missing)")
+    saved = _flat(to_dict(parse(schema, [], command, base=load_yaml(saved_file, f"resume={cfg.resume}"))))
+    for key, value in _flat(to_dict(cfg)).items():
+        if key not in RUN_SPECIFIC and saved.get(key) != value:
+            raise ValueError(f"resume={cfg.resume} was started with {key}={saved.get(key)!r}, not {value!r}: "
+                             "a run resumes with its own config")
+    if not cfg.resume_unverified:
+        verify_seal(run_dir)
+    return run_dir
+
+
+def forget_run(run_dir: Path, remove_dir: bool) -> None:
+    """Remove what a run wrote (and the directory, if the run made it and nothing else is in it)."""
+    for name in RUN_FILES:
+        target = run_dir / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+    if remove_dir and not any(run_dir.iterdir()):
+        run_dir.rmdir()
+
+
+# ---- the seal ------------------------------------------------------------------------------------------
+def unpickled_files(run_dir: Path) -> list[Path]:
+    """What resuming deserialises: every .pkl under tune/, and Tune's experiment and search state (JSON that
+    embeds pickles)."""
+    tune = run_dir / "tune"
+    found = list(tune.rglob("*.pkl")) + list(tune.glob("experiment_state-*.json")) + list(tune.glob("*-state-*.json"))
+    return sorted(set(found))
+
+
+def run_key() -> bytes:
+    """This user's key (made on first use, readable by the user alone)."""
+    path = Path(os.environ.get("UNMASK_RUN_KEY", Path.home() / ".config" / "unmask" / "run-key"))
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+    return bytes.fromhex(path.read_text().strip())
+
+
+def _mac(key: bytes, path: Path) -> str:
+    return hmac.new(key, path.read_bytes(), hashlib.sha256).hexdigest()
+
+
+def seal(run_dir: Path) -> None:
+    """Record the MAC of every file resuming would unpickle (called whenever a run stops)."""
+    key = run_key()
+    macs = {str(f.relative_to(run_dir)): _mac(key, f) for f in unpickled_files(run_dir)}
+    write_atomic(run_dir / SEAL, json.dumps({"hmac-sha256": macs}, indent=1) + "\n")
+
+
+def verify_seal(run_dir: Path) -> None:
+    hint = "resume_unverified=true resumes it anyway (it unpickles its files: only for a directory you trust)"
+    try:
+        recorded = json.loads((run_dir / SEAL).read_text())["hmac-sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ValueError(f"resume={run_dir}: no valid {SEAL} (not stopped by this user's unmask, or killed "
+                         f"before it could seal the run); {hint}") from None
+    key = run_key()
+    for f in unpickled_files(run_dir):
+        name = str(f.relative_to(run_dir))
+        if not hmac.compare_digest(recorded.get(name, ""), _mac(key, f)):
+            raise ValueError(f"resume={run_dir}: {name} is not the file this user's unmask wrote (it was changed, "
+                             f"or the run is someone else's); {hint}")
+
+
+def _flat(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key != "grid":
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
