@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from envs.config import EnvConfig
 from envs.dllm import DLLM, load_env_dllm
@@ -30,18 +29,18 @@ class Episode:
 
 
 def examples_to_evaluate(task: Task, split: str, n: int, seed: int) -> list[Example]:
-    """The examples of `split`; none at all is an error before any work."""
+    """The examples of `split`; none at all, or a verifier that raises, is an error before any work."""
     examples = task.examples(split, n, seed=seed)
     if not examples:
         raise ValueError(f"no examples to evaluate in the {split!r} split (num_examples, task.test_fraction?)")
+    task.verify(examples[0].answer, examples[0])
     return examples
 
 
 def run_episodes(dllm: DLLM, task: Task, examples: list[Example], sampler: Sampler, env_cfg: EnvConfig,
                  batch_size: int = 250, seed: int = 0, progress: bool = False) -> list[Episode]:
-    with tqdm(total=len(examples), desc=sampler.describe(), disable=not progress, leave=False) as bar:
-        generations = generate(dllm, [ex.prompt for ex in examples], sampler, env_cfg, batch_size=batch_size,
-                               response_prefix=task.response_prefix, seed=seed, on_batch=bar.update)
+    generations = generate(dllm, [ex.prompt for ex in examples], sampler, env_cfg, batch_size=batch_size,
+                           response_prefix=task.response_prefix, seed=seed, progress=progress)
     return [Episode(ex, gen, task.verify(gen.text, ex), task.content_length(gen.text) < task.content_length(ex.answer))
             for ex, gen in zip(examples, generations, strict=True)]
 

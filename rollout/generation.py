@@ -13,8 +13,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from tqdm import tqdm
 
 from envs.config import EnvConfig
 from envs.dllm import DLLM
@@ -42,10 +43,11 @@ def run_to_end(env: UnmaskingEnv, sampler: Sampler, prompts: list[list[int]]) ->
 
 
 def generate(dllm: DLLM, prompts: list[str], sampler: Sampler, env: EnvConfig | None = None, *,
-             batch_size: int = 16, response_prefix: str = "", seed: int = 0,
-             on_batch: Callable[[int], None] | None = None) -> list[Generation]:
+             batch_size: int = 16, response_prefix: str = "", seed: int = 0, progress: bool = False
+             ) -> list[Generation]:
     """Generate an answer to each prompt (batched, `batch_size` sequences per dLLM forward) by unmasking
-    with `sampler` in the MDP of `env` (canvas length, block length, token temperature, KV cache)."""
+    with `sampler` in the MDP of `env` (canvas length, block length, token temperature, KV cache). Every
+    check comes before the first forward (and before the progress bar, on stderr with `progress`)."""
     env = env or EnvConfig()
     sampler.check_env(env)
     encoded = dllm.encode_prompts(prompts, response_prefix)
@@ -53,12 +55,12 @@ def generate(dllm: DLLM, prompts: list[str], sampler: Sampler, env: EnvConfig | 
         dllm.check_fits(max(len(ids) for ids in encoded), env.gen_length)
     mdp = UnmaskingEnv.from_config(dllm, env, seed=seed)
     out: list[Generation] = []
-    for start in range(0, len(encoded), batch_size):
-        run_to_end(mdp, sampler, encoded[start : start + batch_size])
-        canvas = mdp.canvas().tolist()
-        for row, tokens in enumerate(canvas):
-            out.append(Generation(dllm.decode_answer(tokens), int(mdp.nfe[row]), tokens,
-                                  mdp.unmask_step[row].tolist(), int(mdp.abandoned[row].sum())))
-        if on_batch is not None:
-            on_batch(len(canvas))
+    with tqdm(total=len(encoded), desc=sampler.describe(), disable=not progress, leave=False) as bar:
+        for start in range(0, len(encoded), batch_size):
+            run_to_end(mdp, sampler, encoded[start : start + batch_size])
+            canvas = mdp.canvas().tolist()
+            for row, tokens in enumerate(canvas):
+                out.append(Generation(dllm.decode_answer(tokens), int(mdp.nfe[row]), tokens,
+                                      mdp.unmask_step[row].tolist(), int(mdp.abandoned[row].sum())))
+            bar.update(len(canvas))
     return out

@@ -79,10 +79,14 @@ def test_sweep_over_alpha_reports_policies_beside_heuristics_and_resumes(local_r
 
 @pytest.mark.slow
 def test_a_failed_trial_is_reported_not_hidden(local_ray, tiny_model_dir, tmp_path, capsys):
-    """One grid point points at a model directory that is not a model: its trial fails at runtime, the
-    other finishes; the command lists the failure, reports the finished policy, and exits 1."""
-    not_a_model = tmp_path / "not-a-model"
-    not_a_model.mkdir()
+    """One grid point's model has truncated weights (its files, config and tokenizer pass the driver's checks;
+    loading the weights in the env runner fails): its trial fails at runtime, the other finishes; the command
+    lists the failure, reports the finished policy, and exits 1."""
+    import shutil
+
+    not_a_model = shutil.copytree(tiny_model_dir, tmp_path / "truncated")
+    weights = not_a_model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     run_dir = tmp_path / "sweep"
     code = main(["sweep", f"run_dir={run_dir}", f"grid.rollout.model=[{tiny_model_dir},{not_a_model}]",
                  "grid.grpo.alpha=[1.0]", "rollout.group_size=4", "rollout.prompts_per_sample=2",

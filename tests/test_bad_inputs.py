@@ -1,0 +1,251 @@
+"""Bad input, as a new user types it, across the five commands: exit code 2, one line on stderr that names the
+problem (no traceback), no Ray started, and every output or run directory byte-for-byte as it was.
+
+The cases run in this process through `cluster.cli.main` (a real process for each would cost seconds apiece);
+`tests/test_cli.py` checks the same path from a real process, and the interrupt tests below use one."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import ray
+
+from cluster.cli import main
+from envs.dllm import BUILTIN_MODEL_DIR
+from learner.config import PolicyConfig
+from learner.policy import UnmaskingPolicy, save_policy
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, tiny_model_dir):
+    """Files a user might point a command at, good and bad."""
+    root = tmp_path_factory.mktemp("inputs")
+    (root / "a_file").write_text("x")
+    (root / "empty_dir").mkdir()
+    truncated = shutil.copytree(tiny_model_dir, root / "truncated")
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    rows = [{"prompt": f"{w}?", "answer": w[::-1], "givens": len(w)} for w in ("abc", "bca", "cab", "acb") * 5]
+    (root / "good.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "malformed.jsonl").write_text('{"prompt": "a", "answer": "b"}\n{oops\n')
+    (root / "no_keys.jsonl").write_text('{"question": "a", "answer": "b"}\n')
+    (root / "latin1.jsonl").write_bytes(b'{"prompt": "a", "answer": "b"}\n{"prompt": "caf\xe9", "answer": "b"}\n')
+    (root / "long.jsonl").write_text(json.dumps({"prompt": "a" * 5000, "answer": "b"}) + "\n")
+    (root / "verifiers.py").write_text("def broken(completion, reference):\n    raise TypeError('boom')\n")
+    sys.path.insert(0, str(root))
+    policy = UnmaskingPolicy(PolicyConfig(hidden_size=16, num_heads=2, ffn_size=32, time_embed_size=16))
+    save_policy(policy, root / "policy_L24", {"gen_length": 24, "block_length": 24, "kv_cache": "none"})
+    run = root / "a_run"
+    run.mkdir()
+    (run / "config.yaml").write_text("max_iterations: 3\n")
+    (root / "not_empty").mkdir()
+    (root / "not_empty" / "NOTES.txt").write_text("keep me")
+    yield {"root": root, "model": tiny_model_dir}
+    sys.path.remove(str(root))
+
+
+# (command arguments, what the one line must say); {root} and {model} are filled from the fixture
+CASES = [
+    # eval: keys and values
+    ("eval nonsense=1", "unknown key 'nonsense'"),
+    ("eval sampler.treshold=0.5", "unknown key 'sampler.treshold'"),
+    ("eval positional", "expected key=value"),
+    ("eval env.gen_length=many", "bad value for 'env.gen_length'"),
+    ("eval env.gen_length=30 env.block_length=8", "not divisible"),
+    ("eval sampler=nope", "unknown sampler 'nope'"),
+    ("eval task=nope", "unknown task 'nope'"),
+    ("eval sampler=top_k sampler.threshold=0.5", "does not apply to sampler 'top_k'"),
+    ("eval sampler=fast_dllm sampler.name=top_k", "sampler.name is given twice (fast_dllm and top_k)"),
+    ("eval sampler=eb sampler.gamma=nan", "sampler.gamma must be a finite number, got nan"),
+    ("eval sampler=fast_dllm_factor sampler.factor=inf", "sampler.factor must be a finite number"),
+    ("eval env.temperature=-1", "env.temperature must be >= 0"),
+    ("eval env.temperature=nan", "env.temperature must be a finite number"),
+    ("eval env.kv_cache=triple", "unknown env.kv_cache 'triple'"),
+    ("eval batch_size=0", "batch_size must be >= 1"),
+    ("eval env.batch_size=5", "unknown key 'env.batch_size'"),
+    ("eval task.test_fraction=2", "task.test_fraction must be in [0, 1]"),
+    ("eval resume={root}/a_run", "unknown key 'resume'"),
+    ("eval config={root}/missing.yaml", "no config file at"),
+    ("eval group_by=nofield model={model} env.gen_length=16", "group_by=nofield: example"),
+    # eval: the model
+    ("eval model=/does/not/exist", "does not exist"),
+    ("eval model={root}/a_file", "is a file, not a model directory"),
+    ("eval model={root}/empty_dir", "is not a model directory (it has no config.json)"),
+    ("eval model={root}/truncated env.gen_length=16", "cannot load model"),
+    ("eval model={model} env.dtype=int8 env.gen_length=16", "unknown dtype 'int8'"),
+    ("eval model={model} env.device=cuda:7 env.gen_length=16", "not available"),
+    ("eval model={model} env.gen_length=64 env.block_length=64", "exceeds the model's context"),
+    ("eval model={model} env.kv_cache=prefix env.gen_length=16", "needs a native LLaDA or Dream model"),
+    ("eval task.num_symbols=12 env.gen_length=16 num_examples=5", "cannot represent ([UNK])"),
+    ("eval task.num_symbols=4 model={model} env.gen_length=16", "fewer than 500 distinct prompts"),
+    # eval: the data
+    ("eval task=jsonl", "task=jsonl needs task.path"),
+    ("eval task=jsonl task.path={root}/empty_dir", "is a directory, not a .jsonl file"),
+    ("eval task=jsonl task.path={root}/missing.jsonl", "does not exist"),
+    ("eval task=jsonl task.path={root}/malformed.jsonl", "malformed.jsonl:2: malformed JSON"),
+    ("eval task=jsonl task.path={root}/latin1.jsonl", "latin1.jsonl:2: not UTF-8 text"),
+    ("eval task=jsonl task.path={root}/no_keys.jsonl", "needs the keys 'prompt' and 'answer'"),
+    ("eval task=jsonl task.path={root}/long.jsonl task.max_prompt_chars=1000",
+     "prompt of 5,000 characters exceeds task.max_prompt_chars=1,000"),
+    ("eval task=jsonl task.path={root}/good.jsonl task.verifier=nomodule:fn", "cannot import verifier"),
+    ("eval task=jsonl task.path={root}/good.jsonl task.verifier=verifiers:broken task.test_fraction=1 "
+     "model={model} env.gen_length=8 num_examples=4", "verifier 'verifiers:broken' raised TypeError on example"),
+    ("eval task=cycles task.test_path={root}/good.jsonl", "task.test_path is for task=jsonl"),
+    # eval: where it writes
+    ("eval out={root}/a_file/e.json", "cannot be created"),
+    ("eval out={root}/empty_dir", "is a directory, not a file"),
+    # eval: policies
+    ("eval sampler=policy", "sampler.checkpoint"),
+    ("eval sampler=policy sampler.checkpoint={root}/missing_policy", "no policy checkpoint"),
+    ("eval sampler=policy sampler.checkpoint={root}/policy_L24 model={model} env.gen_length=16",
+     "was trained with env.gen_length=24, not 16: pass sampler.allow_mismatch=true"),
+    # pareto
+    ("pareto grid=bogus", "unknown grid 'bogus'"),
+    ("pareto env.block_length=4", "env.block_length is not used by 'unmask pareto'"),
+    ("pareto env.gen_length=12 block_lengths=[5]", "block_lengths entry 5"),
+    ("pareto out_dir={root}/a_file", "is a file, not a directory"),
+    ("pareto model={model} env.gen_length=16 grid=small num_examples=2 policies=[{root}/missing_policy]",
+     "no policy checkpoint"),
+    # pretrain
+    ("pretrain out={root}/not_empty", "is not empty"),
+    ("pretrain out=" + str(BUILTIN_MODEL_DIR), "is not empty"),
+    ("pretrain out={root}/new init_from={root}/missing", "does not exist"),
+    ("pretrain out={root}/new init_from={root}/truncated", "cannot load model"),
+    ("pretrain out={root}/new minutes=0", "minutes > 0"),
+    ("pretrain out={root}/new lr=nan", "lr must be a finite number"),
+    ("pretrain out={root}/new gen_length=4", "too short for answers"),
+    ("pretrain out={root}/new task=jsonl task.path={root}/long.jsonl task.max_prompt_chars=1000",
+     "exceeds task.max_prompt_chars"),
+    # train
+    ("train run_dir={root}/r rollout.env.block_length=5", "not divisible"),
+    ("train run_dir={root}/r rollout.group_size=1", "group_size"),
+    ("train run_dir={root}/r grpo.reward=linear", "grpo.reward"),
+    ("train run_dir={root}/r max_policy_lag=-1", "max_policy_lag"),
+    ("train run_dir={root}/r grpo.alpha=nan", "grpo.alpha must be a finite number"),
+    ("train run_dir={root}/r grpo.lr=inf", "grpo.lr must be a finite number"),
+    ("train run_dir={root}/r grpo.clip_eps=nan", "grpo.clip_eps must be a finite number"),
+    ("train run_dir={root}/r grpo.policy_temperature=nan", "grpo.policy_temperature must be a finite number"),
+    ("train run_dir={root}/r eval_policy_temperature=0.5", "unknown key 'eval_policy_temperature'"),
+    ("train run_dir={root}/r rollout.env.batch_size=5", "unknown key 'rollout.env.batch_size'"),
+    ("train run_dir={root}/r rollout.model=/does/not/exist", "does not exist"),
+    ("train run_dir={root}/r rollout.model={root}/empty_dir", "is not a model directory"),
+    ("train run_dir={root}/r rollout.task.name=jsonl rollout.task.path={root}/malformed.jsonl", "malformed JSON"),
+    ("train run_dir={root}/r rollout.model={model} rollout.env.gen_length=64 rollout.env.block_length=64",
+     "exceeds the model's context"),
+    ("train run_dir={root}/r rollout.model={model} rollout.env.kv_cache=prefix rollout.env.gen_length=16",
+     "needs a native LLaDA or Dream model"),
+    ("train run_dir={root}/a_run", "already holds a run"),
+    ("train run_dir={root}/a_file", "is a file, not a directory"),
+    ("train resume={root}/missing", "no run to resume there"),
+    ("train resume={root}/a_run config={root}/a_run/config.yaml", "not both"),
+    ("train run_dir={root}/r ray_address=127.0.0.1:9", "cannot reach the Ray cluster at '127.0.0.1:9'"),
+    # sweep
+    ("sweep run_dir={root}/s grid.grpo.alpha=3", "grid.grpo.alpha must be a non-empty list"),
+    ("sweep run_dir={root}/s grid.grpo.policy.width=[64,128]", "a sweep varies grpo.* and rollout.* keys"),
+    ("sweep run_dir={root}/s grid.grpo.lr=[0.001,-1]", "grid point {'grpo.alpha': 0.5, 'grpo.lr': -1}"),
+    ("sweep run_dir={root}/s report_grid=huge", "unknown report_grid 'huge'"),
+    ("sweep run_dir={root}/s grid.rollout.model=[/does/not/exist]", "does not exist"),
+]
+
+
+def snapshot(*folders: Path) -> dict:
+    return {str(p): p.read_bytes() if p.is_file() else None for f in folders if f.exists()
+            for p in [f, *sorted(f.rglob("*"))]}
+
+
+@pytest.mark.parametrize("args, message", CASES, ids=[c[0][:60] for c in CASES])
+def test_bad_input_is_one_line_exit_2_nothing_written_and_no_ray(args, message, inputs, capsys):
+    argv = args.format(**inputs).split()
+    before = snapshot(inputs["root"], BUILTIN_MODEL_DIR)
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert not ray.is_initialized()
+    assert snapshot(inputs["root"], BUILTIN_MODEL_DIR) == before
+
+
+def test_at_least_forty_cases_over_all_five_commands():
+    assert len(CASES) >= 40
+    assert {args.split()[0] for args, _ in CASES} == {"eval", "pareto", "pretrain", "train", "sweep"}
+
+
+def test_contradicting_a_policy_s_training_is_possible_when_asked(inputs, tmp_path):
+    out = tmp_path / "e.json"
+    assert main(["eval", "sampler=policy", f"sampler.checkpoint={inputs['root']}/policy_L24",
+                 "sampler.allow_mismatch=true", f"model={inputs['model']}", "env.gen_length=16", "num_examples=3",
+                 f"out={out}", "progress=false"]) == 0
+    assert json.loads(out.read_text())["num_examples"] == 3
+
+
+def test_eval_writes_every_outcome_and_groups_by_a_data_field(inputs, tmp_path, capsys):
+    out = tmp_path / "e.json"
+    assert main(["eval", f"model={inputs['model']}", "task=jsonl", f"task.path={inputs['root']}/good.jsonl",
+                 "task.test_fraction=1", "num_examples=-1", "env.gen_length=8", "env.block_length=4",
+                 "group_by=givens", f"out={out}", "progress=false"]) == 0
+    result = json.loads(out.read_text())
+    rows = [json.loads(line) for line in (tmp_path / "e.examples.jsonl").read_text().splitlines()]
+    assert len(rows) == result["num_examples"] == 20 and all(r["givens"] == 3 for r in rows)
+    assert {"id", "correct", "nfe", "completion", "answer"} <= set(rows[0])
+    assert result["groups"] == [{"givens": 3, **{k: result[k] for k in result["groups"][0] if k != "givens"}}]
+    assert result["groups"][0]["accuracy"] == result["accuracy"]
+    assert "| givens |" in capsys.readouterr().out
+
+
+def test_pretrain_overwrite_replaces_the_model_files_and_keeps_the_others(tmp_path):
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "NOTES.txt").write_text("keep me")
+    assert main(["pretrain", f"out={out}", "overwrite=true", "max_steps=2", "size.hidden_size=32",
+                 "size.num_layers=1", "size.num_heads=2", "size.ffn_size=64", "progress=false",
+                 "save_every_minutes=0"]) == 0
+    assert (out / "NOTES.txt").read_text() == "keep me"
+    assert json.loads((out / "pretrain.json").read_text())["steps"] == 2 and (out / "model.safetensors").is_file()
+
+
+def start_pretrain(out: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "cluster.cli", "pretrain", f"out={out}", "minutes=5",
+                             "batch_size=16", "log_every=1", "progress=false", "save_every_minutes=0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupted_pretraining_saves_a_complete_model_and_says_where(sig, tmp_path):
+    from envs.dllm import load_dllm
+
+    out = tmp_path / "model"
+    proc = start_pretrain(out)
+    for line in proc.stdout:  # wait until it is training
+        if line.startswith("step 3 "):
+            break
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert f"saved the model so far to {out}" in err.strip().splitlines()[-1]
+    record = json.loads((out / "pretrain.json").read_text())
+    assert record["interrupted"] and record["steps"] >= 3
+    assert load_dllm(str(out)).max_length == 12 + 24  # complete and loadable
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_interrupted_eval_keeps_the_previous_result(tmp_path):
+    out = tmp_path / "e.json"
+    out.write_text('{"previous": true}\n')
+    proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "eval", "num_examples=500", "batch_size=1",
+                             "sampler=top_k", f"out={out}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    time.sleep(6)  # loading, then decoding one prompt at a time
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "unmask eval: interrupted"
+    assert json.loads(out.read_text()) == {"previous": True} and os.listdir(tmp_path) == ["e.json"]
