@@ -308,6 +308,7 @@ class UnmaskGRPO(Algorithm):
         rewards, samples = collected.per_trajectory("reward"), [a.sample for a in collected.arrivals]
         lags = [a.lag for a in collected.arrivals]
         busy, idle = sum(s.busy_s for s in samples), sum(s.idle_s for s in samples)
+        forwards = sum(s.forwards for s in samples)
         elapsed = self.metrics.peek((TIMERS, "collect_s")) + self.metrics.peek((TIMERS, "update_s"))
         self.totals["trajectories"] += len(rewards)
         self.totals["skipped_batches"] += int(skipped)
@@ -319,6 +320,8 @@ class UnmaskGRPO(Algorithm):
             "nfe_mean": float(np.mean(collected.per_trajectory("nfe"))),
             "trajectories_per_s": len(rewards) / max(elapsed, 1e-9),
             "env_runner_busy_fraction": busy / max(busy + idle, 1e-9),
+            "rows_per_forward": sum(s.forward_rows for s in samples) / max(1, forwards),
+            "forwards_per_s": forwards / max(busy, 1e-9),  # per runner-second of rollout work
             "weight_pull_s": float(np.mean([s.weight_sync_s for s in samples])),
             "staleness_mean": float(np.mean(lags)), "staleness_max": int(max(lags)),
             "dropped_groups": sum(a.sample.trajectories.num_groups for a in collected.arrivals if not a.used),

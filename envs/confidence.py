@@ -1,4 +1,14 @@
-"""The one place where dLLM logits become per-position predictions and confidence features."""
+"""The one place where dLLM logits become per-position predictions and confidence features.
+
+Precision, as the reference code has it and without a full-vocabulary float64 tensor where none is needed:
+- LLaDA's `generate.py` takes the softmax in the model's dtype; Fast-dLLM's threshold code in float64. Here the
+  top-1 probability is p1 = 1 / (1 + r) with r = sum over the other tokens of exp(l - l_max), summed in float32
+  (every term < 1, so r keeps its relative precision) and divided in float64: near-1 confidences stay apart
+  (1 - p1 ~ r, not rounded away), and samplers rank and threshold them in float64, the precision computed in.
+- Temperature > 0 is LLaDA's Gumbel-max, in float64 over the vocabulary (low-precision Gumbel-max hurts
+  quality, arXiv 2409.02908), in row chunks so the float64 temporaries stay bounded.
+Only the features a sampler reads are computed (`features`); the mask token is never a valid prediction.
+"""
 
 from __future__ import annotations
 
@@ -6,59 +16,66 @@ from dataclasses import dataclass
 
 import torch
 
+FEATURES = ("token_prob", "confidence", "margin", "entropy")
+
 
 @dataclass
 class Prediction:
-    """What one dLLM forward says about each position (all [B, L])."""
+    """What one dLLM forward says about each position ([B, L]); features nobody asked for are None."""
 
     tokens: torch.Tensor  # token that would be written: argmax, or Gumbel-max when temperature > 0
-    token_prob: torch.Tensor  # softmax probability of that token (LLaDA's / Fast-dLLM's confidence)
-    confidence: torch.Tensor  # top-1 softmax probability (the policy's input; = token_prob when greedy)
-    margin: torch.Tensor  # top-1 minus top-2 probability (Dream's topk_margin)
-    entropy: torch.Tensor  # entropy of the softmax in nats (Dream's `entropy` alg uses its negative)
+    token_prob: torch.Tensor | None = None  # float64: probability of that token (LLaDA's / Fast-dLLM's confidence)
+    confidence: torch.Tensor | None = None  # float32: top-1 probability (the policy's input; = token_prob greedy)
+    margin: torch.Tensor | None = None  # float64: top-1 minus top-2 probability (Dream's topk_margin)
+    entropy: torch.Tensor | None = None  # float64: entropy of the softmax in nats (Dream's `entropy` alg)
 
 
-MAX_FLOAT64_ELEMENTS = 1 << 27  # 1 GiB per float64 temporary: rows are processed in chunks beyond this
+MAX_TEMPORARY_ELEMENTS = 1 << 27  # 1 GiB of float64 (0.5 GiB of float32) per temporary: rows go in chunks beyond
 
 
 def predict(logits: torch.Tensor, temperature: float = 0.0, mask_id: int | None = None,
-            generator: torch.Generator | None = None) -> Prediction:
-    """Greedy or Gumbel-max token choice plus confidence features, from logits [B, L, V].
-
-    Softmax is taken in float64 as in LLaDA's and Fast-dLLM's `generate`; Gumbel noise too, because
-    low-precision Gumbel-max hurts quality (arXiv 2409.02908). The mask token itself is never a
-    valid prediction. Large inputs (an 8B model's 126k vocabulary over 256 positions is 32M values per
-    row) go through in row chunks, so the float64 temporaries stay bounded.
-    """
-    rows_per_chunk = max(1, MAX_FLOAT64_ELEMENTS // max(1, logits[0].numel()))
+            generator: torch.Generator | None = None, features: tuple[str, ...] = FEATURES) -> Prediction:
+    """Greedy or Gumbel-max token choice plus the requested confidence features, from logits [B, L, V]."""
+    rows_per_chunk = max(1, MAX_TEMPORARY_ELEMENTS // max(1, logits[0].numel()))
     if logits.shape[0] <= rows_per_chunk:
-        return _predict(logits, temperature, mask_id, generator)
-    parts = [_predict(chunk, temperature, mask_id, generator) for chunk in logits.split(rows_per_chunk)]
-    return Prediction(**{name: torch.cat([getattr(part, name) for part in parts])
+        return _predict(logits, temperature, mask_id, generator, features)
+    parts = [_predict(chunk, temperature, mask_id, generator, features) for chunk in logits.split(rows_per_chunk)]
+    return Prediction(**{name: None if getattr(parts[0], name) is None else torch.cat([getattr(p, name) for p in parts])
                          for name in Prediction.__dataclass_fields__})
 
 
-def _predict(logits: torch.Tensor, temperature: float, mask_id: int | None,
-             generator: torch.Generator | None) -> Prediction:
-    logits = logits.to(torch.float64, copy=True)
+def _predict(logits: torch.Tensor, temperature: float, mask_id: int | None, generator: torch.Generator | None,
+             features: tuple[str, ...]) -> Prediction:
+    x = logits.to(torch.float32, copy=True)
     if mask_id is not None:
-        logits[..., mask_id] = -torch.inf
-    probs = torch.softmax(logits, dim=-1)
-    top2 = probs.topk(2, dim=-1).values
-    if temperature > 0:
-        # LLaDA's add_gumbel_noise: argmax(exp(l) / (-log u)^T) == argmax(l + T * Gumbel), a sample
-        # from softmax(l / T). Subtracting the max first keeps exp finite and leaves the argmax alone.
-        u = torch.rand(logits.shape, dtype=torch.float64, device=logits.device, generator=generator)
-        shifted = logits - logits.amax(-1, keepdim=True)
-        tokens = (shifted.exp() / (-torch.log(u)) ** temperature).argmax(-1)
-    else:
-        tokens = logits.argmax(-1)
-    token_prob = probs.gather(-1, tokens[..., None])[..., 0]
-    entropy = -(probs * torch.log(probs.clamp_min(1e-300))).sum(-1)
-    return Prediction(
-        tokens=tokens,
-        token_prob=token_prob.float(),
-        confidence=top2[..., 0].float(),
-        margin=(top2[..., 0] - top2[..., 1]).float(),
-        entropy=entropy.float(),
-    )
+        x[..., mask_id] = -torch.inf
+    best_id = x.argmax(-1, keepdim=True)
+    tokens = _gumbel_max(logits, temperature, mask_id, generator) if temperature > 0 else best_id[..., 0]
+    x -= x.gather(-1, best_id)  # d = l - l_max <= 0
+    weights = x.exp()  # exp(d): the top token's is 1
+    entropy_sum = torch.special.xlogy(weights, weights).sum(-1).double() if "entropy" in features else None
+    token_weight = weights.gather(-1, tokens[..., None])[..., 0].double()
+    weights.scatter_(-1, best_id, 0.0)
+    z = 1.0 + weights.sum(-1).double()  # the softmax normaliser over exp(l_max): 1 + every other token
+    pred = Prediction(tokens=tokens)
+    if "token_prob" in features:
+        pred.token_prob = token_weight / z
+    if "confidence" in features:
+        pred.confidence = (1.0 / z).float()
+    if "margin" in features:
+        pred.margin = (1.0 - x.topk(2, dim=-1).values[..., 1].double().exp()) / z
+    if entropy_sum is not None:
+        pred.entropy = torch.log(z) - entropy_sum / z  # H = log Z - sum_i p_i d_i
+    return pred
+
+
+def _gumbel_max(logits: torch.Tensor, temperature: float, mask_id: int | None,
+                generator: torch.Generator | None) -> torch.Tensor:
+    """LLaDA's add_gumbel_noise: argmax(exp(l) / (-log u)^T) == argmax(l + T * Gumbel), a sample from
+    softmax(l / T), in float64. Subtracting the max first keeps exp finite and leaves the argmax alone."""
+    x = logits.to(torch.float64, copy=True)
+    if mask_id is not None:
+        x[..., mask_id] = -torch.inf
+    u = torch.rand(x.shape, dtype=torch.float64, device=x.device, generator=generator)
+    shifted = x - x.amax(-1, keepdim=True)
+    return (shifted.exp() / (-torch.log(u)) ** temperature).argmax(-1)

@@ -64,10 +64,11 @@ def new_builtin_model(vocab_size: int, max_positions: int, size: ModelSize, ids:
 
 
 def layout_batch(
-    prompts: list[list[int]], gen_length: int, pad_id: int, mask_id: int
+    prompts: list[list[int]], gen_length: int, pad_id: int, mask_id: int, width: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """[left padding | prompt | gen_length masks] per row, and the attention mask that hides the padding."""
-    width = max(len(p) for p in prompts)
+    """[left padding | prompt | gen_length masks] per row, and the attention mask that hides the padding;
+    the prompt part is `width` wide (default: the longest prompt)."""
+    width = max(len(p) for p in prompts) if width is None else width
     ids = torch.full((len(prompts), width + gen_length), pad_id, dtype=torch.long)
     attn = torch.zeros_like(ids)
     for row, prompt in enumerate(prompts):

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 
 import torch
 
-from envs.confidence import Prediction, predict
+from envs.confidence import FEATURES, Prediction, predict
 from envs.config import EnvConfig, check_env
 from envs.dllm import DLLM, layout_batch
+from envs.engine import ForwardEngine
 
 
 class SamplerError(ValueError):
@@ -31,14 +32,16 @@ class SamplerError(ValueError):
 
 @dataclass
 class Observation:
-    """Everything a sampler may look at, per row ([B] or [B, L] tensors). With a KV cache, columns a
-    cached forward does not recompute (finished blocks; with `dual`, also later blocks) keep their values
-    from the block's refresh: train a policy with the cache setting it will be evaluated with."""
+    """Everything a sampler may look at, per row ([B] or [B, L] tensors), valid until the next step (the env
+    updates its tensors in place; keep a copy of what you keep). Only the features the sampler reads are
+    there (`reset(features=...)`), the others are None. With a KV cache, columns a cached forward does not
+    recompute (finished blocks; with `dual`, also later blocks) keep their values from the block's refresh:
+    train a policy with the cache setting it will be evaluated with."""
 
-    confidence: torch.Tensor  # top-1 probability
-    token_prob: torch.Tensor  # probability of the token that would be written
-    margin: torch.Tensor
-    entropy: torch.Tensor
+    confidence: torch.Tensor | None  # float32 top-1 probability
+    token_prob: torch.Tensor | None  # float64 probability of the token that would be written
+    margin: torch.Tensor | None  # float64
+    entropy: torch.Tensor | None  # float64
     masked: torch.Tensor  # bool: still masked (may be unmasked at a later step)
     abandoned: torch.Tensor  # bool: given up when its block ran out of forwards (the canvas keeps [MASK])
     valid: torch.Tensor  # bool: masked and inside the current block (and the row is active)
@@ -56,25 +59,25 @@ class Observation:
 
 
 class UnmaskingEnv:
-    """A batch of unmasking episodes over one frozen dLLM."""
+    """A batch of unmasking episodes over one frozen dLLM. Rows finish independently; with `start_rows` a
+    finished row takes a new episode (continuous batching), in another block and step than its neighbours."""
 
     def __init__(self, dllm: DLLM, gen_length: int, block_length: int, temperature: float = 0.0, seed: int = 0,
                  kv_cache: str = "none"):
         check_env(EnvConfig(gen_length=gen_length, block_length=block_length, temperature=temperature,
                             kv_cache=kv_cache))
-        if kv_cache != "none" and not dllm.supports_kv_cache:
-            raise ValueError(f"env.kv_cache={kv_cache} needs a native LLaDA or Dream model; {dllm.name!r} is not one")
         self.dllm, self.L, self.BL = dllm, gen_length, block_length
         self.temperature = temperature
-        self.kv_cache = kv_cache
+        self.engine = ForwardEngine(dllm, gen_length, block_length, kv_cache)
         self.generator = torch.Generator(device=dllm.device).manual_seed(seed)
 
     @classmethod
     def from_config(cls, dllm: DLLM, env: EnvConfig, seed: int = 0) -> UnmaskingEnv:
         return cls(dllm, env.gen_length, env.block_length, env.temperature, seed=seed, kv_cache=env.kv_cache)
 
-    # ---- episode -------------------------------------------------------------------------------
-    def reset(self, prompts: list[list[int]]) -> Observation:
+    # ---- episodes ------------------------------------------------------------------------------------
+    def reset(self, prompts: list[list[int]], features: tuple[str, ...] = FEATURES) -> Observation:
+        """New episodes in every row; `features` are the confidence features the sampler reads."""
         if not prompts:
             raise ValueError("reset needs at least one prompt")
         self.dllm.check_fits(max(len(p) for p in prompts), self.L)
@@ -84,18 +87,51 @@ class UnmaskingEnv:
         B = len(prompts)
         self.masked = torch.ones(B, self.L, dtype=torch.bool, device=device)
         self.abandoned = torch.zeros_like(self.masked)
+        self.valid = torch.zeros_like(self.masked)
         self.unmask_step = torch.full((B, self.L), -1, dtype=torch.long, device=device)
         self.nfe = torch.zeros(B, dtype=torch.long, device=device)
         self.block_index = torch.zeros_like(self.nfe)
         self.block_step = torch.zeros_like(self.nfe)
         self.position_block = torch.arange(self.L, device=device) // self.BL
-        self.pred = None
-        self.kv = None  # KV cache: per layer (keys, values) [B, kv_heads, prompt + L, head_dim]
-        self.cached_block = torch.full_like(self.nfe, -1)  # block each row's cache was refreshed for
-        return self._forward()
+        self.features = tuple(features)
+        self.pred = Prediction(tokens=torch.zeros(B, self.L, dtype=torch.long, device=device), **{
+            name: torch.zeros(B, self.L, device=device, dtype=torch.float32 if name == "confidence" else torch.float64)
+            for name in self.features})
+        self.engine.reset(B)
+        return self.observe()
+
+    def start_rows(self, rows: list[int], prompts: list[list[int]]) -> None:
+        """New episodes in finished rows (continuous batching); they are observed at the next `observe()`. A
+        prompt longer than the batch's widens the left padding of every row (real positions do not change)."""
+        rows_t = torch.tensor(rows, dtype=torch.long, device=self.masked.device)
+        if self.masked[rows_t].any():
+            raise ValueError("start_rows: a row that is still running cannot take a new episode")
+        self.dllm.check_fits(max(len(p) for p in prompts), self.L)
+        width = self.ids.shape[1] - self.L
+        longest = max(len(p) for p in prompts)
+        if longest > width:  # every row gets more left padding; cached keys sit at other columns: refresh all
+            grow = longest - width
+            pad = self.ids.new_full((len(self.ids), grow), self.dllm.pad_id)
+            self.ids = torch.cat([pad, self.ids], dim=1)
+            self.attn = torch.cat([torch.zeros_like(pad), self.attn], dim=1)
+            self.engine.forget(torch.arange(len(self.ids), device=rows_t.device))
+            width = longest
+        ids, attn = layout_batch(prompts, self.L, self.dllm.pad_id, self.dllm.mask_id, width=width)
+        self.ids[rows_t], self.attn[rows_t] = ids.to(self.ids.device), attn.to(self.ids.device)
+        self.masked[rows_t] = True
+        self.abandoned[rows_t] = False
+        self.unmask_step[rows_t] = -1
+        for state in (self.nfe, self.block_index, self.block_step):
+            state[rows_t] = 0
+        self.engine.forget(rows_t)
 
     def step(self, unmask: torch.Tensor) -> Observation:
-        """Write the predicted tokens at `unmask` ([B, L] bool, a subset of `obs.valid`)."""
+        """Write the predicted tokens at `unmask` ([B, L] bool, a subset of `obs.valid`), then observe."""
+        self.apply(unmask)
+        return self.observe()
+
+    def apply(self, unmask: torch.Tensor) -> None:
+        """The rules: write the decided tokens, never remask, spend the block's budget, move to the next block."""
         unmask = unmask.to(self.masked.device, torch.bool)
         if unmask.shape != self.masked.shape:
             raise SamplerError(f"decision has shape {tuple(unmask.shape)}, expected {tuple(self.masked.shape)}")
@@ -105,8 +141,8 @@ class UnmaskingEnv:
         canvas[unmask] = self.pred.tokens[unmask]
         self.masked &= ~unmask
         self.unmask_step[unmask] = (self.nfe[:, None] - 1).expand_as(unmask)[unmask]
-        ran = self.active
-        self.block_step[ran] += 1
+        ran = self.valid.any(-1)  # the rows that were observed: each spent a forward on its block
+        self.block_step += ran
         in_block = self.position_block[None, :] == self.block_index[:, None]
         block_left = (self.masked & in_block).any(-1)
         out_of_steps = ran & block_left & (self.block_step >= self.BL)
@@ -115,9 +151,9 @@ class UnmaskingEnv:
             self.abandoned |= give_up
             self.masked &= ~give_up
         advance = ran & ~(self.masked & in_block).any(-1) & self.masked.any(-1)
-        self.block_index[advance] += 1
-        self.block_step[advance] = 0
-        return self._forward()
+        self.block_index += advance
+        self.block_step.masked_fill_(advance, 0)
+        self.valid.zero_()
 
     @property
     def done(self) -> bool:
@@ -130,78 +166,23 @@ class UnmaskingEnv:
     def canvas(self) -> torch.Tensor:
         return self.ids[:, -self.L:].clone()
 
-    # ---- one dLLM forward ----------------------------------------------------------------------
-    def _forward(self) -> Observation:
+    # ---- one dLLM forward ----------------------------------------------------------------------------
+    def observe(self) -> Observation:
+        """One forward for every active row (the engine decides how): the next decision's features."""
         active = self.active
-        B, L, device = self.masked.shape[0], self.L, self.masked.device
         steps_done = self.nfe.clone()
-        fields = {}
-        for name in ("tokens", "token_prob", "confidence", "margin", "entropy"):
-            full = torch.zeros(B, L, device=device, dtype=torch.long if name == "tokens" else torch.float32)
-            if self.pred is not None and self.kv_cache != "none":  # columns a cached forward does not recompute
-                full[active] = getattr(self.pred, name)[active]
-            fields[name] = full
-        for rows, first_column, logits in self._logits(active):
-            part = predict(logits, self.temperature, self.dllm.mask_id, self.generator)
+        for rows, first_column, logits in self.engine.logits(self.ids, self.attn, active, self.block_index):
+            part = predict(logits, self.temperature, self.dllm.mask_id, self.generator, self.features)
             columns = slice(first_column, first_column + logits.shape[1])
-            for name, full in fields.items():
-                full[rows, columns] = getattr(part, name).to(full.dtype)
-        self.nfe[active] += 1
-        self.pred = Prediction(**fields)
+            for name in ("tokens", *self.features):
+                getattr(self.pred, name)[rows, columns] = getattr(part, name)
+        self.nfe += active
         in_block = self.position_block[None, :] == self.block_index[:, None]
-        self.valid = self.masked & in_block & active[:, None]
+        torch.logical_and(self.masked & in_block, active[:, None], out=self.valid)
+        p = self.pred
         return Observation(
-            confidence=self.pred.confidence, token_prob=self.pred.token_prob, margin=self.pred.margin,
-            entropy=self.pred.entropy, masked=self.masked.clone(), abandoned=self.abandoned.clone(),
-            valid=self.valid.clone(),
-            t=steps_done.float() / L, nfe=self.nfe.clone(), block_step=self.block_step.clone(),
-            block_index=self.block_index.clone(), active=active, block_length=self.BL, gen_length=L,
+            confidence=p.confidence, token_prob=p.token_prob, margin=p.margin, entropy=p.entropy,
+            masked=self.masked, abandoned=self.abandoned, valid=self.valid, t=steps_done.float() / self.L,
+            nfe=self.nfe, block_step=self.block_step, block_index=self.block_index, active=active,
+            block_length=self.BL, gen_length=self.L,
         )
-
-    def _logits(self, active: torch.Tensor):
-        """(rows, first canvas column, logits of the columns it covers) for every group of rows forwarded
-        together: all active rows at once, or, with a KV cache, rows grouped by their block.
-
-        Fast-dLLM's caches: the first forward of a block is a full one that stores every layer's keys and
-        values; the block's later forwards attend to them instead of recomputing them. `prefix` feeds the
-        current block and everything after it (the prompt and finished blocks come from the cache); `dual`
-        feeds only the current block (the later, still masked blocks come from the cache too)."""
-        if not active.any():
-            return
-        if self.kv_cache == "none":
-            rows = active.nonzero(as_tuple=True)[0]
-            yield rows, 0, self.dllm.logits(self.ids[rows], self.attn[rows], last=self.L)
-            return
-        prompt_width = self.ids.shape[1] - self.L
-        refresh = active & (self.cached_block != self.block_index)
-        for cached in (False, True):
-            group = active & (~refresh if cached else refresh)
-            for block in self.block_index[group].unique().tolist():
-                rows = (group & (self.block_index == block)).nonzero(as_tuple=True)[0]
-                start = prompt_width + block * self.BL
-                if cached:
-                    keep = slice(None) if self.kv_cache == "dual" else slice(0, start)  # prefix: copy no more
-                    cache = [(take(k[:, :, keep], rows), take(v[:, :, keep], rows)) for k, v in self.kv]
-                    end = start + self.BL if self.kv_cache == "dual" else None
-                    logits = self.dllm.logits_with_cache(self.ids[rows], self.attn[rows], cache, start, end)
-                    yield rows, block * self.BL, logits
-                    continue
-                if len(rows) == len(self.ids):
-                    self.kv = None  # free the old cache before the new one is built
-                logits, cache = self.dllm.logits_and_cache(self.ids[rows], self.attn[rows], last=self.L)
-                if len(rows) == len(self.ids):
-                    self.kv = cache
-                else:
-                    if self.kv is None:
-                        self.kv = [(k.new_zeros(len(self.ids), *k.shape[1:]), v.new_zeros(len(self.ids), *v.shape[1:]))
-                                   for k, v in cache]
-                    for (k_all, v_all), (k, v) in zip(self.kv, cache):
-                        layer_rows = rows.to(k_all.device)  # device_map: layers may live on other GPUs
-                        k_all[layer_rows], v_all[layer_rows] = k, v
-                self.cached_block[rows] = block
-                yield rows, 0, logits
-
-
-def take(tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """Rows of a cache tensor; the tensor itself (no copy) when every row is wanted."""
-    return tensor if len(rows) == tensor.shape[0] else tensor[rows.to(tensor.device)]

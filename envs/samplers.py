@@ -34,6 +34,7 @@ class Sampler(ABC):
     """Chooses which masked positions of the current block to unmask at one step."""
 
     name: ClassVar[str]
+    features: ClassVar[tuple[str, ...]] = ()  # the confidence features it reads (the env computes only these)
 
     def __init__(self, cfg: SamplerConfig, generator: torch.Generator | None = None):
         self.cfg = cfg
@@ -94,28 +95,28 @@ class ScheduledRanking(Sampler):
 
 
 class TopKConfidence(ScheduledRanking):
-    name = "top_k"
+    name, features = "top_k", ("token_prob",)
 
     def score(self, obs: Observation) -> torch.Tensor:
         return obs.token_prob
 
 
 class TopKMargin(ScheduledRanking):
-    name = "margin"
+    name, features = "margin", ("margin",)
 
     def score(self, obs: Observation) -> torch.Tensor:
         return obs.margin
 
 
 class LowestEntropy(ScheduledRanking):
-    name = "entropy"
+    name, features = "entropy", ("entropy",)
 
     def score(self, obs: Observation) -> torch.Tensor:
         return -obs.entropy
 
 
 class FastDLLMThreshold(Sampler):
-    name = "fast_dllm"
+    name, features = "fast_dllm", ("token_prob",)
 
     def select(self, obs: Observation) -> torch.Tensor:
         best = take_top(obs.token_prob, obs.valid, torch.ones_like(obs.nfe))
@@ -123,7 +124,7 @@ class FastDLLMThreshold(Sampler):
 
 
 class FastDLLMFactor(Sampler):
-    name = "fast_dllm_factor"
+    name, features = "fast_dllm_factor", ("token_prob",)
 
     def select(self, obs: Observation) -> torch.Tensor:
         sorted_prob = torch.where(obs.valid, obs.token_prob, -torch.inf).sort(-1, descending=True).values
@@ -135,7 +136,7 @@ class FastDLLMFactor(Sampler):
 
 
 class EntropyBounded(Sampler):
-    name = "eb"
+    name, features = "eb", ("entropy",)
 
     def select(self, obs: Observation) -> torch.Tensor:
         order = torch.where(obs.valid, -obs.entropy, -torch.inf).sort(dim=-1, descending=True, stable=True).indices

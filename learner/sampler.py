@@ -20,7 +20,7 @@ from learner.policy import UnmaskingPolicy, load_policy, policy_info
 
 
 class PolicySampler(Sampler):
-    name = "policy"
+    name, features = "policy", ("confidence",)
 
     def __init__(self, cfg: SamplerConfig, generator: torch.Generator | None = None,
                  policy: UnmaskingPolicy | None = None, device: str | None = None):
@@ -51,8 +51,14 @@ class PolicySampler(Sampler):
 
     @torch.no_grad()
     def logits(self, obs: Observation) -> torch.Tensor:
+        """The policy's unmask logits, computed for the rows still running (finished rows get 0)."""
         device = next(self.policy.parameters()).device
-        return self.policy(obs.confidence.to(device), obs.masked.to(device), obs.t.to(device))
+        rows = obs.active.to(device)
+        logits = torch.zeros(obs.valid.shape, device=device)
+        if rows.any():
+            logits[rows] = self.policy(obs.confidence.to(device)[rows], obs.masked.to(device)[rows],
+                                       obs.t.to(device)[rows])
+        return logits
 
     def select(self, obs: Observation) -> torch.Tensor:
         logits, valid = self.logits(obs), obs.valid.to(next(self.policy.parameters()).device)

@@ -18,6 +18,7 @@ class RolloutConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
     group_size: int = 8  # G: rollouts per prompt
     prompts_per_sample: int = 8  # prompts in one env-runner sample (prompts x G sequences, one batched env)
+    batch_rows: int = 0  # rows in flight (continuous batching: a finished row takes the next one); 0 = all at once
     train_pool: int = 20_000  # training prompts an env runner draws from (reshuffled each pass)
     seed: int = 0
     trust_remote_code: bool = False
@@ -31,6 +32,8 @@ def check_rollout(cfg: RolloutConfig) -> None:
                          f"got {cfg.group_size}")
     if cfg.prompts_per_sample < 1 or cfg.train_pool < 1:
         raise ValueError("rollout.prompts_per_sample and rollout.train_pool must be >= 1")
+    if cfg.batch_rows < 0:
+        raise ValueError(f"rollout.batch_rows must be >= 0 (0 = every row at once), got {cfg.batch_rows}")
 
 
 @dataclass

@@ -9,6 +9,7 @@ that produced it.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ class RunnerSample:
     idle_s: float  # between the previous sample's return and this call
     weight_sync_s: float  # pulling the newest weights from the state server
     runner_state: dict
+    forwards: int = 0  # dLLM forwards the engine really ran for this batch
+    forward_rows: int = 0  # rows those forwards computed (group members sharing a sequence count once)
 
 
 class DLLMEnvRunner(EnvRunner, Checkpointable):
@@ -100,13 +103,16 @@ class DLLMEnvRunner(EnvRunner, Checkpointable):
         idle_s = started - self._last_return
         sync_s = self._pull_weights()
         examples = self._next_prompts()
+        before = dataclasses.replace(self.env.engine.stats)
         batch = collect_groups(self.env, self.sampler, self.task, examples, self.settings.group_size, self.grpo,
                                env_runner=self.worker_index, first_group=self.groups_made,
-                               policy_version=self.version)
+                               policy_version=self.version, batch_rows=self.settings.batch_rows)
         self.groups_made += len(examples)
         self._last_return = time.perf_counter()
+        stats = self.env.engine.stats
         return RunnerSample(batch, busy_s=self._last_return - started, idle_s=idle_s, weight_sync_s=sync_s,
-                            runner_state=self.get_state(not_components=COMPONENT_RL_MODULE))
+                            runner_state=self.get_state(not_components=COMPONENT_RL_MODULE),
+                            forwards=stats.forwards - before.forwards, forward_rows=stats.rows - before.rows)
 
     def _pull_weights(self) -> float:
         if self.server is None:

@@ -36,7 +36,7 @@ class Generation:
 
 def run_to_end(env: UnmaskingEnv, sampler: Sampler, prompts: list[list[int]]) -> UnmaskingEnv:
     """One batch of episodes, from the fully masked canvas until nothing is masked."""
-    obs = env.reset(prompts)
+    obs = env.reset(prompts, features=sampler.features)
     while not env.done:
         obs = env.step(sampler.select(obs))
     return env

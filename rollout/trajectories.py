@@ -119,35 +119,71 @@ class TrajectoryBatch:
         return pa.Table.from_pydict(columns, schema=TRAJECTORY_SCHEMA)
 
 
-def collect_groups(env: UnmaskingEnv, sampler: PolicySampler, task: Task, examples: list[Example],
-                   group_size: int, grpo: GRPOConfig, *, env_runner: int, first_group: int,
-                   policy_version: int) -> TrajectoryBatch:
-    """Run every example `group_size` times in one batched env; record every decision. Groups are numbered
-    from `first_group` on."""
-    dllm = env.dllm
-    encoded = dllm.encode_prompts([ex.prompt for ex in examples], task.response_prefix)
-    prompts = [p for p in encoded for _ in range(group_size)]
-    obs = env.reset(prompts)
-    N, L = len(prompts), env.L
+@dataclass
+class Rollouts:
+    """What rolling out records, before scoring: per step [N, T, L] / [N, T], per trajectory canvas and NFE."""
+
+    steps: dict[str, torch.Tensor]  # confidences, mask, abandoned, valid, action, t, logp (TrajectoryBatch names)
+    canvases: torch.Tensor  # [N, L] token ids
+    nfe: torch.Tensor  # [N] int32
+
+
+def roll_out(env: UnmaskingEnv, sampler: PolicySampler, prompts: list[list[int]], group_size: int,
+             batch_rows: int = 0) -> Rollouts:
+    """Every prompt (token ids) `group_size` times, trajectory n = prompt n // G; every decision recorded.
+
+    Continuous batching: at most `batch_rows` rows are in flight (0: all of them at once); when a trajectory
+    ends, the next one (the next group member, then the next prompt) takes its row at the next step, in its
+    own block and step."""
+    queue = [p for p in prompts for _ in range(group_size)]
+    N, L = len(queue), env.L
+    slots = N if batch_rows <= 0 else min(batch_rows, N)
     per_step = {name: torch.zeros(N, L, L, dtype=torch.bool) for name in ("mask", "abandoned", "valid", "action")}
     rec = {"confidences": torch.zeros(N, L, L), **per_step, "t": torch.zeros(N, L), "logp": torch.zeros(N, L)}
-    step = 0
-    while not env.done:
+    canvases, nfe = torch.zeros(N, L, dtype=torch.long), torch.zeros(N, dtype=torch.int32)
+    running = list(range(slots))  # running[row] = the trajectory in that row
+    started = slots
+    obs = env.reset(queue[:slots], features=sampler.features)
+    while True:
         action, logp = sampler.act(obs)
-        rows = obs.active.cpu()
+        rows = obs.active.cpu().nonzero(as_tuple=True)[0]
+        traj = torch.tensor([running[r] for r in rows.tolist()], dtype=torch.long)
+        step = (obs.nfe.cpu()[rows] - 1).long()
         for name, value in (("confidences", obs.confidence), ("mask", obs.masked), ("abandoned", obs.abandoned),
                             ("valid", obs.valid), ("action", action), ("t", obs.t), ("logp", logp)):
-            rec[name][rows, step] = value.detach().cpu()[rows].to(rec[name].dtype)
-        obs = env.step(action)
-        step += 1
-    completions = [dllm.decode_answer(row) for row in env.canvas().tolist()]
+            rec[name][traj, step] = value.detach().cpu()[rows].to(rec[name].dtype)
+        env.apply(action)
+        finished = rows[~env.active.cpu()[rows]].tolist()
+        if finished:
+            done = [running[r] for r in finished]
+            canvases[done] = env.canvas().cpu()[finished]
+            nfe[done] = env.nfe.cpu()[finished].to(torch.int32)
+            admit = finished[: N - started]
+            if admit:
+                env.start_rows(admit, queue[started : started + len(admit)])
+                for row in admit:
+                    running[row], started = started, started + 1
+        if env.done:
+            break
+        obs = env.observe()
+    return Rollouts(rec, canvases, nfe)
+
+
+def collect_groups(env: UnmaskingEnv, sampler: PolicySampler, task: Task, examples: list[Example],
+                   group_size: int, grpo: GRPOConfig, *, env_runner: int, first_group: int,
+                   policy_version: int, batch_rows: int = 0) -> TrajectoryBatch:
+    """Roll out every example `group_size` times (`roll_out`), score the answers, and number the groups from
+    `first_group` on. Every trajectory of the batch is sampled by the same policy version."""
+    dllm = env.dllm
+    encoded = dllm.encode_prompts([ex.prompt for ex in examples], task.response_prefix)
+    done = roll_out(env, sampler, encoded, group_size, batch_rows)
+    completions = [dllm.decode_answer(row) for row in done.canvases.tolist()]
     group_examples = [ex for ex in examples for _ in range(group_size)]
     correct = torch.tensor([task.verify(c, ex) for c, ex in zip(completions, group_examples)])
-    nfe = env.nfe.cpu()
     return TrajectoryBatch(
-        **{name: value.numpy() for name, value in rec.items()},
-        reward=reward(correct, nfe, L, grpo.alpha, grpo.reward).numpy().astype(np.float32),
-        correct=correct.numpy(), nfe=nfe.numpy().astype(np.int32),
+        **{name: value.numpy() for name, value in done.steps.items()},
+        reward=reward(correct, done.nfe, env.L, grpo.alpha, grpo.reward).numpy().astype(np.float32),
+        correct=correct.numpy(), nfe=done.nfe.numpy(),
         sample_id=np.tile(np.arange(group_size, dtype=np.int32), len(examples)),
         prompt_id=[ex.id for ex in group_examples],
         group_id=[f"r{env_runner}-g{first_group + g}" for g in range(len(examples)) for _ in range(group_size)],

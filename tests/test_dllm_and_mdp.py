@@ -1,5 +1,7 @@
 """The dLLM adapter and the unmasking MDP on a tiny random-weight dLLM (real HF save/load, real forwards)."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -79,6 +81,17 @@ def test_predict_features_match_direct_computation():
     assert p[0] < q[0]
 
 
+def test_near_one_confidences_stay_apart_and_only_asked_features_are_computed():
+    """1 - p ~ 1e-7 and 3e-7: a float32 probability rounds both towards 1 and ties them; the float64 ones
+    computed from the float32 sum of the other tokens keep them apart and ordered."""
+    logits = torch.tensor([[[0.0, -16.1, -40.0], [0.0, -15.0, -40.0]]])
+    pred = predict(logits, features=("token_prob",))
+    one_minus = 1 - pred.token_prob[0]
+    torch.testing.assert_close(one_minus, torch.tensor([1.0e-7, 3.06e-7], dtype=torch.float64), rtol=0.02, atol=0)
+    assert pred.token_prob.dtype == torch.float64 and pred.token_prob[0, 0] > pred.token_prob[0, 1]
+    assert pred.confidence is None and pred.margin is None and pred.entropy is None
+
+
 def test_gumbel_sampling_follows_softmax_of_logits_over_temperature():
     logits = torch.log(torch.tensor([0.6, 0.3, 0.1]))[None, None].expand(1, 20000, 3).clone()
     g = torch.Generator().manual_seed(0)
@@ -89,16 +102,20 @@ def test_gumbel_sampling_follows_softmax_of_logits_over_temperature():
     assert (cold.tokens == 0).all()
     # token_prob is the probability of the sampled token; confidence stays the top-1 probability
     assert torch.allclose(pred.confidence, torch.full_like(pred.confidence, 0.6))
-    expected = torch.tensor([0.6, 0.3, 0.1])[pred.tokens]
-    torch.testing.assert_close(pred.token_prob, expected.float())
+    expected = torch.tensor([0.6, 0.3, 0.1], dtype=torch.float64)[pred.tokens]
+    torch.testing.assert_close(pred.token_prob, expected)
 
 
 def run(env, sampler, prompts):
+    """The episode, with a copy of every observation (the env's own tensors change at the next step)."""
+    def kept(obs):
+        return dataclasses.replace(obs, masked=obs.masked.clone(), valid=obs.valid.clone(), active=obs.active.clone())
+
     obs = env.reset(prompts)
-    history = [obs]
+    history = [kept(obs)]
     while not env.done:
         obs = env.step(sampler.select(obs))
-        history.append(obs)
+        history.append(kept(obs))
     return history
 
 
@@ -183,7 +200,7 @@ def test_predict_in_row_chunks_equals_one_pass(monkeypatch):
 
     logits = torch.randn(5, 3, 7)
     whole = predict(logits, mask_id=6)
-    monkeypatch.setattr(confidence, "MAX_FLOAT64_ELEMENTS", 2 * 3 * 7)  # chunks of 2 rows
+    monkeypatch.setattr(confidence, "MAX_TEMPORARY_ELEMENTS", 2 * 3 * 7)  # chunks of 2 rows
     chunked = predict(logits, mask_id=6)
     for name in ("tokens", "token_prob", "confidence", "margin", "entropy"):
         assert torch.equal(getattr(chunked, name), getattr(whole, name)), name

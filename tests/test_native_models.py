@@ -168,7 +168,7 @@ def test_cached_decoding_agrees_where_it_must(native, mode):
     assert torch.equal(runs[mode][1], runs["none"][1])  # 2 forwards per block either way
     assert (runs[mode][0] != dllm.mask_id).all()
     torch.testing.assert_close(runs[mode][2], runs["none"][2])
-    assert runs[mode][3].cached_block.tolist() == [3, 3, 3]  # refreshed for every block, up to the last
+    assert runs[mode][3].engine.cached_block.tolist() == [3, 3, 3]  # refreshed for every block, up to the last
 
 
 def first_valid(obs, per_row: list[int]) -> torch.Tensor:

@@ -96,3 +96,36 @@ def test_recorded_log_probs_are_the_behaviour_policy_s(tiny_dllm, cycles, bias):
                                 torch.from_numpy(batch.t[active]))
     again = bernoulli_logp(logits, torch.from_numpy(batch.action[active]), torch.from_numpy(batch.valid[active]))
     np.testing.assert_allclose(again.numpy(), batch.logp[active], rtol=1e-5, atol=1e-5)
+
+
+def test_continuous_batching_gives_the_same_groups_in_fewer_rows(tiny_dllm, cycles):
+    """A row that finishes takes the next trajectory at the next step. With a policy whose decisions do not
+    depend on the random draws (it never unmasks: every block spends its BL forwards), two rows in flight give
+    exactly what six at once give; with a stochastic one, a seeded run repeats itself."""
+    def run(bias: float, batch_rows: int, seed: int = 0) -> TrajectoryBatch:
+        env = UnmaskingEnv(tiny_dllm, gen_length=8, block_length=4, seed=seed)
+        sampler = policy_sampler(bias)
+        sampler.generator.manual_seed(seed)
+        return collect_groups(env, sampler, cycles, cycles.examples("train", 2), group_size=3, grpo=GRPOConfig(),
+                              env_runner=1, first_group=0, policy_version=0, batch_rows=batch_rows)
+
+    static, streamed = run(-30.0, 0), run(-30.0, 2)
+    for name in ("confidences", "mask", "abandoned", "valid", "action", "t", "logp", "nfe", "reward"):
+        np.testing.assert_array_equal(getattr(static, name), getattr(streamed, name), err_msg=name)
+    assert static.completion == streamed.completion and static.group_id == streamed.group_id
+
+    first, again = run(0.0, 2, seed=3), run(0.0, 2, seed=3)
+    assert (first.active.sum(1) == first.nfe).all() and first.num_groups == 2
+    np.testing.assert_array_equal(first.action, again.action)
+    assert first.completion == again.completion
+
+
+def test_group_members_share_their_first_forward(tiny_dllm):
+    env = UnmaskingEnv(tiny_dllm, gen_length=8, block_length=8)
+    prompts = tiny_dllm.encode_prompts(["abc?a", "cba?b"])
+    obs = env.reset([prompts[0]] * 3 + [prompts[1]])  # a group of 3 and a group of 1
+    assert env.engine.stats.forwards == 1 and env.engine.stats.rows == 2  # two distinct sequences, one forward
+    assert env.nfe.tolist() == [1, 1, 1, 1]  # the MDP still counts an NFE per row
+    assert torch.equal(obs.token_prob[0], obs.token_prob[2]) and not torch.equal(obs.token_prob[0], obs.token_prob[3])
+    alone = UnmaskingEnv(tiny_dllm, gen_length=8, block_length=8).reset([prompts[0]])
+    torch.testing.assert_close(obs.token_prob[:1], alone.token_prob)

@@ -1,0 +1,194 @@
+"""Benchmark of the rollout engine: G policy rollouts per prompt, three ways, side by side in one run.
+
+    python bench/rollout_engine.py [policy=bench/assets/policy-builtin] [samples=8] [prompts_per_sample=8]
+                                   [group_size=8] [batch_rows=32] [llada=1]
+
+  (a) static     the paper's loop: the whole batch is forwarded every step until its last row is done
+  (b) previous   the env before the engine (bench/legacy_env.py): finished rows leave the batch, every
+                 feature in float64 over the vocabulary, fresh tensors every step
+  (c) engine     envs.engine through rollout.trajectories.collect_groups, as the env runner runs it: group
+                 members share their first forward, only the policy's feature is computed, nothing is copied
+                 that nobody keeps; (c') also with continuous batching (`batch_rows` rows in flight)
+
+on (i) the built-in model with a trained policy, full diffusion (L = BL = 24), and (ii) a random-weight
+LLaDA-shaped model with the prefix cache. Prints rollouts/s, real forwards, rows per forward, the ratios, and the
+batch-1 heuristic step over a bare model forward; then the same schedules under a GPU-like cost model (a
+forward costs `gpu_forward_ms` up to `gpu_saturation_rows` rows, proportionally more beyond), and a last line
+of JSON. Absolute times mean something only on the machine that printed them; the ratios are the figures.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from common import random_checkpoint
+from legacy_env import LegacyEnv
+
+from envs.config import SamplerConfig
+from envs.dllm import load_dllm
+from envs.mdp import UnmaskingEnv
+from envs.tasks.cycles import CycleTask
+from learner.policy import UnmaskingPolicy, load_policy
+from learner.sampler import PolicySampler
+from rollout.samplers import make_sampler
+from rollout.trajectories import roll_out
+
+HERE = Path(__file__).parent
+DEFAULTS = {"policy": str(HERE / "assets" / "policy-builtin"), "samples": "8", "prompts_per_sample": "8",
+            "group_size": "8", "batch_rows": "32", "llada": "1", "gpu_forward_ms": "30", "gpu_saturation_rows": "64"}
+
+
+class StaticLoop(LegacyEnv):
+    """The paper's loop: every row goes through every forward until the last row is done."""
+
+    def _logits(self, active):
+        yield from super()._logits(torch.ones_like(active))
+
+
+class ForwardLog:
+    """Counts the dLLM forwards a schedule really runs, and their rows."""
+
+    def __init__(self, dllm):
+        self.rows: list[int] = []
+        for name in ("logits", "logits_and_cache", "logits_with_cache"):
+            original = getattr(dllm, name)
+
+            def counted(ids, *args, _original=original, **kwargs):
+                self.rows.append(int(ids.shape[0]))
+                return _original(ids, *args, **kwargs)
+
+            setattr(dllm, name, counted)
+
+
+def legacy_collect(env, sampler, prompts: list[list[int]], group_size: int) -> None:
+    """The runner's loop before the engine: one static batch, every decision recorded (bench/legacy_env.py's
+    env; the recording is what `collect_groups` did then)."""
+    rows_all = [p for p in prompts for _ in range(group_size)]
+    obs = env.reset(rows_all)
+    N, L = len(rows_all), env.L
+    rec = {"confidences": torch.zeros(N, L, L), "mask": torch.zeros(N, L, L, dtype=torch.bool),
+           "valid": torch.zeros(N, L, L, dtype=torch.bool), "action": torch.zeros(N, L, L, dtype=torch.bool),
+           "abandoned": torch.zeros(N, L, L, dtype=torch.bool), "t": torch.zeros(N, L), "logp": torch.zeros(N, L)}
+    step = 0
+    while not env.done:
+        action, logp = sampler.act(obs)
+        rows = obs.active.cpu()
+        for name, value in (("confidences", obs.confidence), ("mask", obs.masked), ("abandoned", obs.abandoned),
+                            ("valid", obs.valid), ("action", action), ("t", obs.t), ("logp", logp)):
+            rec[name][rows, step] = value.detach().cpu()[rows].to(rec[name].dtype)
+        obs = env.step(action)
+        step += 1
+
+
+def schedules(dllm, policy, task_prompts: list[list[int]], a: dict, env_kw: dict) -> dict:
+    """The schedules on the same prompts (token ids) and the same policy: seconds, forwards, rows per forward."""
+    G, per, batch_rows = int(a["group_size"]), int(a["prompts_per_sample"]), int(a["batch_rows"])
+    samples = [task_prompts[i : i + per] for i in range(0, len(task_prompts), per)]
+    log = ForwardLog(dllm)
+    runs = {"static": (StaticLoop, None), "previous": (LegacyEnv, None), "engine": (UnmaskingEnv, 0),
+            "engine+cb": (UnmaskingEnv, batch_rows)}
+    out = {}
+    for name, (env_cls, rows_in_flight) in runs.items():
+        sampler = PolicySampler(SamplerConfig(name="policy"), torch.Generator().manual_seed(0), policy=policy)
+        env = env_cls(dllm, **env_kw)
+        log.rows.clear()
+        start = time.perf_counter()
+        for prompts in samples:  # one env-runner sample each
+            if rows_in_flight is None:
+                legacy_collect(env, sampler, prompts, G)
+            else:
+                roll_out(env, sampler, prompts, G, rows_in_flight)
+        out[name] = {"seconds": time.perf_counter() - start, "rollouts": len(task_prompts) * G,
+                     "forwards": len(log.rows), "rows": sum(log.rows), "row_counts": list(log.rows)}
+    return out
+
+
+def batch_one_step(dllm, env_cls, block_length: int) -> float:
+    """Seconds per env step of a heuristic (top_k, one token per step) on one prompt."""
+    sampler = make_sampler(SamplerConfig(name="top_k"))
+    prompt = dllm.encode_prompts([CycleTask().examples("test", 1)[0].prompt])
+    env = env_cls(dllm, 24, block_length)
+    obs = env.reset(prompt, **({"features": sampler.features} if env_cls is UnmaskingEnv else {}))
+    steps, start = 0, time.perf_counter()
+    for _ in range(20):
+        obs = env.reset(prompt, **({"features": sampler.features} if env_cls is UnmaskingEnv else {}))
+        while not env.done:
+            obs = env.step(sampler.select(obs))
+            steps += 1
+    return (time.perf_counter() - start) / (steps + 20)
+
+
+def bare_forward(dllm) -> float:
+    prompt = dllm.encode_prompts([CycleTask().examples("test", 1)[0].prompt])
+    env = UnmaskingEnv(dllm, 24, 8)
+    env.reset(prompt)
+    with torch.no_grad():
+        dllm.logits(env.ids, env.attn, last=24)
+        start = time.perf_counter()
+        for _ in range(200):
+            dllm.logits(env.ids, env.attn, last=24)
+    return (time.perf_counter() - start) / 200
+
+
+def gpu_cost(row_counts: list[int], forward_ms: float, saturation: int) -> float:
+    """Seconds under the cost model: flat up to `saturation` rows per forward, linear beyond."""
+    return sum(forward_ms / 1000 * max(1.0, rows / saturation) for rows in row_counts)
+
+
+def report(title: str, runs: dict, a: dict) -> dict:
+    print(f"\n{title}")
+    print(f"{'schedule':<11} {'rollouts/s':>10} {'forwards':>9} {'rows/fwd':>9} {'vs static':>10} {'vs previous':>12}"
+          f" {'GPU-model s':>12}")
+    base, prev = runs["static"]["seconds"], runs["previous"]["seconds"]
+    for name, r in runs.items():
+        r["gpu_s"] = gpu_cost(r["row_counts"], float(a["gpu_forward_ms"]), int(a["gpu_saturation_rows"]))
+        print(f"{name:<11} {r['rollouts'] / r['seconds']:>10.1f} {r['forwards']:>9} "
+              f"{r['rows'] / max(1, r['forwards']):>9.1f} {base / r['seconds']:>9.2f}x {prev / r['seconds']:>11.2f}x"
+              f" {r['gpu_s']:>12.2f}")
+    return {"speedup_vs_static": round(base / runs["engine"]["seconds"], 3),
+            "speedup_vs_previous": round(prev / runs["engine"]["seconds"], 3),
+            "gpu_model_speedup_vs_static": round(runs["static"]["gpu_s"] / runs["engine+cb"]["gpu_s"], 3),
+            "gpu_model_speedup_vs_previous": round(runs["previous"]["gpu_s"] / runs["engine+cb"]["gpu_s"], 3)}
+
+
+def main(argv: list[str]) -> None:
+    a = DEFAULTS | dict(arg.split("=", 1) for arg in argv)
+    torch.manual_seed(0)
+    n_prompts = int(a["samples"]) * int(a["prompts_per_sample"])
+    figures = {}
+
+    dllm = load_dllm("builtin")
+    policy = load_policy(a["policy"]) if Path(a["policy"]).exists() else UnmaskingPolicy().eval()
+    prompts = dllm.encode_prompts([ex.prompt for ex in CycleTask().examples("train", n_prompts)])
+    runs = schedules(dllm, policy, prompts, a, dict(gen_length=24, block_length=24))
+    figures["builtin"] = report(f"(i) built-in dLLM, policy {a['policy']}, L = BL = 24, {n_prompts} prompts x "
+                                f"G = {a['group_size']}, batch_rows = {a['batch_rows']} for engine+cb", runs, a)
+    bare = bare_forward(dllm)
+    old_step, new_step = batch_one_step(dllm, LegacyEnv, 8), batch_one_step(dllm, UnmaskingEnv, 8)
+    print(f"batch-1 top_k step, BL=8: previous {old_step * 1e3:.2f} ms, engine {new_step * 1e3:.2f} ms, bare forward "
+          f"{bare * 1e3:.2f} ms: {old_step / bare:.2f}x and {new_step / bare:.2f}x a bare forward")
+    figures["batch1_step_over_forward"] = {"previous": round(old_step / bare, 3), "engine": round(new_step / bare, 3)}
+
+    if a["llada"] != "0":
+        with tempfile.TemporaryDirectory() as tmp:
+            path = random_checkpoint(str(Path(tmp) / "llada"), "llada", 4, 256, 4096, head_dim=64, mlp_hidden=768)
+            llada = load_dllm(path, chat_template="off")
+            g = torch.Generator().manual_seed(1)
+            prompts = [torch.randint(2, 97, (32,), generator=g).tolist() for _ in range(8)]
+            small = a | {"prompts_per_sample": "4"}
+            runs = schedules(llada, policy, prompts, small, dict(gen_length=64, block_length=16, kv_cache="prefix"))
+            figures["llada_prefix"] = report(f"(ii) random-weight LLaDA-shaped (4 layers, d 256), prefix cache, "
+                                             f"L = 64, BL = 16, 8 prompts x G = {a['group_size']}", runs, small)
+    print(f"\nGPU cost model: gpu_forward_ms={a['gpu_forward_ms']} per forward, flat up to "
+          f"gpu_saturation_rows={a['gpu_saturation_rows']} rows, proportional beyond")
+    print(json.dumps({"speedup_vs_static": figures["builtin"]["speedup_vs_static"],
+                      "speedup_vs_previous": figures["builtin"]["speedup_vs_previous"], **figures}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
