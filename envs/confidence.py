@@ -52,14 +52,14 @@ def _predict(logits: torch.Tensor, temperature: float, mask_id: int | None, gene
     best_id = x.argmax(-1, keepdim=True)
     tokens = _gumbel_max(logits, temperature, mask_id, generator) if temperature > 0 else best_id[..., 0]
     x -= x.gather(-1, best_id)  # d = l - l_max <= 0
-    weights = x.exp()  # exp(d): the top token's is 1
+    weights = x.exp() if "margin" in features else x.exp_()  # exp(d): the top token's is 1
     entropy_sum = torch.special.xlogy(weights, weights).sum(-1).double() if "entropy" in features else None
-    token_weight = weights.gather(-1, tokens[..., None])[..., 0].double()
+    token_weight = weights.gather(-1, tokens[..., None])[..., 0].double() if temperature > 0 else None
     weights.scatter_(-1, best_id, 0.0)
     z = 1.0 + weights.sum(-1).double()  # the softmax normaliser over exp(l_max): 1 + every other token
     pred = Prediction(tokens=tokens)
-    if "token_prob" in features:
-        pred.token_prob = token_weight / z
+    if "token_prob" in features:  # greedy: the written token is the top one, exp(d) = 1
+        pred.token_prob = 1.0 / z if token_weight is None else token_weight / z
     if "confidence" in features:
         pred.confidence = (1.0 / z).float()
     if "margin" in features:

@@ -79,6 +79,8 @@ class ForwardEngine:
     def _unique(self, ids, attn, rows) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(rows holding distinct sequences, for each of `rows` the index of its own among them); None when
         every row is distinct."""
+        if len(rows) == 1:
+            return rows, None
         _, inverse = torch.unique(torch.cat([ids[rows], attn[rows]], dim=1), dim=0, return_inverse=True)
         count = int(inverse.max()) + 1
         if count == len(rows):

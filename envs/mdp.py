@@ -102,7 +102,8 @@ class UnmaskingEnv:
 
     def start_rows(self, rows: list[int], prompts: list[list[int]]) -> None:
         """New episodes in finished rows (continuous batching); they are observed at the next `observe()`. A
-        prompt longer than the batch's widens the left padding of every row (real positions do not change)."""
+        prompt longer than the batch's widens the left padding of every row (real positions do not change), and
+        with a KV cache every running row then refreshes its cache at its next forward, earlier than alone."""
         rows_t = torch.tensor(rows, dtype=torch.long, device=self.masked.device)
         if self.masked[rows_t].any():
             raise ValueError("start_rows: a row that is still running cannot take a new episode")
@@ -138,12 +139,12 @@ class UnmaskingEnv:
         if (unmask & ~self.valid).any():
             raise SamplerError("decision unmasks a position that is not a masked position of the current block")
         canvas = self.ids[:, -self.L:]
-        canvas[unmask] = self.pred.tokens[unmask]
+        canvas.copy_(torch.where(unmask, self.pred.tokens, canvas))
         self.masked &= ~unmask
-        self.unmask_step[unmask] = (self.nfe[:, None] - 1).expand_as(unmask)[unmask]
+        self.unmask_step.copy_(torch.where(unmask, self.nfe[:, None] - 1, self.unmask_step))
         ran = self.valid.any(-1)  # the rows that were observed: each spent a forward on its block
         self.block_step += ran
-        in_block = self.position_block[None, :] == self.block_index[:, None]
+        in_block = self.in_block  # as observed: block_index has not moved since
         block_left = (self.masked & in_block).any(-1)
         out_of_steps = ran & block_left & (self.block_step >= self.BL)
         if out_of_steps.any():  # abandon what the block did not finish; its mask tokens stay
@@ -173,12 +174,16 @@ class UnmaskingEnv:
         steps_done = self.nfe.clone()
         for rows, first_column, logits in self.engine.logits(self.ids, self.attn, active, self.block_index):
             part = predict(logits, self.temperature, self.dllm.mask_id, self.generator, self.features)
+            whole = len(rows) == len(self.ids) and logits.shape[1] == self.L
             columns = slice(first_column, first_column + logits.shape[1])
             for name in ("tokens", *self.features):
-                getattr(self.pred, name)[rows, columns] = getattr(part, name)
+                if whole:  # every row and column computed afresh: the new tensors are the buffers
+                    setattr(self.pred, name, getattr(part, name))
+                else:
+                    getattr(self.pred, name)[rows, columns] = getattr(part, name)
         self.nfe += active
-        in_block = self.position_block[None, :] == self.block_index[:, None]
-        torch.logical_and(self.masked & in_block, active[:, None], out=self.valid)
+        self.in_block = self.position_block[None, :] == self.block_index[:, None]
+        torch.logical_and(self.masked & self.in_block, active[:, None], out=self.valid)
         p = self.pred
         return Observation(
             confidence=p.confidence, token_prob=p.token_prob, margin=p.margin, entropy=p.entropy,

@@ -69,3 +69,32 @@ def test_full_diffusion_commits_eos_early_and_loses_to_semi_ar_at_equal_nfe(meas
     assert semi_ar["mean_nfe"] == full["mean_nfe"] == 24
     assert full["accuracy"] <= semi_ar["accuracy"] - 0.15  # measured 0.754 vs 0.992 on 500 prompts
     assert full["shorter_than_reference"] >= 0.15 > semi_ar["shorter_than_reference"]  # 0.246, 0.006
+
+
+# Canvases of the shipped model under the official Fast-dLLM `llada/generate.py` loop (batch 1), checked against
+# it on 100 test prompts (100/100 canvases and NFE equal, 2026-12-01); three per setting kept here.
+OFFICIAL = [
+    ("top_k", {"steps": 24}, 8, "cigehadjfb?b", ">bifacg,dehj,b" + "[EOS]" * 10, 24),
+    ("top_k", {"steps": 24}, 8, "dajefigcbh?a", ">adefi,b,a" + "[EOS]" * 14, 24),
+    ("top_k", {"steps": 24}, 8, "dheifajgbc?c", ">c,ef,a,di,b,hg,jc" + "[EOS]" * 6, 24),
+    ("fast_dllm", {"threshold": 0.9}, 24, "cigehadjfb?b", ">bifacgd,ehjb" + "[EOS]" * 11, 17),
+    ("fast_dllm", {"threshold": 0.9}, 24, "dajefigcbh?a", ">adefiba" + "[EOS]" * 16, 12),
+    ("fast_dllm", {"threshold": 0.9}, 24, "dheifajgbc?c", ">c,ef,a,dijc" + "[EOS]" * 12, 17),
+    ("fast_dllm", {"threshold": 0.7}, 8, "cigehadjfb?b", ">bifacg,dehjbb" + "[EOS]" * 10, 13),
+    ("fast_dllm", {"threshold": 0.7}, 8, "dajefigcbh?a", ">adefi,b,a" + "[EOS]" * 14, 11),
+    ("fast_dllm", {"threshold": 0.7}, 8, "dheifajgbc?c", ">c,ef,a,di,b,hg,jc" + "[EOS]" * 6, 17),
+]
+
+
+@pytest.mark.parametrize("name, params, block_length, prompt, canvas, nfe", OFFICIAL)
+def test_canvases_match_the_official_loop(name, params, block_length, prompt, canvas, nfe):
+    from envs.mdp import UnmaskingEnv
+
+    dllm = load_dllm("builtin")
+    sampler = make_sampler(SamplerConfig(name=name, **params))
+    prompts = dllm.encode_prompts([prompt, "cigehadjfb?b", "dheifajgbc?c"])  # batched beside others: the same
+    env = UnmaskingEnv(dllm, 24, block_length)
+    obs = env.reset(prompts, features=sampler.features)
+    while not env.done:
+        obs = env.step(sampler.select(obs))
+    assert dllm.tokenizer.decode(env.canvas()[0].tolist()) == canvas and int(env.nfe[0]) == nfe

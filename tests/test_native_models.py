@@ -199,6 +199,38 @@ def test_rows_in_different_blocks_decode_as_if_alone(native, mode):
         assert torch.equal(canvas[r], alone_canvas[0]) and nfe[r] == alone_nfe[0]
 
 
+@pytest.mark.parametrize("mode", ["none", "prefix", "dual"])
+def test_continuous_batching_under_a_cache_decodes_each_row_as_alone(native, mode):
+    """A finished row takes the next prompt while its neighbours are mid-block with warm caches: every
+    trajectory still decodes exactly as it does alone. (A prompt longer than the batch's would widen every
+    row's padding and refresh every row's cache early; here the longest comes first.)"""
+    _, dllm = native
+    prompts = dllm.encode_prompts(["a third prompt here, longer", "first prompt", "second", "x"])
+    per_row = [4, 1, 2, 3]
+    env = UnmaskingEnv(dllm, gen_length=12, block_length=4, kv_cache=mode)
+    obs, running, nxt = env.reset(prompts[:2]), [0, 1], 2
+    done = {}
+    while True:  # as rollout.trajectories.roll_out: decide, finish, admit, then one forward for everyone
+        env.apply(first_valid(obs, [per_row[t] for t in running]))
+        finished = [r for r in range(2) if not env.active[r] and running[r] not in done]
+        for r in finished:
+            done[running[r]] = (env.canvas()[r], int(env.nfe[r]))
+        admit = finished[: len(prompts) - nxt]
+        if admit:
+            env.start_rows(admit, prompts[nxt : nxt + len(admit)])
+            for r in admit:
+                running[r], nxt = nxt, nxt + 1
+        if env.done:
+            break
+        obs = env.observe()
+    for t, prompt in enumerate(prompts):
+        alone = UnmaskingEnv(dllm, gen_length=12, block_length=4, kv_cache=mode)
+        o = alone.reset([prompt])
+        while not alone.done:
+            o = alone.step(first_valid(o, [per_row[t]]))
+        assert torch.equal(done[t][0], alone.canvas()[0]) and done[t][1] == int(alone.nfe[0]), t
+
+
 @pytest.mark.parametrize("mode", ["prefix", "dual"])
 def test_cached_env_feeds_only_what_the_cache_does_not_hold(native, mode, monkeypatch):
     """The point of the caches: after a block's first forward, the prefix cache feeds block + later

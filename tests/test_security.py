@@ -31,7 +31,7 @@ def listening(pid: int) -> set[tuple[str, int, str]]:
 
 def test_local_ray_listens_on_loopback_only_and_resume_checks_the_seal(tiny_model_dir, tmp_path):
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen(train_args(tiny_model_dir, run_dir, 30), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(train_args(tiny_model_dir, run_dir, 12), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while not (run_dir / "trajectories" / "iter_000003").exists() and time.time() < deadline:
