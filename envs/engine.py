@@ -97,13 +97,15 @@ class ForwardEngine:
 
     def _refresh(self, ids, attn, rows, block: int) -> torch.Tensor:
         """A full forward that also stores every position's keys and values for the block's later steps."""
+        n = len(self.cached_block)
+        if len(rows) == n:
+            self.kv = None  # free the old cache before the new one is built
         unique, inverse = self._unique(ids, attn, rows)
         self._count(len(unique), ids.shape[1])
         logits, cache = self.dllm.logits_and_cache(ids[unique], attn[unique], last=self.L)
         if inverse is not None:  # a shared forward: each row takes its sequence's logits and cache
             logits = logits[inverse]
             cache = [(k[inverse.to(k.device)], v[inverse.to(v.device)]) for k, v in cache]
-        n = len(self.cached_block)
         if len(rows) == n:
             self.kv = cache
         else:

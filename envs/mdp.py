@@ -115,7 +115,7 @@ class UnmaskingEnv:
             pad = self.ids.new_full((len(self.ids), grow), self.dllm.pad_id)
             self.ids = torch.cat([pad, self.ids], dim=1)
             self.attn = torch.cat([torch.zeros_like(pad), self.attn], dim=1)
-            self.engine.forget(torch.arange(len(self.ids), device=rows_t.device))
+            self.engine.reset(len(self.ids))  # the caches have the old width
             width = longest
         ids, attn = layout_batch(prompts, self.L, self.dllm.pad_id, self.dllm.mask_id, width=width)
         self.ids[rows_t], self.attn[rows_t] = ids.to(self.ids.device), attn.to(self.ids.device)

@@ -13,6 +13,7 @@ module has 331,265 parameters, the paper's "~300K".
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import asdict
@@ -40,12 +41,18 @@ def sinusoid(t: torch.Tensor, dim: int, max_period: float) -> torch.Tensor:
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
 
 
+@functools.lru_cache(maxsize=16)
+def rotary_tables(length: int, head_dim: int, base: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin [L, Dh] of the rotary embedding (the same for every forward at one L: computed once)."""
+    inv = 1.0 / base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+    angles = torch.arange(length, device=device, dtype=torch.float32)[:, None] * inv[None, :]
+    return angles.cos().repeat_interleave(2, -1), angles.sin().repeat_interleave(2, -1)
+
+
 def rotate(x: torch.Tensor, base: float) -> torch.Tensor:
     """Rotary position embedding over the last dim of [B, H, L, Dh]."""
     L, dh = x.shape[-2], x.shape[-1]
-    inv = 1.0 / base ** (torch.arange(0, dh, 2, device=x.device, dtype=torch.float32) / dh)
-    angles = torch.arange(L, device=x.device, dtype=torch.float32)[:, None] * inv[None, :]
-    cos, sin = angles.cos().repeat_interleave(2, -1), angles.sin().repeat_interleave(2, -1)
+    cos, sin = rotary_tables(L, dh, base, x.device)
     pairs = x.unflatten(-1, (dh // 2, 2))
     swapped = torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)
     return x * cos.to(x.dtype) + swapped * sin.to(x.dtype)
@@ -65,8 +72,12 @@ class DiTBlock(nn.Module):
         nn.init.zeros_(self.modulation[1].weight)
         nn.init.zeros_(self.modulation[1].bias)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        scale1, shift1, gate1, scale2, shift2, gate2 = self.modulation(cond).chunk(6, dim=-1)
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+        """x [B, L, d]; cond [B, 2, d]: a row's conditioning for an unmasked and a masked position (mask flag
+        and time are all it holds, so the modulation is computed twice per row, not once per position)."""
+        modulation = self.modulation(cond)
+        modulation = torch.where(masked[..., None], modulation[:, 1:], modulation[:, :1])
+        scale1, shift1, gate1, scale2, shift2, gate2 = modulation.chunk(6, dim=-1)
         h = self.norm1(x) * (1 + scale1) + shift1
         q, k, v = self.qkv(h).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)
         q, k = rotate(q, self.rope_base), rotate(k, self.rope_base)
@@ -101,9 +112,9 @@ class UnmaskingPolicy(nn.Module, PyTorchModelHubMixin, library_name="unmask", pa
     def forward(self, confidence: torch.Tensor, masked: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         x = self.confidence_in(confidence.float()[..., None])
         time = self.time_mlp(sinusoid(t, self.config.time_embed_size, self.config.time_period))
-        cond = self.mask_embed(masked.long()) + time[:, None, :]
+        cond = self.mask_embed.weight[None] + time[:, None, :]  # [B, 2, d]: mask flag 0 and 1 at time t
         for block in self.blocks:
-            x = block(x, cond)
+            x = block(x, cond, masked.bool())
         return self.head(self.norm_out(x))[..., 0]
 
     # ---- Hugging Face persistence ------------------------------------------------------------------

@@ -75,3 +75,27 @@ def test_grpo_loss_hand_computed():
     t2 = (min(-2.0, -2.0) + min(0.5 * -2.0, 0.5 * -2.0)) / 2  # A<0, r=0.5 clip keeps 0.5
     assert loss.item() == pytest.approx(-(t1 + t2) / 2, rel=1e-6)
     assert stats["clip_fraction"] == pytest.approx(1 / 5)
+
+
+def test_modulation_per_row_equals_the_per_position_conditioning():
+    """cond = Embedding(2, d)[m] + MLP(sinusoid(t)) per position, modulated per position, is what the block
+    computes from each row's two conditioning vectors."""
+    torch.manual_seed(0)
+    policy = UnmaskingPolicy(PolicyConfig(hidden_size=16, num_heads=2, ffn_size=32, time_embed_size=16))
+    torch.nn.init.normal_(policy.blocks[0].modulation[1].weight)  # zero at init: make it matter
+    c, m, t = torch.rand(3, 7), torch.rand(3, 7) > 0.5, torch.rand(3)
+    from learner.policy import sinusoid
+
+    x = policy.confidence_in(c[..., None])
+    cond = policy.mask_embed(m.long()) + policy.time_mlp(sinusoid(t, 16, 1.0))[:, None]
+    block = policy.blocks[0]
+    scale1, shift1, gate1, scale2, shift2, gate2 = block.modulation(cond).chunk(6, dim=-1)
+    h = block.norm1(x) * (1 + scale1) + shift1
+    q, k, v = block.qkv(h).unflatten(-1, (3, block.heads, -1)).permute(2, 0, 3, 1, 4)
+    from learner.policy import rotate
+
+    attn = torch.nn.functional.scaled_dot_product_attention(rotate(q, block.rope_base), rotate(k, block.rope_base), v)
+    x = x + block.proj(attn.transpose(1, 2).flatten(-2)) * (1 + gate1)
+    x = x + block.ffn(block.norm2(x) * (1 + scale2) + shift2) * (1 + gate2)
+    expected = policy.head(policy.norm_out(x))[..., 0]
+    torch.testing.assert_close(policy(c, m, t), expected, rtol=1e-5, atol=1e-6)

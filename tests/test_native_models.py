@@ -231,6 +231,25 @@ def test_continuous_batching_under_a_cache_decodes_each_row_as_alone(native, mod
         assert torch.equal(done[t][0], alone.canvas()[0]) and done[t][1] == int(alone.nfe[0]), t
 
 
+@pytest.mark.parametrize("mode", ["none", "prefix", "dual"])
+def test_a_longer_prompt_joining_widens_the_batch(native, mode):
+    """A finished row takes a prompt longer than any in flight: every row's padding grows (with a cache, every
+    running row refreshes); each row keeps its canvas and NFE so far and every episode ends."""
+    _, dllm = native
+    prompts = dllm.encode_prompts(["short", "a prompt", "a much longer prompt than the others"])
+    env = UnmaskingEnv(dllm, gen_length=8, block_length=4, kv_cache=mode)
+    obs = env.reset(prompts[:2])
+    env.apply(first_valid(obs, [4, 1]))  # row 0 writes its first block, row 1 one token
+    env.apply(first_valid(env.observe(), [4, 1]))  # row 0 is done
+    before = env.canvas()[1].clone()
+    env.start_rows([0], [prompts[2]])
+    obs = env.observe()
+    assert env.ids.shape[1] == len(prompts[2]) + 8 and torch.equal(env.canvas()[1], before)
+    while not env.done:
+        obs = env.step(first_valid(obs, [1, 1]))
+    assert (env.canvas() != dllm.mask_id).all() and env.nfe.tolist() == [8, 8]
+
+
 @pytest.mark.parametrize("mode", ["prefix", "dual"])
 def test_cached_env_feeds_only_what_the_cache_does_not_hold(native, mode, monkeypatch):
     """The point of the caches: after a block's first forward, the prefix cache feeds block + later

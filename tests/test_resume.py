@@ -24,7 +24,8 @@ def cli(*args: str) -> list[str]:
 
 def tiny_train(model_dir, run_dir) -> list[str]:
     return ["train", f"run_dir={run_dir}", f"rollout.model={model_dir}", "rollout.group_size=4",
-            "rollout.prompts_per_sample=2", "rollout.env.gen_length=16", "rollout.env.block_length=8",
+            "rollout.prompts_per_sample=2", "rollout.batch_rows=3", "rollout.env.gen_length=16",
+            "rollout.env.block_length=8",
             "groups_per_update=2", "max_iterations=10", "checkpoint_every=2", "max_policy_lag=0",
             "num_env_runners=1", "eval.num_examples=5", "grpo.reward=additive", "grpo.lr=1e-3", "grpo.warmup_steps=1",
             "grpo.policy.init_bias=0.0"]

@@ -144,8 +144,10 @@ def test_killed_env_runner_is_restarted_and_no_trajectory_is_lost_or_duplicated(
     run_dir = tmp_path / "run"
     killer = kill_one_env_runner_when(lambda: (run_dir / "trajectories" / "iter_000003").exists())
     # the only runner dies: training cannot go on until Ray has restarted it and it has been resumed
-    train(tiny_run(tiny_model_dir, run_dir, num_env_runners=1, max_iterations=10, eval_examples=0,
-                   checkpoint_every=0))
+    config = tiny_run(tiny_model_dir, run_dir, num_env_runners=1, max_iterations=10, eval_examples=0,
+                      checkpoint_every=0)
+    config.rollout.batch_rows = 3  # continuous batching: 3 of the 8 rows in flight
+    train(config)
     killer.join(timeout=1)
     assert killer.killed, "no env runner process was found to kill"
 
