@@ -38,7 +38,7 @@ from ray.rllib.utils.metrics import LEARNER_RESULTS, TIMERS, WEIGHTS_SEQ_NO
 from cluster.configs import AlgorithmSettings, TrainConfig, check_algorithm_settings
 from envs.config import EnvConfig, check_finite
 from learner.config import GRPOConfig, check_grpo
-from learner.grpo import group_advantages
+from learner.grpo import bernoulli_logp, group_advantages
 from learner.module import GRPOLearner, UnmaskRLModule
 from learner.policy import UnmaskingPolicy, save_policy
 from rollout.config import RolloutConfig, check_rollout
@@ -138,7 +138,7 @@ class UnmaskGRPOConfig(AlgorithmConfig):
             self.grpo = grpo
         ours = {k: settings.pop(k) for k in list(settings) if k in GRPO_FIELDS}
         self.grpo = dataclasses.replace(self.grpo, **ours)
-        for name in ("groups_per_update", "max_policy_lag", "sample_wait_s"):
+        for name in ("groups_per_update", "max_policy_lag", "sample_wait_s", "staleness", "pace_ahead"):
             if name in settings:
                 setattr(self, name, settings.pop(name))
         return super().training(**settings)
@@ -222,6 +222,7 @@ class UnmaskGRPO(Algorithm):
             self.server = ray.remote(num_cpus=0)(EnvRunnerStateServer).options(max_concurrency=16).remote()
             self._hand_server_to_runners()
         self.totals = {"trajectories": 0, "skipped_batches": 0, "env_runner_restarts": 0}
+        self.buffer: list[RunnerSample] = []  # paced mode: samples that arrived and wait for an update
         self.runner_states: dict[int, dict] = {}  # runner index -> its state after its last delivered batch
         if self.run_dir is None:
             logger.warning("UnmaskGRPO: no run_dir (config.outputs(run_dir=...)) and not a Tune trial: "
@@ -262,7 +263,15 @@ class UnmaskGRPO(Algorithm):
             self._write_outputs(collected, iteration=self.iteration + 1)
             self._report(collected, skipped)
 
+    @property
+    def paced(self) -> bool:
+        """Asynchronous runners under admission pacing (nothing dropped, stale steps importance-weighted)."""
+        return (self.config.staleness == "pace" and self.config.max_policy_lag > 0
+                and self.env_runner_group.num_remote_env_runners() > 0)
+
     def _collect(self) -> Collected:
+        if self.paced:
+            return self._collect_paced()
         collected = Collected([])
         while sum(batch.num_groups for batch in collected.fresh) < self.config.groups_per_update:
             samples = self._gather()
@@ -273,6 +282,39 @@ class UnmaskGRPO(Algorithm):
                 lag = self.policy_version - sample.trajectories.policy_version
                 collected.arrivals.append(Arrival(sample, lag, lag <= self.config.max_policy_lag))
         return collected
+
+    def _collect_paced(self) -> Collected:
+        """Admission pacing: a runner is asked for its next sample only while the groups buffered and in flight
+        are fewer than `1 + pace_ahead` updates' worth, so runners never run further ahead of the learner than
+        that; every sample that arrives is trained on, in arrival order (a sample left over waits in the buffer
+        for the next update, and is saved with the checkpoint)."""
+        need = self.config.groups_per_update
+        while sum(s.trajectories.num_groups for s in self.buffer) < need:
+            self._admit()
+            arrived = self.env_runner_group.fetch_ready_async_reqs(tags="sample",
+                                                                   timeout_seconds=self.config.sample_wait_s)
+            if not arrived and self.env_runner_group.num_healthy_remote_workers() == 0:
+                self.restore_env_runners(self.env_runner_group)  # every runner is down: wait for restarts
+            for _, sample in arrived:
+                self.runner_states[sample.trajectories.env_runner] = sample.runner_state
+                self.buffer.append(sample)
+        taken: list[RunnerSample] = []
+        while sum(s.trajectories.num_groups for s in taken) < need:
+            taken.append(self.buffer.pop(0))
+        self._admit()  # the runners go on sampling while the learner updates
+        return Collected([Arrival(s, self.policy_version - s.trajectories.policy_version, True) for s in taken])
+
+    def _admit(self) -> None:
+        """Send `sample` requests to idle healthy runners while the pacing budget allows."""
+        group = self.env_runner_group
+        per_sample = self.config.rollout.prompts_per_sample
+        budget_groups = self.config.groups_per_update * (1 + self.config.pace_ahead)
+        ahead = sum(s.trajectories.num_groups for s in self.buffer)
+        in_flight = group._worker_manager.num_outstanding_async_reqs(tag="sample")
+        for runner in group.healthy_worker_ids():
+            if ahead + (in_flight + 1) * per_sample > budget_groups:
+                break
+            in_flight += group.foreach_env_runner_async(lambda r: r.sample(), tag="sample", remote_worker_ids=[runner])
 
     def _gather(self) -> list[RunnerSample]:
         group = self.env_runner_group
@@ -287,6 +329,9 @@ class UnmaskGRPO(Algorithm):
         """GRPO on whole groups; returns whether the batch was skipped (every advantage ~0)."""
         columns = {key: np.concatenate([b.learner_columns()[key] for b in batches])
                    for key in batches[0].learner_columns()}
+        for b in batches:
+            b.old_logp = self.proximal_logp(b)
+        columns["old_logp"] = np.concatenate([b.old_logp for b in batches])
         rewards = torch.from_numpy(np.concatenate([b.reward for b in batches]))
         _, group_index = np.unique(np.concatenate([b.group_id for b in batches]), return_inverse=True)
         advantages = group_advantages(rewards, torch.from_numpy(group_index), self.config.grpo.scale_by_std)
@@ -322,6 +367,8 @@ class UnmaskGRPO(Algorithm):
             "env_runner_busy_fraction": busy / max(busy + idle, 1e-9),
             "rows_per_forward": sum(s.forward_rows for s in samples) / max(1, forwards),
             "forwards_per_s": forwards / max(busy, 1e-9),  # per runner-second of rollout work
+            "emulation_overrun": sum(s.emulation_overruns for s in samples) / max(1, forwards),
+            "buffered_groups": sum(s.trajectories.num_groups for s in self.buffer),
             "weight_pull_s": float(np.mean([s.weight_sync_s for s in samples])),
             "staleness_mean": float(np.mean(lags)), "staleness_max": int(max(lags)),
             "dropped_groups": sum(a.sample.trajectories.num_groups for a in collected.arrivals if not a.used),
@@ -332,6 +379,27 @@ class UnmaskGRPO(Algorithm):
         }
         for key, value in report.items():
             self.metrics.log_value(("unmask", key), value, window=1)
+
+    def proximal_logp(self, batch: TrajectoryBatch) -> np.ndarray:
+        """[N, T] log-probs of the recorded decisions under the learner's policy now: the behaviour ones for a
+        batch sampled by this version, recomputed for a stale one (GRPO's ratio is then taken against them, and
+        each step weighted by min(pi_now / pi_behaviour, grpo.tis_cap))."""
+        if batch.policy_version == self.policy_version:
+            return batch.logp
+        if getattr(self, "_proximal", (None, -1))[1] != self.policy_version:
+            policy = UnmaskingPolicy(self.config.grpo.policy)
+            policy.load_state_dict({k.removeprefix("policy."): torch.as_tensor(v)
+                                    for k, v in self.policy_state().items()})
+            self._proximal = (policy.eval(), self.policy_version)
+        policy, active = self._proximal[0], batch.active
+        out = np.zeros_like(batch.logp)
+        with torch.no_grad():
+            inputs = [torch.from_numpy(getattr(batch, name)[active]) for name in ("confidences", "mask", "t")]
+            logits = policy(*inputs)
+            out[active] = bernoulli_logp(logits, torch.from_numpy(batch.action[active]),
+                                         torch.from_numpy(batch.valid[active]),
+                                         self.config.grpo.policy_temperature).numpy()
+        return out
 
     # ---- weights ----------------------------------------------------------------------------------
     def policy_state(self) -> dict:
@@ -399,7 +467,7 @@ class UnmaskGRPO(Algorithm):
     def get_state(self, components=None, *, not_components=None, **kwargs) -> dict:
         state = super().get_state(components, not_components=not_components, **kwargs)
         state["unmask"] = {"policy_version": self.policy_version, "totals": dict(self.totals),
-                           "runner_states": self.runner_states}
+                           "runner_states": self.runner_states, "buffer": self.buffer}
         return state
 
     def set_state(self, state: dict) -> None:
@@ -408,6 +476,7 @@ class UnmaskGRPO(Algorithm):
             self.policy_version = state["unmask"]["policy_version"]
             self.totals = {**self.totals, **state["unmask"]["totals"]}
             self.runner_states = dict(state["unmask"]["runner_states"])
+            self.buffer = list(state["unmask"].get("buffer", []))
 
     def restore_from_path(self, path, *args, **kwargs):
         """After RLlib's restore (Tune's and `from_checkpoint`'s; it copies the driver's idle runner state to

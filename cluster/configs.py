@@ -38,7 +38,9 @@ class AlgorithmSettings:
     UnmaskGRPOConfig and the top-level keys of `unmask train` (one definition of the defaults for both)."""
 
     groups_per_update: int = 8  # prompts (x group_size rollouts) per GRPO update
-    max_policy_lag: int = 1  # drop groups older than this many updates; 0 = on-policy
+    max_policy_lag: int = 1  # 0 = on-policy (runners sample after each update); else asynchronous runners
+    staleness: str = "pace"  # asynchronous runners: pace (admission pacing + TIS) | drop (groups older than lag)
+    pace_ahead: int = 1  # pace: updates' worth of groups the runners may have buffered or in flight beyond the next
     sample_wait_s: float = 1.0  # how long one gather waits for runners before it looks again
     checkpoint_every: int = 10  # iterations between checkpoints (Tune's and the policy's)
     dump_trajectories: bool = True  # Parquet dumps under run_dir/trajectories
@@ -49,6 +51,10 @@ def check_algorithm_settings(cfg: Any) -> None:
         raise ValueError(f"groups_per_update must be >= 1, got {cfg.groups_per_update}")
     if cfg.max_policy_lag < 0 or cfg.checkpoint_every < 0:
         raise ValueError("max_policy_lag and checkpoint_every must be >= 0")
+    if cfg.staleness not in ("pace", "drop"):
+        raise ValueError(f"unknown staleness {cfg.staleness!r}: use pace or drop")
+    if cfg.pace_ahead < 0:
+        raise ValueError(f"pace_ahead must be >= 0, got {cfg.pace_ahead}")
     if not cfg.sample_wait_s > 0 or cfg.sample_wait_s == float("inf"):
         raise ValueError(f"sample_wait_s must be a finite number > 0, got {cfg.sample_wait_s}")
 

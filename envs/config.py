@@ -58,6 +58,7 @@ class EnvConfig:
     device_map: str = ""  # e.g. "auto": spread the dLLM over this actor's GPUs (overrides device)
     chat_template: str = "auto"  # auto (use the tokenizer's template if it has one) | on | off
     kv_cache: str = "none"  # none | prefix | dual: Fast-dLLM KV caches, refreshed once per block (native models)
+    emulate_gpu: str = ""  # e.g. h200-llada8b: real logits, each forward timed as that GPU would (envs.emulation)
 
 
 KV_CACHES = ("none", "prefix", "dual")
@@ -74,6 +75,10 @@ def check_env(cfg: EnvConfig) -> None:
         raise ValueError(f"unknown env.kv_cache {cfg.kv_cache!r}: use {', '.join(KV_CACHES)}")
     if cfg.temperature < 0:
         raise ValueError(f"env.temperature must be >= 0, got {cfg.temperature}")
+    if cfg.emulate_gpu:
+        from envs.emulation import profile
+
+        profile(cfg.emulate_gpu)
 
 
 @dataclass

@@ -275,9 +275,14 @@ def context_length(config) -> int | None:
 
 def load_env_dllm(model: str, env: EnvConfig, *, trust_remote_code: bool = False, device: str = "") -> DLLM:
     """`load_dllm` with the placement, precision and prompt settings of an `env` config (`device`
-    overrides `env.device`, e.g. the GPU Ray gave an env runner)."""
-    return load_dllm(model, device=device or env.device, dtype=env.dtype, trust_remote_code=trust_remote_code,
+    overrides `env.device`, e.g. the GPU Ray gave an env runner), emulating a GPU's timing if it says so."""
+    dllm = load_dllm(model, device=device or env.device, dtype=env.dtype, trust_remote_code=trust_remote_code,
                      chat_template=env.chat_template, device_map=env.device_map)
+    if env.emulate_gpu:
+        from envs.emulation import EmulatedForwards, profile
+
+        dllm.emulation = EmulatedForwards(dllm, profile(env.emulate_gpu))
+    return dllm
 
 
 def load_dllm(model: str = "builtin", *, device: str = "cpu", dtype: str = "float32",

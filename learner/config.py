@@ -38,6 +38,7 @@ class GRPOConfig:
     adam_betas: tuple[float, float] = (0.9, 0.99)
     grad_clip: float = 0.2  # max global grad norm
     skip_zero_advantage: float = 1e-6  # a batch whose |advantages| are all below this is skipped
+    tis_cap: float = 2.0  # C of the truncated importance weight on steps sampled by an older policy
 
 
 def check_grpo(cfg: GRPOConfig) -> None:
@@ -49,3 +50,5 @@ def check_grpo(cfg: GRPOConfig) -> None:
         raise ValueError("grpo.num_updates and grpo.total_steps must be >= 1, grpo.warmup_steps >= 0")
     if cfg.alpha < 0:
         raise ValueError(f"grpo.alpha must be >= 0, got {cfg.alpha}")
+    if cfg.tis_cap < 1:
+        raise ValueError(f"grpo.tis_cap must be >= 1, got {cfg.tis_cap}")

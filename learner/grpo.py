@@ -10,9 +10,13 @@ log-probability stored at rollout time and the policy's logits b_s.
     decision     u_k ~ Bernoulli(sigma(b_k / tau)) for k in V_s, else 0   (tau: the policy temperature)
     log-prob     log pi(u_s) = sum_{k in V_s} u_k log sigma(b_k) + (1 - u_k) log(1 - sigma(b_k))
     ratio        rho_s = exp(log pi(u_s) - log pi_old(u_s))
-    loss         -(1/N) sum_g (1/|S_g|) sum_{s in S_g} min(rho_s A_g, clip(rho_s, 1 - eps, 1 + eps) A_g)
+    loss         -(1/N) sum_g (1/|S_g|) sum_{s in S_g} w_s min(rho_s A_g, clip(rho_s, 1 - eps, 1 + eps) A_g)
 
-S_g are the trajectory's active steps (those with a non-empty valid set).
+S_g are the trajectory's active steps (those with a non-empty valid set); w_s = 1 on-policy. For a step sampled
+by an older policy pi_behav (asynchronous runners), pi_old is the learner's policy when the batch arrives (the
+proximal policy) and the step is importance-weighted by the truncated ratio (TIS)
+
+    weight       w_s = min(pi_old(u_s) / pi_behav(u_s), C)
 """
 
 from __future__ import annotations
@@ -67,12 +71,19 @@ def bernoulli_logp(logits: torch.Tensor, action: torch.Tensor, valid: torch.Tens
     return (per_position * valid.float()).sum(-1)
 
 
+def truncated_importance_weights(old_logp: torch.Tensor, behaviour_logp: torch.Tensor, cap: float) -> torch.Tensor:
+    """w_s = min(pi_old(u_s) / pi_behav(u_s), C): a stale step's correction, truncated so that no step dominates."""
+    return torch.exp(old_logp - behaviour_logp).clamp(max=cap)
+
+
 def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, active: torch.Tensor,
-              clip_eps: float = 0.5) -> tuple[torch.Tensor, dict]:
-    """Clipped surrogate. logp, old_logp, active: [N, T] (trajectory x step); advantages: [N]."""
+              clip_eps: float = 0.5, weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """Clipped surrogate. logp, old_logp, active, weights: [N, T] (trajectory x step); advantages: [N]."""
     ratio = torch.exp(logp - old_logp)
     adv = advantages[:, None]
     surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv)
+    if weights is not None:
+        surrogate = surrogate * weights
     active = active.float()
     per_trajectory = (surrogate * active).sum(-1) / active.sum(-1).clamp(min=1)
     loss = -per_trajectory.mean()
@@ -80,4 +91,6 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tens
         clipped = ((ratio - 1).abs() > clip_eps).float()
         stats = {"clip_fraction": float((clipped * active).sum() / active.sum().clamp(min=1)),
                  "ratio_mean": float((ratio * active).sum() / active.sum().clamp(min=1))}
+        if weights is not None:
+            stats["weight_mean"] = float((weights * active).sum() / active.sum().clamp(min=1))
     return loss, stats

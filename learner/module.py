@@ -4,6 +4,7 @@ Rows of a training batch are whole trajectories (rollout.trajectories.Trajectory
 padded to T = L steps, under their trajectory-schema names:
     confidences, mask, valid, action   [N, T, L]     the policy's inputs and its decision per step
     t, logp, active                    [N, T]        time input, behaviour log-prob, step taken?
+    old_logp                           [N, T]        the proximal policy's log-prob (= logp on-policy)
     advantages                         [N]           from learner.grpo.group_advantages (whole groups)
 The learner re-runs only the small policy on the stored inputs, never the dLLM (paper.md §4).
 """
@@ -20,7 +21,13 @@ from ray.rllib.core.rl_module.torch import TorchRLModule
 
 from envs.optim import adamw, warmup_cosine
 from learner.config import GRPOConfig, PolicyConfig
-from learner.grpo import bernoulli_logp, bernoulli_sample, grpo_loss, unmask_probabilities
+from learner.grpo import (
+    bernoulli_logp,
+    bernoulli_sample,
+    grpo_loss,
+    truncated_importance_weights,
+    unmask_probabilities,
+)
 from learner.policy import UnmaskingPolicy
 
 
@@ -130,9 +137,13 @@ class GRPOLearner(TorchLearner):
         self.metrics.log_value("lr", lr, window=1)
 
     def compute_loss_for_module(self, *, module_id, config, batch, fwd_out) -> torch.Tensor:
+        """GRPO's clipped surrogate against the proximal policy's log-probs (`old_logp`: the behaviour ones for
+        on-policy steps, the learner's at arrival for stale ones), each step weighted by its truncated importance
+        weight (1 on-policy)."""
         logits = fwd_out[Columns.ACTION_DIST_INPUTS]
         logp = bernoulli_logp(logits, batch["action"], batch["valid"], self.grpo.policy_temperature)
-        behaviour_logp = batch["logp"]
-        loss, stats = grpo_loss(logp, behaviour_logp, batch["advantages"], batch["active"], self.grpo.clip_eps)
+        weights = truncated_importance_weights(batch["old_logp"], batch["logp"], self.grpo.tis_cap)
+        loss, stats = grpo_loss(logp, batch["old_logp"], batch["advantages"], batch["active"], self.grpo.clip_eps,
+                                weights)
         self.metrics.log_dict(stats, key=module_id, window=1)
         return loss

@@ -42,6 +42,7 @@ class RunnerSample:
     runner_state: dict
     forwards: int = 0  # dLLM forwards the engine really ran for this batch
     forward_rows: int = 0  # rows those forwards computed (group members sharing a sequence count once)
+    emulation_overruns: int = 0  # emulated GPU (env.emulate_gpu): forwards whose real compute took longer
 
 
 class DLLMEnvRunner(EnvRunner, Checkpointable):
@@ -104,6 +105,7 @@ class DLLMEnvRunner(EnvRunner, Checkpointable):
         sync_s = self._pull_weights()
         examples = self._next_prompts()
         before = dataclasses.replace(self.env.engine.stats)
+        overruns = self._overruns()
         batch = collect_groups(self.env, self.sampler, self.task, examples, self.settings.group_size, self.grpo,
                                env_runner=self.worker_index, first_group=self.groups_made,
                                policy_version=self.version, batch_rows=self.settings.batch_rows)
@@ -112,7 +114,12 @@ class DLLMEnvRunner(EnvRunner, Checkpointable):
         stats = self.env.engine.stats
         return RunnerSample(batch, busy_s=self._last_return - started, idle_s=idle_s, weight_sync_s=sync_s,
                             runner_state=self.get_state(not_components=COMPONENT_RL_MODULE),
-                            forwards=stats.forwards - before.forwards, forward_rows=stats.rows - before.rows)
+                            forwards=stats.forwards - before.forwards, forward_rows=stats.rows - before.rows,
+                            emulation_overruns=self._overruns() - overruns)
+
+    def _overruns(self) -> int:
+        emulation = getattr(self.dllm, "emulation", None)
+        return emulation.overruns if emulation is not None else 0
 
     def _pull_weights(self) -> float:
         if self.server is None:

@@ -23,8 +23,8 @@ from learner.config import GRPOConfig
 from learner.grpo import reward
 from learner.sampler import PolicySampler
 
-# 2: the `abandoned` column (positions given up at a block's forward budget). Version-1 dumps still read
-# (`read_trajectories`); their `abandoned` is null.
+# 2: the `abandoned` column (positions given up at a block's forward budget) and `old_logp` (what a stale step
+# was importance-weighted against). Version-1 dumps still read (`read_trajectories`); those columns are null.
 SCHEMA_VERSION = 2
 SCHEMA_VERSION_KEY = "unmask.trajectory_schema_version"
 TRAJECTORY_SCHEMA = pa.schema(
@@ -44,6 +44,7 @@ TRAJECTORY_SCHEMA = pa.schema(
         pa.field("valid", pa.list_(pa.bool_())),  # [L] may be unmasked at this step
         pa.field("action", pa.list_(pa.bool_())),  # [L] unmask decision
         pa.field("logp", pa.float32()),  # behaviour log-prob of the decision
+        pa.field("old_logp", pa.float32()),  # the learner's log-prob it was trained against (= logp when fresh)
         pa.field("reward", pa.float32()),
         pa.field("correct", pa.bool_()),
         pa.field("nfe", pa.int32()),
@@ -75,6 +76,8 @@ class TrajectoryBatch:
     completion: list[str]  # the decoded answer; an abandoned position shows as the mask token
     env_runner: int  # runner index (1-based; 0 = sampled in the algorithm's process)
     policy_version: int  # learner updates behind the policy that sampled every step of it
+    old_logp: np.ndarray | None = None  # [N, T] float32: the learner's log-prob of each decision when it trained on
+    #                                     them (= logp for a fresh batch); set by the algorithm, None until then
 
     def __len__(self) -> int:
         return len(self.nfe)
@@ -110,6 +113,7 @@ class TrajectoryBatch:
             "t": self.t[traj, step],
             **per_step,
             "logp": self.logp[traj, step],
+            "old_logp": [None] * len(traj) if self.old_logp is None else self.old_logp[traj, step],
             "reward": self.reward[traj],
             "correct": self.correct[traj],
             "nfe": self.nfe[traj],

@@ -99,3 +99,20 @@ def test_modulation_per_row_equals_the_per_position_conditioning():
     x = x + block.ffn(block.norm2(x) * (1 + scale2) + shift2) * (1 + gate2)
     expected = policy.head(policy.norm_out(x))[..., 0]
     torch.testing.assert_close(policy(c, m, t), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_truncated_importance_weights_and_the_weighted_surrogate():
+    from learner.grpo import truncated_importance_weights
+
+    old = torch.tensor([[-0.5, -1.0, -2.0]])
+    behaviour = torch.tensor([[-1.0, -1.0, -0.1]])
+    w = truncated_importance_weights(old, behaviour, cap=1.5)
+    assert w.tolist()[0] == pytest.approx([1.5, 1.0, math.exp(-1.9)])  # e^0.5 = 1.65 truncated at 1.5
+    logp = torch.tensor([[-0.4, -1.1, -2.0]])
+    adv, active = torch.tensor([2.0]), torch.tensor([[True, True, False]])
+    loss, stats = grpo_loss(logp, old, adv, active, clip_eps=0.5, weights=w)
+    # by hand: rho = e^0.1, e^-0.1 (both inside the clip), the third step is inactive
+    expected = -(1.5 * math.exp(0.1) * 2.0 + 1.0 * math.exp(-0.1) * 2.0) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-6) and stats["weight_mean"] == pytest.approx(1.25)
+    unweighted, _ = grpo_loss(logp, old, adv, active, clip_eps=0.5, weights=torch.ones_like(w))
+    assert torch.equal(unweighted, grpo_loss(logp, old, adv, active, clip_eps=0.5)[0])  # weight 1 = plain GRPO

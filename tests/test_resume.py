@@ -1,8 +1,10 @@
 """Exact resume: SIGTERM to the `unmask train` driver stops the run cleanly (final policy written, no
 eval.json, so it does not look complete); `unmask train resume=<dir>` continues it from the last
 checkpoint, and in on-policy mode with fixed seeds it ends with the same weights and the same trajectory
-dumps as a run that was never interrupted."""
+dumps as a run that was never interrupted. Along the way: the local Ray of the run listens on loopback only,
+and `resume=` refuses a run directory whose pickled state this user's unmask did not write."""
 
+import os
 import shutil
 import signal
 import subprocess
@@ -16,6 +18,19 @@ from safetensors.torch import load_file
 from rollout.trajectories import read_trajectories
 
 pytestmark = pytest.mark.slow
+
+
+LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
+
+
+def listening(pid: int) -> set[tuple[str, int, str]]:
+    """(address, port, process) of every listening socket of a process and all its descendants."""
+    import psutil
+
+    tree = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    names = {p.pid: p.name() for p in tree}
+    return {(c.laddr.ip, c.laddr.port, names[c.pid]) for c in psutil.net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN and c.pid in names}
 
 
 def cli(*args: str) -> list[str]:
@@ -48,6 +63,8 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_pa
     deadline = time.time() + 300
     while not (cut / "trajectories" / "iter_000005").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.1)
+    sockets = listening(proc.pid)  # mid-run: the local Ray it started (GCS, raylet, workers, agents, metrics)
+    assert len(sockets) >= 4 and {s for s in sockets if s[0] not in LOOPBACK} == set(), sockets
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err[-3000:]
@@ -56,6 +73,19 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_pa
     assert not (cut / "eval.json").exists()  # an interrupted run does not look complete
     _, straight_err = done.communicate(timeout=600)
     assert done.returncode == 0, straight_err[-3000:]
+
+    # someone else's run directory (sealed under another key), and a pickled file changed after the seal: refused
+    # before anything is unpickled
+    other = shutil.copytree(cut, tmp_path / "other")
+    someone_else = {**os.environ, "UNMASK_RUN_KEY": str(tmp_path / "someone-else.key")}
+    refused = subprocess.run(cli("train", f"resume={other}"), env=someone_else, capture_output=True, text=True,
+                             timeout=120)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1
+    assert "is not the file this user's unmask wrote" in refused.stderr and "resume_unverified=true" in refused.stderr
+    tuner = other / "tune" / "tuner.pkl"
+    tuner.write_bytes(tuner.read_bytes() + b"\0")
+    changed = subprocess.run(cli("train", f"resume={other}"), capture_output=True, text=True, timeout=120)
+    assert changed.returncode == 2 and "tune/tuner.pkl is not the file this user's unmask wrote" in changed.stderr
 
     wrong = subprocess.run(cli("train", f"resume={cut}", "grpo.alpha=2"), capture_output=True, text=True, timeout=120)
     assert wrong.returncode == 2 and "a run resumes with its own config" in wrong.stderr

@@ -1,0 +1,157 @@
+"""Scale without GPUs: `unmask train` with 1, 2, 4, 8 and 16 emulated-GPU env runners, the same wall budget each.
+
+    python bench/scale_sim.py [gpu=h200-llada8b] [runners=1,2,4,8,16] [minutes=1.5] [cluster=1] [compare=8]
+
+Every runner hosts the built-in dLLM whose forwards take, in wall-clock, what the named GPU would take for LLaDA-8B
+on that batch (envs.emulation: real logits, sleeping the difference), so K runners on this machine pace like K
+GPU runners. Each run: groups_per_update = K x prompts_per_sample (every update takes one sample per runner),
+asynchronous runners under admission pacing. `overrun` is the share of forwards whose real compute on this
+machine took longer than the emulated GPU would (where it is high, this CPU, not the system, is the limit).
+Prints trajectories/s, scaling efficiency (trajectories/s over
+K x the 1-runner figure), runner busy fraction, learner time per update, weight push and pull times, the
+staleness distribution, dropped groups and the driver's CPU; once more with the runners spread over several
+raylets of a `ray.cluster_utils.Cluster`; and pace vs drop at `compare` runners (reward, accuracy after the same
+wall time, and the NFE of what was dropped). The last line is one JSON object with `efficiency` and `busy`.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+from cluster.configs import FinalEvalConfig, TrainConfig
+from cluster.train import train
+from envs.config import EnvConfig
+from learner.config import GRPOConfig
+from rollout.config import RolloutConfig
+from rollout.trajectories import read_trajectories
+
+DEFAULTS = {"gpu": "a100-llada8b", "runners": "1,2,4,8,16", "minutes": "1.5", "cluster": "1", "compare": "8",
+            "prompts_per_sample": "8", "group_size": "8"}
+
+
+class CpuMeter:
+    """The driver process's CPU use (percent of one core), sampled while a run goes on."""
+
+    def __init__(self):
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        me = psutil.Process()
+        me.cpu_percent()
+        while not self._stop.wait(1.0):
+            self.samples.append(me.cpu_percent())
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def run(k: int, a: dict, root: Path, staleness: str = "pace", cluster: bool = False) -> dict:
+    """One `unmask train` of K runners for the wall budget; its figures from progress.csv and the dumps."""
+    import ray
+
+    per = int(a["prompts_per_sample"])
+    rollout = RolloutConfig(group_size=int(a["group_size"]), prompts_per_sample=per,
+                            env=EnvConfig(block_length=24, emulate_gpu=a["gpu"]))
+    name = f"k{k}-{staleness}{'-cluster' if cluster else ''}"
+    cfg = TrainConfig(rollout=rollout, grpo=GRPOConfig(alpha=0.3, lr=2e-4, warmup_steps=5), run_dir=str(root / name),
+                      max_iterations=100_000, max_minutes=float(a["minutes"]), num_env_runners=k,
+                      num_cpus_per_env_runner=0.1, groups_per_update=k * per, max_policy_lag=1, staleness=staleness,
+                      checkpoint_every=0, eval=FinalEvalConfig(num_examples=0),
+                      custom_resources_per_env_runner={"runner_slot": 1} if cluster else {})
+    if cluster:
+        from ray.cluster_utils import Cluster
+
+        nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+        for _ in range(4):
+            nodes.add_node(num_cpus=2, resources={"runner_slot": (k + 3) // 4})
+        ray.init(address=nodes.address, log_to_driver=False)
+    with CpuMeter() as cpu:
+        start = time.perf_counter()
+        train(cfg)
+        wall = time.perf_counter() - start
+    ray.shutdown()
+    if cluster:
+        nodes.shutdown()
+    [progress] = list((root / name / "tune").glob("*/progress.csv"))
+    rows = list(csv.DictReader(progress.open()))[2:]  # after start-up
+    df = read_trajectories(root / name / "trajectories").to_pandas()
+    per_traj = df.drop_duplicates(["group_id", "sample_id"])
+    span = float(rows[-1]["time_total_s"]) - float(rows[0]["time_total_s"]) if len(rows) > 1 else float("nan")
+    done = int(float(rows[-1]["unmask/trajectories_total"])) - int(float(rows[0]["unmask/trajectories_total"]))
+
+    def median(key: str) -> float:
+        return statistics.median(float(r[f"unmask/{key}"]) for r in rows)
+
+    dropped = per_traj[~per_traj["used"]]
+    return {"runners": k, "mode": staleness, "cluster": cluster, "iterations": len(rows) + 2, "wall_s": wall,
+            "trajectories_per_s": done / span if span > 0 else float("nan"),
+            "busy": median("env_runner_busy_fraction"), "learner_s": median("learner_s"),
+            "weight_push_s": median("weight_push_s"), "weight_pull_s": median("weight_pull_s"),
+            "emulation_overrun": median("emulation_overrun"),
+            "staleness": dict(collections.Counter(int(float(r["unmask/staleness_max"])) for r in rows)),
+            "dropped_groups": int(float(rows[-1]["unmask/dropped_groups"])) if rows else 0,
+            "driver_cpu_percent": statistics.mean(cpu.samples) if cpu.samples else 0.0,
+            "reward_last": statistics.mean(float(r["unmask/reward_mean"]) for r in rows[-5:]),
+            "accuracy_last": statistics.mean(float(r["unmask/accuracy"]) for r in rows[-5:]),
+            "nfe_used": float(per_traj[per_traj["used"]]["nfe"].mean()),
+            "nfe_dropped": float(dropped["nfe"].mean()) if len(dropped) else None}
+
+
+def main(argv: list[str]) -> None:
+    a = DEFAULTS | dict(arg.split("=", 1) for arg in argv)
+    counts = [int(k) for k in a["runners"].split(",")]
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for k in counts:
+            results.append(run(k, a, Path(tmp)))
+            print(json.dumps(results[-1]), flush=True)
+        if a["cluster"] != "0":
+            results.append(run(counts[-1], a, Path(tmp), cluster=True))
+            print(json.dumps(results[-1]), flush=True)
+        compare = int(a["compare"])
+        if compare:
+            results.append(run(compare, a, Path(tmp), staleness="drop"))
+            print(json.dumps(results[-1]), flush=True)
+    base = next(r for r in results if r["runners"] == counts[0] and r["mode"] == "pace")["trajectories_per_s"]
+    print(f"\nemulated GPU {a['gpu']}: {', '.join(f'{k}={v}' for k, v in a.items() if k != 'gpu')}")
+    print(f"{'runners':>7} {'mode':<13} {'traj/s':>8} {'efficiency':>10} {'busy':>5} {'learn s':>8} {'push ms':>8} "
+          f"{'pull ms':>8} {'driver CPU':>10} {'overrun':>7} {'dropped':>7} staleness (iterations by max lag)")
+    efficiency, busy = {}, {}
+    for r in results:
+        eff = r["trajectories_per_s"] / (r["runners"] * base)
+        mode = r["mode"] + (" cluster" if r["cluster"] else "")
+        if r["mode"] == "pace" and not r["cluster"]:
+            efficiency[r["runners"]], busy[r["runners"]] = round(eff, 3), round(r["busy"], 3)
+        print(f"{r['runners']:>7} {mode:<13} {r['trajectories_per_s']:>8.1f} {eff:>10.2f} {r['busy']:>5.2f} "
+              f"{r['learner_s']:>8.3f} {r['weight_push_s'] * 1e3:>8.1f} {r['weight_pull_s'] * 1e3:>8.1f} "
+              f"{r['driver_cpu_percent']:>9.0f}% {r['emulation_overrun']:>7.2f} {r['dropped_groups']:>7} "
+              f"{r['staleness']}")
+    pace = next((r for r in results if r["runners"] == int(a["compare"]) and r["mode"] == "pace"), None)
+    drop = next((r for r in results if r["mode"] == "drop"), None)
+    if pace and drop:
+        print(f"\npace vs drop at {drop['runners']} runners, same wall time: reward {pace['reward_last']:.3f} vs "
+              f"{drop['reward_last']:.3f}, accuracy {pace['accuracy_last']:.3f} vs {drop['accuracy_last']:.3f}; "
+              f"dropped {drop['dropped_groups']} groups (mean NFE {drop['nfe_dropped']} vs {drop['nfe_used']:.2f} "
+              "kept)")
+    print(json.dumps({"efficiency": efficiency, "busy": busy, "results": results}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
