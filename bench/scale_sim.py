@@ -31,12 +31,12 @@ import psutil
 from cluster.configs import FinalEvalConfig, TrainConfig
 from cluster.train import train
 from envs.config import EnvConfig
-from learner.config import GRPOConfig
+from learner.config import GRPOConfig, PolicyConfig
 from rollout.config import RolloutConfig
 from rollout.trajectories import read_trajectories
 
-DEFAULTS = {"gpu": "a100-llada8b", "runners": "1,2,4,8,16", "minutes": "1.5", "cluster": "1", "compare": "8",
-            "prompts_per_sample": "8", "group_size": "8"}
+DEFAULTS = {"gpu": "h200-llada8b", "tokens": "456", "runners": "1,2,4,8,16", "minutes": "2.5", "cluster": "1",
+            "compare": "8", "prompts_per_sample": "8", "group_size": "8", "policy_hidden": "32"}
 
 
 class CpuMeter:
@@ -68,9 +68,12 @@ def run(k: int, a: dict, root: Path, staleness: str = "pace", cluster: bool = Fa
 
     per = int(a["prompts_per_sample"])
     rollout = RolloutConfig(group_size=int(a["group_size"]), prompts_per_sample=per,
-                            env=EnvConfig(block_length=24, emulate_gpu=a["gpu"]))
+                            env=EnvConfig(block_length=24, emulate_gpu=a["gpu"], emulate_tokens=int(a["tokens"])))
+    d = int(a["policy_hidden"])  # the learner runs on this CPU: a small policy keeps it from being the only limit
+    policy = PolicyConfig(hidden_size=d, num_heads=2, ffn_size=4 * d, time_embed_size=d)
     name = f"k{k}-{staleness}{'-cluster' if cluster else ''}"
-    cfg = TrainConfig(rollout=rollout, grpo=GRPOConfig(alpha=0.3, lr=2e-4, warmup_steps=5), run_dir=str(root / name),
+    cfg = TrainConfig(rollout=rollout, grpo=GRPOConfig(alpha=0.3, lr=2e-4, warmup_steps=5, policy=policy),
+                      run_dir=str(root / name),
                       max_iterations=100_000, max_minutes=float(a["minutes"]), num_env_runners=k,
                       num_cpus_per_env_runner=0.1, groups_per_update=k * per, max_policy_lag=1, staleness=staleness,
                       checkpoint_every=0, eval=FinalEvalConfig(num_examples=0),

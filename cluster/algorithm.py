@@ -209,6 +209,14 @@ class Collected:
         return [v for a in self.arrivals for v in getattr(a.sample.trajectories, field).tolist()]
 
 
+def may_admit(ahead_groups: int, in_flight: int, per_sample: int, need_groups: int, budget_groups: int) -> bool:
+    """Pacing's admission rule: one more sample request is sent while what is buffered and in flight cannot yet
+    fill the next update (so a run never stalls, whatever the sizes), or while it stays within the budget of
+    `groups_per_update x (1 + pace_ahead)` groups."""
+    promised = ahead_groups + in_flight * per_sample
+    return promised < need_groups or promised + per_sample <= budget_groups
+
+
 class UnmaskGRPO(Algorithm):
     @classmethod
     def get_default_config(cls) -> UnmaskGRPOConfig:
@@ -312,7 +320,7 @@ class UnmaskGRPO(Algorithm):
         ahead = sum(s.trajectories.num_groups for s in self.buffer)
         in_flight = group._worker_manager.num_outstanding_async_reqs(tag="sample")
         for runner in group.healthy_worker_ids():
-            if ahead + (in_flight + 1) * per_sample > budget_groups:
+            if not may_admit(ahead, in_flight, per_sample, self.config.groups_per_update, budget_groups):
                 break
             in_flight += group.foreach_env_runner_async(lambda r: r.sample(), tag="sample", remote_worker_ids=[runner])
 

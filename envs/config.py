@@ -59,6 +59,7 @@ class EnvConfig:
     chat_template: str = "auto"  # auto (use the tokenizer's template if it has one) | on | off
     kv_cache: str = "none"  # none | prefix | dual: Fast-dLLM KV caches, refreshed once per block (native models)
     emulate_gpu: str = ""  # e.g. h200-llada8b: real logits, each forward timed as that GPU would (envs.emulation)
+    emulate_tokens: int = 0  # emulate_gpu: time each row as this many tokens (the workload stood for); 0 = its own
 
 
 KV_CACHES = ("none", "prefix", "dual")
@@ -79,6 +80,8 @@ def check_env(cfg: EnvConfig) -> None:
         from envs.emulation import profile
 
         profile(cfg.emulate_gpu)
+    if cfg.emulate_tokens < 0:
+        raise ValueError(f"env.emulate_tokens must be >= 0, got {cfg.emulate_tokens}")
 
 
 @dataclass

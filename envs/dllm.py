@@ -281,7 +281,7 @@ def load_env_dllm(model: str, env: EnvConfig, *, trust_remote_code: bool = False
     if env.emulate_gpu:
         from envs.emulation import EmulatedForwards, profile
 
-        dllm.emulation = EmulatedForwards(dllm, profile(env.emulate_gpu))
+        dllm.emulation = EmulatedForwards(dllm, profile(env.emulate_gpu), env.emulate_tokens)
     return dllm
 
 

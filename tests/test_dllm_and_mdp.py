@@ -211,3 +211,37 @@ def test_prompts_with_text_the_tokenizer_cannot_represent_are_refused():
     assert dllm.encode_prompts(["ab[UNK]?a"]) == [[7, 8, dllm.tokenizer.unk_token_id, 6, 7]]  # spelled out: fine
     with pytest.raises(ValueError, match="cannot represent"):
         dllm.encode_prompts(["abk?a"])
+
+
+def test_emulated_gpu_keeps_the_logits_and_takes_the_modelled_time(tiny_model_dir):
+    """env.emulate_gpu: the real model's logits, bit for bit; each forward lasts at least what the cost model
+    says for its rows and tokens (it sleeps the difference), and the modelled time is summed exactly."""
+    import time
+
+    from envs.config import EnvConfig, check_env
+    from envs.dllm import load_env_dllm
+    from envs.emulation import PROFILES, EmulatedForwards, GPUProfile
+
+    plain = load_dllm(tiny_model_dir)
+    emulated = load_env_dllm(tiny_model_dir, EnvConfig(emulate_gpu="h200-llada8b"))
+    assert emulated.emulation.gpu == PROFILES["h200-llada8b"]
+    ids = torch.full((3, 12), plain.mask_id)
+    mask = torch.ones_like(ids)
+    assert torch.equal(emulated.logits(ids, mask), plain.logits(ids, mask))
+
+    dllm = load_dllm(tiny_model_dir)
+    timed = EmulatedForwards(dllm, GPUProfile(floor_ms=30.0, token_us=2000.0, source="test"), tokens_per_row=24)
+    start = time.perf_counter()
+    dllm.logits(ids, mask)  # a full forward of width 12, charged as 24 tokens a row: 3 x 24 x 2 ms = 144 ms
+    dllm.logits(ids[:1, :6], mask[:1, :6])  # half the width: 12 tokens x 2 ms = 24 ms, under the 30 ms floor
+    assert time.perf_counter() - start >= 0.144 + 0.030
+    assert timed.forwards == 2 and timed.emulated_s == pytest.approx(0.174) and timed.overruns == 0
+
+    instant = load_dllm(tiny_model_dir)
+    free = EmulatedForwards(instant, GPUProfile(0.0, 0.0, "test"))  # a GPU faster than any CPU: always overrun
+    instant.logits(ids, mask)
+    assert free.forwards == 1 and free.overruns == 1 and free.slept_s == 0.0
+    with pytest.raises(ValueError, match="unknown env.emulate_gpu 'v100'"):
+        check_env(EnvConfig(emulate_gpu="v100"))
+    with pytest.raises(ValueError, match="env.emulate_tokens must be >= 0"):
+        check_env(EnvConfig(emulate_gpu="h200-llada8b", emulate_tokens=-1))

@@ -176,6 +176,29 @@ def kill_one_env_runner_when(ready) -> threading.Thread:
     return thread
 
 
+@pytest.mark.parametrize("runners", [1, 3, 8])
+def test_pacing_never_stalls_and_stays_within_its_budget(runners):
+    """The admission rule, simulated over every small size: each update is filled (a request is always sent while
+    the buffer and the requests in flight cannot fill it, even when one sample is larger than the budget, as with
+    prompts_per_sample 8 and groups_per_update 2), and no more is asked for than the budget or one sample over
+    the need."""
+    from cluster.algorithm import may_admit
+
+    for per_sample in range(1, 10):
+        for need in range(1, 10):
+            for pace_ahead in range(3):
+                budget = need * (1 + pace_ahead)
+                ahead, in_flight = 0, 0
+                for _ in range(12):  # twelve updates
+                    while ahead < need:
+                        while in_flight < runners and may_admit(ahead, in_flight, per_sample, need, budget):
+                            in_flight += 1
+                        assert in_flight > 0, (per_sample, need, pace_ahead)  # something will arrive
+                        assert ahead + in_flight * per_sample <= max(budget, need - 1 + per_sample)
+                        in_flight, ahead = in_flight - 1, ahead + per_sample  # one sample arrives
+                    ahead -= need  # the update takes its groups
+
+
 @pytest.mark.slow
 def test_killed_env_runner_is_restarted_and_no_trajectory_is_lost_or_duplicated(local_ray, tiny_model_dir,
                                                                                tmp_path):
