@@ -1,6 +1,7 @@
 """Scale without GPUs: `unmask train` with 1, 2, 4, 8 and 16 emulated-GPU env runners, the same wall budget each.
 
-    python bench/scale_sim.py [gpu=h200-llada8b] [runners=1,2,4,8,16] [minutes=1.5] [cluster=1] [compare=8]
+    python bench/scale_sim.py [gpu=h200-llada8b] [tokens=456] [runners=1,2,4,8,16] [minutes=2.5] [cluster=1]
+                              [compare=8] [prompts_per_sample=8] [group_size=8] [policy_hidden=32]
 
 Every runner hosts the built-in dLLM whose forwards take, in wall-clock, what the named GPU would take for LLaDA-8B
 on that batch (envs.emulation: real logits, sleeping the difference), so K runners on this machine pace like K
@@ -11,7 +12,9 @@ Prints trajectories/s, scaling efficiency (trajectories/s over
 K x the 1-runner figure), runner busy fraction, learner time per update, weight push and pull times, the
 staleness distribution, dropped groups and the driver's CPU; once more with the runners spread over several
 raylets of a `ray.cluster_utils.Cluster`; and pace vs drop at `compare` runners (reward, accuracy after the same
-wall time, and the NFE of what was dropped). The last line is one JSON object with `efficiency` and `busy`.
+wall time, and the NFE of what was dropped); and the runner count K* at which the driver's loop (learner update
++ report, per trajectory) would saturate, from each measured point. The last line is one JSON object with
+`efficiency`, `busy` and `saturation_runners`. About 30 minutes with the defaults.
 """
 
 from __future__ import annotations
@@ -99,13 +102,15 @@ def run(k: int, a: dict, root: Path, staleness: str = "pace", cluster: bool = Fa
     span = float(rows[-1]["time_total_s"]) - float(rows[0]["time_total_s"]) if len(rows) > 1 else float("nan")
     done = int(float(rows[-1]["unmask/trajectories_total"])) - int(float(rows[0]["unmask/trajectories_total"]))
 
-    def median(key: str) -> float:
-        return statistics.median(float(r[f"unmask/{key}"]) for r in rows)
+    def median(key: str, group: str = "unmask") -> float:
+        return statistics.median(float(r[f"{group}/{key}"]) for r in rows)
 
     dropped = per_traj[~per_traj["used"]]
     return {"runners": k, "mode": staleness, "cluster": cluster, "iterations": len(rows) + 2, "wall_s": wall,
             "trajectories_per_s": done / span if span > 0 else float("nan"),
             "busy": median("env_runner_busy_fraction"), "learner_s": median("learner_s"),
+            "update_s": median("update_s", "timers"), "report_s": median("report_s", "timers"),
+            "trajectories_per_update": k * per * int(a["group_size"]),
             "weight_push_s": median("weight_push_s"), "weight_pull_s": median("weight_pull_s"),
             "emulation_overrun": median("emulation_overrun"),
             "staleness": dict(collections.Counter(int(float(r["unmask/staleness_max"])) for r in rows)),
@@ -146,6 +151,16 @@ def main(argv: list[str]) -> None:
               f"{r['learner_s']:>8.3f} {r['weight_push_s'] * 1e3:>8.1f} {r['weight_pull_s'] * 1e3:>8.1f} "
               f"{r['driver_cpu_percent']:>9.0f}% {r['emulation_overrun']:>7.2f} {r['dropped_groups']:>7} "
               f"{r['staleness']}")
+    print("\nsaturation (the driver's loop: update + report must fit in one sample's time, K* = 1 / (r x c), "
+          "r = one runner's trajectories/s, c = driver seconds per trajectory):")
+    saturation = {}
+    for r in results:
+        if r["mode"] == "pace" and not r["cluster"]:
+            c = (r["update_s"] + r["report_s"]) / r["trajectories_per_update"]
+            saturation[r["runners"]] = round(1 / (base * c), 1)
+            learner_ms = r["learner_s"] / r["trajectories_per_update"] * 1e3
+            print(f"  measured at K={r['runners']:>2}: learner {learner_ms:.1f} ms/trajectory, update + report "
+                  f"{c * 1e3:.1f} ms/trajectory -> K* = {saturation[r['runners']]}")
     pace = next((r for r in results if r["runners"] == int(a["compare"]) and r["mode"] == "pace"), None)
     drop = next((r for r in results if r["mode"] == "drop"), None)
     if pace and drop:
@@ -153,7 +168,7 @@ def main(argv: list[str]) -> None:
               f"{drop['reward_last']:.3f}, accuracy {pace['accuracy_last']:.3f} vs {drop['accuracy_last']:.3f}; "
               f"dropped {drop['dropped_groups']} groups (mean NFE {drop['nfe_dropped']} vs {drop['nfe_used']:.2f} "
               "kept)")
-    print(json.dumps({"efficiency": efficiency, "busy": busy, "results": results}))
+    print(json.dumps({"efficiency": efficiency, "busy": busy, "saturation_runners": saturation, "results": results}))
 
 
 if __name__ == "__main__":

@@ -235,7 +235,7 @@ def test_emulated_gpu_keeps_the_logits_and_takes_the_modelled_time(tiny_model_di
     dllm.logits(ids, mask)  # a full forward of width 12, charged as 24 tokens a row: 3 x 24 x 2 ms = 144 ms
     dllm.logits(ids[:1, :6], mask[:1, :6])  # half the width: 12 tokens x 2 ms = 24 ms, under the 30 ms floor
     assert time.perf_counter() - start >= 0.144 + 0.030
-    assert timed.forwards == 2 and timed.emulated_s == pytest.approx(0.174) and timed.overruns == 0
+    assert timed.forwards == 2 and timed.emulated_s == pytest.approx(0.174)
 
     instant = load_dllm(tiny_model_dir)
     free = EmulatedForwards(instant, GPUProfile(0.0, 0.0, "test"))  # a GPU faster than any CPU: always overrun
