@@ -66,34 +66,10 @@ def submit(address: str, env: dict, *args: str) -> str:
     return job_id
 
 
-def test_ray_job_submit_runs_unmask_train_on_a_real_head(ray_head, tiny_model_dir, tmp_path):
-    address, env = ray_head
-    run_dir = tmp_path / "job-run"
-    job_id = submit(address, env, "train", f"run_dir={run_dir}", f"rollout.model={tiny_model_dir}",
-                    "rollout.group_size=4", "rollout.prompts_per_sample=2", "rollout.env.gen_length=16",
-                    "rollout.env.block_length=8", "groups_per_update=2", "max_iterations=3", "checkpoint_every=0",
-                    "eval.num_examples=5", "num_env_runners=1")
-    status = wait_for_job(address, job_id, env)
-    logs = subprocess.run([RAY, "job", "logs", "--address", address, job_id], env=env, capture_output=True,
-                          text=True, timeout=60).stdout
-    assert status == "SUCCEEDED", logs[-3000:]
-    assert "final policy: accuracy" in logs
-    assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints" / "final" / "config.json").is_file()
-    assert json.loads((run_dir / "eval.json").read_text())["num_examples"] == 5
-    assert len(list((run_dir / "trajectories").glob("iter_*/runner_*.parquet"))) == 3
-
-    # an invalid config inside a job: the job fails with the one-line error and leaves no run directory
-    bad_dir = tmp_path / "bad-run"
-    job_id = submit(address, env, "train", f"run_dir={bad_dir}", "rollout.env.gen_length=24",
-                    "rollout.env.block_length=7")
-    assert wait_for_job(address, job_id, env) == "FAILED"
-    logs = subprocess.run([RAY, "job", "logs", "--address", address, job_id], env=env, capture_output=True,
-                          text=True, timeout=60).stdout
-    assert "unmask train: error:" in logs and "block_length" in logs
-    assert not bad_dir.exists()
-
-
-def test_ray_job_stop_leaves_a_resumable_run(ray_head, tiny_model_dir, tmp_path):
+def test_ray_job_submit_stop_and_resume_on_a_real_head(ray_head, tiny_model_dir, tmp_path):
+    """One job is stopped with `ray job stop` mid-run (a clean stop: final policy, no eval.json), a second job
+    resumes it and succeeds with a complete run directory; an invalid config inside a job fails with the one-line
+    error and leaves no run directory."""
     address, env = ray_head
     run_dir = tmp_path / "stopped"
     job_id = submit(address, env, "train", f"run_dir={run_dir}", f"rollout.model={tiny_model_dir}",
@@ -110,5 +86,20 @@ def test_ray_job_stop_leaves_a_resumable_run(ray_head, tiny_model_dir, tmp_path)
     assert list((run_dir / "tune").glob("*/checkpoint_*"))
 
     job_id = submit(address, env, "train", f"resume={run_dir}")
-    assert wait_for_job(address, job_id, env, timeout_s=600) == "SUCCEEDED"
+    status = wait_for_job(address, job_id, env, timeout_s=600)
+    logs = subprocess.run([RAY, "job", "logs", "--address", address, job_id], env=env, capture_output=True,
+                          text=True, timeout=60).stdout
+    assert status == "SUCCEEDED", logs[-3000:]
+    assert "final policy: accuracy" in logs
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints" / "final" / "config.json").is_file()
     assert json.loads((run_dir / "eval.json").read_text())["num_examples"] == 5
+    assert sorted(p.name for p in (run_dir / "trajectories").glob("iter_*"))[-1] == "iter_000040"
+
+    bad_dir = tmp_path / "bad-run"
+    job_id = submit(address, env, "train", f"run_dir={bad_dir}", "rollout.env.gen_length=24",
+                    "rollout.env.block_length=7")
+    assert wait_for_job(address, job_id, env) == "FAILED"
+    logs = subprocess.run([RAY, "job", "logs", "--address", address, job_id], env=env, capture_output=True,
+                          text=True, timeout=60).stdout
+    assert "unmask train: error:" in logs and "block_length" in logs
+    assert not bad_dir.exists()
