@@ -229,7 +229,7 @@ class UnmaskGRPO(Algorithm):
         if self.env_runner_group.num_remote_env_runners() > 0:
             self.server = ray.remote(num_cpus=0)(EnvRunnerStateServer).options(max_concurrency=16).remote()
             self._hand_server_to_runners()
-        self.totals = {"trajectories": 0, "skipped_batches": 0, "env_runner_restarts": 0}
+        self.totals = {"trajectories": 0, "skipped_batches": 0, "env_runner_restarts": 0, "skipped_streak": 0}
         self.buffer: list[RunnerSample] = []  # paced mode: samples that arrived and wait for an update
         self.runner_states: dict[int, dict] = {}  # runner index -> its state after its last delivered batch
         if self.run_dir is None:
@@ -365,6 +365,7 @@ class UnmaskGRPO(Algorithm):
         elapsed = self.metrics.peek((TIMERS, "collect_s")) + self.metrics.peek((TIMERS, "update_s"))
         self.totals["trajectories"] += len(rewards)
         self.totals["skipped_batches"] += int(skipped)
+        self.totals["skipped_streak"] = self.totals["skipped_streak"] + 1 if skipped else 0
         if skipped:
             for key in ("learner_s", "weight_push_s"):
                 self.metrics.log_value(("unmask", key), 0.0, reduce="mean", window=1)
@@ -380,7 +381,8 @@ class UnmaskGRPO(Algorithm):
             "weight_pull_s": float(np.mean([s.weight_sync_s for s in samples])),
             "staleness_mean": float(np.mean(lags)), "staleness_max": int(max(lags)),
             "dropped_groups": sum(a.sample.trajectories.num_groups for a in collected.arrivals if not a.used),
-            "skipped_batch": int(skipped), "policy_version": self.policy_version,
+            "skipped_batch": int(skipped), "skipped_streak": int(self.totals["skipped_streak"]),
+            "policy_version": self.policy_version,
             "trajectories_total": int(self.totals["trajectories"]),
             "env_runner_restarts": int(self.totals["env_runner_restarts"]),
             "healthy_env_runners": self.env_runner_group.num_healthy_remote_workers(),

@@ -46,7 +46,7 @@ def cmd_eval(cfg: EvalConfig) -> int:
     result = write_eval(cfg, evaluate(cfg))
     rows = [{"metric": k, "value": result[k]} for k in
             ("accuracy", "mean_nfe", "tokens_per_step", "shorter_than_reference", "still_masked", "wall_seconds",
-             "num_examples")]
+             "num_examples", "fallback_share") if k in result]  # fallback_share: a policy's
     print(f"{result['sampler']}  (L={cfg.env.gen_length}, BL={cfg.env.block_length})")
     print(markdown_table(rows, ["metric", "value"]), end="")
     if cfg.group_by:
@@ -85,7 +85,8 @@ def cmd_train(cfg: TrainConfig) -> int:
     result = train(cfg)
     if cfg.eval.num_examples > 0:  # else the result is the last iteration's metrics
         print(f"final policy: accuracy {result['accuracy']:.3f} at mean NFE {result['mean_nfe']:.2f} "
-              f"({result['num_examples']} test prompts)")
+              f"({result['num_examples']} test prompts; the argmax fallback decided "
+              f"{result['fallback_share']:.0%} of the steps)")
     print(f"wrote {cfg.resume or cfg.run_dir}")
     return 0
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+
 from ray.tune import Callback
+
+COLLAPSE_WARNING_STREAK = 3  # skipped updates in a row before the console says so
 
 
 class ProgressPrinter(Callback):
@@ -17,3 +21,8 @@ class ProgressPrinter(Callback):
                   f"acc {m['accuracy']:.3f}  nfe {m['nfe_mean']:.2f}  traj/s {m['trajectories_per_s']:.1f}  "
                   f"busy {m['env_runner_busy_fraction']:.2f}  lag {m['staleness_mean']:.2f}  "
                   f"v{int(m['policy_version'])}  {result['time_total_s']:.0f}s", flush=True)
+            streak = int(m.get("skipped_streak", 0))
+            if streak >= COLLAPSE_WARNING_STREAK:
+                print(f"{prefix}WARNING: {streak} updates in a row skipped, every advantage 0 (reward "
+                      f"{m['reward_mean']:.3f}, NFE {m['nfe_mean']:.2f}): the policy is not learning; if NFE is "
+                      "at L it has collapsed to unmasking nothing", file=sys.stderr, flush=True)

@@ -55,6 +55,10 @@ class Sampler(ABC):
     def describe(self) -> str:
         return self.name + "".join(f" {p}={getattr(self.cfg, p)}" for p in self.params)
 
+    def stats(self) -> dict[str, float]:
+        """What the sampler counted over the episodes it decided (evaluation reports it beside accuracy)."""
+        return {}
+
 
 def take_top(score: torch.Tensor, valid: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     """Per row, the `count` valid positions with the highest score (ties: lowest index first)."""

@@ -30,6 +30,7 @@ class PolicySampler(Sampler):
                 raise ValueError("sampler=policy needs sampler.checkpoint=<a saved policy directory or hub id>")
             policy = load_policy(cfg.checkpoint, device or (str(generator.device) if generator else "cpu"))
         self.policy = policy
+        self.steps = self.fallback_steps = 0  # rows decided; rows where the policy chose nothing (select)
 
     def describe(self) -> str:
         """`policy alpha=... BL=...` from the checkpoint's config: what the plots and tables label it."""
@@ -65,11 +66,19 @@ class PolicySampler(Sampler):
         probs = unmask_probabilities(logits, self.cfg.policy_temperature)
         noise = torch.rand(probs.shape, generator=self.generator, device=probs.device)
         chosen = (noise < (self.cfg.beta * probs).clamp(max=1.0)) & valid
-        empty = valid.any(-1) & ~chosen.any(-1)
+        deciding = valid.any(-1)
+        empty = deciding & ~chosen.any(-1)
+        self.steps += int(deciding.sum())
+        self.fallback_steps += int(empty.sum())
         if empty.any():  # argmax fallback: at least one unmask per step at evaluation
             best = torch.where(valid, probs, -1.0).argmax(-1)
             chosen[empty, best[empty]] = True
         return chosen.to(obs.valid.device)
+
+    def stats(self) -> dict[str, float]:
+        """`fallback_share`: the share of steps whose unmasking the argmax fallback decided (the policy chose no
+        position); near 1, the policy has learned to unmask nothing and its accuracy is the fallback's."""
+        return {"fallback_share": self.fallback_steps / self.steps if self.steps else 0.0}
 
     def act(self, obs: Observation) -> tuple[torch.Tensor, torch.Tensor]:
         """Training: (decision [B, L], behaviour log-prob [B]) with no fallback."""

@@ -97,6 +97,7 @@ def evaluate(cfg: EvalConfig, dllm: DLLM | None = None) -> dict:
     result = summarize(episodes, cfg.env.gen_length)
     result["wall_seconds"] = round(time.perf_counter() - start, 3)
     result["sampler"] = sampler.describe()
+    result.update(sampler.stats())
     result["samples"] = [{"id": e.example.id, "completion": e.generation.text, "correct": e.correct,
                           "nfe": e.generation.nfe} for e in episodes[:20]]
     if cfg.group_by:

@@ -76,11 +76,13 @@ def test_eval_fallback_and_beta_scaling(tiny_dllm, cycles):
     chosen = never.select(obs)
     assert chosen.sum(-1).tolist() == [1, 1, 1]  # argmax fallback: exactly one per row
     assert not (chosen & ~obs.valid).any()
+    assert never.stats() == {"fallback_share": 1.0}  # every decision was the fallback's, and it says so
     action, logp = never.act(obs)  # training: no fallback
     assert not action.any() and torch.allclose(logp, torch.zeros(3), atol=1e-6)
     half = policy_with_bias(0.0)  # s = 0.5 everywhere; beta = 2 makes every valid position certain
     doubled = PolicySampler(SamplerConfig(name="policy", beta=2.0), torch.Generator().manual_seed(0), policy=half)
     assert torch.equal(doubled.select(obs), obs.valid)
+    assert doubled.stats() == {"fallback_share": 0.0} and doubled.steps == 3
 
 
 def test_saved_policy_round_trip_and_unmask_eval(tiny_model_dir, tmp_path, capsys):
@@ -99,6 +101,8 @@ def test_saved_policy_round_trip_and_unmask_eval(tiny_model_dir, tmp_path, capsy
     # a fresh policy (unmask probability sigmoid(-2) ~ 0.12 at tau = 1, sharper at tau = 0.5) mostly leans
     # on the one-per-step fallback: close to one token per step, so close to L = 16 forwards
     assert result["num_examples"] == 6 and 14 <= result["mean_nfe"] <= 16 and result["still_masked"] == 0
+    assert 0.5 < result["fallback_share"] <= 1.0  # reported beside accuracy: the policy leans on the fallback
+    assert "fallback_share" in capsys.readouterr().out
     assert result["config"]["sampler"]["policy_temperature"] == 0.5
     (tmp_path / "pol" / "model.safetensors").write_bytes(b"not a safetensors file")
     assert main(["eval", f"model={tiny_model_dir}", "sampler=policy", f"sampler.checkpoint={tmp_path / 'pol'}",

@@ -93,6 +93,10 @@ def test_async_training_end_to_end(local_ray, tiny_model_dir, tmp_path):
     assert (lag[df["used"]] <= 1).all() and (lag[~df["used"]] > 1).all()
     assert lag.groupby(df["iteration"]).max().to_dict() == {
         int(r["training_iteration"]): int(float(r["unmask/staleness_max"])) for r in rows}
+    streak = 0  # skipped updates in a row, as the console's collapse warning reads it
+    for r in rows:
+        streak = streak + 1 if int(float(r["unmask/skipped_batch"])) else 0
+        assert int(float(r["unmask/skipped_streak"])) == streak
     # one iteration convention: dumps, Tune and the saved policies all count iterations from 1
     assert sorted(set(df["iteration"])) == list(range(1, 9))
     assert sorted(json.loads((d / "config.json").read_text())["training"]["iteration"]
@@ -174,6 +178,23 @@ def kill_one_env_runner_when(ready) -> threading.Thread:
     thread.killed = killed
     thread.start()
     return thread
+
+
+def test_the_console_says_when_updates_keep_being_skipped(capsys):
+    """A policy that unmasks nothing gets reward 0 in every group, so every advantage is 0 and every update is
+    skipped: after COLLAPSE_WARNING_STREAK of them in a row the console says so, on stderr, each iteration."""
+    from cluster.progress import COLLAPSE_WARNING_STREAK, ProgressPrinter
+
+    metrics = {"reward_mean": 0.0, "accuracy": 0.0, "nfe_mean": 24.0, "trajectories_per_s": 1.0,
+               "env_runner_busy_fraction": 1.0, "staleness_mean": 0.0, "policy_version": 129}
+    printer = ProgressPrinter()
+    for streak in range(COLLAPSE_WARNING_STREAK + 1):
+        printer.on_trial_result(0, [], "trial", {"training_iteration": 130 + streak, "time_total_s": 1.0,
+                                                 "unmask": {**metrics, "skipped_streak": streak}})
+    out, err = capsys.readouterr()
+    assert out.count("iter ") == COLLAPSE_WARNING_STREAK + 1
+    assert err.count("WARNING") == 1 and f"{COLLAPSE_WARNING_STREAK} updates in a row skipped" in err
+    assert "NFE 24.00" in err and "collapsed to unmasking nothing" in err
 
 
 @pytest.mark.parametrize("runners", [1, 3, 8])
