@@ -51,6 +51,7 @@ ROLLOUT_FIELDS = {f.name for f in dataclasses.fields(RolloutConfig)}
 ENV_FIELDS = {f.name for f in dataclasses.fields(EnvConfig)}
 GRPO_FIELDS = {f.name for f in dataclasses.fields(GRPOConfig)}
 SETTINGS = [f.name for f in dataclasses.fields(AlgorithmSettings)]
+OUTPUT_SETTINGS = ("checkpoint_every", "best_window", "dump_trajectories")  # set by .outputs(), the rest by .training()
 TYPED = {"rollout": RolloutConfig, "grpo": GRPOConfig}  # the config attributes that are dataclasses
 
 
@@ -98,10 +99,8 @@ class UnmaskGRPOConfig(AlgorithmConfig):
         return (
             cls()
             .environment(rollout=cfg.rollout)
-            .training(grpo=cfg.grpo, **{name: getattr(cfg, name) for name in SETTINGS
-                                        if name not in ("checkpoint_every", "dump_trajectories")})
-            .outputs(run_dir=cfg.run_dir, run_id=run_id, checkpoint_every=cfg.checkpoint_every,
-                     dump_trajectories=cfg.dump_trajectories)
+            .training(grpo=cfg.grpo, **{name: getattr(cfg, name) for name in SETTINGS if name not in OUTPUT_SETTINGS})
+            .outputs(run_dir=cfg.run_dir, run_id=run_id, **{name: getattr(cfg, name) for name in OUTPUT_SETTINGS})
             .env_runners(num_env_runners=cfg.num_env_runners, num_cpus_per_env_runner=cfg.num_cpus_per_env_runner,
                          num_gpus_per_env_runner=cfg.num_gpus_per_env_runner,
                          custom_resources_per_env_runner=dict(cfg.custom_resources_per_env_runner))
@@ -144,10 +143,11 @@ class UnmaskGRPOConfig(AlgorithmConfig):
         return super().training(**settings)
 
     def outputs(self, *, run_dir: str = NotProvided, run_id: str = NotProvided,
-                checkpoint_every: int = NotProvided, dump_trajectories: bool = NotProvided):
+                checkpoint_every: int = NotProvided, best_window: int = NotProvided,
+                dump_trajectories: bool = NotProvided):
         """Where trajectory dumps and policy checkpoints go, and how often."""
         for name, value in (("run_dir", run_dir), ("run_id", run_id), ("checkpoint_every", checkpoint_every),
-                            ("dump_trajectories", dump_trajectories)):
+                            ("best_window", best_window), ("dump_trajectories", dump_trajectories)):
             if value is not NotProvided:
                 setattr(self, name, str(value) if name == "run_dir" else value)
         return self
@@ -230,6 +230,8 @@ class UnmaskGRPO(Algorithm):
             self.server = ray.remote(num_cpus=0)(EnvRunnerStateServer).options(max_concurrency=16).remote()
             self._hand_server_to_runners()
         self.totals = {"trajectories": 0, "skipped_batches": 0, "env_runner_restarts": 0, "skipped_streak": 0}
+        self.recent: list[tuple[float, float, float]] = []  # (reward, accuracy, NFE) of the last best_window iterations
+        self.best_reward = -float("inf")  # the best moving average so far (checkpoints/best holds its policy)
         self.buffer: list[RunnerSample] = []  # paced mode: samples that arrived and wait for an update
         self.runner_states: dict[int, dict] = {}  # runner index -> its state after its last delivered batch
         if self.run_dir is None:
@@ -461,8 +463,25 @@ class UnmaskGRPO(Algorithm):
                 write_parquet_atomic(pa.concat_tables(tables), folder / f"runner_{runner:03d}.parquet")
         if self.config.checkpoint_every and iteration % self.config.checkpoint_every == 0:
             self.save_policy(run_dir / "checkpoints" / f"policy_{self.policy_version:06d}", iteration)
+        if self.config.best_window:
+            self._keep_best(collected, run_dir / "checkpoints" / "best", iteration)
 
-    def save_policy(self, out: Path, iteration: int | None = None) -> Path:
+    def _keep_best(self, collected: Collected, out: Path, iteration: int) -> None:
+        """The paper's checkpoint-best: once `best_window` iterations are in, the policy after the iteration that
+        ends the best moving average of training reward so far, with that average's accuracy and NFE beside it, so
+        a run's output is never worse than its best point (e.g. when it later collapses)."""
+        window = self.config.best_window
+        self.recent = [*self.recent, tuple(float(np.mean(collected.per_trajectory(key)))
+                                           for key in ("reward", "correct", "nfe"))][-window:]
+        if len(self.recent) < window:
+            return
+        reward, accuracy, nfe = (float(np.mean(column)) for column in zip(*self.recent))
+        if reward > self.best_reward:
+            self.best_reward = reward
+            self.save_policy(out, iteration, best={"window": window, "reward_mean": reward,
+                                                   "accuracy": accuracy, "nfe_mean": nfe})
+
+    def save_policy(self, out: Path, iteration: int | None = None, **extra) -> Path:
         """The learner's policy as a Hugging Face checkpoint, with how it was trained in its config.json."""
         policy = UnmaskingPolicy(self.config.grpo.policy)
         policy.load_state_dict({k.removeprefix("policy."): torch.as_tensor(v) for k, v in self.policy_state().items()})
@@ -471,13 +490,14 @@ class UnmaskGRPO(Algorithm):
             "policy_version": self.policy_version, "iteration": self.iteration if iteration is None else iteration,
             "run_id": self.run_id, "reward": self.config.grpo.reward, "alpha": self.config.grpo.alpha,
             "gen_length": env.gen_length, "block_length": env.block_length, "kv_cache": env.kv_cache,
-            "model": self.config.rollout.model})
+            "model": self.config.rollout.model, **extra})
 
     # ---- checkpoints: Tune saves every `checkpoint_every` iterations and at the end ----------------
     def get_state(self, components=None, *, not_components=None, **kwargs) -> dict:
         state = super().get_state(components, not_components=not_components, **kwargs)
         state["unmask"] = {"policy_version": self.policy_version, "totals": dict(self.totals),
-                           "runner_states": self.runner_states, "buffer": self.buffer}
+                           "runner_states": self.runner_states, "buffer": self.buffer,
+                           "best": {"recent": list(self.recent), "reward": self.best_reward}}
         return state
 
     def set_state(self, state: dict) -> None:
@@ -487,6 +507,8 @@ class UnmaskGRPO(Algorithm):
             self.totals = {**self.totals, **state["unmask"]["totals"]}
             self.runner_states = dict(state["unmask"]["runner_states"])
             self.buffer = list(state["unmask"].get("buffer", []))
+            best = state["unmask"].get("best", {"recent": [], "reward": -float("inf")})
+            self.recent, self.best_reward = list(best["recent"]), best["reward"]
 
     def restore_from_path(self, path, *args, **kwargs):
         """After RLlib's restore (Tune's and `from_checkpoint`'s; it copies the driver's idle runner state to

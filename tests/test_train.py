@@ -51,7 +51,7 @@ def progress(run_dir) -> list[dict]:
 @pytest.mark.slow
 def test_async_training_end_to_end(local_ray, tiny_model_dir, tmp_path):
     run_dir = tmp_path / "run"
-    result = train(tiny_run(tiny_model_dir, run_dir))
+    result = train(tiny_run(tiny_model_dir, run_dir, best_window=3))
 
     # run directory: config, checkpoints in safetensors, Tune metrics, final eval
     assert (run_dir / "config.yaml").read_text().count("group_size: 4") == 1
@@ -63,6 +63,15 @@ def test_async_training_end_to_end(local_ray, tiny_model_dir, tmp_path):
     for key in ("reward_mean", "accuracy", "nfe_mean", "trajectories_per_s", "env_runner_busy_fraction",
                 "weight_push_s", "weight_pull_s", "staleness_mean", "dropped_groups"):
         assert f"unmask/{key}" in rows[0], key
+    # checkpoint-best: the policy after the iteration ending the best 3-iteration moving average of training reward
+    rewards = [float(r["unmask/reward_mean"]) for r in rows]
+    averages = [np.mean(rewards[i - 3:i]) for i in range(3, len(rewards) + 1)]
+    best = json.loads((run_dir / "checkpoints" / "best" / "config.json").read_text())["training"]
+    assert best["iteration"] == 3 + int(np.argmax(averages)) and best["best"]["window"] == 3
+    assert best["best"]["reward_mean"] == pytest.approx(max(averages), abs=1e-6)
+    assert best["best"]["nfe_mean"] == pytest.approx(
+        np.mean([float(r["unmask/nfe_mean"]) for r in rows][best["iteration"] - 3:best["iteration"]]), abs=1e-6)
+    load_policy(run_dir / "checkpoints" / "best")
 
     # Arrow dumps: one file per iteration per runner, one dataset, the documented schema
     files = sorted((run_dir / "trajectories").glob("iter_*/runner_*.parquet"))
