@@ -137,7 +137,8 @@ class UnmaskGRPOConfig(AlgorithmConfig):
             self.grpo = grpo
         ours = {k: settings.pop(k) for k in list(settings) if k in GRPO_FIELDS}
         self.grpo = dataclasses.replace(self.grpo, **ours)
-        for name in ("groups_per_update", "max_policy_lag", "sample_wait_s", "staleness", "pace_ahead"):
+        for name in ("groups_per_update", "max_policy_lag", "sample_wait_s", "staleness", "pace_ahead",
+                     "stop_after_skipped"):
             if name in settings:
                 setattr(self, name, settings.pop(name))
         return super().training(**settings)
@@ -262,6 +263,19 @@ class UnmaskGRPO(Algorithm):
                 self.save_policy(self.run_dir / "checkpoints" / "final")
         finally:
             super().cleanup()
+
+    def step(self) -> dict:
+        """RLlib's step; Tune ends the run when `stop_after_skipped` updates in a row were skipped: every group's
+        rewards were equal, so the policy no longer changes (a policy that unmasks nothing never gets out)."""
+        results = super().step()
+        if self.collapsed:
+            results["done"] = True
+        return results
+
+    @property
+    def collapsed(self) -> bool:
+        patience = self.config.stop_after_skipped
+        return bool(patience) and self.totals["skipped_streak"] >= patience
 
     # ---- the training step --------------------------------------------------------------------------
     def training_step(self) -> None:

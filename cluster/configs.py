@@ -44,14 +44,15 @@ class AlgorithmSettings:
     sample_wait_s: float = 1.0  # how long one gather waits for runners before it looks again
     checkpoint_every: int = 10  # iterations between checkpoints (Tune's and the policy's)
     best_window: int = 10  # iterations in the moving average of training reward that picks checkpoints/best; 0 = off
+    stop_after_skipped: int = 50  # stop when this many updates in a row were skipped (every advantage 0); 0 = never
     dump_trajectories: bool = True  # Parquet dumps under run_dir/trajectories
 
 
 def check_algorithm_settings(cfg: Any) -> None:
     if cfg.groups_per_update < 1:
         raise ValueError(f"groups_per_update must be >= 1, got {cfg.groups_per_update}")
-    if cfg.max_policy_lag < 0 or cfg.checkpoint_every < 0 or cfg.best_window < 0:
-        raise ValueError("max_policy_lag, checkpoint_every and best_window must be >= 0")
+    if min(cfg.max_policy_lag, cfg.checkpoint_every, cfg.best_window, cfg.stop_after_skipped) < 0:
+        raise ValueError("max_policy_lag, checkpoint_every, best_window and stop_after_skipped must be >= 0")
     if cfg.staleness not in ("pace", "drop"):
         raise ValueError(f"unknown staleness {cfg.staleness!r}: use pace or drop")
     if cfg.pace_ahead < 0:

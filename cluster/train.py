@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import sys
 from pathlib import Path
 
 from cluster.configs import TrainConfig, check_train, to_yaml
@@ -135,13 +136,22 @@ def train(cfg: TrainConfig) -> dict:
             forget_run(run_dir, new_dir)  # nothing to resume: the corrected re-run may use the same run_dir
             raise RuntimeError(f"training failed before its first iteration (nothing kept): {error}")
         raise RuntimeError(f"training failed: {error}")
-    if int(results[0].metrics.get("training_iteration", 0)) < cfg.max_iterations and not reached_time_budget(
-            results[0].metrics, cfg):
-        raise Interrupted(f"interrupted at iteration {results[0].metrics.get('training_iteration', 0)}; "
-                          f"continue with: unmask train resume={run_dir}")
+    metrics = results[0].metrics
+    iteration = int(metrics.get("training_iteration", 0))
+    streak = int(metrics.get("unmask", {}).get("skipped_streak", 0))
+    collapsed = bool(cfg.stop_after_skipped) and streak >= cfg.stop_after_skipped
+    if iteration < cfg.max_iterations and not reached_time_budget(metrics, cfg) and not collapsed:
+        raise Interrupted(f"interrupted at iteration {iteration}; continue with: unmask train resume={run_dir}")
+    policy = run_dir / "checkpoints" / "final"
+    if collapsed:
+        best = run_dir / "checkpoints" / "best"
+        policy = best if best.is_dir() else policy
+        print(f"unmask train: stopped at iteration {iteration}: {streak} updates in a row skipped (every advantage "
+              f"0, mean NFE {metrics['unmask']['nfe_mean']:.2f}): the policy stopped learning; the final eval is of "
+              f"{policy}", file=sys.stderr, flush=True)
     if cfg.eval.num_examples <= 0:
-        return results[0].metrics.get("unmask", {})
-    return final_eval(cfg, run_dir / "checkpoints" / "final")
+        return metrics.get("unmask", {})
+    return final_eval(cfg, policy)
 
 
 def reached_time_budget(metrics: dict, cfg: TrainConfig) -> bool:

@@ -230,6 +230,26 @@ def test_pacing_never_stalls_and_stays_within_its_budget(runners):
 
 
 @pytest.mark.slow
+def test_a_policy_that_unmasks_nothing_stops_the_run_and_the_best_checkpoint_is_evaluated(local_ray, tiny_model_dir,
+                                                                                           tmp_path, capsys):
+    """The absorbing state: a policy that unmasks nothing abandons every position at the block budget, so every
+    trajectory gets the same reward, every advantage is 0 and every update is skipped; the policy can never change
+    again. After `stop_after_skipped` such updates the run stops, says so, and evaluates checkpoints/best, whose
+    fallback share shows what the policy is."""
+    run_dir = tmp_path / "collapsed"
+    grpo = GRPOConfig(reward="additive", alpha=1.0, policy=PolicyConfig(init_bias=-30.0))
+    result = train(tiny_run(tiny_model_dir, run_dir, eval_examples=4, grpo=grpo, stop_after_skipped=2, best_window=1))
+    rows = progress(run_dir)
+    assert len(rows) == 2 and all(int(float(r["unmask/skipped_batch"])) == 1 for r in rows)
+    assert float(rows[-1]["unmask/nfe_mean"]) == 16.0  # NFE pinned at L
+    err = capsys.readouterr().err
+    assert "stopped at iteration 2: 2 updates in a row skipped" in err and "checkpoints/best" in err
+    best = json.loads((run_dir / "checkpoints" / "best" / "config.json").read_text())["training"]
+    assert best["iteration"] == 1 and best["policy_version"] == 0  # no update was ever applied
+    assert result["fallback_share"] == 1.0 and result["num_examples"] == 4
+
+
+@pytest.mark.slow
 def test_killed_env_runner_is_restarted_and_no_trajectory_is_lost_or_duplicated(local_ray, tiny_model_dir,
                                                                                tmp_path):
     run_dir = tmp_path / "run"
