@@ -131,15 +131,14 @@ class UnmaskGRPOConfig(AlgorithmConfig):
 
     def training(self, *, grpo: GRPOConfig = NotProvided, **settings):
         """GRPO: a whole `grpo=GRPOConfig(...)` or its fields (alpha, reward, lr, clip_eps, num_updates,
-        policy=PolicyConfig(...), ...; RLlib's `lr` and `grad_clip` are GRPO's), and `groups_per_update`,
-        `max_policy_lag`, `sample_wait_s`."""
+        policy=PolicyConfig(...), ...; RLlib's `lr` and `grad_clip` are GRPO's), and the AlgorithmSettings fields
+        that are not outputs (`groups_per_update`, `max_policy_lag`, `staleness`, `stop_after_skipped`, ...)."""
         if grpo is not NotProvided:
             self.grpo = grpo
         ours = {k: settings.pop(k) for k in list(settings) if k in GRPO_FIELDS}
         self.grpo = dataclasses.replace(self.grpo, **ours)
-        for name in ("groups_per_update", "max_policy_lag", "sample_wait_s", "staleness", "pace_ahead",
-                     "stop_after_skipped"):
-            if name in settings:
+        for name in SETTINGS:
+            if name in settings and name not in OUTPUT_SETTINGS:
                 setattr(self, name, settings.pop(name))
         return super().training(**settings)
 
@@ -398,6 +397,7 @@ class UnmaskGRPO(Algorithm):
             "staleness_mean": float(np.mean(lags)), "staleness_max": int(max(lags)),
             "dropped_groups": sum(a.sample.trajectories.num_groups for a in collected.arrivals if not a.used),
             "skipped_batch": int(skipped), "skipped_streak": int(self.totals["skipped_streak"]),
+            "collapsed": int(self.collapsed),  # the run stops after this iteration (step)
             "policy_version": self.policy_version,
             "trajectories_total": int(self.totals["trajectories"]),
             "env_runner_restarts": int(self.totals["env_runner_restarts"]),

@@ -138,16 +138,16 @@ def train(cfg: TrainConfig) -> dict:
         raise RuntimeError(f"training failed: {error}")
     metrics = results[0].metrics
     iteration = int(metrics.get("training_iteration", 0))
-    streak = int(metrics.get("unmask", {}).get("skipped_streak", 0))
-    collapsed = bool(cfg.stop_after_skipped) and streak >= cfg.stop_after_skipped
+    collapsed = bool(metrics.get("unmask", {}).get("collapsed", 0))  # stop_after_skipped stopped it
     if iteration < cfg.max_iterations and not reached_time_budget(metrics, cfg) and not collapsed:
         raise Interrupted(f"interrupted at iteration {iteration}; continue with: unmask train resume={run_dir}")
     policy = run_dir / "checkpoints" / "final"
     if collapsed:
         best = run_dir / "checkpoints" / "best"
         policy = best if best.is_dir() else policy
-        print(f"unmask train: stopped at iteration {iteration}: {streak} updates in a row skipped (every advantage "
-              f"0, mean NFE {metrics['unmask']['nfe_mean']:.2f}): the policy stopped learning; the final eval is of "
+        m = metrics["unmask"]
+        print(f"unmask train: stopped at iteration {iteration}: {m['skipped_streak']} updates in a row skipped "
+              f"(every advantage 0, mean NFE {m['nfe_mean']:.2f}): the policy stopped learning; the final eval is of "
               f"{policy}", file=sys.stderr, flush=True)
     if cfg.eval.num_examples <= 0:
         return metrics.get("unmask", {})
