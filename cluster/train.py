@@ -146,7 +146,7 @@ def train(cfg: TrainConfig) -> dict:
         best = run_dir / "checkpoints" / "best"
         policy = best if best.is_dir() else policy
         m = metrics["unmask"]
-        print(f"unmask train: stopped at iteration {iteration}: {m['skipped_streak']} updates in a row skipped "
+        print(f"unmask train: stopped at iteration {iteration}: {int(m['skipped_streak'])} updates in a row skipped "
               f"(every advantage 0, mean NFE {m['nfe_mean']:.2f}): the policy stopped learning; the final eval is of "
               f"{policy}", file=sys.stderr, flush=True)
     if cfg.eval.num_examples <= 0:
