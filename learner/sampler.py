@@ -68,8 +68,8 @@ class PolicySampler(Sampler):
         chosen = (noise < (self.cfg.beta * probs).clamp(max=1.0)) & valid
         deciding = valid.any(-1)
         empty = deciding & ~chosen.any(-1)
-        self.steps += int(deciding.sum())
-        self.fallback_steps += int(empty.sum())
+        self.steps = self.steps + deciding.sum()  # tensors on the policy's device: no host sync per step
+        self.fallback_steps = self.fallback_steps + empty.sum()
         if empty.any():  # argmax fallback: at least one unmask per step at evaluation
             best = torch.where(valid, probs, -1.0).argmax(-1)
             chosen[empty, best[empty]] = True
@@ -78,7 +78,8 @@ class PolicySampler(Sampler):
     def stats(self) -> dict[str, float]:
         """`fallback_share`: the share of steps whose unmasking the argmax fallback decided (the policy chose no
         position); near 1, the policy has learned to unmask nothing and its accuracy is the fallback's."""
-        return {"fallback_share": self.fallback_steps / self.steps if self.steps else 0.0}
+        steps = int(self.steps)
+        return {"fallback_share": int(self.fallback_steps) / steps if steps else 0.0}
 
     def act(self, obs: Observation) -> tuple[torch.Tensor, torch.Tensor]:
         """Training: (decision [B, L], behaviour log-prob [B]) with no fallback."""
