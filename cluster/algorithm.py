@@ -179,7 +179,7 @@ class UnmaskGRPOConfig(AlgorithmConfig):
 
     @property
     def _model_config_auto_includes(self) -> dict:
-        return dataclasses.asdict(self.grpo.policy)
+        return dataclasses.asdict(self.grpo.network())
 
     def get_default_rl_module_spec(self) -> RLModuleSpec:
         return RLModuleSpec(module_class=UnmaskRLModule)
@@ -205,8 +205,11 @@ class Collected:
     def fresh(self) -> list[TrajectoryBatch]:
         return [a.sample.trajectories for a in self.arrivals if a.used]
 
-    def per_trajectory(self, field: str) -> list:
-        return [v for a in self.arrivals for v in getattr(a.sample.trajectories, field).tolist()]
+    def per_trajectory(self, field: str, experts: bool = False) -> list:
+        """The policy's trajectories' values of `field` (experts=True: the experts' instead)."""
+        return [v for a in self.arrivals
+                for v, e in zip(getattr(a.sample.trajectories, field).tolist(), a.sample.trajectories.expert.tolist())
+                if e == experts]
 
 
 def may_admit(ahead_groups: int, in_flight: int, per_sample: int, need_groups: int, budget_groups: int) -> bool:
@@ -374,11 +377,12 @@ class UnmaskGRPO(Algorithm):
 
     def _report(self, collected: Collected, skipped: bool) -> None:
         rewards, samples = collected.per_trajectory("reward"), [a.sample for a in collected.arrivals]
+        trajectories = sum(len(s.trajectories) for s in samples)  # the experts' too: they cost rollouts as well
         lags = [a.lag for a in collected.arrivals]
         busy, idle = sum(s.busy_s for s in samples), sum(s.idle_s for s in samples)
         forwards = sum(s.forwards for s in samples)
         elapsed = self.metrics.peek((TIMERS, "collect_s")) + self.metrics.peek((TIMERS, "update_s"))
-        self.totals["trajectories"] += len(rewards)
+        self.totals["trajectories"] += trajectories
         self.totals["skipped_batches"] += int(skipped)
         self.totals["skipped_streak"] = self.totals["skipped_streak"] + 1 if skipped else 0
         if skipped:
@@ -387,7 +391,7 @@ class UnmaskGRPO(Algorithm):
         report = {
             "reward_mean": float(np.mean(rewards)), "accuracy": float(np.mean(collected.per_trajectory("correct"))),
             "nfe_mean": float(np.mean(collected.per_trajectory("nfe"))),
-            "trajectories_per_s": len(rewards) / max(elapsed, 1e-9),
+            "trajectories_per_s": trajectories / max(elapsed, 1e-9),
             "env_runner_busy_fraction": busy / max(busy + idle, 1e-9),
             "rows_per_forward": sum(s.forward_rows for s in samples) / max(1, forwards),
             "forwards_per_s": forwards / max(busy, 1e-9),  # per runner-second of rollout work
@@ -403,6 +407,9 @@ class UnmaskGRPO(Algorithm):
             "env_runner_restarts": int(self.totals["env_runner_restarts"]),
             "healthy_env_runners": self.env_runner_group.num_healthy_remote_workers(),
         }
+        if self.config.rollout.expert.thresholds:  # reward_mean, accuracy and nfe_mean above are the policy's
+            report.update({f"expert_{key}": float(np.mean(collected.per_trajectory(field, experts=True)))
+                           for key, field in (("reward_mean", "reward"), ("accuracy", "correct"), ("nfe_mean", "nfe"))})
         for key, value in report.items():
             self.metrics.log_value(("unmask", key), value, window=1)
 
@@ -413,7 +420,7 @@ class UnmaskGRPO(Algorithm):
         if batch.policy_version == self.policy_version:
             return batch.logp
         if getattr(self, "_proximal", (None, -1))[1] != self.policy_version:
-            policy = UnmaskingPolicy(self.config.grpo.policy)
+            policy = UnmaskingPolicy(self.config.grpo.network())
             policy.load_state_dict({k.removeprefix("policy."): torch.as_tensor(v)
                                     for k, v in self.policy_state().items()})
             self._proximal = (policy.eval(), self.policy_version)
@@ -421,7 +428,8 @@ class UnmaskGRPO(Algorithm):
         out = np.zeros_like(batch.logp)
         with torch.no_grad():
             inputs = [torch.from_numpy(getattr(batch, name)[active]) for name in ("confidences", "mask", "t")]
-            logits = policy(*inputs)
+            alpha = torch.from_numpy(np.broadcast_to(batch.alpha[:, None], active.shape)[active].copy())
+            logits = policy(*inputs, alpha)
             out[active] = bernoulli_logp(logits, torch.from_numpy(batch.action[active]),
                                          torch.from_numpy(batch.valid[active]),
                                          self.config.grpo.policy_temperature).numpy()
@@ -485,7 +493,7 @@ class UnmaskGRPO(Algorithm):
         ends the best moving average of training reward so far, with that average's accuracy and NFE beside it, so
         a run's output is never worse than its best point (e.g. when it later collapses)."""
         window = self.config.best_window
-        self.recent = [*self.recent, tuple(float(np.mean(collected.per_trajectory(key)))
+        self.recent = [*self.recent, tuple(float(np.mean(collected.per_trajectory(key)))  # the policy's own
                                            for key in ("reward", "correct", "nfe"))][-window:]
         if len(self.recent) < window:
             return
@@ -497,12 +505,13 @@ class UnmaskGRPO(Algorithm):
 
     def save_policy(self, out: Path, iteration: int | None = None, **extra) -> Path:
         """The learner's policy as a Hugging Face checkpoint, with how it was trained in its config.json."""
-        policy = UnmaskingPolicy(self.config.grpo.policy)
+        policy = UnmaskingPolicy(self.config.grpo.network())
         policy.load_state_dict({k.removeprefix("policy."): torch.as_tensor(v) for k, v in self.policy_state().items()})
         env = self.config.rollout.env
         return save_policy(policy, out, {
             "policy_version": self.policy_version, "iteration": self.iteration if iteration is None else iteration,
             "run_id": self.run_id, "reward": self.config.grpo.reward, "alpha": self.config.grpo.alpha,
+            "alpha_range": list(self.config.grpo.alpha_range), "experts": list(self.config.rollout.expert.thresholds),
             "gen_length": env.gen_length, "block_length": env.block_length, "kv_cache": env.kv_cache,
             "model": self.config.rollout.model, **extra})
 

@@ -98,6 +98,7 @@ class SamplerConfig:
     policy_temperature: float = 1.0  # policy: tau_pi (paper: 0.5 semi-AR, 1.0 full diffusion)
     beta: float = 1.0  # policy: test-time scaling, unmask with probability min(1, beta * s)
     allow_mismatch: bool = False  # policy: run at an L or KV cache other than the one it was trained with
+    alpha: float | None = None  # policy, alpha-conditioned: the trade-off to decode for (None: its grpo.alpha)
 
 
 # Which SamplerConfig fields each sampler reads (the classes, envs.samplers and learner.sampler, take their
@@ -110,7 +111,7 @@ SAMPLER_PARAMS: dict[str, tuple[str, ...]] = {
     "fast_dllm": ("threshold",),
     "fast_dllm_factor": ("factor",),
     "eb": ("gamma",),
-    "policy": ("checkpoint", "policy_temperature", "beta", "allow_mismatch"),
+    "policy": ("checkpoint", "policy_temperature", "beta", "allow_mismatch", "alpha"),
 }
 
 
@@ -128,6 +129,8 @@ def check_sampler(cfg: SamplerConfig) -> None:
         raise ValueError("sampler.factor must be > 0 and sampler.gamma >= 0")
     if cfg.policy_temperature <= 0 or cfg.beta <= 0:
         raise ValueError("sampler.policy_temperature and sampler.beta must be > 0")
+    if cfg.alpha is not None and not cfg.alpha >= 0:
+        raise ValueError(f"sampler.alpha must be >= 0, got {cfg.alpha}")
 
 
 @dataclass

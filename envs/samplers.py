@@ -69,6 +69,15 @@ def take_top(score: torch.Tensor, valid: torch.Tensor, count: torch.Tensor) -> t
     return chosen & valid
 
 
+def leftmost_block(valid: torch.Tensor, block_length: int) -> torch.Tensor:
+    """`valid` [B, L] kept, per row, only in the leftmost block of `block_length` positions that holds a valid
+    position: a sampler decoding semi-AR inside a larger block (expert steering's expert in a full-diffusion
+    canvas). Blocks of `block_length` >= the env's block leave `valid` as it is."""
+    positions = torch.arange(valid.shape[-1], device=valid.device)
+    first = torch.where(valid, positions, valid.shape[-1]).min(-1).values
+    return valid & (positions[None, :] // block_length == (first // block_length)[:, None])
+
+
 class RandomSampler(Sampler):
     name = "random"
 

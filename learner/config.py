@@ -5,7 +5,7 @@ No heavy imports: commands parse and check these before torch is loaded.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 @dataclass
@@ -20,12 +20,15 @@ class PolicyConfig:
     time_period: float = 1.0  # t lies in [0, 1], so the sinusoid's longest period is 1
     rope_base: float = 10_000.0
     init_bias: float = -2.0
+    alpha_conditioned: bool = False  # alpha is an input (beside t and the mask flag): one policy for every trade-off
 
 
 @dataclass
 class GRPOConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     alpha: float = 1.0  # reward trade-off: larger = faster, fewer NFE
+    alpha_range: list[float] = field(default_factory=list)  # [lo, hi]: alpha drawn per group, log-uniform; the
+    #                                                      policy is then alpha-conditioned. [] = the fixed alpha
     reward: str = "multiplicative"  # multiplicative: correct*((L-NFE+1)/L)^alpha | additive: correct-alpha*NFE/L
     scale_by_std: bool = False  # divide advantages by the group std (the paper does not)
     policy_temperature: float = 1.0  # tau_pi during training (the paper trains at 1)
@@ -39,6 +42,11 @@ class GRPOConfig:
     grad_clip: float = 0.2  # max global grad norm
     skip_zero_advantage: float = 1e-6  # a batch whose |advantages| are all below this is skipped
     tis_cap: float = 2.0  # C of the truncated importance weight on steps sampled by an older policy
+    expert_clip_eps: float = 0.5  # clip epsilon of expert-steered steps (the paper's clip exception; value unknown)
+
+    def network(self) -> PolicyConfig:
+        """The policy's shape as trained: alpha-conditioned whenever alpha is drawn from a range."""
+        return replace(self.policy, alpha_conditioned=self.policy.alpha_conditioned or bool(self.alpha_range))
 
 
 def check_grpo(cfg: GRPOConfig) -> None:
@@ -50,5 +58,10 @@ def check_grpo(cfg: GRPOConfig) -> None:
         raise ValueError("grpo.num_updates and grpo.total_steps must be >= 1, grpo.warmup_steps >= 0")
     if cfg.alpha < 0:
         raise ValueError(f"grpo.alpha must be >= 0, got {cfg.alpha}")
+    if cfg.alpha_range and (len(cfg.alpha_range) != 2 or not 0 < cfg.alpha_range[0] <= cfg.alpha_range[1]):
+        raise ValueError(f"grpo.alpha_range must be [lo, hi] with 0 < lo <= hi (alpha is drawn log-uniformly), "
+                         f"got {list(cfg.alpha_range)}")
+    if cfg.expert_clip_eps <= 0:
+        raise ValueError(f"grpo.expert_clip_eps must be > 0, got {cfg.expert_clip_eps}")
     if cfg.tis_cap < 1:
         raise ValueError(f"grpo.tis_cap must be >= 1, got {cfg.tis_cap}")

@@ -17,6 +17,17 @@ by an older policy pi_behav (asynchronous runners), pi_old is the learner's poli
 proximal policy) and the step is importance-weighted by the truncated ratio (TIS)
 
     weight       w_s = min(pi_old(u_s) / pi_behav(u_s), C)
+
+Expert steering (paper.md §3): E of a group's G + E members are experts' trajectories (Fast-dLLM thresholding,
+one lambda each, in semi-AR blocks). They join the group for the advantage; their steps' likelihood, in every
+ratio and weight above, is the group's mixture, with the policy's likelihood of the expert's decision over all
+masked positions:
+
+    mixture      pi_mix(u_s) = G / (G + E) * pi(u_s) + 1 / (G + E) * delta_expert(u_s)   (delta = 1 on its own step)
+    clip         eps_expert (grpo.expert_clip_eps) instead of eps
+
+A policy step is taken as pi alone (delta_expert of a policy's decision is ~0). One alpha-conditioned policy
+draws alpha per group, log-uniformly from [lo, hi]; each group's reward uses its own alpha.
 """
 
 from __future__ import annotations
@@ -25,14 +36,23 @@ import torch
 import torch.nn.functional as F
 
 
-def reward(correct: torch.Tensor, nfe: torch.Tensor, gen_length: int, alpha: float,
+def reward(correct: torch.Tensor, nfe: torch.Tensor, gen_length: int, alpha: float | torch.Tensor,
            kind: str = "multiplicative") -> torch.Tensor:
+    """alpha: one trade-off, or one per trajectory ([N]: each group's own)."""
     correct, nfe = correct.float(), nfe.float().clamp(max=gen_length)
     if kind == "multiplicative":
         return correct * ((gen_length - nfe + 1) / gen_length) ** alpha
     if kind == "additive":
         return correct - alpha * nfe / gen_length
     raise ValueError(f"unknown reward kind {kind!r}: use multiplicative or additive")
+
+
+def draw_alphas(alpha_range: list[float], count: int, generator: torch.Generator) -> torch.Tensor:
+    """[count] trade-offs, log-uniform on [lo, hi]: as many groups at alpha in [0.3, 1] as in [1, 3]."""
+    lo, hi = (float(a) for a in alpha_range)
+    u = torch.rand(count, generator=generator, device=generator.device).cpu().double()
+    return torch.exp(torch.log(torch.tensor(lo, dtype=torch.float64)) * (1 - u)
+                     + torch.log(torch.tensor(hi, dtype=torch.float64)) * u).float()
 
 
 def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale_by_std: bool = False,
@@ -71,24 +91,36 @@ def bernoulli_logp(logits: torch.Tensor, action: torch.Tensor, valid: torch.Tens
     return (per_position * valid.float()).sum(-1)
 
 
+def steered_logp(logp: torch.Tensor, policy_share: torch.Tensor, expert_share: torch.Tensor) -> torch.Tensor:
+    """log pi_mix of each step, logp [N, T]: log(policy_share * pi + expert_share) on an expert's trajectory
+    (policy_share = G/(G+E), expert_share = 1/(G+E): each of the E experts is one deterministic draw), log pi on
+    the policy's (expert_share 0). policy_share, expert_share: [N]."""
+    expert = expert_share[:, None] > 0
+    mixed = torch.logaddexp(logp + policy_share.float().clamp(min=1e-30).log()[:, None],
+                            expert_share.float().clamp(min=1e-30).log()[:, None])
+    return torch.where(expert, mixed, logp)
+
+
 def truncated_importance_weights(old_logp: torch.Tensor, behaviour_logp: torch.Tensor, cap: float) -> torch.Tensor:
     """w_s = min(pi_old(u_s) / pi_behav(u_s), C): a stale step's correction, truncated so that no step dominates."""
     return torch.exp(old_logp - behaviour_logp).clamp(max=cap)
 
 
 def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, active: torch.Tensor,
-              clip_eps: float = 0.5, weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-    """Clipped surrogate. logp, old_logp, active, weights: [N, T] (trajectory x step); advantages: [N]."""
+              clip_eps: float | torch.Tensor = 0.5, weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """Clipped surrogate. logp, old_logp, active, weights: [N, T] (trajectory x step); advantages: [N]; clip_eps
+    one for all or [N] (expert trajectories clip at their own)."""
     ratio = torch.exp(logp - old_logp)
     adv = advantages[:, None]
-    surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv)
+    eps = clip_eps[:, None] if isinstance(clip_eps, torch.Tensor) else torch.as_tensor(clip_eps, device=ratio.device)
+    surrogate = torch.minimum(ratio * adv, torch.clamp(ratio, 1 - eps, 1 + eps) * adv)
     if weights is not None:
         surrogate = surrogate * weights
     active = active.float()
     per_trajectory = (surrogate * active).sum(-1) / active.sum(-1).clamp(min=1)
     loss = -per_trajectory.mean()
     with torch.no_grad():
-        clipped = ((ratio - 1).abs() > clip_eps).float()
+        clipped = ((ratio - 1).abs() > eps).float()
         stats = {"clip_fraction": float((clipped * active).sum() / active.sum().clamp(min=1)),
                  "ratio_mean": float((ratio * active).sum() / active.sum().clamp(min=1))}
         if weights is not None:

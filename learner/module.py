@@ -5,6 +5,8 @@ padded to T = L steps, under their trajectory-schema names:
     confidences, mask, valid, action   [N, T, L]     the policy's inputs and its decision per step
     t, logp, active                    [N, T]        time input, behaviour log-prob, step taken?
     old_logp                           [N, T]        the proximal policy's log-prob (= logp on-policy)
+    alpha                              [N]           the trajectory's trade-off (an alpha-conditioned policy's input)
+    policy_share, expert_share         [N]           mixture weights G/(G+E), 1/(G+E) (0: the policy's trajectory)
     advantages                         [N]           from learner.grpo.group_advantages (whole groups)
 The learner re-runs only the small policy on the stored inputs, never the dLLM (paper.md §4).
 """
@@ -25,6 +27,7 @@ from learner.grpo import (
     bernoulli_logp,
     bernoulli_sample,
     grpo_loss,
+    steered_logp,
     truncated_importance_weights,
     unmask_probabilities,
 )
@@ -93,15 +96,19 @@ class UnmaskRLModule(TorchRLModule):
     def _forward(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         confidences, mask, t = batch["confidences"], batch["mask"], batch["t"]
         L = confidences.shape[-1]
-        logits = self.policy(confidences.reshape(-1, L), mask.reshape(-1, L), t.reshape(-1))
+        alpha = batch.get("alpha")
+        alpha = None if alpha is None else alpha.reshape(-1, *[1] * (t.dim() - 1)).expand(t.shape).reshape(-1)
+        logits = self.policy(confidences.reshape(-1, L), mask.reshape(-1, L), t.reshape(-1), alpha)
         return {Columns.ACTION_DIST_INPUTS: logits.reshape(confidences.shape)}
 
     def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
-        """Only the steps a trajectory actually took go through the network."""
+        """Only the steps a trajectory actually took go through the network (each at its trajectory's alpha)."""
         active = batch["active"].bool()
         logits = torch.zeros(batch["confidences"].shape, device=active.device)
         if active.any():
-            logits[active] = self.policy(batch["confidences"][active], batch["mask"][active], batch["t"][active])
+            alpha = batch["alpha"][:, None].expand(active.shape)[active] if "alpha" in batch else None
+            logits[active] = self.policy(batch["confidences"][active], batch["mask"][active], batch["t"][active],
+                                         alpha)
         return {Columns.ACTION_DIST_INPUTS: logits}
 
 
@@ -139,11 +146,14 @@ class GRPOLearner(TorchLearner):
     def compute_loss_for_module(self, *, module_id, config, batch, fwd_out) -> torch.Tensor:
         """GRPO's clipped surrogate against the proximal policy's log-probs (`old_logp`: the behaviour ones for
         on-policy steps, the learner's at arrival for stale ones), each step weighted by its truncated importance
-        weight (1 on-policy)."""
+        weight (1 on-policy). An expert's steps enter through the group's mixture likelihood, clipped at
+        grpo.expert_clip_eps."""
         logits = fwd_out[Columns.ACTION_DIST_INPUTS]
         logp = bernoulli_logp(logits, batch["action"], batch["valid"], self.grpo.policy_temperature)
-        weights = truncated_importance_weights(batch["old_logp"], batch["logp"], self.grpo.tis_cap)
-        loss, stats = grpo_loss(logp, batch["old_logp"], batch["advantages"], batch["active"], self.grpo.clip_eps,
-                                weights)
+        shares = batch["policy_share"], batch["expert_share"]
+        logp, old_logp, behaviour_logp = (steered_logp(x, *shares) for x in (logp, batch["old_logp"], batch["logp"]))
+        weights = truncated_importance_weights(old_logp, behaviour_logp, self.grpo.tis_cap)
+        clip_eps = torch.where(batch["expert_share"] > 0, self.grpo.expert_clip_eps, self.grpo.clip_eps)
+        loss, stats = grpo_loss(logp, old_logp, batch["advantages"], batch["active"], clip_eps, weights)
         self.metrics.log_dict(stats, key=module_id, window=1)
         return loss

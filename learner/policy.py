@@ -2,6 +2,7 @@
 
     x    = Linear(1 -> d)(c)                                  token stream: the dLLM's top-1 confidence
     cond = Embedding(2, d)[m] + MLP(sinusoid(t))              per-position conditioning: mask flag, time
+         (+ MLP(log(1 + alpha)))                              and, alpha-conditioned, the reward trade-off
     x    = DiTBlock(x, cond)                                  adaLN-modulated attention (RoPE) + FFN
     b    = Linear(d -> 1)(LayerNorm(x))                       one unmask logit per position
 
@@ -9,6 +10,10 @@ Mask status and time enter only through adaLN, as in the reference. All modulati
 zero (the block starts as a plain pre-LN block) and the output bias at -2, so every position starts
 with unmask probability sigmoid(-2) ~ 0.12: a slow, careful initial sampler. With the defaults the
 module has 331,265 parameters, the paper's "~300K".
+
+An alpha-conditioned policy (`alpha_conditioned`, set by training with `grpo.alpha_range`) reads the reward's
+trade-off alpha as a third conditioning beside t and the mask flag, through the same adaLN path, so one
+network serves every point of the accuracy-NFE trade-off (`sampler.alpha=` picks it at evaluation).
 """
 
 from __future__ import annotations
@@ -104,15 +109,22 @@ class UnmaskingPolicy(nn.Module, PyTorchModelHubMixin, library_name="unmask", pa
         self.confidence_in = nn.Linear(1, d)
         self.mask_embed = nn.Embedding(2, d)
         self.time_mlp = nn.Sequential(nn.Linear(cfg.time_embed_size, d), nn.SiLU(), nn.Linear(d, d))
+        self.alpha_mlp = nn.Sequential(nn.Linear(1, d), nn.SiLU(), nn.Linear(d, d)) if cfg.alpha_conditioned else None
         self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.num_blocks))
         self.norm_out = nn.LayerNorm(d)
         self.head = nn.Linear(d, 1)
         nn.init.constant_(self.head.bias, cfg.init_bias)
 
-    def forward(self, confidence: torch.Tensor, masked: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, confidence: torch.Tensor, masked: torch.Tensor, t: torch.Tensor,
+                alpha: torch.Tensor | None = None) -> torch.Tensor:
+        """alpha [B]: the trade-off each row decodes for (an alpha-conditioned policy needs it, others ignore it)."""
         x = self.confidence_in(confidence.float()[..., None])
         time = self.time_mlp(sinusoid(t, self.config.time_embed_size, self.config.time_period))
-        cond = self.mask_embed.weight[None] + time[:, None, :]  # [B, 2, d]: mask flag 0 and 1 at time t
+        if self.alpha_mlp is not None:
+            if alpha is None:
+                raise ValueError("this policy is alpha-conditioned: give the trade-off (sampler.alpha=...)")
+            time = time + self.alpha_mlp(torch.log1p(alpha.float().to(time.device))[:, None])
+        cond = self.mask_embed.weight[None] + time[:, None, :]  # [B, 2, d]: mask flag 0 and 1 at time t (and alpha)
         for block in self.blocks:
             x = block(x, cond, masked.bool())
         return self.head(self.norm_out(x))[..., 0]

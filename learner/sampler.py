@@ -3,7 +3,9 @@
 Evaluation follows the paper's `bernoulli-argmax` mode: u_k ~ Ber(min(1, beta * sigmoid(b_k / tau))) over
 the valid positions, and if a row chose nothing, its most likely position is unmasked (Algorithm 1).
 Training rollouts use `act`: plain Bernoulli at tau, no fallback (a step may unmask nothing and still
-costs an NFE), and the behaviour log-prob of the decision for the GRPO ratio.
+costs an NFE), and the behaviour log-prob of the decision for the GRPO ratio; rows an expert decides
+(expert steering) take the expert's decision and record the policy's log-prob of it. An alpha-conditioned
+policy decodes for `sampler.alpha` at evaluation and for each row's own alpha in training.
 """
 
 from __future__ import annotations
@@ -31,11 +33,30 @@ class PolicySampler(Sampler):
             policy = load_policy(cfg.checkpoint, device or (str(generator.device) if generator else "cpu"))
         self.policy = policy
         self.steps = self.fallback_steps = 0  # rows decided; rows where the policy chose nothing (select)
+        self.info = policy_info(cfg.checkpoint) if cfg.checkpoint else {}
+        self.alpha = None  # the trade-off an alpha-conditioned policy decodes for at evaluation
+        if policy.config.alpha_conditioned:
+            self.alpha = cfg.alpha if cfg.alpha is not None else self.info.get("alpha")
+            if self.alpha is None:
+                raise ValueError("this policy is alpha-conditioned: pass sampler.alpha=<the trade-off to decode for>")
+
+    @property
+    def series(self) -> str:
+        """The curve a plot draws it on: per-alpha policies share one; an alpha-conditioned or expert-steered
+        policy is its own."""
+        kinds = [kind for kind, on in (("alpha-conditioned", self.alpha is not None),
+                                       ("expert-steered", bool(self.info.get("experts")))) if on]
+        return f"policy ({', '.join(kinds)})" if kinds else "policy"
 
     def describe(self) -> str:
         """`policy alpha=... BL=...` from the checkpoint's config: what the plots and tables label it."""
-        info = policy_info(self.cfg.checkpoint) if self.cfg.checkpoint else {}
+        info = dict(self.info)
+        if self.alpha is not None:  # the trade-off it decodes for, and the range it was trained on
+            info["alpha"] = f"{self.alpha:g}" + ("/[{:g},{:g}]".format(*info["alpha_range"]) if info.get("alpha_range")
+                                                 else "")
         trained = "".join(f" {key}={info[key]}" for key in ("alpha", "block_length") if key in info)
+        if info.get("experts"):
+            trained += " experts=" + ",".join(str(x) for x in info["experts"])
         if info.get("reward", "multiplicative") != "multiplicative":
             trained += f" reward={info['reward']}"
         label = f"policy{trained}" if trained else f"policy {Path(self.cfg.checkpoint or 'in-memory').name}"
@@ -51,14 +72,17 @@ class PolicySampler(Sampler):
                                  f"{getattr(env, key)!r}: pass sampler.allow_mismatch=true to run it there anyway")
 
     @torch.no_grad()
-    def logits(self, obs: Observation) -> torch.Tensor:
-        """The policy's unmask logits, computed for the rows still running (finished rows get 0)."""
+    def logits(self, obs: Observation, alpha: torch.Tensor | None = None) -> torch.Tensor:
+        """The policy's unmask logits, computed for the rows still running (finished rows get 0); alpha [B]: each
+        row's trade-off (an alpha-conditioned policy; default: sampler.alpha)."""
         device = next(self.policy.parameters()).device
         rows = obs.active.to(device)
         logits = torch.zeros(obs.valid.shape, device=device)
+        if alpha is None and self.alpha is not None:
+            alpha = torch.full(obs.active.shape, float(self.alpha))
         if rows.any():
             logits[rows] = self.policy(obs.confidence.to(device)[rows], obs.masked.to(device)[rows],
-                                       obs.t.to(device)[rows])
+                                       obs.t.to(device)[rows], None if alpha is None else alpha.to(device)[rows])
         return logits
 
     def select(self, obs: Observation) -> torch.Tensor:
@@ -81,8 +105,15 @@ class PolicySampler(Sampler):
         steps = int(self.steps)
         return {"fallback_share": int(self.fallback_steps) / steps if steps else 0.0}
 
-    def act(self, obs: Observation) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training: (decision [B, L], behaviour log-prob [B]) with no fallback."""
-        logits, valid = self.logits(obs), obs.valid.to(next(self.policy.parameters()).device)
+    def act(self, obs: Observation, alpha: torch.Tensor | None = None,
+            expert: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training: (decision [B, L], behaviour log-prob [B]) with no fallback. alpha [B]: each row's trade-off
+        (alpha-conditioned); expert = (rows [B] bool, decision [B, L]): those rows take the expert's decision and
+        get the policy's log-prob of it (the learner turns it into the group's mixture likelihood)."""
+        device = next(self.policy.parameters()).device
+        logits, valid = self.logits(obs, alpha), obs.valid.to(device)
         action = bernoulli_sample(logits, valid, self.cfg.policy_temperature, self.generator)
+        if expert is not None:
+            rows, decision = expert[0].to(device), expert[1].to(device)
+            action = torch.where(rows[:, None], decision & valid, action)
         return action.to(obs.valid.device), bernoulli_logp(logits, action, valid, self.cfg.policy_temperature)

@@ -12,11 +12,21 @@ from envs.files import check_writable
 
 
 @dataclass
+class ExpertConfig:
+    """Expert steering (paper.md §3): each group gets one trajectory per threshold from Fast-dLLM at that lambda,
+    decoding semi-AR blocks of `block_length` inside the env's canvas (the paper: lambda 0.9, BL 32 of L 256)."""
+
+    thresholds: list[float] = field(default_factory=list)  # [] = off; the paper: [0.9]
+    block_length: int = 8  # the expert's semi-AR block (must divide env.gen_length)
+
+
+@dataclass
 class RolloutConfig:
     model: str = "builtin"  # a local HF directory or hub id; "builtin" = the shipped dLLM
     task: TaskConfig = field(default_factory=TaskConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
-    group_size: int = 8  # G: rollouts per prompt
+    group_size: int = 8  # G: the policy's rollouts per prompt (experts add theirs to the group)
+    expert: ExpertConfig = field(default_factory=ExpertConfig)
     prompts_per_sample: int = 8  # prompts in one env-runner sample (prompts x G sequences, one batched env)
     batch_rows: int = 0  # rows in flight (continuous batching: a finished row takes the next one); 0 = all at once
     train_pool: int = 20_000  # training prompts an env runner draws from (reshuffled each pass)
@@ -34,6 +44,13 @@ def check_rollout(cfg: RolloutConfig) -> None:
         raise ValueError("rollout.prompts_per_sample and rollout.train_pool must be >= 1")
     if cfg.batch_rows < 0:
         raise ValueError(f"rollout.batch_rows must be >= 0 (0 = every row at once), got {cfg.batch_rows}")
+    thresholds = list(cfg.expert.thresholds)
+    if any(not 0.0 <= x <= 1.0 for x in thresholds) or len(set(thresholds)) != len(thresholds):
+        raise ValueError(f"rollout.expert.thresholds must be distinct Fast-dLLM lambdas in [0, 1] (identical experts "
+                         f"draw identical trajectories), got {thresholds}")
+    if thresholds and (cfg.expert.block_length <= 0 or cfg.env.gen_length % cfg.expert.block_length):
+        raise ValueError(f"rollout.expert.block_length={cfg.expert.block_length} must divide "
+                         f"env.gen_length={cfg.env.gen_length}")
 
 
 @dataclass
@@ -73,6 +90,7 @@ class ParetoConfig:
     block_lengths: list[int] = field(default_factory=lambda: [4, 8])  # semi-AR; full diffusion (L) is always added
     grid: str = "default"  # default | small
     policies: list[str] = field(default_factory=list)  # saved policy directories, evaluated beside the heuristics
+    policy_alphas: list[float] = field(default_factory=lambda: [0.3, 1.0, 3.0])  # an alpha-conditioned policy's curve
     batch_size: int = 250  # sequences per batched dLLM forward
     num_examples: int = 500
     split: str = "test"
@@ -89,6 +107,8 @@ def check_pareto(cfg: ParetoConfig) -> None:
     check_finite(cfg)
     check_task(cfg.task)
     check_writable(cfg.out_dir, "out_dir", directory=True)
+    if not cfg.policy_alphas or any(not a >= 0 for a in cfg.policy_alphas):
+        raise ValueError(f"policy_alphas must be a non-empty list of trade-offs >= 0, got {list(cfg.policy_alphas)}")
     if cfg.grid not in GRIDS:
         raise ValueError(f"unknown grid {cfg.grid!r}: use {' or '.join(GRIDS)}")
     if cfg.batch_size < 1:

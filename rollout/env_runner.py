@@ -3,8 +3,8 @@
 The model is loaded once per actor. Each `sample()` pulls the newest policy weights (if any) from the
 algorithm's EnvRunnerStateServer, so the learner never waits for a runner and a runner never waits
 for the learner (pull-based sync, as IMPALA/APPO do), then rolls out `prompts_per_sample` prompts x G
-group members as one batched env and returns complete groups, each stamped with the policy version
-that produced it.
+group members (plus one per expert, expert steering) as one batched env and returns complete groups,
+each stamped with the policy version that produced it and each at its own reward trade-off alpha.
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ from envs.config import SamplerConfig
 from envs.dllm import load_env_dllm
 from envs.mdp import UnmaskingEnv
 from envs.tasks import make_task
+from learner.grpo import draw_alphas
 from learner.sampler import PolicySampler
+from rollout.samplers import make_sampler
 from rollout.trajectories import TrajectoryBatch, collect_groups
 
 
@@ -80,8 +82,10 @@ class DLLMEnvRunner(EnvRunner, Checkpointable):
         if not self.pool:
             raise ValueError("the task has no training examples")
         self.generator = torch.Generator(device=self.dllm.device).manual_seed(seed)
-        sampler_cfg = SamplerConfig(name="policy", policy_temperature=self.grpo.policy_temperature)
+        sampler_cfg = SamplerConfig(name="policy", policy_temperature=self.grpo.policy_temperature,
+                                    alpha=self.grpo.alpha)  # rollouts give each row its group's alpha
         self.sampler = PolicySampler(sampler_cfg, self.generator, policy=self.module.policy)
+        self.experts = [make_sampler(SamplerConfig(name="fast_dllm", threshold=x)) for x in s.expert.thresholds]
 
     # ---- EnvRunner API ---------------------------------------------------------------------------
     def assert_healthy(self) -> None:
@@ -106,9 +110,13 @@ class DLLMEnvRunner(EnvRunner, Checkpointable):
         examples = self._next_prompts()
         before = dataclasses.replace(self.env.engine.stats)
         overruns = self._overruns()
+        alphas = (draw_alphas(self.grpo.alpha_range, len(examples), self.generator) if self.grpo.alpha_range
+                  else torch.full((len(examples),), float(self.grpo.alpha)))
         batch = collect_groups(self.env, self.sampler, self.task, examples, self.settings.group_size, self.grpo,
                                env_runner=self.worker_index, first_group=self.groups_made,
-                               policy_version=self.version, batch_rows=self.settings.batch_rows)
+                               policy_version=self.version, batch_rows=self.settings.batch_rows,
+                               experts=self.experts, expert_block_length=self.settings.expert.block_length,
+                               alphas=alphas)
         self.groups_made += len(examples)
         self._last_return = time.perf_counter()
         stats = self.env.engine.stats

@@ -1,4 +1,5 @@
-"""Evaluate a grid of samplers in semi-AR and full-diffusion mode: the accuracy-vs-NFE picture."""
+"""Evaluate a grid of samplers in semi-AR and full-diffusion mode: the accuracy-vs-NFE picture. Saved policies
+join the grid; an alpha-conditioned one is drawn as one curve over `policy_alphas`."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from tqdm import tqdm
 from envs.config import SamplerConfig
 from envs.dllm import load_env_dllm
 from envs.tasks import make_task
+from learner.policy import load_policy
+from learner.sampler import PolicySampler
 from rollout.config import ParetoConfig, check_pareto, pareto_block_lengths
 from rollout.evaluate import examples_to_evaluate, run_episodes, summarize
 from rollout.samplers import make_sampler
@@ -31,6 +34,14 @@ def default_grid(gen_length: int, num_blocks: int, size: str = "default") -> lis
     return grid
 
 
+def policy_settings(checkpoint: str, alphas: list[float]) -> list[SamplerConfig]:
+    """A saved policy's points: one, or for an alpha-conditioned policy one per trade-off in `alphas` (one curve)."""
+    one = SamplerConfig(name="policy", checkpoint=checkpoint)
+    if not load_policy(checkpoint).config.alpha_conditioned:
+        return [one]
+    return [dataclasses.replace(one, alpha=float(alpha)) for alpha in alphas]
+
+
 def run_pareto(cfg: ParetoConfig, dllm=None) -> list[dict]:
     """One row per (block length, sampler setting)."""
     check_pareto(cfg)
@@ -41,7 +52,7 @@ def run_pareto(cfg: ParetoConfig, dllm=None) -> list[dict]:
     for block_length in pareto_block_lengths(cfg):
         env_cfg = dataclasses.replace(cfg.env, block_length=block_length)
         grid = default_grid(env_cfg.gen_length, env_cfg.gen_length // block_length, cfg.grid)
-        grid += [SamplerConfig(name="policy", checkpoint=checkpoint) for checkpoint in cfg.policies]
+        grid += [setting for checkpoint in cfg.policies for setting in policy_settings(checkpoint, cfg.policy_alphas)]
         for sampler_cfg in grid:
             generator = torch.Generator(device=dllm.device).manual_seed(cfg.seed)
             sampler = make_sampler(sampler_cfg, generator)
@@ -51,6 +62,7 @@ def run_pareto(cfg: ParetoConfig, dllm=None) -> list[dict]:
     for env_cfg, sampler_cfg, sampler in tqdm(jobs, desc="pareto", disable=not cfg.progress):
         episodes = run_episodes(dllm, task, examples, sampler, env_cfg, cfg.batch_size, seed=cfg.seed)
         mode = "full diffusion" if env_cfg.block_length == env_cfg.gen_length else "semi-AR"
-        rows.append({"mode": mode, "block_length": env_cfg.block_length, "sampler": sampler_cfg.name,
+        series = sampler.series if isinstance(sampler, PolicySampler) else sampler_cfg.name
+        rows.append({"mode": mode, "block_length": env_cfg.block_length, "sampler": series,
                      "setting": sampler.describe(), **summarize(episodes, env_cfg.gen_length)})
     return rows

@@ -116,3 +116,69 @@ def test_truncated_importance_weights_and_the_weighted_surrogate():
     assert loss.item() == pytest.approx(expected, rel=1e-6) and stats["weight_mean"] == pytest.approx(1.25)
     unweighted, _ = grpo_loss(logp, old, adv, active, clip_eps=0.5, weights=torch.ones_like(w))
     assert torch.equal(unweighted, grpo_loss(logp, old, adv, active, clip_eps=0.5)[0])  # weight 1 = plain GRPO
+
+
+def test_an_expert_step_enters_through_the_groups_mixture_likelihood():
+    """G = 8, E = 1: an expert step's likelihood is 8/9 pi + 1/9. The policy gave the expert's decision 0.01 when
+    it was drawn and gives it 0.02 now: ratio (8/9 * 0.02 + 1/9) / (8/9 * 0.01 + 1/9) = 0.128889 / 0.12, clipped at
+    grpo.expert_clip_eps; the policy's own step (0.01 -> 0.02: ratio 2) is clipped at 1 + clip_eps, as always."""
+    from cluster.algorithm import UnmaskGRPOConfig
+    from learner.grpo import steered_logp
+
+    share = torch.tensor([8 / 9, 8 / 9]), torch.tensor([0.0, 1 / 9])
+    logp = torch.tensor([[math.log(0.02)], [math.log(0.02)]])
+    mixed = steered_logp(logp, *share)
+    assert mixed[0, 0].item() == pytest.approx(math.log(0.02))  # the policy's own step: pi alone
+    assert mixed[1, 0].exp().item() == pytest.approx(8 / 9 * 0.02 + 1 / 9)
+
+    cfg = UnmaskGRPOConfig().training(clip_eps=0.5, expert_clip_eps=0.05)
+    cfg.validate()
+    learner = cfg.build_learner(env=None)
+    learner.build()
+    b = math.log(0.02 / 0.98)  # sigmoid(b) = 0.02: the probability of unmasking the one valid position
+    batch = {"action": torch.tensor([[[True, False]], [[True, False]]]), "valid": torch.tensor([[[True, False]]] * 2),
+             "logp": torch.full((2, 1), math.log(0.01)), "old_logp": torch.full((2, 1), math.log(0.01)),
+             "advantages": torch.tensor([1.0, 1.0]), "active": torch.ones(2, 1, dtype=torch.bool),
+             "policy_share": share[0], "expert_share": share[1]}
+    fwd_out = {"action_dist_inputs": torch.full((2, 1, 2), b)}
+    loss = learner.compute_loss_for_module(module_id="default_policy", config=None, batch=batch, fwd_out=fwd_out)
+    expert_ratio = (8 / 9 * 0.02 + 1 / 9) / (8 / 9 * 0.01 + 1 / 9)
+    assert expert_ratio == pytest.approx(1.074074, abs=1e-6)
+    assert loss.item() == pytest.approx(-(1.5 + 1.05) / 2, abs=1e-5)  # both clipped: 1 + 0.5 and 1 + 0.05
+    cfg = UnmaskGRPOConfig().training(clip_eps=0.5, expert_clip_eps=0.5)
+    cfg.validate()
+    wide = cfg.build_learner(env=None)
+    wide.build()
+    loss = wide.compute_loss_for_module(module_id="default_policy", config=None, batch=batch, fwd_out=fwd_out)
+    assert loss.item() == pytest.approx(-(1.5 + expert_ratio) / 2, abs=1e-5)  # the expert's ratio, unclipped
+
+
+def test_alpha_conditioning_changes_the_policy_output_and_is_required():
+    torch.manual_seed(0)
+    cfg = PolicyConfig(hidden_size=32, num_heads=2, ffn_size=64, time_embed_size=32, alpha_conditioned=True)
+    policy = UnmaskingPolicy(cfg)
+    for p in policy.blocks[0].modulation.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    c, m, t = torch.rand(2, 8), torch.ones(2, 8, dtype=torch.bool), torch.tensor([0.2, 0.2])
+    low, high = policy(c, m, t, torch.tensor([0.3, 0.3])), policy(c, m, t, torch.tensor([3.0, 3.0]))
+    assert not torch.allclose(low, high)
+    mixed = policy(c, m, t, torch.tensor([0.3, 3.0]))  # one row per trade-off in one batch
+    assert torch.allclose(mixed[0], low[0]) and torch.allclose(mixed[1], high[1])
+    with pytest.raises(ValueError, match="alpha-conditioned"):
+        policy(c, m, t)
+    plain = UnmaskingPolicy(PolicyConfig(hidden_size=32, num_heads=2, ffn_size=64, time_embed_size=32))
+    assert plain.alpha_mlp is None and torch.equal(plain(c, m, t), plain(c, m, t, torch.tensor([3.0, 3.0])))
+    assert sum(p.numel() for p in policy.parameters()) - sum(p.numel() for p in plain.parameters()) == 32 * 2 + 32 * 33
+
+
+def test_alphas_are_drawn_log_uniformly_and_each_group_s_reward_uses_its_own():
+    from learner.grpo import draw_alphas
+
+    alphas = draw_alphas([0.3, 3.0], 4000, torch.Generator().manual_seed(1))
+    assert alphas.min() >= 0.3 and alphas.max() <= 3.0
+    assert (alphas < 1.0).float().mean().item() == pytest.approx(math.log(1 / 0.3) / math.log(10), abs=0.03)
+    assert torch.equal(alphas, draw_alphas([0.3, 3.0], 4000, torch.Generator().manual_seed(1)))  # seeded
+    correct, nfe = torch.tensor([1, 1, 1, 1]), torch.tensor([8, 8, 16, 16])
+    per_group = reward(correct, nfe, 32, torch.tensor([0.3, 0.3, 3.0, 3.0]))
+    assert per_group[:2].tolist() == pytest.approx(reward(correct[:2], nfe[:2], 32, 0.3).tolist())
+    assert per_group[2:].tolist() == pytest.approx([(17 / 32) ** 3] * 2)

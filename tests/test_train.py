@@ -230,6 +230,60 @@ def test_pacing_never_stalls_and_stays_within_its_budget(runners):
 
 
 @pytest.mark.slow
+def test_expert_steered_alpha_conditioned_training_end_to_end(local_ray, tiny_model_dir, tmp_path):
+    """Experts and a drawn alpha on real Ray: each group has G = 4 policy members and one Fast-dLLM expert
+    (lambda 0: a whole expert block of 8 per step, so NFE 2 at L = 16), each group at its own alpha from
+    [0.3, 3]; the metrics report the expert apart, the dumps mark it, and the saved policy is alpha-conditioned
+    and evaluates at any `sampler.alpha`."""
+    from rollout.config import ExpertConfig
+
+    run_dir = tmp_path / "steered"
+    base = tiny_run(tiny_model_dir, run_dir, eval_examples=4)
+    rollout = RolloutConfig(**{**base.rollout.__dict__, "expert": ExpertConfig(thresholds=[0.0], block_length=8)})
+    grpo = GRPOConfig(**{**base.grpo.__dict__, "alpha_range": [0.3, 3.0]})
+    result = train(tiny_run(tiny_model_dir, run_dir, eval_examples=4, rollout=rollout, grpo=grpo, max_iterations=4))
+    rows = progress(run_dir)
+    assert len(rows) == 4 and all(float(r["unmask/expert_nfe_mean"]) == 2.0 for r in rows)
+    assert all(float(r["unmask/nfe_mean"]) > 2.0 for r in rows[:1])  # the policy's own, apart from the expert's
+    df = read_trajectories(run_dir / "trajectories").to_pandas()
+    per_trajectory = df.groupby(["group_id", "sample_id"]).first().reset_index()
+    assert (per_trajectory["expert"] == (per_trajectory["sample_id"] == 4)).all()
+    assert per_trajectory.groupby("group_id")["expert"].sum().eq(1).all()  # one expert member per group
+    alphas = per_trajectory.groupby("group_id")["alpha"].agg(["min", "max"])
+    assert (alphas["min"] == alphas["max"]).all() and alphas["min"].between(0.3, 3.0).all()
+    assert alphas["min"].nunique() == len(alphas)  # every group its own trade-off
+    assert np.allclose(per_trajectory["reward"], -per_trajectory["alpha"] * per_trajectory["nfe"] / 16, atol=1e-6)
+    final = json.loads((run_dir / "checkpoints" / "final" / "config.json").read_text())
+    assert final["alpha_conditioned"] and final["training"]["alpha_range"] == [0.3, 3.0]
+    assert final["training"]["experts"] == [0.0]
+    assert "policy alpha=1/[0.3,3]" in result["sampler"] and "experts=0.0" in result["sampler"]
+    from rollout.config import EvalConfig
+    from rollout.evaluate import evaluate
+
+    fast = evaluate(EvalConfig(model=tiny_model_dir, task=TaskConfig(num_symbols=7), num_examples=4, progress=False,
+                               env=EnvConfig(gen_length=16, block_length=8),
+                               sampler=dict_sampler(run_dir / "checkpoints" / "final", alpha=3.0)))
+    assert "alpha=3/[0.3,3]" in fast["sampler"]
+    from rollout.config import ParetoConfig
+    from rollout.pareto import run_pareto
+
+    rows = run_pareto(ParetoConfig(model=tiny_model_dir, task=TaskConfig(num_symbols=7), env=EnvConfig(gen_length=16),
+                                   block_lengths=[8], grid="small", policies=[str(run_dir / "checkpoints" / "final")],
+                                   policy_alphas=[0.3, 3.0], num_examples=4, out_dir=str(tmp_path / "p"),
+                                   progress=False))
+    curve = [r for r in rows if r["sampler"].startswith("policy")]
+    assert [(r["block_length"], r["sampler"]) for r in curve] == [
+        (bl, "policy (alpha-conditioned, expert-steered)") for bl in (8, 8, 16, 16)]  # one curve over alpha per BL
+    assert all("alpha=0.3/" in low["setting"] and "alpha=3/" in high["setting"] for low, high in (curve[:2], curve[2:]))
+
+
+def dict_sampler(checkpoint, **settings):
+    from envs.config import SamplerConfig
+
+    return SamplerConfig(name="policy", checkpoint=str(checkpoint), **settings)
+
+
+@pytest.mark.slow
 def test_a_policy_that_unmasks_nothing_stops_the_run_and_the_best_checkpoint_is_evaluated(local_ray, tiny_model_dir,
                                                                                            tmp_path, capsys):
     """The absorbing state: a policy that unmasks nothing abandons every position at the block budget, so every

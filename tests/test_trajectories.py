@@ -43,7 +43,8 @@ def test_a_batch_is_whole_groups_with_ids_from_its_offset(tiny_dllm, cycles):
     # one step per forward: the steps taken are exactly 0..nfe-1, and they are what the learner reads
     assert (batch.active.sum(1) == batch.nfe).all()
     columns = batch.learner_columns()
-    assert set(columns) == {"confidences", "mask", "valid", "action", "t", "logp", "active"}
+    assert set(columns) == {"confidences", "mask", "valid", "action", "t", "logp", "active", "alpha", "policy_share",
+                            "expert_share"}
     assert columns["confidences"].shape == (6, 8, 8) and columns["logp"].shape == (6, 8)
     assert not columns["action"][~batch.active].any()  # padding steps decide nothing
 
@@ -58,7 +59,7 @@ def test_positions_abandoned_at_the_block_budget_say_so_in_memory_and_on_disk(ti
 
     path = write_parquet_atomic(batch.to_arrow("run", iteration=3, used=True), tmp_path / "d" / "runner_002.parquet")
     table = read_trajectories(tmp_path / "d")
-    assert table.schema.metadata[SCHEMA_VERSION_KEY.encode()] == str(SCHEMA_VERSION).encode() == b"2"
+    assert table.schema.metadata[SCHEMA_VERSION_KEY.encode()] == str(SCHEMA_VERSION).encode() == b"3"
     assert table.num_rows == int(batch.nfe.sum()) and set(table.column("iteration").to_pylist()) == {3}
     rows = table.to_pandas()
     step4 = rows[rows["step"] == 4].iloc[0]
@@ -66,18 +67,20 @@ def test_positions_abandoned_at_the_block_budget_say_so_in_memory_and_on_disk(ti
     assert path.is_file() and not list(path.parent.glob(".*"))  # no temp file left behind
 
 
-def test_version_1_dumps_still_read_beside_version_2(tiny_dllm, cycles, tmp_path):
+def test_version_1_and_2_dumps_still_read_beside_version_3(tiny_dllm, cycles, tmp_path):
     batch = collect(tiny_dllm, cycles, bias=0.0)
-    new = batch.to_arrow("run", iteration=2, used=True)
-    v1_schema = pa.schema([f for f in TRAJECTORY_SCHEMA if f.name != "abandoned"],
-                          metadata={SCHEMA_VERSION_KEY: "1"})
-    old = batch.to_arrow("run", iteration=1, used=True).drop_columns(["abandoned"]).cast(v1_schema)
-    write_parquet_atomic(old, tmp_path / "d" / "iter_000001" / "runner_001.parquet")
-    write_parquet_atomic(new, tmp_path / "d" / "iter_000002" / "runner_001.parquet")
+    new = batch.to_arrow("run", iteration=3, used=True)
+    for version, lacks in ((1, ["abandoned", "old_logp", "expert", "alpha"]), (2, ["expert", "alpha"])):
+        schema = pa.schema([f for f in TRAJECTORY_SCHEMA if f.name not in lacks],
+                           metadata={SCHEMA_VERSION_KEY: str(version)})
+        old = batch.to_arrow("run", iteration=version, used=True).drop_columns(lacks).cast(schema)
+        write_parquet_atomic(old, tmp_path / "d" / f"iter_00000{version}" / "runner_001.parquet")
+    write_parquet_atomic(new, tmp_path / "d" / "iter_000003" / "runner_001.parquet")
     table = read_trajectories(tmp_path / "d")
-    assert table.num_rows == 2 * new.num_rows and table.schema.names == TRAJECTORY_SCHEMA.names
-    by_iteration = table.to_pandas().groupby("iteration")["abandoned"]
-    assert by_iteration.apply(lambda col: col.isna().all()).to_dict() == {1: True, 2: False}
+    assert table.num_rows == 3 * new.num_rows and table.schema.names == TRAJECTORY_SCHEMA.names
+    missing = table.to_pandas().groupby("iteration")[["abandoned", "alpha", "expert"]].agg(lambda c: c.isna().all())
+    assert missing.to_dict("list") == {"abandoned": [True, False, False], "alpha": [True, True, False],
+                                       "expert": [True, True, False]}
 
 
 @pytest.mark.parametrize("bias", [-30.0, 0.0, 30.0])
@@ -129,3 +132,53 @@ def test_group_members_share_their_first_forward(tiny_dllm):
     assert torch.equal(obs.token_prob[0], obs.token_prob[2]) and not torch.equal(obs.token_prob[0], obs.token_prob[3])
     alone = UnmaskingEnv(tiny_dllm, gen_length=8, block_length=8).reset([prompts[0]])
     torch.testing.assert_close(obs.token_prob[:1], alone.token_prob)
+
+
+def test_expert_members_are_fast_dllm_in_its_own_blocks_inside_the_full_canvas(tiny_dllm, cycles, tmp_path):
+    """Expert steering: each group gets G policy members and one member per expert. An expert's trajectory is
+    exactly Fast-dLLM at its lambda decoding semi-AR blocks of 4 (what `generate` gives at BL = 4), although the
+    env is full diffusion; its steps record the policy's log-prob of the expert's decision over every masked
+    position; the dumps mark it, and the learner's mixture weights are G/(G+E) and 1/(G+E)."""
+    from envs.config import EnvConfig
+    from learner.grpo import bernoulli_logp
+    from rollout.generation import generate
+    from rollout.samplers import sampler as make
+
+    examples = cycles.examples("train", 2)
+    env = UnmaskingEnv(tiny_dllm, gen_length=8, block_length=8)
+    policy = policy_sampler(0.0)
+    experts = [make("fast_dllm", threshold=x) for x in (0.0, 0.9)]  # 0: a whole block per step
+    batch = collect_groups(env, policy, cycles, examples, group_size=2, grpo=GRPOConfig(alpha=0.5), env_runner=1,
+                           first_group=0, policy_version=0, experts=experts, expert_block_length=4,
+                           alphas=torch.tensor([0.5, 2.0]))
+    assert len(batch) == 8 and batch.sample_id.tolist() == [0, 1, 2, 3] * 2
+    assert batch.expert.tolist() == [False, False, True, True] * 2
+    assert batch.alpha.tolist() == [0.5] * 4 + [2.0] * 4  # each group at its own trade-off
+    for e, threshold in enumerate((0.0, 0.9)):
+        reference = generate(tiny_dllm, [ex.prompt for ex in examples], make("fast_dllm", threshold=threshold),
+                             EnvConfig(gen_length=8, block_length=4), response_prefix=cycles.response_prefix)
+        rows = [g * 4 + 2 + e for g in range(2)]
+        assert [batch.completion[r] for r in rows] == [g.text for g in reference]
+        assert batch.nfe[rows].tolist() == [g.nfe for g in reference]
+    assert batch.nfe[[2, 6]].tolist() == [2, 2]  # lambda 0: one forward per expert block (full diffusion: 1)
+    experts_rows = np.nonzero(batch.expert)[0]
+    first = batch.valid[experts_rows, 0]
+    assert first.all()  # the whole canvas is valid at the first step: the policy scores the expert block-agnostic
+    assert not batch.action[experts_rows, 0, 4:].any()  # while the expert unmasks only in its first block
+    active = batch.active
+    with torch.no_grad():
+        logits = policy.policy(*(torch.from_numpy(getattr(batch, n)[active]) for n in ("confidences", "mask", "t")))
+    again = bernoulli_logp(logits, torch.from_numpy(batch.action[active]), torch.from_numpy(batch.valid[active]))
+    np.testing.assert_allclose(again.numpy(), batch.logp[active], rtol=1e-5, atol=1e-5)
+    policy_share, expert_share = batch.mixture_shares()
+    np.testing.assert_allclose(policy_share, [0.5] * 8)
+    np.testing.assert_allclose(expert_share, [0, 0, 0.25, 0.25] * 2)
+    correct = torch.from_numpy(batch.correct)
+    assert batch.reward.tolist() == pytest.approx(
+        [float(r) for r in torch.cat([((8 - torch.from_numpy(batch.nfe[g * 4:(g + 1) * 4]) + 1) / 8) ** a
+                                      * correct[g * 4:(g + 1) * 4] for g, a in enumerate((0.5, 2.0))])])
+
+    table = read_trajectories(write_parquet_atomic(batch.to_arrow("run", 1, True), tmp_path / "d" / "r.parquet").parent)
+    per_trajectory = table.to_pandas().groupby("group_id").apply(lambda d: (d["expert"].sum(), d["alpha"].unique()))
+    assert table.to_pandas().groupby("sample_id")["expert"].all().tolist() == [False, False, True, True]
+    assert len(per_trajectory) == 2 and all(len(alphas) == 1 for _, alphas in per_trajectory)
