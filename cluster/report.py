@@ -81,6 +81,23 @@ def pareto_plot(rows: list[dict], path: Path, title: str = "") -> None:
     os.replace(tmp, path)
 
 
+def against_heuristics(rows: list[dict]) -> list[dict]:
+    """Each learned policy's point beside the best heuristic of its block length at no more NFE (the frontier
+    the policy must beat), and the difference in accuracy."""
+    out = []
+    for r in rows:
+        if not r["sampler"].startswith("policy"):
+            continue
+        rivals = [h for h in rows if not h["sampler"].startswith("policy") and h["block_length"] == r["block_length"]
+                  and h["mean_nfe"] <= r["mean_nfe"] + 1e-9]
+        best = max(rivals, key=lambda h: (h["accuracy"], -h["mean_nfe"]), default=None)
+        out.append({"block_length": r["block_length"], "policy": r["setting"],
+                    "policy point": f"{r['accuracy']:.3f} @ {r['mean_nfe']:.1f}",
+                    "best heuristic at <= NFE": f"{best['setting']}: {best['accuracy']:.3f} @ {best['mean_nfe']:.1f}"
+                    if best else "none", "difference": r["accuracy"] - best["accuracy"] if best else None})
+    return out
+
+
 PARETO_COLUMNS = ["mode", "block_length", "setting", "accuracy", "mean_nfe", "tokens_per_step",
                   "shorter_than_reference"]
 
@@ -89,6 +106,10 @@ def write_pareto(rows: list[dict], out_dir: Path, config, title: str = "") -> st
     """pareto.json (rows + config), pareto.md (pivot + full table) and pareto.png in `out_dir`; returns
     the markdown."""
     table = "accuracy @ mean NFE\n\n" + pivot_table(rows) + "\n" + markdown_table(rows, PARETO_COLUMNS)
+    versus = against_heuristics(rows)
+    if versus:
+        table += "\nlearned policies against the best heuristic at no more NFE\n\n" + markdown_table(
+            versus, ["block_length", "policy", "policy point", "best heuristic at <= NFE", "difference"])
     write_json(out_dir / "pareto.json", {"rows": rows, "config": dataclasses.asdict(config)})
     write_atomic(out_dir / "pareto.md", table)
     pareto_plot(rows, out_dir / "pareto.png", title=title)

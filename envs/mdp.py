@@ -11,7 +11,9 @@ batch and cost nothing more.
 A step that unmasks nothing (possible for a stochastic policy in training) still costs an NFE. As in
 the paper's code, a block gets at most BL forwards (so NFE <= L); positions still masked then are
 *abandoned*: they keep the mask token, so the answer cannot verify, and they are no longer `masked`
-(nothing may unmask them) but `abandoned`.
+(nothing may unmask them) but `abandoned`. With `fill_at_budget` (a training option) they are written instead,
+with the last forward's predictions: the trajectory still pays NFE = the block's whole budget, but its answer is
+scored, so a policy that unmasks too little still sees which of its rollouts were right.
 """
 
 from __future__ import annotations
@@ -63,17 +65,18 @@ class UnmaskingEnv:
     finished row takes a new episode (continuous batching), in another block and step than its neighbours."""
 
     def __init__(self, dllm: DLLM, gen_length: int, block_length: int, temperature: float = 0.0, seed: int = 0,
-                 kv_cache: str = "none"):
+                 kv_cache: str = "none", fill_at_budget: bool = False):
         check_env(EnvConfig(gen_length=gen_length, block_length=block_length, temperature=temperature,
                             kv_cache=kv_cache))
         self.dllm, self.L, self.BL = dllm, gen_length, block_length
-        self.temperature = temperature
+        self.temperature, self.fill_at_budget = temperature, fill_at_budget
         self.engine = ForwardEngine(dllm, gen_length, block_length, kv_cache)
         self.generator = torch.Generator(device=dllm.device).manual_seed(seed)
 
     @classmethod
-    def from_config(cls, dllm: DLLM, env: EnvConfig, seed: int = 0) -> UnmaskingEnv:
-        return cls(dllm, env.gen_length, env.block_length, env.temperature, seed=seed, kv_cache=env.kv_cache)
+    def from_config(cls, dllm: DLLM, env: EnvConfig, seed: int = 0, fill_at_budget: bool = False) -> UnmaskingEnv:
+        return cls(dllm, env.gen_length, env.block_length, env.temperature, seed=seed, kv_cache=env.kv_cache,
+                   fill_at_budget=fill_at_budget)
 
     # ---- episodes ------------------------------------------------------------------------------------
     def reset(self, prompts: list[list[int]], features: tuple[str, ...] = FEATURES) -> Observation:
@@ -147,10 +150,14 @@ class UnmaskingEnv:
         in_block = self.in_block  # as observed: block_index has not moved since
         block_left = (self.masked & in_block).any(-1)
         out_of_steps = ran & block_left & (self.block_step >= self.BL)
-        if out_of_steps.any():  # abandon what the block did not finish; its mask tokens stay
-            give_up = self.masked & in_block & out_of_steps[:, None]
-            self.abandoned |= give_up
-            self.masked &= ~give_up
+        if out_of_steps.any():  # what the block did not finish: abandoned (its mask tokens stay), or filled
+            left = self.masked & in_block & out_of_steps[:, None]
+            if self.fill_at_budget:
+                canvas.copy_(torch.where(left, self.pred.tokens, canvas))
+                self.unmask_step.copy_(torch.where(left, self.nfe[:, None] - 1, self.unmask_step))
+            else:
+                self.abandoned |= left
+            self.masked &= ~left
         advance = ran & ~(self.masked & in_block).any(-1) & self.masked.any(-1)
         self.block_index += advance
         self.block_step.masked_fill_(advance, 0)

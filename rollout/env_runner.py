@@ -76,7 +76,7 @@ class DLLMEnvRunner(EnvRunner, Checkpointable):
         self.dllm = load_env_dllm(s.model, s.env, trust_remote_code=s.trust_remote_code, device=device)
         self.module.to(self.dllm.device)
         seed = s.seed * 1000 + self.worker_index
-        self.env = UnmaskingEnv.from_config(self.dllm, s.env, seed=seed)
+        self.env = UnmaskingEnv.from_config(self.dllm, s.env, seed=seed, fill_at_budget=s.fill_at_budget)
         self.task = make_task(s.task)
         self.pool = self.task.examples("train", s.train_pool, seed=s.seed)
         if not self.pool:

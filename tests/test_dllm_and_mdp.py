@@ -163,6 +163,22 @@ def test_empty_decisions_cost_nfe_and_blocks_are_capped(tiny_dllm):
     assert tiny_dllm.mask_id in env.canvas()[0].tolist()
 
 
+def test_fill_at_budget_writes_what_a_block_left_with_its_last_forward(tiny_dllm):
+    """The training option: a policy that never unmasks still pays each block's whole budget (NFE = L), but the
+    block's last forward writes its predictions where the policy left masks, so the answer can be scored."""
+    env = UnmaskingEnv(tiny_dllm, gen_length=8, block_length=4, fill_at_budget=True)
+    obs = env.reset(tiny_dllm.encode_prompts(["abc?a"]))
+    predicted = []
+    while not env.done:
+        predicted.append(env.pred.tokens[0].clone())
+        obs = env.step(torch.zeros_like(obs.valid))
+    assert env.nfe.item() == 8 and not env.abandoned.any()
+    canvas = env.canvas()[0]
+    assert tiny_dllm.mask_id not in canvas.tolist()
+    assert torch.equal(canvas[:4], predicted[3][:4]) and torch.equal(canvas[4:], predicted[7][4:])  # last forwards
+    assert env.unmask_step[0].tolist() == [3] * 4 + [7] * 4
+
+
 def test_invalid_decisions_are_rejected(tiny_dllm):
     env = UnmaskingEnv(tiny_dllm, gen_length=8, block_length=4)
     obs = env.reset(tiny_dllm.encode_prompts(["abc?a"]))

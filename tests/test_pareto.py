@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from cluster.cli import main
 from cluster.report import pareto_front
 
@@ -9,6 +11,22 @@ from cluster.report import pareto_front
 def test_pareto_front_keeps_only_undominated_points():
     pts = [(10, 0.5), (20, 0.4), (8, 0.2), (30, 0.9), (30, 0.7)]
     assert pareto_front(pts) == [(8, 0.2), (10, 0.5), (30, 0.9)]
+
+
+def test_each_policy_point_is_set_against_the_best_heuristic_at_no_more_nfe():
+    from cluster.report import against_heuristics
+
+    def row(sampler, setting, bl, acc, nfe):
+        return {"sampler": sampler, "setting": setting, "block_length": bl, "accuracy": acc, "mean_nfe": nfe}
+
+    rows = [row("fast_dllm", "fast 0.9", 8, 0.99, 11.3), row("eb", "eb 0.5", 8, 0.94, 8.4),
+            row("eb", "eb 1.0", 8, 0.30, 6.0), row("fast_dllm", "fast 0.9 full", 24, 0.75, 11.0),
+            row("policy", "p", 8, 0.90, 9.0), row("policy (alpha-conditioned)", "q", 8, 0.5, 5.0),
+            row("policy", "p", 24, 0.8, 8.9)]
+    versus = against_heuristics(rows)
+    assert [(v["policy"], v["best heuristic at <= NFE"]) for v in versus] == [
+        ("p", "eb 0.5: 0.940 @ 8.4"), ("q", "none"), ("p", "none")]
+    assert versus[0]["difference"] == pytest.approx(-0.04) and versus[1]["difference"] is None
 
 
 def test_pareto_command_writes_table_plot_and_config(tiny_model_dir, tmp_path, capsys):
