@@ -358,6 +358,8 @@ class UnmaskGRPO(Algorithm):
         for b in batches:
             b.old_logp = self.proximal_logp(b)
         columns["old_logp"] = np.concatenate([b.old_logp for b in batches])
+        if self.config.rollout.expert.thresholds and self.config.grpo.expert_likelihood == "position":
+            columns["old_logits"] = np.concatenate([self.proximal_logits(b) for b in batches])
         rewards = torch.from_numpy(np.concatenate([b.reward for b in batches]))
         _, group_index = np.unique(np.concatenate([b.group_id for b in batches]), return_inverse=True)
         advantages = group_advantages(rewards, torch.from_numpy(group_index), self.config.grpo.scale_by_std)
@@ -419,20 +421,25 @@ class UnmaskGRPO(Algorithm):
         each step weighted by min(pi_now / pi_behaviour, grpo.tis_cap))."""
         if batch.policy_version == self.policy_version:
             return batch.logp
+        logits, active = self.proximal_logits(batch), batch.active
+        out = np.zeros_like(batch.logp)
+        out[active] = bernoulli_logp(torch.from_numpy(logits[active]), torch.from_numpy(batch.action[active]),
+                                     torch.from_numpy(batch.valid[active]), self.config.grpo.policy_temperature).numpy()
+        return out
+
+    def proximal_logits(self, batch: TrajectoryBatch) -> np.ndarray:
+        """[N, T, L] the learner's policy's unmask logits now, on every step the batch took (0 elsewhere)."""
         if getattr(self, "_proximal", (None, -1))[1] != self.policy_version:
             policy = UnmaskingPolicy(self.config.grpo.network())
             policy.load_state_dict({k.removeprefix("policy."): torch.as_tensor(v)
                                     for k, v in self.policy_state().items()})
             self._proximal = (policy.eval(), self.policy_version)
         policy, active = self._proximal[0], batch.active
-        out = np.zeros_like(batch.logp)
+        out = np.zeros(batch.confidences.shape, np.float32)
         with torch.no_grad():
             inputs = [torch.from_numpy(getattr(batch, name)[active]) for name in ("confidences", "mask", "t")]
             alpha = torch.from_numpy(np.broadcast_to(batch.alpha[:, None], active.shape)[active].copy())
-            logits = policy(*inputs, alpha)
-            out[active] = bernoulli_logp(logits, torch.from_numpy(batch.action[active]),
-                                         torch.from_numpy(batch.valid[active]),
-                                         self.config.grpo.policy_temperature).numpy()
+            out[active] = policy(*inputs, alpha).numpy()
         return out
 
     # ---- weights ----------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ class GRPOConfig:
     skip_zero_advantage: float = 1e-6  # a batch whose |advantages| are all below this is skipped
     tis_cap: float = 2.0  # C of the truncated importance weight on steps sampled by an older policy
     expert_clip_eps: float = 0.5  # clip epsilon of expert-steered steps (the paper's clip exception; value unknown)
+    expert_likelihood: str = "step"  # step: the paper's mixture of step likelihoods | position: mixed per position
 
     def network(self) -> PolicyConfig:
         """The policy's shape as trained: alpha-conditioned whenever alpha is drawn from a range."""
@@ -61,6 +62,8 @@ def check_grpo(cfg: GRPOConfig) -> None:
     if cfg.alpha_range and (len(cfg.alpha_range) != 2 or not 0 < cfg.alpha_range[0] <= cfg.alpha_range[1]):
         raise ValueError(f"grpo.alpha_range must be [lo, hi] with 0 < lo <= hi (alpha is drawn log-uniformly), "
                          f"got {list(cfg.alpha_range)}")
+    if cfg.expert_likelihood not in ("step", "position"):
+        raise ValueError(f"grpo.expert_likelihood must be step or position, got {cfg.expert_likelihood!r}")
     if cfg.expert_clip_eps <= 0:
         raise ValueError(f"grpo.expert_clip_eps must be > 0, got {cfg.expert_clip_eps}")
     if cfg.tis_cap < 1:

@@ -101,6 +101,20 @@ def steered_logp(logp: torch.Tensor, policy_share: torch.Tensor, expert_share: t
     return torch.where(expert, mixed, logp)
 
 
+def steered_position_logp(logits: torch.Tensor, action: torch.Tensor, valid: torch.Tensor, policy_share: torch.Tensor,
+                          expert_share: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """grpo.expert_likelihood=position: the mixture taken per position, sum_k log(G/(G+E) p_k(u_k) + 1/(G+E)) over
+    the valid positions of an expert's step (log pi on the policy's). Its gradient on position k is
+    G p_k / (G p_k + 1) * grad log p_k: the expert's decision is imitated wherever the policy gives it a fair chance,
+    where the step mixture's weight, G pi / (G pi + 1), vanishes with the product pi over every masked position."""
+    b = logits.float() / temperature
+    per_position = torch.where(action.bool(), F.logsigmoid(b), F.logsigmoid(-b))
+    policy_share, expert_share = policy_share.float()[:, None, None], expert_share.float()[:, None, None]
+    mixed = torch.logaddexp(per_position + policy_share.clamp(min=1e-30).log(), expert_share.clamp(min=1e-30).log())
+    per_position = torch.where(expert_share > 0, mixed, per_position)
+    return (per_position * valid.float()).sum(-1)
+
+
 def truncated_importance_weights(old_logp: torch.Tensor, behaviour_logp: torch.Tensor, cap: float) -> torch.Tensor:
     """w_s = min(pi_old(u_s) / pi_behav(u_s), C): a stale step's correction, truncated so that no step dominates."""
     return torch.exp(old_logp - behaviour_logp).clamp(max=cap)

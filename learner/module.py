@@ -28,6 +28,7 @@ from learner.grpo import (
     bernoulli_sample,
     grpo_loss,
     steered_logp,
+    steered_position_logp,
     truncated_importance_weights,
     unmask_probabilities,
 )
@@ -148,10 +149,17 @@ class GRPOLearner(TorchLearner):
         on-policy steps, the learner's at arrival for stale ones), each step weighted by its truncated importance
         weight (1 on-policy). An expert's steps enter through the group's mixture likelihood, clipped at
         grpo.expert_clip_eps."""
-        logits = fwd_out[Columns.ACTION_DIST_INPUTS]
-        logp = bernoulli_logp(logits, batch["action"], batch["valid"], self.grpo.policy_temperature)
+        logits, tau = fwd_out[Columns.ACTION_DIST_INPUTS], self.grpo.policy_temperature
+        logp = bernoulli_logp(logits, batch["action"], batch["valid"], tau)
         shares = batch["policy_share"], batch["expert_share"]
-        logp, old_logp, behaviour_logp = (steered_logp(x, *shares) for x in (logp, batch["old_logp"], batch["logp"]))
+        old_logp, behaviour_logp = batch["old_logp"], batch["logp"]
+        if "old_logits" in batch:  # grpo.expert_likelihood=position; an expert's old step is the proximal policy's
+            expert = shares[1][:, None] > 0
+            logp, old = (steered_position_logp(x, batch["action"], batch["valid"], *shares, tau)
+                         for x in (logits, batch["old_logits"]))
+            old_logp, behaviour_logp = torch.where(expert, old, old_logp), torch.where(expert, old, behaviour_logp)
+        else:
+            logp, old_logp, behaviour_logp = (steered_logp(x, *shares) for x in (logp, old_logp, behaviour_logp))
         weights = truncated_importance_weights(old_logp, behaviour_logp, self.grpo.tis_cap)
         clip_eps = torch.where(batch["expert_share"] > 0, self.grpo.expert_clip_eps, self.grpo.clip_eps)
         loss, stats = grpo_loss(logp, old_logp, batch["advantages"], batch["active"], clip_eps, weights)

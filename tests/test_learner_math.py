@@ -182,3 +182,27 @@ def test_alphas_are_drawn_log_uniformly_and_each_group_s_reward_uses_its_own():
     per_group = reward(correct, nfe, 32, torch.tensor([0.3, 0.3, 3.0, 3.0]))
     assert per_group[:2].tolist() == pytest.approx(reward(correct[:2], nfe[:2], 32, 0.3).tolist())
     assert per_group[2:].tolist() == pytest.approx([(17 / 32) ** 3] * 2)
+
+
+def test_the_per_position_mixture_of_an_expert_step_against_hand_computed_values():
+    """grpo.expert_likelihood=position, G = 8, E = 1: the expert unmasked position 0 and kept position 1; the policy
+    gave unmasking (0.1, 0.3) when drawn and (0.2, 0.3) now. Ratio = prod_k (8/9 p_k(u_k) + 1/9) / (old), i.e.
+    (8/9 * 0.2 + 1/9) / (8/9 * 0.1 + 1/9) = 1.4444 (position 1 cancels), below 1 + expert_clip_eps."""
+    from cluster.algorithm import UnmaskGRPOConfig
+
+    cfg = UnmaskGRPOConfig().training(expert_likelihood="position", expert_clip_eps=0.5)
+    cfg.validate()
+    learner = cfg.build_learner(env=None)
+    learner.build()
+
+    def logit(p: float) -> float:
+        return math.log(p / (1 - p))
+
+    batch = {"action": torch.tensor([[[True, False]]]), "valid": torch.tensor([[[True, True]]]),
+             "logp": torch.zeros(1, 1), "old_logp": torch.zeros(1, 1), "advantages": torch.tensor([1.0]),
+             "active": torch.ones(1, 1, dtype=torch.bool), "policy_share": torch.tensor([8 / 9]),
+             "expert_share": torch.tensor([1 / 9]), "old_logits": torch.tensor([[[logit(0.1), logit(0.3)]]])}
+    fwd_out = {"action_dist_inputs": torch.tensor([[[logit(0.2), logit(0.3)]]])}
+    loss = learner.compute_loss_for_module(module_id="default_policy", config=None, batch=batch, fwd_out=fwd_out)
+    ratio = (8 / 9 * 0.2 + 1 / 9) / (8 / 9 * 0.1 + 1 / 9)
+    assert ratio == pytest.approx(1.444444, abs=1e-6) and loss.item() == pytest.approx(-ratio, abs=1e-5)
