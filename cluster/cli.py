@@ -14,8 +14,10 @@ from pathlib import Path
 
 from cluster.configs import (
     ConfigError,
+    ReproduceConfig,
     SweepConfig,
     TrainConfig,
+    check_reproduce,
     check_sweep,
     check_train,
     flatten_defaults,
@@ -106,6 +108,18 @@ def cmd_sweep(cfg: SweepConfig) -> int:
     return 1 if failed else 0
 
 
+def cmd_reproduce(cfg: ReproduceConfig) -> int:
+    from cluster.reproduce import reproduce
+
+    report = reproduce(cfg)
+    out = Path(cfg.out_dir)
+    print((out / "findings.md").read_text(), end="")
+    held = sum(bool(f["holds"]) for f in report["findings"])
+    also = f", and {cfg.readme}" if cfg.readme else ""
+    print(f"{held} of {len(report['findings'])} findings hold here; wrote {out}/findings.md, .json, plots{also}")
+    return 0
+
+
 def check_sweep_grid(cfg: SweepConfig) -> None:
     check_sweep(cfg)
     grid_points(cfg, grid_axes(cfg.grid))
@@ -120,6 +134,8 @@ COMMANDS: dict[str, Command] = {
     "train": Command(TrainConfig, check_train, cmd_train, "train the unmasking policy with GRPO on Ray (Tune)"),
     "sweep": Command(SweepConfig, check_sweep_grid, cmd_sweep,
                      "Tune grid of GRPO runs (default: over alpha) + Pareto report"),
+    "reproduce": Command(ReproduceConfig, check_reproduce, cmd_reproduce,
+                         "the paper's findings in miniature, resumably: findings.md, .json and plots"),
 }
 
 

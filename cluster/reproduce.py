@@ -1,0 +1,281 @@
+"""`unmask reproduce`: the paper's findings (paper.md §7) in miniature, on the built-in dLLM and task, by one command.
+
+Resumable: every part records its result in `out_dir/done/<part>.json` when it finishes, and a part already done
+is skipped (and said so); an interrupted training resumes from its last checkpoint. The parts:
+
+    heuristics at every test seed, per setting     the small heuristic grid (below)               findings 1-6
+    train/full-s<k>, train/semiar-s<k>            GRPO at alpha, full diffusion / BL = 8          2, 6, 7
+    train/additive-s<k>                            the same as full, with the additive reward      3
+    dllm2                                          a second dLLM: `unmask pretrain` from the built-in one with
+                                                   another seed and a canvas of `long_gen_length` (its recipe is in
+                                                   findings.json)                                  4, 5
+    train/dllm2-s<k>                               GRPO on the second dLLM, full diffusion, L = 24  4, 5
+    eval/<setting>/<sampler>-t<seed>               every policy and heuristic at every test seed   all
+
+Each finding is one row of findings.md / findings.json: the claim, the paper's figure, ours (policy points are the
+mean over training x test seeds with the min-max spread), and whether it holds here. The plots are `unmask pareto`'s
+(`<setting>/pareto.png`). `readme=README.md` also writes findings.md into the README between its findings markers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cluster.configs import README_MARKERS, ReproduceConfig, check_reproduce, resolved
+from envs.config import EnvConfig, PretrainConfig, SamplerConfig, TaskConfig
+from envs.files import Interrupted, write_atomic, write_json
+
+PAPER_FIGURES = {
+    1: "Fig. 1/10: heuristics 'degrade significantly' without semi-AR; GSM8K full diffusion ≤ ~34% at any NFE",
+    2: "Fig. 4-6: semi-AR policy ≈ Fast-dLLM (75.5 vs 74.2 @ ≈46 NFE), full diffusion 48.3 @ 13 NFE vs ≤ 30%",
+    3: "Fig. 9, α = 1: the additive reward hacks (NFE to the minimum, answers often wrong); multiplicative is stable",
+    4: "Fig. 8a/17: LLaDA → Dream comparable to Dream-specific policies, mostly close to Fast-dLLM",
+    5: "Fig. 4/18: L 256 → 512 'almost identical'; heuristics degrade further",
+    6: "v1/v2 abstract: performance degrades on out-of-domain data (math → code, Fig. 8b/c)",
+    7: "two training seeds (one kept), three test seeds, mean ± spread",
+}
+HEURISTICS = [SamplerConfig(name="top_k", steps=0), SamplerConfig(name="fast_dllm", threshold=0.9),
+              SamplerConfig(name="fast_dllm", threshold=0.7), SamplerConfig(name="fast_dllm", threshold=0.5),
+              SamplerConfig(name="eb", gamma=0.5), SamplerConfig(name="eb", gamma=1.0)]
+
+
+class Parts:
+    """The ledger of finished parts: `run(name, work)` does the work once and remembers its result."""
+
+    def __init__(self, out_dir: Path):
+        self.folder = out_dir / "done"
+
+    def run(self, name: str, work) -> dict:
+        path = self.folder / f"{name.replace('/', '__')}.json"
+        if path.is_file():
+            print(f"unmask reproduce: {name}: done before, skipped", file=sys.stderr, flush=True)
+            return json.loads(path.read_text())
+        print(f"unmask reproduce: {name} ...", file=sys.stderr, flush=True)
+        result = work()
+        write_json(path, result)
+        return result
+
+
+# ---- the work -------------------------------------------------------------------------------------------------
+def train_policy(cfg: ReproduceConfig, run_dir: Path, seed: int, model: str = "builtin", block_length: int = 0,
+                 reward: str = "multiplicative") -> dict:
+    """One GRPO run (resumed if an earlier one was interrupted); its final policy's directory and eval."""
+    from cluster.configs import FinalEvalConfig, TrainConfig
+    from cluster.train import train
+    from learner.config import GRPOConfig
+    from rollout.config import RolloutConfig
+
+    env = EnvConfig(gen_length=cfg.gen_length, block_length=block_length or cfg.gen_length)
+    train_cfg = TrainConfig(
+        rollout=RolloutConfig(model=model, env=env, seed=seed),
+        grpo=GRPOConfig(alpha=cfg.alpha, reward=reward, lr=cfg.lr, warmup_steps=20, total_steps=3000),
+        run_dir=str(run_dir), max_minutes=cfg.train_minutes, max_iterations=cfg.max_iterations, checkpoint_every=50,
+        dump_trajectories=False, eval=FinalEvalConfig(num_examples=0))
+    if (run_dir / "config.yaml").is_file():
+        train_cfg = dataclasses.replace(train_cfg, resume=str(run_dir))
+    metrics = train(train_cfg)
+    return {"policy": str(run_dir / "checkpoints" / "final"), "seed": seed, "model": model,
+            "block_length": env.block_length, "reward": reward, "iterations": int(metrics.get("policy_version", 0))}
+
+
+def pretrain_second_dllm(cfg: ReproduceConfig, out: Path, seed: int = 11) -> dict:
+    """The second dLLM: the built-in one trained on with another seed, its canvas grown to long_gen_length."""
+    from envs.dllm import BUILTIN_MODEL_DIR
+    from envs.pretrain import pretrain
+
+    recipe = PretrainConfig(task=TaskConfig(), out=str(out), gen_length=cfg.long_gen_length, init_from=str(
+        BUILTIN_MODEL_DIR), minutes=cfg.pretrain_minutes, lr=3e-4, warmup_steps=50, seed=seed, overwrite=True,
+        save_every_minutes=0, progress=False)
+    pretrain(recipe)
+    return {"model": str(out), "recipe": dataclasses.asdict(recipe)}
+
+
+def evaluate_point(model: str, env: EnvConfig, task: TaskConfig, sampler: SamplerConfig, cfg: ReproduceConfig,
+                   seed: int) -> dict:
+    """Accuracy and mean NFE of one sampler at one test seed (it draws the prompts and the sampler's noise)."""
+    from rollout.config import EvalConfig
+    from rollout.evaluate import evaluate
+
+    result = evaluate(EvalConfig(model=model, task=task, sampler=sampler, env=env, num_examples=cfg.num_examples,
+                                 seed=seed, progress=False, out=str(Path(cfg.out_dir) / "eval.json")))
+    return {k: result[k] for k in ("accuracy", "mean_nfe", "sampler")}
+
+
+@dataclass
+class Setting:
+    """One place the samplers are compared: a model, a canvas and block, a task variant."""
+
+    name: str
+    model: str
+    env: EnvConfig
+    task: TaskConfig = field(default_factory=TaskConfig)
+
+
+def reproduce(cfg: ReproduceConfig) -> dict:
+    """Every part not yet done, then findings.md, findings.json and the plots; Ctrl-C keeps what is done."""
+    try:
+        return run_parts(cfg)
+    except Interrupted as stop:
+        raise Interrupted(f"{stop}; what is done is kept: run the same unmask reproduce again to go on") from None
+
+
+def run_parts(cfg: ReproduceConfig) -> dict:
+    check_reproduce(cfg)
+    cfg = resolved(cfg)
+    out = Path(cfg.out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    parts = Parts(out)
+    L, BL = cfg.gen_length, cfg.block_length
+    policies: dict[str, list[dict]] = {}
+    for kind, block, reward in (("full", L, "multiplicative"), ("semiar", BL, "multiplicative"),
+                                ("additive", L, "additive")):
+        policies[kind] = [parts.run(f"train/{kind}-s{seed}", lambda k=kind, s=seed, b=block, r=reward: train_policy(
+            cfg, out / "train" / f"{k}-s{s}", s, block_length=b, reward=r)) for seed in cfg.train_seeds]
+    dllm2 = parts.run("dllm2", lambda: pretrain_second_dllm(cfg, out / "dllm2"))["model"]
+    policies["dllm2"] = [parts.run(f"train/dllm2-s{seed}", lambda s=seed: train_policy(
+        cfg, out / "train" / f"dllm2-s{s}", s, model=dllm2)) for seed in cfg.train_seeds]
+
+    settings = {
+        "semiar": (Setting("semiar", "builtin", EnvConfig(gen_length=L, block_length=BL)), ["semiar"]),
+        "full": (Setting("full", "builtin", EnvConfig(gen_length=L, block_length=L)), ["full", "additive"]),
+        "dllm2": (Setting("dllm2", dllm2, EnvConfig(gen_length=L, block_length=L)), ["full", "dllm2"]),
+        "dllm2-long": (Setting("dllm2-long", dllm2, EnvConfig(gen_length=cfg.long_gen_length,
+                                                            block_length=cfg.long_gen_length)), ["dllm2"]),
+        "backward": (Setting("backward", "builtin", EnvConfig(gen_length=L, block_length=L),
+                             TaskConfig(directions="backward")), ["full"]),
+    }
+    points: dict[str, dict[str, list[dict]]] = {}  # setting -> sampler label -> one result per (train, test) seed
+    for name, (setting, kinds) in settings.items():
+        table: dict[str, list[dict]] = {}
+        for h in HEURISTICS:
+            label = h.name + "".join(f" {p}={getattr(h, p)}" for p in ("steps", "threshold", "gamma")
+                                     if getattr(h, p) != getattr(SamplerConfig(), p))
+            table[label] = [parts.run(f"eval/{name}/{label.replace(' ', '_')}-t{t}", lambda h=h, t=t, s=setting:
+                                      evaluate_point(s.model, s.env, s.task, h, cfg, t)) for t in cfg.test_seeds]
+        for kind in kinds:
+            table[f"policy {kind}"] = [
+                parts.run(f"eval/{name}/policy_{kind}-s{p['seed']}-t{t}", lambda p=p, t=t, s=setting: evaluate_point(
+                    s.model, s.env, s.task, SamplerConfig(name="policy", checkpoint=p["policy"], allow_mismatch=True),
+                    cfg, t)) for p in policies[kind] for t in cfg.test_seeds]
+        points[name] = table
+    findings = judge(points, cfg)
+    report = {"config": dataclasses.asdict(cfg), "dllm2": parts.run("dllm2", lambda: {}), "findings": findings,
+              "points": {s: {label: summary(rs) for label, rs in t.items()} for s, t in points.items()}}
+    write_json(out / "findings.json", report)
+    markdown = findings_markdown(findings, cfg)
+    write_atomic(out / "findings.md", markdown)
+    plots(points, out)
+    if cfg.readme:
+        write_readme(Path(cfg.readme), markdown)
+    return report
+
+
+# ---- judging ------------------------------------------------------------------------------------------------
+def summary(results: list[dict]) -> dict:
+    """Mean accuracy and NFE over seeds, with the min-max spread of accuracy."""
+    acc = [r["accuracy"] for r in results]
+    return {"accuracy": statistics.fmean(acc), "mean_nfe": statistics.fmean(r["mean_nfe"] for r in results),
+            "accuracy_min": min(acc), "accuracy_max": max(acc), "runs": len(results)}
+
+
+def best_heuristic(table: dict[str, list[dict]], max_nfe: float = float("inf")) -> tuple[str, dict] | None:
+    """The most accurate heuristic at no more than `max_nfe` mean NFE."""
+    rows = [(label, summary(rs)) for label, rs in table.items() if not label.startswith("policy")]
+    rows = [(label, s) for label, s in rows if s["mean_nfe"] <= max_nfe + 1e-9]
+    return max(rows, key=lambda r: (r[1]["accuracy"], -r[1]["mean_nfe"]), default=None)
+
+
+def point(s: dict) -> str:
+    spread = f" [{s['accuracy_min']:.3f}-{s['accuracy_max']:.3f}]" if s["runs"] > 1 else ""
+    return f"{s['accuracy']:.3f}{spread} @ {s['mean_nfe']:.1f}"
+
+
+def versus(table: dict[str, list[dict]], label: str) -> tuple[dict, tuple[str, dict] | None, float]:
+    """A policy's summary, the best heuristic at no more NFE, and the accuracy difference (vs 0 if none)."""
+    mine = summary(table[label])
+    rival = best_heuristic(table, mine["mean_nfe"])
+    return mine, rival, mine["accuracy"] - (rival[1]["accuracy"] if rival else 0.0)
+
+
+def rival_text(rival: tuple[str, dict] | None) -> str:
+    return f"{rival[0]} {point(rival[1])}" if rival else "no heuristic at so few NFE"
+
+
+def judge(points: dict, cfg: ReproduceConfig) -> list[dict]:
+    """One row per finding: the claim, our figures, and whether the claim holds here (the rule in each line)."""
+    rows = []
+
+    def finding(claim: str, ours: str, holds: bool) -> None:
+        rows.append({"finding": len(rows) + 1, "claim": claim, "paper": PAPER_FIGURES[len(rows) + 1], "ours": ours,
+                     "holds": bool(holds)})
+
+    semi, full, d2, d2_long = points["semiar"], points["full"], points["dllm2"], points["dllm2-long"]
+    best_semi, best_full = best_heuristic(semi), best_heuristic(full)
+    finding("heuristics collapse in full diffusion",
+            f"top_k 1 token/step {point(summary(semi['top_k']))} (BL={cfg.block_length}) → "
+            f"{point(summary(full['top_k']))} (BL=L); best heuristic {rival_text(best_semi)} → {rival_text(best_full)}",
+            best_full[1]["accuracy"] < best_semi[1]["accuracy"] - 0.1)
+    s_mine, s_rival, s_diff = versus(semi, "policy semiar")
+    f_mine, f_rival, f_diff = versus(full, "policy full")
+    finding("learned ≈ heuristics in semi-AR (within 2 points at ≤ NFE), ≫ in full diffusion",
+            f"semi-AR: policy {point(s_mine)} vs {rival_text(s_rival)} ({s_diff:+.3f}); full diffusion: policy "
+            f"{point(f_mine)} vs {rival_text(f_rival)} ({f_diff:+.3f})", s_diff >= -0.02 and f_diff > 0.05)
+    additive = summary(full["policy additive"])
+    finding(f"the additive reward hacks at α = {cfg.alpha:g}, the multiplicative does not",
+            f"additive {point(additive)} vs multiplicative {point(f_mine)} (same α, same budget)",
+            additive["mean_nfe"] < f_mine["mean_nfe"] and additive["accuracy"] < f_mine["accuracy"] - 0.05)
+    moved, own = summary(d2["policy full"]), summary(d2["policy dllm2"])
+    _, d2_rival, moved_diff = versus(d2, "policy full")
+    finding("a policy transfers to another dLLM, comparable to one trained on it",
+            f"trained on the built-in dLLM {point(moved)}, trained on the second {point(own)}; best heuristic at ≤ NFE "
+            f"{rival_text(d2_rival)} ({moved_diff:+.3f})", moved["accuracy"] >= own["accuracy"] - 0.05)
+    long, h_short, h_long = summary(d2_long["policy dllm2"]), best_heuristic(d2), best_heuristic(d2_long)
+    heuristic_drop = h_short[1]["accuracy"] - h_long[1]["accuracy"]
+    finding(f"trained at L = {cfg.gen_length}, a policy holds at L = {cfg.long_gen_length}; heuristics degrade further",
+            f"policy {point(own)} → {point(long)}; best heuristic {rival_text(h_short)} → {rival_text(h_long)}",
+            own["accuracy"] - long["accuracy"] <= max(0.05, heuristic_drop))
+    b_mine, b_rival, b_diff = versus(points["backward"], "policy full")
+    finding("out of domain the policy degrades (task.directions=backward, never trained on)",
+            f"policy {point(b_mine)} vs {rival_text(b_rival)} ({b_diff:+.3f}); in domain {f_diff:+.3f}",
+            b_diff < f_diff)
+    spreads = [summary(rs)["accuracy_max"] - summary(rs)["accuracy_min"] for t in points.values()
+               for label, rs in t.items() if label.startswith("policy")]
+    finding(f"{len(cfg.train_seeds)} training x {len(cfg.test_seeds)} test seeds per policy point: no finding rests on "
+            "one run", f"accuracy spread (max - min over seeds) {min(spreads):.3f}-{max(spreads):.3f}",
+            len(cfg.train_seeds) >= 2 and len(cfg.test_seeds) >= 3)
+    return rows
+
+
+def findings_markdown(findings: list[dict], cfg: ReproduceConfig) -> str:
+    lines = [f"`unmask reproduce` ({cfg.preset}: {len(cfg.train_seeds)} training seeds x {len(cfg.test_seeds)} test "
+             f"seeds, {cfg.train_minutes:g} minutes per training, {cfg.num_examples} test prompts, α = {cfg.alpha:g}; "
+             "accuracy [min-max over seeds] @ mean NFE)", "",
+             "| # | claim | the paper | ours | holds here |", "|---|---|---|---|---|"]
+    lines += [f"| {r['finding']} | {r['claim']} | {r['paper']} | {r['ours']} | {'yes' if r['holds'] else '**no**'} |"
+              for r in findings]
+    return "\n".join(lines) + "\n"
+
+
+def plots(points: dict, out: Path) -> None:
+    """One accuracy-vs-NFE plot per setting (the mean over seeds), as `unmask pareto` draws them."""
+    from cluster.report import pareto_plot
+
+    for name, table in points.items():
+        rows = [{"mode": name, "block_length": 0, "sampler": label.split(" ")[0] if not label.startswith("policy")
+                 else label, "setting": label, **summary(rs)} for label, rs in table.items()]
+        (out / name).mkdir(exist_ok=True)
+        pareto_plot(rows, out / name / "pareto.png", title=f"reproduce: {name}")
+
+
+def write_readme(readme: Path, markdown: str) -> None:
+    """findings.md between the README's markers (the results section is generated, never copied by hand)."""
+    text = readme.read_text()
+    start, end = README_MARKERS
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    write_atomic(readme, f"{head}{start}\n{markdown}{end}{tail}")

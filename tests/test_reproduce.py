@@ -1,0 +1,72 @@
+"""`unmask reproduce preset=quick` end to end on a real local Ray: every part runs once, the findings table and
+plots are written, the README block is generated from findings.md, and a second run skips what is done."""
+
+import json
+
+import pytest
+import ray
+
+from cluster.cli import main
+from cluster.configs import README_MARKERS
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_reproduce_quick_writes_every_finding_and_resumes(local_ray, tmp_path, capsys):
+    out, readme = tmp_path / "repro", tmp_path / "README.md"
+    start, end = README_MARKERS
+    readme.write_text(f"# title\n\nbefore\n{start}\nstale table\n{end}\nafter\n")
+    args = ["reproduce", f"out_dir={out}", "preset=quick", f"readme={readme}", "train_seeds=[0]"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    report = json.loads((out / "findings.json").read_text())
+    findings = report["findings"]
+    assert [f["finding"] for f in findings] == list(range(1, 8))
+    assert all(f["claim"] and f["paper"] and f["ours"] and isinstance(f["holds"], bool) for f in findings)
+    assert not findings[6]["holds"]  # one training seed and two test seeds: finding 7 cannot hold, and says so
+    assert report["config"]["max_iterations"] == 3 and report["config"]["test_seeds"] == [0, 1]  # the quick preset
+    assert report["dllm2"]["recipe"]["gen_length"] == 32 and report["dllm2"]["recipe"]["init_from"].endswith(
+        "builtin_model")  # the second dLLM's recipe is recorded
+    markdown = (out / "findings.md").read_text()
+    assert markdown.count("\n| ") == 2 + 7 and "| 1 | heuristics collapse in full diffusion |" in markdown
+    text = readme.read_text()
+    assert f"{start}\n{markdown}{end}" in text and "stale table" not in text  # generated, not copied by hand
+    assert text.startswith("# title\n\nbefore\n") and text.endswith("after\n")
+    for setting in ("semiar", "full", "dllm2", "dllm2-long", "backward"):
+        assert (out / setting / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    points = report["points"]
+    assert points["dllm2-long"]["policy dllm2"]["runs"] == 2  # 1 training seed x 2 test seeds
+    assert set(points["full"]) >= {"policy full", "policy additive", "top_k", "fast_dllm threshold=0.5"}
+    assert "findings hold here" in captured.out and markdown in captured.out
+
+    (out / "done" / "eval__backward__policy_full-s0-t1.json").unlink()  # one part lost: only it runs again
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "eval/backward/policy_full-s0-t1 ..." in err and "train/full-s0: done before, skipped" in err
+    ran = [line for line in err.splitlines() if line.startswith("unmask reproduce:") and line.endswith(" ...")]
+    assert ran == ["unmask reproduce: eval/backward/policy_full-s0-t1 ..."]
+    assert (out / "findings.md").read_text() == markdown
+
+
+@pytest.mark.parametrize("args, message", [
+    (["preset=bogus"], "unknown preset 'bogus'"),
+    (["long_gen_length=24"], "long_gen_length must exceed"),
+    (["test_seeds=[]"], "at least one seed"),
+])
+def test_bad_reproduce_input_is_one_line(args, message, tmp_path, capsys):
+    assert main(["reproduce", f"out_dir={tmp_path / 'r'}", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_a_readme_without_the_markers_is_refused_before_any_work(tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text("# no markers\n")
+    assert main(["reproduce", f"out_dir={tmp_path / 'r'}", f"readme={readme}"]) == 2
+    assert "findings:start" in capsys.readouterr().err and not (tmp_path / "r").exists()
