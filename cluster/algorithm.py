@@ -232,7 +232,8 @@ class UnmaskGRPO(Algorithm):
         if self.env_runner_group.num_remote_env_runners() > 0:
             self.server = ray.remote(num_cpus=0)(EnvRunnerStateServer).options(max_concurrency=16).remote()
             self._hand_server_to_runners()
-        self.totals = {"trajectories": 0, "skipped_batches": 0, "env_runner_restarts": 0, "skipped_streak": 0}
+        self.totals = {"trajectories": 0, "skipped_batches": 0, "env_runner_restarts": 0, "skipped_streak": 0,
+                       "stalled_streak": 0}
         self.recent: list[tuple[float, float, float]] = []  # (reward, accuracy, NFE) of the last best_window iterations
         self.best_reward = -float("inf")  # the best moving average so far (checkpoints/best holds its policy)
         self.buffer: list[RunnerSample] = []  # paced mode: samples that arrived and wait for an update
@@ -267,8 +268,10 @@ class UnmaskGRPO(Algorithm):
             super().cleanup()
 
     def step(self) -> dict:
-        """RLlib's step; Tune ends the run when `stop_after_skipped` updates in a row were skipped: every group's
-        rewards were equal, so the policy no longer changes (a policy that unmasks nothing never gets out)."""
+        """RLlib's step; Tune ends the run after `stop_after_skipped` stalled iterations in a row: updates skipped
+        because every group's rewards were equal, so the policy no longer changes (a policy that unmasks nothing
+        never gets out), or, with experts (whose rewards keep the advantages alive), iterations in which every
+        policy rollout spent the whole forward budget and solved nothing."""
         results = super().step()
         if self.collapsed:
             results["done"] = True
@@ -277,7 +280,7 @@ class UnmaskGRPO(Algorithm):
     @property
     def collapsed(self) -> bool:
         patience = self.config.stop_after_skipped
-        return bool(patience) and self.totals["skipped_streak"] >= patience
+        return bool(patience) and self.totals["stalled_streak"] >= patience
 
     # ---- the training step --------------------------------------------------------------------------
     def training_step(self) -> None:
@@ -387,6 +390,9 @@ class UnmaskGRPO(Algorithm):
         self.totals["trajectories"] += trajectories
         self.totals["skipped_batches"] += int(skipped)
         self.totals["skipped_streak"] = self.totals["skipped_streak"] + 1 if skipped else 0
+        stuck = (min(collected.per_trajectory("nfe")) >= self.config.rollout.env.gen_length
+                 and not any(collected.per_trajectory("correct")))  # every policy rollout: whole budget, no answer
+        self.totals["stalled_streak"] = self.totals["stalled_streak"] + 1 if skipped or stuck else 0
         if skipped:
             for key in ("learner_s", "weight_push_s"):
                 self.metrics.log_value(("unmask", key), 0.0, reduce="mean", window=1)
@@ -403,6 +409,7 @@ class UnmaskGRPO(Algorithm):
             "staleness_mean": float(np.mean(lags)), "staleness_max": int(max(lags)),
             "dropped_groups": sum(a.sample.trajectories.num_groups for a in collected.arrivals if not a.used),
             "skipped_batch": int(skipped), "skipped_streak": int(self.totals["skipped_streak"]),
+            "stalled_streak": int(self.totals["stalled_streak"]),
             "collapsed": int(self.collapsed),  # the run stops after this iteration (step)
             "policy_version": self.policy_version,
             "trajectories_total": int(self.totals["trajectories"]),

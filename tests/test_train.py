@@ -304,6 +304,24 @@ def test_a_policy_that_unmasks_nothing_stops_the_run_and_the_best_checkpoint_is_
 
 
 @pytest.mark.slow
+def test_with_experts_a_collapsed_policy_is_still_detected(local_ray, tiny_model_dir, tmp_path, capsys):
+    """Experts keep the advantages alive (their reward differs from the policy's), so no update is skipped; a policy
+    that unmasks nothing is caught instead by its rollouts: every one spends the whole budget and solves nothing."""
+    from rollout.config import ExpertConfig
+
+    run_dir = tmp_path / "collapsed-steered"
+    base = tiny_run(tiny_model_dir, run_dir)
+    rollout = RolloutConfig(**{**base.rollout.__dict__, "expert": ExpertConfig(thresholds=[0.0], block_length=8)})
+    grpo = GRPOConfig(reward="additive", alpha=1.0, policy=PolicyConfig(init_bias=-30.0))
+    train(tiny_run(tiny_model_dir, run_dir, eval_examples=2, rollout=rollout, grpo=grpo, stop_after_skipped=2))
+    rows = progress(run_dir)
+    assert len(rows) == 2 and not any(int(float(r["unmask/skipped_batch"])) for r in rows)
+    assert [int(float(r["unmask/stalled_streak"])) for r in rows] == [1, 2]
+    assert "stopped at iteration 2: 2 iterations in a row every policy rollout spent the whole forward budget" in (
+        capsys.readouterr().err)
+
+
+@pytest.mark.slow
 def test_killed_env_runner_is_restarted_and_no_trajectory_is_lost_or_duplicated(local_ray, tiny_model_dir,
                                                                                tmp_path):
     run_dir = tmp_path / "run"
