@@ -129,15 +129,15 @@ README_MARKERS = ("<!-- findings:start -->", "<!-- findings:end -->")  # `unmask
 
 @dataclass
 class ReproduceConfig:
-    """`unmask reproduce`: the paper's findings in miniature (cluster.reproduce). The default budget: about 2.5 hours
-    on a 2-core CPU (8 trainings of `train_minutes`, the second dLLM, ~250 evaluations); `preset=quick` is a smoke
+    """`unmask reproduce`: the paper's findings in miniature (cluster.reproduce). The default budget: about an hour
+    on a 2-core CPU (8 trainings of `train_minutes`, the second dLLM, ~130 evaluations); `preset=quick` is a smoke
     run of a few minutes."""
 
     out_dir: str = "runs/reproduce"
     preset: str = "default"  # default | quick: a smoke run (a few iterations, a few prompts; what the tests use)
-    train_minutes: float = 8.0  # wall budget of each training run
+    train_minutes: float = 5.0  # wall budget of each training run
     max_iterations: int = 100_000  # of each training run (quick: 3)
-    pretrain_minutes: float = 10.0  # the second dLLM
+    pretrain_minutes: float = 5.0  # the second dLLM
     num_examples: int = 500  # test prompts per evaluation (quick: 12)
     train_seeds: list[int] = field(default_factory=lambda: [0, 1])
     test_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])

@@ -34,23 +34,24 @@ def test_reproduce_quick_writes_every_finding_and_resumes(local_ray, tmp_path, c
     assert report["dllm2"]["recipe"]["gen_length"] == 32 and report["dllm2"]["recipe"]["init_from"].endswith(
         "builtin_model")  # the second dLLM's recipe is recorded
     markdown = (out / "findings.md").read_text()
-    assert markdown.count("\n| ") == 2 + 7 and "| 1 | heuristics collapse in full diffusion |" in markdown
+    assert markdown.count("\n| ") == 1 + 7 and "| 1 | heuristics collapse in full diffusion |" in markdown
     text = readme.read_text()
     assert f"{start}\n{markdown}{end}" in text and "stale table" not in text  # generated, not copied by hand
     assert text.startswith("# title\n\nbefore\n") and text.endswith("after\n")
-    for setting in ("semiar", "full", "dllm2", "dllm2-long", "backward"):
+    for setting in ("semiar", "full", "dllm2", "dllm2-long", "8-letters"):
         assert (out / setting / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     points = report["points"]
     assert points["dllm2-long"]["policy dllm2"]["runs"] == 2  # 1 training seed x 2 test seeds
-    assert set(points["full"]) >= {"policy full", "policy additive", "top_k", "fast_dllm threshold=0.5"}
+    assert set(points["full"]) >= {"policy full", "policy additive", "top_k steps=0", "fast_dllm threshold=0.5"}
+    assert points["8-letters"]["top_k steps=0"] != points["full"]["top_k steps=0"]  # another task, other prompts
     assert "findings hold here" in captured.out and markdown in captured.out
 
-    (out / "done" / "eval__backward__policy_full-s0-t1.json").unlink()  # one part lost: only it runs again
+    (out / "done" / "eval__8-letters__policy_full-s0-t1.json").unlink()  # one part lost: only it runs again
     assert main(args) == 0
     err = capsys.readouterr().err
-    assert "eval/backward/policy_full-s0-t1 ..." in err and "train/full-s0: done before, skipped" in err
+    assert "eval/8-letters/policy_full-s0-t1 ..." in err and "train/full-s0: done before, skipped" in err
     ran = [line for line in err.splitlines() if line.startswith("unmask reproduce:") and line.endswith(" ...")]
-    assert ran == ["unmask reproduce: eval/backward/policy_full-s0-t1 ..."]
+    assert ran == ["unmask reproduce: eval/8-letters/policy_full-s0-t1 ..."]
     assert (out / "findings.md").read_text() == markdown
 
 
