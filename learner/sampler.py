@@ -43,9 +43,11 @@ class PolicySampler(Sampler):
     @property
     def series(self) -> str:
         """The curve a plot draws it on: per-alpha policies share one; an alpha-conditioned or expert-steered
-        policy is its own."""
+        policy is its own (one per training block length)."""
         kinds = [kind for kind, on in (("alpha-conditioned", self.alpha is not None),
                                        ("expert-steered", bool(self.info.get("experts")))) if on]
+        if kinds and "block_length" in self.info:
+            kinds.append(f"trained at BL={self.info['block_length']}")
         return f"policy ({', '.join(kinds)})" if kinds else "policy"
 
     def describe(self) -> str:

@@ -272,8 +272,8 @@ def test_expert_steered_alpha_conditioned_training_end_to_end(local_ray, tiny_mo
                                    policy_alphas=[0.3, 3.0], num_examples=4, out_dir=str(tmp_path / "p"),
                                    progress=False))
     curve = [r for r in rows if r["sampler"].startswith("policy")]
-    assert [(r["block_length"], r["sampler"]) for r in curve] == [
-        (bl, "policy (alpha-conditioned, expert-steered)") for bl in (8, 8, 16, 16)]  # one curve over alpha per BL
+    series = "policy (alpha-conditioned, expert-steered, trained at BL=8)"  # one curve over alpha per panel
+    assert [(r["block_length"], r["sampler"]) for r in curve] == [(bl, series) for bl in (8, 8, 16, 16)]
     assert all("alpha=0.3/" in low["setting"] and "alpha=3/" in high["setting"] for low, high in (curve[:2], curve[2:]))
 
 
