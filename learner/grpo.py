@@ -82,23 +82,32 @@ def bernoulli_sample(logits: torch.Tensor, valid: torch.Tensor, temperature: flo
     return (noise < probs) & valid.bool()
 
 
+def bernoulli_position_logp(logits: torch.Tensor, action: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Each position's log-likelihood of its decision, [..., L]: log sigma(b) if unmasked, log(1 - sigma(b)) =
+    log sigma(-b) if kept, computed stably in float32."""
+    b = logits.float() / temperature
+    return torch.where(action.bool(), F.logsigmoid(b), F.logsigmoid(-b))
+
+
 def bernoulli_logp(logits: torch.Tensor, action: torch.Tensor, valid: torch.Tensor,
                    temperature: float = 1.0) -> torch.Tensor:
-    """Joint log-likelihood of the per-position decisions over the valid positions: [..., L] -> [...].
-    log sigma(b) and log(1 - sigma(b)) = log sigma(-b) are computed stably in float32."""
-    b = logits.float() / temperature
-    per_position = torch.where(action.bool(), F.logsigmoid(b), F.logsigmoid(-b))
-    return (per_position * valid.float()).sum(-1)
+    """Joint log-likelihood of the per-position decisions over the valid positions: [..., L] -> [...]."""
+    return (bernoulli_position_logp(logits, action, temperature) * valid.float()).sum(-1)
+
+
+def mixed_logp(logp: torch.Tensor, policy_share: torch.Tensor, expert_share: torch.Tensor) -> torch.Tensor:
+    """log(policy_share * exp(logp) + expert_share) where expert_share > 0 (an expert's), logp elsewhere; the
+    shares broadcast against logp."""
+    mixed = torch.logaddexp(logp + policy_share.float().clamp(min=1e-30).log(),
+                            expert_share.float().clamp(min=1e-30).log())
+    return torch.where(expert_share > 0, mixed, logp)
 
 
 def steered_logp(logp: torch.Tensor, policy_share: torch.Tensor, expert_share: torch.Tensor) -> torch.Tensor:
     """log pi_mix of each step, logp [N, T]: log(policy_share * pi + expert_share) on an expert's trajectory
     (policy_share = G/(G+E), expert_share = 1/(G+E): each of the E experts is one deterministic draw), log pi on
     the policy's (expert_share 0). policy_share, expert_share: [N]."""
-    expert = expert_share[:, None] > 0
-    mixed = torch.logaddexp(logp + policy_share.float().clamp(min=1e-30).log()[:, None],
-                            expert_share.float().clamp(min=1e-30).log()[:, None])
-    return torch.where(expert, mixed, logp)
+    return mixed_logp(logp, policy_share[:, None], expert_share[:, None])
 
 
 def steered_position_logp(logits: torch.Tensor, action: torch.Tensor, valid: torch.Tensor, policy_share: torch.Tensor,
@@ -107,11 +116,8 @@ def steered_position_logp(logits: torch.Tensor, action: torch.Tensor, valid: tor
     the valid positions of an expert's step (log pi on the policy's). Its gradient on position k is
     G p_k / (G p_k + 1) * grad log p_k: the expert's decision is imitated wherever the policy gives it a fair chance,
     where the step mixture's weight, G pi / (G pi + 1), vanishes with the product pi over every masked position."""
-    b = logits.float() / temperature
-    per_position = torch.where(action.bool(), F.logsigmoid(b), F.logsigmoid(-b))
-    policy_share, expert_share = policy_share.float()[:, None, None], expert_share.float()[:, None, None]
-    mixed = torch.logaddexp(per_position + policy_share.clamp(min=1e-30).log(), expert_share.clamp(min=1e-30).log())
-    per_position = torch.where(expert_share > 0, mixed, per_position)
+    per_position = mixed_logp(bernoulli_position_logp(logits, action, temperature), policy_share[:, None, None],
+                              expert_share[:, None, None])
     return (per_position * valid.float()).sum(-1)
 
 

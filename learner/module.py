@@ -150,7 +150,6 @@ class GRPOLearner(TorchLearner):
         weight (1 on-policy). An expert's steps enter through the group's mixture likelihood, clipped at
         grpo.expert_clip_eps."""
         logits, tau = fwd_out[Columns.ACTION_DIST_INPUTS], self.grpo.policy_temperature
-        logp = bernoulli_logp(logits, batch["action"], batch["valid"], tau)
         shares = batch["policy_share"], batch["expert_share"]
         old_logp, behaviour_logp = batch["old_logp"], batch["logp"]
         if "old_logits" in batch:  # grpo.expert_likelihood=position; an expert's old step is the proximal policy's
@@ -159,6 +158,7 @@ class GRPOLearner(TorchLearner):
                          for x in (logits, batch["old_logits"]))
             old_logp, behaviour_logp = torch.where(expert, old, old_logp), torch.where(expert, old, behaviour_logp)
         else:
+            logp = bernoulli_logp(logits, batch["action"], batch["valid"], tau)
             logp, old_logp, behaviour_logp = (steered_logp(x, *shares) for x in (logp, old_logp, behaviour_logp))
         weights = truncated_importance_weights(old_logp, behaviour_logp, self.grpo.tis_cap)
         clip_eps = torch.where(batch["expert_share"] > 0, self.grpo.expert_clip_eps, self.grpo.clip_eps)
