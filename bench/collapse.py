@@ -6,8 +6,10 @@ Four `unmask train` runs on the built-in task, full diffusion, alpha = 0.3 (the 
 budget each, two at a time:
   stuck/abandon   the output bias at `init_bias` (-8: each position unmasked w.p. 3e-4 per step, so nearly every
                   rollout unmasks nothing and every position is abandoned at the block budget: the state the
-                  Sudoku run collapsed into), positions left at a block's budget abandoned (the paper's rule)
-  stuck/fill      the same start, rollout.fill_at_budget=true (the block's last forward writes what is left)
+                  Sudoku run collapsed into), positions left at a block's budget abandoned (the paper's rule,
+                  rollout.fill_at_budget=false)
+  stuck/fill      the same start, rollout.fill_at_budget=true (the block's last forward writes what is left;
+                  the default since this measurement)
   paper/abandon   the paper's initialisation (bias -2), abandoned (the README's alpha = 0.3 run, shorter)
   paper/fill      the same with fill_at_budget
 Prints per run: iterations, the share of updates skipped (every advantage 0), the last 25 iterations' training
@@ -53,9 +55,9 @@ def main(argv: list[str]) -> None:
     args = dict(a.split("=", 1) for a in argv)
     minutes, out = float(args.get("minutes", 5)), Path(args.get("out", "runs/collapse"))
     bias, lr = args.get("init_bias", "-8"), args.get("lr", "2e-4")
-    runs = {"stuck/abandon": [f"grpo.policy.init_bias={bias}"],
+    runs = {"stuck/abandon": [f"grpo.policy.init_bias={bias}", "rollout.fill_at_budget=false"],
             "stuck/fill": [f"grpo.policy.init_bias={bias}", "rollout.fill_at_budget=true"],
-            "paper/abandon": [], "paper/fill": ["rollout.fill_at_budget=true"]}
+            "paper/abandon": ["rollout.fill_at_budget=false"], "paper/fill": ["rollout.fill_at_budget=true"]}
     with ThreadPoolExecutor(int(args.get("parallel", 2))) as pool:
         results = list(pool.map(lambda item: run(item[0], [f"grpo.lr={lr}", *item[1]], out, minutes), runs.items()))
     print("| run | iterations | skipped | train reward | train acc | train NFE | eval acc | eval NFE | fallback |")

@@ -80,7 +80,7 @@ def run(k: int, a: dict, root: Path, staleness: str = "pace", cluster: bool = Fa
     per = int(a["prompts_per_sample"])
     per_update = samples_per_update or k
     pace_ahead = max(0, k // per_update - 1)
-    rollout = RolloutConfig(group_size=int(a["group_size"]), prompts_per_sample=per,
+    rollout = RolloutConfig(fill_at_budget=False, group_size=int(a["group_size"]), prompts_per_sample=per,
                             env=EnvConfig(block_length=24, emulate_gpu=a["gpu"], emulate_tokens=int(a["tokens"])))
     d = int(a["policy_hidden"])  # the learner runs on this CPU: a small policy keeps it from being the only limit
     policy = PolicyConfig(hidden_size=d, num_heads=2, ffn_size=4 * d, time_embed_size=d)

@@ -55,7 +55,8 @@ def forward_costs(model: str, device: str, batch: int, repeats: int = 20) -> tup
 
 
 def training_figures(model: str, device: str, runners: int, iterations: int, root: Path) -> dict:
-    rollout = RolloutConfig(model=model, group_size=8, prompts_per_sample=4, env=EnvConfig(device=device))
+    rollout = RolloutConfig(model=model, fill_at_budget=False, group_size=8, prompts_per_sample=4,
+                            env=EnvConfig(device=device))  # the paper's MDP, as the README's figures were measured
     cfg = TrainConfig(rollout=rollout, grpo=GRPOConfig(alpha=1.0), run_dir=str(root / f"runners_{runners}"),
                       max_iterations=iterations, num_env_runners=runners, groups_per_update=4 * runners,
                       checkpoint_every=0, eval=FinalEvalConfig(num_examples=0), dump_trajectories=True,

@@ -28,7 +28,8 @@ class RolloutConfig:
     group_size: int = 8  # G: the policy's rollouts per prompt (experts add theirs to the group)
     expert: ExpertConfig = field(default_factory=ExpertConfig)
     prompts_per_sample: int = 8  # prompts in one env-runner sample (prompts x G sequences, one batched env)
-    fill_at_budget: bool = False  # a block's last allowed forward writes what the policy left (else: abandoned)
+    fill_at_budget: bool = True  # a block's last allowed forward writes what the policy left (false: abandoned,
+    #                              the paper's rule, from which a policy that unmasks nothing never gets out)
     batch_rows: int = 0  # rows in flight (continuous batching: a finished row takes the next one); 0 = all at once
     train_pool: int = 20_000  # training prompts an env runner draws from (reshuffled each pass)
     seed: int = 0
