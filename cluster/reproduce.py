@@ -64,7 +64,7 @@ class Parts:
 # ---- the work -------------------------------------------------------------------------------------------------
 def train_policy(cfg: ReproduceConfig, run_dir: Path, seed: int, model: str = "builtin", block_length: int = 0,
                  reward: str = "multiplicative") -> dict:
-    """One GRPO run (resumed if an earlier one was interrupted); its final policy's directory and eval."""
+    """One GRPO run (resumed if an earlier one was interrupted): where its final policy is, and how it ran."""
     from cluster.configs import FinalEvalConfig, TrainConfig
     from cluster.train import train
     from learner.config import GRPOConfig
