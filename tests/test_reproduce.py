@@ -30,6 +30,10 @@ def test_reproduce_quick_writes_every_finding_and_resumes(local_ray, tmp_path, c
     assert [f["finding"] for f in findings] == list(range(1, 8))
     assert all(f["claim"] and f["paper"] and f["ours"] and isinstance(f["holds"], bool) for f in findings)
     assert not findings[6]["holds"]  # one training seed and two test seeds: finding 7 cannot hold, and says so
+    solved = max(p["accuracy"] for label, p in report["points"]["8-letters"].items() if not label.startswith("policy"))
+    # the built-in dLLM knows 10-letter permutations only: a variant it cannot do is no test of the policy
+    assert ("not a test of the policy" in findings[5]["ours"]) == (solved < 0.05)
+    assert not findings[5]["holds"] or solved >= 0.05
     assert report["config"]["max_iterations"] == 3 and report["config"]["test_seeds"] == [0, 1]  # the quick preset
     assert report["dllm2"]["recipe"]["gen_length"] == 32 and report["dllm2"]["recipe"]["init_from"].endswith(
         "builtin_model")  # the second dLLM's recipe is recorded
