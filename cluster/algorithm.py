@@ -382,6 +382,7 @@ class UnmaskGRPO(Algorithm):
 
     def _report(self, collected: Collected, skipped: bool) -> None:
         rewards, samples = collected.per_trajectory("reward"), [a.sample for a in collected.arrivals]
+        nfe, correct = collected.per_trajectory("nfe"), collected.per_trajectory("correct")  # the policy's
         trajectories = sum(len(s.trajectories) for s in samples)  # the experts' too: they cost rollouts as well
         lags = [a.lag for a in collected.arrivals]
         busy, idle = sum(s.busy_s for s in samples), sum(s.idle_s for s in samples)
@@ -390,15 +391,14 @@ class UnmaskGRPO(Algorithm):
         self.totals["trajectories"] += trajectories
         self.totals["skipped_batches"] += int(skipped)
         self.totals["skipped_streak"] = self.totals["skipped_streak"] + 1 if skipped else 0
-        stuck = (min(collected.per_trajectory("nfe")) >= self.config.rollout.env.gen_length
-                 and not any(collected.per_trajectory("correct")))  # every policy rollout: whole budget, no answer
+        stuck = min(nfe) >= self.config.rollout.env.gen_length and not any(correct)  # whole budget, no answer
         self.totals["stalled_streak"] = self.totals["stalled_streak"] + 1 if skipped or stuck else 0
         if skipped:
             for key in ("learner_s", "weight_push_s"):
                 self.metrics.log_value(("unmask", key), 0.0, reduce="mean", window=1)
         report = {
-            "reward_mean": float(np.mean(rewards)), "accuracy": float(np.mean(collected.per_trajectory("correct"))),
-            "nfe_mean": float(np.mean(collected.per_trajectory("nfe"))),
+            "reward_mean": float(np.mean(rewards)), "accuracy": float(np.mean(correct)),
+            "nfe_mean": float(np.mean(nfe)),
             "trajectories_per_s": trajectories / max(elapsed, 1e-9),
             "env_runner_busy_fraction": busy / max(busy + idle, 1e-9),
             "rows_per_forward": sum(s.forward_rows for s in samples) / max(1, forwards),

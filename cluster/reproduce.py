@@ -143,7 +143,8 @@ def run_parts(cfg: ReproduceConfig) -> dict:
                                 ("additive", L, "additive")):
         policies[kind] = [parts.run(f"train/{kind}-s{seed}", lambda k=kind, s=seed, b=block, r=reward: train_policy(
             cfg, out / "train" / f"{k}-s{s}", s, block_length=b, reward=r)) for seed in cfg.train_seeds]
-    dllm2 = parts.run("dllm2", lambda: pretrain_second_dllm(cfg, out / "dllm2"))["model"]
+    second = parts.run("dllm2", lambda: pretrain_second_dllm(cfg, out / "dllm2"))
+    dllm2 = second["model"]
     policies["dllm2"] = [parts.run(f"train/dllm2-s{seed}", lambda s=seed: train_policy(
         cfg, out / "train" / f"dllm2-s{s}", s, model=dllm2)) for seed in cfg.train_seeds]
 
@@ -170,7 +171,7 @@ def run_parts(cfg: ReproduceConfig) -> dict:
                     cfg, t)) for p in policies[kind] for t in cfg.test_seeds]
         points[name] = table
     findings = judge(points, cfg)
-    report = {"config": dataclasses.asdict(cfg), "dllm2": parts.run("dllm2", lambda: {}), "findings": findings,
+    report = {"config": dataclasses.asdict(cfg), "dllm2": second, "findings": findings,
               "points": {s: {label: summary(rs) for label, rs in t.items()} for s, t in points.items()}}
     write_json(out / "findings.json", report)
     markdown = findings_markdown(findings, cfg)

@@ -110,8 +110,7 @@ class DLLMEnvRunner(EnvRunner, Checkpointable):
         examples = self._next_prompts()
         before = dataclasses.replace(self.env.engine.stats)
         overruns = self._overruns()
-        alphas = (draw_alphas(self.grpo.alpha_range, len(examples), self.generator) if self.grpo.alpha_range
-                  else torch.full((len(examples),), float(self.grpo.alpha)))
+        alphas = draw_alphas(self.grpo.alpha_range, len(examples), self.generator) if self.grpo.alpha_range else None
         batch = collect_groups(self.env, self.sampler, self.task, examples, self.settings.group_size, self.grpo,
                                env_runner=self.worker_index, first_group=self.groups_made,
                                policy_version=self.version, batch_rows=self.settings.batch_rows,
