@@ -137,7 +137,7 @@ class ReproduceConfig:
     preset: str = "default"  # default | quick: a smoke run (a few iterations, a few prompts; what the tests use)
     train_minutes: float = 5.0  # wall budget of each training run
     max_iterations: int = 100_000  # of each training run (quick: 3)
-    pretrain_minutes: float = 5.0  # the second dLLM
+    pretrain_minutes: float = 5.0  # the second dLLM (cycles + the out-of-domain `map` family)
     num_examples: int = 500  # test prompts per evaluation (quick: 12)
     train_seeds: list[int] = field(default_factory=lambda: [0, 1])
     test_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])

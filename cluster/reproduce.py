@@ -7,20 +7,27 @@ is skipped (and said so); an interrupted training resumes from its last checkpoi
     train/full-s<k>, train/semiar-s<k>            GRPO at alpha, full diffusion / BL = 8          2, 6, 7
     train/additive-s<k>                            the same as full, with the additive reward      3
     dllm2                                          a second dLLM: `unmask pretrain` from the built-in one with
-                                                   another seed and a canvas of `long_gen_length` (its recipe is in
-                                                   findings.json)                                  4, 5
+                                                   another seed, a canvas of `long_gen_length` and a JSONL of two
+                                                   task families, cycles and `map` (below; its recipe is in
+                                                   findings.json)                                  4, 5, 6
     train/dllm2-s<k>                               GRPO on the second dLLM, full diffusion, L = 24  4, 5
     eval/<setting>/<sampler>-t<seed>               every policy and heuristic at every test seed   all
 
 Each finding is one row of findings.md / findings.json: the claim, the paper's figure, ours (policy points are the
 mean over training x test seeds with the min-max spread), and whether it holds here. The plots are `unmask pareto`'s
 (`<setting>/pareto.png`). `readme=README.md` also writes findings.md into the README between its findings markers.
+
+The out-of-domain family (finding 6), `map`: the same permutation, then `?` and a word of 2-8 letters padded with `.`
+to 8 (so every answer position has a fixed prompt position to read); the answer is `>` and f applied to each letter
+("cadbgfehji?bad....." -> ">acb"). No pointer chasing: every letter can be written at once, where a cycle must be
+traced letter by letter. Policies are trained on cycles only and never see it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import random
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -83,12 +90,59 @@ def train_policy(cfg: ReproduceConfig, run_dir: Path, seed: int, model: str = "b
             "block_length": env.block_length, "reward": reward, "iterations": int(metrics.get("policy_version", 0))}
 
 
-def pretrain_second_dllm(cfg: ReproduceConfig, out: Path, seed: int = 11) -> dict:
-    """The second dLLM: the built-in one trained on with another seed, its canvas grown to long_gen_length."""
+MAP_WORD = 8  # map: the longest word, and the width every word is padded to with `.`
+
+
+def map_example(rng: random.Random, letters: str) -> tuple[str, str]:
+    """One `map` example: a permutation f, a word; the answer is `>` and f of each letter."""
+    images = list(letters)
+    rng.shuffle(images)
+    word = "".join(rng.choice(letters) for _ in range(rng.randint(2, MAP_WORD)))
+    f = dict(zip(letters, images, strict=True))
+    return "".join(images) + "?" + word.ljust(MAP_WORD, "."), ">" + "".join(f[c] for c in word)
+
+
+def second_dllm_data(folder: Path, per_family: int = 30_000, test_size: int = 1000, seed: int = 11) -> dict:
+    """The second dLLM's pretraining JSONL (cycles from the cycles task's own train split, and `map`) and a
+    held-out `map` test file; deterministic, written once (atomically) and reused."""
+    from envs.tasks import make_task
+
+    train, test = folder / "train.jsonl", folder / "map-test.jsonl"
+    paths = {"train": str(train), "map_test": str(test)}
+    if train.is_file() and test.is_file():
+        return paths
+    cycles = make_task(TaskConfig())
+    rng = random.Random(f"second-dllm-data/{seed}")
+    held_out: dict[str, str] = {}
+    while len(held_out) < test_size:
+        prompt, answer = map_example(rng, cycles.letters)
+        held_out[prompt] = answer
+    rows = []
+    while len(rows) < per_family:
+        prompt, answer = map_example(rng, cycles.letters)
+        if prompt not in held_out:
+            rows.append({"prompt": prompt, "answer": answer, "family": "map"})
+    for _ in range(per_family):
+        example = cycles.pretrain_example(rng)
+        rows.append({"prompt": example.prompt, "answer": example.answer, "family": "cycles"})
+    folder.mkdir(parents=True, exist_ok=True)
+    write_atomic(test, "".join(json.dumps({"prompt": p, "answer": a, "family": "map"}) + "\n"
+                               for p, a in held_out.items()))
+    write_atomic(train, "".join(json.dumps(row) + "\n" for row in rows))
+    return paths
+
+
+def map_task(data: dict) -> TaskConfig:
+    return TaskConfig(name="jsonl", path=data["train"], test_path=data["map_test"])
+
+
+def pretrain_second_dllm(cfg: ReproduceConfig, out: Path, data: dict, seed: int = 11) -> dict:
+    """The second dLLM: the built-in one trained on with another seed, on cycles and `map` half and half, its
+    canvas grown to long_gen_length."""
     from envs.dllm import BUILTIN_MODEL_DIR
     from envs.pretrain import pretrain
 
-    recipe = PretrainConfig(task=TaskConfig(), out=str(out), gen_length=cfg.long_gen_length, init_from=str(
+    recipe = PretrainConfig(task=map_task(data), out=str(out), gen_length=cfg.long_gen_length, init_from=str(
         BUILTIN_MODEL_DIR), minutes=cfg.pretrain_minutes, lr=3e-4, warmup_steps=50, seed=seed, overwrite=True,
         save_every_minutes=0, progress=False)
     pretrain(recipe)
@@ -143,7 +197,8 @@ def run_parts(cfg: ReproduceConfig) -> dict:
                                 ("additive", L, "additive")):
         policies[kind] = [parts.run(f"train/{kind}-s{seed}", lambda k=kind, s=seed, b=block, r=reward: train_policy(
             cfg, out / "train" / f"{k}-s{s}", s, block_length=b, reward=r)) for seed in cfg.train_seeds]
-    second = parts.run("dllm2", lambda: pretrain_second_dllm(cfg, out / "dllm2"))
+    data = second_dllm_data(out / "data")
+    second = parts.run("dllm2", lambda: pretrain_second_dllm(cfg, out / "dllm2", data))
     dllm2 = second["model"]
     policies["dllm2"] = [parts.run(f"train/dllm2-s{seed}", lambda s=seed: train_policy(
         cfg, out / "train" / f"dllm2-s{s}", s, model=dllm2)) for seed in cfg.train_seeds]
@@ -154,8 +209,8 @@ def run_parts(cfg: ReproduceConfig) -> dict:
         "dllm2": (Setting("dllm2", dllm2, EnvConfig(gen_length=L, block_length=L)), ["full", "dllm2"]),
         "dllm2-long": (Setting("dllm2-long", dllm2, EnvConfig(gen_length=cfg.long_gen_length,
                                                             block_length=cfg.long_gen_length)), ["dllm2"]),
-        "8-letters": (Setting("8-letters", "builtin", EnvConfig(gen_length=L, block_length=L),
-                              TaskConfig(num_symbols=8)), ["full"]),
+        "dllm2-map": (Setting("dllm2-map", dllm2, EnvConfig(gen_length=L, block_length=L), map_task(data)),
+                      ["dllm2"]),
     }
     points: dict[str, dict[str, list[dict]]] = {}  # setting -> sampler label -> one result per (train, test) seed
     for name, (setting, kinds) in settings.items():
@@ -246,12 +301,14 @@ def judge(points: dict, cfg: ReproduceConfig) -> list[dict]:
     finding(f"trained at L = {cfg.gen_length}, a policy holds at L = {cfg.long_gen_length}; heuristics degrade further",
             f"policy {point(own)} → {point(long)}; best heuristic {rival_text(h_short)} → {rival_text(h_long)}",
             own["accuracy"] - long["accuracy"] <= max(0.05, heuristic_drop))
-    b_mine, b_rival, b_diff = versus(points["8-letters"], "policy full")
-    solvable = best_heuristic(points["8-letters"])[1]["accuracy"] >= 0.05  # else the dLLM, not the policy, fails
-    finding("out of domain the policy degrades (permutations of 8 letters; it was trained on 10)",
-            f"policy {point(b_mine)} vs {rival_text(b_rival)} ({b_diff:+.3f}); in domain {f_diff:+.3f}"
-            + ("" if solvable else "; not a test of the policy: no heuristic solves this variant with this dLLM"),
-            solvable and b_diff < f_diff)
+    _, d2_own_rival, in_domain = versus(d2, "policy dllm2")
+    o_mine, o_rival, o_diff = versus(points["dllm2-map"], "policy dllm2")
+    solvable = best_heuristic(points["dllm2-map"])[1]["accuracy"] >= 0.05  # else the dLLM, not the policy, fails
+    finding("out of domain the policy degrades against the heuristics (trained on cycles, tested on `map`)",
+            f"second dLLM, `map`: policy {point(o_mine)} vs {rival_text(o_rival)} ({o_diff:+.3f}); on cycles "
+            f"{point(own)} vs {rival_text(d2_own_rival)} ({in_domain:+.3f})"
+            + ("" if solvable else "; not a test of the policy: no heuristic solves `map` with this dLLM"),
+            solvable and o_diff < in_domain)
     spreads = [summary(rs)["accuracy_max"] - summary(rs)["accuracy_min"] for t in points.values()
                for label, rs in t.items() if label.startswith("policy")]
     finding(f"{len(cfg.train_seeds)} training x {len(cfg.test_seeds)} test seeds per policy point: no finding rests on "

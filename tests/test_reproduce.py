@@ -30,32 +30,37 @@ def test_reproduce_quick_writes_every_finding_and_resumes(local_ray, tmp_path, c
     assert [f["finding"] for f in findings] == list(range(1, 8))
     assert all(f["claim"] and f["paper"] and f["ours"] and isinstance(f["holds"], bool) for f in findings)
     assert not findings[6]["holds"]  # one training seed and two test seeds: finding 7 cannot hold, and says so
-    solved = max(p["accuracy"] for label, p in report["points"]["8-letters"].items() if not label.startswith("policy"))
-    # the built-in dLLM knows 10-letter permutations only: a variant it cannot do is no test of the policy
+    solved = max(p["accuracy"] for label, p in report["points"]["dllm2-map"].items() if not label.startswith("policy"))
+    # a family the second dLLM cannot do (after the quick preset's seconds of pretraining) is no test of the policy
     assert ("not a test of the policy" in findings[5]["ours"]) == (solved < 0.05)
     assert not findings[5]["holds"] or solved >= 0.05
     assert report["config"]["max_iterations"] == 3 and report["config"]["test_seeds"] == [0, 1]  # the quick preset
-    assert report["dllm2"]["recipe"]["gen_length"] == 32 and report["dllm2"]["recipe"]["init_from"].endswith(
-        "builtin_model")  # the second dLLM's recipe is recorded
+    recipe = report["dllm2"]["recipe"]  # the second dLLM's recipe is recorded, and its data is on disk
+    assert recipe["gen_length"] == 32 and recipe["init_from"].endswith("builtin_model")
+    families = [json.loads(line)["family"] for line in open(recipe["task"]["path"])]
+    assert families.count("map") == families.count("cycles") == 30_000
+    test_prompts = {json.loads(line)["prompt"] for line in open(recipe["task"]["test_path"])}
+    assert len(test_prompts) == 1000 and not test_prompts & {json.loads(line)["prompt"] for line in open(
+        recipe["task"]["path"])}  # the map test prompts are held out of pretraining
     markdown = (out / "findings.md").read_text()
     assert markdown.count("\n| ") == 1 + 7 and "| 1 | heuristics collapse in full diffusion |" in markdown
     text = readme.read_text()
     assert f"{start}\n{markdown}{end}" in text and "stale table" not in text  # generated, not copied by hand
     assert text.startswith("# title\n\nbefore\n") and text.endswith("after\n")
-    for setting in ("semiar", "full", "dllm2", "dllm2-long", "8-letters"):
+    for setting in ("semiar", "full", "dllm2", "dllm2-long", "dllm2-map"):
         assert (out / setting / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     points = report["points"]
     assert points["dllm2-long"]["policy dllm2"]["runs"] == 2  # 1 training seed x 2 test seeds
     assert set(points["full"]) >= {"policy full", "policy additive", "top_k steps=0", "fast_dllm threshold=0.5"}
-    assert points["8-letters"]["top_k steps=0"] != points["full"]["top_k steps=0"]  # another task, other prompts
+    assert set(points["dllm2-map"]) == {*(f"{h}" for h in points["full"] if not h.startswith("policy")), "policy dllm2"}
     assert "findings hold here" in captured.out and markdown in captured.out
 
-    (out / "done" / "eval__8-letters__policy_full-s0-t1.json").unlink()  # one part lost: only it runs again
+    (out / "done" / "eval__dllm2-map__policy_dllm2-s0-t1.json").unlink()  # one part lost: only it runs again
     assert main(args) == 0
     err = capsys.readouterr().err
-    assert "eval/8-letters/policy_full-s0-t1 ..." in err and "train/full-s0: done before, skipped" in err
+    assert "eval/dllm2-map/policy_dllm2-s0-t1 ..." in err and "train/full-s0: done before, skipped" in err
     ran = [line for line in err.splitlines() if line.startswith("unmask reproduce:") and line.endswith(" ...")]
-    assert ran == ["unmask reproduce: eval/8-letters/policy_full-s0-t1 ..."]
+    assert ran == ["unmask reproduce: eval/dllm2-map/policy_dllm2-s0-t1 ..."]
     assert (out / "findings.md").read_text() == markdown
 
 
