@@ -231,7 +231,7 @@ def run_parts(cfg: ReproduceConfig) -> dict:
     write_json(out / "findings.json", report)
     markdown = findings_markdown(findings, cfg)
     write_atomic(out / "findings.md", markdown)
-    plots(points, out)
+    plots(points, {name: setting for name, (setting, _) in settings.items()}, out)
     if cfg.readme:
         write_readme(Path(cfg.readme), markdown)
     return report
@@ -330,13 +330,16 @@ def findings_markdown(findings: list[dict], cfg: ReproduceConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plots(points: dict, out: Path) -> None:
+def plots(points: dict, settings: dict[str, Setting], out: Path) -> None:
     """One accuracy-vs-NFE plot per setting (the mean over seeds), as `unmask pareto` draws them."""
     from cluster.report import pareto_plot
 
     for name, table in points.items():
-        rows = [{"mode": name, "block_length": 0, "sampler": label.split(" ")[0] if not label.startswith("policy")
-                 else label, "setting": label, **summary(rs)} for label, rs in table.items()]
+        env = settings[name].env
+        mode = "full diffusion" if env.block_length == env.gen_length else "semi-AR"
+        rows = [{"mode": mode, "block_length": env.block_length, "sampler": label.split(" ")[0]
+                 if not label.startswith("policy") else label, "setting": label, **summary(rs)}
+                for label, rs in table.items()]
         (out / name).mkdir(exist_ok=True)
         pareto_plot(rows, out / name / "pareto.png", title=f"reproduce: {name}")
 
