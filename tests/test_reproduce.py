@@ -80,3 +80,30 @@ def test_a_readme_without_the_markers_is_refused_before_any_work(tmp_path, capsy
     readme.write_text("# no markers\n")
     assert main(["reproduce", f"out_dir={tmp_path / 'r'}", f"readme={readme}"]) == 2
     assert "findings:start" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+def results(accuracy: float, nfe: float, runs: int = 2) -> list[dict]:
+    return [{"accuracy": accuracy, "mean_nfe": nfe}] * runs
+
+
+def judged(long_heuristic: float) -> dict:
+    """Findings over hand-made points where the policy holds at the longer canvas (0.60 -> 0.60)."""
+    from cluster.configs import ReproduceConfig
+    from cluster.reproduce import HEURISTICS, heuristic_label, judge
+
+    def table(heuristic: float, **policies: float) -> dict:
+        rows = {heuristic_label(h): results(heuristic - 0.01 * i, 24.0 - 3 * i) for i, h in enumerate(HEURISTICS)}
+        return rows | {f"policy {kind}": results(acc, 6.0) for kind, acc in policies.items()}
+
+    points = {"semiar": table(0.99, semiar=0.9), "full": table(0.7, full=0.8, additive=0.5),
+              "dllm2": table(0.7, full=0.6, dllm2=0.6), "dllm2-long": table(long_heuristic, dllm2=0.6),
+              "dllm2-map": table(0.5, dllm2=0.3)}
+    return {f["finding"]: f for f in judge(points, ReproduceConfig())}
+
+
+def test_the_longer_canvas_finding_needs_both_halves_of_the_claim():
+    steady, degraded = judged(long_heuristic=0.7)[5], judged(long_heuristic=0.55)[5]
+    assert not steady["holds"] and "the policy holds (+0.000), the heuristics do not degrade further" in steady["ours"]
+    assert degraded["holds"] and "the heuristics degrade further (-0.150)" in degraded["ours"]
+    ood = judged(long_heuristic=0.7)[6]  # on map the policy trails where it led on cycles: the finding holds
+    assert ood["holds"] and "`map`" in ood["claim"]
