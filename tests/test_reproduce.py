@@ -52,7 +52,7 @@ def test_reproduce_quick_writes_every_finding_and_resumes(local_ray, tmp_path, c
     points = report["points"]
     assert points["dllm2-long"]["policy dllm2"]["runs"] == 2  # 1 training seed x 2 test seeds
     assert set(points["full"]) >= {"policy full", "policy additive", "top_k steps=0", "fast_dllm threshold=0.5"}
-    assert set(points["dllm2-map"]) == {*(f"{h}" for h in points["full"] if not h.startswith("policy")), "policy dllm2"}
+    assert set(points["dllm2-map"]) == {h for h in points["full"] if not h.startswith("policy")} | {"policy dllm2"}
     assert "findings hold here" in captured.out and markdown in captured.out
 
     (out / "done" / "eval__dllm2-map__policy_dllm2-s0-t1.json").unlink()  # one part lost: only it runs again
@@ -102,8 +102,9 @@ def judged(long_heuristic: float) -> dict:
 
 
 def test_the_longer_canvas_finding_needs_both_halves_of_the_claim():
-    steady, degraded = judged(long_heuristic=0.7)[5], judged(long_heuristic=0.55)[5]
-    assert not steady["holds"] and "the policy holds (+0.000), the heuristics do not degrade further" in steady["ours"]
+    steady, degraded = judged(long_heuristic=0.7), judged(long_heuristic=0.55)[5]
+    assert not steady[5]["holds"] and "the policy holds (+0.000), the heuristics do not degrade further" in steady[5][
+        "ours"]
     assert degraded["holds"] and "the heuristics degrade further (-0.150)" in degraded["ours"]
-    ood = judged(long_heuristic=0.7)[6]  # on map the policy trails where it led on cycles: the finding holds
+    ood = steady[6]  # on map the policy trails where it led on cycles: the finding holds
     assert ood["holds"] and "`map`" in ood["claim"]
