@@ -67,7 +67,7 @@ def decode_figures(dllm, a: dict) -> list[tuple[str, str]]:
 
 
 def training_figures(model: str, a: dict, root: Path) -> list[tuple[str, str]]:
-    from cluster.configs import FinalEvalConfig, TrainConfig
+    from cluster.config import FinalEvalConfig, TrainConfig
     from cluster.train import train
     from envs.config import EnvConfig, TaskConfig
     from learner.config import GRPOConfig

@@ -37,8 +37,8 @@ from envs.mdp import UnmaskingEnv
 from envs.tasks.cycles import CycleTask
 from learner.policy import UnmaskingPolicy, load_policy
 from learner.sampler import PolicySampler
+from rollout.collect import roll_out
 from rollout.samplers import make_sampler
-from rollout.trajectories import roll_out
 
 HERE = Path(__file__).parent
 DEFAULTS = {"policy": str(HERE / "assets" / "policy-builtin"), "samples": "8", "prompts_per_sample": "8",

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import psutil
 
-from cluster.configs import FinalEvalConfig, TrainConfig
+from cluster.config import FinalEvalConfig, TrainConfig
 from cluster.train import train
 from envs.config import EnvConfig
 from learner.config import GRPOConfig, PolicyConfig

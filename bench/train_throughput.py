@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from cluster.configs import FinalEvalConfig, TrainConfig
+from cluster.config import FinalEvalConfig, TrainConfig
 from cluster.train import train
 from envs.config import EnvConfig
 from envs.dllm import load_dllm

@@ -20,15 +20,15 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from cluster.configs import load_yaml, parse, to_dict
 from envs.files import write_atomic
+from envs.structured import load_yaml, to_dict, typed
 
 RUN_FILES = ("config.yaml", "tune", "checkpoints", "trajectories", "unmask-seal.json")  # what a run writes
 RUN_SPECIFIC = ("resume", "run_dir", "ray_address", "resume_unverified")  # may differ in a continuation
 SEAL = "unmask-seal.json"
 
 
-def claim_run_dir(cfg: Any, schema: type, command: str) -> Path:
+def claim_run_dir(cfg: Any, schema: type) -> Path:
     """The run directory of `cfg` (the resumed one with `resume`). A new run needs a directory that holds no
     run; a resumed one needs its config.yaml and tune/, must agree with the saved config on every key, and
     its pickled state must match its seal."""
@@ -40,7 +40,7 @@ def claim_run_dir(cfg: Any, schema: type, command: str) -> Path:
         return run_dir
     if not saved_file.is_file() or not (run_dir / "tune").is_dir():
         raise ValueError(f"resume={cfg.resume}: no run to resume there (config.yaml and tune/ are missing)")
-    saved = _flat(to_dict(parse(schema, [], command, base=load_yaml(saved_file, f"resume={cfg.resume}"))))
+    saved = _flat(to_dict(typed(schema, load_yaml(saved_file, f"resume={cfg.resume}"))))
     for key, value in _flat(to_dict(cfg)).items():
         if key not in RUN_SPECIFIC and saved.get(key) != value:
             raise ValueError(f"resume={cfg.resume} was started with {key}={saved.get(key)!r}, not {value!r}: "

@@ -15,17 +15,11 @@ import operator
 from pathlib import Path
 from typing import Any
 
-from cluster.configs import (
-    SweepConfig,
-    TrainConfig,
-    check_sweep,
-    grid_axes,
-    grid_points,
-    to_yaml,
-)
+from cluster.config import SweepConfig, TrainConfig, check_sweep, grid_axes, grid_points
 from cluster.rundir import claim_run_dir, seal
 from cluster.train import absolute_paths, connect_ray, tune_run_config
 from envs.files import write_atomic, write_json
+from envs.structured import to_yaml
 
 
 def param_space(cfg: SweepConfig, axes: dict[str, list]):
@@ -33,7 +27,7 @@ def param_space(cfg: SweepConfig, axes: dict[str, list]):
     plain data through `UnmaskGRPOConfig.to_dict`)."""
     from ray import tune
 
-    from cluster.algorithm import UnmaskGRPOConfig
+    from cluster.algorithm_config import UnmaskGRPOConfig
 
     algo = UnmaskGRPOConfig.from_train_config(cfg).outputs(run_dir="")  # each trial writes into its own directory
     for path, values in axes.items():
@@ -49,7 +43,7 @@ def sweep(cfg: SweepConfig) -> dict:
     axes = grid_axes(cfg.grid)
     points = grid_points(cfg, axes)
     cfg = absolute_paths(cfg)
-    run_dir = claim_run_dir(cfg, SweepConfig, "sweep")
+    run_dir = claim_run_dir(cfg, SweepConfig)
     from rollout.preflight import preflight
 
     for rollout in {repr(point.rollout): point.rollout for point in points}.values():  # each distinct one once
@@ -79,7 +73,7 @@ def sweep(cfg: SweepConfig) -> dict:
     trials = [trial_row(result, axes, given) for result in results]
     trials.sort(key=lambda r: [str(r[k]) for k in axes])
     write_json(run_dir / "trials.json", {"trials": trials})
-    from cluster.report import markdown_table
+    from rollout.report import markdown_table
 
     columns = ["trial", *axes, "status", "iterations", "reward_mean", "accuracy", "nfe_mean", "error"]
     write_atomic(run_dir / "trials.md", markdown_table(trials, columns))
@@ -89,7 +83,7 @@ def sweep(cfg: SweepConfig) -> dict:
 
 def trial_row(result, axes: dict[str, list], given: dict[str, dict]) -> dict:
     """One trial: its grid values (read back from the trial's own config), status and last metrics."""
-    from cluster.algorithm import UnmaskGRPOConfig
+    from cluster.algorithm_config import UnmaskGRPOConfig
 
     config = result.config or given.get(Path(result.path).name, {})  # a trial that died in setup reports none
     trial_config = UnmaskGRPOConfig().update_from_dict(config)
@@ -114,9 +108,9 @@ def trial_row(result, axes: dict[str, list], given: dict[str, dict]) -> dict:
 def report(cfg: SweepConfig, points: list[TrainConfig], policies: list[Path]) -> list[dict]:
     """Heuristics and policies on the test split, at the report's block lengths, every trained one and full
     diffusion; writes pareto.md/.json/.png into run_dir."""
-    from cluster.report import write_pareto
     from rollout.config import ParetoConfig
     from rollout.pareto import run_pareto
+    from rollout.report import write_pareto
 
     trained = {point.rollout.env.block_length for point in points}
     pareto_cfg = ParetoConfig(model=cfg.rollout.model, task=cfg.rollout.task, env=cfg.rollout.env,

@@ -19,10 +19,11 @@ import socket
 import sys
 from pathlib import Path
 
-from cluster.configs import TrainConfig, check_train, to_yaml
+from cluster.config import TrainConfig, check_train
 from cluster.rundir import claim_run_dir, forget_run, seal
 from envs.config import SamplerConfig
 from envs.files import Interrupted, is_local_path, sigterm_as_interrupt, write_atomic
+from envs.structured import to_yaml
 from rollout.config import EvalConfig
 
 
@@ -107,14 +108,15 @@ def train(cfg: TrainConfig) -> dict:
     """Run GRPO with Tune in `run_dir`; returns the final eval (or the last metrics when eval is off)."""
     check_train(cfg)
     cfg = absolute_paths(cfg)
-    run_dir = claim_run_dir(cfg, TrainConfig, "train")
+    run_dir = claim_run_dir(cfg, TrainConfig)
     from rollout.preflight import preflight
 
     preflight(cfg.rollout)
     from ray import tune
 
     connect_ray(cfg, concurrent_runs=1)
-    from cluster.algorithm import UnmaskGRPO, UnmaskGRPOConfig
+    from cluster.algorithm import UnmaskGRPO
+    from cluster.algorithm_config import UnmaskGRPOConfig
 
     if cfg.resume:  # Tune restores the trial from its last checkpoint: weights, optimizer, RNGs, data cursor
         tuner = tune.Tuner.restore(str(run_dir / "tune"), trainable=UnmaskGRPO, resume_unfinished=True,
@@ -123,7 +125,7 @@ def train(cfg: TrainConfig) -> dict:
         new_dir = not run_dir.exists()
         run_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(run_dir / "config.yaml", to_yaml(cfg))
-        tuner = tune.Tuner(UnmaskGRPO, param_space=UnmaskGRPOConfig.from_train_config(cfg, run_dir.name),
+        tuner = tune.Tuner(UnmaskGRPO, param_space=UnmaskGRPOConfig.from_train_config(cfg),
                            run_config=tune_run_config(cfg))
     try:
         with sigterm_as_interrupt():

@@ -12,15 +12,9 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from transformers import (
-    AutoModelForMaskedLM,
-    BertConfig,
-    BertForMaskedLM,
-    ModernBertConfig,
-    ModernBertForMaskedLM,
-)
+from transformers import AutoModelForMaskedLM
 
-from envs.config import EnvConfig, ModelSize
+from envs.config import EnvConfig
 from envs.files import is_local_path
 
 BUILTIN_MODEL_DIR = Path(__file__).parent / "builtin_model"
@@ -29,38 +23,6 @@ BUILTIN_NAMES = ("builtin", "")
 
 class ModelLoadError(ValueError):
     """A model path or id that cannot be loaded; the message is one line for the CLI."""
-
-
-def new_builtin_model(vocab_size: int, max_positions: int, size: ModelSize, ids: dict) -> torch.nn.Module:
-    """A fresh built-in dLLM. Standard HF encoders are already bidirectional, so no custom code is needed
-    and the checkpoint loads with plain `AutoModelForMaskedLM` anywhere."""
-    if size.arch == "modernbert":
-        config = ModernBertConfig(
-            vocab_size=vocab_size, hidden_size=size.hidden_size, intermediate_size=size.ffn_size,
-            num_hidden_layers=size.num_layers, num_attention_heads=size.num_heads,
-            max_position_embeddings=max_positions, global_attn_every_n_layers=1,
-            hidden_dropout=0.0, attention_dropout=0.0, mlp_dropout=0.0, embedding_dropout=0.0,
-            pad_token_id=ids["pad"], eos_token_id=ids["eos"], bos_token_id=ids["eos"],
-            cls_token_id=ids["eos"], sep_token_id=ids["eos"], mask_token_id=ids["mask"],
-        )
-        return ModernBertForMaskedLM(config)
-    if size.arch != "bert":
-        raise ValueError(f"unknown size.arch {size.arch!r}: use bert or modernbert")
-    config = BertConfig(
-        vocab_size=vocab_size,
-        hidden_size=size.hidden_size,
-        num_hidden_layers=size.num_layers,
-        num_attention_heads=size.num_heads,
-        intermediate_size=size.ffn_size,
-        max_position_embeddings=max_positions,
-        type_vocab_size=1,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        pad_token_id=ids["pad"],
-        mask_token_id=ids["mask"],
-        eos_token_id=ids["eos"],
-    )
-    return BertForMaskedLM(config)
 
 
 def layout_batch(

@@ -103,6 +103,17 @@ def mixed_logp(logp: torch.Tensor, policy_share: torch.Tensor, expert_share: tor
     return torch.where(expert_share > 0, mixed, logp)
 
 
+def mixture_shares(group: torch.Tensor, expert: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N] G/(G+E) and, on an expert's trajectory, 1/(G+E) (0 on the policy's), from each group's members (group:
+    [N] ids, expert: [N] bool): the weights of the group's mixture likelihood."""
+    _, index, size = torch.unique(group, return_inverse=True, return_counts=True)
+    experts = torch.zeros(len(size), dtype=torch.float64, device=group.device).index_add_(0, index, expert.double())
+    members = size[index].double()
+    policy_share = (members - experts[index]) / members
+    expert_share = torch.where(expert.bool(), 1.0 / members, torch.zeros_like(members))
+    return policy_share.float(), expert_share.float()
+
+
 def steered_logp(logp: torch.Tensor, policy_share: torch.Tensor, expert_share: torch.Tensor) -> torch.Tensor:
     """log pi_mix of each step, logp [N, T]: log(policy_share * pi + expert_share) on an expert's trajectory
     (policy_share = G/(G+E), expert_share = 1/(G+E): each of the E experts is one deterministic draw), log pi on

@@ -1,14 +1,5 @@
-"""The policy as RLlib pieces (new API stack): its action distribution, RLModule and GRPO Learner.
-
-Rows of a training batch are whole trajectories (rollout.trajectories.TrajectoryBatch.learner_columns),
-padded to T = L steps, under their trajectory-schema names:
-    confidences, mask, valid, action   [N, T, L]     the policy's inputs and its decision per step
-    t, logp, active                    [N, T]        time input, behaviour log-prob, step taken?
-    old_logp                           [N, T]        the proximal policy's log-prob (= logp on-policy)
-    alpha                              [N]           the trajectory's trade-off (an alpha-conditioned policy's input)
-    policy_share, expert_share         [N]           mixture weights G/(G+E), 1/(G+E) (0: the policy's trajectory)
-    advantages                         [N]           from learner.grpo.group_advantages (whole groups)
-The learner re-runs only the small policy on the stored inputs, never the dLLM (paper.md §4).
+"""The policy as RLlib pieces (new API stack): its action distribution and its RLModule (the GRPO Learner is
+learner.learner). A training batch's rows are whole trajectories, padded to T = L steps (learner.learner's columns).
 """
 
 from __future__ import annotations
@@ -18,20 +9,10 @@ from typing import Any
 import torch
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.distribution.torch.torch_distribution import TorchDistribution
-from ray.rllib.core.learner.torch.torch_learner import TorchLearner
 from ray.rllib.core.rl_module.torch import TorchRLModule
 
-from envs.optim import adamw, warmup_cosine
-from learner.config import GRPOConfig, PolicyConfig
-from learner.grpo import (
-    bernoulli_logp,
-    bernoulli_sample,
-    grpo_loss,
-    steered_logp,
-    steered_position_logp,
-    truncated_importance_weights,
-    unmask_probabilities,
-)
+from learner.config import PolicyConfig
+from learner.grpo import bernoulli_logp, bernoulli_sample, unmask_probabilities
 from learner.policy import UnmaskingPolicy
 
 
@@ -111,57 +92,3 @@ class UnmaskRLModule(TorchRLModule):
             logits[active] = self.policy(batch["confidences"][active], batch["mask"][active], batch["t"][active],
                                          alpha)
         return {Columns.ACTION_DIST_INPUTS: logits}
-
-
-class GRPOLearner(TorchLearner):
-    """GRPO (learner.grpo) as an RLlib TorchLearner, configured by the typed `config.grpo`. AdamW without
-    decay on biases and norms; the warm-up + cosine schedule reads the optimizer's own step count, so
-    restoring the optimizer state restores the schedule too."""
-
-    @property
-    def grpo(self) -> GRPOConfig:
-        return self.config.grpo
-
-    def configure_optimizers_for_module(self, module_id, config=None) -> None:
-        module = self.module[module_id]
-        optimizer = adamw(module.parameters(), self.grpo.lr, self.grpo.weight_decay, self.grpo.adam_betas)
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        self.register_optimizer(module_id=module_id, optimizer=optimizer, params=params)
-        self._lr_multiplier = warmup_cosine(self.grpo.warmup_steps, self.grpo.total_steps)
-
-    def optimizer_steps(self) -> int:
-        for optimizer in self._named_optimizers.values():
-            for state in optimizer.state.values():
-                if "step" in state:
-                    return int(state["step"])
-        return 0
-
-    def apply_gradients(self, gradients_dict) -> None:
-        lr = self.grpo.lr * self._lr_multiplier(self.optimizer_steps())
-        for optimizer in self._named_optimizers.values():
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-        super().apply_gradients(gradients_dict)
-        self.metrics.log_value("lr", lr, window=1)
-
-    def compute_loss_for_module(self, *, module_id, config, batch, fwd_out) -> torch.Tensor:
-        """GRPO's clipped surrogate against the proximal policy's log-probs (`old_logp`: the behaviour ones for
-        on-policy steps, the learner's at arrival for stale ones), each step weighted by its truncated importance
-        weight (1 on-policy). An expert's steps enter through the group's mixture likelihood, clipped at
-        grpo.expert_clip_eps."""
-        logits, tau = fwd_out[Columns.ACTION_DIST_INPUTS], self.grpo.policy_temperature
-        shares = batch["policy_share"], batch["expert_share"]
-        old_logp, behaviour_logp = batch["old_logp"], batch["logp"]
-        if "old_logits" in batch:  # grpo.expert_likelihood=position; an expert's old step is the proximal policy's
-            expert = shares[1][:, None] > 0
-            logp, old = (steered_position_logp(x, batch["action"], batch["valid"], *shares, tau)
-                         for x in (logits, batch["old_logits"]))
-            old_logp, behaviour_logp = torch.where(expert, old, old_logp), torch.where(expert, old, behaviour_logp)
-        else:
-            logp = bernoulli_logp(logits, batch["action"], batch["valid"], tau)
-            logp, old_logp, behaviour_logp = (steered_logp(x, *shares) for x in (logp, old_logp, behaviour_logp))
-        weights = truncated_importance_weights(old_logp, behaviour_logp, self.grpo.tis_cap)
-        clip_eps = torch.where(batch["expert_share"] > 0, self.grpo.expert_clip_eps, self.grpo.clip_eps)
-        loss, stats = grpo_loss(logp, old_logp, batch["advantages"], batch["active"], clip_eps, weights)
-        self.metrics.log_dict(stats, key=module_id, window=1)
-        return loss

@@ -2,10 +2,9 @@
 
 Evaluation follows the paper's `bernoulli-argmax` mode: u_k ~ Ber(min(1, beta * sigmoid(b_k / tau))) over
 the valid positions, and if a row chose nothing, its most likely position is unmasked (Algorithm 1).
-Training rollouts use `act`: plain Bernoulli at tau, no fallback (a step may unmask nothing and still
-costs an NFE), and the behaviour log-prob of the decision for the GRPO ratio; rows an expert decides
-(expert steering) take the expert's decision and record the policy's log-prob of it. An alpha-conditioned
-policy decodes for `sampler.alpha` at evaluation and for each row's own alpha in training.
+Training rollouts use `logits`, `sample` and `log_prob` (or `act`, the three at once): plain Bernoulli at tau, no
+fallback (a step may unmask nothing and still costs an NFE), and the log-prob of the decision for the GRPO ratio.
+An alpha-conditioned policy decodes for `sampler.alpha` at evaluation and for each row's own alpha in training.
 """
 
 from __future__ import annotations
@@ -107,15 +106,18 @@ class PolicySampler(Sampler):
         steps = int(self.steps)
         return {"fallback_share": int(self.fallback_steps) / steps if steps else 0.0}
 
-    def act(self, obs: Observation, alpha: torch.Tensor | None = None,
-            expert: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training: (decision [B, L], behaviour log-prob [B]) with no fallback. alpha [B]: each row's trade-off
-        (alpha-conditioned); expert = (rows [B] bool, decision [B, L]): those rows take the expert's decision and
-        get the policy's log-prob of it (the learner turns it into the group's mixture likelihood)."""
-        device = next(self.policy.parameters()).device
-        logits, valid = self.logits(obs, alpha), obs.valid.to(device)
-        action = bernoulli_sample(logits, valid, self.cfg.policy_temperature, self.generator)
-        if expert is not None:
-            rows, decision = expert[0].to(device), expert[1].to(device)
-            action = torch.where(rows[:, None], decision & valid, action)
-        return action.to(obs.valid.device), bernoulli_logp(logits, action, valid, self.cfg.policy_temperature)
+    def sample(self, logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Training's decision [B, L] on the policy's device: one Bernoulli draw per valid position at tau, no
+        fallback (a step may unmask nothing, and still costs an NFE)."""
+        return bernoulli_sample(logits, valid.to(logits.device), self.cfg.policy_temperature, self.generator)
+
+    def log_prob(self, logits: torch.Tensor, action: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """[B] the log-likelihood of `action` under training's rule: the behaviour log-prob GRPO's ratio needs."""
+        device = logits.device
+        return bernoulli_logp(logits, action.to(device), valid.to(device), self.cfg.policy_temperature)
+
+    def act(self, obs: Observation, alpha: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training: (decision [B, L], behaviour log-prob [B]); alpha [B]: each row's trade-off (alpha-conditioned)."""
+        logits = self.logits(obs, alpha)
+        action = self.sample(logits, obs.valid)
+        return action.to(obs.valid.device), self.log_prob(logits, action, obs.valid)

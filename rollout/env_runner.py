@@ -28,8 +28,9 @@ from envs.mdp import UnmaskingEnv
 from envs.tasks import make_task
 from learner.grpo import draw_alphas
 from learner.sampler import PolicySampler
-from rollout.samplers import make_sampler
-from rollout.trajectories import TrajectoryBatch, collect_groups
+from rollout.collect import collect_groups
+from rollout.experts import ExpertSteering
+from rollout.trajectories import TrajectoryBatch
 
 
 @dataclass
@@ -85,7 +86,7 @@ class DLLMEnvRunner(EnvRunner, Checkpointable):
         sampler_cfg = SamplerConfig(name="policy", policy_temperature=self.grpo.policy_temperature,
                                     alpha=self.grpo.alpha)  # rollouts give each row its group's alpha
         self.sampler = PolicySampler(sampler_cfg, self.generator, policy=self.module.policy)
-        self.experts = [make_sampler(SamplerConfig(name="fast_dllm", threshold=x)) for x in s.expert.thresholds]
+        self.steering = ExpertSteering.fast_dllm(s.expert.thresholds, s.expert.block_length, s.group_size)
 
     # ---- EnvRunner API ---------------------------------------------------------------------------
     def assert_healthy(self) -> None:
@@ -114,8 +115,7 @@ class DLLMEnvRunner(EnvRunner, Checkpointable):
         batch = collect_groups(self.env, self.sampler, self.task, examples, self.settings.group_size, self.grpo,
                                env_runner=self.worker_index, first_group=self.groups_made,
                                policy_version=self.version, batch_rows=self.settings.batch_rows,
-                               experts=self.experts, expert_block_length=self.settings.expert.block_length,
-                               alphas=alphas)
+                               steering=self.steering, alphas=alphas)
         self.groups_made += len(examples)
         self._last_return = time.perf_counter()
         stats = self.env.engine.stats

@@ -1,30 +1,22 @@
-"""Unmasking trajectories: THE trajectory batch type, collecting it in a dLLM env, and its Arrow/Parquet form.
+"""The trajectory contract: THE trajectory batch type, its Parquet schema and I/O. Numpy and pyarrow only, so reading
+a dump imports nothing of torch or Ray.
 
-One `TrajectoryBatch` crosses from generation (an env runner) to training (the learner) and to disk, converted
-once each way: its field names are the Parquet column names, `learner_columns()` is what the GRPO learner
-reads, and `to_arrow()` writes one row per step a trajectory actually took (`TRAJECTORY_SCHEMA`), so
-`pyarrow.dataset` / `ray.data.read_parquet` read a folder of dumps as one table.
+One `TrajectoryBatch` crosses from generation (an env runner, rollout.collect) to training (the learner) and to
+disk, converted once each way: its field names are the Parquet column names, `learner_batch()` is what the GRPO
+learner reads (learner.learner), and `to_arrow()` writes one row per step a trajectory actually took
+(`TRAJECTORY_SCHEMA`), so `pyarrow.dataset` / `ray.data.read_parquet` read a folder of dumps as one table.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 from envs.files import write_atomic
-from envs.mdp import UnmaskingEnv
-from envs.samplers import Sampler, leftmost_block
-from envs.tasks import Example, Task
-from learner.config import GRPOConfig
-from learner.grpo import reward
-from learner.sampler import PolicySampler
 
 # 2: the `abandoned` column (positions given up at a block's forward budget) and `old_logp` (what a stale step
 # was importance-weighted against). 3: `alpha` (the trajectory's reward trade-off) and `expert` (drawn by an
@@ -84,8 +76,6 @@ class TrajectoryBatch:
     completion: list[str]  # the decoded answer; an abandoned position shows as the mask token
     env_runner: int  # runner index (1-based; 0 = sampled in the algorithm's process)
     policy_version: int  # learner updates behind the policy that sampled every step of it
-    old_logp: np.ndarray | None = None  # [N, T] float32: the learner's log-prob of each decision when it trained on
-    #                                     them (= logp for a fresh batch); set by the algorithm, None until then
 
     def __len__(self) -> int:
         return len(self.nfe)
@@ -99,24 +89,9 @@ class TrajectoryBatch:
     def num_groups(self) -> int:
         return len(set(self.group_id))
 
-    def mixture_shares(self) -> tuple[np.ndarray, np.ndarray]:
-        """[N] G/(G+E) and, on expert trajectories, 1/(G+E) (0 on the policy's), from each group's members:
-        the weights of learner.grpo.steered_logp."""
-        _, group, size = np.unique(self.group_id, return_inverse=True, return_counts=True)
-        experts = np.bincount(group, weights=self.expert.astype(np.float64), minlength=len(size))
-        members = size[group].astype(np.float32)
-        policy_share = (members - experts[group]) / members
-        return policy_share.astype(np.float32), np.where(self.expert, 1.0 / members, 0.0).astype(np.float32)
-
-    def learner_columns(self) -> dict[str, np.ndarray]:
-        """What the GRPO learner reads (learner.module), under the same names."""
-        policy_share, expert_share = self.mixture_shares()
-        return {"confidences": self.confidences, "mask": self.mask, "valid": self.valid, "action": self.action,
-                "t": self.t, "logp": self.logp, "active": self.active, "alpha": self.alpha,
-                "policy_share": policy_share, "expert_share": expert_share}
-
-    def to_arrow(self, run_id: str, iteration: int, used: bool) -> pa.Table:
-        """One row per step actually taken, in TRAJECTORY_SCHEMA."""
+    def to_arrow(self, run_id: str, iteration: int, used: bool, old_logp: np.ndarray | None = None) -> pa.Table:
+        """One row per step actually taken, in TRAJECTORY_SCHEMA; old_logp [N, T]: the proximal log-probs the learner
+        trained against (None: not trained on)."""
         traj, step = np.nonzero(self.active)
         per_step = {name: list(getattr(self, name)[traj, step])
                     for name in ("confidences", "mask", "abandoned", "valid", "action")}
@@ -134,7 +109,7 @@ class TrajectoryBatch:
             "t": self.t[traj, step],
             **per_step,
             "logp": self.logp[traj, step],
-            "old_logp": [None] * len(traj) if self.old_logp is None else self.old_logp[traj, step],
+            "old_logp": [None] * len(traj) if old_logp is None else old_logp[traj, step],
             "reward": self.reward[traj],
             "correct": self.correct[traj],
             "nfe": self.nfe[traj],
@@ -144,96 +119,15 @@ class TrajectoryBatch:
         return pa.Table.from_pydict(columns, schema=TRAJECTORY_SCHEMA)
 
 
-@dataclass
-class Rollouts:
-    """What rolling out records, before scoring: per step [N, T, L] / [N, T], per trajectory canvas and NFE."""
-
-    steps: dict[str, torch.Tensor]  # confidences, mask, abandoned, valid, action, t, logp (TrajectoryBatch names)
-    canvases: torch.Tensor  # [N, L] token ids
-    nfe: torch.Tensor  # [N] int32
-
-
-def roll_out(env: UnmaskingEnv, sampler: PolicySampler, prompts: list[list[int]], group_size: int,
-             batch_rows: int = 0, *, experts: Sequence[Sampler] = (), expert_block_length: int = 0,
-             alphas: torch.Tensor | None = None) -> Rollouts:
-    """Every prompt (token ids) `group_size` times by the policy, then once by each expert: trajectory n is
-    member n % (G + E) of group n // (G + E); every decision recorded. alphas [prompts]: each group's trade-off,
-    the input of an alpha-conditioned policy.
-
-    Continuous batching: at most `batch_rows` rows are in flight (0: all of them at once); when a trajectory
-    ends, the next one (the next group member, then the next prompt) takes its row at the next step, in its
-    own block and step."""
-    members = group_size + len(experts)
-    queue = [p for p in prompts for _ in range(members)]
-    N, L = len(queue), env.L
-    slots = N if batch_rows <= 0 else min(batch_rows, N)
-    per_step = {name: torch.zeros(N, L, L, dtype=torch.bool) for name in ("mask", "abandoned", "valid", "action")}
-    rec = {"confidences": torch.zeros(N, L, L), **per_step, "t": torch.zeros(N, L), "logp": torch.zeros(N, L)}
-    canvases, nfe = torch.zeros(N, L, dtype=torch.long), torch.zeros(N, dtype=torch.int32)
-    running = list(range(slots))  # running[row] = the trajectory in that row
-    started = slots
-    features = tuple(dict.fromkeys([*sampler.features, *(f for e in experts for f in e.features)]))
-    obs = env.reset(queue[:slots], features=features)
-    while True:
-        row_traj = torch.tensor(running)
-        row_alpha = None if alphas is None else alphas[row_traj // members]
-        steering = None
-        if experts:  # each expert decides its own rows, semi-AR in its own blocks; the policy scores the decision
-            expert_obs = dataclasses.replace(obs, valid=leftmost_block(obs.valid, expert_block_length))
-            decisions = torch.stack([e.select(expert_obs) for e in experts])
-            which = (row_traj % members - group_size).to(decisions.device)
-            steering = (which >= 0, decisions[which.clamp(min=0), torch.arange(len(running), device=which.device)])
-        action, logp = sampler.act(obs, row_alpha, steering)
-        rows = obs.active.cpu().nonzero(as_tuple=True)[0]
-        traj = torch.tensor([running[r] for r in rows.tolist()], dtype=torch.long)
-        step = (obs.nfe.cpu()[rows] - 1).long()
-        for name, value in (("confidences", obs.confidence), ("mask", obs.masked), ("abandoned", obs.abandoned),
-                            ("valid", obs.valid), ("action", action), ("t", obs.t), ("logp", logp)):
-            rec[name][traj, step] = value.detach().cpu()[rows].to(rec[name].dtype)
-        env.apply(action)
-        finished = rows[~env.active.cpu()[rows]].tolist()
-        if finished:
-            done = [running[r] for r in finished]
-            canvases[done] = env.canvas().cpu()[finished]
-            nfe[done] = env.nfe.cpu()[finished].to(torch.int32)
-            admit = finished[: N - started]
-            if admit:
-                env.start_rows(admit, queue[started : started + len(admit)])
-                for row in admit:
-                    running[row], started = started, started + 1
-        if env.done:
-            break
-        obs = env.observe()
-    return Rollouts(rec, canvases, nfe)
-
-
-def collect_groups(env: UnmaskingEnv, sampler: PolicySampler, task: Task, examples: list[Example],
-                   group_size: int, grpo: GRPOConfig, *, env_runner: int, first_group: int,
-                   policy_version: int, batch_rows: int = 0, experts: Sequence[Sampler] = (),
-                   expert_block_length: int = 0, alphas: torch.Tensor | None = None) -> TrajectoryBatch:
-    """Roll out every example `group_size` times and once per expert (`roll_out`), score the answers (each group
-    at its own alpha: `alphas`, else grpo.alpha), and number the groups from `first_group` on. Every trajectory
-    of the batch is sampled by the same policy version."""
-    dllm = env.dllm
-    members = group_size + len(experts)
-    group_alpha = torch.full((len(examples),), float(grpo.alpha)) if alphas is None else alphas.float().cpu()
-    encoded = dllm.encode_prompts([ex.prompt for ex in examples], task.response_prefix)
-    done = roll_out(env, sampler, encoded, group_size, batch_rows, experts=experts,
-                    expert_block_length=expert_block_length, alphas=None if alphas is None else group_alpha)
-    completions = [dllm.decode_answer(row) for row in done.canvases.tolist()]
-    group_examples = [ex for ex in examples for _ in range(members)]
-    correct = torch.tensor([task.verify(c, ex) for c, ex in zip(completions, group_examples)])
-    alpha = group_alpha.repeat_interleave(members)
-    sample_id = np.tile(np.arange(members, dtype=np.int32), len(examples))
-    return TrajectoryBatch(
-        **{name: value.numpy() for name, value in done.steps.items()},
-        reward=reward(correct, done.nfe, env.L, alpha, grpo.reward).numpy().astype(np.float32),
-        correct=correct.numpy(), nfe=done.nfe.numpy(), sample_id=sample_id, expert=sample_id >= group_size,
-        alpha=alpha.numpy().astype(np.float32),
-        prompt_id=[ex.id for ex in group_examples],
-        group_id=[f"r{env_runner}-g{first_group + g}" for g in range(len(examples)) for _ in range(members)],
-        completion=completions, env_runner=env_runner, policy_version=policy_version,
-    )
+def learner_batch(batches: list[TrajectoryBatch]) -> dict[str, np.ndarray]:
+    """The batches as the GRPO learner's columns (learner.learner), trajectories concatenated in order; `group`
+    numbers the groups of this batch."""
+    names = ("confidences", "mask", "valid", "action", "t", "logp", "alpha", "reward", "expert")
+    columns = {name: np.concatenate([getattr(b, name) for b in batches]) for name in names}
+    columns["active"] = np.concatenate([b.active for b in batches])
+    columns["group"] = np.unique(np.concatenate([b.group_id for b in batches]), return_inverse=True)[1].astype(np.int64)
+    columns["policy_version"] = np.concatenate([np.full(len(b), b.policy_version, np.int64) for b in batches])
+    return columns
 
 
 def write_parquet_atomic(table: pa.Table, path: Path) -> Path:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from envs.config import ModelSize
-from envs.dllm import load_dllm, new_builtin_model
+from envs.dllm import load_dllm
+from envs.pretrain.config import ModelSize
+from envs.pretrain.model import new_builtin_model
 from envs.tasks.cycles import CycleTask
 from envs.tokenizer import build_char_tokenizer
 

@@ -1,7 +1,7 @@
 """Bad input, as a new user types it, across the five commands: exit code 2, one line on stderr that names the
 problem (no traceback), no Ray started, and every output or run directory byte-for-byte as it was.
 
-The cases run in this process through `cluster.cli.main` (a real process for each would cost seconds apiece);
+The cases run in this process through `cli.main.main` (a real process for each would cost seconds apiece);
 `tests/test_cli.py` checks the same path from a real process, and the interrupt tests below use one."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import ray
 
-from cluster.cli import main
+from cli.main import main
 from envs.dllm import BUILTIN_MODEL_DIR
 from learner.config import PolicyConfig
 from learner.policy import UnmaskingPolicy, save_policy
@@ -222,7 +222,7 @@ def test_pretrain_overwrite_replaces_the_model_files_and_keeps_the_others(tmp_pa
 
 
 def start_pretrain(out: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "cluster.cli", "pretrain", f"out={out}", "minutes=5",
+    return subprocess.Popen([sys.executable, "-m", "cli", "pretrain", f"out={out}", "minutes=5",
                              "batch_size=16", "log_every=1", "progress=false", "save_every_minutes=0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -251,7 +251,7 @@ def test_interrupted_pretraining_saves_a_complete_model_and_says_where(sig, tmp_
 def test_interrupted_eval_keeps_the_previous_result(tmp_path):
     out = tmp_path / "e.json"
     out.write_text('{"previous": true}\n')
-    proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "eval", "num_examples=500", "batch_size=1",
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "eval", "num_examples=500", "batch_size=1",
                              "sampler=top_k", f"out={out}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     time.sleep(6)  # loading, then decoding one prompt at a time

@@ -6,11 +6,11 @@ import sys
 
 import pytest
 
-from cluster.cli import main
+from cli.main import main
 
 
 def unmask(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "cluster.cli", *args], capture_output=True, text=True, cwd=cwd)
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, cwd=cwd)
 
 
 @pytest.mark.slow
@@ -141,7 +141,7 @@ def test_empty_split_and_bad_sampler_values_are_errors(tiny_model_dir, tmp_path,
 
 
 def test_help_lists_dict_keys_whole_and_a_saved_config_starts_a_run(tmp_path, capsys):
-    from cluster.cli import load_config
+    from cli.main import load_config
 
     assert main(["train", "--help"]) == 0
     out = capsys.readouterr().out
@@ -150,7 +150,8 @@ def test_help_lists_dict_keys_whole_and_a_saved_config_starts_a_run(tmp_path, ca
     assert "grid = {'grpo': {'alpha': [0.5, 1.0, 2.0]}}" in capsys.readouterr().out
 
     saved = tmp_path / "config.yaml"
-    from cluster.configs import TrainConfig, to_yaml
+    from cluster.config import TrainConfig
+    from envs.structured import to_yaml
 
     first = load_config("train", ["max_iterations=7", "grpo.alpha=0.3", "rollout.env.block_length=24"])
     saved.write_text(to_yaml(first))
@@ -183,7 +184,7 @@ def test_keys_that_would_be_ignored_are_errors_before_any_work(args, message, tm
 @pytest.mark.slow
 def test_config_errors_come_before_heavy_imports_and_eval_never_imports_ray(tiny_model_dir, tmp_path):
     """A typo is reported before torch is even imported; a whole `unmask eval` never imports Ray."""
-    probe = ("import sys; from cluster.cli import main; code = main(sys.argv[1:]); "
+    probe = ("import sys; from cli.main import main; code = main(sys.argv[1:]); "
              "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'ray'}))")
     typo = subprocess.run([sys.executable, "-c", probe, "eval", "sampler.treshold=0.5"], capture_output=True,
                           text=True)

@@ -59,7 +59,7 @@ def submit(address: str, env: dict, *args: str) -> str:
     runtime_env = json.dumps({"excludes": [".venv", "runs", ".git", "*.egg-info"],
                               "env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": "60"}})
     res = subprocess.run([RAY, "job", "submit", "--address", address, "--working-dir", str(REPO), "--no-wait",
-                          "--runtime-env-json", runtime_env, "--", sys.executable, "-m", "cluster.cli", *args],
+                          "--runtime-env-json", runtime_env, "--", sys.executable, "-m", "cli", *args],
                          env=env, capture_output=True, text=True, timeout=180)
     assert res.returncode == 0, res.stderr[-2000:]
     [job_id] = set(re.findall(r"raysubmit_\w+", res.stdout + res.stderr))

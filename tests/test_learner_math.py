@@ -122,7 +122,7 @@ def test_an_expert_step_enters_through_the_groups_mixture_likelihood():
     """G = 8, E = 1: an expert step's likelihood is 8/9 pi + 1/9. The policy gave the expert's decision 0.01 when
     it was drawn and gives it 0.02 now: ratio (8/9 * 0.02 + 1/9) / (8/9 * 0.01 + 1/9) = 0.128889 / 0.12, clipped at
     grpo.expert_clip_eps; the policy's own step (0.01 -> 0.02: ratio 2) is clipped at 1 + clip_eps, as always."""
-    from cluster.algorithm import UnmaskGRPOConfig
+    from cluster.algorithm_config import UnmaskGRPOConfig
     from learner.grpo import steered_logp
 
     share = torch.tensor([8 / 9, 8 / 9]), torch.tensor([0.0, 1 / 9])
@@ -137,7 +137,7 @@ def test_an_expert_step_enters_through_the_groups_mixture_likelihood():
     learner.build()
     b = math.log(0.02 / 0.98)  # sigmoid(b) = 0.02: the probability of unmasking the one valid position
     batch = {"action": torch.tensor([[[True, False]], [[True, False]]]), "valid": torch.tensor([[[True, False]]] * 2),
-             "logp": torch.full((2, 1), math.log(0.01)), "old_logp": torch.full((2, 1), math.log(0.01)),
+             "old": steered_logp(torch.full((2, 1), math.log(0.01)), *share), "weights": torch.ones(2, 1),
              "advantages": torch.tensor([1.0, 1.0]), "active": torch.ones(2, 1, dtype=torch.bool),
              "policy_share": share[0], "expert_share": share[1]}
     fwd_out = {"action_dist_inputs": torch.full((2, 1, 2), b)}
@@ -188,7 +188,7 @@ def test_the_per_position_mixture_of_an_expert_step_against_hand_computed_values
     """grpo.expert_likelihood=position, G = 8, E = 1: the expert unmasked position 0 and kept position 1; the policy
     gave unmasking (0.1, 0.3) when drawn and (0.2, 0.3) now. Ratio = prod_k (8/9 p_k(u_k) + 1/9) / (old), i.e.
     (8/9 * 0.2 + 1/9) / (8/9 * 0.1 + 1/9) = 1.4444 (position 1 cancels), below 1 + expert_clip_eps."""
-    from cluster.algorithm import UnmaskGRPOConfig
+    from cluster.algorithm_config import UnmaskGRPOConfig
 
     cfg = UnmaskGRPOConfig().training(expert_likelihood="position", expert_clip_eps=0.5)
     cfg.validate()
@@ -198,11 +198,53 @@ def test_the_per_position_mixture_of_an_expert_step_against_hand_computed_values
     def logit(p: float) -> float:
         return math.log(p / (1 - p))
 
-    batch = {"action": torch.tensor([[[True, False]]]), "valid": torch.tensor([[[True, True]]]),
-             "logp": torch.zeros(1, 1), "old_logp": torch.zeros(1, 1), "advantages": torch.tensor([1.0]),
-             "active": torch.ones(1, 1, dtype=torch.bool), "policy_share": torch.tensor([8 / 9]),
-             "expert_share": torch.tensor([1 / 9]), "old_logits": torch.tensor([[[logit(0.1), logit(0.3)]]])}
+    from learner.grpo import steered_position_logp
+
+    shares = torch.tensor([8 / 9]), torch.tensor([1 / 9])
+    action, valid = torch.tensor([[[True, False]]]), torch.tensor([[[True, True]]])
+    old = steered_position_logp(torch.tensor([[[logit(0.1), logit(0.3)]]]), action, valid, *shares)
+    batch = {"action": action, "valid": valid, "old": old, "weights": torch.ones(1, 1),
+             "advantages": torch.tensor([1.0]), "active": torch.ones(1, 1, dtype=torch.bool),
+             "policy_share": shares[0], "expert_share": shares[1]}
     fwd_out = {"action_dist_inputs": torch.tensor([[[logit(0.2), logit(0.3)]]])}
     loss = learner.compute_loss_for_module(module_id="default_policy", config=None, batch=batch, fwd_out=fwd_out)
     ratio = (8 / 9 * 0.2 + 1 / 9) / (8 / 9 * 0.1 + 1 / 9)
     assert ratio == pytest.approx(1.444444, abs=1e-6) and loss.item() == pytest.approx(-ratio, abs=1e-5)
+
+
+def test_the_learner_prepares_advantages_shares_proximal_log_probs_and_tis_weights_once():
+    """learner.learner's prepare on a hand-made batch: two groups (G = 2, plus one expert in the second); the first
+    group sampled by the learner's current version (its log-probs are kept as recorded), the second by an older
+    one (recomputed by the learner's module and TIS-weighted); a batch of equal rewards is skipped."""
+    from cluster.algorithm_config import UnmaskGRPOConfig
+    from learner.grpo import bernoulli_logp, mixture_shares, steered_logp, truncated_importance_weights
+
+    cfg = UnmaskGRPOConfig().environment(gen_length=4, block_length=4).training(tis_cap=1.5)
+    cfg.validate()
+    learner = cfg.build_learner(env=None)
+    learner.build()
+    torch.manual_seed(0)
+    N, T, L = 5, 4, 4
+    active = torch.tensor([[True] * 2 + [False] * 2] * N)
+    batch = {"confidences": torch.rand(N, T, L), "mask": torch.ones(N, T, L, dtype=torch.bool),
+             "valid": torch.ones(N, T, L, dtype=torch.bool) & active[..., None], "action": torch.rand(N, T, L) > 0.5,
+             "t": torch.rand(N, T), "logp": -torch.rand(N, T) * active, "active": active, "alpha": torch.ones(N),
+             "reward": torch.tensor([1.0, 0.0, 0.5, 0.0, 1.0]), "group": torch.tensor([0, 0, 1, 1, 1]),
+             "expert": torch.tensor([False, False, False, False, True]), "policy_version": torch.tensor([0, 0, -1, -1, -1])}
+    batch["action"] &= batch["valid"]
+    prepared, old_logp = learner.prepare(dict(batch))
+    assert prepared["advantages"].tolist() == pytest.approx([0.5, -0.5, 0.0, -0.5, 0.5])
+    shares = mixture_shares(batch["group"], batch["expert"])
+    assert prepared["policy_share"].tolist() == pytest.approx([1, 1, 2 / 3, 2 / 3, 2 / 3])
+    assert prepared["expert_share"].tolist() == pytest.approx([0, 0, 0, 0, 1 / 3])
+    assert torch.equal(torch.from_numpy(old_logp[:2]), batch["logp"][:2])  # sampled by these weights: as recorded
+    logits = learner.proximal_logits(batch)
+    recomputed = bernoulli_logp(logits, batch["action"], batch["valid"]) * active
+    torch.testing.assert_close(torch.from_numpy(old_logp[2:]), recomputed[2:])
+    old = steered_logp(torch.from_numpy(old_logp), *shares)
+    torch.testing.assert_close(prepared["old"], old)
+    weights = truncated_importance_weights(old, steered_logp(batch["logp"], *shares), 1.5)
+    torch.testing.assert_close(prepared["weights"], weights)
+    assert (prepared["weights"][:2] == 1).all() and (prepared["weights"][2:] <= 1.5).all()
+    skipped, _ = learner.prepare({**batch, "reward": torch.full((N,), 0.25)})
+    assert skipped is None

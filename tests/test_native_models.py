@@ -282,7 +282,7 @@ def test_unmask_eval_on_a_native_model_with_gsm8k_and_a_kv_cache(native_dir, tmp
 
     _, path = native_dir
     out = tmp_path / "eval.json"
-    res = subprocess.run([sys.executable, "-m", "cluster.cli", "eval", f"model={path}", "task=gsm8k",
+    res = subprocess.run([sys.executable, "-m", "cli", "eval", f"model={path}", "task=gsm8k",
                           f"task.path={write_gsm8k(tmp_path / 'gsm8k')}", "env.gen_length=16", "env.block_length=8",
                           "env.kv_cache=dual", "sampler=top_k", "sampler.steps=4", "num_examples=4", f"out={out}"],
                          capture_output=True, text=True)

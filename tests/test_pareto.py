@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from cluster.cli import main
-from cluster.report import pareto_front
+from cli.main import main
+from rollout.report import pareto_front
 
 
 def test_pareto_front_keeps_only_undominated_points():
@@ -14,7 +14,7 @@ def test_pareto_front_keeps_only_undominated_points():
 
 
 def test_each_policy_point_is_set_against_the_best_heuristic_at_no_more_nfe():
-    from cluster.report import against_heuristics
+    from rollout.report import against_heuristics
 
     def row(sampler, setting, bl, acc, nfe):
         return {"sampler": sampler, "setting": setting, "block_length": bl, "accuracy": acc, "mean_nfe": nfe}

@@ -7,7 +7,7 @@ import pytest
 import torch
 from ray.rllib.core.columns import Columns
 
-from cluster.cli import main
+from cli.main import main
 from envs.config import SamplerConfig
 from envs.mdp import UnmaskingEnv
 from envs.optim import warmup_cosine

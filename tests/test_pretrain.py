@@ -6,9 +6,11 @@ import pytest
 import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-from envs.config import ModelSize, PretrainConfig, TaskConfig
-from envs.dllm import load_dllm, new_builtin_model
-from envs.pretrain import grow_positions, masked_diffusion_loss, pretrain
+from envs.config import TaskConfig
+from envs.dllm import load_dllm
+from envs.pretrain.config import ModelSize, PretrainConfig
+from envs.pretrain.model import new_builtin_model
+from envs.pretrain.train import grow_positions, masked_diffusion_loss, pretrain
 from tests.conftest import TINY
 
 

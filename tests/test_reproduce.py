@@ -6,8 +6,8 @@ import json
 import pytest
 import ray
 
-from cluster.cli import main
-from cluster.configs import README_MARKERS
+from cli.main import main
+from experiments.config import README_MARKERS
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +88,8 @@ def results(accuracy: float, nfe: float, runs: int = 2) -> list[dict]:
 
 def judged(long_heuristic: float) -> dict:
     """Findings over hand-made points where the policy holds at the longer canvas (0.60 -> 0.60)."""
-    from cluster.configs import ReproduceConfig
-    from cluster.reproduce import HEURISTICS, heuristic_label, judge
+    from experiments.config import ReproduceConfig
+    from experiments.reproduce import HEURISTICS, heuristic_label, judge
 
     def table(heuristic: float, **policies: float) -> dict:
         rows = {heuristic_label(h): results(heuristic - 0.01 * i, 24.0 - 3 * i) for i, h in enumerate(HEURISTICS)}

@@ -34,7 +34,7 @@ def listening(pid: int) -> set[tuple[str, int, str]]:
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "cluster.cli", *args]
+    return [sys.executable, "-m", "cli", *args]
 
 
 def tiny_train(model_dir, run_dir) -> list[str]:

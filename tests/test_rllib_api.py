@@ -10,7 +10,8 @@ import ray
 import torch
 from ray import tune
 
-from cluster.algorithm import UnmaskGRPO, UnmaskGRPOConfig
+from cluster.algorithm import UnmaskGRPO
+from cluster.algorithm_config import UnmaskGRPOConfig
 from envs.config import EnvConfig, TaskConfig
 from learner.config import GRPOConfig
 from learner.policy import load_policy
@@ -50,7 +51,7 @@ def test_the_documented_rllib_snippet(local_ray, tmp_path):
     # ---------------------------------------------------------------------------------------------------
     assert 0.0 <= result["unmask"]["reward_mean"] <= 1.0 and result["unmask"]["trajectories_total"] == 64
     assert {"collect_s", "update_s", "report_s"} <= set(result["timers"])  # the three phases, timed
-    assert algo.config.grpo.alpha == 1.0 and algo.config.groups_per_update == 2
+    assert algo.config.grpo.alpha == 1.0 and algo.config.updates.groups_per_update == 2
     assert algo.config.rollout.model == "builtin" and algo.config.rollout.env.gen_length == 24
     final = json.loads((run_dir / "checkpoints" / "final" / "config.json").read_text())["training"]
     assert final["iteration"] == 1 and final["alpha"] == 1.0 and final["gen_length"] == 24

@@ -6,8 +6,8 @@ import json
 import pytest
 import ray
 
-from cluster.cli import main
-from cluster.configs import FinalEvalConfig, SweepConfig
+from cli.main import main
+from cluster.config import FinalEvalConfig, SweepConfig
 from cluster.sweep import sweep
 from envs.config import EnvConfig, TaskConfig
 from learner.config import GRPOConfig, PolicyConfig

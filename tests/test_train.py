@@ -13,8 +13,8 @@ import pyarrow.dataset as ds
 import pytest
 import ray
 
-from cluster.cli import main
-from cluster.configs import FinalEvalConfig, TrainConfig
+from cli.main import main
+from cluster.config import FinalEvalConfig, TrainConfig
 from cluster.train import train
 from envs.config import EnvConfig, TaskConfig
 from learner.config import GRPOConfig, PolicyConfig
@@ -212,7 +212,7 @@ def test_pacing_never_stalls_and_stays_within_its_budget(runners):
     the buffer and the requests in flight cannot fill it, even when one sample is larger than the budget, as with
     prompts_per_sample 8 and groups_per_update 2), and no more is asked for than the budget or one sample over
     the need."""
-    from cluster.algorithm import may_admit
+    from cluster.collector import may_admit
 
     for per_sample in range(1, 10):
         for need in range(1, 10):

@@ -11,12 +11,14 @@ from envs.mdp import UnmaskingEnv
 from learner.config import GRPOConfig, PolicyConfig
 from learner.policy import UnmaskingPolicy
 from learner.sampler import PolicySampler
+from rollout.collect import collect_groups
+from rollout.experts import ExpertSteering
 from rollout.trajectories import (
     SCHEMA_VERSION,
     SCHEMA_VERSION_KEY,
     TRAJECTORY_SCHEMA,
     TrajectoryBatch,
-    collect_groups,
+    learner_batch,
     read_trajectories,
     write_parquet_atomic,
 )
@@ -42,11 +44,12 @@ def test_a_batch_is_whole_groups_with_ids_from_its_offset(tiny_dllm, cycles):
     assert batch.policy_version == 7 and batch.env_runner == 2
     # one step per forward: the steps taken are exactly 0..nfe-1, and they are what the learner reads
     assert (batch.active.sum(1) == batch.nfe).all()
-    columns = batch.learner_columns()
-    assert set(columns) == {"confidences", "mask", "valid", "action", "t", "logp", "active", "alpha", "policy_share",
-                            "expert_share"}
-    assert columns["confidences"].shape == (6, 8, 8) and columns["logp"].shape == (6, 8)
-    assert not columns["action"][~batch.active].any()  # padding steps decide nothing
+    columns = learner_batch([batch, collect(tiny_dllm, cycles, bias=0.0, first_group=7)])
+    assert set(columns) == {"confidences", "mask", "valid", "action", "t", "logp", "active", "alpha", "reward",
+                            "group", "expert", "policy_version"}
+    assert columns["confidences"].shape == (12, 8, 8) and columns["logp"].shape == (12, 8)
+    assert columns["group"].tolist() == [0] * 3 + [1] * 3 + [2] * 3 + [3] * 3 and (columns["policy_version"] == 7).all()
+    assert not columns["action"][~columns["active"]].any()  # padding steps decide nothing
 
 
 def test_positions_abandoned_at_the_block_budget_say_so_in_memory_and_on_disk(tiny_dllm, cycles, tmp_path):
@@ -147,10 +150,9 @@ def test_expert_members_are_fast_dllm_in_its_own_blocks_inside_the_full_canvas(t
     examples = cycles.examples("train", 2)
     env = UnmaskingEnv(tiny_dllm, gen_length=8, block_length=8)
     policy = policy_sampler(0.0)
-    experts = [make("fast_dllm", threshold=x) for x in (0.0, 0.9)]  # 0: a whole block per step
+    steering = ExpertSteering.fast_dllm([0.0, 0.9], block_length=4, group_size=2)  # 0: a whole block per step
     batch = collect_groups(env, policy, cycles, examples, group_size=2, grpo=GRPOConfig(alpha=0.5), env_runner=1,
-                           first_group=0, policy_version=0, experts=experts, expert_block_length=4,
-                           alphas=torch.tensor([0.5, 2.0]))
+                           first_group=0, policy_version=0, steering=steering, alphas=torch.tensor([0.5, 2.0]))
     assert len(batch) == 8 and batch.sample_id.tolist() == [0, 1, 2, 3] * 2
     assert batch.expert.tolist() == [False, False, True, True] * 2
     assert batch.alpha.tolist() == [0.5] * 4 + [2.0] * 4  # each group at its own trade-off
@@ -170,7 +172,10 @@ def test_expert_members_are_fast_dllm_in_its_own_blocks_inside_the_full_canvas(t
         logits = policy.policy(*(torch.from_numpy(getattr(batch, n)[active]) for n in ("confidences", "mask", "t")))
     again = bernoulli_logp(logits, torch.from_numpy(batch.action[active]), torch.from_numpy(batch.valid[active]))
     np.testing.assert_allclose(again.numpy(), batch.logp[active], rtol=1e-5, atol=1e-5)
-    policy_share, expert_share = batch.mixture_shares()
+    from learner.grpo import mixture_shares
+
+    columns = learner_batch([batch])
+    policy_share, expert_share = mixture_shares(torch.from_numpy(columns["group"]), torch.from_numpy(batch.expert))
     np.testing.assert_allclose(policy_share, [0.5] * 8)
     np.testing.assert_allclose(expert_share, [0, 0, 0.25, 0.25] * 2)
     correct = torch.from_numpy(batch.correct)

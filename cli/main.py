@@ -12,24 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.configs import (
-    ConfigError,
-    ReproduceConfig,
-    SweepConfig,
-    TrainConfig,
-    check_reproduce,
-    check_sweep,
-    check_train,
-    flatten_defaults,
-    grid_axes,
-    grid_points,
-    load_yaml,
-    parse,
-    resume_config,
-    to_yaml,
-)
-from envs.config import SAMPLER_PARAMS, PretrainConfig, check_pretrain
+from cli.parse import ConfigError, flatten_defaults, parse, resume_config
+from cluster.config import SweepConfig, TrainConfig, check_sweep, check_train, grid_axes, grid_points
+from envs.config import SAMPLER_PARAMS
 from envs.files import Interrupted
+from envs.pretrain.config import PretrainConfig, check_pretrain
+from envs.structured import load_yaml, to_yaml
+from experiments.config import ReproduceConfig, check_reproduce
 from rollout.config import EvalConfig, ParetoConfig, check_eval, check_pareto
 
 
@@ -42,8 +31,8 @@ class Command:
 
 
 def cmd_eval(cfg: EvalConfig) -> int:
-    from cluster.report import markdown_table
     from rollout.evaluate import evaluate, outcomes_path, write_eval
+    from rollout.report import markdown_table
 
     result = write_eval(cfg, evaluate(cfg))
     rows = [{"metric": k, "value": result[k]} for k in
@@ -59,9 +48,9 @@ def cmd_eval(cfg: EvalConfig) -> int:
 
 
 def cmd_pareto(cfg: ParetoConfig) -> int:
-    from cluster.report import write_pareto
     from envs.files import write_atomic
     from rollout.pareto import run_pareto
+    from rollout.report import write_pareto
 
     rows = run_pareto(cfg)
     out = Path(cfg.out_dir)
@@ -73,7 +62,7 @@ def cmd_pareto(cfg: ParetoConfig) -> int:
 
 
 def cmd_pretrain(cfg: PretrainConfig) -> int:
-    from envs.pretrain import pretrain
+    from envs.pretrain.train import pretrain
 
     summary = pretrain(cfg)
     print(f"saved {cfg.out} after {summary['steps']} steps ({summary['seconds']} s), "
@@ -109,7 +98,7 @@ def cmd_sweep(cfg: SweepConfig) -> int:
 
 
 def cmd_reproduce(cfg: ReproduceConfig) -> int:
-    from cluster.reproduce import reproduce
+    from experiments.reproduce import reproduce
 
     report = reproduce(cfg)
     out = Path(cfg.out_dir)

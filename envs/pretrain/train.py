@@ -23,10 +23,11 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-from envs.config import PretrainConfig, check_pretrain
-from envs.dllm import check_model_path, layout_batch, loading, new_builtin_model, real_positions
+from envs.dllm import check_model_path, layout_batch, loading, real_positions
 from envs.files import Interrupted, publish_dir, sigterm_as_interrupt
 from envs.optim import adamw, warmup_cosine
+from envs.pretrain.config import PretrainConfig, check_pretrain
+from envs.pretrain.model import new_builtin_model
 from envs.tasks import Task, make_task
 from envs.tokenizer import build_char_tokenizer
 

@@ -33,9 +33,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cluster.configs import README_MARKERS, ReproduceConfig, check_reproduce, resolved
-from envs.config import SAMPLER_PARAMS, EnvConfig, PretrainConfig, SamplerConfig, TaskConfig
+from envs.config import SAMPLER_PARAMS, EnvConfig, SamplerConfig, TaskConfig
 from envs.files import Interrupted, write_atomic, write_json
+from envs.pretrain.config import PretrainConfig
+from experiments.config import README_MARKERS, ReproduceConfig, check_reproduce, resolved
 
 PAPER_FIGURES = {
     1: "Fig. 1/10: heuristics 'degrade significantly' without semi-AR; GSM8K full diffusion ≤ ~34% at any NFE",
@@ -72,7 +73,7 @@ class Parts:
 def train_policy(cfg: ReproduceConfig, run_dir: Path, seed: int, model: str = "builtin", block_length: int = 0,
                  reward: str = "multiplicative") -> dict:
     """One GRPO run (resumed if an earlier one was interrupted): where its final policy is, and how it ran."""
-    from cluster.configs import FinalEvalConfig, TrainConfig
+    from cluster.config import FinalEvalConfig, TrainConfig
     from cluster.train import train
     from learner.config import GRPOConfig
     from rollout.config import RolloutConfig
@@ -140,7 +141,7 @@ def pretrain_second_dllm(cfg: ReproduceConfig, out: Path, data: dict, seed: int 
     """The second dLLM: the built-in one trained on with another seed, on cycles and `map` half and half, its
     canvas grown to long_gen_length."""
     from envs.dllm import BUILTIN_MODEL_DIR
-    from envs.pretrain import pretrain
+    from envs.pretrain.train import pretrain
 
     recipe = PretrainConfig(task=map_task(data), out=str(out), gen_length=cfg.long_gen_length, init_from=str(
         BUILTIN_MODEL_DIR), minutes=cfg.pretrain_minutes, lr=3e-4, warmup_steps=50, seed=seed, overwrite=True,
@@ -332,7 +333,7 @@ def findings_markdown(findings: list[dict], cfg: ReproduceConfig) -> str:
 
 def plots(points: dict, settings: dict[str, Setting], out: Path) -> None:
     """One accuracy-vs-NFE plot per setting (the mean over seeds), as `unmask pareto` draws them."""
-    from cluster.report import pareto_plot
+    from rollout.report import pareto_plot
 
     for name, table in points.items():
         env = settings[name].env

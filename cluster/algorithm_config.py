@@ -1,0 +1,145 @@
+"""UnmaskGRPOConfig: the RLlib AlgorithmConfig of UnmaskGRPO. It carries a run's config whole, as typed sub-configs:
+
+    rollout      RolloutConfig    the dLLM environment and how runners sample (its `env` is EnvConfig)
+    grpo         GRPOConfig       the reward, the policy's shape and GRPO's hyper-parameters
+    updates      UpdateSettings   groups per update, staleness and pacing, when a stalled run stops
+    run_outputs  OutputSettings   run directory, checkpoints, checkpoint-best, trajectory dumps
+
+set whole or field by field through the builder methods (`.environment()`, `.training()`, `.outputs()`) and checked
+in `validate()`, beside RLlib's own (`.env_runners(num_env_runners=...)`, `.learners(...)`, ...). Tune sees it as
+plain data (`to_dict`) and a trial turns that back into the typed sub-configs (`update_from_dict`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import gymnasium as gym
+from ray.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+from cluster.config import OutputSettings, TrainConfig, UpdateSettings, check_outputs, check_updates
+from envs.config import EnvConfig, check_finite
+from envs.structured import narrow, typed
+from learner.config import GRPOConfig, check_grpo
+from learner.learner import GRPOLearner
+from learner.module import UnmaskRLModule
+from rollout.config import RolloutConfig, check_rollout
+from rollout.env_runner import DLLMEnvRunner
+
+TYPED = {"rollout": RolloutConfig, "grpo": GRPOConfig, "updates": UpdateSettings, "run_outputs": OutputSettings}
+
+
+def policy_spaces(gen_length: int) -> tuple[gym.Space, gym.Space]:
+    """The spaces RLlib requires of a module; nothing reads them (the runner builds its own observations)."""
+    obs = gym.spaces.Dict({"confidences": gym.spaces.Box(0, 1, (gen_length,)),
+                           "mask": gym.spaces.MultiBinary(gen_length), "t": gym.spaces.Box(0, 1, ())})
+    return obs, gym.spaces.MultiBinary(gen_length)
+
+
+def assign(config: Any, fields: dict) -> Any:
+    """`config` with those of `fields` it has (removed from `fields`) replaced."""
+    own = {name: fields.pop(name) for name in list(fields) if name in {f.name for f in dataclasses.fields(config)}}
+    return dataclasses.replace(config, **own) if own else config
+
+
+class UnmaskGRPOConfig(AlgorithmConfig):
+    def __init__(self, algo_class=None):
+        if algo_class is None:
+            from cluster.algorithm import UnmaskGRPO as algo_class
+        super().__init__(algo_class=algo_class)
+        for name, schema in TYPED.items():
+            setattr(self, name, schema())
+        self.env_runner_cls = DLLMEnvRunner
+        self._dont_auto_sync_env_runner_states = True  # runners pull weights themselves
+        self.add_default_connectors_to_learner_pipeline = False
+        self.grad_clip_by = "global_norm"
+
+    @classmethod
+    def from_train_config(cls, cfg: TrainConfig) -> UnmaskGRPOConfig:
+        """The RLlib config of one `unmask train` run."""
+        return (
+            cls()
+            .environment(rollout=cfg.rollout)
+            .training(grpo=cfg.grpo, updates=narrow(cfg, UpdateSettings))
+            .outputs(run_outputs=narrow(cfg, OutputSettings))
+            .env_runners(num_env_runners=cfg.num_env_runners, num_cpus_per_env_runner=cfg.num_cpus_per_env_runner,
+                         num_gpus_per_env_runner=cfg.num_gpus_per_env_runner,
+                         custom_resources_per_env_runner=dict(cfg.custom_resources_per_env_runner))
+            .learners(num_learners=0, num_gpus_per_learner=cfg.num_gpus_per_learner)
+            .debugging(seed=cfg.rollout.seed)
+            # a crashed env runner is restarted by Ray and resumed by UnmaskGRPO.restore_env_runners
+            .fault_tolerance(restart_failed_env_runners=True, delay_between_env_runner_restarts_s=1.0)
+        )
+
+    # ---- builder methods ------------------------------------------------------------------------------
+    def environment(self, env=NotProvided, *, rollout: RolloutConfig = NotProvided, **fields):
+        """The dLLM environment: a whole `rollout=RolloutConfig(...)` or `env=EnvConfig(...)`, or their fields
+        (model, task, group_size, prompts_per_sample, ...; gen_length, block_length, kv_cache, device, ...)."""
+        if rollout is not NotProvided:
+            self.rollout = rollout
+        if isinstance(env, EnvConfig):
+            self.rollout = dataclasses.replace(self.rollout, env=env)
+        elif env is not NotProvided:
+            raise ValueError("UnmaskGRPO's environment is the dLLM MDP, not a gym env: configure it with "
+                             ".environment(model=..., task=..., gen_length=..., block_length=...)")
+        self.rollout = assign(self.rollout, fields)
+        self.rollout = dataclasses.replace(self.rollout, env=assign(self.rollout.env, fields))
+        return super().environment(**fields)
+
+    def training(self, *, grpo: GRPOConfig = NotProvided, updates: UpdateSettings = NotProvided, **fields):
+        """GRPO and its updates: a whole `grpo=GRPOConfig(...)` / `updates=UpdateSettings(...)`, or their fields
+        (alpha, reward, lr, clip_eps, num_updates, policy=PolicyConfig(...), ...; groups_per_update, max_policy_lag,
+        staleness, pace_ahead, stop_after_skipped, ...). RLlib's `lr` and `grad_clip` are GRPO's."""
+        self.grpo = assign(self.grpo if grpo is NotProvided else grpo, fields)
+        self.updates = assign(self.updates if updates is NotProvided else updates, fields)
+        return super().training(**fields)
+
+    def outputs(self, *, run_outputs: OutputSettings = NotProvided, **fields):
+        """Where trajectory dumps and policy checkpoints go, and how often: a whole `run_outputs=OutputSettings(...)`
+        or its fields (run_dir, run_id, checkpoint_every, best_window, dump_trajectories)."""
+        fields = {k: str(v) if k == "run_dir" else v for k, v in fields.items()}
+        self.run_outputs = assign(self.run_outputs if run_outputs is NotProvided else run_outputs, fields)
+        if fields:
+            raise TypeError(f"outputs() got unexpected keyword arguments {sorted(fields)}")
+        return self
+
+    def validate(self) -> None:
+        super().validate()
+        for name in TYPED:
+            check_finite(getattr(self, name), f"{name}.")
+        check_rollout(self.rollout)
+        check_grpo(self.grpo)
+        check_updates(self.updates)
+        check_outputs(self.run_outputs)
+        if self.num_learners > 1:
+            raise ValueError("UnmaskGRPO's learner takes group advantages over whole groups: num_learners must be "
+                             "0 or 1")
+        if self.observation_space is None or self.action_space is None:
+            self.observation_space, self.action_space = policy_spaces(self.rollout.env.gen_length)
+        self.grad_clip = self.grpo.grad_clip  # RLlib's learner clips with its own attribute
+
+    # ---- plain data for Tune, typed for everything else ----------------------------------------------
+    def to_dict(self) -> dict:
+        data = super().to_dict()
+        for name in TYPED:
+            data[name] = dataclasses.asdict(getattr(self, name))
+        return data
+
+    def update_from_dict(self, config_dict: dict):
+        config_dict = dict(config_dict)
+        for name, schema in TYPED.items():
+            if name in config_dict:
+                setattr(self, name, typed(schema, config_dict.pop(name)))
+        return super().update_from_dict(config_dict)
+
+    @property
+    def _model_config_auto_includes(self) -> dict:
+        return dataclasses.asdict(self.grpo.network())
+
+    def get_default_rl_module_spec(self) -> RLModuleSpec:
+        return RLModuleSpec(module_class=UnmaskRLModule)
+
+    def get_default_learner_class(self):
+        return GRPOLearner

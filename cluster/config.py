@@ -1,0 +1,165 @@
+"""Configs of the commands that run on Ray (`unmask train`, `unmask sweep`): plain dataclasses, no heavy imports (the
+command line checks them before it loads torch or Ray). UnmaskGRPOConfig (cluster.algorithm_config) carries a run's
+config whole, as typed sub-configs: `rollout`, `grpo`, `updates` (UpdateSettings) and `output` (OutputSettings)."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from envs.config import check_finite
+from envs.files import check_writable
+from envs.structured import narrow, typed
+from learner.config import GRPOConfig, check_grpo
+from rollout.config import RolloutConfig, check_rollout
+
+
+@dataclass
+class UpdateSettings:
+    """How the algorithm feeds and paces its updates, and when it gives up on a run."""
+
+    groups_per_update: int = 8  # prompts (x group_size rollouts) per GRPO update
+    max_policy_lag: int = 1  # 0 = on-policy (runners sample after each update); else asynchronous runners
+    staleness: str = "pace"  # asynchronous runners: pace (admission pacing + TIS) | drop (groups older than lag)
+    pace_ahead: int = 1  # pace: updates' worth of groups the runners may have buffered or in flight beyond the next
+    sample_wait_s: float = 1.0  # how long one gather waits for runners before it looks again
+    stop_after_skipped: int = 50  # stop when this many updates in a row were skipped (every advantage 0); 0 = never
+
+
+def check_updates(cfg: UpdateSettings) -> None:
+    if cfg.groups_per_update < 1:
+        raise ValueError(f"groups_per_update must be >= 1, got {cfg.groups_per_update}")
+    if min(cfg.max_policy_lag, cfg.stop_after_skipped) < 0:
+        raise ValueError("max_policy_lag and stop_after_skipped must be >= 0")
+    if cfg.staleness not in ("pace", "drop"):
+        raise ValueError(f"unknown staleness {cfg.staleness!r}: use pace or drop")
+    if cfg.pace_ahead < 0:
+        raise ValueError(f"pace_ahead must be >= 0, got {cfg.pace_ahead}")
+    if not cfg.sample_wait_s > 0 or cfg.sample_wait_s == float("inf"):
+        raise ValueError(f"sample_wait_s must be a finite number > 0, got {cfg.sample_wait_s}")
+
+
+@dataclass
+class OutputSettings:
+    """What a run writes into its directory."""
+
+    run_dir: str = ""  # trajectory dumps and policy checkpoints; "" = the Tune trial directory, else nowhere
+    run_id: str = ""  # the dumps' run_id; "" = the run directory's name
+    checkpoint_every: int = 10  # iterations between checkpoints (Tune's and the policy's)
+    best_window: int = 10  # iterations in the moving average of training reward that picks checkpoints/best; 0 = off
+    dump_trajectories: bool = True  # Parquet dumps under run_dir/trajectories
+
+
+def check_outputs(cfg: OutputSettings) -> None:
+    if min(cfg.checkpoint_every, cfg.best_window) < 0:
+        raise ValueError("checkpoint_every and best_window must be >= 0")
+
+
+@dataclass
+class FinalEvalConfig:
+    """The final policy on the task's test split, written to run_dir/eval.json."""
+
+    num_examples: int = 500  # 0 = skip
+    policy_temperature: float = 1.0  # tau_pi at evaluation (paper: 0.5 semi-AR, 1.0 full diffusion)
+
+
+@dataclass
+class TrainConfig(UpdateSettings, OutputSettings):
+    """`unmask train`: the UpdateSettings and OutputSettings keys at the top level, beside these."""
+
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    run_dir: str = "runs/train"
+    max_iterations: int = 200  # one iteration = one GRPO update
+    max_minutes: float = 30.0  # wall-clock budget of the training loop
+    ray_address: str = ""  # "" = start a local Ray; "auto" or host:port = join a cluster
+    num_env_runners: int = 1  # 0 = sample in the learner's process
+    num_cpus_per_env_runner: float = 1.0
+    num_gpus_per_env_runner: float = 0.0  # > 0: the runner's dLLM lives on that GPU
+    custom_resources_per_env_runner: dict[str, float] = field(default_factory=dict)  # e.g. {a100: 1}
+    num_gpus_per_learner: float = 0.0
+    eval: FinalEvalConfig = field(default_factory=FinalEvalConfig)
+    resume: str = ""  # a run directory: continue that run from its last checkpoint, with its saved config
+    resume_unverified: bool = False  # resume a run dir whose pickled state does not match its seal (trust it!)
+
+
+def check_train(cfg: TrainConfig) -> None:
+    check_finite(cfg)
+    check_rollout(cfg.rollout)
+    check_grpo(cfg.grpo)
+    check_updates(cfg)
+    check_outputs(cfg)
+    if cfg.max_iterations < 1 or cfg.max_minutes <= 0:
+        raise ValueError("max_iterations must be >= 1 and max_minutes > 0")
+    if cfg.num_env_runners < 0 or cfg.eval.num_examples < 0:
+        raise ValueError("num_env_runners and eval.num_examples must be >= 0")
+    if cfg.eval.policy_temperature <= 0:
+        raise ValueError(f"eval.policy_temperature must be > 0, got {cfg.eval.policy_temperature}")
+    check_writable(cfg.resume or cfg.run_dir, "run_dir", directory=True)
+
+
+SWEEPABLE = ("grpo.", "rollout.")
+NOT_SWEEPABLE = ("grpo.policy.", "grpo.grad_clip", "rollout.env.gen_length")  # they shape the module/spaces
+
+
+@dataclass
+class SweepConfig(TrainConfig):
+    run_dir: str = "runs/sweep"
+    # grid.<train key>=[values]: one trial per combination. A key given on the command line adds an axis
+    # (or replaces that key's values); the default axis is the reward trade-off alpha.
+    grid: dict[str, Any] = field(default_factory=lambda: {"grpo": {"alpha": [0.5, 1.0, 2.0]}})
+    max_concurrent_trials: int = 1  # trials running at once; each takes 1 CPU + its env runners' resources
+    report_block_lengths: list[int] = field(default_factory=lambda: [8])  # + full diffusion + trained BLs
+    report_grid: str = "small"  # heuristic grid of the report: small | default
+
+
+def check_sweep(cfg: SweepConfig) -> None:
+    check_train(cfg)
+    if cfg.eval.num_examples < 1 or cfg.max_concurrent_trials < 1:
+        raise ValueError("a sweep needs eval.num_examples >= 1 (its report) and max_concurrent_trials >= 1")
+    if cfg.report_grid not in ("small", "default"):
+        raise ValueError(f"unknown report_grid {cfg.report_grid!r}: use small or default")
+
+
+def grid_axes(grid: dict) -> dict[str, list]:
+    """{"grpo": {"alpha": [..]}} -> {"grpo.alpha": [..]}, with every key checked."""
+    axes: dict[str, list] = {}
+
+    def walk(node: dict, prefix: str) -> None:
+        for key, value in node.items():
+            path = f"{prefix}{key}"
+            if isinstance(value, dict):
+                walk(value, path + ".")
+            elif not isinstance(value, list) or not value:
+                raise ValueError(f"grid.{path} must be a non-empty list of values, got {value!r}")
+            elif not path.startswith(SWEEPABLE) or path.startswith(NOT_SWEEPABLE):
+                raise ValueError(f"grid.{path}: a sweep varies grpo.* and rollout.* keys (not grpo.policy.*, "
+                                 "grpo.grad_clip or rollout.env.gen_length)")
+            else:
+                axes[path] = value
+
+    walk(grid, "")
+    if not axes:
+        raise ValueError("the sweep grid is empty: give grid.<key>=[values], e.g. grid.grpo.alpha=[0.5,1,2]")
+    return axes
+
+
+def grid_points(cfg: SweepConfig, axes: dict[str, list]) -> list[TrainConfig]:
+    """Every grid point as a checked TrainConfig: a bad key or value fails here, before any trial starts."""
+    base = narrow(cfg, TrainConfig)
+    out = []
+    for values in itertools.product(*axes.values()):
+        point = dict(zip(axes, values))
+        try:
+            data = OmegaConf.structured(base)
+            OmegaConf.set_struct(data, True)
+            for key, value in point.items():
+                OmegaConf.update(data, key, value, merge=True)
+            out.append(typed(TrainConfig, data))
+            check_train(out[-1])
+        except Exception as err:  # noqa: BLE001 - any bad point is the same one-line error, naming the point
+            raise ValueError(f"grid point {point}: {str(err).splitlines()[0]}") from None
+    return out

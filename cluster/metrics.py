@@ -1,0 +1,75 @@
+"""What an iteration reports under `unmask/` (Tune's progress.csv and result.json, the console line), and the run's
+running totals: among them the streaks by which a stalled run is recognised and stopped."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from cluster.collector import Collected
+
+
+@dataclass
+class RunTotals:
+    trajectories: int = 0  # every trajectory rolled out, the experts' too (they cost rollouts as well)
+    skipped_batches: int = 0  # updates skipped because every advantage was ~0
+    skipped_streak: int = 0  # ... in a row, up to this iteration
+    stalled_streak: int = 0  # iterations in a row that were skipped, or in which every policy rollout spent the
+    #                          whole forward budget and solved nothing (with experts, whose rewards keep the
+    #                          advantages alive, a policy that unmasks nothing is only seen this way)
+
+    def count(self, trajectories: int, skipped: bool, stuck: bool) -> None:
+        self.trajectories += trajectories
+        self.skipped_batches += int(skipped)
+        self.skipped_streak = self.skipped_streak + 1 if skipped else 0
+        self.stalled_streak = self.stalled_streak + 1 if skipped or stuck else 0
+
+    def collapsed(self, patience: int) -> bool:
+        """`stop_after_skipped` stalled iterations in a row: the policy no longer learns (0: never stop)."""
+        return bool(patience) and self.stalled_streak >= patience
+
+    def get_state(self) -> dict:
+        return asdict(self)
+
+
+def stuck(collected: Collected, gen_length: int) -> bool:
+    """Every policy rollout spent the whole forward budget and none solved its prompt."""
+    return min(collected.per_trajectory("nfe")) >= gen_length and not any(collected.per_trajectory("correct"))
+
+
+def iteration_report(collected: Collected, totals: RunTotals, *, skipped: bool, collapsed: bool, elapsed_s: float,
+                     buffered_groups: int, policy_version: int, restarts: int, healthy_runners: int,
+                     experts: bool) -> dict:
+    """The iteration's metrics; reward_mean, accuracy and nfe_mean are the policy's own trajectories' (the experts'
+    beside them as expert_*)."""
+    samples = [a.sample for a in collected.arrivals]
+    nfe, correct = collected.per_trajectory("nfe"), collected.per_trajectory("correct")
+    trajectories = sum(len(s.trajectories) for s in samples)
+    lags = [a.lag for a in collected.arrivals]
+    busy, idle = sum(s.busy_s for s in samples), sum(s.idle_s for s in samples)
+    forwards = sum(s.forwards for s in samples)
+    report = {
+        "reward_mean": float(np.mean(collected.per_trajectory("reward"))), "accuracy": float(np.mean(correct)),
+        "nfe_mean": float(np.mean(nfe)),
+        "trajectories_per_s": trajectories / max(elapsed_s, 1e-9),
+        "env_runner_busy_fraction": busy / max(busy + idle, 1e-9),
+        "rows_per_forward": sum(s.forward_rows for s in samples) / max(1, forwards),
+        "forwards_per_s": forwards / max(busy, 1e-9),  # per runner-second of rollout work
+        "emulation_overrun": sum(s.emulation_overruns for s in samples) / max(1, forwards),
+        "buffered_groups": buffered_groups,
+        "weight_pull_s": float(np.mean([s.weight_sync_s for s in samples])),
+        "staleness_mean": float(np.mean(lags)), "staleness_max": int(max(lags)),
+        "dropped_groups": sum(a.sample.trajectories.num_groups for a in collected.arrivals if not a.used),
+        "skipped_batch": int(skipped), "skipped_streak": totals.skipped_streak,
+        "stalled_streak": totals.stalled_streak,
+        "collapsed": int(collapsed),  # the run stops after this iteration
+        "policy_version": policy_version,
+        "trajectories_total": totals.trajectories,
+        "env_runner_restarts": restarts,
+        "healthy_env_runners": healthy_runners,
+    }
+    if experts:
+        report.update({f"expert_{key}": float(np.mean(collected.per_trajectory(field, experts=True)))
+                       for key, field in (("reward_mean", "reward"), ("accuracy", "correct"), ("nfe_mean", "nfe"))})
+    return report

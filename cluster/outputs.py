@@ -1,0 +1,70 @@
+"""What a run leaves in its directory, iteration by iteration (Tune writes its own metrics and checkpoints beside):
+
+    trajectories/iter_<k>/runner_<r>.parquet   every trajectory that arrived in iteration k (rollout.trajectories)
+    checkpoints/policy_<version>/              the policy every `checkpoint_every` iterations
+    checkpoints/best/                          the policy after the iteration that ends the best `best_window`-iteration
+                                               moving average of training reward (the paper's checkpoint-best)
+    checkpoints/final/                         the policy when the run stops, whatever stopped it (the algorithm's)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from cluster.collector import Collected
+from cluster.config import OutputSettings
+from rollout.trajectories import write_parquet_atomic
+
+SavePolicy = Callable[..., Path]  # (out, iteration, **extra recorded in its config.json) -> out
+
+
+class RunOutputs:
+    def __init__(self, run_dir: Path | None, run_id: str, settings: OutputSettings, save_policy: SavePolicy):
+        self.run_dir, self.run_id, self.settings, self.save_policy = run_dir, run_id, settings, save_policy
+        self.recent: list[tuple[float, float, float]] = []  # (reward, accuracy, NFE) of the last best_window iterations
+        self.best_reward = -float("inf")  # the best moving average so far (checkpoints/best holds its policy)
+
+    def write(self, collected: Collected, trained_logp: list[np.ndarray | None], iteration: int, version: int) -> None:
+        """Iteration `iteration`'s dumps (trained_logp: per arrival, the proximal log-probs the learner trained it
+        against, None if not trained on), its periodic checkpoint, and checkpoints/best if it ends a new best."""
+        if self.run_dir is None:
+            return
+        if self.settings.dump_trajectories:
+            by_runner: dict[int, list[pa.Table]] = {}
+            for arrival, old_logp in zip(collected.arrivals, trained_logp, strict=True):
+                batch = arrival.sample.trajectories
+                table = batch.to_arrow(self.run_id, iteration, arrival.used, old_logp)
+                by_runner.setdefault(batch.env_runner, []).append(table)
+            folder = self.run_dir / "trajectories" / f"iter_{iteration:06d}"
+            for runner, tables in by_runner.items():
+                write_parquet_atomic(pa.concat_tables(tables), folder / f"runner_{runner:03d}.parquet")
+        checkpoints = self.run_dir / "checkpoints"
+        if self.settings.checkpoint_every and iteration % self.settings.checkpoint_every == 0:
+            self.save_policy(checkpoints / f"policy_{version:06d}", iteration)
+        if self.settings.best_window:
+            self.keep_best(collected, checkpoints / "best", iteration)
+
+    def keep_best(self, collected: Collected, out: Path, iteration: int) -> None:
+        """Once `best_window` iterations are in, the policy after the iteration that ends the best moving average of
+        training reward so far, with that average's accuracy and NFE beside it, so a run's output is never worse
+        than its best point (e.g. when it later collapses)."""
+        window = self.settings.best_window
+        self.recent = [*self.recent, tuple(float(np.mean(collected.per_trajectory(key)))  # the policy's own
+                                           for key in ("reward", "correct", "nfe"))][-window:]
+        if len(self.recent) < window:
+            return
+        reward, accuracy, nfe = (float(np.mean(column)) for column in zip(*self.recent))
+        if reward > self.best_reward:
+            self.best_reward = reward
+            self.save_policy(out, iteration, best={"window": window, "reward_mean": reward,
+                                                   "accuracy": accuracy, "nfe_mean": nfe})
+
+    def get_state(self) -> dict:
+        return {"recent": list(self.recent), "reward": self.best_reward}
+
+    def set_state(self, state: dict) -> None:
+        self.recent, self.best_reward = list(state["recent"]), state["reward"]

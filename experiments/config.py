@@ -1,0 +1,59 @@
+"""Configs of the experiments (`unmask reproduce`): plain dataclasses, checked before anything heavy is imported."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+README_MARKERS = ("<!-- findings:start -->", "<!-- findings:end -->")  # `unmask reproduce readme=` writes there
+
+
+@dataclass
+class ReproduceConfig:
+    """`unmask reproduce`: the paper's findings in miniature (experiments.reproduce). The default budget: about an hour
+    on a 2-core CPU (8 trainings of `train_minutes`, the second dLLM, ~130 evaluations); `preset=quick` is a smoke
+    run of a few minutes."""
+
+    out_dir: str = "runs/reproduce"
+    preset: str = "default"  # default | quick: a smoke run (a few iterations, a few prompts; what the tests use)
+    train_minutes: float = 5.0  # wall budget of each training run
+    max_iterations: int = 100_000  # of each training run (quick: 3)
+    pretrain_minutes: float = 5.0  # the second dLLM (cycles + the out-of-domain `map` family)
+    num_examples: int = 500  # test prompts per evaluation (quick: 12)
+    train_seeds: list[int] = field(default_factory=lambda: [0, 1])
+    test_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    alpha: float = 1.0  # every policy's trade-off (the paper's additive-reward ablation is at 1)
+    lr: float = 2e-4
+    block_length: int = 8  # semi-AR
+    gen_length: int = 24
+    long_gen_length: int = 32  # finding 5: the second dLLM's canvas, longer than the policies were trained at
+    readme: str = ""  # a README holding the findings markers: findings.md is written between them
+    progress: bool = True
+
+
+QUICK_REPRODUCE = {"train_minutes": 1.0, "max_iterations": 3, "pretrain_minutes": 0.05, "num_examples": 12,
+                   "test_seeds": [0, 1]}
+
+
+def check_reproduce(cfg: ReproduceConfig) -> None:
+    if cfg.preset not in ("default", "quick"):
+        raise ValueError(f"unknown preset {cfg.preset!r}: use default or quick")
+    if min(cfg.train_minutes, cfg.pretrain_minutes) <= 0 or cfg.num_examples < 1 or cfg.max_iterations < 1:
+        raise ValueError("train_minutes and pretrain_minutes must be > 0, num_examples and max_iterations >= 1")
+    if not cfg.train_seeds or not cfg.test_seeds:
+        raise ValueError("train_seeds and test_seeds must each hold at least one seed")
+    if cfg.gen_length % cfg.block_length or cfg.long_gen_length <= cfg.gen_length:
+        raise ValueError(f"block_length must divide gen_length ({cfg.gen_length}) and long_gen_length must exceed it")
+    readme = Path(cfg.readme)
+    if cfg.readme and not (readme.is_file() and all(m in readme.read_text() for m in README_MARKERS)):
+        raise ValueError(f"readme={cfg.readme} is not a file holding the markers {' and '.join(README_MARKERS)}")
+
+
+def resolved(cfg: ReproduceConfig) -> ReproduceConfig:
+    """The preset's budgets under the keys given (quick changes only what the command line left at its default)."""
+    if cfg.preset != "quick":
+        return cfg
+    defaults = ReproduceConfig()
+    return dataclasses.replace(cfg, **{k: v for k, v in QUICK_REPRODUCE.items()
+                                       if getattr(cfg, k) == getattr(defaults, k)})

@@ -1,0 +1,163 @@
+"""The GRPO learner (an RLlib TorchLearner): everything GRPO computes from a batch of whole groups, in one place.
+
+`update(batch)` takes the trajectories as the env runners recorded them (rollout.trajectories.learner_batch) and
+1. prepares them once, before the first epoch, with the learner's own module (learner.grpo's equations):
+     advantages   A_g = R_g - mean_G(R)       (a batch whose |A_g| are all below grpo.skip_zero_advantage is skipped)
+     mixture      policy_share = G / (G + E), expert_share = 1 / (G + E) on an expert's trajectory
+     proximal     log pi_old(u_s): the behaviour log-prob on steps the current weights sampled, recomputed by the
+                  learner's module on stale ones (sampled by an older version: asynchronous runners)
+     TIS          w_s = min(pi_old(u_s) / pi_behav(u_s), grpo.tis_cap), each on the group's mixture for experts
+2. runs grpo.num_updates epochs of the clipped surrogate (compute_loss_for_module) on the whole batch.
+
+The policy version is the learner's weights version (RLlib's WEIGHTS_SEQ_NO): +1 per applied update, none for a
+skipped batch. `last_update` says what the last call did and the proximal log-probs it used (the dumps record them).
+The learner re-runs only the small policy on the stored inputs, never the dLLM (arXiv 2512.09106 §3.3).
+
+Columns of the batch (one row per trajectory, steps padded to T = L):
+    confidences, mask, valid, action   [N, T, L]   the policy's inputs and its decision at each step
+    t, logp, active                    [N, T]      time input, behaviour log-prob, step taken?
+    alpha, reward                      [N]         the trajectory's trade-off (a conditioned policy's input), reward
+    group, expert, policy_version      [N]         group index, drawn by an expert?, version that sampled it
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from ray.rllib.core import DEFAULT_MODULE_ID
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.learner.torch.torch_learner import TorchLearner
+from ray.rllib.core.learner.training_data import TrainingData
+from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
+
+from envs.optim import adamw, warmup_cosine
+from learner.config import GRPOConfig
+from learner.grpo import (
+    bernoulli_logp,
+    group_advantages,
+    grpo_loss,
+    mixture_shares,
+    steered_logp,
+    steered_position_logp,
+    truncated_importance_weights,
+)
+
+TENSOR_DTYPES = {"group": torch.long, "policy_version": torch.long}
+
+
+@dataclass
+class LastUpdate:
+    """What one `update` did: skipped or applied, the policy version after it, and the proximal log-probs of every
+    step ([N, T], the policy's own likelihood; = logp on steps the then current weights sampled)."""
+
+    skipped: bool
+    policy_version: int
+    old_logp: np.ndarray
+
+
+class GRPOLearner(TorchLearner):
+    """GRPO (learner.grpo) as an RLlib TorchLearner, configured by the typed `config.grpo`. AdamW without decay on
+    biases and norms; the warm-up + cosine schedule reads the optimizer's own step count, so restoring the
+    optimizer state restores the schedule too."""
+
+    last_update: LastUpdate | None = None
+
+    @property
+    def grpo(self) -> GRPOConfig:
+        return self.config.grpo
+
+    @property
+    def policy_version(self) -> int:
+        """Updates applied to these weights (RLlib's weights sequence number, saved and restored with them)."""
+        return self._weights_seq_no
+
+    # ---- 1. prepare the batch, once ---------------------------------------------------------------------
+    def update(self, batch: MultiAgentBatch | None = None, *, training_data: TrainingData | None = None, **kwargs):
+        """Prepare the batch (advantages, mixture, proximal log-probs, TIS weights), then RLlib's epochs over it;
+        a batch with no advantage is skipped (no step, the version stays)."""
+        training_data = training_data or TrainingData(batch=batch)
+        columns = training_data.batch.policy_batches[DEFAULT_MODULE_ID]
+        prepared, old_logp = self.prepare({k: torch.as_tensor(np.asarray(v)).to(self.device)
+                                           for k, v in columns.items()})
+        if prepared is None:
+            self.last_update = LastUpdate(True, self.policy_version, old_logp)
+            return {}
+        batch = MultiAgentBatch({DEFAULT_MODULE_ID: SampleBatch(prepared)}, env_steps=len(prepared["reward"]))
+        results = super().update(training_data=TrainingData(batch=batch), **kwargs)
+        self.last_update = LastUpdate(False, self.policy_version, old_logp)
+        return results
+
+    @torch.no_grad()
+    def prepare(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor] | None, np.ndarray]:
+        """The batch with advantages, mixture shares, proximal log-probs (`old`, on the group's mixture for an
+        expert's steps) and TIS weights added; None if every advantage is ~0. Also the plain proximal log-probs."""
+        g, tau = self.grpo, self.grpo.policy_temperature
+        batch = {k: v.to(TENSOR_DTYPES[k]) if k in TENSOR_DTYPES else v for k, v in batch.items()}
+        batch["policy_share"], batch["expert_share"] = mixture_shares(batch["group"], batch["expert"])
+        stale = batch["policy_version"] != self.policy_version
+        experts_by_position = g.expert_likelihood == "position" and bool(batch["expert"].any())
+        logits = self.proximal_logits(batch) if stale.any() or experts_by_position else None
+        old_logp = batch["logp"]
+        if stale.any():
+            recomputed = bernoulli_logp(logits, batch["action"], batch["valid"], tau) * batch["active"]
+            old_logp = torch.where(stale[:, None], recomputed, old_logp)
+        shares = batch["policy_share"], batch["expert_share"]
+        if experts_by_position:  # an expert's proximal step is the per-position mixture under the current weights
+            expert_old = steered_position_logp(logits, batch["action"], batch["valid"], *shares, tau)
+            on_expert = batch["expert_share"][:, None] > 0
+            old = torch.where(on_expert, expert_old, old_logp)
+            behaviour = torch.where(on_expert, expert_old, batch["logp"])
+        else:
+            old, behaviour = steered_logp(old_logp, *shares), steered_logp(batch["logp"], *shares)
+        advantages = group_advantages(batch["reward"].float(), batch["group"], g.scale_by_std)
+        if float(advantages.abs().max()) < g.skip_zero_advantage:
+            return None, old_logp.cpu().numpy()
+        batch.update(advantages=advantages, old=old, weights=truncated_importance_weights(old, behaviour, g.tis_cap))
+        return batch, old_logp.cpu().numpy()
+
+    def proximal_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[N, T, L] the learner's current unmask logits on every step a trajectory took (0 elsewhere)."""
+        return self.module[DEFAULT_MODULE_ID].forward_train(batch)[Columns.ACTION_DIST_INPUTS]
+
+    # ---- 2. the loss, each epoch --------------------------------------------------------------------------
+    def step_logp(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[N, T] log-likelihood of each step's decision under `logits`: the policy's own on its trajectories, the
+        group's mixture (per step, or per position with grpo.expert_likelihood=position) on an expert's."""
+        shares, tau = (batch["policy_share"], batch["expert_share"]), self.grpo.policy_temperature
+        if self.grpo.expert_likelihood == "position":
+            return steered_position_logp(logits, batch["action"], batch["valid"], *shares, tau)
+        return steered_logp(bernoulli_logp(logits, batch["action"], batch["valid"], tau), *shares)
+
+    def compute_loss_for_module(self, *, module_id, config, batch, fwd_out) -> torch.Tensor:
+        """GRPO's clipped surrogate against the proximal log-probs, each step weighted by its TIS weight (1 on
+        steps the current weights sampled); an expert's steps clip at grpo.expert_clip_eps."""
+        logp = self.step_logp(fwd_out[Columns.ACTION_DIST_INPUTS], batch)
+        clip_eps = torch.where(batch["expert_share"] > 0, self.grpo.expert_clip_eps, self.grpo.clip_eps)
+        loss, stats = grpo_loss(logp, batch["old"], batch["advantages"], batch["active"], clip_eps, batch["weights"])
+        self.metrics.log_dict(stats, key=module_id, window=1)
+        return loss
+
+    # ---- the optimiser ------------------------------------------------------------------------------------
+    def configure_optimizers_for_module(self, module_id, config=None) -> None:
+        module = self.module[module_id]
+        optimizer = adamw(module.parameters(), self.grpo.lr, self.grpo.weight_decay, self.grpo.adam_betas)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        self.register_optimizer(module_id=module_id, optimizer=optimizer, params=params)
+        self._lr_multiplier = warmup_cosine(self.grpo.warmup_steps, self.grpo.total_steps)
+
+    def optimizer_steps(self) -> int:
+        for optimizer in self._named_optimizers.values():
+            for state in optimizer.state.values():
+                if "step" in state:
+                    return int(state["step"])
+        return 0
+
+    def apply_gradients(self, gradients_dict) -> None:
+        lr = self.grpo.lr * self._lr_multiplier(self.optimizer_steps())
+        for optimizer in self._named_optimizers.values():
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+        super().apply_gradients(gradients_dict)
+        self.metrics.log_value("lr", lr, window=1)
