@@ -1,1 +1,1 @@
-"""Wiring: the command line, configs, reports, and (later) the RLlib algorithm, Tune sweeps and jobs."""
+"""Wiring on Ray: the RLlib algorithm and its parts, `unmask train` and `unmask sweep` through Tune, run directories."""

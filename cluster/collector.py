@@ -5,7 +5,7 @@
   by more than max_policy_lag; under admission pacing (`staleness=pace`) a runner is asked for its next sample only
   while the groups buffered and in flight are fewer than `1 + pace_ahead` updates' worth, and every sample that
   arrives is trained on, in arrival order (stale steps are importance-weighted by the learner).
-- weights: pushed to a state server the runners pull from (they never wait for the learner, nor it for them).
+- weights: pushed to a WeightBoard actor the runners pull from (they never wait for the learner, nor it for them).
 - runner state: each runner's state after its last *delivered* sample (group counter, data cursor, RNGs), so that
   a runner Ray restarted after a crash resumes there: group ids stay unique and gap-free and the prompts of the
   lost sample are rolled out again. The buffer and these states are part of the algorithm's checkpoint.
@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import ray
 from ray.rllib.core import COMPONENT_RL_MODULE
 from ray.rllib.env.env_runner_group import EnvRunnerGroup
-from ray.rllib.env.env_runner_state_server import EnvRunnerStateServer
 from ray.rllib.utils.metrics import WEIGHTS_SEQ_NO
 
 from cluster.config import UpdateSettings
+from cluster.weights import WeightBoard
 from rollout.env_runner import RunnerSample
 from rollout.trajectories import TrajectoryBatch
 
@@ -68,11 +68,11 @@ class Collector:
         self.buffer: list[RunnerSample] = []  # paced: samples that arrived and wait for an update
         self.runner_states: dict[int, dict] = {}  # runner index -> its state after its last delivered sample
         self.restarts = 0
-        self.server = None
+        self.board = None
         if runners.num_remote_env_runners() > 0:
-            self.server = ray.remote(num_cpus=0)(EnvRunnerStateServer).options(max_concurrency=16).remote()
-            server = self.server
-            runners.foreach_env_runner(lambda r: r.set_state_server(server), local_env_runner=False)
+            self.board = ray.remote(num_cpus=0)(WeightBoard).options(max_concurrency=16).remote()
+            board = self.board
+            runners.foreach_env_runner(lambda r: r.set_weight_board(board), local_env_runner=False)
 
     @property
     def remote(self) -> bool:
@@ -138,15 +138,15 @@ class Collector:
     # ---- weights --------------------------------------------------------------------------------------------
     def push_weights(self, module_state: dict, version: int) -> None:
         state = {COMPONENT_RL_MODULE: ray.put(module_state), WEIGHTS_SEQ_NO: version}
-        if self.server is not None:
-            ray.get(self.server.push.remote(state))
+        if self.board is not None:
+            ray.get(self.board.push.remote(state, version))
         else:
             self.runners.local_env_runner.set_state(state)
 
     # ---- restarts and restores -------------------------------------------------------------------------------
     def restore(self) -> list[int]:
         """Runners Ray restarted after a crash: each resumes where its last delivered sample left it, then pulls
-        the newest weights from the server. (RLlib's default would copy the driver's idle local runner state:
+        the newest weights from the board. (RLlib's default would copy the driver's idle local runner state:
         counters back to zero.)"""
         restored = self.runners.probe_unhealthy_env_runners()
         if restored:
@@ -165,10 +165,10 @@ class Collector:
                 self.runners.local_env_runner.set_state(self.runner_states[0])
 
     def _resume(self, runner_ids: list[int] | None, forget_weights: bool) -> None:
-        server, states = self.server, dict(self.runner_states)
+        board, states = self.board, dict(self.runner_states)
 
         def resume(runner) -> None:
-            runner.set_state_server(server)
+            runner.set_weight_board(board)
             if forget_weights:
                 runner.forget_weights()
             if runner.worker_index in states:

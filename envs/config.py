@@ -14,8 +14,8 @@ from typing import Any
 
 @dataclass
 class TaskConfig:
-    name: str = "cycles"  # cycles | jsonl | gsm8k | math500 | gsm8k_math (the paper's training mixture)
-    num_symbols: int = 10  # cycles: permutation size; answers are 3..num_symbols+2 tokens, +1 per `,`
+    name: str = "cycles"  # cycles | map | jsonl | gsm8k | math500 | gsm8k_math (the paper's training mixture)
+    num_symbols: int = 10  # cycles, map: permutation size; cycles answers are 3..num_symbols+2 tokens, +1 per `,`
     directions: str = "forward"  # cycles: forward | backward | both: the direction marks the data uses
     separator_prob: float = 0.5  # cycles: a `,` between two answer letters with this probability (free phrasing)
     pretrain_length_decay: float = 1.0  # cycles: pretraining keeps cycle length k w.p. decay^(k-1); 1 = natural
@@ -29,7 +29,7 @@ class TaskConfig:
     max_answer_chars: int = 32_768
 
 
-TASK_NAMES = ("cycles", "jsonl", "gsm8k", "math500", "gsm8k_math")
+TASK_NAMES = ("cycles", "map", "jsonl", "gsm8k", "math500", "gsm8k_math")
 
 
 def check_task(cfg: TaskConfig) -> None:

@@ -60,7 +60,7 @@ def encode_prompts(tokenizer, prompts: list[str], response_prefix: str = "", cha
         prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
                                                  add_generation_prompt=True) for p in prompts]
     texts = [p + response_prefix for p in prompts]
-    encoded = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []  # one batched call
     unk, unk_text = tokenizer.unk_token_id, tokenizer.unk_token
     for text, ids in zip(texts, encoded, strict=True):
         # more unknown-token ids than the text spells out literally (some tokenizers reuse a real special

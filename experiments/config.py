@@ -19,7 +19,10 @@ class ReproduceConfig:
     preset: str = "default"  # default | quick: a smoke run (a few iterations, a few prompts; what the tests use)
     train_minutes: float = 5.0  # wall budget of each training run
     max_iterations: int = 100_000  # of each training run (quick: 3)
+    num_env_runners: int = 1  # of each training run; 0 = sample in the learner's process (quick)
+    groups_per_update: int = 8  # of each training run, also its prompts per sample (quick: 2)
     pretrain_minutes: float = 5.0  # the second dLLM (cycles + the out-of-domain `map` family)
+    pretrain_examples: int = 30_000  # of each family in the second dLLM's data (quick: 2000)
     num_examples: int = 500  # test prompts per evaluation (quick: 12)
     train_seeds: list[int] = field(default_factory=lambda: [0, 1])
     test_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
@@ -32,8 +35,8 @@ class ReproduceConfig:
     progress: bool = True
 
 
-QUICK_REPRODUCE = {"train_minutes": 1.0, "max_iterations": 3, "pretrain_minutes": 0.05, "num_examples": 12,
-                   "test_seeds": [0, 1]}
+QUICK_REPRODUCE = {"train_minutes": 1.0, "max_iterations": 3, "num_env_runners": 0, "groups_per_update": 2,
+                   "pretrain_minutes": 0.05, "pretrain_examples": 2000, "num_examples": 12, "test_seeds": [0, 1]}
 
 
 def check_reproduce(cfg: ReproduceConfig) -> None:
@@ -41,6 +44,8 @@ def check_reproduce(cfg: ReproduceConfig) -> None:
         raise ValueError(f"unknown preset {cfg.preset!r}: use default or quick")
     if min(cfg.train_minutes, cfg.pretrain_minutes) <= 0 or cfg.num_examples < 1 or cfg.max_iterations < 1:
         raise ValueError("train_minutes and pretrain_minutes must be > 0, num_examples and max_iterations >= 1")
+    if cfg.num_env_runners < 0 or cfg.groups_per_update < 1 or cfg.pretrain_examples < 1:
+        raise ValueError("num_env_runners must be >= 0, groups_per_update and pretrain_examples >= 1")
     if not cfg.train_seeds or not cfg.test_seeds:
         raise ValueError("train_seeds and test_seeds must each hold at least one seed")
     if cfg.gen_length % cfg.block_length or cfg.long_gen_length <= cfg.gen_length:

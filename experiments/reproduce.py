@@ -1,4 +1,5 @@
-"""`unmask reproduce`: the paper's findings (paper.md §7) in miniature, on the built-in dLLM and task, by one command.
+"""`unmask reproduce`: the paper's findings (arXiv 2512.09106 §4, App. B) in miniature, on the built-in dLLM and task,
+by one command.
 
 Resumable: every part records its result in `out_dir/done/<part>.json` when it finishes, and a part already done
 is skipped (and said so); an interrupted training resumes from its last checkpoint. The parts:
@@ -17,10 +18,9 @@ Each finding is one row of findings.md / findings.json: the claim, the paper's f
 mean over training x test seeds with the min-max spread), and whether it holds here. The plots are `unmask pareto`'s
 (`<setting>/pareto.png`). `readme=README.md` also writes findings.md into the README between its findings markers.
 
-The out-of-domain family (finding 6), `map`: the same permutation, then `?` and a word of 2-8 letters padded with `.`
-to 8 (so every answer position has a fixed prompt position to read); the answer is `>` and f applied to each letter
-("cadbgfehji?bad....." -> ">acb"). No pointer chasing: every letter can be written at once, where a cycle must be
-traced letter by letter. Policies are trained on cycles only and never see it.
+The out-of-domain family (finding 6) is `map` (envs.tasks.map): the same permutation, then a word whose letters are
+all mapped by it; every letter can be written at once, where a cycle must be traced letter by letter. Policies are
+trained on cycles only and never see it. Each dLLM is loaded once and serves every evaluation on it.
 """
 
 from __future__ import annotations
@@ -80,9 +80,10 @@ def train_policy(cfg: ReproduceConfig, run_dir: Path, seed: int, model: str = "b
 
     env = EnvConfig(gen_length=cfg.gen_length, block_length=block_length or cfg.gen_length)
     train_cfg = TrainConfig(
-        rollout=RolloutConfig(model=model, env=env, seed=seed),
+        rollout=RolloutConfig(model=model, env=env, seed=seed, prompts_per_sample=cfg.groups_per_update),
         grpo=GRPOConfig(alpha=cfg.alpha, reward=reward, lr=cfg.lr, warmup_steps=20, total_steps=3000),
         run_dir=str(run_dir), max_minutes=cfg.train_minutes, max_iterations=cfg.max_iterations, checkpoint_every=50,
+        num_env_runners=cfg.num_env_runners, groups_per_update=cfg.groups_per_update,
         dump_trajectories=False, eval=FinalEvalConfig(num_examples=0))
     if (run_dir / "config.yaml").is_file():
         train_cfg = dataclasses.replace(train_cfg, resume=str(run_dir))
@@ -91,50 +92,21 @@ def train_policy(cfg: ReproduceConfig, run_dir: Path, seed: int, model: str = "b
             "block_length": env.block_length, "reward": reward, "iterations": int(metrics.get("policy_version", 0))}
 
 
-MAP_WORD = 8  # map: the longest word, and the width every word is padded to with `.`
-
-
-def map_example(rng: random.Random, letters: str) -> tuple[str, str]:
-    """One `map` example: a permutation f, a word; the answer is `>` and f of each letter."""
-    images = list(letters)
-    rng.shuffle(images)
-    word = "".join(rng.choice(letters) for _ in range(rng.randint(2, MAP_WORD)))
-    f = dict(zip(letters, images, strict=True))
-    return "".join(images) + "?" + word.ljust(MAP_WORD, "."), ">" + "".join(f[c] for c in word)
-
-
-def second_dllm_data(folder: Path, per_family: int = 30_000, test_size: int = 1000, seed: int = 11) -> dict:
-    """The second dLLM's pretraining JSONL (cycles from the cycles task's own train split, and `map`) and a
-    held-out `map` test file; deterministic, written once (atomically) and reused."""
+def second_dllm_data(folder: Path, per_family: int, seed: int = 11) -> dict:
+    """The second dLLM's pretraining JSONL: training-split examples of cycles and of `map` (envs.tasks.map), half and
+    half; deterministic, written once (atomically) and reused. `map`'s test split stays unseen."""
     from envs.tasks import make_task
 
-    train, test = folder / "train.jsonl", folder / "map-test.jsonl"
-    paths = {"train": str(train), "map_test": str(test)}
-    if train.is_file() and test.is_file():
-        return paths
-    cycles = make_task(TaskConfig())
-    rng = random.Random(f"second-dllm-data/{seed}")
-    held_out: dict[str, str] = {}
-    while len(held_out) < test_size:
-        prompt, answer = map_example(rng, cycles.letters)
-        held_out[prompt] = answer
-    rows = []
-    while len(rows) < per_family:
-        prompt, answer = map_example(rng, cycles.letters)
-        if prompt not in held_out:
-            rows.append({"prompt": prompt, "answer": answer, "family": "map"})
-    for _ in range(per_family):
-        example = cycles.pretrain_example(rng)
-        rows.append({"prompt": example.prompt, "answer": example.answer, "family": "cycles"})
-    folder.mkdir(parents=True, exist_ok=True)
-    write_atomic(test, "".join(json.dumps({"prompt": p, "answer": a, "family": "map"}) + "\n"
-                               for p, a in held_out.items()))
-    write_atomic(train, "".join(json.dumps(row) + "\n" for row in rows))
-    return paths
-
-
-def map_task(data: dict) -> TaskConfig:
-    return TaskConfig(name="jsonl", path=data["train"], test_path=data["map_test"])
+    train = folder / "train.jsonl"
+    if not train.is_file():
+        rng = random.Random(f"second-dllm-data/{seed}")
+        rows = []
+        for family in (TaskConfig(name="map"), TaskConfig()):
+            task = make_task(family)
+            rows += [{"prompt": ex.prompt, "answer": ex.answer, "family": family.name}
+                     for ex in (task.pretrain_example(rng) for _ in range(per_family))]
+        write_atomic(train, "".join(json.dumps(row) + "\n" for row in rows))
+    return {"train": str(train)}
 
 
 def pretrain_second_dllm(cfg: ReproduceConfig, out: Path, data: dict, seed: int = 11) -> dict:
@@ -143,21 +115,36 @@ def pretrain_second_dllm(cfg: ReproduceConfig, out: Path, data: dict, seed: int 
     from envs.dllm import BUILTIN_MODEL_DIR
     from envs.pretrain.train import pretrain
 
-    recipe = PretrainConfig(task=map_task(data), out=str(out), gen_length=cfg.long_gen_length, init_from=str(
+    data_task = TaskConfig(name="jsonl", path=data["train"], test_fraction=0.0)
+    recipe = PretrainConfig(task=data_task, out=str(out), gen_length=cfg.long_gen_length, init_from=str(
         BUILTIN_MODEL_DIR), minutes=cfg.pretrain_minutes, lr=3e-4, warmup_steps=50, seed=seed, overwrite=True,
         save_every_minutes=0, progress=False)
     pretrain(recipe)
     return {"model": str(out), "recipe": dataclasses.asdict(recipe)}
 
 
-def evaluate_point(model: str, env: EnvConfig, task: TaskConfig, sampler: SamplerConfig, cfg: ReproduceConfig,
-                   seed: int) -> dict:
+class Models:
+    """Each dLLM loaded once, on first use, for every evaluation on it."""
+
+    def __init__(self):
+        self.loaded: dict = {}
+
+    def __call__(self, model: str):
+        from envs.dllm import load_env_dllm
+
+        if model not in self.loaded:
+            self.loaded[model] = load_env_dllm(model, EnvConfig())
+        return self.loaded[model]
+
+
+def evaluate_point(models: Models, model: str, env: EnvConfig, task: TaskConfig, sampler: SamplerConfig,
+                   cfg: ReproduceConfig, seed: int) -> dict:
     """Accuracy and mean NFE of one sampler at one test seed (it draws the prompts and the sampler's noise)."""
     from rollout.config import EvalConfig
     from rollout.evaluate import evaluate
 
     result = evaluate(EvalConfig(model=model, task=task, sampler=sampler, env=env, num_examples=cfg.num_examples,
-                                 seed=seed, progress=False, out=str(Path(cfg.out_dir) / "eval.json")))
+                                 seed=seed, progress=False, out=str(Path(cfg.out_dir) / "eval.json")), models(model))
     return {k: result[k] for k in ("accuracy", "mean_nfe", "sampler")}
 
 
@@ -198,7 +185,7 @@ def run_parts(cfg: ReproduceConfig) -> dict:
                                 ("additive", L, "additive")):
         policies[kind] = [parts.run(f"train/{kind}-s{seed}", lambda k=kind, s=seed, b=block, r=reward: train_policy(
             cfg, out / "train" / f"{k}-s{s}", s, block_length=b, reward=r)) for seed in cfg.train_seeds]
-    data = second_dllm_data(out / "data")
+    data = second_dllm_data(out / "data", cfg.pretrain_examples)
     second = parts.run("dllm2", lambda: pretrain_second_dllm(cfg, out / "dllm2", data))
     dllm2 = second["model"]
     policies["dllm2"] = [parts.run(f"train/dllm2-s{seed}", lambda s=seed: train_policy(
@@ -210,21 +197,25 @@ def run_parts(cfg: ReproduceConfig) -> dict:
         "dllm2": (Setting("dllm2", dllm2, EnvConfig(gen_length=L, block_length=L)), ["full", "dllm2"]),
         "dllm2-long": (Setting("dllm2-long", dllm2, EnvConfig(gen_length=cfg.long_gen_length,
                                                             block_length=cfg.long_gen_length)), ["dllm2"]),
-        "dllm2-map": (Setting("dllm2-map", dllm2, EnvConfig(gen_length=L, block_length=L), map_task(data)),
+        "dllm2-map": (Setting("dllm2-map", dllm2, EnvConfig(gen_length=L, block_length=L), TaskConfig(name="map")),
                       ["dllm2"]),
     }
+    models = Models()
     points: dict[str, dict[str, list[dict]]] = {}  # setting -> sampler label -> one result per (train, test) seed
     for name, (setting, kinds) in settings.items():
+        def point(sampler: SamplerConfig, seed: int, s: Setting = setting) -> dict:
+            return evaluate_point(models, s.model, s.env, s.task, sampler, cfg, seed)
+
         table: dict[str, list[dict]] = {}
         for h in HEURISTICS:
             label = heuristic_label(h)
-            table[label] = [parts.run(f"eval/{name}/{label.replace(' ', '_')}-t{t}", lambda h=h, t=t, s=setting:
-                                      evaluate_point(s.model, s.env, s.task, h, cfg, t)) for t in cfg.test_seeds]
+            table[label] = [parts.run(f"eval/{name}/{label.replace(' ', '_')}-t{t}", lambda h=h, t=t: point(h, t))
+                            for t in cfg.test_seeds]
         for kind in kinds:
             table[f"policy {kind}"] = [
-                parts.run(f"eval/{name}/policy_{kind}-s{p['seed']}-t{t}", lambda p=p, t=t, s=setting: evaluate_point(
-                    s.model, s.env, s.task, SamplerConfig(name="policy", checkpoint=p["policy"], allow_mismatch=True),
-                    cfg, t)) for p in policies[kind] for t in cfg.test_seeds]
+                parts.run(f"eval/{name}/policy_{kind}-s{p['seed']}-t{t}", lambda p=p, t=t: point(
+                    SamplerConfig(name="policy", checkpoint=p["policy"], allow_mismatch=True), t))
+                for p in policies[kind] for t in cfg.test_seeds]
         points[name] = table
     findings = judge(points, cfg)
     report = {"config": dataclasses.asdict(cfg), "dllm2": second, "findings": findings,

@@ -1,7 +1,7 @@
 """An RLlib EnvRunner that hosts one frozen-dLLM environment (on a GPU when it is given one).
 
 The model is loaded once per actor. Each `sample()` pulls the newest policy weights (if any) from the
-algorithm's EnvRunnerStateServer, so the learner never waits for a runner and a runner never waits
+algorithm's weight board (cluster.weights), so the learner never waits for a runner and a runner never waits
 for the learner (pull-based sync, as IMPALA/APPO do), then rolls out `prompts_per_sample` prompts x G
 group members (plus one per expert, expert steering) as one batched env and returns complete groups,
 each stamped with the policy version that produced it and each at its own reward trade-off alpha.
@@ -41,7 +41,7 @@ class RunnerSample:
     trajectories: TrajectoryBatch
     busy_s: float  # rolling out, weight pull included
     idle_s: float  # between the previous sample's return and this call
-    weight_sync_s: float  # pulling the newest weights from the state server
+    weight_sync_s: float  # pulling the newest weights from the weight board
     runner_state: dict
     forwards: int = 0  # dLLM forwards the engine really ran for this batch
     forward_rows: int = 0  # rows those forwards computed (group members sharing a sequence count once)
@@ -56,7 +56,7 @@ class DLLMEnvRunner(EnvRunner, Checkpointable):
         super().__init__(config=config, **kwargs)
         self.settings, self.grpo = config.rollout, config.grpo
         self.version = -1  # no weights yet; the algorithm pushes version 0 before the first sample
-        self.server = None
+        self.board = None
         self.groups_made = 0  # group counter: with the runner index it makes every group id unique
         self.pass_index, self.cursor = 0, 0
         self.module = self.config.get_rl_module_spec().build()
@@ -96,8 +96,8 @@ class DLLMEnvRunner(EnvRunner, Checkpointable):
         spaces = (self.config.observation_space, self.config.action_space)
         return {INPUT_ENV_SPACES: spaces, DEFAULT_MODULE_ID: spaces}
 
-    def set_state_server(self, server) -> None:
-        self.server = server
+    def set_weight_board(self, board) -> None:
+        self.board = board
 
     def forget_weights(self) -> None:
         """After a restore: take whatever version is pushed next, even an older one."""
@@ -129,10 +129,10 @@ class DLLMEnvRunner(EnvRunner, Checkpointable):
         return emulation.overruns if emulation is not None else 0
 
     def _pull_weights(self) -> float:
-        if self.server is None:
+        if self.board is None:
             return 0.0
         start = time.perf_counter()
-        state = ray.get(self.server.pull_if_newer.remote(self.version))
+        state = ray.get(self.board.pull_if_newer.remote(self.version))
         if state is not None:
             self.set_state(state)
         return time.perf_counter() - start

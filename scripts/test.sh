@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh >/dev/null
-"${UNMASK_VENV:-.venv}/bin/python" -m pytest -q "$@"
+"${UNMASK_VENV:-.venv}/bin/python" -m pytest -q --durations=15 "$@"

@@ -37,3 +37,46 @@ def tiny_dllm(tiny_model_dir):
 @pytest.fixture(scope="session")
 def cycles():
     return CycleTask(num_symbols=10)
+
+
+@pytest.fixture
+def local_ray():
+    """One local Ray for every test that needs one: started at first use and kept for the session (a test that needs
+    a cluster of its own shuts it down; the next test that asks starts it again)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield
+
+
+@pytest.fixture
+def no_ray():
+    """No Ray is running in this process (a test that checks a command starts none)."""
+    import ray
+
+    ray.shutdown()
+    yield
+
+
+def pytest_addoption(parser):
+    parser.addoption("--external", action="store_true",
+                     help="run the external tier: parity with the official model code (README: Parity)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The external tier needs files from outside the repository: it runs only when asked (--external), and then
+    fails, never skips, without them."""
+    if config.getoption("--external"):
+        return
+    kept = [item for item in items if "external" not in item.keywords]
+    if len(kept) < len(items):
+        config.hook.pytest_deselected(items=[item for item in items if "external" in item.keywords])
+        items[:] = kept
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import sys
+
+    if "ray" in sys.modules:
+        sys.modules["ray"].shutdown()

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -172,7 +172,7 @@ def snapshot(*folders: Path) -> dict:
 
 
 @pytest.mark.parametrize("args, message", CASES, ids=[c[0][:60] for c in CASES])
-def test_bad_input_is_one_line_exit_2_nothing_written_and_no_ray(args, message, inputs, capsys):
+def test_bad_input_is_one_line_exit_2_nothing_written_and_no_ray(args, message, inputs, no_ray, capsys):
     argv = args.format(**inputs).split()
     before = snapshot(inputs["root"], BUILTIN_MODEL_DIR)
     code = main(argv)
@@ -254,7 +254,11 @@ def test_interrupted_eval_keeps_the_previous_result(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "cli", "eval", "num_examples=500", "batch_size=1",
                              "sampler=top_k", f"out={out}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    time.sleep(6)  # loading, then decoding one prompt at a time
+    progress = ""
+    while not re.search(r"\b[1-9]\d*/500\b", progress):  # wait until it is decoding, one prompt at a time
+        char = proc.stderr.read(1)
+        assert char, f"eval ended before it decoded a prompt: {progress[-500:]}"
+        progress += char
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and err.strip().splitlines()[-1] == "unmask eval: interrupted"

@@ -230,7 +230,8 @@ def test_the_learner_prepares_advantages_shares_proximal_log_probs_and_tis_weigh
              "valid": torch.ones(N, T, L, dtype=torch.bool) & active[..., None], "action": torch.rand(N, T, L) > 0.5,
              "t": torch.rand(N, T), "logp": -torch.rand(N, T) * active, "active": active, "alpha": torch.ones(N),
              "reward": torch.tensor([1.0, 0.0, 0.5, 0.0, 1.0]), "group": torch.tensor([0, 0, 1, 1, 1]),
-             "expert": torch.tensor([False, False, False, False, True]), "policy_version": torch.tensor([0, 0, -1, -1, -1])}
+             "expert": torch.tensor([False, False, False, False, True]),
+             "policy_version": torch.tensor([0, 0, -1, -1, -1])}
     batch["action"] &= batch["valid"]
     prepared, old_logp = learner.prepare(dict(batch))
     assert prepared["advantages"].tolist() == pytest.approx([0.5, -0.5, 0.0, -0.5, 0.5])

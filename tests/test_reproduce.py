@@ -4,21 +4,18 @@ plots are written, the README block is generated from findings.md, and a second 
 import json
 
 import pytest
-import ray
 
 from cli.main import main
+from envs.tasks.map import MapTask
 from experiments.config import README_MARKERS
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.slow
-def test_reproduce_quick_writes_every_finding_and_resumes(local_ray, tmp_path, capsys):
+def test_reproduce_quick_writes_every_finding_and_resumes(local_ray, tmp_path, capsys, monkeypatch):
+    import envs.dllm
+
+    loads, load = [], envs.dllm.load_env_dllm
+    monkeypatch.setattr(envs.dllm, "load_env_dllm", lambda model, *a, **k: loads.append(model) or load(model, *a, **k))
     out, readme = tmp_path / "repro", tmp_path / "README.md"
     start, end = README_MARKERS
     readme.write_text(f"# title\n\nbefore\n{start}\nstale table\n{end}\nafter\n")
@@ -38,10 +35,10 @@ def test_reproduce_quick_writes_every_finding_and_resumes(local_ray, tmp_path, c
     recipe = report["dllm2"]["recipe"]  # the second dLLM's recipe is recorded, and its data is on disk
     assert recipe["gen_length"] == 32 and recipe["init_from"].endswith("builtin_model")
     families = [json.loads(line)["family"] for line in open(recipe["task"]["path"])]
-    assert families.count("map") == families.count("cycles") == 30_000
-    test_prompts = {json.loads(line)["prompt"] for line in open(recipe["task"]["test_path"])}
-    assert len(test_prompts) == 1000 and not test_prompts & {json.loads(line)["prompt"] for line in open(
-        recipe["task"]["path"])}  # the map test prompts are held out of pretraining
+    assert families.count("map") == families.count("cycles") == 2000
+    test_prompts = {ex.prompt for ex in MapTask().examples("test", 1000)}
+    assert not test_prompts & {json.loads(line)["prompt"] for line in open(recipe["task"]["path"])}  # held out
+    assert loads == ["builtin", recipe["out"]]  # each dLLM loaded once for all of its evaluations
     markdown = (out / "findings.md").read_text()
     assert markdown.count("\n| ") == 1 + 7 and "| 1 | heuristics collapse in full diffusion |" in markdown
     text = readme.read_text()

@@ -21,12 +21,6 @@ from rollout.trajectories import read_trajectories
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)  # the grid's two trials at once
-    yield
-    ray.shutdown()
-
 
 def wait_until_free(cpus: float, timeout_s: float = 60) -> bool:
     deadline = time.time() + timeout_s
@@ -73,7 +67,7 @@ def test_the_documented_rllib_snippet(local_ray, tmp_path):
 def test_a_tune_grid_over_alpha_with_the_default_config(local_ray, tmp_path):
     tuner = tune.Tuner(
         "UnmaskGRPO",
-        param_space=UnmaskGRPOConfig().env_runners(num_env_runners=1).training(
+        param_space=UnmaskGRPOConfig().env_runners(num_env_runners=0).training(
             alpha=tune.grid_search([0.5, 2.0]), groups_per_update=2),
         run_config=tune.RunConfig(storage_path=str(tmp_path), name="grid", stop={"training_iteration": 1}, verbose=0))
     results = tuner.fit()
@@ -97,8 +91,10 @@ def test_partial_and_typed_settings(local_ray, tmp_path):
     assert config.to_dict()["rollout"]["env"]["block_length"] == 8  # plain data for Tune
     assert UnmaskGRPOConfig().update_from_dict(config.to_dict()).rollout == config.rollout
     algo = config.build_algo()  # no run_dir and not a Tune trial: nothing is written
-    algo.train()
+    result = algo.train()
     assert algo.run_dir is None and algo.config.grad_clip == 0.5
+    assert result["unmask"]["trajectories_total"] == 2 * 4 and result["training_iteration"] == 1  # 2 groups of G = 4
+    assert result["unmask"]["nfe_mean"] <= 16 and 0.0 <= result["unmask"]["accuracy"] <= 1.0
     algo.stop()
     whole = UnmaskGRPOConfig().environment(rollout=RolloutConfig(group_size=3)).training(grpo=GRPOConfig(alpha=3.0))
     assert whole.rollout.group_size == 3 and whole.grpo.alpha == 3.0

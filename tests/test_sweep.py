@@ -4,7 +4,6 @@ with policies beside heuristics, Tuner.restore, and bad grids."""
 import json
 
 import pytest
-import ray
 
 from cli.main import main
 from cluster.config import FinalEvalConfig, SweepConfig
@@ -14,13 +13,6 @@ from learner.config import GRPOConfig, PolicyConfig
 from learner.policy import policy_info
 from rollout.config import RolloutConfig
 from rollout.trajectories import read_trajectories
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def tiny_sweep(model_dir, run_dir, **overrides) -> SweepConfig:

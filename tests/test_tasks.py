@@ -144,3 +144,19 @@ def test_random_example_answers_verify():
     for _ in range(200):
         ex = task.random_example(rng)
         assert task.verify(ex.answer, ex)
+
+
+def test_map_applies_the_permutation_to_each_letter_and_keeps_its_splits_apart():
+    from envs.tasks.map import MapTask
+
+    task = MapTask(num_symbols=10)
+    ex = Example(id="x", prompt="cadbgfehji?bad.....", answer=">acb")
+    assert task.apply(ex.prompt) == ">acb" and task.verify(">acb", ex) and not task.verify(">acbb", ex)
+    train, test = task.examples("train", 300), task.examples("test", 300, seed=1)
+    assert not {e.prompt for e in train} & {e.prompt for e in test}
+    assert all(task.verify(e.answer, e) and len(e.prompt) == 19 for e in train + test)
+    assert {e.meta["word_length"] for e in test} == set(range(2, 9))
+    assert task.examples("test", 5, seed=2) == task.examples("test", 5, seed=2)
+    rng = random.Random(0)
+    assert all(task.split_of(task.pretrain_example(rng).prompt) == "train" for _ in range(200))
+    assert set("".join(e.prompt + e.answer for e in train)) <= set(task.alphabet)

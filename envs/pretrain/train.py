@@ -33,10 +33,10 @@ from envs.tokenizer import build_char_tokenizer
 
 
 def training_texts(task: Task, cfg: PretrainConfig) -> tuple[list[str], callable]:
-    """Texts for the vocabulary, and a function drawing a batch of (prompt, answer) training pairs."""
-    if cfg.task.name == "cycles":
-        rng = random.Random(f"pretrain/{cfg.seed}")
-        letters = task.letters
+    """Texts for the vocabulary, and a function drawing a batch of (prompt, answer) training pairs: fresh examples of
+    a generated family (cycles, map), or a sample of a file's training split."""
+    rng = random.Random(f"pretrain/{cfg.seed}")
+    if hasattr(task, "pretrain_example"):
 
         def draw(n: int) -> list[tuple[str, str]]:
             pairs = []
@@ -45,17 +45,16 @@ def training_texts(task: Task, cfg: PretrainConfig) -> tuple[list[str], callable
                 pairs.append((ex.prompt, ex.answer))
             return pairs
 
-        return [letters + "?<>" + ("," if task.separator_prob > 0 else "")], draw
+        return [task.alphabet], draw
     train = task.examples("train", n=-1)
     if not train:
         raise ValueError(f"task {cfg.task.name!r} has no training examples")
-    rng = random.Random(f"pretrain/{cfg.seed}")
 
-    def draw_jsonl(n: int) -> list[tuple[str, str]]:
+    def draw_file(n: int) -> list[tuple[str, str]]:
         return [(ex.prompt, ex.answer) for ex in rng.choices(train, k=n)]
 
     everything = train + task.examples("test", n=-1)  # the vocabulary covers every character of the file
-    return [t for ex in everything for t in (ex.prompt, ex.answer)], draw_jsonl
+    return [t for ex in everything for t in (ex.prompt, ex.answer)], draw_file
 
 
 def masked_diffusion_loss(model, ids: torch.Tensor, attn: torch.Tensor, canvas: torch.Tensor,
@@ -233,12 +232,12 @@ def load_init_tokenizer(path: str):
 
 
 def longest_example(task: Task, cfg: PretrainConfig, draw) -> tuple[int, int]:
-    """(longest prompt, longest answer) in characters, which size the model's context: for a JSONL task
-    over every line of the file, test split included; for the built-in task, a sample and its maximum."""
-    if cfg.task.name == "jsonl":
-        everything = task.examples("train", n=-1) + task.examples("test", n=-1)
-        return max(len(ex.prompt) for ex in everything), max(len(ex.answer) for ex in everything)
-    return max(len(p) for p, _ in draw(512)), task.max_answer_length()
+    """(longest prompt, longest answer) in characters, which size the model's context: for a generated family a
+    sample's longest prompt and the family's longest answer; for a file over every example, test split included."""
+    if hasattr(task, "pretrain_example"):
+        return max(len(p) for p, _ in draw(512)), task.max_answer_length()
+    everything = task.examples("train", n=-1) + task.examples("test", n=-1)
+    return max(len(ex.prompt) for ex in everything), max(len(ex.answer) for ex in everything)
 
 
 def save_model(model, tokenizer, out: Path, summary: dict) -> None:

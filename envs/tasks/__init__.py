@@ -12,6 +12,10 @@ def make_task(cfg: TaskConfig) -> Task:
     if cfg.name == "cycles":
         return CycleTask(num_symbols=cfg.num_symbols, pretrain_length_decay=cfg.pretrain_length_decay,
                          directions=cfg.directions, separator_prob=cfg.separator_prob)
+    if cfg.name == "map":
+        from envs.tasks.map import MapTask
+
+        return MapTask(num_symbols=cfg.num_symbols)
     if cfg.name == "jsonl":
         from envs.tasks.jsonl import JsonlTask
 

@@ -59,6 +59,11 @@ class CycleTask(Task):
             if self.pretrain_length_decay == 1.0 or rng.random() < self.pretrain_length_decay ** (len(ex.answer) - 3):
                 return ex
 
+    @property
+    def alphabet(self) -> str:
+        """Every character of its prompts and answers (a pretrained dLLM's vocabulary)."""
+        return self.letters + "?<>" + ("," if self.separator_prob > 0 else "")
+
     @staticmethod
     def split_of(prompt: str) -> str:
         return "test" if stable_hash(prompt) % 1000 < TEST_FRACTION_PER_MILLE else "train"
