@@ -4,13 +4,14 @@
                                    [group_size=8] [repeats=3] [llada=1]
 
 Every schedule has the same rows in flight (prompts_per_sample x G):
-  (a) static     the paper's loop: a sample's batch is forwarded whole every step until its last row is done
-  (b) previous   the env before the engine (bench/legacy_env.py): finished rows leave the batch, every
-                 feature in float64 over the vocabulary, fresh tensors every step
-  (c) engine     envs.engine through rollout.trajectories.roll_out, as the env runner runs it: group members
-                 share their first forward, only the policy's feature is computed, nothing is copied that nobody
-                 keeps; (c') engine+cb: every prompt streamed through those rows (continuous batching: a
-                 finished row takes the next trajectory), i.e. `rollout.batch_rows` with a large sample
+  (a) static     the paper's loop: a sample's batch is forwarded whole every step until its last row is done,
+                 nothing shared
+  (b) engine     envs.engine through rollout.collect.roll_out, as the env runner runs it: finished rows leave the
+                 batch, group members share their first forward, only the policy's feature is computed;
+                 (b') engine+cb: every prompt streamed through those rows (continuous batching: a finished row
+                 takes the next trajectory), i.e. `rollout.batch_rows` with a large sample
+(The env before the engine, measured beside these until 2026-12-03, is in the README's table: the engine was
+1.12x it, with continuous batching 1.45x.)
 
 on (i) the built-in model with a trained policy, full diffusion (L = BL = 24), and (ii) a random-weight
 LLaDA-shaped model with the prefix cache. Prints rollouts/s, real forwards, rows per forward, the ratios, and the
@@ -29,10 +30,10 @@ from pathlib import Path
 
 import torch
 from common import random_checkpoint
-from legacy_env import LegacyEnv
 
 from envs.config import SamplerConfig
 from envs.dllm import load_dllm
+from envs.engine import ForwardEngine
 from envs.mdp import UnmaskingEnv
 from envs.tasks.cycles import CycleTask
 from learner.policy import UnmaskingPolicy, load_policy
@@ -45,11 +46,21 @@ DEFAULTS = {"policy": str(HERE / "assets" / "policy-builtin"), "samples": "8", "
             "group_size": "8", "repeats": "3", "llada": "1", "gpu_forward_ms": "30", "gpu_saturation_rows": "64"}
 
 
-class StaticLoop(LegacyEnv):
-    """The paper's loop: every row goes through every forward until the last row is done."""
+class StaticEngine(ForwardEngine):
+    """The paper's loop: every row goes through every forward until the last row is done, none shared."""
 
-    def _logits(self, active):
-        yield from super()._logits(torch.ones_like(active))
+    def logits(self, ids, attn, active, block_index):
+        if active.any():
+            yield from super().logits(ids, attn, torch.ones_like(active), block_index)
+
+    def _unique(self, ids, attn, rows):
+        return rows, None
+
+
+class StaticLoop(UnmaskingEnv):
+    def __init__(self, dllm, **env_kw):
+        super().__init__(dllm, **env_kw)
+        self.engine = StaticEngine(dllm, self.L, self.BL, env_kw.get("kv_cache", "none"))
 
 
 class ForwardLog:
@@ -67,35 +78,15 @@ class ForwardLog:
             setattr(dllm, name, counted)
 
 
-def legacy_collect(env, sampler, prompts: list[list[int]], group_size: int) -> None:
-    """The runner's loop before the engine: one static batch, every decision recorded (bench/legacy_env.py's
-    env; the recording is what `collect_groups` did then)."""
-    rows_all = [p for p in prompts for _ in range(group_size)]
-    obs = env.reset(rows_all)
-    N, L = len(rows_all), env.L
-    rec = {"confidences": torch.zeros(N, L, L), "mask": torch.zeros(N, L, L, dtype=torch.bool),
-           "valid": torch.zeros(N, L, L, dtype=torch.bool), "action": torch.zeros(N, L, L, dtype=torch.bool),
-           "abandoned": torch.zeros(N, L, L, dtype=torch.bool), "t": torch.zeros(N, L), "logp": torch.zeros(N, L)}
-    step = 0
-    while not env.done:
-        action, logp = sampler.act(obs)
-        rows = obs.active.cpu()
-        for name, value in (("confidences", obs.confidence), ("mask", obs.masked), ("abandoned", obs.abandoned),
-                            ("valid", obs.valid), ("action", action), ("t", obs.t), ("logp", logp)):
-            rec[name][rows, step] = value.detach().cpu()[rows].to(rec[name].dtype)
-        obs = env.step(action)
-        step += 1
-
-
 def schedules(dllm, policy, task_prompts: list[list[int]], a: dict, env_kw: dict) -> dict:
     """The schedules on the same prompts (token ids) and the same policy, each with the same rows in flight
-    (prompts_per_sample x G): static, previous and engine roll out one sample at a time, engine+cb streams every
+    (prompts_per_sample x G): static and engine roll out one sample at a time, engine+cb streams every
     prompt through that many rows (continuous batching). Seconds are the best of `repeats` interleaved runs."""
     G, per = int(a["group_size"]), int(a["prompts_per_sample"])
     samples = [task_prompts[i : i + per] for i in range(0, len(task_prompts), per)]
     log = ForwardLog(dllm)
-    runs = {"static": (StaticLoop, samples, None), "previous": (LegacyEnv, samples, None),
-            "engine": (UnmaskingEnv, samples, 0), "engine+cb": (UnmaskingEnv, [task_prompts], per * G)}
+    runs = {"static": (StaticLoop, samples, 0), "engine": (UnmaskingEnv, samples, 0),
+            "engine+cb": (UnmaskingEnv, [task_prompts], per * G)}
     out = {name: {"seconds": float("inf"), "rollouts": len(task_prompts) * G} for name in runs}
     for _ in range(int(a["repeats"])):
         for name, (env_cls, batches, rows_in_flight) in runs.items():
@@ -104,27 +95,23 @@ def schedules(dllm, policy, task_prompts: list[list[int]], a: dict, env_kw: dict
             log.rows.clear()
             start = time.perf_counter()
             for prompts in batches:
-                if rows_in_flight is None:
-                    legacy_collect(env, sampler, prompts, G)
-                else:
-                    roll_out(env, sampler, prompts, G, rows_in_flight)
+                roll_out(env, sampler, prompts, G, rows_in_flight)
             seconds = time.perf_counter() - start
             out[name].update(seconds=min(seconds, out[name]["seconds"]), forwards=len(log.rows), rows=sum(log.rows),
                              row_counts=list(log.rows))
     return out
 
 
-def batch_one_step(dllm, env_cls, block_length: int, trials: int = 5) -> float:
+def batch_one_step(dllm, block_length: int, trials: int = 5) -> float:
     """Seconds per env step of a heuristic (top_k, one token per step) on one prompt: best of `trials`."""
     sampler = make_sampler(SamplerConfig(name="top_k"))
     prompt = dllm.encode_prompts([CycleTask().examples("test", 1)[0].prompt])
-    env = env_cls(dllm, 24, block_length)
-    features = {"features": sampler.features} if env_cls is UnmaskingEnv else {}
+    env = UnmaskingEnv(dllm, 24, block_length)
     best = float("inf")
     for _ in range(trials):
         steps, start = 0, time.perf_counter()
         for _ in range(10):
-            obs = env.reset(prompt, **features)
+            obs = env.reset(prompt, features=sampler.features)
             while not env.done:
                 obs = env.step(sampler.select(obs))
                 steps += 1
@@ -153,20 +140,16 @@ def gpu_cost(row_counts: list[int], forward_ms: float, saturation: int) -> float
 
 def report(title: str, runs: dict, a: dict) -> dict:
     print(f"\n{title}")
-    print(f"{'schedule':<11} {'rollouts/s':>10} {'forwards':>9} {'rows/fwd':>9} {'vs static':>10} {'vs previous':>12}"
-          f" {'GPU-model s':>12}")
-    base, prev = runs["static"]["seconds"], runs["previous"]["seconds"]
+    print(f"{'schedule':<11} {'rollouts/s':>10} {'forwards':>9} {'rows/fwd':>9} {'vs static':>10} {'GPU-model s':>12}")
+    base = runs["static"]["seconds"]
     for name, r in runs.items():
         r["gpu_s"] = gpu_cost(r["row_counts"], float(a["gpu_forward_ms"]), int(a["gpu_saturation_rows"]))
         print(f"{name:<11} {r['rollouts'] / r['seconds']:>10.1f} {r['forwards']:>9} "
-              f"{r['rows'] / max(1, r['forwards']):>9.1f} {base / r['seconds']:>9.2f}x {prev / r['seconds']:>11.2f}x"
-              f" {r['gpu_s']:>12.2f}")
+              f"{r['rows'] / max(1, r['forwards']):>9.1f} {base / r['seconds']:>9.2f}x {r['gpu_s']:>12.2f}")
     best = min(("engine", "engine+cb"), key=lambda name: runs[name]["seconds"])
-    return {"speedup_vs_static": round(base / runs[best]["seconds"], 3),
-            "speedup_vs_previous": round(prev / runs[best]["seconds"], 3), "fastest": best,
-            "engine_vs_previous": round(prev / runs["engine"]["seconds"], 3),
-            "gpu_model_speedup_vs_static": round(runs["static"]["gpu_s"] / runs["engine+cb"]["gpu_s"], 3),
-            "gpu_model_speedup_vs_previous": round(runs["previous"]["gpu_s"] / runs["engine+cb"]["gpu_s"], 3)}
+    return {"speedup_vs_static": round(base / runs[best]["seconds"], 3), "fastest": best,
+            "engine_vs_static": round(base / runs["engine"]["seconds"], 3),
+            "gpu_model_speedup_vs_static": round(runs["static"]["gpu_s"] / runs["engine+cb"]["gpu_s"], 3)}
 
 
 def main(argv: list[str]) -> None:
@@ -183,10 +166,10 @@ def main(argv: list[str]) -> None:
     figures["builtin"] = report(f"(i) built-in dLLM, policy {a['policy']}, L = BL = 24, {n_prompts} prompts x "
                                 f"G = {a['group_size']}, {rows} rows in flight", runs, a)
     bare = bare_forward(dllm)
-    old_step, new_step = batch_one_step(dllm, LegacyEnv, 8), batch_one_step(dllm, UnmaskingEnv, 8)
-    print(f"batch-1 top_k step, BL=8: previous {old_step * 1e3:.2f} ms, engine {new_step * 1e3:.2f} ms, bare forward "
-          f"{bare * 1e3:.2f} ms: {old_step / bare:.2f}x and {new_step / bare:.2f}x a bare forward")
-    figures["batch1_step_over_forward"] = {"previous": round(old_step / bare, 3), "engine": round(new_step / bare, 3)}
+    step = batch_one_step(dllm, 8)
+    print(f"batch-1 top_k step, BL=8: {step * 1e3:.2f} ms, bare forward {bare * 1e3:.2f} ms: {step / bare:.2f}x a bare "
+          "forward")
+    figures["batch1_step_over_forward"] = round(step / bare, 3)
 
     if a["llada"] != "0":
         with tempfile.TemporaryDirectory() as tmp:
@@ -200,8 +183,7 @@ def main(argv: list[str]) -> None:
                                              f"L = 64, BL = 16, 8 prompts x G = {a['group_size']}", runs, small)
     print(f"\nGPU cost model: gpu_forward_ms={a['gpu_forward_ms']} per forward, flat up to "
           f"gpu_saturation_rows={a['gpu_saturation_rows']} rows, proportional beyond")
-    print(json.dumps({"speedup_vs_static": figures["builtin"]["speedup_vs_static"],
-                      "speedup_vs_previous": figures["builtin"]["speedup_vs_previous"], **figures}))
+    print(json.dumps({"speedup_vs_static": figures["builtin"]["speedup_vs_static"], **figures}))
 
 
 if __name__ == "__main__":

@@ -63,14 +63,17 @@ def groups(samples: list[RunnerSample]) -> int:
 
 
 class Collector:
-    def __init__(self, runners: EnvRunnerGroup, settings: UpdateSettings, prompts_per_sample: int):
+    def __init__(self, runners: EnvRunnerGroup, settings: UpdateSettings, prompts_per_sample: int, board=None):
+        """board: where weights are pushed for the runners to pull (default: a new WeightBoard actor when the
+        runners are remote; none when the algorithm's own process samples)."""
         self.runners, self.settings, self.per_sample = runners, settings, prompts_per_sample
         self.buffer: list[RunnerSample] = []  # paced: samples that arrived and wait for an update
         self.runner_states: dict[int, dict] = {}  # runner index -> its state after its last delivered sample
         self.restarts = 0
-        self.board = None
-        if runners.num_remote_env_runners() > 0:
+        self.board = board
+        if self.board is None and self.remote:
             self.board = ray.remote(num_cpus=0)(WeightBoard).options(max_concurrency=16).remote()
+        if self.remote:
             board = self.board
             runners.foreach_env_runner(lambda r: r.set_weight_board(board), local_env_runner=False)
 

@@ -1,4 +1,4 @@
-"""Masked-diffusion sampling as an MDP with the frozen dLLM as the environment (paper.md §1).
+"""Masked-diffusion sampling as an MDP with the frozen dLLM as the environment (arXiv 2512.09106 §3.1).
 
 State: prompt + a canvas of L positions, masked at the start, split into blocks of BL decoded left to
 right. Each step is ONE dLLM forward over prompt + canvas; it yields, per position, the token that

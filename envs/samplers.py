@@ -1,6 +1,7 @@
 """Unmasking samplers behind one interface: Observation -> boolean unmask decision.
 
-Every heuristic follows its reference code (shared/research/paper.md §5, anchors.md §A):
+Every heuristic follows its reference code (LLaDA's `generate.py`, Dream's and Fast-dLLM's generation utilities,
+the EB-Sampler paper):
 
 - random         k random masked positions of the current block per step.
 - top_k          LLaDA `low_confidence`: the highest token probabilities; per block, LLaDA's even

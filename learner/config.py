@@ -1,4 +1,4 @@
-"""Structured configs of the learning side: the policy network and GRPO (paper.md §2-§4 defaults).
+"""Structured configs of the learning side: the policy network and GRPO (arXiv 2512.09106 §3.2-§3.3, App. H defaults).
 
 No heavy imports: commands parse and check these before torch is loaded.
 """

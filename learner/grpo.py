@@ -1,4 +1,4 @@
-"""Reward, group-relative advantage and the clipped GRPO surrogate (paper.md §3-§4), on one screen.
+"""Reward, group-relative advantage and the clipped GRPO surrogate (arXiv 2512.09106 §3.3, Eq. 3.1), on one screen.
 
 Notation: a group holds G trajectories of the same prompt; trajectory g has steps s = 1..T_g, each with
 valid positions V_s (masked, in the current block), a Bernoulli action u_s in {0,1}^V_s, the behaviour
@@ -18,10 +18,10 @@ proximal policy) and the step is importance-weighted by the truncated ratio (TIS
 
     weight       w_s = min(pi_old(u_s) / pi_behav(u_s), C)
 
-Expert steering (paper.md §3): E of a group's G + E members are experts' trajectories (Fast-dLLM thresholding,
-one lambda each, in semi-AR blocks). They join the group for the advantage; their steps' likelihood, in every
-ratio and weight above, is the group's mixture, with the policy's likelihood of the expert's decision over all
-masked positions:
+Expert steering (arXiv 2512.09106 App. F): E of a group's G + E members are experts' trajectories (Fast-dLLM
+thresholding, one lambda each, in semi-AR blocks). They join the group for the advantage; their steps' likelihood,
+in every ratio and weight above, is the group's mixture, with the policy's likelihood of the expert's decision over
+all masked positions:
 
     mixture      pi_mix(u_s) = G / (G + E) * pi(u_s) + 1 / (G + E) * delta_expert(u_s)   (delta = 1 on its own step)
     clip         eps_expert (grpo.expert_clip_eps) instead of eps

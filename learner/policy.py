@@ -1,4 +1,4 @@
-"""The unmasking policy of arXiv 2512.09106 (paper.md §2): one DiT block over per-position confidences.
+"""The unmasking policy of arXiv 2512.09106 (§3.2): one DiT block over per-position confidences.
 
     x    = Linear(1 -> d)(c)                                  token stream: the dLLM's top-1 confidence
     cond = Embedding(2, d)[m] + MLP(sinusoid(t))              per-position conditioning: mask flag, time

@@ -13,8 +13,9 @@ from envs.files import check_writable
 
 @dataclass
 class ExpertConfig:
-    """Expert steering (paper.md §3): each group gets one trajectory per threshold from Fast-dLLM at that lambda,
-    decoding semi-AR blocks of `block_length` inside the env's canvas (the paper: lambda 0.9, BL 32 of L 256)."""
+    """Expert steering (arXiv 2512.09106 App. F): each group gets one trajectory per threshold from Fast-dLLM at that
+    lambda, decoding semi-AR blocks of `block_length` inside the env's canvas (the paper: lambda 0.9, BL 32 of
+    L 256)."""
 
     thresholds: list[float] = field(default_factory=list)  # [] = off; the paper: [0.9]
     block_length: int = 8  # the expert's semi-AR block (must divide env.gen_length)

@@ -9,7 +9,7 @@ a 50/50 choice, as free phrasing is in natural language; `forward`: always `>`).
     prompt  "cadbgfehji?b"   (f(a)=c, f(b)=a, f(c)=d, f(d)=b, ...)
     answers ">bacdb", ">b,a,cd,b", ... or "<bdcab"
 
-Why order can matter (shared/research/tiny-dllm-prototype.md):
+Why order can matter:
 - Each letter needs the previous one (pointer chasing): a shallow bidirectional model cannot write
   the k-th letter before the (k-1)-th.
 - The cycle length of s (uniform on 1..num_symbols in the test split) cannot be seen without tracing

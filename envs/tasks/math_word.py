@@ -1,4 +1,5 @@
-"""GSM8K and MATH-500 in the paper's format (paper.md §4, §6), from local files or the Hugging Face hub.
+"""GSM8K and MATH-500 in the paper's format (arXiv 2512.09106 §4 and its released code), from local files or the
+Hugging Face hub.
 
 Prompt: the paper's system prompt, a blank line, the question, sent as the user turn (the dLLM adapter
 applies the model's chat template); the assistant turn starts with `<reasoning>` as in the paper's
@@ -180,7 +181,7 @@ class MathWordTask(Task):
 
 
 class MixedMathTask(Task):
-    """The paper's RL training data: GSM8K and MATH shuffled together (paper.md §6), each example checked
+    """The paper's RL training data: GSM8K and MATH shuffled together (arXiv 2512.09106 §4), each example checked
     by its own dataset's verifier. `task.path` holds `gsm8k/` and `math500/` directories (or is empty: hub)."""
 
     name = "gsm8k_math"

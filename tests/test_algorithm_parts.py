@@ -1,0 +1,139 @@
+"""The algorithm's parts without Ray: the trajectory contract's imports, the collector's admission pacing over a
+stand-in runner group, the run's totals and collapse rule, and checkpoint-best."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cluster.collector import Arrival, Collected, Collector
+from cluster.config import OutputSettings, UpdateSettings
+from cluster.metrics import RunTotals, iteration_report, stuck
+from cluster.outputs import RunOutputs
+from rollout.env_runner import RunnerSample
+from rollout.trajectories import TrajectoryBatch
+
+
+def test_reading_a_dump_imports_numpy_and_pyarrow_only():
+    probe = ("import sys; import rollout.trajectories as t; t.read_trajectories; "
+             "heavy = [m for m in ('torch', 'ray', 'transformers', 'learner', 'envs.mdp') if m in sys.modules]; "
+             "print(heavy)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def batch(runner: int, first_group: int, groups: int, version: int, members: int = 2, nfe: int = 2,
+          correct: bool = False) -> TrajectoryBatch:
+    N, L = groups * members, 2
+    steps = {name: np.zeros((N, L, L), bool) for name in ("mask", "abandoned", "valid", "action")}
+    return TrajectoryBatch(confidences=np.zeros((N, L, L), np.float32), **steps, t=np.zeros((N, L), np.float32),
+                           logp=np.zeros((N, L), np.float32), reward=np.arange(N, dtype=np.float32),
+                           correct=np.full(N, correct), nfe=np.full(N, nfe, np.int32),
+                           sample_id=np.tile(np.arange(members, dtype=np.int32), groups), expert=np.zeros(N, bool),
+                           alpha=np.ones(N, np.float32), prompt_id=["p"] * N,
+                           group_id=[f"r{runner}-g{first_group + g}" for g in range(groups) for _ in range(members)],
+                           completion=[""] * N, env_runner=runner, policy_version=version)
+
+
+class StandInRunners:
+    """What the collector asks of RLlib's EnvRunnerGroup, answered by counting: each `sample` request is answered
+    at the next fetch with `per_sample` new groups, stamped with the version the runner holds."""
+
+    def __init__(self, runners: int, per_sample: int):
+        self.ids, self.per_sample = list(range(1, runners + 1)), per_sample
+        self.pending: list[int] = []
+        self.made = dict.fromkeys(self.ids, 0)
+        self.version, self.most_in_flight = 0, 0
+
+    def num_remote_env_runners(self) -> int:
+        return len(self.ids)
+
+    def healthy_worker_ids(self) -> list[int]:
+        return [i for i in self.ids if i not in self.pending]  # an idle runner is the one asked
+
+    def num_healthy_remote_workers(self) -> int:
+        return len(self.ids)
+
+    def num_in_flight_async_reqs(self, tag: str) -> int:
+        return len(self.pending)
+
+    def foreach_env_runner(self, fn, local_env_runner: bool = False, remote_worker_ids=None) -> list:
+        return []
+
+    def foreach_env_runner_async(self, fn, tag: str, remote_worker_ids: list[int]) -> int:
+        self.pending += remote_worker_ids
+        self.most_in_flight = max(self.most_in_flight, len(self.pending))
+        return len(remote_worker_ids)
+
+    def fetch_ready_async_reqs(self, tags: str, timeout_seconds: float) -> list[tuple[int, RunnerSample]]:
+        arrived = []
+        for runner in self.pending:
+            trajectories = batch(runner, self.made[runner], self.per_sample, self.version)
+            self.made[runner] += self.per_sample
+            arrived.append((runner, RunnerSample(trajectories, 1.0, 0.0, 0.0, {"groups_made": self.made[runner]})))
+        self.pending = []
+        return arrived
+
+
+@pytest.mark.parametrize("runners, per_sample, need, pace_ahead", [(1, 3, 2, 1), (3, 1, 4, 0), (2, 2, 2, 2)])
+def test_paced_collection_trains_on_every_sample_once_in_order_within_its_budget(runners, per_sample, need,
+                                                                                   pace_ahead):
+    fleet = StandInRunners(runners, per_sample)
+    settings = UpdateSettings(groups_per_update=need, max_policy_lag=1, staleness="pace", pace_ahead=pace_ahead)
+    collector = Collector(fleet, settings, per_sample, board="board")
+    taken = []
+    for version in range(6):
+        fleet.version = version
+        collected = collector.collect(version)
+        groups = [g for a in collected.arrivals for g in dict.fromkeys(a.sample.trajectories.group_id)]
+        assert len(groups) >= need and all(a.used for a in collected.arrivals)
+        assert all(a.lag == version - a.sample.trajectories.policy_version >= 0 for a in collected.arrivals)
+        taken += groups
+    buffered = [g for s in collector.buffer for g in dict.fromkeys(s.trajectories.group_id)]
+    delivered = sum(fleet.made.values())
+    assert len(taken) + len(buffered) == delivered  # every delivered group trained on or waiting, none twice
+    assert len(set(taken + buffered)) == len(taken + buffered)
+    for runner in fleet.made:  # in the order they arrived
+        numbers = [int(g.split("-g")[1]) for g in taken if g.startswith(f"r{runner}-")]
+        assert numbers == sorted(numbers)
+    assert fleet.most_in_flight * per_sample <= max(need * (1 + pace_ahead), need - 1 + per_sample)
+    assert collector.runner_states == {r: {"groups_made": fleet.made[r]} for r in fleet.made if fleet.made[r]}
+
+
+def test_streaks_say_when_a_run_has_stalled():
+    totals = RunTotals()
+    for skipped, stalled in ((True, False), (True, False), (False, True), (False, False)):
+        totals.count(10, skipped, stalled)
+        if skipped or stalled:
+            assert totals.collapsed(3) == (totals.stalled_streak >= 3)
+    assert (totals.trajectories, totals.skipped_batches, totals.skipped_streak, totals.stalled_streak) == (40, 2, 0, 0)
+    totals.count(10, True, False)
+    assert totals.skipped_streak == totals.stalled_streak == 1 and not totals.collapsed(0)  # 0: never stop
+    spent = Collected([Arrival(RunnerSample(batch(1, 0, 2, 0, nfe=8), 1.0, 0.0, 0.0, {}), 0, True)])
+    assert stuck(spent, gen_length=8) and not stuck(spent, gen_length=9)
+
+
+def test_the_report_is_the_policy_s_own_and_counts_what_arrived():
+    arrivals = Collected([Arrival(RunnerSample(batch(1, 0, 2, 3, correct=True), 2.0, 1.0, 0.1, {}), 1, True)])
+    totals = RunTotals()
+    totals.count(4, False, False)
+    report = iteration_report(arrivals, totals, skipped=False, collapsed=False, elapsed_s=2.0, buffered_groups=0,
+                              policy_version=4, restarts=0, healthy_runners=1, experts=False)
+    assert report["reward_mean"] == 1.5 and report["accuracy"] == 1.0 and report["nfe_mean"] == 2.0
+    assert report["trajectories_per_s"] == 2.0 and report["env_runner_busy_fraction"] == pytest.approx(2 / 3)
+    assert report["staleness_max"] == 1 and report["dropped_groups"] == 0 and report["trajectories_total"] == 4
+
+
+def test_checkpoint_best_is_the_end_of_the_best_moving_average(tmp_path):
+    saved = []
+    outputs = RunOutputs(tmp_path, "run", OutputSettings(checkpoint_every=2, best_window=2, dump_trajectories=False),
+                         lambda out, iteration, **extra: saved.append((out.name, iteration, extra)))
+    for iteration, rewards in enumerate(([0.0, 0.0], [1.0, 1.0], [0.0, 0.0], [3.0, 3.0], [0.0, 0.0]), start=1):
+        sample = RunnerSample(batch(1, iteration, 1, 0), 1.0, 0.0, 0.0, {})
+        sample.trajectories.reward = np.array(rewards, np.float32)
+        outputs.write(Collected([Arrival(sample, 0, True)]), [np.zeros((2, 2))], iteration, version=iteration)
+    best = [(iteration, extra["best"]["reward_mean"]) for name, iteration, extra in saved if name == "best"]
+    assert best == [(2, 0.5), (4, 1.5)]  # averages 0.5, 0.5, 1.5, 1.5: a new best only when it rises
+    assert [(name, iteration) for name, iteration, _ in saved if name != "best"] == [
+        ("policy_000002", 2), ("policy_000004", 4)]
