@@ -91,6 +91,9 @@ class SamplerConfig:
     threshold: float = 0.9  # fast_dllm: lambda
     factor: float = 1.0  # fast_dllm_factor: f
     gamma: float = 0.1  # eb: entropy bound
+    delta: float = 0.25  # frechet: margin of the Fréchet bound (Fast-dLLM++; GSM8K 0.25-0.30, code 0.02-0.25)
+    reference: str = "top_k"  # oracle: the sampler whose decode it follows, `name[:param=value,...]`
+    block_length: int = 0  # oracle: its reference decodes the leftmost block of this many inside the canvas; 0 = BL
     checkpoint: str = ""  # policy: a saved policy directory (run_dir/checkpoints/final)
     policy_temperature: float = 1.0  # policy: tau_pi (paper: 0.5 semi-AR, 1.0 full diffusion)
     beta: float = 1.0  # policy: test-time scaling, unmask with probability min(1, beta * s)
@@ -108,6 +111,8 @@ SAMPLER_PARAMS: dict[str, tuple[str, ...]] = {
     "fast_dllm": ("threshold",),
     "fast_dllm_factor": ("factor",),
     "eb": ("gamma",),
+    "frechet": ("delta",),
+    "oracle": ("reference", "block_length"),
     "policy": ("checkpoint", "policy_temperature", "beta", "allow_mismatch", "alpha"),
 }
 
@@ -122,12 +127,43 @@ def check_sampler(cfg: SamplerConfig) -> None:
         raise ValueError(f"sampler.steps must be >= 0 (0 = gen_length), got {cfg.steps}")
     if not 0.0 <= cfg.threshold <= 1.0:
         raise ValueError(f"sampler.threshold must be in [0, 1], got {cfg.threshold}")
-    if cfg.factor <= 0 or cfg.gamma < 0:
-        raise ValueError("sampler.factor must be > 0 and sampler.gamma >= 0")
+    if cfg.factor <= 0:
+        raise ValueError(f"sampler.factor must be > 0, got {cfg.factor}")
+    for key in ("gamma", "delta", "block_length"):
+        if getattr(cfg, key) < 0:
+            raise ValueError(f"sampler.{key} must be >= 0, got {getattr(cfg, key)}")
     if cfg.policy_temperature <= 0 or cfg.beta <= 0:
         raise ValueError("sampler.policy_temperature and sampler.beta must be > 0")
     if cfg.alpha is not None and not cfg.alpha >= 0:
         raise ValueError(f"sampler.alpha must be >= 0, got {cfg.alpha}")
+    if cfg.name == "oracle":
+        reference = sampler_spec(cfg.reference)
+        if reference.name == "oracle":
+            raise ValueError("sampler.reference cannot be an oracle")
+        check_sampler(reference)
+
+
+def sampler_spec(spec: str) -> SamplerConfig:
+    """`name` or `name:param=value,...` (e.g. `fast_dllm:threshold=0.9`) as a SamplerConfig, its parameters
+    checked against the ones that sampler reads."""
+    name, _, params = str(spec).partition(":")
+    if name not in SAMPLER_PARAMS:
+        raise ValueError(f"sampler spec {spec!r}: unknown sampler {name!r}: choose one of "
+                         f"{', '.join(sorted(SAMPLER_PARAMS))}")
+    fields = {f.name: f for f in dataclasses.fields(SamplerConfig)}
+    values: dict[str, Any] = {}
+    for item in filter(None, params.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or key not in SAMPLER_PARAMS[name]:
+            raise ValueError(f"sampler spec {spec!r}: {item!r} is not a parameter of {name} "
+                             f"(its parameters: {', '.join(SAMPLER_PARAMS[name]) or 'none'})")
+        kind = {"int": int, "float": float, "bool": lambda v: v.lower() == "true"}.get(
+            str(fields[key].type).split(" ")[0], str)
+        try:
+            values[key] = kind(value)
+        except ValueError:
+            raise ValueError(f"sampler spec {spec!r}: {key}={value!r} is not a {fields[key].type}") from None
+    return SamplerConfig(name=name, **values)
 
 
 def check_finite(cfg: Any, prefix: str = "") -> None:

@@ -54,6 +54,7 @@ class Observation:
     active: torch.Tensor  # bool [B]: rows that still have masked positions
     block_length: int
     gen_length: int
+    tokens: torch.Tensor | None = None  # long: the token each position would be written with (argmax or Gumbel-max)
 
     @property
     def num_blocks(self) -> int:
@@ -196,5 +197,5 @@ class UnmaskingEnv:
             confidence=p.confidence, token_prob=p.token_prob, margin=p.margin, entropy=p.entropy,
             masked=self.masked, abandoned=self.abandoned, valid=self.valid, t=steps_done.float() / self.L,
             nfe=self.nfe, block_step=self.block_step, block_index=self.block_index, active=active,
-            block_length=self.BL, gen_length=self.L,
+            block_length=self.BL, gen_length=self.L, tokens=p.tokens,
         )

@@ -94,6 +94,8 @@ class ParetoConfig:
     grid: str = "default"  # default | small
     policies: list[str] = field(default_factory=list)  # saved policy directories, evaluated beside the heuristics
     policy_alphas: list[float] = field(default_factory=lambda: [0.3, 1.0, 3.0])  # an alpha-conditioned policy's curve
+    oracle: bool = True  # draw the oracle's limit line (rollout.pareto.oracle_line)
+    oracle_block_length: int = 0  # its references decode blocks of this (at most BL); 0 = the largest semi-AR one
     batch_size: int = 250  # sequences per batched dLLM forward
     num_examples: int = 500
     split: str = "test"
@@ -120,8 +122,19 @@ def check_pareto(cfg: ParetoConfig) -> None:
         if block_length <= 0 or cfg.env.gen_length % block_length:
             raise ValueError(f"block_lengths entry {block_length} does not divide env.gen_length={cfg.env.gen_length}")
         check_env(dataclasses.replace(cfg.env, block_length=block_length))
+    if cfg.oracle_block_length < 0 or cfg.oracle_block_length and cfg.env.gen_length % cfg.oracle_block_length:
+        raise ValueError(f"oracle_block_length={cfg.oracle_block_length} must divide env.gen_length="
+                         f"{cfg.env.gen_length} (0: the largest semi-AR block length)")
 
 
 def pareto_block_lengths(cfg: ParetoConfig) -> list[int]:
     """The semi-AR block lengths asked for, and full diffusion (one block of L)."""
     return sorted(set(cfg.block_lengths) | {cfg.env.gen_length})
+
+
+def oracle_blocks(cfg: ParetoConfig) -> int:
+    """The blocks the oracle line's references decode in (at most each panel's BL); 0: no line."""
+    semi_ar = [bl for bl in pareto_block_lengths(cfg) if bl < cfg.env.gen_length]
+    if not cfg.oracle:
+        return 0
+    return cfg.oracle_block_length or max(semi_ar, default=cfg.env.gen_length)

@@ -36,6 +36,7 @@ class Generation:
 
 def run_to_end(env: UnmaskingEnv, sampler: Sampler, prompts: list[list[int]]) -> UnmaskingEnv:
     """One batch of episodes, from the fully masked canvas until nothing is masked."""
+    sampler.begin(env, prompts)
     obs = env.reset(prompts, features=sampler.features)
     while not env.done:
         obs = env.step(sampler.select(obs))

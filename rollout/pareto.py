@@ -1,5 +1,6 @@
 """Evaluate a grid of samplers in semi-AR and full-diffusion mode: the accuracy-vs-NFE picture. Saved policies
-join the grid; an alpha-conditioned one is drawn as one curve over `policy_alphas`."""
+join the grid; an alpha-conditioned one is drawn as one curve over `policy_alphas`. The oracle (envs.samplers) of
+the most accurate references draws the limit line: about the fewest forwards any unmasking order needs."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from envs.dllm import load_env_dllm
 from envs.tasks import make_task
 from learner.policy import load_policy
 from learner.sampler import PolicySampler
-from rollout.config import ParetoConfig, check_pareto, pareto_block_lengths
+from rollout.config import ParetoConfig, check_pareto, oracle_blocks, pareto_block_lengths
 from rollout.evaluate import examples_to_evaluate, run_episodes, summarize
 from rollout.samplers import make_sampler
 
@@ -24,6 +25,7 @@ def default_grid(gen_length: int, num_blocks: int, size: str = "default") -> lis
              if s >= num_blocks and s % num_blocks == 0]
     grid = [SamplerConfig(name="top_k", steps=s) for s in steps]
     grid += [SamplerConfig(name="fast_dllm", threshold=x) for x in (0.99, 0.95, 0.9, 0.8, 0.7, 0.5)]
+    grid += [SamplerConfig(name="frechet", delta=d) for d in (0.5, 0.25, 0.1, 0.02)]
     if size == "small":
         return grid
     grid += [SamplerConfig(name="fast_dllm_factor", factor=f) for f in (0.25, 0.5, 1.0, 2.0)]
@@ -32,6 +34,17 @@ def default_grid(gen_length: int, num_blocks: int, size: str = "default") -> lis
     grid += [SamplerConfig(name="eb", gamma=g) for g in (0.01, 0.1, 0.5, 1.0)]
     grid += [SamplerConfig(name="random", k=k) for k in (1, 2, 4)]
     return grid
+
+
+def oracle_line(gen_length: int, block_length: int, oracle_block_length: int) -> list[SamplerConfig]:
+    """The limit line: the oracle of references from one token per step to Fast-dLLM at 0.5, each decoding blocks of
+    `oracle_block_length` (at most the panel's BL) inside the canvas; none for 0."""
+    if not oracle_block_length:
+        return []
+    references = ["top_k", f"top_k:steps={gen_length // 2}", *(f"fast_dllm:threshold={x}" for x in (0.9, 0.7, 0.5))]
+    blocks = min(block_length, oracle_block_length)
+    return [SamplerConfig(name="oracle", reference=r, block_length=0 if blocks == block_length else blocks)
+            for r in references]
 
 
 def policy_settings(checkpoint: str, alphas: list[float]) -> list[SamplerConfig]:
@@ -53,6 +66,7 @@ def run_pareto(cfg: ParetoConfig, dllm=None) -> list[dict]:
         env_cfg = dataclasses.replace(cfg.env, block_length=block_length)
         grid = default_grid(env_cfg.gen_length, env_cfg.gen_length // block_length, cfg.grid)
         grid += [setting for checkpoint in cfg.policies for setting in policy_settings(checkpoint, cfg.policy_alphas)]
+        grid += oracle_line(env_cfg.gen_length, block_length, oracle_blocks(cfg))
         for sampler_cfg in grid:
             generator = torch.Generator(device=dllm.device).manual_seed(cfg.seed)
             sampler = make_sampler(sampler_cfg, generator)

@@ -49,12 +49,47 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
     return front
 
 
+LIMIT = "oracle"  # the limit line's series (rollout.pareto.oracle_line): never a rival, never on the frontier
+
+
+def limit_nfe(oracle: list[dict], accuracy: float) -> float | str:
+    """The oracle line's NFE at `accuracy`, interpolated along its frontier; outside the accuracies the line spans,
+    where the limit is unknown, "above the line" or "below the line"."""
+    front = pareto_front([(r["mean_nfe"], r["accuracy"]) for r in oracle])
+    if accuracy > front[-1][1] + 1e-12:
+        return "above the line"
+    if accuracy < front[0][1] - 1e-12:
+        return "below the line"
+    for (n0, a0), (n1, a1) in zip(front, front[1:]):
+        if a0 < accuracy <= a1:
+            return n0 + (n1 - n0) * (accuracy - a0) / (a1 - a0)
+    return front[0][0]
+
+
+def against_limit(rows: list[dict]) -> list[dict]:
+    """Every heuristic's and policy's NFE against the oracle line's at the same accuracy, per block length."""
+    out = []
+    for r in rows:
+        oracle = [o for o in rows if o["sampler"] == LIMIT and o["block_length"] == r["block_length"]]
+        if r["sampler"] == LIMIT or not oracle:
+            continue
+        limit = limit_nfe(oracle, r["accuracy"])
+        known = not isinstance(limit, str)
+        out.append({"block_length": r["block_length"], "setting": r["setting"],
+                    "point": f"{r['accuracy']:.3f} @ {r['mean_nfe']:.1f}",
+                    "limit NFE": f"{limit:.2f}" if known else limit,
+                    "NFE gap": f"{r['mean_nfe'] - limit:+.2f}" if known else "",
+                    "x limit": f"{r['mean_nfe'] / limit:.2f}" if known else ""})
+    return out
+
+
 def pareto_plot(rows: list[dict], path: Path, title: str = "") -> None:
-    """One panel per block length (semi-AR ... full diffusion), one marker series per sampler."""
+    """One panel per block length (semi-AR ... full diffusion), one marker series per sampler; the oracle's limit
+    line dashed, apart from the frontier of the samplers one can deploy."""
     block_lengths = sorted({r["block_length"] for r in rows})
     fig, axes = plt.subplots(1, len(block_lengths), figsize=(5.2 * len(block_lengths), 4.2),
                              sharey=True, squeeze=False)
-    samplers = sorted({r["sampler"] for r in rows})
+    samplers = sorted({r["sampler"] for r in rows} - {LIMIT})
     colors = {s: plt.cm.tab10(i % 10) for i, s in enumerate(samplers)}
     for ax, bl in zip(axes[0], block_lengths):
         panel = [r for r in rows if r["block_length"] == bl]
@@ -62,8 +97,11 @@ def pareto_plot(rows: list[dict], path: Path, title: str = "") -> None:
             pts = sorted((r["mean_nfe"], r["accuracy"]) for r in panel if r["sampler"] == s)
             if pts:
                 ax.plot(*zip(*pts), marker="o", ms=4, lw=1, color=colors[s], label=s)
-        front = pareto_front([(r["mean_nfe"], r["accuracy"]) for r in panel])
+        front = pareto_front([(r["mean_nfe"], r["accuracy"]) for r in panel if r["sampler"] != LIMIT])
         ax.plot(*zip(*front), color="k", lw=2, alpha=0.25, label="frontier")
+        limit = pareto_front([(r["mean_nfe"], r["accuracy"]) for r in panel if r["sampler"] == LIMIT])
+        if limit:
+            ax.plot(*zip(*limit), color="k", lw=1.5, ls="--", marker="x", ms=5, label="oracle limit")
         mode = "full diffusion" if panel and panel[0]["mode"] == "full diffusion" else "semi-AR"
         ax.set_title(f"{mode} (BL={bl})")
         ax.set_xlabel("mean NFE")
@@ -88,8 +126,8 @@ def against_heuristics(rows: list[dict]) -> list[dict]:
     for r in rows:
         if not r["sampler"].startswith("policy"):
             continue
-        rivals = [h for h in rows if not h["sampler"].startswith("policy") and h["block_length"] == r["block_length"]
-                  and h["mean_nfe"] <= r["mean_nfe"] + 1e-9]
+        rivals = [h for h in rows if not h["sampler"].startswith(("policy", LIMIT))
+                  and h["block_length"] == r["block_length"] and h["mean_nfe"] <= r["mean_nfe"] + 1e-9]
         best = max(rivals, key=lambda h: (h["accuracy"], -h["mean_nfe"]), default=None)
         out.append({"block_length": r["block_length"], "policy": r["setting"],
                     "policy point": f"{r['accuracy']:.3f} @ {r['mean_nfe']:.1f}",
@@ -105,11 +143,19 @@ PARETO_COLUMNS = ["mode", "block_length", "setting", "accuracy", "mean_nfe", "to
 def write_pareto(rows: list[dict], out_dir: Path, config, title: str = "") -> str:
     """pareto.json (rows + config), pareto.md (pivot + full table) and pareto.png in `out_dir`; returns
     the markdown."""
-    table = "accuracy @ mean NFE\n\n" + pivot_table(rows) + "\n" + markdown_table(rows, PARETO_COLUMNS)
+    samplers = [r for r in rows if r["sampler"] != LIMIT]
+    table = "accuracy @ mean NFE\n\n" + pivot_table(samplers) + "\n" + markdown_table(samplers, PARETO_COLUMNS)
     versus = against_heuristics(rows)
     if versus:
         table += "\nlearned policies against the best heuristic at no more NFE\n\n" + markdown_table(
             versus, ["block_length", "policy", "policy point", "best heuristic at <= NFE", "difference"])
+    limit = [r for r in rows if r["sampler"] == LIMIT]
+    if limit:
+        table += ("\nthe limit: the oracle of each reference (a second decode committing every position that already "
+                  "predicts the reference's token; needs the reference's output, so it is a bound, not a sampler)\n\n"
+                  + pivot_table(limit) + "\nNFE against the limit line at the same accuracy\n\n"
+                  + markdown_table(against_limit(rows), ["block_length", "setting", "point", "limit NFE", "NFE gap",
+                                                         "x limit"]))
     write_json(out_dir / "pareto.json", {"rows": rows, "config": dataclasses.asdict(config)})
     write_atomic(out_dir / "pareto.md", table)
     pareto_plot(rows, out_dir / "pareto.png", title=title)

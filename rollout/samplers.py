@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import torch
 
-from envs.config import SAMPLER_PARAMS, SamplerConfig, check_sampler
-from envs.samplers import HEURISTICS, Sampler
+from envs.config import SAMPLER_PARAMS, SamplerConfig, check_sampler, sampler_spec
+from envs.samplers import HEURISTICS, Oracle, Sampler
 from learner.sampler import PolicySampler
 
-SAMPLERS: dict[str, type[Sampler]] = {**HEURISTICS, PolicySampler.name: PolicySampler}
+SAMPLERS: dict[str, type[Sampler]] = {**HEURISTICS, Oracle.name: Oracle, PolicySampler.name: PolicySampler}
 
 
 def make_sampler(cfg: SamplerConfig, generator: torch.Generator | None = None, **kwargs) -> Sampler:
     """The sampler `cfg.name` with its settings checked; `kwargs` go to its constructor (e.g. `policy=` an
     in-memory UnmaskingPolicy for sampler=policy)."""
     check_sampler(cfg)
+    if cfg.name == "oracle":  # its reference may be any sampler of the table, the policy too
+        kwargs = {"reference": make_sampler(sampler_spec(cfg.reference), generator, **kwargs)}
     return SAMPLERS[cfg.name](cfg, generator, **kwargs)
 
 

@@ -22,8 +22,8 @@ def measure():
     task = make_task(TaskConfig())
     examples = task.examples("test", 200, seed=1)
 
-    def run(block_length: int, **sampler) -> dict:
-        env = EnvConfig(block_length=block_length)
+    def run(env_block_length: int, **sampler) -> dict:
+        env = EnvConfig(block_length=env_block_length)
         episodes = run_episodes(dllm, task, examples, make_sampler(SamplerConfig(**sampler)), env, batch_size=200)
         return summarize(episodes, env.gen_length)
 
@@ -98,3 +98,13 @@ def test_canvases_match_the_official_loop(name, params, block_length, prompt, ca
     while not env.done:
         obs = env.step(sampler.select(obs))
     assert dllm.tokenizer.decode(env.canvas()[0].tolist()) == canvas and int(env.nfe[0]) == nfe
+
+
+@pytest.mark.slow
+def test_the_oracle_writes_the_reference_s_answers_in_a_quarter_of_its_forwards(measure):
+    # measured on 500 prompts: the oracle of one token per step 0.974 @ 5.85 (BL = 8, against 0.992 @ 24), and in
+    # full diffusion, its reference decoding blocks of 8, 0.982 @ 3.25 (against top_k's own 0.754 @ 24)
+    semi_ar = measure(8, name="oracle", reference="top_k")
+    full = measure(24, name="oracle", reference="top_k", block_length=8)
+    assert semi_ar["accuracy"] >= 0.93 and semi_ar["mean_nfe"] < 7
+    assert full["accuracy"] >= 0.93 and full["mean_nfe"] < 4.5

@@ -29,6 +29,20 @@ def test_each_policy_point_is_set_against_the_best_heuristic_at_no_more_nfe():
     assert versus[0]["difference"] == pytest.approx(-0.04) and versus[1]["difference"] is None
 
 
+def test_the_gap_to_the_limit_line_is_read_at_equal_accuracy():
+    from rollout.report import against_limit, limit_nfe
+
+    def row(sampler, bl, acc, nfe, setting="s"):
+        return {"sampler": sampler, "setting": setting, "block_length": bl, "accuracy": acc, "mean_nfe": nfe}
+
+    line = [row("oracle", 8, 0.5, 4.0), row("oracle", 8, 0.9, 6.0), row("oracle", 8, 0.7, 7.0)]  # 0.7 @ 7 dominated
+    assert limit_nfe(line, 0.7) == pytest.approx(5.0) and limit_nfe(line, 0.9) == pytest.approx(6.0)
+    assert limit_nfe(line, 0.95) == "above the line" and limit_nfe(line, 0.3) == "below the line"
+    gaps = against_limit([*line, row("eb", 8, 0.7, 8.4, "eb"), row("eb", 24, 0.7, 8.4, "no line at 24")])
+    assert gaps == [{"block_length": 8, "setting": "eb", "point": "0.700 @ 8.4", "limit NFE": "5.00",
+                     "NFE gap": "+3.40", "x limit": "1.68"}]
+
+
 def test_pareto_command_writes_table_plot_and_config(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "p"
     code = main(["pareto", f"model={tiny_model_dir}", "grid=small", "num_examples=6", "env.gen_length=16",
@@ -36,12 +50,16 @@ def test_pareto_command_writes_table_plot_and_config(tiny_model_dir, tmp_path, c
     assert code == 0
     rows = json.loads((out / "pareto.json").read_text())["rows"]
     assert {r["mode"] for r in rows} == {"semi-AR", "full diffusion"}
-    assert {r["sampler"] for r in rows} == {"top_k", "fast_dllm"}
+    assert {r["sampler"] for r in rows} == {"top_k", "fast_dllm", "frechet", "oracle"}
+    limit = [r["setting"] for r in rows if r["sampler"] == "oracle"]
+    assert "oracle of top_k steps=0" in limit and "oracle of top_k steps=0 in blocks of 4" in limit  # BL 4 and 16
     top1 = [r for r in rows if r["setting"] == "top_k steps=16"]
     assert all(r["mean_nfe"] == 16 for r in top1)  # one token per step = L forwards
     png = (out / "pareto.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
-    assert "| mode |" in (out / "pareto.md").read_text()
+    table = (out / "pareto.md").read_text()
+    assert "| mode |" in table and "the limit: the oracle" in table and "| x limit |" in table
+    assert "oracle" not in table.split("the limit")[0]  # apart from the samplers one can deploy
     assert "block_lengths" in (out / "config.yaml").read_text()
     assert "wrote" in capsys.readouterr().out
 

@@ -1,6 +1,7 @@
 """Heuristic decisions on hand-computed observations (one row = one sequence)."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -54,6 +55,22 @@ def test_factor_rule_accepts_all_when_every_candidate_passes():
     assert pick("fast_dllm_factor", o, factor=1.0) == [True, True, True]
 
 
+def test_frechet_rule_against_hand_computed_bounds():
+    # G_k = max(0, sum_j<=k c(j) - (k-1)) - (1 - c(k)); sorted 0.99, 0.95, 0.9, 0.6:
+    # G_1 = 0.99 - 0.01 = 0.98, G_2 = 0.94 - 0.05 = 0.89, G_3 = 0.84 - 0.10 = 0.74, G_4 = 0.44 - 0.40 = 0.04
+    o = obs([0.9, 0.6, 0.99, 0.95])
+    assert pick("frechet", o, delta=0.25) == [True, False, True, True]
+    assert pick("frechet", o, delta=0.02) == [True, True, True, True]
+    assert pick("frechet", o, delta=0.8) == [False, False, True, True]  # G_2 = 0.89 > 0.8 > G_3
+    # equal confidences 1 - eps: G_k = 1 - (k + 1) eps, the factor rule's (k + 1) eps < 1 (eps = 0.1: k <= 8 at 0.05)
+    assert sum(pick("frechet", obs([0.9] * 12), delta=0.05)) == 8
+    # a bound below zero counts as zero, and the top one is always committed
+    assert pick("frechet", obs([0.6, 0.55, 0.5]), delta=0.0) == [True, False, False]
+    # only valid positions: the 0.99 outside the block is neither counted nor chosen
+    assert pick("frechet", obs([0.99, 0.95, 0.9, 0.6], valid=[False, True, True, True]), delta=0.25) == [
+        False, True, True, False]  # 0.95: 0.9; + 0.9: 0.85 - 0.1 = 0.75; + 0.6: 0.45 - 0.4 = 0.05
+
+
 def test_top_k_follows_llada_schedule():
     # 5 masked positions, 2 steps per block -> get_num_transfer_tokens gives [3, 2]
     o = obs([0.5, 0.9, 0.1, 0.7, 0.6], gen_length=10, block_length=5)
@@ -100,7 +117,7 @@ def test_every_heuristic_returns_a_subset_of_valid():
 
 
 def test_one_sampler_table_with_the_parameters_each_reads():
-    assert set(SAMPLERS) == set(SAMPLER_PARAMS) == set(HEURISTICS) | {"policy"}
+    assert set(SAMPLERS) == set(SAMPLER_PARAMS) == set(HEURISTICS) | {"oracle", "policy"}
     for name, cls in SAMPLERS.items():
         assert cls.name == name
 
@@ -114,3 +131,27 @@ def test_sampler_by_name_takes_only_its_own_parameters():
         sampler("fastdllm")
     with pytest.raises(ValueError, match="sampler.threshold must be in"):
         sampler("fast_dllm", threshold=2.0)
+
+
+def test_the_oracle_commits_what_already_predicts_the_reference_and_else_the_leftmost():
+    from envs.samplers import Oracle
+
+    oracle = make_sampler(SamplerConfig(name="oracle", reference="fast_dllm:threshold=0.9"))
+    assert isinstance(oracle, Oracle) and oracle.reference.cfg.threshold == 0.9
+    assert oracle.describe() == "oracle of fast_dllm threshold=0.9"
+    o = obs([0.2, 0.95, 0.4, 0.91], valid=[True, True, True, False])
+    oracle.targets = torch.tensor([[5, 6, 7, 8]])
+    o.tokens = torch.tensor([[5, 9, 7, 8]])  # positions 0 and 2 already predict their target; 3 is not valid
+    assert oracle.select(o)[0].tolist() == [True, False, True, False]
+    o.tokens = torch.tensor([[1, 1, 1, 8]])  # none does: the leftmost valid position, whatever its confidence
+    assert oracle.select(o)[0].tolist() == [True, False, False, False]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("nope", "unknown sampler 'nope'"), ("oracle", "cannot be an oracle"),
+    ("top_k:threshold=0.5", "'threshold=0.5' is not a parameter of top_k"), ("top_k:steps=many", "steps='many'"),
+    ("fast_dllm:threshold=2", "sampler.threshold must be in"),
+])
+def test_a_bad_oracle_reference_is_refused(spec, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make_sampler(SamplerConfig(name="oracle", reference=spec))
