@@ -8,6 +8,10 @@ Precision, as the reference code has it and without a full-vocabulary float64 te
 - Temperature > 0 is LLaDA's Gumbel-max, in float64 over the vocabulary (low-precision Gumbel-max hurts
   quality, arXiv 2409.02908), in row chunks so the float64 temporaries stay bounded.
 Only the features a sampler reads are computed (`features`); the mask token is never a valid prediction.
+
+History features follow each position across the forwards of an episode (`History`, kept by the env): how many
+forwards its predicted token has stayed the same, an exponential average of its confidence, and the last change of
+its confidence: what CreditDecoding, KLASS and Learn2PD read beyond the current step.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
-FEATURES = ("token_prob", "confidence", "margin", "entropy")
+FEATURES = ("token_prob", "confidence", "margin", "entropy")  # of one forward
+HISTORY = ("stable_steps", "confidence_ema", "confidence_delta")  # across an episode's forwards (History)
+EMA_DECAY = 0.5  # confidence_ema: the weight of the past
 
 
 @dataclass
@@ -79,3 +85,26 @@ def _gumbel_max(logits: torch.Tensor, temperature: float, mask_id: int | None,
     u = torch.rand(x.shape, dtype=torch.float64, device=x.device, generator=generator)
     shifted = x - x.amax(-1, keepdim=True)
     return (shifted.exp() / (-torch.log(u)) ** temperature).argmax(-1)
+
+
+class History:
+    """Per-position history of an episode's forwards ([B, L] each, float32):
+        stable_steps      forwards since the predicted token last changed (0 at the first, and after a change)
+        confidence_ema    EMA_DECAY * ema + (1 - EMA_DECAY) * confidence (the confidence itself at the first)
+        confidence_delta  confidence now minus at the previous forward (0 at the first)"""
+
+    def __init__(self, rows: int, length: int, device: torch.device):
+        zeros = torch.zeros(rows, length, device=device)
+        self.stable_steps, self.confidence_ema, self.confidence_delta = zeros, zeros.clone(), zeros.clone()
+        self.tokens = torch.zeros(rows, length, dtype=torch.long, device=device)
+        self.confidence = zeros.clone()
+
+    def update(self, tokens: torch.Tensor, confidence: torch.Tensor, ran: torch.Tensor, first: torch.Tensor) -> None:
+        """After a forward: `ran` [B] the rows it computed, `first` [B] those observed for the first time."""
+        keep = (tokens == self.tokens).float()
+        stable = torch.where(first[:, None], 0.0, (self.stable_steps + 1) * keep)
+        ema = torch.where(first[:, None], confidence, EMA_DECAY * self.confidence_ema + (1 - EMA_DECAY) * confidence)
+        delta = torch.where(first[:, None], 0.0, confidence - self.confidence)
+        for name, value in (("stable_steps", stable), ("confidence_ema", ema), ("confidence_delta", delta),
+                            ("tokens", tokens), ("confidence", confidence)):
+            setattr(self, name, torch.where(ran[:, None], value, getattr(self, name)))

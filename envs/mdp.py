@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from envs.confidence import FEATURES, Prediction, predict
+from envs.confidence import FEATURES, HISTORY, History, Prediction, predict
 from envs.config import EnvConfig, check_env
 from envs.dllm import DLLM, layout_batch
 from envs.engine import ForwardEngine
@@ -55,6 +55,9 @@ class Observation:
     block_length: int
     gen_length: int
     tokens: torch.Tensor | None = None  # long: the token each position would be written with (argmax or Gumbel-max)
+    stable_steps: torch.Tensor | None = None  # float32: forwards its predicted token has not changed (History)
+    confidence_ema: torch.Tensor | None = None  # float32: exponential average of its confidence (History)
+    confidence_delta: torch.Tensor | None = None  # float32: its confidence's last change (History)
 
     @property
     def num_blocks(self) -> int:
@@ -97,7 +100,9 @@ class UnmaskingEnv:
         self.block_index = torch.zeros_like(self.nfe)
         self.block_step = torch.zeros_like(self.nfe)
         self.position_block = torch.arange(self.L, device=device) // self.BL
-        self.features = tuple(features)
+        self.history = History(B, self.L, device) if set(features) & set(HISTORY) else None
+        per_forward = [f for f in features if f in FEATURES] + (["confidence"] if self.history else [])
+        self.features = tuple(dict.fromkeys(per_forward))
         self.pred = Prediction(tokens=torch.zeros(B, self.L, dtype=torch.long, device=device), **{
             name: torch.zeros(B, self.L, device=device, dtype=torch.float32 if name == "confidence" else torch.float64)
             for name in self.features})
@@ -190,12 +195,15 @@ class UnmaskingEnv:
                 else:
                     getattr(self.pred, name)[rows, columns] = getattr(part, name)
         self.nfe += active
+        if self.history is not None:
+            self.history.update(self.pred.tokens, self.pred.confidence, active, steps_done == 0)
         self.in_block = self.position_block[None, :] == self.block_index[:, None]
         torch.logical_and(self.masked & self.in_block, active[:, None], out=self.valid)
-        p = self.pred
+        p, h = self.pred, self.history
         return Observation(
             confidence=p.confidence, token_prob=p.token_prob, margin=p.margin, entropy=p.entropy,
             masked=self.masked, abandoned=self.abandoned, valid=self.valid, t=steps_done.float() / self.L,
             nfe=self.nfe, block_step=self.block_step, block_index=self.block_index, active=active,
             block_length=self.BL, gen_length=self.L, tokens=p.tokens,
+            **{name: None if h is None else getattr(h, name) for name in HISTORY},
         )

@@ -21,6 +21,9 @@ class PolicyConfig:
     rope_base: float = 10_000.0
     init_bias: float = -2.0
     alpha_conditioned: bool = False  # alpha is an input (beside t and the mask flag): one policy for every trade-off
+    # per-position inputs: the paper's top-1 confidence first, then any of margin, entropy, stable_steps,
+    # confidence_ema, confidence_delta (learner.sampler.POLICY_INPUTS; the env computes only what is asked)
+    inputs: list[str] = field(default_factory=lambda: ["confidence"])
 
 
 @dataclass
@@ -50,7 +53,19 @@ class GRPOConfig:
         return replace(self.policy, alpha_conditioned=self.policy.alpha_conditioned or bool(self.alpha_range))
 
 
+POLICY_INPUTS = ("confidence", "margin", "entropy", "stable_steps", "confidence_ema", "confidence_delta")
+
+
+def check_policy(cfg: PolicyConfig, key: str = "grpo.policy") -> None:
+    inputs = list(cfg.inputs)
+    if not inputs or inputs[0] != "confidence" or len(set(inputs)) != len(inputs) or not set(inputs) <= set(
+            POLICY_INPUTS):
+        raise ValueError(f"{key}.inputs must start with confidence and name distinct inputs of "
+                         f"{', '.join(POLICY_INPUTS)}, got {inputs}")
+
+
 def check_grpo(cfg: GRPOConfig) -> None:
+    check_policy(cfg.policy)
     if cfg.reward not in ("multiplicative", "additive"):
         raise ValueError(f"grpo.reward must be multiplicative or additive, got {cfg.reward!r}")
     if cfg.policy_temperature <= 0 or cfg.clip_eps <= 0 or cfg.lr <= 0:

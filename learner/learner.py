@@ -15,6 +15,7 @@ The learner re-runs only the small policy on the stored inputs, never the dLLM (
 
 Columns of the batch (one row per trajectory, steps padded to T = L):
     confidences, mask, valid, action   [N, T, L]   the policy's inputs and its decision at each step
+    extra_inputs                       [N, T, L, F-1]  its inputs beyond the confidence (PolicyConfig.inputs)
     t, logp, active                    [N, T]      time input, behaviour log-prob, step taken?
     alpha, reward                      [N]         the trajectory's trade-off (a conditioned policy's input), reward
     group, expert, policy_version      [N]         group index, drawn by an expert?, version that sampled it

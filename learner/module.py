@@ -88,7 +88,9 @@ class UnmaskRLModule(TorchRLModule):
         active = batch["active"].bool()
         logits = torch.zeros(batch["confidences"].shape, device=active.device)
         if active.any():
+            inputs = batch["confidences"][active]
+            if "extra_inputs" in batch and batch["extra_inputs"].shape[-1]:  # the policy reads more than the confidence
+                inputs = torch.cat([inputs[..., None], batch["extra_inputs"][active]], dim=-1)
             alpha = batch["alpha"][:, None].expand(active.shape)[active] if "alpha" in batch else None
-            logits[active] = self.policy(batch["confidences"][active], batch["mask"][active], batch["t"][active],
-                                         alpha)
+            logits[active] = self.policy(inputs, batch["mask"][active], batch["t"][active], alpha)
         return {Columns.ACTION_DIST_INPUTS: logits}

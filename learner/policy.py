@@ -1,6 +1,7 @@
 """The unmasking policy of arXiv 2512.09106 (§3.2): one DiT block over per-position confidences.
 
-    x    = Linear(1 -> d)(c)                                  token stream: the dLLM's top-1 confidence
+    x    = Linear(F -> d)(c)                                  token stream: the dLLM's top-1 confidence (F = 1), or
+                                                              it and the inputs `inputs` adds (history, margin, ...)
     cond = Embedding(2, d)[m] + MLP(sinusoid(t))              per-position conditioning: mask flag, time
          (+ MLP(log(1 + alpha)))                              and, alpha-conditioned, the reward trade-off
     x    = DiTBlock(x, cond)                                  adaLN-modulated attention (RoPE) + FFN
@@ -94,7 +95,7 @@ class DiTBlock(nn.Module):
 
 class UnmaskingPolicy(nn.Module, PyTorchModelHubMixin, library_name="unmask", paper_url=PAPER_URL,
                       tags=["dllm", "unmasking-policy", "grpo"]):
-    """(confidence [B, L], masked [B, L], t [B]) -> unmask logits [B, L].
+    """(inputs [B, L, F] or the confidence [B, L], masked [B, L], t [B]) -> unmask logits [B, L].
 
     A Hugging Face model: `save_pretrained(dir)` writes model.safetensors + config.json (+ a model card),
     `from_pretrained(dir or hub id)` loads it back (checkpoints of the earlier policy.safetensors +
@@ -106,7 +107,7 @@ class UnmaskingPolicy(nn.Module, PyTorchModelHubMixin, library_name="unmask", pa
             config = PolicyConfig(**{k: v for k, v in config.items() if k in PolicyConfig.__dataclass_fields__})
         self.config = cfg = config or PolicyConfig()
         d = cfg.hidden_size
-        self.confidence_in = nn.Linear(1, d)
+        self.confidence_in = nn.Linear(len(cfg.inputs), d)  # the paper's policy: the confidence alone
         self.mask_embed = nn.Embedding(2, d)
         self.time_mlp = nn.Sequential(nn.Linear(cfg.time_embed_size, d), nn.SiLU(), nn.Linear(d, d))
         self.alpha_mlp = nn.Sequential(nn.Linear(1, d), nn.SiLU(), nn.Linear(d, d)) if cfg.alpha_conditioned else None
@@ -115,10 +116,11 @@ class UnmaskingPolicy(nn.Module, PyTorchModelHubMixin, library_name="unmask", pa
         self.head = nn.Linear(d, 1)
         nn.init.constant_(self.head.bias, cfg.init_bias)
 
-    def forward(self, confidence: torch.Tensor, masked: torch.Tensor, t: torch.Tensor,
+    def forward(self, inputs: torch.Tensor, masked: torch.Tensor, t: torch.Tensor,
                 alpha: torch.Tensor | None = None) -> torch.Tensor:
-        """alpha [B]: the trade-off each row decodes for (an alpha-conditioned policy needs it, others ignore it)."""
-        x = self.confidence_in(confidence.float()[..., None])
+        """inputs [B, L, F] per position (config.inputs; [B, L]: the confidence alone); alpha [B]: the trade-off each
+        row decodes for (an alpha-conditioned policy needs it, others ignore it)."""
+        x = self.confidence_in(inputs.float()[..., None] if inputs.dim() == masked.dim() else inputs.float())
         time = self.time_mlp(sinusoid(t, self.config.time_embed_size, self.config.time_period))
         if self.alpha_mlp is not None:
             if alpha is None:

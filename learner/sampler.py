@@ -19,9 +19,23 @@ from envs.samplers import Sampler
 from learner.grpo import bernoulli_logp, bernoulli_sample, unmask_probabilities
 from learner.policy import UnmaskingPolicy, load_policy, policy_info
 
+INPUTS = {  # each of PolicyConfig.inputs (learner.config.POLICY_INPUTS) per position, in [0, 1] (delta: [-1, 1])
+    "confidence": lambda obs: obs.confidence,  # top-1 probability (the paper's only input)
+    "margin": lambda obs: obs.margin.float(),  # top-1 minus top-2 probability
+    "entropy": lambda obs: torch.exp(-obs.entropy).float(),  # exp(-H): 1 when certain
+    "stable_steps": lambda obs: obs.stable_steps / obs.gen_length,  # forwards the prediction has held, / L
+    "confidence_ema": lambda obs: obs.confidence_ema,
+    "confidence_delta": lambda obs: obs.confidence_delta,
+}
+
+
+def policy_inputs(obs: Observation, names: list[str]) -> torch.Tensor:
+    """[B, L, F] the policy's inputs `names` (PolicyConfig.inputs) from an observation."""
+    return torch.stack([INPUTS[name](obs) for name in names], dim=-1)
+
 
 class PolicySampler(Sampler):
-    name, features = "policy", ("confidence",)
+    name = "policy"
 
     def __init__(self, cfg: SamplerConfig, generator: torch.Generator | None = None,
                  policy: UnmaskingPolicy | None = None, device: str | None = None):
@@ -38,6 +52,11 @@ class PolicySampler(Sampler):
             self.alpha = cfg.alpha if cfg.alpha is not None else self.info.get("alpha")
             if self.alpha is None:
                 raise ValueError("this policy is alpha-conditioned: pass sampler.alpha=<the trade-off to decode for>")
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        """What the env computes for it: its policy's inputs."""
+        return tuple(self.policy.config.inputs)
 
     @property
     def series(self) -> str:
@@ -82,9 +101,14 @@ class PolicySampler(Sampler):
         if alpha is None and self.alpha is not None:
             alpha = torch.full(obs.active.shape, float(self.alpha))
         if rows.any():
-            logits[rows] = self.policy(obs.confidence.to(device)[rows], obs.masked.to(device)[rows],
-                                       obs.t.to(device)[rows], None if alpha is None else alpha.to(device)[rows])
+            inputs = self.inputs(obs).to(device)
+            logits[rows] = self.policy(inputs[rows], obs.masked.to(device)[rows], obs.t.to(device)[rows],
+                                       None if alpha is None else alpha.to(device)[rows])
         return logits
+
+    def inputs(self, obs: Observation) -> torch.Tensor:
+        """[B, L, F] what its policy reads at each position (PolicyConfig.inputs)."""
+        return policy_inputs(obs, self.policy.config.inputs)
 
     def select(self, obs: Observation) -> torch.Tensor:
         logits, valid = self.logits(obs), obs.valid.to(next(self.policy.parameters()).device)

@@ -21,7 +21,8 @@ from rollout.trajectories import TrajectoryBatch
 class Rollouts:
     """What rolling out records, before scoring: per step [N, T, L] / [N, T], per trajectory canvas and NFE."""
 
-    steps: dict[str, torch.Tensor]  # confidences, mask, abandoned, valid, action, t, logp (TrajectoryBatch names)
+    steps: dict[str, torch.Tensor]  # confidences, extra_inputs, mask, abandoned, valid, action, t, logp (as named in
+    #                                 TrajectoryBatch)
     canvases: torch.Tensor  # [N, L] token ids
     nfe: torch.Tensor  # [N] int32
 
@@ -41,7 +42,9 @@ def roll_out(env: UnmaskingEnv, sampler: PolicySampler, prompts: list[list[int]]
     N, L = len(queue), env.L
     slots = N if batch_rows <= 0 else min(batch_rows, N)
     per_step = {name: torch.zeros(N, L, L, dtype=torch.bool) for name in ("mask", "abandoned", "valid", "action")}
-    rec = {"confidences": torch.zeros(N, L, L), **per_step, "t": torch.zeros(N, L), "logp": torch.zeros(N, L)}
+    F = len(sampler.policy.config.inputs)
+    rec = {"confidences": torch.zeros(N, L, L), "extra_inputs": torch.zeros(N, L, L, F - 1), **per_step,
+           "t": torch.zeros(N, L), "logp": torch.zeros(N, L)}
     canvases, nfe = torch.zeros(N, L, dtype=torch.long), torch.zeros(N, dtype=torch.int32)
     running = list(range(slots))  # running[row] = the trajectory in that row
     started = slots
@@ -57,8 +60,10 @@ def roll_out(env: UnmaskingEnv, sampler: PolicySampler, prompts: list[list[int]]
         rows = obs.active.cpu().nonzero(as_tuple=True)[0]
         traj = torch.tensor([running[r] for r in rows.tolist()], dtype=torch.long)
         step = (obs.nfe.cpu()[rows] - 1).long()
-        for name, value in (("confidences", obs.confidence), ("mask", obs.masked), ("abandoned", obs.abandoned),
-                            ("valid", obs.valid), ("action", action), ("t", obs.t), ("logp", logp)):
+        inputs = sampler.inputs(obs)
+        for name, value in (("confidences", inputs[..., 0]), ("extra_inputs", inputs[..., 1:]), ("mask", obs.masked),
+                            ("abandoned", obs.abandoned), ("valid", obs.valid), ("action", action), ("t", obs.t),
+                            ("logp", logp)):
             rec[name][traj, step] = value.detach().cpu()[rows].to(rec[name].dtype)
         env.apply(action)
         finished = rows[~env.active.cpu()[rows]].tolist()

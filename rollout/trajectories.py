@@ -20,8 +20,9 @@ from envs.files import write_atomic
 
 # 2: the `abandoned` column (positions given up at a block's forward budget) and `old_logp` (what a stale step
 # was importance-weighted against). 3: `alpha` (the trajectory's reward trade-off) and `expert` (drawn by an
-# expert, expert steering). Earlier dumps still read (`read_trajectories`); the columns they lack are null.
-SCHEMA_VERSION = 3
+# expert, expert steering). 4: `extra_inputs` (a policy's inputs beyond the confidence; null for the paper's).
+# Earlier dumps still read (`read_trajectories`); the columns they lack are null.
+SCHEMA_VERSION = 4
 SCHEMA_VERSION_KEY = "unmask.trajectory_schema_version"
 TRAJECTORY_SCHEMA = pa.schema(
     [
@@ -37,6 +38,7 @@ TRAJECTORY_SCHEMA = pa.schema(
         pa.field("step", pa.int32()),  # decision index, 0..nfe-1
         pa.field("t", pa.float32()),  # policy time input
         pa.field("confidences", pa.list_(pa.float32())),  # [L] top-1 probabilities
+        pa.field("extra_inputs", pa.list_(pa.list_(pa.float32()))),  # [L][F-1] the policy's other inputs, or null
         pa.field("mask", pa.list_(pa.bool_())),  # [L] still masked
         pa.field("abandoned", pa.list_(pa.bool_())),  # [L] given up at a block's forward budget: keeps [MASK]
         pa.field("valid", pa.list_(pa.bool_())),  # [L] may be unmasked at this step
@@ -59,6 +61,7 @@ class TrajectoryBatch:
     T = L. Step s of trajectory n was taken iff s < nfe[n] (one decision per dLLM forward)."""
 
     confidences: np.ndarray  # [N, T, L] float32: the dLLM's top-1 probabilities the policy saw
+    extra_inputs: np.ndarray  # [N, T, L, F-1] float32: its other inputs (learner.config.PolicyConfig.inputs)
     mask: np.ndarray  # [N, T, L] bool: still masked
     abandoned: np.ndarray  # [N, T, L] bool: given up before this step (its block ran out of forwards)
     valid: np.ndarray  # [N, T, L] bool: may be unmasked at this step (masked, in the current block)
@@ -95,6 +98,8 @@ class TrajectoryBatch:
         traj, step = np.nonzero(self.active)
         per_step = {name: list(getattr(self, name)[traj, step])
                     for name in ("confidences", "mask", "abandoned", "valid", "action")}
+        extra = self.extra_inputs[traj, step]
+        per_step["extra_inputs"] = [None] * len(traj) if extra.shape[-1] == 0 else [list(x) for x in extra]
         columns = {
             "run_id": [run_id] * len(traj),
             "iteration": np.full(len(traj), iteration, np.int64),
@@ -122,7 +127,7 @@ class TrajectoryBatch:
 def learner_batch(batches: list[TrajectoryBatch]) -> dict[str, np.ndarray]:
     """The batches as the GRPO learner's columns (learner.learner), trajectories concatenated in order; `group`
     numbers the groups of this batch."""
-    names = ("confidences", "mask", "valid", "action", "t", "logp", "alpha", "reward", "expert")
+    names = ("confidences", "extra_inputs", "mask", "valid", "action", "t", "logp", "alpha", "reward", "expert")
     columns = {name: np.concatenate([getattr(b, name) for b in batches]) for name in names}
     columns["active"] = np.concatenate([b.active for b in batches])
     columns["group"] = np.unique(np.concatenate([b.group_id for b in batches]), return_inverse=True)[1].astype(np.int64)

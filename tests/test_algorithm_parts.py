@@ -27,7 +27,8 @@ def batch(runner: int, first_group: int, groups: int, version: int, members: int
           correct: bool = False) -> TrajectoryBatch:
     N, L = groups * members, 2
     steps = {name: np.zeros((N, L, L), bool) for name in ("mask", "abandoned", "valid", "action")}
-    return TrajectoryBatch(confidences=np.zeros((N, L, L), np.float32), **steps, t=np.zeros((N, L), np.float32),
+    return TrajectoryBatch(confidences=np.zeros((N, L, L), np.float32), extra_inputs=np.zeros((N, L, L, 0), np.float32),
+                           **steps, t=np.zeros((N, L), np.float32),
                            logp=np.zeros((N, L), np.float32), reward=np.arange(N, dtype=np.float32),
                            correct=np.full(N, correct), nfe=np.full(N, nfe, np.int32),
                            sample_id=np.tile(np.arange(members, dtype=np.int32), groups), expert=np.zeros(N, bool),

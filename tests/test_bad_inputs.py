@@ -164,6 +164,8 @@ CASES = [
     ("eval sampler=oracle sampler.reference=top_k:threshold=0.9", "is not a parameter of top_k"),
     ("eval sampler=oracle sampler.reference=oracle", "sampler.reference cannot be an oracle"),
     ("pareto oracle_block_length=5", "oracle_block_length=5 must divide env.gen_length=24"),
+    ("train run_dir={root}/r grpo.policy.inputs=[margin]", "grpo.policy.inputs must start with confidence"),
+    ("train run_dir={root}/r grpo.policy.inputs=[confidence,age]", "grpo.policy.inputs must start with confidence"),
     ("pareto policy_alphas=[]", "policy_alphas must be a non-empty list"),
     ("sweep run_dir={root}/s grid.grpo.policy.width=[64,128]", "a sweep varies grpo.* and rollout.* keys"),
     ("sweep run_dir={root}/s grid.grpo.lr=[0.001,-1]", "grid point {'grpo.alpha': 0.5, 'grpo.lr': -1}"),

@@ -261,3 +261,35 @@ def test_emulated_gpu_keeps_the_logits_and_takes_the_modelled_time(tiny_model_di
         check_env(EnvConfig(emulate_gpu="v100"))
     with pytest.raises(ValueError, match="env.emulate_tokens must be >= 0"):
         check_env(EnvConfig(emulate_gpu="h200-llada8b", emulate_tokens=-1))
+
+
+def test_history_follows_each_position_across_forwards(tiny_dllm):
+    """stable_steps, confidence_ema and confidence_delta against a recomputation from the tokens and confidences the
+    env showed at each forward (rows finish at different times; a finished row's history stands still)."""
+    from envs.confidence import EMA_DECAY
+
+    env = UnmaskingEnv(tiny_dllm, gen_length=8, block_length=4)
+    obs = env.reset(tiny_dllm.encode_prompts(["abc?a", "cba?b"]), features=("stable_steps", "confidence_ema",
+                                                                              "confidence_delta"))
+    seen = []
+    while not env.done:
+        seen.append({k: getattr(obs, k).clone() for k in ("tokens", "confidence", "stable_steps", "confidence_ema",
+                                                            "confidence_delta", "active")})
+        decide = torch.zeros_like(obs.valid)
+        decide[0] = obs.valid[0]  # row 0 commits its whole block each step, row 1 one position
+        decide[1] = obs.valid[1] & (torch.arange(8) == torch.where(obs.valid[1], torch.arange(8), 8).min())
+        obs = env.step(decide)
+    stable, ema, previous = torch.zeros(2, 8), seen[0]["confidence"].clone(), seen[0]
+    for i, now in enumerate(seen):
+        if i:
+            ran = now["active"][:, None]
+            same = now["tokens"] == previous["tokens"]
+            stable = torch.where(ran, torch.where(same, stable + 1, 0.0), stable)
+            ema = torch.where(ran, EMA_DECAY * ema + (1 - EMA_DECAY) * now["confidence"], ema)
+            delta = now["confidence"] - previous["confidence"]
+            torch.testing.assert_close(now["confidence_delta"][now["active"]], delta[now["active"]])
+        torch.testing.assert_close(now["stable_steps"], stable)
+        torch.testing.assert_close(now["confidence_ema"], ema)
+        previous = {k: torch.where(now["active"][:, None], now[k], previous[k]) if now[k].dim() == 2 else now[k]
+                    for k in now}
+    assert len(seen) > 2 and not seen[-1]["active"][0] and stable.max() > 0

@@ -156,3 +156,31 @@ def test_generate_with_a_heuristic_or_an_in_memory_policy(tiny_dllm, cycles):
     assert [g.text for g in out] == [tiny_dllm.decode_answer(g.tokens) for g in out]
     policy = sampler("policy", policy=policy_with_bias(30.0))  # unmasks the whole block at once
     assert [g.nfe for g in generate(tiny_dllm, prompts, policy, env)] == [2] * 5
+
+
+@pytest.mark.slow
+def test_a_checkpoint_from_before_policy_inputs_decodes_exactly_as_it_did():
+    """bench/assets/policy-builtin was saved before PolicyConfig.inputs existed: it loads as the paper's
+    confidence-only policy and decodes exactly what the code before them decoded (at 5e0b8ba, same prompts and
+    seed: 0.7 @ 9.005 NFE on 200 test prompts in full diffusion)."""
+    from pathlib import Path
+
+    from envs.config import EnvConfig
+    from rollout.config import EvalConfig
+    from rollout.evaluate import evaluate
+
+    checkpoint = Path(__file__).resolve().parents[1] / "bench" / "assets" / "policy-builtin"
+    assert "inputs" not in json.loads((checkpoint / "config.json").read_text())
+    assert load_policy(checkpoint).config.inputs == ["confidence"]
+    result = evaluate(EvalConfig(sampler=SamplerConfig(name="policy", checkpoint=str(checkpoint)), num_examples=200,
+                                 env=EnvConfig(block_length=24), progress=False, out="unused.json"))
+    assert (result["accuracy"], result["mean_nfe"]) == (0.7, 9.005)
+    assert result["fallback_share"] == pytest.approx(0.1687951138256524, abs=1e-12)
+    assert [e["completion"] for e in result["examples"][:3]] == [">bifa,cg,d,ehjb", ">ad,efib,a", ">c,ef,a,di,bhg,jc"]
+
+
+def test_every_policy_input_a_config_may_name_is_computed_from_an_observation():
+    from learner.config import POLICY_INPUTS
+    from learner.sampler import INPUTS
+
+    assert tuple(INPUTS) == POLICY_INPUTS

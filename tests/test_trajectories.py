@@ -9,6 +9,7 @@ import torch
 from envs.config import SamplerConfig
 from envs.mdp import UnmaskingEnv
 from learner.config import GRPOConfig, PolicyConfig
+from learner.grpo import bernoulli_logp
 from learner.policy import UnmaskingPolicy
 from learner.sampler import PolicySampler
 from rollout.collect import collect_groups
@@ -45,8 +46,9 @@ def test_a_batch_is_whole_groups_with_ids_from_its_offset(tiny_dllm, cycles):
     # one step per forward: the steps taken are exactly 0..nfe-1, and they are what the learner reads
     assert (batch.active.sum(1) == batch.nfe).all()
     columns = learner_batch([batch, collect(tiny_dllm, cycles, bias=0.0, first_group=7)])
-    assert set(columns) == {"confidences", "mask", "valid", "action", "t", "logp", "active", "alpha", "reward",
-                            "group", "expert", "policy_version"}
+    assert set(columns) == {"confidences", "extra_inputs", "mask", "valid", "action", "t", "logp", "active", "alpha",
+                            "reward", "group", "expert", "policy_version"}
+    assert columns["extra_inputs"].shape == (12, 8, 8, 0)  # the paper's policy reads the confidence alone
     assert columns["confidences"].shape == (12, 8, 8) and columns["logp"].shape == (12, 8)
     assert columns["group"].tolist() == [0] * 3 + [1] * 3 + [2] * 3 + [3] * 3 and (columns["policy_version"] == 7).all()
     assert not columns["action"][~columns["active"]].any()  # padding steps decide nothing
@@ -62,7 +64,7 @@ def test_positions_abandoned_at_the_block_budget_say_so_in_memory_and_on_disk(ti
 
     path = write_parquet_atomic(batch.to_arrow("run", iteration=3, used=True), tmp_path / "d" / "runner_002.parquet")
     table = read_trajectories(tmp_path / "d")
-    assert table.schema.metadata[SCHEMA_VERSION_KEY.encode()] == str(SCHEMA_VERSION).encode() == b"3"
+    assert table.schema.metadata[SCHEMA_VERSION_KEY.encode()] == str(SCHEMA_VERSION).encode() == b"4"
     assert table.num_rows == int(batch.nfe.sum()) and set(table.column("iteration").to_pylist()) == {3}
     rows = table.to_pandas()
     step4 = rows[rows["step"] == 4].iloc[0]
@@ -70,27 +72,28 @@ def test_positions_abandoned_at_the_block_budget_say_so_in_memory_and_on_disk(ti
     assert path.is_file() and not list(path.parent.glob(".*"))  # no temp file left behind
 
 
-def test_version_1_and_2_dumps_still_read_beside_version_3(tiny_dllm, cycles, tmp_path):
+def test_dumps_of_every_earlier_version_still_read_beside_the_current_one(tiny_dllm, cycles, tmp_path):
     batch = collect(tiny_dllm, cycles, bias=0.0)
-    new = batch.to_arrow("run", iteration=3, used=True)
-    for version, lacks in ((1, ["abandoned", "old_logp", "expert", "alpha"]), (2, ["expert", "alpha"])):
+    new = batch.to_arrow("run", iteration=4, used=True)
+    for version, lacks in ((1, ["abandoned", "old_logp", "expert", "alpha", "extra_inputs"]),
+                           (2, ["expert", "alpha", "extra_inputs"]), (3, ["extra_inputs"])):
         schema = pa.schema([f for f in TRAJECTORY_SCHEMA if f.name not in lacks],
                            metadata={SCHEMA_VERSION_KEY: str(version)})
         old = batch.to_arrow("run", iteration=version, used=True).drop_columns(lacks).cast(schema)
         write_parquet_atomic(old, tmp_path / "d" / f"iter_00000{version}" / "runner_001.parquet")
-    write_parquet_atomic(new, tmp_path / "d" / "iter_000003" / "runner_001.parquet")
+    write_parquet_atomic(new, tmp_path / "d" / "iter_000004" / "runner_001.parquet")
     table = read_trajectories(tmp_path / "d")
-    assert table.num_rows == 3 * new.num_rows and table.schema.names == TRAJECTORY_SCHEMA.names
+    assert table.num_rows == 4 * new.num_rows and table.schema.names == TRAJECTORY_SCHEMA.names
     missing = table.to_pandas().groupby("iteration")[["abandoned", "alpha", "expert"]].agg(lambda c: c.isna().all())
-    assert missing.to_dict("list") == {"abandoned": [True, False, False], "alpha": [True, True, False],
-                                       "expert": [True, True, False]}
+    assert missing.to_dict("list") == {"abandoned": [True, False, False, False], "alpha": [True, True, False, False],
+                                       "expert": [True, True, False, False]}
+    assert table.column("extra_inputs").null_count == table.num_rows  # the paper's policy has none, in any version
 
 
 @pytest.mark.parametrize("bias", [-30.0, 0.0, 30.0])
 def test_recorded_log_probs_are_the_behaviour_policy_s(tiny_dllm, cycles, bias):
     """logp on disk is exactly log pi(action) under the sampling policy at tau = 1 (the GRPO ratio's
     denominator), recomputed here from the stored inputs."""
-    from learner.grpo import bernoulli_logp
 
     sampler = policy_sampler(bias)
     env = UnmaskingEnv(tiny_dllm, gen_length=8, block_length=4)
@@ -143,7 +146,6 @@ def test_expert_members_are_fast_dllm_in_its_own_blocks_inside_the_full_canvas(t
     env is full diffusion; its steps record the policy's log-prob of the expert's decision over every masked
     position; the dumps mark it, and the learner's mixture weights are G/(G+E) and 1/(G+E)."""
     from envs.config import EnvConfig
-    from learner.grpo import bernoulli_logp
     from rollout.generation import generate
     from rollout.samplers import sampler as make
 
@@ -187,3 +189,31 @@ def test_expert_members_are_fast_dllm_in_its_own_blocks_inside_the_full_canvas(t
     per_trajectory = table.to_pandas().groupby("group_id").apply(lambda d: (d["expert"].sum(), d["alpha"].unique()))
     assert table.to_pandas().groupby("sample_id")["expert"].all().tolist() == [False, False, True, True]
     assert len(per_trajectory) == 2 and all(len(alphas) == 1 for _, alphas in per_trajectory)
+
+
+def test_a_policy_reading_history_records_its_inputs_and_the_learner_reads_them_back(tiny_dllm, cycles, tmp_path):
+    """PolicyConfig.inputs beyond the confidence: the env computes them, the rollout records them (extra_inputs, in
+    the dumps too), and the learner's module recomputes the logits the sampler saw from what was recorded."""
+    from learner.module import UnmaskRLModule
+
+    config = PolicyConfig(hidden_size=16, num_heads=2, ffn_size=32, time_embed_size=16,
+                          inputs=["confidence", "stable_steps", "confidence_delta"])
+    policy = UnmaskingPolicy(config)
+    sampler = PolicySampler(SamplerConfig(name="policy"), torch.Generator().manual_seed(0), policy=policy)
+    assert sampler.features == ("confidence", "stable_steps", "confidence_delta")
+    env = UnmaskingEnv(tiny_dllm, gen_length=8, block_length=8)
+    batch = collect_groups(env, sampler, cycles, cycles.examples("train", 2), group_size=2, grpo=GRPOConfig(),
+                           env_runner=1, first_group=0, policy_version=0)
+    assert batch.extra_inputs.shape == (4, 8, 8, 2)
+    first = batch.extra_inputs[:, 0]
+    assert (first == 0).all()  # nothing has held or changed before the first forward
+    later = batch.extra_inputs[batch.active][:, :, 0]
+    assert later.max() > 0 and np.isclose(later * 8, np.round(later * 8)).all()  # whole forwards, / L
+    module = UnmaskRLModule(observation_space=None, action_space=None, model_config=vars(config))
+    module.policy.load_state_dict(policy.state_dict())
+    columns = {k: torch.from_numpy(v) for k, v in learner_batch([batch]).items()}
+    logits = module.forward_train(columns)["action_dist_inputs"]
+    again = bernoulli_logp(logits, columns["action"], columns["valid"])
+    np.testing.assert_allclose(again[columns["active"]].detach().numpy(), batch.logp[batch.active], atol=1e-5)
+    table = read_trajectories(write_parquet_atomic(batch.to_arrow("run", 1, True), tmp_path / "d" / "r.parquet").parent)
+    assert np.array(table.column("extra_inputs").to_pylist()[0]).shape == (8, 2)
