@@ -93,6 +93,30 @@ def leftmost_block(valid: torch.Tensor, block_length: int) -> torch.Tensor:
     return valid & (positions[None, :] // block_length == (first // block_length)[:, None])
 
 
+class InBlocks(Sampler):
+    """`inner` deciding semi-AR inside a larger block: only in the leftmost block of `block_length` positions that
+    still holds a valid one (expert steering's experts, the oracle's reference, a full-diffusion teacher)."""
+
+    def __init__(self, inner: Sampler, block_length: int):
+        super().__init__(inner.cfg, inner.generator)
+        self.inner, self.block_length = inner, block_length
+        self.name, self.features = inner.name, inner.features
+
+    def check_env(self, env: EnvConfig) -> None:
+        self.inner.check_env(env)
+        if env.gen_length % self.block_length:
+            raise ValueError(f"blocks of {self.block_length} must divide env.gen_length={env.gen_length}")
+
+    def begin(self, env: UnmaskingEnv, prompts: list[list[int]]) -> None:
+        self.inner.begin(env, prompts)
+
+    def describe(self) -> str:
+        return f"{self.inner.describe()} in blocks of {self.block_length}"
+
+    def select(self, obs: Observation) -> torch.Tensor:
+        return self.inner.select(dataclasses.replace(obs, valid=leftmost_block(obs.valid, self.block_length)))
+
+
 class RandomSampler(Sampler):
     name = "random"
 
@@ -193,26 +217,20 @@ class Oracle(Sampler):
         super().__init__(cfg, generator)
         if reference is None:
             raise ValueError("the oracle needs its reference sampler (rollout.samplers.make_sampler builds it)")
-        self.reference, self.targets = reference, None
+        self.reference = InBlocks(reference, cfg.block_length) if cfg.block_length else reference
+        self.targets = None
 
     def check_env(self, env: EnvConfig) -> None:
         self.reference.check_env(env)
-        if self.cfg.block_length and env.gen_length % self.cfg.block_length:
-            raise ValueError(f"sampler.block_length={self.cfg.block_length} must divide env.gen_length="
-                             f"{env.gen_length}")
 
     def describe(self) -> str:
-        blocks = f" in blocks of {self.cfg.block_length}" if self.cfg.block_length else ""
-        return f"oracle of {self.reference.describe()}{blocks}"
+        return f"oracle of {self.reference.describe()}"
 
     def begin(self, env: UnmaskingEnv, prompts: list[list[int]]) -> None:
-        """The reference's decode of the same prompts in the same env (in its leftmost block of `block_length`, as
-        expert steering's experts, when given): the canvases to reach."""
+        """The reference's decode of the same prompts in the same env: the canvases to reach."""
         self.reference.begin(env, prompts)
         obs = env.reset(prompts, features=self.reference.features)
         while not env.done:
-            if self.cfg.block_length:
-                obs = dataclasses.replace(obs, valid=leftmost_block(obs.valid, self.cfg.block_length))
             obs = env.step(self.reference.select(obs))
         self.targets = env.canvas()
 

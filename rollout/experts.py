@@ -6,14 +6,13 @@ nothing of experts: the rollout loop hands the expert rows' decisions over the p
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 import torch
 
 from envs.config import SamplerConfig
 from envs.mdp import Observation
-from envs.samplers import FastDLLMThreshold, Sampler, leftmost_block
+from envs.samplers import FastDLLMThreshold, InBlocks, Sampler
 
 
 class ExpertSteering:
@@ -21,7 +20,8 @@ class ExpertSteering:
     n // (G + E); members G.. G + E - 1 are the experts, in the order of `experts`."""
 
     def __init__(self, experts: Sequence[Sampler], block_length: int, group_size: int):
-        self.experts, self.block_length, self.group_size = list(experts), block_length, group_size
+        self.experts = [InBlocks(e, block_length) for e in experts]
+        self.block_length, self.group_size = block_length, group_size
 
     @classmethod
     def fast_dllm(cls, thresholds: Sequence[float], block_length: int, group_size: int) -> ExpertSteering | None:
@@ -42,8 +42,7 @@ class ExpertSteering:
     def decide(self, obs: Observation, trajectories: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """`action` [B, L] with the rows of expert members (trajectories [B]: the trajectory in each row) replaced by
         their expert's decision, each in its own leftmost block of `block_length`."""
-        expert_obs = dataclasses.replace(obs, valid=leftmost_block(obs.valid, self.block_length))
-        decisions = torch.stack([e.select(expert_obs) for e in self.experts]).to(action.device)
+        decisions = torch.stack([e.select(obs) for e in self.experts]).to(action.device)
         which = (trajectories % self.members - self.group_size).to(action.device)
         rows = torch.arange(len(trajectories), device=action.device)
         decision = decisions[which.clamp(min=0), rows] & obs.valid.to(action.device)
