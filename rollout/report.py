@@ -52,34 +52,33 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
 LIMIT = "oracle"  # the limit line's series (rollout.pareto.oracle_line): never a rival, never on the frontier
 
 
-def limit_nfe(oracle: list[dict], accuracy: float) -> float | str:
-    """The oracle line's NFE at `accuracy`, interpolated along its frontier; outside the accuracies the line spans,
-    where the limit is unknown, "above the line" or "below the line"."""
+def limit_nfe(oracle: list[dict], accuracy: float) -> tuple[float | None, str]:
+    """The oracle line's NFE at `accuracy`, interpolated along its frontier, with "=" ; below the line's least accurate
+    point that point's NFE, an upper bound of the limit ("<="); above its most accurate point none ("above")."""
     front = pareto_front([(r["mean_nfe"], r["accuracy"]) for r in oracle])
     if accuracy > front[-1][1] + 1e-12:
-        return "above the line"
-    if accuracy < front[0][1] - 1e-12:
-        return "below the line"
+        return None, "above"
     for (n0, a0), (n1, a1) in zip(front, front[1:]):
         if a0 < accuracy <= a1:
-            return n0 + (n1 - n0) * (accuracy - a0) / (a1 - a0)
-    return front[0][0]
+            return n0 + (n1 - n0) * (accuracy - a0) / (a1 - a0), "="
+    return front[0][0], "=" if accuracy >= front[0][1] - 1e-12 else "<="
 
 
 def against_limit(rows: list[dict]) -> list[dict]:
-    """Every heuristic's and policy's NFE against the oracle line's at the same accuracy, per block length."""
+    """Every heuristic's and policy's NFE against the oracle line's at the same accuracy, per block length (for a
+    point less accurate than the whole line, against the line's fewest NFE: the gap is then a lower bound)."""
     out = []
     for r in rows:
         oracle = [o for o in rows if o["sampler"] == LIMIT and o["block_length"] == r["block_length"]]
         if r["sampler"] == LIMIT or not oracle:
             continue
-        limit = limit_nfe(oracle, r["accuracy"])
-        known = not isinstance(limit, str)
+        limit, how = limit_nfe(oracle, r["accuracy"])
+        at_least = ">= " if how == "<=" else ""
         out.append({"block_length": r["block_length"], "setting": r["setting"],
                     "point": f"{r['accuracy']:.3f} @ {r['mean_nfe']:.1f}",
-                    "limit NFE": f"{limit:.2f}" if known else limit,
-                    "NFE gap": f"{r['mean_nfe'] - limit:+.2f}" if known else "",
-                    "x limit": f"{r['mean_nfe'] / limit:.2f}" if known else ""})
+                    "limit NFE": "above the line" if limit is None else f"{'<= ' if how == '<=' else ''}{limit:.2f}",
+                    "NFE gap": "" if limit is None else f"{at_least}{r['mean_nfe'] - limit:+.2f}",
+                    "x limit": "" if limit is None else f"{at_least}{r['mean_nfe'] / limit:.2f}"})
     return out
 
 

@@ -36,11 +36,16 @@ def test_the_gap_to_the_limit_line_is_read_at_equal_accuracy():
         return {"sampler": sampler, "setting": setting, "block_length": bl, "accuracy": acc, "mean_nfe": nfe}
 
     line = [row("oracle", 8, 0.5, 4.0), row("oracle", 8, 0.9, 6.0), row("oracle", 8, 0.7, 7.0)]  # 0.7 @ 7 dominated
-    assert limit_nfe(line, 0.7) == pytest.approx(5.0) and limit_nfe(line, 0.9) == pytest.approx(6.0)
-    assert limit_nfe(line, 0.95) == "above the line" and limit_nfe(line, 0.3) == "below the line"
-    gaps = against_limit([*line, row("eb", 8, 0.7, 8.4, "eb"), row("eb", 24, 0.7, 8.4, "no line at 24")])
+    assert limit_nfe(line, 0.7) == (pytest.approx(5.0), "=") and limit_nfe(line, 0.9) == (pytest.approx(6.0), "=")
+    assert limit_nfe(line, 0.95) == (None, "above") and limit_nfe(line, 0.3) == (4.0, "<=")  # at most 4 there
+    gaps = against_limit([*line, row("eb", 8, 0.7, 8.4, "eb"), row("eb", 24, 0.7, 8.4, "no line at 24"),
+                          row("top_k", 8, 0.2, 6.0, "slow"), row("top_k", 8, 0.99, 24.0, "best")])
     assert gaps == [{"block_length": 8, "setting": "eb", "point": "0.700 @ 8.4", "limit NFE": "5.00",
-                     "NFE gap": "+3.40", "x limit": "1.68"}]
+                     "NFE gap": "+3.40", "x limit": "1.68"},
+                    {"block_length": 8, "setting": "slow", "point": "0.200 @ 6.0", "limit NFE": "<= 4.00",
+                     "NFE gap": ">= +2.00", "x limit": ">= 1.50"},
+                    {"block_length": 8, "setting": "best", "point": "0.990 @ 24.0", "limit NFE": "above the line",
+                     "NFE gap": "", "x limit": ""}]
 
 
 def test_pareto_command_writes_table_plot_and_config(tiny_model_dir, tmp_path, capsys):
