@@ -81,7 +81,8 @@ def train_policy(cfg: ReproduceConfig, run_dir: Path, seed: int, model: str = "b
     env = EnvConfig(gen_length=cfg.gen_length, block_length=block_length or cfg.gen_length)
     train_cfg = TrainConfig(
         rollout=RolloutConfig(model=model, env=env, seed=seed, prompts_per_sample=cfg.groups_per_update),
-        grpo=GRPOConfig(alpha=cfg.alpha, reward=reward, lr=cfg.lr, warmup_steps=20, total_steps=3000),
+        grpo=GRPOConfig(alpha=cfg.alpha, reward=reward, lr=cfg.lr, warmup_steps=20, total_steps=3000,
+                        fallback=False),  # the paper's method: its training draws have no argmax fallback
         run_dir=str(run_dir), max_minutes=cfg.train_minutes, max_iterations=cfg.max_iterations, checkpoint_every=50,
         num_env_runners=cfg.num_env_runners, groups_per_update=cfg.groups_per_update,
         dump_trajectories=False, eval=FinalEvalConfig(num_examples=0))

@@ -47,6 +47,10 @@ class GRPOConfig:
     tis_cap: float = 2.0  # C of the truncated importance weight on steps sampled by an older policy
     expert_clip_eps: float = 0.5  # clip epsilon of expert-steered steps (the paper's clip exception; value unknown)
     expert_likelihood: str = "step"  # step: the paper's mixture of step likelihoods | position: mixed per position
+    fallback: bool = True  # rollouts decode by evaluation's rule (an empty draw commits the argmax), its exact
+    #                        likelihood in the loss; false: the paper's plain Bernoulli training draws
+    init_policy: str = ""  # start from a saved policy (a directory or hub id, e.g. `unmask imitate`'s); its shape,
+    #                        inputs and alpha-conditioning are the run's ("" = the paper's initialisation)
 
     def network(self) -> PolicyConfig:
         """The policy's shape as trained: alpha-conditioned whenever alpha is drawn from a range."""

@@ -7,8 +7,10 @@ log-probability stored at rollout time and the policy's logits b_s.
     reward       R   = correct * ((L - NFE + 1) / L) ** alpha          (multiplicative, the default)
                  R   = correct - alpha * NFE / L                        (additive, the ablation)
     advantage    A_g = R_g - mean_G(R)               (optionally / std_G(R))
-    decision     u_k ~ Bernoulli(sigma(b_k / tau)) for k in V_s, else 0   (tau: the policy temperature)
-    log-prob     log pi(u_s) = sum_{k in V_s} u_k log sigma(b_k) + (1 - u_k) log(1 - sigma(b_k))
+    decision     u_k ~ Bernoulli(p_k = sigma(b_k / tau)) for k in V_s, else 0   (tau: the policy temperature);
+                 with the argmax fallback (grpo.fallback, evaluation's rule): an empty draw commits argmax p instead
+    log-prob     log pi(u_s) = sum_{k in V_s} u_k log p_k + (1 - u_k) log(1 - p_k)
+                 (fallback: log of that + [u_s = {argmax p}] prod_k (1 - p_k), exact: every decision's sums to 1)
     ratio        rho_s = exp(log pi(u_s) - log pi_old(u_s))
     loss         -(1/N) sum_g (1/|S_g|) sum_{s in S_g} w_s min(rho_s A_g, clip(rho_s, 1 - eps, 1 + eps) A_g)
 
@@ -112,6 +114,38 @@ def mixture_shares(group: torch.Tensor, expert: torch.Tensor) -> tuple[torch.Ten
     policy_share = (members - experts[index]) / members
     expert_share = torch.where(expert.bool(), 1.0 / members, torch.zeros_like(members))
     return policy_share.float(), expert_share.float()
+
+
+def fallback_sample(logits: torch.Tensor, valid: torch.Tensor, temperature: float = 1.0,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """Evaluation's rule (the paper's `bernoulli-argmax`) as a training decision: a Bernoulli draw per valid
+    position, and where it draws nothing, the most likely valid position."""
+    action = bernoulli_sample(logits, valid, temperature, generator)
+    empty = valid.any(-1) & ~action.any(-1)
+    best = torch.where(valid.bool(), logits.float(), -torch.inf).argmax(-1, keepdim=True)
+    return action | (empty[..., None] & (torch.arange(valid.shape[-1], device=valid.device) == best))
+
+
+def fallback_logp(logits: torch.Tensor, action: torch.Tensor, valid: torch.Tensor,
+                  temperature: float = 1.0) -> torch.Tensor:
+    """The exact log-likelihood of a decision under `fallback_sample`: the Bernoulli draw's, plus, for the single most
+    likely position, the draw of nothing that the fallback turns into it; the likelihoods of the decisions the rule
+    makes (never an empty one where a position is valid) sum to 1.
+
+        log pi(u) = log( prod_k p_k^u_k (1 - p_k)^(1 - u_k)  +  [u = {argmax p}] prod_k (1 - p_k) )"""
+    b, valid = logits.float() / temperature, valid.bool()
+    drawn = bernoulli_logp(logits, action, valid, temperature)
+    nothing = (F.logsigmoid(-b) * valid.float()).sum(-1)
+    best = torch.where(valid, b, -torch.inf).argmax(-1, keepdim=True)
+    only_best = (action.bool() & valid).sum(-1).eq(1) & action.bool().gather(-1, best)[..., 0] & valid.any(-1)
+    return torch.where(only_best, torch.logaddexp(drawn, nothing), drawn)
+
+
+def step_logp(logits: torch.Tensor, action: torch.Tensor, valid: torch.Tensor, temperature: float = 1.0,
+              fallback: bool = True) -> torch.Tensor:
+    """A decision's log-likelihood under the training rule: with the argmax fallback (evaluation's rule) or, as the
+    paper trains, a plain Bernoulli draw that may unmask nothing."""
+    return (fallback_logp if fallback else bernoulli_logp)(logits, action, valid, temperature)
 
 
 def steered_logp(logp: torch.Tensor, policy_share: torch.Tensor, expert_share: torch.Tensor) -> torch.Tensor:

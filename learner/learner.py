@@ -36,12 +36,12 @@ from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
 from envs.optim import adamw, warmup_cosine
 from learner.config import GRPOConfig
 from learner.grpo import (
-    bernoulli_logp,
     group_advantages,
     grpo_loss,
     mixture_shares,
     steered_logp,
     steered_position_logp,
+    step_logp,
     truncated_importance_weights,
 )
 
@@ -102,7 +102,7 @@ class GRPOLearner(TorchLearner):
         logits = self.proximal_logits(batch) if stale.any() or experts_by_position else None
         old_logp = batch["logp"]
         if stale.any():
-            recomputed = bernoulli_logp(logits, batch["action"], batch["valid"], tau) * batch["active"]
+            recomputed = step_logp(logits, batch["action"], batch["valid"], tau, g.fallback) * batch["active"]
             old_logp = torch.where(stale[:, None], recomputed, old_logp)
         shares = batch["policy_share"], batch["expert_share"]
         if experts_by_position:  # an expert's proximal step is the per-position mixture under the current weights
@@ -123,18 +123,19 @@ class GRPOLearner(TorchLearner):
         return self.module[DEFAULT_MODULE_ID].forward_train(batch)[Columns.ACTION_DIST_INPUTS]
 
     # ---- 2. the loss, each epoch --------------------------------------------------------------------------
-    def step_logp(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def decision_logp(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """[N, T] log-likelihood of each step's decision under `logits`: the policy's own on its trajectories, the
         group's mixture (per step, or per position with grpo.expert_likelihood=position) on an expert's."""
-        shares, tau = (batch["policy_share"], batch["expert_share"]), self.grpo.policy_temperature
-        if self.grpo.expert_likelihood == "position":
-            return steered_position_logp(logits, batch["action"], batch["valid"], *shares, tau)
-        return steered_logp(bernoulli_logp(logits, batch["action"], batch["valid"], tau), *shares)
+        g, shares = self.grpo, (batch["policy_share"], batch["expert_share"])
+        if g.expert_likelihood == "position":  # per position: factorised, the fallback's term left out
+            return steered_position_logp(logits, batch["action"], batch["valid"], *shares, g.policy_temperature)
+        return steered_logp(step_logp(logits, batch["action"], batch["valid"], g.policy_temperature, g.fallback),
+                            *shares)
 
     def compute_loss_for_module(self, *, module_id, config, batch, fwd_out) -> torch.Tensor:
         """GRPO's clipped surrogate against the proximal log-probs, each step weighted by its TIS weight (1 on
         steps the current weights sampled); an expert's steps clip at grpo.expert_clip_eps."""
-        logp = self.step_logp(fwd_out[Columns.ACTION_DIST_INPUTS], batch)
+        logp = self.decision_logp(fwd_out[Columns.ACTION_DIST_INPUTS], batch)
         clip_eps = torch.where(batch["expert_share"] > 0, self.grpo.expert_clip_eps, self.grpo.clip_eps)
         loss, stats = grpo_loss(logp, batch["old"], batch["advantages"], batch["active"], clip_eps, batch["weights"])
         self.metrics.log_dict(stats, key=module_id, window=1)

@@ -2,8 +2,9 @@
 
 Evaluation follows the paper's `bernoulli-argmax` mode: u_k ~ Ber(min(1, beta * sigmoid(b_k / tau))) over
 the valid positions, and if a row chose nothing, its most likely position is unmasked (Algorithm 1).
-Training rollouts use `logits`, `sample` and `log_prob` (or `act`, the three at once): plain Bernoulli at tau, no
-fallback (a step may unmask nothing and still costs an NFE), and the log-prob of the decision for the GRPO ratio.
+Training rollouts use `logits`, `sample` and `log_prob` (or `act`, the three at once): Bernoulli at tau, with the
+same argmax fallback (grpo.fallback) or, as the paper trains, without (a step may unmask nothing and still costs an
+NFE), and the exact log-prob of the decision for the GRPO ratio.
 An alpha-conditioned policy decodes for `sampler.alpha` at evaluation and for each row's own alpha in training.
 """
 
@@ -16,7 +17,7 @@ import torch
 from envs.config import EnvConfig, SamplerConfig
 from envs.mdp import Observation
 from envs.samplers import Sampler
-from learner.grpo import bernoulli_logp, bernoulli_sample, unmask_probabilities
+from learner.grpo import bernoulli_sample, fallback_sample, step_logp, unmask_probabilities
 from learner.policy import UnmaskingPolicy, load_policy, policy_info
 
 INPUTS = {  # each of PolicyConfig.inputs (learner.config.POLICY_INPUTS) per position, in [0, 1] (delta: [-1, 1])
@@ -38,8 +39,11 @@ class PolicySampler(Sampler):
     name = "policy"
 
     def __init__(self, cfg: SamplerConfig, generator: torch.Generator | None = None,
-                 policy: UnmaskingPolicy | None = None, device: str | None = None):
+                 policy: UnmaskingPolicy | None = None, device: str | None = None, fallback: bool = False):
+        """fallback: training decisions (`sample`, `log_prob`, `act`) by evaluation's rule, the argmax when a draw is
+        empty (grpo.fallback); evaluation (`select`) always has it."""
         super().__init__(cfg, generator)
+        self.fallback = fallback
         if policy is None:
             if not cfg.checkpoint:
                 raise ValueError("sampler=policy needs sampler.checkpoint=<a saved policy directory or hub id>")
@@ -131,14 +135,16 @@ class PolicySampler(Sampler):
         return {"fallback_share": int(self.fallback_steps) / steps if steps else 0.0}
 
     def sample(self, logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """Training's decision [B, L] on the policy's device: one Bernoulli draw per valid position at tau, no
-        fallback (a step may unmask nothing, and still costs an NFE)."""
-        return bernoulli_sample(logits, valid.to(logits.device), self.cfg.policy_temperature, self.generator)
+        """Training's decision [B, L] on the policy's device: one Bernoulli draw per valid position at tau; with the
+        fallback an empty draw commits the most likely position, without it a step may unmask nothing (and still
+        costs an NFE)."""
+        draw = fallback_sample if self.fallback else bernoulli_sample
+        return draw(logits, valid.to(logits.device), self.cfg.policy_temperature, self.generator)
 
     def log_prob(self, logits: torch.Tensor, action: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """[B] the log-likelihood of `action` under training's rule: the behaviour log-prob GRPO's ratio needs."""
+        """[B] the exact log-likelihood of `action` under training's rule: the behaviour log-prob GRPO's ratio needs."""
         device = logits.device
-        return bernoulli_logp(logits, action.to(device), valid.to(device), self.cfg.policy_temperature)
+        return step_logp(logits, action.to(device), valid.to(device), self.cfg.policy_temperature, self.fallback)
 
     def act(self, obs: Observation, alpha: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Training: (decision [B, L], behaviour log-prob [B]); alpha [B]: each row's trade-off (alpha-conditioned)."""

@@ -85,7 +85,8 @@ class DLLMEnvRunner(EnvRunner, Checkpointable):
         self.generator = torch.Generator(device=self.dllm.device).manual_seed(seed)
         sampler_cfg = SamplerConfig(name="policy", policy_temperature=self.grpo.policy_temperature,
                                     alpha=self.grpo.alpha)  # rollouts give each row its group's alpha
-        self.sampler = PolicySampler(sampler_cfg, self.generator, policy=self.module.policy)
+        self.sampler = PolicySampler(sampler_cfg, self.generator, policy=self.module.policy,
+                                     fallback=self.grpo.fallback)
         self.steering = ExpertSteering.fast_dllm(s.expert.thresholds, s.expert.block_length, s.group_size)
 
     # ---- EnvRunner API ---------------------------------------------------------------------------

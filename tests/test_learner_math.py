@@ -131,7 +131,7 @@ def test_an_expert_step_enters_through_the_groups_mixture_likelihood():
     assert mixed[0, 0].item() == pytest.approx(math.log(0.02))  # the policy's own step: pi alone
     assert mixed[1, 0].exp().item() == pytest.approx(8 / 9 * 0.02 + 1 / 9)
 
-    cfg = UnmaskGRPOConfig().training(clip_eps=0.5, expert_clip_eps=0.05)
+    cfg = UnmaskGRPOConfig().training(clip_eps=0.5, expert_clip_eps=0.05, fallback=False)
     cfg.validate()
     learner = cfg.build_learner(env=None)
     learner.build()
@@ -145,7 +145,7 @@ def test_an_expert_step_enters_through_the_groups_mixture_likelihood():
     expert_ratio = (8 / 9 * 0.02 + 1 / 9) / (8 / 9 * 0.01 + 1 / 9)
     assert expert_ratio == pytest.approx(1.074074, abs=1e-6)
     assert loss.item() == pytest.approx(-(1.5 + 1.05) / 2, abs=1e-5)  # both clipped: 1 + 0.5 and 1 + 0.05
-    cfg = UnmaskGRPOConfig().training(clip_eps=0.5, expert_clip_eps=0.5)
+    cfg = UnmaskGRPOConfig().training(clip_eps=0.5, expert_clip_eps=0.5, fallback=False)
     cfg.validate()
     wide = cfg.build_learner(env=None)
     wide.build()
@@ -219,7 +219,7 @@ def test_the_learner_prepares_advantages_shares_proximal_log_probs_and_tis_weigh
     from cluster.algorithm_config import UnmaskGRPOConfig
     from learner.grpo import bernoulli_logp, mixture_shares, steered_logp, truncated_importance_weights
 
-    cfg = UnmaskGRPOConfig().environment(gen_length=4, block_length=4).training(tis_cap=1.5)
+    cfg = UnmaskGRPOConfig().environment(gen_length=4, block_length=4).training(tis_cap=1.5, fallback=False)
     cfg.validate()
     learner = cfg.build_learner(env=None)
     learner.build()
@@ -249,3 +249,33 @@ def test_the_learner_prepares_advantages_shares_proximal_log_probs_and_tis_weigh
     assert (prepared["weights"][:2] == 1).all() and (prepared["weights"][2:] <= 1.5).all()
     skipped, _ = learner.prepare({**batch, "reward": torch.full((N,), 0.25)})
     assert skipped is None
+
+
+def test_the_fallback_rule_s_likelihood_is_exact_and_sums_to_one():
+    """Evaluation's rule in training: an empty Bernoulli draw commits the most likely valid position. Over the 2^3
+    decisions on three valid positions the likelihoods of the seven the rule can make sum to 1 (it never makes the
+    empty one), the argmax alone gets its draw plus the empty draw's mass; sampling follows it."""
+    import itertools
+
+    from learner.grpo import fallback_logp, fallback_sample
+
+    logits = torch.tensor([[0.5, -1.0, 2.0, 9.0]])  # position 3 is not valid: never chosen, never counted
+    valid = torch.tensor([[True, True, True, False]])
+    p = torch.sigmoid(logits[0, :3])
+    total = 0.0
+    for bits in itertools.product([False, True], repeat=3):
+        if not any(bits):
+            continue
+        action = torch.tensor([[*bits, False]])
+        likelihood = fallback_logp(logits, action, valid).exp().item()
+        drawn = math.prod(float(p[k] if b else 1 - p[k]) for k, b in enumerate(bits))
+        nothing = math.prod(float(1 - q) for q in p)
+        expected = drawn + (nothing if bits == (False, False, True) else 0.0)
+        assert likelihood == pytest.approx(expected, rel=1e-5, abs=1e-12), bits
+        total += likelihood
+    assert total == pytest.approx(1.0, abs=1e-6)
+    draws = torch.stack([fallback_sample(logits.expand(4000, 4), valid.expand(4000, 4),
+                                         generator=torch.Generator().manual_seed(1))])[0]
+    assert draws.any(-1).all() and not draws[:, 3].any()
+    only_best = (draws == torch.tensor([False, False, True, False])).all(-1).float().mean().item()
+    assert only_best == pytest.approx(float(p[2] * (1 - p[0]) * (1 - p[1]) + (1 - p).prod()), abs=0.02)

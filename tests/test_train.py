@@ -267,7 +267,7 @@ def test_a_policy_that_unmasks_nothing_stops_the_run_and_the_best_checkpoint_is_
     again. After `stop_after_skipped` such updates the run stops, says so, and evaluates checkpoints/best, whose
     fallback share shows what the policy is."""
     run_dir = tmp_path / "collapsed"
-    grpo = GRPOConfig(reward="additive", alpha=1.0, policy=PolicyConfig(init_bias=-30.0))
+    grpo = GRPOConfig(reward="additive", alpha=1.0, policy=PolicyConfig(init_bias=-30.0), fallback=False)  # the paper's
     result = train(tiny_run(tiny_model_dir, run_dir, eval_examples=4, grpo=grpo, stop_after_skipped=2, best_window=1,
                             num_env_runners=0))
     rows = progress(run_dir)
@@ -289,7 +289,7 @@ def test_with_experts_a_collapsed_policy_is_still_detected(local_ray, tiny_model
     run_dir = tmp_path / "collapsed-steered"
     base = tiny_run(tiny_model_dir, run_dir)
     rollout = RolloutConfig(**{**base.rollout.__dict__, "expert": ExpertConfig(thresholds=[0.0], block_length=8)})
-    grpo = GRPOConfig(reward="additive", alpha=1.0, policy=PolicyConfig(init_bias=-30.0))
+    grpo = GRPOConfig(reward="additive", alpha=1.0, policy=PolicyConfig(init_bias=-30.0), fallback=False)  # the paper's
     train(tiny_run(tiny_model_dir, run_dir, eval_examples=2, rollout=rollout, grpo=grpo, stop_after_skipped=2,
                    num_env_runners=0))
     rows = progress(run_dir)
