@@ -19,7 +19,7 @@ from envs.files import Interrupted
 from envs.pretrain.config import PretrainConfig, check_pretrain
 from envs.structured import load_yaml, to_yaml
 from experiments.config import ReproduceConfig, check_reproduce
-from rollout.config import EvalConfig, ParetoConfig, check_eval, check_pareto
+from rollout.config import EvalConfig, ImitateConfig, ParetoConfig, check_eval, check_imitate, check_pareto
 
 
 @dataclass
@@ -67,6 +67,18 @@ def cmd_pretrain(cfg: PretrainConfig) -> int:
     summary = pretrain(cfg)
     print(f"saved {cfg.out} after {summary['steps']} steps ({summary['seconds']} s), "
           f"loss {summary['final_loss_ema']:.4f}")
+    return 0
+
+
+def cmd_imitate(cfg: ImitateConfig) -> int:
+    from rollout.imitation import imitate
+    from rollout.report import markdown_table
+
+    summary = imitate(cfg)
+    print(f"saved {cfg.out} ({summary['rounds'][-1]['total_states']} states, {len(summary['rounds'])} rounds, "
+          f"{summary['seconds']} s)")
+    if summary.get("eval"):
+        print(markdown_table(summary["eval"], ["who", "sampler", "accuracy", "mean_nfe"]), end="")
     return 0
 
 
@@ -120,6 +132,8 @@ COMMANDS: dict[str, Command] = {
                       "heuristic grid, semi-AR and full diffusion: table + PNG"),
     "pretrain": Command(PretrainConfig, check_pretrain, cmd_pretrain,
                         "train a small dLLM on a task (masked diffusion)"),
+    "imitate": Command(ImitateConfig, check_imitate, cmd_imitate,
+                       "clone a heuristic's decisions into a policy (a start for GRPO: grpo.init_policy)"),
     "train": Command(TrainConfig, check_train, cmd_train, "train the unmasking policy with GRPO on Ray (Tune)"),
     "sweep": Command(SweepConfig, check_sweep_grid, cmd_sweep,
                      "Tune grid of GRPO runs (default: over alpha) + Pareto report"),

@@ -96,6 +96,13 @@ class UnmaskGRPO(Algorithm):
         with self.metrics.log_time((TIMERS, "report_s"), reduce="mean", window=1):
             self.outputs.write(collected, trained_logp(collected, update), self.iteration + 1, self.policy_version)
             self.report(collected, update.skipped)
+        every = self.config.run_outputs.validate_every
+        if every and (self.iteration + 1) % every == 0:
+            with self.metrics.log_time((TIMERS, "validate_s"), reduce="mean", window=1):
+                validation = self.collector.validate()
+            self.outputs.keep_validated(validation, self.iteration + 1)
+            for key, value in validation.items():
+                self.metrics.log_value(("unmask", f"validation_{key}"), value, window=1)
 
     def update(self, collected: Collected) -> LastUpdate:
         """The learner's GRPO update on the groups to train on; new weights (version + 1) go to the runners."""

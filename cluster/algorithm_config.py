@@ -22,7 +22,7 @@ from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from cluster.config import OutputSettings, TrainConfig, UpdateSettings, check_outputs, check_updates
 from envs.config import EnvConfig, check_finite
 from envs.structured import narrow, typed
-from learner.config import GRPOConfig, check_grpo
+from learner.config import GRPOConfig, check_grpo, check_init_policy
 from learner.learner import GRPOLearner
 from learner.module import UnmaskRLModule
 from rollout.config import RolloutConfig, check_rollout
@@ -111,6 +111,7 @@ class UnmaskGRPOConfig(AlgorithmConfig):
             check_finite(getattr(self, name), f"{name}.")
         check_rollout(self.rollout)
         check_grpo(self.grpo)
+        check_init_policy(self.grpo, self.rollout.env.gen_length, self.rollout.env.kv_cache)
         check_updates(self.updates)
         check_outputs(self.run_outputs)
         if self.num_learners > 1:

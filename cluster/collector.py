@@ -138,6 +138,14 @@ class Collector:
         return self.runners.foreach_env_runner_async_fetch_ready(lambda r: r.sample(), tag="sample",
                                                                 timeout_seconds=self.settings.sample_wait_s)
 
+    def validate(self) -> dict:
+        """The newest policy on the held-out validation prompts, on one healthy runner (or the local one)."""
+        if not self.remote:
+            return self.runners.local_env_runner.validate()
+        runner = self.runners.healthy_worker_ids()[:1]
+        return self.runners.foreach_env_runner(lambda r: r.validate(), local_env_runner=False,
+                                               remote_worker_ids=runner)[0]
+
     # ---- weights --------------------------------------------------------------------------------------------
     def push_weights(self, module_state: dict, version: int) -> None:
         state = {COMPONENT_RL_MODULE: ray.put(module_state), WEIGHTS_SEQ_NO: version}

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from envs.config import check_finite
 from envs.files import check_writable
 from envs.structured import narrow, typed
-from learner.config import GRPOConfig, check_grpo
+from learner.config import GRPOConfig, check_grpo, check_init_policy
 from rollout.config import RolloutConfig, check_rollout
 
 
@@ -50,12 +50,15 @@ class OutputSettings:
     run_id: str = ""  # the dumps' run_id; "" = the run directory's name
     checkpoint_every: int = 10  # iterations between checkpoints (Tune's and the policy's)
     best_window: int = 10  # iterations in the moving average of training reward that picks checkpoints/best; 0 = off
+    validate_every: int = 0  # iterations between validations: then checkpoints/best is the policy with the best
+    #                          held-out validation reward at the run's alpha, not the best training average
+    validate_examples: int = 200  # training prompts held out of every runner's pool for validation
     dump_trajectories: bool = True  # Parquet dumps under run_dir/trajectories
 
 
 def check_outputs(cfg: OutputSettings) -> None:
-    if min(cfg.checkpoint_every, cfg.best_window) < 0:
-        raise ValueError("checkpoint_every and best_window must be >= 0")
+    if min(cfg.checkpoint_every, cfg.best_window, cfg.validate_every) < 0 or cfg.validate_examples < 1:
+        raise ValueError("checkpoint_every, best_window and validate_every must be >= 0, validate_examples >= 1")
 
 
 @dataclass
@@ -98,6 +101,7 @@ def check_train(cfg: TrainConfig) -> None:
         raise ValueError("num_env_runners and eval.num_examples must be >= 0")
     if cfg.eval.policy_temperature <= 0:
         raise ValueError(f"eval.policy_temperature must be > 0, got {cfg.eval.policy_temperature}")
+    check_init_policy(cfg.grpo, cfg.rollout.env.gen_length, cfg.rollout.env.kv_cache)
     check_writable(cfg.resume or cfg.run_dir, "run_dir", directory=True)
 
 

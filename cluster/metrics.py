@@ -38,6 +38,21 @@ def stuck(collected: Collected, gen_length: int) -> bool:
     return min(collected.per_trajectory("nfe")) >= gen_length and not any(collected.per_trajectory("correct"))
 
 
+def group_spread(collected: Collected) -> dict:
+    """How much the policy's members of a group differ: the share of groups whose rewards are all equal (no gradient
+    comes from them), and of groups whose members all decoded the same answer in the same NFE (the policy has
+    become deterministic on that prompt: exploration has died there)."""
+    members: dict[str, list[tuple]] = {}
+    for a in collected.arrivals:
+        t = a.sample.trajectories
+        for i in range(len(t)):
+            if not t.expert[i]:
+                members.setdefault(t.group_id[i], []).append((float(t.reward[i]), t.completion[i], int(t.nfe[i])))
+    groups = list(members.values()) or [[]]
+    return {"flat_groups": sum(len({m[0] for m in g}) <= 1 for g in groups) / len(groups),
+            "identical_groups": sum(len({m[1:] for m in g}) <= 1 for g in groups) / len(groups)}
+
+
 def iteration_report(collected: Collected, totals: RunTotals, *, skipped: bool, collapsed: bool, elapsed_s: float,
                      buffered_groups: int, policy_version: int, restarts: int, healthy_runners: int,
                      experts: bool) -> dict:
@@ -69,6 +84,7 @@ def iteration_report(collected: Collected, totals: RunTotals, *, skipped: bool, 
         "env_runner_restarts": restarts,
         "healthy_env_runners": healthy_runners,
     }
+    report.update(group_spread(collected))
     if experts:
         report.update({f"expert_{key}": float(np.mean(collected.per_trajectory(field, experts=True)))
                        for key, field in (("reward_mean", "reward"), ("accuracy", "correct"), ("nfe_mean", "nfe"))})

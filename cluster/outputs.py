@@ -3,7 +3,8 @@
     trajectories/iter_<k>/runner_<r>.parquet   every trajectory that arrived in iteration k (rollout.trajectories)
     checkpoints/policy_<version>/              the policy every `checkpoint_every` iterations
     checkpoints/best/                          the policy after the iteration that ends the best `best_window`-iteration
-                                               moving average of training reward (the paper's checkpoint-best)
+                                               moving average of training reward (the paper's checkpoint-best), or,
+                                               with `validate_every`, the best held-out validation reward
     checkpoints/final/                         the policy when the run stops, whatever stopped it (the algorithm's)
 """
 
@@ -45,8 +46,14 @@ class RunOutputs:
         checkpoints = self.run_dir / "checkpoints"
         if self.settings.checkpoint_every and iteration % self.settings.checkpoint_every == 0:
             self.save_policy(checkpoints / f"policy_{version:06d}", iteration)
-        if self.settings.best_window:
+        if self.settings.best_window and not self.settings.validate_every:
             self.keep_best(collected, checkpoints / "best", iteration)
+
+    def keep_validated(self, validation: dict, iteration: int) -> None:
+        """checkpoints/best by held-out validation: the policy with the best validation reward so far."""
+        if self.run_dir is not None and validation["reward"] > self.best_reward:
+            self.best_reward = validation["reward"]
+            self.save_policy(self.run_dir / "checkpoints" / "best", iteration, best={"validation": validation})
 
     def keep_best(self, collected: Collected, out: Path, iteration: int) -> None:
         """Once `best_window` iterations are in, the policy after the iteration that ends the best moving average of

@@ -20,6 +20,7 @@ class ProgressPrinter(Callback):
             print(f"{prefix}iter {result['training_iteration']:4d}  reward {m['reward_mean']:.3f}  "
                   f"acc {m['accuracy']:.3f}  nfe {m['nfe_mean']:.2f}  traj/s {m['trajectories_per_s']:.1f}  "
                   f"busy {m['env_runner_busy_fraction']:.2f}  lag {m['staleness_mean']:.2f}  "
+                  f"flat {m.get('flat_groups', 0):.2f}  "
                   f"v{int(m['policy_version'])}  {result['time_total_s']:.0f}s", flush=True)
             streak, stalled = int(m.get("skipped_streak", 0)), int(m.get("stalled_streak", 0))
             if streak >= COLLAPSE_WARNING_STREAK:

@@ -5,7 +5,9 @@ No heavy imports: commands parse and check these before torch is loaded.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+import json
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 
 
 @dataclass
@@ -51,10 +53,67 @@ class GRPOConfig:
     #                        likelihood in the loss; false: the paper's plain Bernoulli training draws
     init_policy: str = ""  # start from a saved policy (a directory or hub id, e.g. `unmask imitate`'s); its shape,
     #                        inputs and alpha-conditioning are the run's ("" = the paper's initialisation)
+    anchor_coef: float = 0.0  # the loss adds this x KL(pi || pi_init) per step: keeps what init_policy knew
+    entropy_coef: float = 0.0  # the loss subtracts this x the decisions' entropy per step: exploration
 
     def network(self) -> PolicyConfig:
-        """The policy's shape as trained: alpha-conditioned whenever alpha is drawn from a range."""
-        return replace(self.policy, alpha_conditioned=self.policy.alpha_conditioned or bool(self.alpha_range))
+        """The policy's shape as trained: init_policy's when given, alpha-conditioned whenever alpha is drawn from a
+        range."""
+        shape = self.policy
+        if self.init_policy:
+            saved = saved_policy(self.init_policy)
+            if saved is None:  # a hub id: its config comes with it
+                from learner.policy import load_policy
+
+                shape = load_policy(self.init_policy).config
+            else:
+                shape = saved[0]
+        return replace(shape, alpha_conditioned=shape.alpha_conditioned or bool(self.alpha_range))
+
+
+def saved_policy(path: str) -> tuple[PolicyConfig, dict] | None:
+    """A saved policy's shape and how it was trained, read from its config.json (or a legacy policy.json) without
+    loading it; None for a hub id. A local path without a readable config is a one-line error."""
+    folder = Path(path).expanduser()
+    folder = folder.parent if folder.suffix in (".safetensors", ".json") else folder
+    local = folder.exists() or str(path).startswith(("/", ".", "~"))
+    if not local:
+        return None
+    for name, shape_of, info_of in (("config.json", lambda d: d, lambda d: d.get("training", {})),
+                                    ("policy.json", lambda d: d.get("policy", {}),
+                                     lambda d: {k: v for k, v in d.items() if k != "policy"})):
+        try:
+            data = json.loads((folder / name).read_text())
+        except OSError:
+            continue
+        except ValueError:
+            raise ValueError(f"policy checkpoint {path}: {name} is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"policy checkpoint {path}: {name} is not a JSON object")
+        known = {f.name for f in fields(PolicyConfig)}
+        try:
+            return PolicyConfig(**{k: v for k, v in shape_of(data).items() if k in known}), info_of(data)
+        except TypeError as err:
+            raise ValueError(f"policy checkpoint {path}: {name} does not describe a policy ({err})") from None
+    raise ValueError(f"no policy checkpoint at {path} (expected model.safetensors and config.json)")
+
+
+def check_init_policy(cfg: GRPOConfig, gen_length: int, kv_cache: str) -> None:
+    """grpo.init_policy must fit the run: its canvas and cache, and the shape, inputs and conditioning asked for."""
+    saved = saved_policy(cfg.init_policy) if cfg.init_policy else None
+    if saved is None:
+        return
+    shape, info = saved
+    if cfg.policy != PolicyConfig() and replace(cfg.policy, alpha_conditioned=shape.alpha_conditioned) != shape:
+        raise ValueError(f"grpo.init_policy={cfg.init_policy} has its own shape and inputs ({shape.inputs}, "
+                         f"hidden_size {shape.hidden_size}): leave grpo.policy.* at their defaults")
+    for key, value in (("gen_length", gen_length), ("kv_cache", kv_cache)):
+        if key in info and info[key] != value:
+            raise ValueError(f"grpo.init_policy={cfg.init_policy} was made with env.{key}={info[key]!r}, not "
+                             f"{value!r}")
+    if cfg.alpha_range and not shape.alpha_conditioned:
+        raise ValueError(f"grpo.init_policy={cfg.init_policy} is not alpha-conditioned: it cannot be trained over "
+                         "grpo.alpha_range (clone several teachers with teacher_alphas, or give a fixed grpo.alpha)")
 
 
 POLICY_INPUTS = ("confidence", "margin", "entropy", "stable_steps", "confidence_ema", "confidence_delta")
@@ -87,3 +146,7 @@ def check_grpo(cfg: GRPOConfig) -> None:
         raise ValueError(f"grpo.expert_clip_eps must be > 0, got {cfg.expert_clip_eps}")
     if cfg.tis_cap < 1:
         raise ValueError(f"grpo.tis_cap must be >= 1, got {cfg.tis_cap}")
+    if cfg.anchor_coef < 0 or cfg.entropy_coef < 0:
+        raise ValueError("grpo.anchor_coef and grpo.entropy_coef must be >= 0")
+    if cfg.anchor_coef and not cfg.init_policy:
+        raise ValueError("grpo.anchor_coef anchors to grpo.init_policy: give one")

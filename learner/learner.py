@@ -44,8 +44,15 @@ from learner.grpo import (
     step_logp,
     truncated_importance_weights,
 )
+from learner.module import FactorisedBernoulli, step_logits
 
 TENSOR_DTYPES = {"group": torch.long, "policy_version": torch.long}
+
+
+def per_step_mean(values: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    """[N, T] -> the mean over each trajectory's active steps, then over trajectories (the surrogate's averaging)."""
+    active = active.float()
+    return ((values * active).sum(-1) / active.sum(-1).clamp(min=1)).mean()
 
 
 @dataclass
@@ -73,6 +80,19 @@ class GRPOLearner(TorchLearner):
     def policy_version(self) -> int:
         """Updates applied to these weights (RLlib's weights sequence number, saved and restored with them)."""
         return self._weights_seq_no
+
+    def build(self) -> None:
+        """RLlib's build, then grpo.init_policy's weights (a restore sets its own afterwards), and a frozen copy of
+        them when the loss anchors to them."""
+        super().build()
+        self.anchor = None
+        if self.grpo.init_policy:
+            from learner.policy import load_policy
+
+            start = load_policy(self.grpo.init_policy, str(self.device))
+            self.module[DEFAULT_MODULE_ID].policy.load_state_dict(start.state_dict())
+            if self.grpo.anchor_coef:
+                self.anchor = start.eval().requires_grad_(False)
 
     # ---- 1. prepare the batch, once ---------------------------------------------------------------------
     def update(self, batch: MultiAgentBatch | None = None, *, training_data: TrainingData | None = None, **kwargs):
@@ -116,11 +136,13 @@ class GRPOLearner(TorchLearner):
         if float(advantages.abs().max()) < g.skip_zero_advantage:
             return None, old_logp.cpu().numpy()
         batch.update(advantages=advantages, old=old, weights=truncated_importance_weights(old, behaviour, g.tis_cap))
+        if self.anchor is not None:  # what the starting policy would do at each step
+            batch["anchor_logits"] = step_logits(self.anchor, batch)
         return batch, old_logp.cpu().numpy()
 
     def proximal_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """[N, T, L] the learner's current unmask logits on every step a trajectory took (0 elsewhere)."""
-        return self.module[DEFAULT_MODULE_ID].forward_train(batch)[Columns.ACTION_DIST_INPUTS]
+        return step_logits(self.module[DEFAULT_MODULE_ID].policy, batch)
 
     # ---- 2. the loss, each epoch --------------------------------------------------------------------------
     def decision_logp(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -135,9 +157,20 @@ class GRPOLearner(TorchLearner):
     def compute_loss_for_module(self, *, module_id, config, batch, fwd_out) -> torch.Tensor:
         """GRPO's clipped surrogate against the proximal log-probs, each step weighted by its TIS weight (1 on
         steps the current weights sampled); an expert's steps clip at grpo.expert_clip_eps."""
-        logp = self.decision_logp(fwd_out[Columns.ACTION_DIST_INPUTS], batch)
-        clip_eps = torch.where(batch["expert_share"] > 0, self.grpo.expert_clip_eps, self.grpo.clip_eps)
+        g, logits = self.grpo, fwd_out[Columns.ACTION_DIST_INPUTS]
+        logp = self.decision_logp(logits, batch)
+        clip_eps = torch.where(batch["expert_share"] > 0, g.expert_clip_eps, g.clip_eps)
         loss, stats = grpo_loss(logp, batch["old"], batch["advantages"], batch["active"], clip_eps, batch["weights"])
+        if g.anchor_coef or g.entropy_coef:
+            policy = FactorisedBernoulli(logits, batch["valid"], g.policy_temperature)
+            if g.anchor_coef:
+                anchor = FactorisedBernoulli(batch["anchor_logits"], batch["valid"], g.policy_temperature)
+                stats["anchor_kl"] = per_step_mean(policy.kl(anchor), batch["active"])
+                loss = loss + g.anchor_coef * stats["anchor_kl"]
+            if g.entropy_coef:
+                stats["entropy"] = per_step_mean(policy.entropy(), batch["active"])
+                loss = loss - g.entropy_coef * stats["entropy"]
+            stats = {k: float(v) for k, v in stats.items()}
         self.metrics.log_dict(stats, key=module_id, window=1)
         return loss
 

@@ -84,13 +84,18 @@ class UnmaskRLModule(TorchRLModule):
         return {Columns.ACTION_DIST_INPUTS: logits.reshape(confidences.shape)}
 
     def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
-        """Only the steps a trajectory actually took go through the network (each at its trajectory's alpha)."""
-        active = batch["active"].bool()
-        logits = torch.zeros(batch["confidences"].shape, device=active.device)
-        if active.any():
-            inputs = batch["confidences"][active]
-            if "extra_inputs" in batch and batch["extra_inputs"].shape[-1]:  # the policy reads more than the confidence
-                inputs = torch.cat([inputs[..., None], batch["extra_inputs"][active]], dim=-1)
-            alpha = batch["alpha"][:, None].expand(active.shape)[active] if "alpha" in batch else None
-            logits[active] = self.policy(inputs, batch["mask"][active], batch["t"][active], alpha)
-        return {Columns.ACTION_DIST_INPUTS: logits}
+        return {Columns.ACTION_DIST_INPUTS: step_logits(self.policy, batch)}
+
+
+def step_logits(policy: UnmaskingPolicy, batch: dict[str, Any]) -> torch.Tensor:
+    """[N, T, L] `policy`'s logits on a batch of trajectories: only the steps a trajectory actually took go through the
+    network, each at its trajectory's alpha (0 elsewhere)."""
+    active = batch["active"].bool()
+    logits = torch.zeros(batch["confidences"].shape, device=active.device)
+    if active.any():
+        inputs = batch["confidences"][active]
+        if "extra_inputs" in batch and batch["extra_inputs"].shape[-1]:  # the policy reads more than the confidence
+            inputs = torch.cat([inputs[..., None], batch["extra_inputs"][active]], dim=-1)
+        alpha = batch["alpha"][:, None].expand(active.shape)[active] if "alpha" in batch else None
+        logits[active] = policy(inputs, batch["mask"][active], batch["t"][active], alpha)
+    return logits

@@ -5,10 +5,21 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
-from envs.config import EnvConfig, SamplerConfig, TaskConfig, check_env, check_finite, check_sampler, check_task
+from envs.config import (
+    EnvConfig,
+    SamplerConfig,
+    TaskConfig,
+    check_env,
+    check_finite,
+    check_sampler,
+    check_task,
+    sampler_spec,
+)
 from envs.files import check_writable
+from learner.config import PolicyConfig, check_policy
 
 
 @dataclass
@@ -138,3 +149,64 @@ def oracle_blocks(cfg: ParetoConfig) -> int:
     if not cfg.oracle:
         return 0
     return cfg.oracle_block_length or max(semi_ar, default=cfg.env.gen_length)
+
+
+@dataclass
+class ImitateConfig:
+    """`unmask imitate`: a policy cloned from a teacher sampler's decisions (rollout.imitation), the start GRPO then
+    moves beyond the heuristics' frontier from (grpo.init_policy)."""
+
+    model: str = "builtin"
+    task: TaskConfig = field(default_factory=TaskConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    # the teacher, a sampler spec `name[:param=value,...]`; several: one alpha-conditioned policy, each episode
+    # decoded by one of them, the policy told the trade-off each stands for (teacher_alphas, in the same order)
+    teachers: list[str] = field(default_factory=lambda: ["fast_dllm:threshold=0.9"])
+    teacher_alphas: list[float] = field(default_factory=list)
+    teacher_block_length: int = 0  # teachers decide in the leftmost block of this many inside the canvas; 0 = BL
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    prompts: int = 1000  # training prompts the teachers decode (the states of round 0)
+    dagger_rounds: int = 1  # then rounds of the student's own rollouts, labelled by the teachers (DAgger)
+    dagger_prompts: int = 300  # student rollouts per DAgger round
+    steps_per_round: int = 400  # optimiser steps after each round's states are in
+    batch_steps: int = 256  # states per optimiser step
+    lr: float = 2e-3
+    batch_size: int = 250  # sequences per batched dLLM forward while collecting
+    eval_examples: int = 500  # the cloned policy on the test split, beside its teachers (eval.json); 0 = skip
+    seed: int = 0
+    out: str = "runs/imitate"
+    overwrite: bool = False  # out may hold a policy: replace it
+    progress: bool = True
+    trust_remote_code: bool = False
+
+
+def check_imitate(cfg: ImitateConfig) -> None:
+    check_finite(cfg)
+    check_task(cfg.task)
+    check_env(cfg.env)
+    check_policy(cfg.policy, "policy")
+    if not cfg.teachers:
+        raise ValueError("teachers must name at least one sampler")
+    for spec in cfg.teachers:
+        teacher = sampler_spec(spec)
+        if teacher.name == "policy":
+            raise ValueError(f"teachers: {spec!r} is a learned policy; a teacher is a heuristic or the oracle")
+        check_sampler(teacher)
+    if len(cfg.teachers) > 1 and len(cfg.teacher_alphas) != len(cfg.teachers):
+        raise ValueError(f"{len(cfg.teachers)} teachers need as many teacher_alphas (the trade-off each stands for), "
+                         f"got {list(cfg.teacher_alphas)}")
+    if len(cfg.teachers) == 1 and cfg.teacher_alphas:
+        raise ValueError("teacher_alphas is for several teachers (one alpha-conditioned policy)")
+    if any(not a > 0 for a in cfg.teacher_alphas) or len(set(cfg.teacher_alphas)) != len(cfg.teacher_alphas):
+        raise ValueError(f"teacher_alphas must be distinct trade-offs > 0, got {list(cfg.teacher_alphas)}")
+    if cfg.teacher_block_length < 0 or cfg.teacher_block_length and cfg.env.gen_length % cfg.teacher_block_length:
+        raise ValueError(f"teacher_block_length={cfg.teacher_block_length} must divide env.gen_length="
+                         f"{cfg.env.gen_length} (0: the env's blocks)")
+    if min(cfg.prompts, cfg.steps_per_round, cfg.batch_steps, cfg.batch_size) < 1 or cfg.lr <= 0:
+        raise ValueError("prompts, steps_per_round, batch_steps and batch_size must be >= 1 and lr > 0")
+    if min(cfg.dagger_rounds, cfg.dagger_prompts, cfg.eval_examples) < 0:
+        raise ValueError("dagger_rounds, dagger_prompts and eval_examples must be >= 0")
+    check_writable(cfg.out, "out", directory=True)
+    out = Path(cfg.out)
+    if out.is_dir() and any(out.iterdir()) and not cfg.overwrite:
+        raise ValueError(f"out={cfg.out} is not empty: choose a new out (or overwrite=true to replace it)")

@@ -26,9 +26,10 @@ from envs.config import SamplerConfig
 from envs.dllm import load_env_dllm
 from envs.mdp import UnmaskingEnv
 from envs.tasks import make_task
-from learner.grpo import draw_alphas
+from learner.grpo import draw_alphas, reward
 from learner.sampler import PolicySampler
 from rollout.collect import collect_groups
+from rollout.evaluate import run_episodes
 from rollout.experts import ExpertSteering
 from rollout.trajectories import TrajectoryBatch
 
@@ -79,9 +80,12 @@ class DLLMEnvRunner(EnvRunner, Checkpointable):
         seed = s.seed * 1000 + self.worker_index
         self.env = UnmaskingEnv.from_config(self.dllm, s.env, seed=seed, fill_at_budget=s.fill_at_budget)
         self.task = make_task(s.task)
-        self.pool = self.task.examples("train", s.train_pool, seed=s.seed)
+        outputs = self.config.run_outputs
+        held = outputs.validate_examples if outputs.validate_every else 0  # validation prompts, never trained on
+        self.pool = self.task.examples("train", s.train_pool + held, seed=s.seed)
+        self.validation, self.pool = (self.pool[-held:], self.pool[:-held]) if held else ([], self.pool)
         if not self.pool:
-            raise ValueError("the task has no training examples")
+            raise ValueError(f"the task has no training examples beyond the {held} held out for validation")
         self.generator = torch.Generator(device=self.dllm.device).manual_seed(seed)
         sampler_cfg = SamplerConfig(name="policy", policy_temperature=self.grpo.policy_temperature,
                                     alpha=self.grpo.alpha)  # rollouts give each row its group's alpha
@@ -124,6 +128,24 @@ class DLLMEnvRunner(EnvRunner, Checkpointable):
                             runner_state=self.get_state(not_components=COMPONENT_RL_MODULE),
                             forwards=stats.forwards - before.forwards, forward_rows=stats.rows - before.rows,
                             emulation_overruns=self._overruns() - overruns)
+
+    def validate(self) -> dict:
+        """The newest policy on the held-out validation prompts, by evaluation's rule: accuracy, mean NFE and mean
+        reward at the run's alpha (an alpha-conditioned policy: averaged over the ends and middle of its range)."""
+        self._pull_weights()
+        g, L = self.grpo, self.settings.env.gen_length
+        alphas = [g.alpha] if not g.alpha_range else [g.alpha_range[0], (g.alpha_range[0] * g.alpha_range[1]) ** 0.5,
+                                                       g.alpha_range[1]]
+        scores = []
+        for alpha in alphas:
+            sampler = PolicySampler(SamplerConfig(name="policy", alpha=alpha, policy_temperature=g.policy_temperature),
+                                    torch.Generator(device=self.dllm.device).manual_seed(0), policy=self.module.policy)
+            episodes = run_episodes(self.dllm, self.task, self.validation, sampler, self.settings.env, seed=0)
+            correct = torch.tensor([e.correct for e in episodes])
+            nfe = torch.tensor([e.generation.nfe for e in episodes])
+            scores.append({"reward": float(reward(correct, nfe, L, alpha, g.reward).mean()),
+                           "accuracy": float(correct.float().mean()), "nfe": float(nfe.float().mean())})
+        return {key: sum(s[key] for s in scores) / len(scores) for key in scores[0]}
 
     def _overruns(self) -> int:
         emulation = getattr(self.dllm, "emulation", None)

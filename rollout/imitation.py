@@ -1,0 +1,162 @@
+"""`unmask imitate`: clone a teacher sampler into an unmasking policy (learner.imitation), a start on the heuristics'
+frontier for GRPO (grpo.init_policy).
+
+    round 0   the teachers decode `prompts` training prompts; every state they saw, with their decision, is data
+    round r   the student decodes `dagger_prompts` new prompts by evaluation's rule and the teachers label the states
+              it reaches (DAgger: it learns to recover from its own mistakes); the data grows
+    each      `steps_per_round` optimiser steps on all the data so far
+
+Several teachers make one alpha-conditioned policy: each episode is decoded by one of them (in turn), and the policy
+is told the trade-off alpha that teacher stands for (`teacher_alphas`). In full diffusion the teachers may decide in
+the leftmost block of `teacher_block_length` inside the canvas (the rule expert steering's experts follow). The
+policy is saved in the format every command reads, its config recording the teachers and the data; Ctrl-C saves it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from envs.config import SamplerConfig, sampler_spec
+from envs.dllm import DLLM, load_env_dllm
+from envs.files import Interrupted, sigterm_as_interrupt, write_json
+from envs.mdp import UnmaskingEnv
+from envs.samplers import InBlocks, Sampler
+from envs.tasks import Example, Task, make_task
+from learner.grpo import fallback_sample
+from learner.imitation import STATE_FIELDS, fit
+from learner.policy import UnmaskingPolicy, save_policy
+from learner.sampler import PolicySampler, policy_inputs
+from rollout.config import ImitateConfig, check_imitate
+from rollout.evaluate import examples_to_evaluate, run_episodes, summarize
+from rollout.samplers import make_sampler
+
+
+def teachers_of(cfg: ImitateConfig) -> list[Sampler]:
+    made = [make_sampler(sampler_spec(spec)) for spec in cfg.teachers]
+    return [InBlocks(t, cfg.teacher_block_length) if cfg.teacher_block_length else t for t in made]
+
+
+@torch.no_grad()
+def collect_states(dllm: DLLM, task: Task, examples: list[Example], teachers: list[Sampler], alphas: list[float],
+                   student: PolicySampler | None, cfg: ImitateConfig, generator: torch.Generator) -> dict:
+    """Decode `examples` (by the teachers, or by the student when given) and record, at every step of every row,
+    the student's inputs and the teacher's decision there. Example i is its teacher i % len(teachers)'s."""
+    names = list(student.policy.config.inputs if student is not None else cfg.policy.inputs)
+    features = tuple(dict.fromkeys([*names, *(f for t in teachers for f in t.features)]))
+    env = UnmaskingEnv.from_config(dllm, cfg.env, seed=int(torch.randint(1 << 30, (1,), generator=generator)))
+    out: dict[str, list[torch.Tensor]] = {name: [] for name in STATE_FIELDS}
+    encoded = dllm.encode_prompts([ex.prompt for ex in examples], task.response_prefix)
+    for start in range(0, len(encoded), cfg.batch_size):
+        prompts = encoded[start : start + cfg.batch_size]
+        which = torch.arange(start, start + len(prompts)) % len(teachers)
+        alpha = torch.tensor([alphas[i] for i in which.tolist()]) if alphas else torch.ones(len(prompts))
+        for teacher in teachers:  # the oracle decodes its reference here: its targets label every state
+            teacher.begin(env, prompts)
+        obs = env.reset(prompts, features=features)
+        while not env.done:
+            decisions = torch.stack([t.select(obs) for t in teachers])
+            target = decisions[which, torch.arange(len(prompts))]
+            rows = obs.active.cpu()
+            inputs = policy_inputs(obs, names)
+            for name, value in (("inputs", inputs), ("masked", obs.masked), ("valid", obs.valid), ("t", obs.t),
+                                ("alpha", alpha), ("target", target)):
+                out[name].append(value.detach().cpu()[rows].clone())
+            if student is None:
+                action = target
+            else:
+                logits = student.logits(obs, alpha if student.policy.config.alpha_conditioned else None)
+                action = fallback_sample(logits, obs.valid.to(logits.device), 1.0, generator).to(obs.valid.device)
+            obs = env.step(action)
+    return {name: torch.cat(parts) for name, parts in out.items()}
+
+
+def imitate(cfg: ImitateConfig) -> dict:
+    """Collect, fit, DAgger; save the policy to cfg.out and evaluate it (eval.json); returns the summary."""
+    check_imitate(cfg)
+    started = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    task = make_task(cfg.task)
+    pool = task.examples("train", cfg.prompts + cfg.dagger_rounds * cfg.dagger_prompts, seed=cfg.seed)
+    if len(pool) < cfg.prompts:
+        raise ValueError(f"the task has {len(pool)} training examples, fewer than prompts={cfg.prompts}")
+    dllm = load_env_dllm(cfg.model, cfg.env, trust_remote_code=cfg.trust_remote_code)
+    teachers = teachers_of(cfg)
+    for t in teachers:
+        t.check_env(cfg.env)
+    conditioned = len(teachers) > 1
+    policy = UnmaskingPolicy(dataclasses.replace(cfg.policy, alpha_conditioned=conditioned))
+    student = PolicySampler(SamplerConfig(name="policy", alpha=cfg.teacher_alphas[0] if conditioned else None),
+                            generator, policy=policy)
+    rounds = 1 + cfg.dagger_rounds
+    bar = tqdm(total=rounds * cfg.steps_per_round, desc="imitate", disable=not cfg.progress, leave=False,
+               file=sys.stderr)
+    states: dict[str, torch.Tensor] = {}
+    record = {"teachers": [t.describe() for t in teachers], "teacher_alphas": list(cfg.teacher_alphas),
+              "rounds": [], "model": cfg.model}
+    try:
+        with sigterm_as_interrupt():
+            for r in range(rounds):
+                examples = pool[: cfg.prompts] if r == 0 else pool[cfg.prompts + (r - 1) * cfg.dagger_prompts:][
+                    : cfg.dagger_prompts]
+                if not examples:
+                    break
+                bar.set_postfix_str(f"round {r}: {'teacher' if r == 0 else 'student'} rollouts")
+                new = collect_states(dllm, task, examples, teachers, list(cfg.teacher_alphas),
+                                     None if r == 0 else student, cfg, generator)
+                states = {k: torch.cat([states[k], v]) if states else v for k, v in new.items()}
+                def tick(step: int, loss: float, note: str = f"round {r}, {len(states['target'])} states") -> None:
+                    bar.update(1)
+                    if step % 50 == 0:
+                        bar.set_postfix_str(f"{note}, loss {loss:.3f}")
+
+                loss = fit(policy, states, cfg.steps_per_round, lr=cfg.lr, batch_size=cfg.batch_steps,
+                           generator=generator, on_step=tick)
+                record["rounds"].append({"states": len(new["target"]), "total_states": len(states["target"]),
+                                         "loss": round(loss, 5), "seconds": round(time.perf_counter() - started, 1)})
+    except KeyboardInterrupt:
+        bar.close()
+        save(policy, cfg, record, interrupted=True)
+        raise Interrupted(f"interrupted; saved the policy so far to {cfg.out}") from None
+    bar.close()
+    save(policy, cfg, record)
+    summary = {**record, "seconds": round(time.perf_counter() - started, 1), "out": cfg.out}
+    if cfg.eval_examples:
+        summary["eval"] = evaluate_against_teachers(cfg, dllm)
+    write_json(Path(cfg.out) / "imitate.json", summary)
+    return summary
+
+
+def save(policy: UnmaskingPolicy, cfg: ImitateConfig, record: dict, interrupted: bool = False) -> None:
+    """The policy in the format every command reads; its config says how it was made (and that it is a clone)."""
+    info = {"imitation": {**record, "prompts": cfg.prompts, "dagger_rounds": cfg.dagger_rounds,
+                          "dagger_prompts": cfg.dagger_prompts, "steps_per_round": cfg.steps_per_round,
+                          "lr": cfg.lr, "seed": cfg.seed, "interrupted": interrupted},
+            "teacher": " / ".join(record["teachers"]), "gen_length": cfg.env.gen_length,
+            "block_length": cfg.env.block_length, "kv_cache": cfg.env.kv_cache, "model": cfg.model,
+            "reward": "multiplicative"}
+    if cfg.teacher_alphas:
+        info.update(alpha=cfg.teacher_alphas[0], alpha_range=[min(cfg.teacher_alphas), max(cfg.teacher_alphas)])
+    save_policy(policy, cfg.out, info)
+
+
+def evaluate_against_teachers(cfg: ImitateConfig, dllm: DLLM) -> list[dict]:
+    """Each teacher and the clone (at that teacher's alpha when conditioned) on `eval_examples` test prompts."""
+    task = make_task(cfg.task)
+    examples = examples_to_evaluate(task, "test", cfg.eval_examples, cfg.seed)
+    rows = []
+    for spec, teacher, alpha in zip(cfg.teachers, teachers_of(cfg), list(cfg.teacher_alphas) or [None], strict=True):
+        clone = make_sampler(SamplerConfig(name="policy", checkpoint=cfg.out, alpha=alpha),
+                             torch.Generator().manual_seed(cfg.seed))
+        for who, sampler in (("teacher", teacher), ("policy", clone)):
+            result = summarize(run_episodes(dllm, task, examples, sampler, cfg.env, cfg.batch_size, seed=cfg.seed),
+                               cfg.env.gen_length)
+            rows.append({"who": who, "teacher": spec, "alpha": alpha, "sampler": sampler.describe(),
+                         "accuracy": result["accuracy"], "mean_nfe": result["mean_nfe"], **sampler.stats()})
+    return rows
