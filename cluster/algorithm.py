@@ -89,6 +89,8 @@ class UnmaskGRPO(Algorithm):
 
     # ---- the training step --------------------------------------------------------------------------
     def training_step(self) -> None:
+        if self.config.run_outputs.validate_every and self.iteration == 0:  # the start is a candidate too
+            self.validate(0)
         with self.metrics.log_time((TIMERS, "collect_s"), reduce="mean", window=1):
             collected = self.collector.collect(self.policy_version)
         with self.metrics.log_time((TIMERS, "update_s"), reduce="mean", window=1):
@@ -98,11 +100,15 @@ class UnmaskGRPO(Algorithm):
             self.report(collected, update.skipped)
         every = self.config.run_outputs.validate_every
         if every and (self.iteration + 1) % every == 0:
-            with self.metrics.log_time((TIMERS, "validate_s"), reduce="mean", window=1):
-                validation = self.collector.validate()
-            self.outputs.keep_validated(validation, self.iteration + 1)
-            for key, value in validation.items():
-                self.metrics.log_value(("unmask", f"validation_{key}"), value, window=1)
+            self.validate(self.iteration + 1)
+
+    def validate(self, iteration: int) -> None:
+        """Held-out validation of the policy after `iteration` (0: the start); checkpoints/best follows it."""
+        with self.metrics.log_time((TIMERS, "validate_s"), reduce="mean", window=1):
+            validation = self.collector.validate()
+        self.outputs.keep_validated(validation, iteration)
+        for key, value in {**validation, "iteration": iteration}.items():
+            self.metrics.log_value(("unmask", f"validation_{key}"), value, window=1)
 
     def update(self, collected: Collected) -> LastUpdate:
         """The learner's GRPO update on the groups to train on; new weights (version + 1) go to the runners."""

@@ -1,10 +1,11 @@
 """Run directories: a new run never overwrites one, a resumed run keeps its own config, a run that failed
-before it began leaves nothing behind, and `resume=` only unpickles what this user's unmask wrote.
+before it began leaves nothing behind, and `resume=` only reads what this user's unmask wrote.
 
 Resuming restores Tune's and RLlib's state, which unpickles files of the run directory (tuner.pkl, the
 experiment state, checkpoints' state.pkl and class_and_ctor_args.pkl): a run directory from someone else
-could run their code. Every time `unmask train` or `unmask sweep` stops, it seals the directory: an HMAC-SHA256
-of each of those files under a key only this user can read (`~/.config/unmask/run-key`, or the file
+could run their code, and its config.yaml could ask for remote code. Every time `unmask train` or `unmask sweep`
+stops, it seals the directory: an HMAC-SHA256 of each of those files and of config.yaml under a key only this user
+can read (`~/.config/unmask/run-key`, or the file
 UNMASK_RUN_KEY names), in run_dir/unmask-seal.json. `resume=` refuses a directory whose files do not match
 their seal (`resume_unverified=true` resumes anyway: only for a directory you trust).
 """
@@ -34,6 +35,7 @@ def claim_run_dir(cfg: Any, schema: type) -> Path:
     its pickled state must match its seal."""
     run_dir = Path(cfg.resume or cfg.run_dir).resolve()
     saved_file = run_dir / "config.yaml"
+    run_key()  # the run will be sealed with it when it stops: a bad key is an error now, not after the training
     if not cfg.resume:
         if saved_file.exists():
             raise ValueError(f"run_dir {run_dir} already holds a run: choose a new run_dir (or resume={run_dir})")
@@ -64,22 +66,31 @@ def forget_run(run_dir: Path, remove_dir: bool) -> None:
 
 # ---- the seal ------------------------------------------------------------------------------------------
 def unpickled_files(run_dir: Path) -> list[Path]:
-    """What resuming deserialises: every .pkl under tune/, and Tune's experiment and search state (JSON that
-    embeds pickles)."""
+    """What a resume reads that can run code or change what runs: every .pkl under tune/, Tune's experiment and
+    search state (JSON that embeds pickles), and config.yaml (e.g. its rollout.trust_remote_code)."""
     tune = run_dir / "tune"
     found = list(tune.rglob("*.pkl")) + list(tune.glob("experiment_state-*.json")) + list(tune.glob("*-state-*.json"))
-    return sorted(set(found))
+    config = run_dir / "config.yaml"
+    return sorted(set(found)) + ([config] if config.is_file() else [])
 
 
 def run_key() -> bytes:
-    """This user's key (made on first use, readable by the user alone)."""
+    """This user's key (made on first use, readable by the user alone); a path that holds no key is a one-line error,
+    raised before any work (claim_run_dir reads it first)."""
     path = Path(os.environ.get("UNMASK_RUN_KEY", Path.home() / ".config" / "unmask" / "run-key"))
-    if not path.is_file():
+    if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(secrets.token_hex(32))
-    return bytes.fromhex(path.read_text().strip())
+    try:
+        key = bytes.fromhex(path.read_text().strip())
+    except (OSError, ValueError, UnicodeDecodeError):
+        key = b""
+    if len(key) < 16:
+        raise ValueError(f"the run key {path} (UNMASK_RUN_KEY, or ~/.config/unmask/run-key) is not a key: a file of "
+                         "at least 32 hex digits (remove it and a new one is made)")
+    return key
 
 
 def _mac(key: bytes, path: Path) -> str:

@@ -82,8 +82,15 @@ def connect_ray(cfg: TrainConfig, concurrent_runs: int) -> None:
                                    f"{str(err).strip().splitlines()[0]}") from None
             return  # a cluster may autoscale: no resource check
         on_loopback_only()
-        ray.init(num_cpus=max(os.cpu_count() or 1, int(needed_cpus + 0.999)), include_dashboard=False,
-                 log_to_driver=False)
+        private = os.umask(0o077)  # what the local Ray writes for authentication (~/.ray/auth_token): this user's
+        try:
+            ray.init(num_cpus=max(os.cpu_count() or 1, int(needed_cpus + 0.999)), include_dashboard=False,
+                     log_to_driver=False)
+        finally:
+            os.umask(private)
+        token = Path.home() / ".ray" / "auth_token"
+        if token.is_file() and token.stat().st_uid == os.getuid() and token.stat().st_mode & 0o077:
+            token.chmod(0o600)  # made by an earlier Ray with a looser umask
     have = ray.cluster_resources()
     if have.get("CPU", 0) < needed_cpus or have.get("GPU", 0) < needed_gpus:
         raise ValueError(f"this Ray instance has {have.get('CPU', 0):g} CPUs / {have.get('GPU', 0):g} GPUs; the run "

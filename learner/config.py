@@ -55,6 +55,7 @@ class GRPOConfig:
     #                        inputs and alpha-conditioning are the run's ("" = the paper's initialisation)
     anchor_coef: float = 0.0  # the loss adds this x KL(pi || pi_init) per step: keeps what init_policy knew
     entropy_coef: float = 0.0  # the loss subtracts this x the decisions' entropy per step: exploration
+    logit_bound: float = 0.0  # training draws from bound * tanh(b / bound): every decision keeps a chance (0 = off)
 
     def network(self) -> PolicyConfig:
         """The policy's shape as trained: init_policy's when given, alpha-conditioned whenever alpha is drawn from a
@@ -146,7 +147,7 @@ def check_grpo(cfg: GRPOConfig) -> None:
         raise ValueError(f"grpo.expert_clip_eps must be > 0, got {cfg.expert_clip_eps}")
     if cfg.tis_cap < 1:
         raise ValueError(f"grpo.tis_cap must be >= 1, got {cfg.tis_cap}")
-    if cfg.anchor_coef < 0 or cfg.entropy_coef < 0:
-        raise ValueError("grpo.anchor_coef and grpo.entropy_coef must be >= 0")
+    if cfg.anchor_coef < 0 or cfg.entropy_coef < 0 or cfg.logit_bound < 0:
+        raise ValueError("grpo.anchor_coef, grpo.entropy_coef and grpo.logit_bound must be >= 0")
     if cfg.anchor_coef and not cfg.init_policy:
         raise ValueError("grpo.anchor_coef anchors to grpo.init_policy: give one")

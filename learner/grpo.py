@@ -71,6 +71,13 @@ def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale_by_st
     return adv
 
 
+def bounded(logits: torch.Tensor, bound: float) -> torch.Tensor:
+    """Training's logits, softly kept within +-bound (bound * tanh(b / bound); 0: unchanged): every valid position
+    keeps a chance of at least sigmoid(-bound) to be drawn and of being left, so a policy cloned into near-certain
+    decisions still explores (evaluation decodes with the logits themselves)."""
+    return bound * torch.tanh(logits / bound) if bound else logits
+
+
 def unmask_probabilities(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """sigma(b / tau): each position's probability of being unmasked."""
     return torch.sigmoid(logits.float() / temperature)

@@ -36,6 +36,7 @@ from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
 from envs.optim import adamw, warmup_cosine
 from learner.config import GRPOConfig
 from learner.grpo import (
+    bounded,
     group_advantages,
     grpo_loss,
     mixture_shares,
@@ -137,12 +138,13 @@ class GRPOLearner(TorchLearner):
             return None, old_logp.cpu().numpy()
         batch.update(advantages=advantages, old=old, weights=truncated_importance_weights(old, behaviour, g.tis_cap))
         if self.anchor is not None:  # what the starting policy would do at each step
-            batch["anchor_logits"] = step_logits(self.anchor, batch)
+            batch["anchor_logits"] = bounded(step_logits(self.anchor, batch), self.grpo.logit_bound)
         return batch, old_logp.cpu().numpy()
 
     def proximal_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """[N, T, L] the learner's current unmask logits on every step a trajectory took (0 elsewhere)."""
-        return step_logits(self.module[DEFAULT_MODULE_ID].policy, batch)
+        """[N, T, L] the learner's current unmask logits, as training draws from them (grpo.logit_bound), on every
+        step a trajectory took (0 elsewhere)."""
+        return bounded(step_logits(self.module[DEFAULT_MODULE_ID].policy, batch), self.grpo.logit_bound)
 
     # ---- 2. the loss, each epoch --------------------------------------------------------------------------
     def decision_logp(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -157,7 +159,8 @@ class GRPOLearner(TorchLearner):
     def compute_loss_for_module(self, *, module_id, config, batch, fwd_out) -> torch.Tensor:
         """GRPO's clipped surrogate against the proximal log-probs, each step weighted by its TIS weight (1 on
         steps the current weights sampled); an expert's steps clip at grpo.expert_clip_eps."""
-        g, logits = self.grpo, fwd_out[Columns.ACTION_DIST_INPUTS]
+        g = self.grpo
+        logits = bounded(fwd_out[Columns.ACTION_DIST_INPUTS], g.logit_bound)
         logp = self.decision_logp(logits, batch)
         clip_eps = torch.where(batch["expert_share"] > 0, g.expert_clip_eps, g.clip_eps)
         loss, stats = grpo_loss(logp, batch["old"], batch["advantages"], batch["active"], clip_eps, batch["weights"])

@@ -17,7 +17,7 @@ import torch
 from envs.config import EnvConfig, SamplerConfig
 from envs.mdp import Observation
 from envs.samplers import Sampler
-from learner.grpo import bernoulli_sample, fallback_sample, step_logp, unmask_probabilities
+from learner.grpo import bernoulli_sample, bounded, fallback_sample, step_logp, unmask_probabilities
 from learner.policy import UnmaskingPolicy, load_policy, policy_info
 
 INPUTS = {  # each of PolicyConfig.inputs (learner.config.POLICY_INPUTS) per position, in [0, 1] (delta: [-1, 1])
@@ -39,11 +39,13 @@ class PolicySampler(Sampler):
     name = "policy"
 
     def __init__(self, cfg: SamplerConfig, generator: torch.Generator | None = None,
-                 policy: UnmaskingPolicy | None = None, device: str | None = None, fallback: bool = False):
+                 policy: UnmaskingPolicy | None = None, device: str | None = None, fallback: bool = False,
+                 logit_bound: float = 0.0):
         """fallback: training decisions (`sample`, `log_prob`, `act`) by evaluation's rule, the argmax when a draw is
-        empty (grpo.fallback); evaluation (`select`) always has it."""
+        empty (grpo.fallback); evaluation (`select`) always has it. logit_bound: training draws from bounded logits
+        (grpo.logit_bound), evaluation from the logits themselves."""
         super().__init__(cfg, generator)
-        self.fallback = fallback
+        self.fallback, self.logit_bound = fallback, logit_bound
         if policy is None:
             if not cfg.checkpoint:
                 raise ValueError("sampler=policy needs sampler.checkpoint=<a saved policy directory or hub id>")
@@ -139,12 +141,14 @@ class PolicySampler(Sampler):
         fallback an empty draw commits the most likely position, without it a step may unmask nothing (and still
         costs an NFE)."""
         draw = fallback_sample if self.fallback else bernoulli_sample
-        return draw(logits, valid.to(logits.device), self.cfg.policy_temperature, self.generator)
+        return draw(bounded(logits, self.logit_bound), valid.to(logits.device), self.cfg.policy_temperature,
+                    self.generator)
 
     def log_prob(self, logits: torch.Tensor, action: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """[B] the exact log-likelihood of `action` under training's rule: the behaviour log-prob GRPO's ratio needs."""
         device = logits.device
-        return step_logp(logits, action.to(device), valid.to(device), self.cfg.policy_temperature, self.fallback)
+        return step_logp(bounded(logits, self.logit_bound), action.to(device), valid.to(device),
+                         self.cfg.policy_temperature, self.fallback)
 
     def act(self, obs: Observation, alpha: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Training: (decision [B, L], behaviour log-prob [B]); alpha [B]: each row's trade-off (alpha-conditioned)."""

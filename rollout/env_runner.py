@@ -90,7 +90,7 @@ class DLLMEnvRunner(EnvRunner, Checkpointable):
         sampler_cfg = SamplerConfig(name="policy", policy_temperature=self.grpo.policy_temperature,
                                     alpha=self.grpo.alpha)  # rollouts give each row its group's alpha
         self.sampler = PolicySampler(sampler_cfg, self.generator, policy=self.module.policy,
-                                     fallback=self.grpo.fallback)
+                                     fallback=self.grpo.fallback, logit_bound=self.grpo.logit_bound)
         self.steering = ExpertSteering.fast_dllm(s.expert.thresholds, s.expert.block_length, s.group_size)
 
     # ---- EnvRunner API ---------------------------------------------------------------------------

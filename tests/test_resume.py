@@ -95,6 +95,11 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(local_ray, tiny_model_
         someone_else.setenv("UNMASK_RUN_KEY", str(tmp_path / "someone-else.key"))
         err = refused(f"resume={other}")
     assert "is not the file this user's unmask wrote" in err and "resume_unverified=true" in err
+    config = other / "config.yaml"  # asking for a model's own code is as good as a pickle: sealed too
+    original = config.read_text()
+    config.write_text(original.replace("trust_remote_code: false", "trust_remote_code: true"))
+    assert "config.yaml is not the file this user's unmask wrote" in refused(f"resume={other}")
+    config.write_text(original)
     tuner = other / "tune" / "tuner.pkl"
     tuner.write_bytes(tuner.read_bytes() + b"\0")
     assert "tune/tuner.pkl is not the file this user's unmask wrote" in refused(f"resume={other}")

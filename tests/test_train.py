@@ -217,9 +217,17 @@ def test_expert_steered_alpha_conditioned_training_end_to_end(local_ray, tiny_mo
     rollout = RolloutConfig(**{**base.rollout.__dict__, "expert": ExpertConfig(thresholds=[0.0], block_length=8)})
     grpo = GRPOConfig(**{**base.grpo.__dict__, "alpha_range": [0.3, 3.0]})
     result = train(tiny_run(tiny_model_dir, run_dir, eval_examples=4, rollout=rollout, grpo=grpo, max_iterations=4,
-                            num_env_runners=0))
+                            num_env_runners=0, validate_every=2, validate_examples=6))
     rows = progress(run_dir)
     assert len(rows) == 4 and all(float(r["unmask/expert_nfe_mean"]) == 2.0 for r in rows)
+    # held-out validation every 2 iterations, the start included: checkpoints/best is the best of them
+    validated = {int(float(r["unmask/validation_iteration"])): float(r["unmask/validation_reward"]) for r in rows
+                 if r["unmask/validation_iteration"] not in ("", "nan")}
+    assert sorted(validated) == [0, 2, 4]
+    best = json.loads((run_dir / "checkpoints" / "best" / "config.json").read_text())["training"]
+    assert best["iteration"] in (0, 2, 4) and set(best["best"]["validation"]) == {"reward", "accuracy", "nfe"}
+    assert best["best"]["validation"]["reward"] == pytest.approx(max(validated.values()), abs=1e-6)
+    assert validated[best["iteration"]] == pytest.approx(max(validated.values()), abs=1e-6)
     assert all(float(r["unmask/nfe_mean"]) > 2.0 for r in rows[:1])  # the policy's own, apart from the expert's
     df = read_trajectories(run_dir / "trajectories").to_pandas()
     per_trajectory = df.groupby(["group_id", "sample_id"]).first().reset_index()
@@ -350,6 +358,34 @@ def test_unreachable_ray_address_is_a_quick_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "cannot reach the Ray cluster at '127.0.0.1:9'" in err and err.count("\n") == 1
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("key", ["directory", "not hex", "short"])
+def test_a_run_key_that_is_no_key_is_refused_before_any_work(key, tmp_path, capsys, monkeypatch):
+    path = tmp_path / "key"
+    if key == "directory":
+        path.mkdir()
+    else:
+        path.write_text("not hex at all" if key == "not hex" else "abcd")
+    monkeypatch.setenv("UNMASK_RUN_KEY", str(path))
+    assert main(["train", f"run_dir={tmp_path / 'r'}"]) == 2
+    err = capsys.readouterr().err
+    assert f"the run key {path}" in err and "is not a key" in err and err.count("\n") == 1
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_the_local_ray_s_authentication_token_is_the_user_s_alone(tmp_path):
+    import subprocess
+    import sys
+
+    probe = ("from cluster.config import TrainConfig; from cluster.train import connect_ray; import ray; "
+             "connect_ray(TrainConfig(num_env_runners=0), 1); ray.shutdown()")
+    env = {**os.environ, "HOME": str(tmp_path)}
+    env.pop("RAY_ADDRESS", None)
+    subprocess.run([sys.executable, "-c", probe], env=env, check=True, capture_output=True, timeout=120)
+    token = tmp_path / ".ray" / "auth_token"
+    assert token.is_file() and token.stat().st_mode & 0o777 == 0o600
 
 
 def test_existing_run_dir_is_not_overwritten(tmp_path, capsys):
