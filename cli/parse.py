@@ -1,7 +1,8 @@
 """The command line's parsing: `key=value` (dotlist) arguments over an OmegaConf structured dataclass.
 
 - unknown keys and values of the wrong type are errors (struct mode);
-- `sampler=NAME` / `task=NAME` are shorthands for `sampler.name=NAME` / `task.name=NAME`;
+- `sampler=NAME` / `task=NAME` (and `rollout.task=NAME`, ...) are shorthands for `sampler.name=NAME` /
+  `task.name=NAME`;
 - a `sampler.<param>` that the chosen sampler does not read is an error, so a typo cannot be ignored;
 - a key a command does not use (its schema's `unused_keys`) is an error;
 - `config=<file.yaml>` starts from a saved config (every run saves its own), the other keys apply on top;
@@ -36,8 +37,8 @@ def parse(schema: type, args: list[str], command: str, base: Any = None) -> Any:
         if "=" not in arg:
             raise ConfigError(f"expected key=value, got {arg!r} (see: unmask {command} --help)")
         key, value = arg.split("=", 1)
-        if key in NAMED_NODES and dataclasses.is_dataclass(_field_default(schema, key)):
-            key = f"{key}.name"
+        if key.rpartition(".")[2] in NAMED_NODES and dataclasses.is_dataclass(_field_default(schema, key)):
+            key = f"{key}.name"  # task=NAME, rollout.task=NAME, sampler=NAME: the node's name
         earlier = next((d.split("=", 1)[1] for d in dotlist if d.split("=", 1)[0] == key), None)
         if earlier is not None and earlier != value:
             raise ConfigError(f"{key} is given twice ({earlier} and {value}): give it once")
@@ -64,11 +65,18 @@ def parse(schema: type, args: list[str], command: str, base: Any = None) -> Any:
     return cfg
 
 
-def _field_default(schema: type, name: str):
-    for f in dataclasses.fields(schema):
-        if f.name == name:
-            return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-    return None
+def _field_default(schema: type, key: str):
+    """The default at a dotted key of a dataclass schema (None if there is no such key)."""
+    node: Any = schema
+    for name in key.split("."):
+        if not dataclasses.is_dataclass(node):
+            return None
+        match = [f for f in dataclasses.fields(node) if f.name == name]
+        if not match:
+            return None
+        f = match[0]
+        node = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return node
 
 
 def _check_unused_keys(schema: type, keys: list[str], command: str) -> None:

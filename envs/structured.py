@@ -43,6 +43,9 @@ def load_yaml(path: str | Path, what: str) -> DictConfig:
     if not path.is_file():
         raise ValueError(f"{what}: no config file at {path}")
     try:
-        return OmegaConf.load(path)
+        data = OmegaConf.load(path)
     except Exception as err:  # noqa: BLE001 - any unreadable YAML is the same one-line error
-        raise ValueError(f"{what}: {path} is unreadable ({str(err).splitlines()[0]})") from None
+        raise ValueError(f"{what}: {path} is unreadable ({(str(err).strip().splitlines() or ['?'])[0]})") from None
+    if not isinstance(data, DictConfig):
+        raise ValueError(f"{what}: {path} is not a config (a YAML mapping of keys to values)")
+    return data

@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from envs.config import check_finite
+
 README_MARKERS = ("<!-- findings:start -->", "<!-- findings:end -->")  # `unmask reproduce readme=` writes there
 
 
@@ -40,19 +42,29 @@ QUICK_REPRODUCE = {"train_minutes": 1.0, "max_iterations": 3, "num_env_runners":
 
 
 def check_reproduce(cfg: ReproduceConfig) -> None:
+    """Every key, before any work (a training or an evaluation would otherwise find a bad one minutes in)."""
+    check_finite(cfg)
     if cfg.preset not in ("default", "quick"):
         raise ValueError(f"unknown preset {cfg.preset!r}: use default or quick")
     if min(cfg.train_minutes, cfg.pretrain_minutes) <= 0 or cfg.num_examples < 1 or cfg.max_iterations < 1:
         raise ValueError("train_minutes and pretrain_minutes must be > 0, num_examples and max_iterations >= 1")
     if cfg.num_env_runners < 0 or cfg.groups_per_update < 1 or cfg.pretrain_examples < 1:
         raise ValueError("num_env_runners must be >= 0, groups_per_update and pretrain_examples >= 1")
-    if not cfg.train_seeds or not cfg.test_seeds:
-        raise ValueError("train_seeds and test_seeds must each hold at least one seed")
-    if cfg.gen_length % cfg.block_length or cfg.long_gen_length <= cfg.gen_length:
-        raise ValueError(f"block_length must divide gen_length ({cfg.gen_length}) and long_gen_length must exceed it")
-    readme = Path(cfg.readme)
-    if cfg.readme and not (readme.is_file() and all(m in readme.read_text() for m in README_MARKERS)):
-        raise ValueError(f"readme={cfg.readme} is not a file holding the markers {' and '.join(README_MARKERS)}")
+    if cfg.alpha < 0 or cfg.lr <= 0:
+        raise ValueError(f"alpha must be >= 0 and lr > 0, got alpha={cfg.alpha}, lr={cfg.lr}")
+    for key in ("train_seeds", "test_seeds"):
+        seeds = list(getattr(cfg, key))
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise ValueError(f"{key} must hold at least one seed, none twice, got {seeds}")
+    if min(cfg.gen_length, cfg.block_length) < 1 or cfg.gen_length % cfg.block_length:
+        raise ValueError(f"block_length ({cfg.block_length}) must be >= 1 and divide gen_length ({cfg.gen_length})")
+    if cfg.long_gen_length <= cfg.gen_length:
+        raise ValueError(f"long_gen_length ({cfg.long_gen_length}) must exceed gen_length ({cfg.gen_length})")
+    if cfg.readme:
+        text = Path(cfg.readme).read_text() if Path(cfg.readme).is_file() else ""
+        start, end = (text.find(m) for m in README_MARKERS)
+        if start < 0 or end < start:
+            raise ValueError(f"readme={cfg.readme} is not a file holding the markers {' then '.join(README_MARKERS)}")
 
 
 def resolved(cfg: ReproduceConfig) -> ReproduceConfig:

@@ -53,20 +53,51 @@ HEURISTICS = [SamplerConfig(name="top_k", steps=0), SamplerConfig(name="fast_dll
 
 
 class Parts:
-    """The ledger of finished parts: `run(name, work)` does the work once and remembers its result."""
+    """The ledger of finished parts: `run(name, work, depends)` does the work once and remembers its result beside the
+    settings it depends on. A part done with other settings is done again (an evaluation), or, for one that left a
+    run or a model behind (a training, the second dLLM), refused in one line before any work (`check`)."""
 
     def __init__(self, out_dir: Path):
         self.folder = out_dir / "done"
 
-    def run(self, name: str, work) -> dict:
-        path = self.folder / f"{name.replace('/', '__')}.json"
-        if path.is_file():
+    def path(self, name: str) -> Path:
+        return self.folder / f"{name.replace('/', '__')}.json"
+
+    def recorded(self, name: str) -> dict | None:
+        try:
+            record = json.loads(self.path(name).read_text())
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) and "depends" in record else {"depends": None}
+
+    def check(self, name: str, depends: dict) -> None:
+        """Refuse a part whose recorded settings differ (its run or model would be reused under the new ones)."""
+        record = self.recorded(name)
+        if record is not None and record["depends"] != depends:
+            was = record["depends"]
+            diff = "an earlier ledger, which did not record them" if was is None else ", ".join(
+                f"{k}={was.get(k)!r} (now {v!r})" for k, v in depends.items() if was.get(k) != v)
+            raise ValueError(f"{self.folder.parent} holds {name} computed with other settings ({diff}): choose a new "
+                             "out_dir")
+
+    def run(self, name: str, work, depends: dict) -> dict:
+        record = self.recorded(name)
+        if record is not None and record["depends"] == depends:
             print(f"unmask reproduce: {name}: done before, skipped", file=sys.stderr, flush=True)
-            return json.loads(path.read_text())
+            return record["result"]
         print(f"unmask reproduce: {name} ...", file=sys.stderr, flush=True)
         result = work()
-        write_json(path, result)
+        write_json(self.path(name), {"depends": depends, "result": result})
         return result
+
+
+TRAINING_KEYS = ("gen_length", "alpha", "lr", "train_minutes", "max_iterations", "num_env_runners", "groups_per_update")
+DLLM2_KEYS = ("pretrain_minutes", "pretrain_examples", "long_gen_length")
+EVAL_KEYS = ("num_examples", "gen_length", "long_gen_length")
+
+
+def depends(cfg: ReproduceConfig, keys: tuple[str, ...], **more) -> dict:
+    return {**{k: getattr(cfg, k) for k in keys}, **more}
 
 
 # ---- the work -------------------------------------------------------------------------------------------------
@@ -181,16 +212,25 @@ def run_parts(cfg: ReproduceConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     parts = Parts(out)
     L, BL = cfg.gen_length, cfg.block_length
+    kinds = {"full": (L, "multiplicative"), "semiar": (BL, "multiplicative"), "additive": (L, "additive")}
+    trained = {f"train/{kind}-s{seed}": depends(cfg, TRAINING_KEYS, block_length=block, reward=reward, seed=seed)
+               for kind, (block, reward) in kinds.items() for seed in cfg.train_seeds}
+    second_keys = depends(cfg, DLLM2_KEYS)
+    trained.update({f"train/dllm2-s{seed}": depends(cfg, TRAINING_KEYS, seed=seed, dllm2=second_keys)
+                    for seed in cfg.train_seeds})
+    for name, keys in {**trained, "dllm2": second_keys}.items():  # before any work: what left a run behind
+        parts.check(name, keys)
     policies: dict[str, list[dict]] = {}
-    for kind, block, reward in (("full", L, "multiplicative"), ("semiar", BL, "multiplicative"),
-                                ("additive", L, "additive")):
+    for kind, (block, reward) in kinds.items():
         policies[kind] = [parts.run(f"train/{kind}-s{seed}", lambda k=kind, s=seed, b=block, r=reward: train_policy(
-            cfg, out / "train" / f"{k}-s{s}", s, block_length=b, reward=r)) for seed in cfg.train_seeds]
+            cfg, out / "train" / f"{k}-s{s}", s, block_length=b, reward=r), trained[f"train/{kind}-s{seed}"])
+            for seed in cfg.train_seeds]
     data = second_dllm_data(out / "data", cfg.pretrain_examples)
-    second = parts.run("dllm2", lambda: pretrain_second_dllm(cfg, out / "dllm2", data))
+    second = parts.run("dllm2", lambda: pretrain_second_dllm(cfg, out / "dllm2", data), second_keys)
     dllm2 = second["model"]
     policies["dllm2"] = [parts.run(f"train/dllm2-s{seed}", lambda s=seed: train_policy(
-        cfg, out / "train" / f"dllm2-s{s}", s, model=dllm2)) for seed in cfg.train_seeds]
+        cfg, out / "train" / f"dllm2-s{s}", s, model=dllm2), trained[f"train/dllm2-s{seed}"])
+        for seed in cfg.train_seeds]
 
     settings = {
         "semiar": (Setting("semiar", "builtin", EnvConfig(gen_length=L, block_length=BL)), ["semiar"]),
@@ -203,19 +243,21 @@ def run_parts(cfg: ReproduceConfig) -> dict:
     }
     models = Models()
     points: dict[str, dict[str, list[dict]]] = {}  # setting -> sampler label -> one result per (train, test) seed
-    for name, (setting, kinds) in settings.items():
+    for name, (setting, policy_kinds) in settings.items():
         def point(sampler: SamplerConfig, seed: int, s: Setting = setting) -> dict:
             return evaluate_point(models, s.model, s.env, s.task, sampler, cfg, seed)
 
         table: dict[str, list[dict]] = {}
+        evaluated = depends(cfg, EVAL_KEYS, dllm2=second_keys if setting.model == dllm2 else None)
         for h in HEURISTICS:
             label = heuristic_label(h)
-            table[label] = [parts.run(f"eval/{name}/{label.replace(' ', '_')}-t{t}", lambda h=h, t=t: point(h, t))
-                            for t in cfg.test_seeds]
-        for kind in kinds:
+            table[label] = [parts.run(f"eval/{name}/{label.replace(' ', '_')}-t{t}", lambda h=h, t=t: point(h, t),
+                                      evaluated) for t in cfg.test_seeds]
+        for kind in policy_kinds:
             table[f"policy {kind}"] = [
                 parts.run(f"eval/{name}/policy_{kind}-s{p['seed']}-t{t}", lambda p=p, t=t: point(
-                    SamplerConfig(name="policy", checkpoint=p["policy"], allow_mismatch=True), t))
+                    SamplerConfig(name="policy", checkpoint=p["policy"], allow_mismatch=True), t),
+                    {**evaluated, "policy": trained[f"train/{kind}-s{p['seed']}"]})
                 for p in policies[kind] for t in cfg.test_seeds]
         points[name] = table
     findings = judge(points, cfg)

@@ -58,6 +58,10 @@ class PolicySampler(Sampler):
             self.alpha = cfg.alpha if cfg.alpha is not None else self.info.get("alpha")
             if self.alpha is None:
                 raise ValueError("this policy is alpha-conditioned: pass sampler.alpha=<the trade-off to decode for>")
+        elif cfg.alpha is not None:
+            trained = f" (it was trained at alpha={self.info['alpha']})" if "alpha" in self.info else ""
+            raise ValueError(f"sampler.alpha is for an alpha-conditioned policy; {cfg.checkpoint or 'this policy'} is "
+                             f"not one{trained}")
 
     @property
     def features(self) -> tuple[str, ...]:

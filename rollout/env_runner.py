@@ -87,8 +87,9 @@ class DLLMEnvRunner(EnvRunner, Checkpointable):
         if not self.pool:
             raise ValueError(f"the task has no training examples beyond the {held} held out for validation")
         self.generator = torch.Generator(device=self.dllm.device).manual_seed(seed)
+        conditioned = self.module.policy.config.alpha_conditioned  # rollouts give each row its group's alpha
         sampler_cfg = SamplerConfig(name="policy", policy_temperature=self.grpo.policy_temperature,
-                                    alpha=self.grpo.alpha)  # rollouts give each row its group's alpha
+                                    alpha=self.grpo.alpha if conditioned else None)
         self.sampler = PolicySampler(sampler_cfg, self.generator, policy=self.module.policy,
                                      fallback=self.grpo.fallback, logit_bound=self.grpo.logit_bound)
         self.steering = ExpertSteering.fast_dllm(s.expert.thresholds, s.expert.block_length, s.group_size)
@@ -138,7 +139,9 @@ class DLLMEnvRunner(EnvRunner, Checkpointable):
                                                        g.alpha_range[1]]
         scores = []
         for alpha in alphas:
-            sampler = PolicySampler(SamplerConfig(name="policy", alpha=alpha, policy_temperature=g.policy_temperature),
+            conditioned = self.module.policy.config.alpha_conditioned
+            sampler = PolicySampler(SamplerConfig(name="policy", alpha=alpha if conditioned else None,
+                                                  policy_temperature=g.policy_temperature),
                                     torch.Generator(device=self.dllm.device).manual_seed(0), policy=self.module.policy)
             episodes = run_episodes(self.dllm, self.task, self.validation, sampler, self.settings.env, seed=0)
             correct = torch.tensor([e.correct for e in episodes])

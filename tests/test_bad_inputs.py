@@ -46,6 +46,10 @@ def inputs(tmp_path_factory, tiny_model_dir):
     run = root / "a_run"
     run.mkdir()
     (run / "config.yaml").write_text("max_iterations: 3\n")
+    (root / "a_list.yaml").write_text("- 1\n- 2\n")
+    (root / "not_yaml.yaml").write_text("key: [unclosed\n")
+    bad_json = shutil.copytree(root / "policy_L24", root / "bad_json_policy")
+    (bad_json / "config.json").write_text("{not json")
     (root / "not_empty").mkdir()
     (root / "not_empty" / "NOTES.txt").write_text("keep me")
     yield {"root": root, "model": tiny_model_dir}
@@ -122,6 +126,8 @@ CASES = [
     ("pretrain out={root}/new minutes=0", "minutes > 0"),
     ("pretrain out={root}/new lr=nan", "lr must be a finite number"),
     ("pretrain out={root}/new gen_length=4", "too short for answers"),
+    ("pretrain out={root}/new task=jsonl task.path={root}/long.jsonl task.test_fraction=0 max_context=1000",
+     "the longest prompt (5,000 characters) + gen_length needs a context of 5,024 positions, more than max_context"),
     ("pretrain out={root}/new task=jsonl task.path={root}/long.jsonl task.max_prompt_chars=1000",
      "exceeds task.max_prompt_chars"),
     # train
@@ -164,6 +170,12 @@ CASES = [
     ("eval sampler=oracle sampler.reference=top_k:threshold=0.9", "is not a parameter of top_k"),
     ("eval sampler=oracle sampler.reference=oracle", "sampler.reference cannot be an oracle"),
     ("pareto oracle_block_length=5", "oracle_block_length=5 must divide env.gen_length=24"),
+    ("eval sampler=policy sampler.checkpoint={root}/policy_L24 sampler.alpha=1",
+     "sampler.alpha is for an alpha-conditioned policy"),
+    ("eval config={root}/a_list.yaml", "is not a config (a YAML mapping of keys to values)"),
+    ("eval config={root}/not_yaml.yaml", "is unreadable"),
+    ("eval sampler=policy sampler.checkpoint={root}/bad_json_policy", "is corrupted or does not match its config"),
+    ("train run_dir={root}/r rollout.task=jsonl", "task=jsonl needs task.path"),
     ("train run_dir={root}/r grpo.policy.inputs=[margin]", "grpo.policy.inputs must start with confidence"),
     ("train run_dir={root}/r grpo.init_policy={root}/missing_policy", "no policy checkpoint at"),
     ("train run_dir={root}/r grpo.init_policy={root}/policy_L24 rollout.env.gen_length=16 rollout.model={model}",

@@ -105,3 +105,27 @@ def test_grow_positions_inserts_rows_and_keeps_the_learned_ones_where_they_were(
     assert torch.equal(model.base_model.embeddings.position_embeddings.weight[:13], new)
     with pytest.raises(ValueError, match="grow_positions_at"):
         grow_positions(model, 20, at=99)
+
+
+def test_the_learning_rate_follows_the_budget_that_ends_the_run(monkeypatch):
+    """A minutes budget that ends the run long before max_steps (a slow or loaded machine): the warm-up is the same
+    share of the run it would be of max_steps, the rate rises without a jump and decays to 10% at the end."""
+    import envs.pretrain.train as train_module
+    from envs.pretrain.train import Schedule
+
+    clock = [1000.0]
+    monkeypatch.setattr(train_module.time, "time", lambda: clock[0])
+    cfg = PretrainConfig(lr=1e-3, warmup_steps=200, max_steps=100_000, minutes=10.0)
+    schedule = Schedule(cfg)
+    rates = []
+    for step in range(1, 1001):  # one step a second: 600 steps in the 10 minutes, not 100,000
+        clock[0] += 0.6
+        rates.append(schedule.lr(step))
+    assert rates[0] < 1e-5  # warming up over the run's own steps
+    assert max(abs(b - a) for a, b in zip(rates, rates[1:])) < 0.02 * 1e-3  # no jump, at the warm-up's end or after
+    assert max(rates) == pytest.approx(1e-3, rel=0.01) and rates[999] == pytest.approx(1e-4, rel=0.01)
+    clock[0] += 0.6
+    assert schedule.out_of_budget(1001)
+    steps = PretrainConfig(lr=1e-3, warmup_steps=10, max_steps=100, minutes=1e6)
+    by_steps = Schedule(steps)  # the steps end it: warm-up 10 steps, decay over 100
+    assert by_steps.lr(5) == pytest.approx(5e-4, rel=0.01) and by_steps.lr(100) == pytest.approx(1e-4, rel=0.01)

@@ -63,8 +63,15 @@ def test_reproduce_quick_writes_every_finding_and_resumes(local_ray, tmp_path, c
 
 @pytest.mark.parametrize("args, message", [
     (["preset=bogus"], "unknown preset 'bogus'"),
-    (["long_gen_length=24"], "long_gen_length must exceed"),
+    (["long_gen_length=24"], "long_gen_length (24) must exceed"),
     (["test_seeds=[]"], "at least one seed"),
+    (["train_seeds=[0,0]"], "train_seeds must hold at least one seed, none twice"),
+    (["block_length=0"], "block_length (0) must be >= 1"),
+    (["block_length=-8"], "block_length (-8) must be >= 1"),
+    (["gen_length=0"], "must be >= 1 and divide gen_length (0)"),
+    (["alpha=-1"], "alpha must be >= 0"),
+    (["lr=nan"], "lr must be a finite number"),
+    (["train_minutes=nan"], "train_minutes must be a finite number"),
 ])
 def test_bad_reproduce_input_is_one_line(args, message, tmp_path, capsys):
     assert main(["reproduce", f"out_dir={tmp_path / 'r'}", *args]) == 2
@@ -72,11 +79,36 @@ def test_bad_reproduce_input_is_one_line(args, message, tmp_path, capsys):
     assert message in err and len(err.splitlines()) == 1
 
 
-def test_a_readme_without_the_markers_is_refused_before_any_work(tmp_path, capsys):
+@pytest.mark.parametrize("text", ["# no markers\n",
+                                  f"{README_MARKERS[1]}\nthe end before the start\n{README_MARKERS[0]}\n"])
+def test_a_readme_without_the_markers_in_order_is_refused_before_any_work(text, tmp_path, capsys):
     readme = tmp_path / "README.md"
-    readme.write_text("# no markers\n")
+    readme.write_text(text)
     assert main(["reproduce", f"out_dir={tmp_path / 'r'}", f"readme={readme}"]) == 2
     assert "findings:start" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+def test_a_ledger_entry_made_with_other_settings_is_redone_or_refused(tmp_path, capsys):
+    """An evaluation done with other settings is done again; a training with other settings (its run would be
+    resumed under the new ones) is refused before any work."""
+    from experiments.reproduce import Parts
+
+    parts = Parts(tmp_path)
+    assert parts.run("eval/x", lambda: {"accuracy": 0.5}, {"num_examples": 12}) == {"accuracy": 0.5}
+    assert parts.run("eval/x", lambda: {"accuracy": 0.9}, {"num_examples": 12}) == {"accuracy": 0.5}  # reused
+    assert parts.run("eval/x", lambda: {"accuracy": 0.9}, {"num_examples": 500}) == {"accuracy": 0.9}  # redone
+    parts.run("train/full-s0", lambda: {"policy": "p"}, {"train_minutes": 5.0})
+    parts.check("train/full-s0", {"train_minutes": 5.0})
+    with pytest.raises(ValueError, match=r"full-s0 computed with other settings \(train_minutes=5.0 \(now 10.0\)"):
+        parts.check("train/full-s0", {"train_minutes": 10.0})
+    capsys.readouterr()
+    out = tmp_path / "r"
+    (out / "done").mkdir(parents=True)
+    (out / "done" / "train__full-s0.json").write_text(json.dumps({"policy": "an earlier ledger's"}))
+    assert main(["reproduce", f"out_dir={out}", "preset=quick", "train_seeds=[0]"]) == 2
+    err = capsys.readouterr().err
+    assert "computed with other settings (an earlier ledger, which did not record them)" in err
+    assert err.count("\n") == 1 and not (out / "train").exists()  # refused before any work
 
 
 def results(accuracy: float, nfe: float, runs: int = 2) -> list[dict]:

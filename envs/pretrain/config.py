@@ -35,6 +35,7 @@ class PretrainConfig:
     minutes: float = 60.0  # wall-clock budget; training stops at whichever limit comes first
     seed: int = 0
     num_threads: int = 0  # torch threads; 0 = all cores
+    max_context: int = 4096  # the largest context (longest prompt + gen_length) a new model may be built with
     log_every: int = 100
     init_from: str = ""  # continue training a saved dLLM (its tokenizer and shape are kept)
     # when init_from's context is too short for the task: where its position table grows. -1 appends the new
@@ -54,8 +55,9 @@ def check_pretrain(cfg: PretrainConfig) -> None:
     check_task(cfg.task)
     if cfg.minutes <= 0 or cfg.max_steps <= 0 or cfg.batch_size <= 0:
         raise ValueError("pretrain needs minutes > 0, max_steps > 0 and batch_size > 0")
-    if cfg.gen_length <= 0:
-        raise ValueError(f"gen_length must be > 0, got {cfg.gen_length}")
+    if cfg.gen_length <= 0 or cfg.max_context <= cfg.gen_length:
+        raise ValueError(f"gen_length must be > 0 and max_context > gen_length, got {cfg.gen_length}, "
+                         f"{cfg.max_context}")
     check_writable(cfg.out, "out", directory=True)
     out = Path(cfg.out)
     if out.is_dir() and any(out.iterdir()) and not cfg.overwrite:

@@ -12,6 +12,7 @@ which is the masked-diffusion ELBO of LLaDA (Nie et al. 2025, eq. 3 / SFT eq. 5)
 from __future__ import annotations
 
 import json
+import math
 import random
 import sys
 import time
@@ -25,7 +26,7 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from envs.dllm import check_model_path, layout_batch, loading, real_positions
 from envs.files import Interrupted, publish_dir, sigterm_as_interrupt
-from envs.optim import adamw, warmup_cosine
+from envs.optim import adamw
 from envs.pretrain.config import PretrainConfig, check_pretrain
 from envs.pretrain.model import new_builtin_model
 from envs.tasks import Task, make_task
@@ -129,18 +130,25 @@ def make_batch(pairs: list[tuple[str, str]], tokenizer, gen_length: int) -> tupl
 
 
 class Schedule:
-    """Warm-up + cosine to 10% (envs.optim.warmup_cosine) over whichever budget is further along, steps or
-    minutes: the warm-up counts real steps; after it, wall-clock progress can move the cosine ahead."""
+    """Warm-up + cosine to 10% (envs.optim.warmup_cosine) over the budget that ends the run, steps or minutes:
+    progress is the further along of step / max_steps and elapsed / minutes, and the warm-up takes the same share of
+    the run (warmup_steps of the steps the run will make, estimated from its pace when the minutes end it first), so
+    a slow machine warms up over a slow start instead of spending its budget there."""
 
     def __init__(self, cfg: PretrainConfig):
         self.cfg, self.start = cfg, time.time()
-        self.multiplier = warmup_cosine(cfg.warmup_steps, cfg.max_steps, min_lr_rate=0.1)
 
     def elapsed(self) -> float:
         return time.time() - self.start
 
     def out_of_budget(self, step: int) -> bool:
         return step >= self.cfg.max_steps or self.elapsed() >= self.cfg.minutes * 60
+
+    def expected_steps(self, step: int) -> float:
+        """The steps this run will make: max_steps, or fewer when its pace runs out of minutes first."""
+        if step < 1:
+            return self.cfg.max_steps
+        return min(self.cfg.max_steps, step / max(self.elapsed(), 1e-9) * self.cfg.minutes * 60)
 
     def eta(self, step: int) -> float:
         """Seconds left: whichever budget, steps or minutes, runs out first."""
@@ -150,10 +158,12 @@ class Schedule:
 
     def lr(self, step: int) -> float:
         cfg = self.cfg
-        if step >= cfg.warmup_steps:
-            by_time = cfg.warmup_steps + self.elapsed() / (cfg.minutes * 60) * (cfg.max_steps - cfg.warmup_steps)
-            step = max(step, int(by_time))
-        return cfg.lr * self.multiplier(step)
+        progress = min(1.0, max(step / cfg.max_steps, self.elapsed() / (cfg.minutes * 60)))
+        warmup = min(0.5, cfg.warmup_steps / max(self.expected_steps(step), 1))
+        if progress < warmup:
+            return cfg.lr * progress / warmup
+        decay = (progress - warmup) / max(1e-9, 1 - warmup)
+        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * decay)))
 
 
 def pretrain(cfg: PretrainConfig) -> dict:
@@ -171,11 +181,15 @@ def pretrain(cfg: PretrainConfig) -> dict:
     if longest_answer >= cfg.gen_length:
         raise ValueError(f"gen_length={cfg.gen_length} is too short for answers of {longest_answer} "
                          "characters (one EOS must fit)")
+    if longest_prompt + cfg.gen_length > cfg.max_context:  # before any batch: the model's size follows from it
+        raise ValueError(f"the longest prompt ({longest_prompt:,} characters) + gen_length needs a context of "
+                         f"{longest_prompt + cfg.gen_length:,} positions, more than max_context={cfg.max_context:,} "
+                         "(raise it, or keep such prompts out with task.max_prompt_chars)")
     model = build_model(cfg, tokenizer, longest_prompt + cfg.gen_length).train()
     optimizer = adamw(model.parameters(), cfg.lr, cfg.weight_decay, (0.9, 0.98))
     schedule = Schedule(cfg)
     generator = torch.Generator().manual_seed(cfg.seed)
-    step, ema, last_save = 0, None, schedule.start
+    step, ema, last_save, recent = 0, None, schedule.start, []
     n_params = sum(p.numel() for p in model.parameters())
     print(f"pretrain: {n_params:,} parameters, vocab {len(tokenizer)}, context {model.config.max_position_embeddings}",
           flush=True)
@@ -205,13 +219,15 @@ def pretrain(cfg: PretrainConfig) -> dict:
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()
                 ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+                recent.append(loss.item())
                 step += 1
                 bar.update(1)
                 bar.set_postfix_str(f"loss {ema:.4f}  lr {schedule.lr(step):.1e}  eta {schedule.eta(step):.0f}s",
                                     refresh=False)
-                if step % cfg.log_every == 0:
-                    print(f"step {step} loss {ema:.4f} lr {schedule.lr(step):.2e} "
+                if step % cfg.log_every == 0:  # the loss of these log_every steps, not a lagging average
+                    print(f"step {step} loss {sum(recent) / len(recent):.4f} lr {schedule.lr(step):.2e} "
                           f"grad {grad_norm:.2f} elapsed {schedule.elapsed():.0f}s", flush=True)
+                    recent = []
                 if cfg.save_every_minutes and time.time() - last_save > cfg.save_every_minutes * 60:
                     save_model(model, tokenizer, Path(cfg.out), record(partial=True))
                     last_save = time.time()
