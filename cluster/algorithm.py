@@ -156,8 +156,8 @@ class UnmaskGRPO(Algorithm):
             "policy_version": self.policy_version, "iteration": self.iteration if iteration is None else iteration,
             "run_id": self.run_id, "reward": grpo.reward, "alpha": grpo.alpha, "alpha_range": list(grpo.alpha_range),
             "experts": list(rollout.expert.thresholds), "gen_length": rollout.env.gen_length,
-            "block_length": rollout.env.block_length, "kv_cache": rollout.env.kv_cache, "model": rollout.model,
-            **extra})
+            "block_length": rollout.env.block_length, "kv_cache": rollout.env.kv_cache,
+            "model": model_name(rollout.model), "model_path": rollout.model, **extra})
 
     # ---- faults and checkpoints (Tune saves every `checkpoint_every` iterations and at the end) -------------
     def restore_env_runners(self, env_runner_group) -> list[int]:
@@ -185,6 +185,12 @@ class UnmaskGRPO(Algorithm):
         self.collector.resume_all()
         self.collector.push_weights(self.policy_state(), self.policy_version)
         return out
+
+
+def model_name(model: str) -> str:
+    """What names a dLLM wherever a checkpoint goes: a hub id or "builtin" as given, a local one by its folder's name
+    (its path on this machine is recorded beside it, as model_path)."""
+    return Path(model).name if model != "builtin" and Path(model).exists() else model
 
 
 def trained_logp(collected: Collected, update: LastUpdate) -> list[np.ndarray | None]:

@@ -77,7 +77,7 @@ class TrainConfig(UpdateSettings, OutputSettings):
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     run_dir: str = "runs/train"
     max_iterations: int = 200  # one iteration = one GRPO update
-    max_minutes: float = 30.0  # wall-clock budget of the training loop
+    max_minutes: float = 30.0  # wall-clock budget of the training loop (Tune's time_total_s: start-up not counted)
     ray_address: str = ""  # "" = start a local Ray; "auto" or host:port = join a cluster
     num_env_runners: int = 1  # 0 = sample in the learner's process
     num_cpus_per_env_runner: float = 1.0

@@ -1,7 +1,8 @@
 """What a run leaves in its directory, iteration by iteration (Tune writes its own metrics and checkpoints beside):
 
     trajectories/iter_<k>/runner_<r>.parquet   every trajectory that arrived in iteration k (rollout.trajectories)
-    checkpoints/policy_<version>/              the policy every `checkpoint_every` iterations
+    checkpoints/policy_<version>_iter_<k>/     the policy every `checkpoint_every` iterations: its version, and the
+                                               iteration k after which it was saved
     checkpoints/best/                          the policy after the iteration that ends the best `best_window`-iteration
                                                moving average of training reward (the paper's checkpoint-best), or,
                                                with `validate_every`, the best held-out validation reward
@@ -45,7 +46,7 @@ class RunOutputs:
                 write_parquet_atomic(pa.concat_tables(tables), folder / f"runner_{runner:03d}.parquet")
         checkpoints = self.run_dir / "checkpoints"
         if self.settings.checkpoint_every and iteration % self.settings.checkpoint_every == 0:
-            self.save_policy(checkpoints / f"policy_{version:06d}", iteration)
+            self.save_policy(checkpoints / f"policy_{version:06d}_iter_{iteration:06d}", iteration)
         if self.settings.best_window and not self.settings.validate_every:
             self.keep_best(collected, checkpoints / "best", iteration)
 

@@ -6,7 +6,7 @@ run_dir/
   tune/                           Tune's trial directory: progress.csv, result.json, TensorBoard events,
                                   algorithm checkpoints
   trajectories/iter_*/runner_*.parquet   Arrow dumps (rollout.trajectories.TRAJECTORY_SCHEMA)
-  checkpoints/policy_*/, checkpoints/final/   the policy as a Hugging Face checkpoint: model.safetensors +
+  checkpoints/policy_<version>_iter_<k>/, best/, final/   the policy as a Hugging Face checkpoint: model.safetensors +
                                   config.json (its shape and how it was trained) + README.md
   eval.json                       the final policy on `eval.num_examples` test prompts
 """
@@ -25,6 +25,11 @@ from envs.config import SamplerConfig
 from envs.files import Interrupted, is_local_path, sigterm_as_interrupt, write_atomic
 from envs.structured import to_yaml
 from rollout.config import EvalConfig
+
+
+def say(step: str) -> None:
+    """Start-up progress on stderr: minutes can pass before the first iteration on a loaded machine."""
+    print(f"unmask: {step} ...", file=sys.stderr, flush=True)
 
 
 def absolute_paths(cfg: TrainConfig) -> TrainConfig:
@@ -74,6 +79,7 @@ def connect_ray(cfg: TrainConfig, concurrent_runs: int) -> None:
     if address:
         check_reachable(address)
     if not ray.is_initialized():
+        say(f"joining the Ray cluster at {address}" if address else "starting Ray")
         if address:
             try:
                 ray.init(address=address, include_dashboard=False, log_to_driver=False)
@@ -119,11 +125,16 @@ def train(cfg: TrainConfig) -> dict:
     from rollout.preflight import preflight
 
     preflight(cfg.rollout)
+    if not cfg.resume:  # the network as it will be trained (alpha-conditioned for a range, init_policy's shape)
+        cfg = dataclasses.replace(cfg, grpo=dataclasses.replace(cfg.grpo, policy=cfg.grpo.network()))
     from ray import tune
 
     connect_ray(cfg, concurrent_runs=1)
     from cluster.algorithm import UnmaskGRPO
     from cluster.algorithm_config import UnmaskGRPOConfig
+
+    say(f"starting the run: its learner and {cfg.num_env_runners or 'no'} env runner(s) load the dLLM; iteration 1 "
+        "follows (max_minutes counts from there)")
 
     if cfg.resume:  # Tune restores the trial from its last checkpoint: weights, optimizer, RNGs, data cursor
         tuner = tune.Tuner.restore(str(run_dir / "tune"), trainable=UnmaskGRPO, resume_unfinished=True,

@@ -10,7 +10,8 @@ batch and cost nothing more.
 
 A step that unmasks nothing (possible for a stochastic policy in training) still costs an NFE. As in
 the paper's code, a block gets at most BL forwards (so NFE <= L); positions still masked then are
-*abandoned*: they keep the mask token, so the answer cannot verify, and they are no longer `masked`
+*abandoned*: they keep the mask token (an answer with one before its first EOS cannot verify; after it, the answer is
+already complete), and they are no longer `masked`
 (nothing may unmask them) but `abandoned`. With `fill_at_budget` (a training option) they are written instead,
 with the last forward's predictions: the trajectory still pays NFE = the block's whole budget, but its answer is
 scored, so a policy that unmasks too little still sees which of its rollouts were right.

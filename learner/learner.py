@@ -58,8 +58,9 @@ def per_step_mean(values: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class LastUpdate:
-    """What one `update` did: skipped or applied, the policy version after it, and the proximal log-probs of every
-    step ([N, T], the policy's own likelihood; = logp on steps the then current weights sampled)."""
+    """What one `update` did: skipped or applied, the policy version after it, and what each step's ratio was taken
+    against ([N, T]: logp on steps the then current weights sampled, the learner's log-prob on stale ones, the
+    group's mixture on an expert's)."""
 
     skipped: bool
     policy_version: int
@@ -114,7 +115,8 @@ class GRPOLearner(TorchLearner):
     @torch.no_grad()
     def prepare(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor] | None, np.ndarray]:
         """The batch with advantages, mixture shares, proximal log-probs (`old`, on the group's mixture for an
-        expert's steps) and TIS weights added; None if every advantage is ~0. Also the plain proximal log-probs."""
+        expert's steps) and TIS weights added; None if every advantage is ~0. Also `old` as numpy [N, T] (the dumps'
+        old_logp: what each step's ratio is taken against)."""
         g, tau = self.grpo, self.grpo.policy_temperature
         batch = {k: v.to(TENSOR_DTYPES[k]) if k in TENSOR_DTYPES else v for k, v in batch.items()}
         batch["policy_share"], batch["expert_share"] = mixture_shares(batch["group"], batch["expert"])
@@ -133,13 +135,14 @@ class GRPOLearner(TorchLearner):
             behaviour = torch.where(on_expert, expert_old, batch["logp"])
         else:
             old, behaviour = steered_logp(old_logp, *shares), steered_logp(batch["logp"], *shares)
+        recorded = (old * batch["active"]).cpu().numpy()  # what the ratio is taken against, as the dumps show it
         advantages = group_advantages(batch["reward"].float(), batch["group"], g.scale_by_std)
         if float(advantages.abs().max()) < g.skip_zero_advantage:
-            return None, old_logp.cpu().numpy()
+            return None, recorded
         batch.update(advantages=advantages, old=old, weights=truncated_importance_weights(old, behaviour, g.tis_cap))
         if self.anchor is not None:  # what the starting policy would do at each step
             batch["anchor_logits"] = bounded(step_logits(self.anchor, batch), self.grpo.logit_bound)
-        return batch, old_logp.cpu().numpy()
+        return batch, recorded
 
     def proximal_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """[N, T, L] the learner's current unmask logits, as training draws from them (grpo.logit_bound), on every

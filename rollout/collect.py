@@ -25,6 +25,7 @@ class Rollouts:
     #                                 TrajectoryBatch)
     canvases: torch.Tensor  # [N, L] token ids
     nfe: torch.Tensor  # [N] int32
+    abandoned: torch.Tensor  # [N, L] bool: given up when the trajectory ended
 
 
 def roll_out(env: UnmaskingEnv, sampler: PolicySampler, prompts: list[list[int]], group_size: int,
@@ -46,6 +47,7 @@ def roll_out(env: UnmaskingEnv, sampler: PolicySampler, prompts: list[list[int]]
     rec = {"confidences": torch.zeros(N, L, L), "extra_inputs": torch.zeros(N, L, L, F - 1), **per_step,
            "t": torch.zeros(N, L), "logp": torch.zeros(N, L)}
     canvases, nfe = torch.zeros(N, L, dtype=torch.long), torch.zeros(N, dtype=torch.int32)
+    abandoned = torch.zeros(N, L, dtype=torch.bool)
     running = list(range(slots))  # running[row] = the trajectory in that row
     started = slots
     features = tuple(dict.fromkeys([*sampler.features, *(steering.features if steering else ())]))
@@ -71,6 +73,7 @@ def roll_out(env: UnmaskingEnv, sampler: PolicySampler, prompts: list[list[int]]
             done = [running[r] for r in finished]
             canvases[done] = env.canvas().cpu()[finished]
             nfe[done] = env.nfe.cpu()[finished].to(torch.int32)
+            abandoned[done] = env.abandoned.cpu()[finished]
             admit = finished[: N - started]
             if admit:
                 env.start_rows(admit, queue[started : started + len(admit)])
@@ -79,7 +82,7 @@ def roll_out(env: UnmaskingEnv, sampler: PolicySampler, prompts: list[list[int]]
         if env.done:
             break
         obs = env.observe()
-    return Rollouts(rec, canvases, nfe)
+    return Rollouts(rec, canvases, nfe, abandoned)
 
 
 def collect_groups(env: UnmaskingEnv, sampler: PolicySampler, task: Task, examples: list[Example],
@@ -103,6 +106,7 @@ def collect_groups(env: UnmaskingEnv, sampler: PolicySampler, task: Task, exampl
     return TrajectoryBatch(
         **{name: value.numpy() for name, value in done.steps.items()},
         reward=reward(correct, done.nfe, env.L, alpha, grpo.reward).numpy().astype(np.float32),
+        final_abandoned=done.abandoned.numpy(),
         correct=correct.numpy(), nfe=done.nfe.numpy(), sample_id=sample_id, expert=sample_id >= group_size,
         alpha=alpha.numpy().astype(np.float32),
         prompt_id=[ex.id for ex in group_examples],

@@ -80,6 +80,7 @@ class EvalConfig:
     out: str = "runs/eval/eval.json"  # and beside it <stem>.examples.jsonl: every example's outcome
     group_by: str = ""  # a field of the examples (a JSONL column; cycles: cycle_length): results per value
     progress: bool = True  # a progress bar on stderr
+    num_threads: int = 0  # torch threads; 0 = torch's default (all cores)
     trust_remote_code: bool = False
 
 
@@ -89,8 +90,8 @@ def check_eval(cfg: EvalConfig) -> None:
     check_env(cfg.env)
     check_sampler(cfg.sampler)
     check_writable(cfg.out, "out")
-    if cfg.batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
+    if cfg.batch_size < 1 or cfg.num_threads < 0:
+        raise ValueError(f"batch_size must be >= 1 and num_threads >= 0, got {cfg.batch_size}, {cfg.num_threads}")
 
 
 @dataclass
@@ -113,6 +114,7 @@ class ParetoConfig:
     seed: int = 0
     out_dir: str = "runs/pareto"
     progress: bool = True
+    num_threads: int = 0  # torch threads; 0 = torch's default (all cores)
     trust_remote_code: bool = False
 
 

@@ -79,6 +79,8 @@ def summarize(episodes: list[Episode], gen_length: int) -> dict:
 def evaluate(cfg: EvalConfig, dllm: DLLM | None = None) -> dict:
     """Accuracy, mean NFE and tokens per step of one sampler on `num_examples` prompts."""
     check_eval(cfg)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
     task = make_task(cfg.task)
     examples = examples_to_evaluate(task, cfg.split, cfg.num_examples, cfg.seed)

@@ -58,6 +58,8 @@ def policy_settings(checkpoint: str, alphas: list[float]) -> list[SamplerConfig]
 def run_pareto(cfg: ParetoConfig, dllm=None) -> list[dict]:
     """One row per (block length, sampler setting)."""
     check_pareto(cfg)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
     task = make_task(cfg.task)
     examples = examples_to_evaluate(task, cfg.split, cfg.num_examples, cfg.seed)
     dllm = dllm or load_env_dllm(cfg.model, cfg.env, trust_remote_code=cfg.trust_remote_code)

@@ -20,7 +20,9 @@ from envs.files import write_atomic
 
 # 2: the `abandoned` column (positions given up at a block's forward budget) and `old_logp` (what a stale step
 # was importance-weighted against). 3: `alpha` (the trajectory's reward trade-off) and `expert` (drawn by an
-# expert, expert steering). 4: `extra_inputs` (a policy's inputs beyond the confidence; null for the paper's).
+# expert, expert steering). 4: `extra_inputs` (a policy's inputs beyond the confidence; null for the paper's) and
+# `final_abandoned` (the positions the trajectory ended with given up, its last step's included); `old_logp` of an
+# expert's step is the group's mixture, the likelihood its ratio was taken against.
 # Earlier dumps still read (`read_trajectories`); the columns they lack are null.
 SCHEMA_VERSION = 4
 SCHEMA_VERSION_KEY = "unmask.trajectory_schema_version"
@@ -45,6 +47,7 @@ TRAJECTORY_SCHEMA = pa.schema(
         pa.field("action", pa.list_(pa.bool_())),  # [L] unmask decision
         pa.field("logp", pa.float32()),  # behaviour log-prob of the decision
         pa.field("old_logp", pa.float32()),  # the learner's log-prob it was trained against (= logp when fresh)
+        pa.field("final_abandoned", pa.list_(pa.bool_())),  # [L] given up when the trajectory ended: keeps [MASK]
         pa.field("reward", pa.float32()),
         pa.field("correct", pa.bool_()),
         pa.field("nfe", pa.int32()),
@@ -68,6 +71,7 @@ class TrajectoryBatch:
     action: np.ndarray  # [N, T, L] bool: the unmask decision
     t: np.ndarray  # [N, T] float32: the policy's time input
     logp: np.ndarray  # [N, T] float32: behaviour log-prob of the decision
+    final_abandoned: np.ndarray  # [N, L] bool: given up when the trajectory ended (at its last step too)
     reward: np.ndarray  # [N] float32
     correct: np.ndarray  # [N] bool
     nfe: np.ndarray  # [N] int32
@@ -115,6 +119,7 @@ class TrajectoryBatch:
             **per_step,
             "logp": self.logp[traj, step],
             "old_logp": [None] * len(traj) if old_logp is None else old_logp[traj, step],
+            "final_abandoned": list(self.final_abandoned[traj]),
             "reward": self.reward[traj],
             "correct": self.correct[traj],
             "nfe": self.nfe[traj],

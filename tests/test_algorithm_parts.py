@@ -30,6 +30,7 @@ def batch(runner: int, first_group: int, groups: int, version: int, members: int
     return TrajectoryBatch(confidences=np.zeros((N, L, L), np.float32), extra_inputs=np.zeros((N, L, L, 0), np.float32),
                            **steps, t=np.zeros((N, L), np.float32),
                            logp=np.zeros((N, L), np.float32), reward=np.arange(N, dtype=np.float32),
+                           final_abandoned=np.zeros((N, L), bool),
                            correct=np.full(N, correct), nfe=np.full(N, nfe, np.int32),
                            sample_id=np.tile(np.arange(members, dtype=np.int32), groups), expert=np.zeros(N, bool),
                            alpha=np.ones(N, np.float32), prompt_id=["p"] * N,
@@ -137,4 +138,4 @@ def test_checkpoint_best_is_the_end_of_the_best_moving_average(tmp_path):
     best = [(iteration, extra["best"]["reward_mean"]) for name, iteration, extra in saved if name == "best"]
     assert best == [(2, 0.5), (4, 1.5)]  # averages 0.5, 0.5, 1.5, 1.5: a new best only when it rises
     assert [(name, iteration) for name, iteration, _ in saved if name != "best"] == [
-        ("policy_000002", 2), ("policy_000004", 4)]
+        ("policy_000002_iter_000002", 2), ("policy_000004_iter_000004", 4)]

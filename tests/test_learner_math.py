@@ -241,9 +241,10 @@ def test_the_learner_prepares_advantages_shares_proximal_log_probs_and_tis_weigh
     assert torch.equal(torch.from_numpy(old_logp[:2]), batch["logp"][:2])  # sampled by these weights: as recorded
     logits = learner.proximal_logits(batch)
     recomputed = bernoulli_logp(logits, batch["action"], batch["valid"]) * active
-    torch.testing.assert_close(torch.from_numpy(old_logp[2:]), recomputed[2:])
-    old = steered_logp(torch.from_numpy(old_logp), *shares)
+    plain = torch.cat([batch["logp"][:2], recomputed[2:]])
+    old = steered_logp(plain, *shares)  # the expert's step (row 4) through the group's mixture
     torch.testing.assert_close(prepared["old"], old)
+    torch.testing.assert_close(torch.from_numpy(old_logp), old * active)  # what the dumps record
     weights = truncated_importance_weights(old, steered_logp(batch["logp"], *shares), 1.5)
     torch.testing.assert_close(prepared["weights"], weights)
     assert (prepared["weights"][:2] == 1).all() and (prepared["weights"][2:] <= 1.5).all()

@@ -78,6 +78,7 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(local_ray, tiny_model_
     assert len(sockets) >= 4 and {s for s in sockets if s[0] not in LOOPBACK} == set(), sockets
     assert proc.returncode == 130, err[-3000:]
     assert f"unmask train resume={cut}" in err
+    assert "unmask: starting Ray ..." in err and "unmask: starting the run" in err  # start-up, said as it goes
     assert (cut / "checkpoints" / "final" / "model.safetensors").is_file()  # the final policy, written on SIGTERM
     assert not (cut / "eval.json").exists()  # an interrupted run does not look complete
     capsys.readouterr()

@@ -50,7 +50,7 @@ def test_paced_training_with_two_runners_end_to_end(local_ray, tiny_model_dir, t
     tis_cap)."""
     import torch
 
-    from learner.grpo import bernoulli_logp
+    from learner.grpo import fallback_logp
 
     run_dir = tmp_path / "run"
     result = train(tiny_run(tiny_model_dir, run_dir, num_env_runners=2, best_window=3, checkpoint_every=1,
@@ -135,12 +135,13 @@ def test_paced_training_with_two_runners_end_to_end(local_ray, tiny_model_dir, t
     stale = df[df["policy_version"] < df["learner_version"]]
     assert len(stale) > 0, "pacing let no sample go stale: nothing was importance-weighted"
     for version, part in stale.groupby("learner_version"):
-        policy = load_policy(run_dir / "checkpoints" / f"policy_{version:06d}")
+        [saved_at] = sorted((run_dir / "checkpoints").glob(f"policy_{version:06d}_iter_*"))[-1:]
+        policy = load_policy(saved_at)
         with torch.no_grad():
             column = {name: torch.from_numpy(np.stack(part[name].to_numpy())) for name in
                       ("confidences", "mask", "action", "valid")}
             logits = policy(column["confidences"], column["mask"], torch.tensor(part["t"].to_numpy()))
-        expected = bernoulli_logp(logits, column["action"], column["valid"])
+        expected = fallback_logp(logits, column["action"], column["valid"])  # grpo.fallback: evaluation's rule
         np.testing.assert_allclose(part["old_logp"].to_numpy(), expected.numpy(), rtol=1e-4, atol=1e-4)
 
 
@@ -239,6 +240,8 @@ def test_expert_steered_alpha_conditioned_training_end_to_end(local_ray, tiny_mo
     assert np.allclose(per_trajectory["reward"], -per_trajectory["alpha"] * per_trajectory["nfe"] / 16, atol=1e-6)
     final = json.loads((run_dir / "checkpoints" / "final" / "config.json").read_text())
     assert final["alpha_conditioned"] and final["training"]["alpha_range"] == [0.3, 3.0]
+    assert "alpha_conditioned: true" in (run_dir / "config.yaml").read_text()  # the run's record says what it trained
+    assert final["training"]["model"] == tiny_model_dir.rsplit("/", 1)[-1] and final["training"]["model_path"]
     assert final["training"]["experts"] == [0.0]
     assert "policy alpha=1/[0.3,3]" in result["sampler"] and "experts=0.0" in result["sampler"]
     from rollout.config import EvalConfig

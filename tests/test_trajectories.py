@@ -58,8 +58,10 @@ def test_positions_abandoned_at_the_block_budget_say_so_in_memory_and_on_disk(ti
     """A policy that never unmasks: each block spends its BL = 4 forwards and gives up its 4 positions."""
     batch = collect(tiny_dllm, cycles, bias=-30.0)
     assert (batch.nfe == 8).all() and not batch.action.any() and not batch.correct.any()
-    # at the first step of block 2 (step 4) block 1's positions are abandoned, no longer masked
+    # at the first step of block 2 (step 4) block 1's positions are abandoned, no longer masked; block 2's are given up
+    # at the last step, after which no step is recorded: final_abandoned says so
     assert batch.abandoned[:, 4, :4].all() and not batch.mask[:, 4, :4].any() and not batch.abandoned[:, 3].any()
+    assert not batch.abandoned[:, 7, 4:].any() and batch.final_abandoned.all()
     assert all("[MASK]" in c for c in batch.completion)  # the canvas keeps the mask token
 
     path = write_parquet_atomic(batch.to_arrow("run", iteration=3, used=True), tmp_path / "d" / "runner_002.parquet")
@@ -75,8 +77,9 @@ def test_positions_abandoned_at_the_block_budget_say_so_in_memory_and_on_disk(ti
 def test_dumps_of_every_earlier_version_still_read_beside_the_current_one(tiny_dllm, cycles, tmp_path):
     batch = collect(tiny_dllm, cycles, bias=0.0)
     new = batch.to_arrow("run", iteration=4, used=True)
-    for version, lacks in ((1, ["abandoned", "old_logp", "expert", "alpha", "extra_inputs"]),
-                           (2, ["expert", "alpha", "extra_inputs"]), (3, ["extra_inputs"])):
+    for version, lacks in ((1, ["abandoned", "old_logp", "expert", "alpha", "extra_inputs", "final_abandoned"]),
+                           (2, ["expert", "alpha", "extra_inputs", "final_abandoned"]),
+                           (3, ["extra_inputs", "final_abandoned"])):
         schema = pa.schema([f for f in TRAJECTORY_SCHEMA if f.name not in lacks],
                            metadata={SCHEMA_VERSION_KEY: str(version)})
         old = batch.to_arrow("run", iteration=version, used=True).drop_columns(lacks).cast(schema)
