@@ -139,3 +139,17 @@ def test_checkpoint_best_is_the_end_of_the_best_moving_average(tmp_path):
     assert best == [(2, 0.5), (4, 1.5)]  # averages 0.5, 0.5, 1.5, 1.5: a new best only when it rises
     assert [(name, iteration) for name, iteration, _ in saved if name != "best"] == [
         ("policy_000002_iter_000002", 2), ("policy_000004_iter_000004", 4)]
+
+
+def test_the_report_counts_groups_without_a_gradient_and_groups_whose_members_decoded_alike():
+    from cluster.metrics import group_spread
+
+    varied = batch(1, 0, 2, 0)  # rewards 0, 1 | 2, 3: every group has a spread
+    varied.completion = ["a", "b", "c", "d"]
+    alike = batch(1, 2, 2, 0)
+    alike.reward[:] = 1.0  # equal rewards and identical answers in both groups
+    same_reward = batch(1, 4, 1, 0)
+    same_reward.reward[:] = 0.0
+    same_reward.completion = ["a", "b"]  # no gradient, but the members still differ
+    collected = Collected([Arrival(RunnerSample(b, 1.0, 0.0, 0.0, {}), 0, True) for b in (varied, alike, same_reward)])
+    assert group_spread(collected) == {"flat_groups": 3 / 5, "identical_groups": 2 / 5}

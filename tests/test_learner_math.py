@@ -280,3 +280,48 @@ def test_the_fallback_rule_s_likelihood_is_exact_and_sums_to_one():
     assert draws.any(-1).all() and not draws[:, 3].any()
     only_best = (draws == torch.tensor([False, False, True, False])).all(-1).float().mean().item()
     assert only_best == pytest.approx(float(p[2] * (1 - p[0]) * (1 - p[1]) + (1 - p).prod()), abs=0.02)
+
+
+def test_grpo_starts_from_a_saved_policy_and_anchors_to_it(tmp_path):
+    """grpo.init_policy: the learner's weights are the saved policy's, its shape the saved one's; with anchor_coef
+    the loss adds anchor_coef x the per-step KL to it (0 while the weights are still its own)."""
+    from cluster.algorithm_config import UnmaskGRPOConfig
+    from learner.policy import save_policy
+
+    torch.manual_seed(3)
+    shape = PolicyConfig(hidden_size=32, num_heads=2, ffn_size=64, time_embed_size=32, inputs=["confidence", "margin"])
+    saved = UnmaskingPolicy(shape)
+    save_policy(saved, tmp_path / "start", {"gen_length": 24, "block_length": 8, "kv_cache": "none"})
+    cfg = UnmaskGRPOConfig().training(init_policy=str(tmp_path / "start"), anchor_coef=0.5, fallback=False)
+    cfg.validate()
+    assert cfg.grpo.network() == shape
+    learner = cfg.build_learner(env=None)
+    learner.build()
+    mine = learner.module["default_policy"].policy.state_dict()
+    assert all(torch.equal(mine[k], v) for k, v in saved.state_dict().items())
+    N, T, L = 2, 3, 24
+    active = torch.ones(N, T, dtype=torch.bool)
+    batch = {"confidences": torch.rand(N, T, L), "extra_inputs": torch.rand(N, T, L, 1),
+             "mask": torch.ones(N, T, L, dtype=torch.bool), "valid": torch.ones(N, T, L, dtype=torch.bool),
+             "action": torch.rand(N, T, L) > 0.8, "t": torch.rand(N, T), "active": active, "alpha": torch.ones(N),
+             "reward": torch.tensor([1.0, 0.0]), "group": torch.tensor([0, 0]),
+             "expert": torch.tensor([False, False]), "policy_version": torch.tensor([0, 0])}
+    batch["logp"] = bernoulli_logp(learner.proximal_logits(batch), batch["action"], batch["valid"])
+    prepared, _ = learner.prepare(batch)
+    logits = learner.proximal_logits(batch)
+    torch.testing.assert_close(prepared["anchor_logits"], logits)  # the start, as the learner sees it
+    plain = UnmaskGRPOConfig().training(init_policy=str(tmp_path / "start"), fallback=False)
+    plain.validate()
+    unanchored = plain.build_learner(env=None)
+    unanchored.build()
+    fwd = {"action_dist_inputs": logits}
+    same = learner.compute_loss_for_module(module_id="default_policy", config=None, batch=prepared, fwd_out=fwd)
+    base = unanchored.compute_loss_for_module(module_id="default_policy", config=None, batch=prepared, fwd_out=fwd)
+    assert same.item() == pytest.approx(base.item(), abs=1e-6)  # no distance yet: no anchor term
+    moved = {"action_dist_inputs": logits + 1.0}
+    p, q = torch.sigmoid(logits + 1.0), torch.sigmoid(logits)
+    kl = (p * (p / q).log() + (1 - p) * ((1 - p) / (1 - q)).log()).sum(-1).mean()
+    gap = (learner.compute_loss_for_module(module_id="default_policy", config=None, batch=prepared, fwd_out=moved)
+           - unanchored.compute_loss_for_module(module_id="default_policy", config=None, batch=prepared,
+                                                fwd_out=moved))
+    assert gap.item() == pytest.approx(0.5 * kl.item(), rel=1e-4)

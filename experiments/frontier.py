@@ -1,0 +1,142 @@
+"""The learned policies' accuracy-vs-NFE frontier on the built-in model, per mode, beside the heuristics and the oracle
+limit: what `docs/results/frontier.{md,json,png}` and the shipped policies in `docs/results/policies/` come from.
+
+    python -m experiments.frontier [out_dir=runs/frontier] [seeds=0,1] [grpo_minutes=4] [paper_minutes=4]
+                                   [num_examples=500] [publish=docs/results]
+
+Per mode (semi-AR BL = 8, full diffusion BL = L = 24), per training seed, each a real command run in a subprocess:
+
+    imitate    `unmask imitate` of Fast-dLLM lambda = 0.9 (full diffusion: in blocks of 8 inside the canvas)
+    grpo-a<a>  `unmask train` from that clone (grpo.init_policy) at alpha in {0.3, 1, 3}; its checkpoints/best, chosen
+               by held-out validation (so never worse than the clone on validation)
+    paper      `unmask train` from the paper's initialisation at alpha = 0.3 (no fallback in training draws, as the
+               paper trains); its checkpoints/best (the paper's checkpoint-best)
+    family     `unmask imitate` of Fast-dLLM lambda = 0.9 / 0.8 / 0.7 standing for alpha = 0.3 / 1 / 3: one
+               alpha-conditioned policy, evaluated at each
+
+Every policy is evaluated on `num_examples` test prompts (`unmask eval`); a point is the mean over seeds. Resumable:
+a finished part is kept in out_dir/done (the same ledger as `unmask reproduce`). Minutes are wall-clock on the machine
+that ran it (2 cores here), start-up included.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from experiments.reproduce import Parts
+
+MODES = {"semi-AR": 8, "full diffusion": 24}
+ALPHAS = (0.3, 1.0, 3.0)
+FAMILY = (("fast_dllm:threshold=0.9", 0.3), ("fast_dllm:threshold=0.8", 1.0), ("fast_dllm:threshold=0.7", 3.0))
+DEFAULTS = {"out_dir": "runs/frontier", "seeds": "0,1", "grpo_minutes": "4", "paper_minutes": "4",
+            "num_examples": "500", "publish": ""}
+
+
+def unmask(*args: str) -> float:
+    """Run one `unmask` command; returns its wall-clock minutes."""
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"unmask {' '.join(args[:2])} failed: {done.stderr.strip().splitlines()[-1:]}")
+    return (time.perf_counter() - start) / 60
+
+
+def evaluate(checkpoint: Path, block_length: int, n: int, alpha: float | None = None) -> dict:
+    out = checkpoint.parent / f"eval-{checkpoint.name}{'' if alpha is None else f'-a{alpha:g}'}.json"
+    args = ["eval", "sampler=policy", f"sampler.checkpoint={checkpoint}", f"env.block_length={block_length}",
+            f"num_examples={n}", f"out={out}", "progress=false"]
+    unmask(*args, *([f"sampler.alpha={alpha}"] if alpha is not None else []))
+    result = json.loads(out.read_text())
+    return {"accuracy": result["accuracy"], "mean_nfe": result["mean_nfe"],
+            "fallback_share": result.get("fallback_share", 0.0)}
+
+
+def parts_of_mode(parts: Parts, out: Path, mode: str, bl: int, seed: int, a: dict) -> list[dict]:
+    """Every policy point of one mode and training seed: [{name, alpha, checkpoint, minutes, accuracy, mean_nfe}]."""
+    n, root = int(a["num_examples"]), out / f"bl{bl}" / f"s{seed}"
+    blocks = ["teacher_block_length=8"] if bl == 24 else []
+    points = []
+
+    def imitate(name: str, extra: list[str]) -> dict:
+        path = root / name
+        shutil.rmtree(path, ignore_errors=True)
+        minutes = unmask("imitate", f"out={path}", f"env.block_length={bl}", f"seed={seed}", "eval_examples=0",
+                         "progress=false", *blocks, *extra)
+        return {"checkpoint": str(path), "minutes": minutes}
+
+    clone = parts.run(f"{bl}/s{seed}/imitate", lambda: imitate("imitate", []), {"bl": bl, "seed": seed})
+    points.append({"name": "imitation", **clone, **parts.run(
+        f"{bl}/s{seed}/imitate/eval", lambda: evaluate(Path(clone["checkpoint"]), bl, n), {"n": n, **clone})})
+
+    def train(name: str, extra: list[str], minutes: str, before: float = 0.0) -> dict:
+        """One training run; its minutes, with `before` (its starting policy's) added."""
+        run = root / name
+        shutil.rmtree(run, ignore_errors=True)
+        took = unmask("train", f"run_dir={run}", f"rollout.env.block_length={bl}", f"rollout.seed={seed}",
+                      f"max_minutes={minutes}", "max_iterations=100000", "eval.num_examples=0",
+                      "dump_trajectories=false", "checkpoint_every=50", *extra)
+        return {"checkpoint": str(run / "checkpoints" / "best"), "minutes": took + before}
+
+    for alpha in ALPHAS:
+        keys = ["grpo.init_policy=" + clone["checkpoint"], f"grpo.alpha={alpha}", "grpo.lr=3e-5",
+                "grpo.warmup_steps=10", "groups_per_update=16", "validate_every=10"]
+        name = f"grpo-a{alpha:g}"
+        run = parts.run(f"{bl}/s{seed}/{name}", lambda k=keys, m=name: train(m, k, a["grpo_minutes"],
+                                                                             clone["minutes"]),
+                        {"bl": bl, "seed": seed, "minutes": a["grpo_minutes"], **clone})
+        points.append({"name": f"imitation + GRPO alpha={alpha:g}", "alpha": alpha, **run, **parts.run(
+            f"{bl}/s{seed}/grpo-a{alpha:g}/eval", lambda r=run: evaluate(Path(r["checkpoint"]), bl, n),
+            {"n": n, **run})})
+    paper = parts.run(f"{bl}/s{seed}/paper", lambda: train("paper", ["grpo.alpha=0.3", "grpo.fallback=false"],
+                                                           a["paper_minutes"]),
+                      {"bl": bl, "seed": seed, "minutes": a["paper_minutes"]})
+    points.append({"name": "the paper's GRPO alpha=0.3", "alpha": 0.3, **paper, **parts.run(
+        f"{bl}/s{seed}/paper/eval", lambda: evaluate(Path(paper["checkpoint"]), bl, n), {"n": n, **paper})})
+    family_keys = ["teachers=[" + ",".join(t for t, _ in FAMILY) + "]",
+                   "teacher_alphas=[" + ",".join(f"{x:g}" for _, x in FAMILY) + "]"]
+    family = parts.run(f"{bl}/s{seed}/family", lambda: imitate("family", family_keys), {"bl": bl, "seed": seed})
+    for _, alpha in FAMILY:
+        points.append({"name": f"alpha-conditioned imitation, alpha={alpha:g}", "alpha": alpha, **family,
+                       **parts.run(f"{bl}/s{seed}/family/eval-a{alpha:g}", lambda x=alpha: evaluate(
+                           Path(family["checkpoint"]), bl, n, x), {"n": n, **family})})
+    return [{**p, "mode": mode, "block_length": bl, "seed": seed} for p in points]
+
+
+def main(argv: list[str]) -> None:
+    a = DEFAULTS | dict(arg.split("=", 1) for arg in argv)
+    out = Path(a["out_dir"]).resolve()
+    parts = Parts(out)
+    rows = [row for seed in (int(s) for s in a["seeds"].split(",")) for mode, bl in MODES.items()
+            for row in parts_of_mode(parts, out, mode, bl, seed, a)]
+    (out / "points.json").write_text(json.dumps(rows, indent=1) + "\n")
+    summary = summarize(rows)
+    (out / "frontier-summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    for line in summary:
+        print(f"{line['block_length']:>3} {line['name']:<45} {line['accuracy']:.3f} "
+              f"[{line['accuracy_min']:.3f}-{line['accuracy_max']:.3f}] @ {line['mean_nfe']:.2f}  "
+              f"{line['minutes']:.1f} min")
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """One line per (block length, policy): the mean over training seeds, with the spread of accuracy."""
+    keys = list(dict.fromkeys((r["block_length"], r["name"]) for r in rows))
+    out = []
+    for bl, name in keys:
+        runs = [r for r in rows if r["block_length"] == bl and r["name"] == name]
+        acc = [r["accuracy"] for r in runs]
+        out.append({"block_length": bl, "name": name, "accuracy": statistics.fmean(acc),
+                    "accuracy_min": min(acc), "accuracy_max": max(acc),
+                    "mean_nfe": statistics.fmean(r["mean_nfe"] for r in runs),
+                    "minutes": statistics.fmean(r["minutes"] for r in runs), "seeds": len(runs),
+                    "checkpoints": [r["checkpoint"] for r in runs], "alpha": runs[0].get("alpha")})
+    return out
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
