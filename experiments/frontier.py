@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from experiments.reproduce import Parts
+from rollout.report import pareto_front, write_pareto
 
 MODES = {"semi-AR": 8, "full diffusion": 24}
 ALPHAS = (0.3, 1.0, 3.0)
@@ -121,6 +122,65 @@ def main(argv: list[str]) -> None:
         print(f"{line['block_length']:>3} {line['name']:<45} {line['accuracy']:.3f} "
               f"[{line['accuracy_min']:.3f}-{line['accuracy_max']:.3f}] @ {line['mean_nfe']:.2f}  "
               f"{line['minutes']:.1f} min")
+    if a["publish"]:
+        n = int(a["num_examples"])
+        heuristics = parts.run("pareto", lambda: heuristic_rows(out / "pareto", n), {"n": n})
+        print(publish(rows, heuristics, Path(a["publish"])))
+
+
+def heuristic_rows(out_dir: Path, n: int) -> list[dict]:
+    """Every heuristic and the oracle line at BL = 8 and 24 on the same test prompts (`unmask pareto`)."""
+    unmask("pareto", "block_lengths=[8]", f"num_examples={n}", f"out_dir={out_dir}", "progress=false")
+    return json.loads((out_dir / "pareto.json").read_text())["rows"]
+
+
+SERIES = {"imitation": "policy: imitation", "imitation + GRPO": "policy: imitation + GRPO",
+          "the paper's GRPO": "policy: the paper's GRPO", "alpha-conditioned imitation": "policy: alpha-conditioned"}
+
+
+def publish(rows: list[dict], heuristics: list[dict], publish_dir: Path) -> str:
+    """frontier.{md,json,png} in `publish_dir`: the heuristics, the oracle line and each policy point (the mean over
+    training seeds, its spread and minutes beside), and the policies that make each mode's frontier copied to
+    `publish_dir/policies/` so that frontier.json's `points` are each one `unmask eval` away. Returns the markdown."""
+    summary = summarize(rows)
+    policy_rows = [{"mode": "full diffusion" if s["block_length"] == 24 else "semi-AR",
+                    "block_length": s["block_length"], "sampler": next(v for k, v in SERIES.items()
+                                                                      if s["name"].startswith(k)),
+                    "setting": f"{s['name']} ({s['seeds']} seeds: {s['accuracy_min']:.3f}-{s['accuracy_max']:.3f}, "
+                               f"{s['minutes']:.1f} min)", "accuracy": s["accuracy"], "mean_nfe": s["mean_nfe"]}
+                   for s in summary]
+    points = []
+    for bl in sorted({r["block_length"] for r in rows}):
+        mine = [r for r in rows if r["block_length"] == bl]
+        front = pareto_front([(r["mean_nfe"], r["accuracy"]) for r in mine])
+        for r in mine:
+            if (r["mean_nfe"], r["accuracy"]) not in front:
+                continue
+            shipped = publish_dir / "policies" / f"bl{bl}-{run_name(r['checkpoint'])}-s{r['seed']}"
+            ship(Path(r["checkpoint"]), shipped)
+            points.append({"name": r["name"], "checkpoint": shipped.as_posix(), "block_length": bl,
+                           "accuracy": r["accuracy"], "mean_nfe": r["mean_nfe"], "seed": r["seed"],
+                           "minutes": round(r["minutes"], 2),
+                           "eval": {} if r.get("alpha") is None or "conditioned" not in r["name"]
+                           else {"sampler.alpha": r["alpha"]}})
+    extra = {"points": points, "summary": summary}
+    return write_pareto([r for r in heuristics if r["block_length"] in {8, 24}] + policy_rows, publish_dir,
+                        {"recipe": "python -m experiments.frontier"}, title="built-in model: learned policies "
+                        "beside every heuristic and the oracle limit", stem="frontier", extra=extra)
+
+
+def run_name(checkpoint: str) -> str:
+    """imitate, family, grpo-a1, paper: a training's checkpoints/best is named by its run."""
+    path = Path(checkpoint)
+    return path.parents[1].name if path.name == "best" else path.name
+
+
+def ship(checkpoint: Path, to: Path) -> None:
+    """Copy a policy's files (weights, config, card) into the repository's results."""
+    to.mkdir(parents=True, exist_ok=True)
+    for name in ("model.safetensors", "config.json", "README.md"):
+        if (checkpoint / name).is_file():
+            shutil.copy2(checkpoint / name, to / name)
 
 
 def summarize(rows: list[dict]) -> list[dict]:

@@ -139,8 +139,9 @@ PARETO_COLUMNS = ["mode", "block_length", "setting", "accuracy", "mean_nfe", "to
                   "shorter_than_reference"]
 
 
-def write_pareto(rows: list[dict], out_dir: Path, config, title: str = "") -> str:
-    """pareto.json (rows + config), pareto.md (pivot + full table) and pareto.png in `out_dir`; returns
+def write_pareto(rows: list[dict], out_dir: Path, config, title: str = "", stem: str = "pareto",
+                 extra: dict | None = None) -> str:
+    """<stem>.json (rows + config + `extra`), <stem>.md (pivot + full table) and <stem>.png in `out_dir`; returns
     the markdown."""
     samplers = [r for r in rows if r["sampler"] != LIMIT]
     table = "accuracy @ mean NFE\n\n" + pivot_table(samplers) + "\n" + markdown_table(samplers, PARETO_COLUMNS)
@@ -155,7 +156,8 @@ def write_pareto(rows: list[dict], out_dir: Path, config, title: str = "") -> st
                   + pivot_table(limit) + "\nNFE against the limit line at the same accuracy\n\n"
                   + markdown_table(against_limit(rows), ["block_length", "setting", "point", "limit NFE", "NFE gap",
                                                          "x limit"]))
-    write_json(out_dir / "pareto.json", {"rows": rows, "config": dataclasses.asdict(config)})
-    write_atomic(out_dir / "pareto.md", table)
-    pareto_plot(rows, out_dir / "pareto.png", title=title)
+    config = config if isinstance(config, dict) else dataclasses.asdict(config)
+    write_json(out_dir / f"{stem}.json", {"rows": rows, "config": config, **(extra or {})})
+    write_atomic(out_dir / f"{stem}.md", table)
+    pareto_plot(rows, out_dir / f"{stem}.png", title=title)
     return table

@@ -1,6 +1,7 @@
 """`unmask pareto`: a grid of samplers in semi-AR and full diffusion, with a table and a PNG."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -78,3 +79,43 @@ def test_pareto_always_adds_full_diffusion_and_checks_block_lengths(tiny_model_d
     assert main(["pareto", f"model={tiny_model_dir}", "env.gen_length=12", "block_lengths=[5]",
                  f"out_dir={out}", "progress=false"]) == 2
     assert "block_lengths entry 5" in capsys.readouterr().err
+
+
+def test_the_frontier_report_ships_the_policies_on_each_mode_s_front(tmp_path):
+    """experiments.frontier.publish: policy points are the mean over seeds beside every heuristic; the per-seed
+    points on each mode's front are copied into the results with the eval keys that reproduce them."""
+    from experiments.frontier import publish
+
+    def checkpoint(name: str) -> str:
+        path = tmp_path / "runs" / name
+        path.mkdir(parents=True)
+        (path / "config.json").write_text("{}")
+        (path / "model.safetensors").write_bytes(b"weights of " + name.encode())
+        return str(path)
+
+    def point(name, bl, seed, acc, nfe, ckpt, alpha=None):
+        return {"name": name, "block_length": bl, "seed": seed, "accuracy": acc, "mean_nfe": nfe,
+                "checkpoint": ckpt, "minutes": 2.0, "alpha": alpha}
+
+    clone0, clone1, family = checkpoint("imitate-0"), checkpoint("imitate-1"), checkpoint("family")
+    rows = [point("imitation", 8, 0, 0.99, 11.0, clone0), point("imitation", 8, 1, 0.97, 11.5, clone1),
+            point("alpha-conditioned imitation, alpha=3", 8, 0, 0.90, 9.0, family, alpha=3.0)]
+    heuristics = [{"mode": "semi-AR", "block_length": 8, "sampler": "eb", "setting": "eb gamma=0.5",
+                   "accuracy": 0.94, "mean_nfe": 8.4},
+                  {"mode": "semi-AR", "block_length": 8, "sampler": "oracle", "setting": "oracle", "accuracy": 0.97,
+                   "mean_nfe": 5.9},
+                  {"mode": "semi-AR", "block_length": 4, "sampler": "eb", "setting": "eb gamma=0.5",
+                   "accuracy": 0.93, "mean_nfe": 10.1}]
+    out = tmp_path / "results"
+    table = publish(rows, heuristics, out)
+    report = json.loads((out / "frontier.json").read_text())
+    shipped = {p["checkpoint"]: p for p in report["points"]}
+    assert sorted(Path(c).name for c in shipped) == ["bl8-family-s0", "bl8-imitate-0-s0"]  # seed 1 is dominated
+    assert all((Path(c) / "model.safetensors").is_file() for c in shipped)
+    family_point = next(p for p in report["points"] if "family" in p["checkpoint"])
+    assert family_point["eval"] == {"sampler.alpha": 3.0} and family_point["mean_nfe"] == 9.0
+    imitation = next(s for s in report["summary"] if s["name"] == "imitation")
+    assert imitation["accuracy"] == pytest.approx(0.98) and imitation["mean_nfe"] == pytest.approx(11.25)
+    assert {r["block_length"] for r in report["rows"]} == {8}  # BL = 4 is not one of the frontier's modes
+    assert "imitation (2 seeds: 0.970-0.990, 2.0 min) | 0.980 @ 11.2 | eb gamma=0.5: 0.940 @ 8.4 | 0.040" in table
+    assert (out / "frontier.png").stat().st_size > 0 and (out / "frontier.md").read_text() == table
