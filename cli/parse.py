@@ -13,6 +13,7 @@ No heavy imports: a command checks its whole configuration before it loads torch
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -58,11 +59,27 @@ def parse(schema: type, args: list[str], command: str, base: Any = None) -> Any:
         msg = str(err).splitlines()[0]
         if "not in struct" in msg or "Key" in msg and "not" in msg:
             raise ConfigError(f"unknown key {key!r} for 'unmask {command}' (see: unmask {command} --help)") from None
+        if key is None and "is not a subclass of" in msg:  # a section given a value: `env: 5`
+            kind = re.search(r"is not a subclass of (\w+)", msg).group(1)
+            names = " or ".join(_sections(schema, kind)) or kind
+            raise ConfigError(f"{names} was given a single value ({msg.split('value:')[-1].strip()}): it is a "
+                              f"section of keys ({names}.<key>=..., or in YAML a mapping)") from None
         raise ConfigError(f"bad value for {key!r}: {msg}") from None
     keys = [d.split("=", 1)[0] for d in dotlist]
     _check_unused_keys(schema, keys, command)
     _check_sampler_params(cfg, keys)
     return cfg
+
+
+def _sections(schema: type, kind: str, prefix: str = "") -> list[str]:
+    """The dotted names of the sections (dataclass fields) of type `kind` in a schema."""
+    found = []
+    for f in dataclasses.fields(schema):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            name = f"{prefix}{f.name}"
+            found += ([name] if type(default).__name__ == kind else []) + _sections(type(default), kind, f"{name}.")
+    return found
 
 
 def _field_default(schema: type, key: str):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 from pathlib import Path
 
 import torch
@@ -195,6 +196,12 @@ def check_model_path(model: str) -> str:
             raise ModelLoadError(f"model path {path!r} is a file, not a model directory")
         if not (local / "config.json").is_file():
             raise ModelLoadError(f"model path {path!r} is not a model directory (it has no config.json)")
+        try:
+            config = json.loads((local / "config.json").read_text())
+        except (OSError, ValueError, UnicodeDecodeError) as err:
+            raise ModelLoadError(f"model {path!r}: config.json is not valid JSON ({err})") from None
+        if not isinstance(config, dict):
+            raise ModelLoadError(f"model {path!r}: config.json is not a JSON object")
     return path
 
 

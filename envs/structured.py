@@ -48,4 +48,6 @@ def load_yaml(path: str | Path, what: str) -> DictConfig:
         raise ValueError(f"{what}: {path} is unreadable ({(str(err).strip().splitlines() or ['?'])[0]})") from None
     if not isinstance(data, DictConfig):
         raise ValueError(f"{what}: {path} is not a config (a YAML mapping of keys to values)")
+    if not data:
+        raise ValueError(f"{what}: {path} is empty (a config file holds a YAML mapping of keys to values)")
     return data

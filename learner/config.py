@@ -91,11 +91,15 @@ def saved_policy(path: str) -> tuple[PolicyConfig, dict] | None:
             raise ValueError(f"policy checkpoint {path}: {name} is not valid JSON") from None
         if not isinstance(data, dict):
             raise ValueError(f"policy checkpoint {path}: {name} is not a JSON object")
-        known = {f.name for f in fields(PolicyConfig)}
-        try:
-            return PolicyConfig(**{k: v for k, v in shape_of(data).items() if k in known}), info_of(data)
-        except TypeError as err:
-            raise ValueError(f"policy checkpoint {path}: {name} does not describe a policy ({err})") from None
+        shape = shape_of(data)
+        defaults = PolicyConfig()
+        for f in fields(PolicyConfig):
+            value, default = shape.get(f.name, getattr(defaults, f.name)), getattr(defaults, f.name)
+            fits = isinstance(value, float | int) if isinstance(default, float) else type(value) is type(default)
+            if not fits:
+                raise ValueError(f"policy checkpoint {path}: {name} has {f.name}={value!r}, not a "
+                                 f"{type(default).__name__}")
+        return PolicyConfig(**{f.name: shape[f.name] for f in fields(PolicyConfig) if f.name in shape}), info_of(data)
     raise ValueError(f"no policy checkpoint at {path} (expected model.safetensors and config.json)")
 
 
@@ -105,6 +109,9 @@ def check_init_policy(cfg: GRPOConfig, gen_length: int, kv_cache: str) -> None:
     if saved is None:
         return
     shape, info = saved
+    from learner.policy import load_policy  # its weights too: a corrupted file is found here, before Ray starts
+
+    load_policy(cfg.init_policy)
     if cfg.policy != PolicyConfig() and replace(cfg.policy, alpha_conditioned=shape.alpha_conditioned) != shape:
         raise ValueError(f"grpo.init_policy={cfg.init_policy} has its own shape and inputs ({shape.inputs}, "
                          f"hidden_size {shape.hidden_size}): leave grpo.policy.* at their defaults")

@@ -33,7 +33,7 @@ from safetensors.torch import load_file, load_model
 from torch import nn
 
 from envs.files import replace_dir
-from learner.config import PolicyConfig
+from learner.config import PolicyConfig, saved_policy
 
 PAPER_URL = "https://arxiv.org/abs/2512.09106"
 
@@ -182,6 +182,8 @@ def load_policy(path: str | Path, device: str = "cpu") -> UnmaskingPolicy:
     local = folder.is_dir() or str(path).startswith(("/", ".", "~")) or Path(path).exists()
     if local and not any((folder / name).is_file() for name in (WEIGHTS_FILE, LEGACY_WEIGHTS)):
         raise FileNotFoundError(f"no policy checkpoint at {path} (expected {WEIGHTS_FILE} and {CONFIG_FILE})")
+    if local:
+        saved_policy(str(folder))  # its config is a policy's (an object, each field of its type), or one line
     try:
         return UnmaskingPolicy.from_pretrained(folder if local else str(path), map_location=device).to(device)
     except (SafetensorError, json.JSONDecodeError, KeyError, TypeError, RuntimeError, OSError) as err:

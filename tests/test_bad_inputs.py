@@ -50,6 +50,15 @@ def inputs(tmp_path_factory, tiny_model_dir):
     (root / "not_yaml.yaml").write_text("key: [unclosed\n")
     bad_json = shutil.copytree(root / "policy_L24", root / "bad_json_policy")
     (bad_json / "config.json").write_text("{not json")
+    list_config = shutil.copytree(tiny_model_dir, root / "list_config_model")
+    (list_config / "config.json").write_text("[1, 2]")
+    for name, edit in (("list_policy", lambda cfg: []), ("typo_policy", lambda cfg: {**cfg, "hidden_size": "big"})):
+        policy_dir = shutil.copytree(root / "policy_L24", root / name)
+        (policy_dir / "config.json").write_text(json.dumps(edit(json.loads((policy_dir / "config.json").read_text()))))
+    cut = shutil.copytree(root / "policy_L24", root / "truncated_policy")
+    (cut / "model.safetensors").write_bytes((cut / "model.safetensors").read_bytes()[:100])
+    (root / "empty.yaml").write_text("")
+    (root / "section_value.yaml").write_text("env: 5\n")
     (root / "not_empty").mkdir()
     (root / "not_empty" / "NOTES.txt").write_text("keep me")
     yield {"root": root, "model": tiny_model_dir}
@@ -173,8 +182,15 @@ CASES = [
     ("eval sampler=policy sampler.checkpoint={root}/policy_L24 sampler.alpha=1",
      "sampler.alpha is for an alpha-conditioned policy"),
     ("eval config={root}/a_list.yaml", "is not a config (a YAML mapping of keys to values)"),
+    ("eval config={root}/empty.yaml", "is empty (a config file holds a YAML mapping"),
+    ("eval config={root}/section_value.yaml", "env was given a single value (5): it is a section of keys"),
+    ("eval env=5", "env was given a single value (5)"),
+    ("eval model={root}/list_config_model", "config.json is not a JSON object"),
+    ("eval sampler=policy sampler.checkpoint={root}/list_policy", "config.json is not a JSON object"),
+    ("eval sampler=policy sampler.checkpoint={root}/typo_policy", "config.json has hidden_size='big', not a int"),
+    ("train run_dir={root}/r grpo.init_policy={root}/truncated_policy", "is corrupted or does not match its config"),
     ("eval config={root}/not_yaml.yaml", "is unreadable"),
-    ("eval sampler=policy sampler.checkpoint={root}/bad_json_policy", "is corrupted or does not match its config"),
+    ("eval sampler=policy sampler.checkpoint={root}/bad_json_policy", "config.json is not valid JSON"),
     ("train run_dir={root}/r rollout.task=jsonl", "task=jsonl needs task.path"),
     ("train run_dir={root}/r grpo.policy.inputs=[margin]", "grpo.policy.inputs must start with confidence"),
     ("train run_dir={root}/r grpo.init_policy={root}/missing_policy", "no policy checkpoint at"),
