@@ -27,7 +27,7 @@ from ray.rllib.utils.metrics import LEARNER_RESULTS, TIMERS
 
 from cluster.algorithm_config import UnmaskGRPOConfig
 from cluster.collector import Collected, Collector
-from cluster.metrics import RunTotals, iteration_report, stuck
+from cluster.metrics import RunTotals, collapse_seen, iteration_report, stuck
 from cluster.outputs import RunOutputs
 from learner.learner import LastUpdate
 from learner.policy import UnmaskingPolicy, save_policy
@@ -128,7 +128,9 @@ class UnmaskGRPO(Algorithm):
 
     def report(self, collected: Collected, skipped: bool) -> None:
         trajectories = sum(len(a.sample.trajectories) for a in collected.arrivals)
-        self.totals.count(trajectories, skipped, stuck(collected, self.config.rollout.env.gen_length))
+        env = self.config.rollout.env
+        num_blocks = env.gen_length // env.block_length
+        self.totals.count(trajectories, skipped, stuck(collected, env.gen_length, num_blocks))
         if skipped:
             for key in ("learner_s", "weight_push_s"):
                 self.metrics.log_value(("unmask", key), 0.0, reduce="mean", window=1)
@@ -138,7 +140,8 @@ class UnmaskGRPO(Algorithm):
             buffered_groups=sum(s.trajectories.num_groups for s in self.collector.buffer),
             policy_version=self.policy_version, restarts=self.collector.restarts,
             healthy_runners=self.env_runner_group.num_healthy_remote_workers(),
-            experts=bool(self.config.rollout.expert.thresholds))
+            experts=bool(self.config.rollout.expert.thresholds),
+            seen=collapse_seen(collected, env.gen_length, num_blocks))
         for key, value in report.items():
             self.metrics.log_value(("unmask", key), value, window=1)
 

@@ -15,9 +15,9 @@ class RunTotals:
     trajectories: int = 0  # every trajectory rolled out, the experts' too (they cost rollouts as well)
     skipped_batches: int = 0  # updates skipped because every advantage was ~0
     skipped_streak: int = 0  # ... in a row, up to this iteration
-    stalled_streak: int = 0  # iterations in a row that were skipped, or in which every policy rollout spent the
-    #                          whole forward budget and solved nothing (with experts, whose rewards keep the
-    #                          advantages alive, a policy that unmasks nothing is only seen this way)
+    stalled_streak: int = 0  # iterations in a row that were skipped, or in which the policy was stuck (unmasked
+    #                          nothing or everything at once and solved nothing: with experts, whose rewards keep
+    #                          the advantages alive, such a collapse is only seen this way)
 
     def count(self, trajectories: int, skipped: bool, stuck: bool) -> None:
         self.trajectories += trajectories
@@ -33,9 +33,49 @@ class RunTotals:
         return asdict(self)
 
 
-def stuck(collected: Collected, gen_length: int) -> bool:
-    """Every policy rollout spent the whole forward budget and none solved its prompt."""
-    return min(collected.per_trajectory("nfe")) >= gen_length and not any(collected.per_trajectory("correct"))
+IDENTICAL_SHARE = 0.9  # groups whose members decoded alike, from which share exploration counts as dead
+
+COLLAPSES = {  # what each collapse looks like in an iteration's policy rollouts, as the console names it
+    "nothing": "every policy rollout spent the whole forward budget (NFE {nfe:.2f} = L): the policy has collapsed to "
+               "unmasking (almost) nothing",
+    "all_at_once": "every policy rollout committed each block in one forward (NFE {nfe:.2f} = the number of "
+                   "blocks): the policy has collapsed to unmasking everything at once",
+    "identical": "the members of {identical:.0%} of groups decoded identically: the policy has become deterministic "
+                 "and exploration has died (grpo.logit_bound or grpo.entropy_coef keep it alive)",
+}
+
+
+def collapse_seen(collected: Collected, gen_length: int, num_blocks: int) -> str:
+    """Which collapse (a key of COLLAPSES) the iteration's policy rollouts show, or ""."""
+    nfe = collected.per_trajectory("nfe")
+    if min(nfe) >= gen_length:
+        return "nothing"
+    if max(nfe) <= num_blocks:
+        return "all_at_once"
+    return "identical" if group_spread(collected)["identical_groups"] >= IDENTICAL_SHARE else ""
+
+
+def describe_collapse(m: dict) -> str:
+    """The console's words for the collapse an iteration's metrics flag ("" when they flag none)."""
+    kind = next((k for k in COLLAPSES if m.get(f"collapse_{k}")), "")
+    return COLLAPSES[kind].format(nfe=m.get("nfe_mean", 0.0), identical=m.get("identical_groups", 0.0)) if kind else ""
+
+
+def stalled_why(m: dict) -> str:
+    """Why an iteration counts towards a stop: its skip or stuck streak, and the collapse it shows."""
+    skipped, stalled = int(m.get("skipped_streak", 0)), int(m.get("stalled_streak", 0))
+    head = (f"{skipped} updates in a row skipped (every advantage 0)" if skipped >= stalled
+            else f"{stalled} iterations in a row stuck (no rollout solved its prompt)")
+    what = describe_collapse(m) or (f"every group's members scored alike (reward {m.get('reward_mean', 0.0):.3f}, "
+                                    f"NFE {m.get('nfe_mean', 0.0):.2f}), so no update has a gradient")
+    return f"{head}: {what}"
+
+
+def stuck(collected: Collected, gen_length: int, num_blocks: int) -> bool:
+    """The policy unmasks nothing or everything at once, and none of its rollouts solved its prompt: with experts,
+    whose rewards keep the advantages alive, this is how such a collapse is seen."""
+    return (collapse_seen(collected, gen_length, num_blocks) in ("nothing", "all_at_once")
+            and not any(collected.per_trajectory("correct")))
 
 
 def group_spread(collected: Collected) -> dict:
@@ -55,7 +95,7 @@ def group_spread(collected: Collected) -> dict:
 
 def iteration_report(collected: Collected, totals: RunTotals, *, skipped: bool, collapsed: bool, elapsed_s: float,
                      buffered_groups: int, policy_version: int, restarts: int, healthy_runners: int,
-                     experts: bool) -> dict:
+                     experts: bool, seen: str = "") -> dict:
     """The iteration's metrics; reward_mean, accuracy and nfe_mean are the policy's own trajectories' (the experts'
     beside them as expert_*)."""
     samples = [a.sample for a in collected.arrivals]
@@ -85,6 +125,7 @@ def iteration_report(collected: Collected, totals: RunTotals, *, skipped: bool, 
         "healthy_env_runners": healthy_runners,
     }
     report.update(group_spread(collected))
+    report.update({f"collapse_{kind}": int(seen == kind) for kind in COLLAPSES})  # collapse_seen's verdict
     if experts:
         report.update({f"expert_{key}": float(np.mean(collected.per_trajectory(field, experts=True)))
                        for key, field in (("reward_mean", "reward"), ("accuracy", "correct"), ("nfe_mean", "nfe"))})

@@ -165,14 +165,10 @@ def train(cfg: TrainConfig) -> dict:
     if collapsed:
         best = run_dir / "checkpoints" / "best"
         policy = best if best.is_dir() else policy
-        m = metrics["unmask"]
-        if m["skipped_streak"] >= m["stalled_streak"]:
-            why = f"{int(m['skipped_streak'])} updates in a row skipped (every advantage 0"
-        else:
-            why = (f"{int(m['stalled_streak'])} iterations in a row every policy rollout spent the whole forward "
-                   "budget and solved nothing (")
-        print(f"unmask train: stopped at iteration {iteration}: {why}, mean NFE {m['nfe_mean']:.2f}): the policy "
-              f"stopped learning; the final eval is of {policy}", file=sys.stderr, flush=True)
+        from cluster.metrics import stalled_why
+
+        print(f"unmask train: stopped at iteration {iteration}: {stalled_why(metrics['unmask'])}; the policy "
+              f"stopped learning, the final eval is of {policy}", file=sys.stderr, flush=True)
     if cfg.eval.num_examples <= 0:
         return metrics.get("unmask", {})
     return final_eval(cfg, policy)

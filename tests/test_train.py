@@ -165,21 +165,35 @@ def kill_one_env_runner_when(ready) -> threading.Thread:
     return thread
 
 
-def test_the_console_says_when_updates_keep_being_skipped(capsys):
-    """A policy that unmasks nothing gets reward 0 in every group, so every advantage is 0 and every update is
-    skipped: after COLLAPSE_WARNING_STREAK of them in a row the console says so, on stderr, each iteration."""
-    from cluster.progress import COLLAPSE_WARNING_STREAK, ProgressPrinter
+def test_the_console_names_the_collapse_it_sees_once_a_streak_starts_and_then_rarely(capsys):
+    """Skipped (or stuck) iterations in a row: at COLLAPSE_WARNING_STREAK the console says so on stderr, naming what
+    the rollouts show (nothing unmasked, everything at once, identical groups, or only equal rewards), then again
+    every COLLAPSE_WARNING_EVERY iterations while it lasts, not every iteration."""
+    from cluster.progress import COLLAPSE_WARNING_EVERY, COLLAPSE_WARNING_STREAK, ProgressPrinter
 
-    metrics = {"reward_mean": 0.0, "accuracy": 0.0, "nfe_mean": 24.0, "trajectories_per_s": 1.0,
-               "env_runner_busy_fraction": 1.0, "staleness_mean": 0.0, "policy_version": 129}
+    base = {"reward_mean": 0.0, "accuracy": 0.0, "trajectories_per_s": 1.0, "env_runner_busy_fraction": 1.0,
+            "staleness_mean": 0.0, "policy_version": 129}
+    cases = [({"nfe_mean": 24.0, "collapse_nothing": 1}, "NFE 24.00 = L): the policy has collapsed to unmasking"),
+             ({"nfe_mean": 3.0, "collapse_all_at_once": 1}, "NFE 3.00 = the number of blocks): the policy has "
+                                                              "collapsed to unmasking everything at once"),
+             ({"nfe_mean": 9.0, "collapse_identical": 1, "identical_groups": 0.95, "reward_mean": 0.8},
+              "the members of 95% of groups decoded identically: the policy has become deterministic"),
+             ({"nfe_mean": 9.0, "reward_mean": 0.5}, "every group's members scored alike (reward 0.500, NFE 9.00)")]
     printer = ProgressPrinter()
-    for streak in range(COLLAPSE_WARNING_STREAK + 1):
-        printer.on_trial_result(0, [], "trial", {"training_iteration": 130 + streak, "time_total_s": 1.0,
-                                                 "unmask": {**metrics, "skipped_streak": streak}})
-    out, err = capsys.readouterr()
-    assert out.count("iter ") == COLLAPSE_WARNING_STREAK + 1
-    assert err.count("WARNING") == 1 and f"{COLLAPSE_WARNING_STREAK} updates in a row skipped" in err
-    assert "NFE 24.00" in err and "collapsed to unmasking nothing" in err
+    for flags, words in cases:
+        for streak in range(2 * COLLAPSE_WARNING_EVERY + 1):
+            printer.on_trial_result(0, [], "trial", {"training_iteration": 130 + streak, "time_total_s": 1.0,
+                                                     "unmask": {**base, **flags, "skipped_streak": streak}})
+        out, err = capsys.readouterr()
+        assert out.count("iter ") == 2 * COLLAPSE_WARNING_EVERY + 1
+        warnings = err.strip().splitlines()
+        assert len(warnings) == 3 and all(words in w for w in warnings), err  # at 3, 25 and 50
+        assert f"WARNING: {COLLAPSE_WARNING_STREAK} updates in a row skipped (every advantage 0): " in warnings[0]
+        assert ("collapsed" in err) == ("collapse_nothing" in flags or "collapse_all_at_once" in flags)
+    printer.on_trial_result(0, [], "trial", {"training_iteration": 1, "time_total_s": 1.0, "unmask": {
+        **base, "nfe_mean": 24.0, "collapse_nothing": 1, "skipped_streak": 0, "stalled_streak": 3}})
+    assert "3 iterations in a row stuck (no rollout solved its prompt): every policy rollout spent" in (
+        capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("runners", [1, 3, 8])
@@ -285,7 +299,8 @@ def test_a_policy_that_unmasks_nothing_stops_the_run_and_the_best_checkpoint_is_
     assert len(rows) == 2 and all(int(float(r["unmask/skipped_batch"])) == 1 for r in rows)
     assert float(rows[-1]["unmask/nfe_mean"]) == 16.0  # NFE pinned at L
     err = capsys.readouterr().err
-    assert "stopped at iteration 2: 2 updates in a row skipped" in err and "checkpoints/best" in err
+    assert "stopped at iteration 2: 2 updates in a row skipped (every advantage 0): every policy rollout spent the " \
+           "whole forward budget (NFE 16.00 = L)" in err and "checkpoints/best" in err
     best = json.loads((run_dir / "checkpoints" / "best" / "config.json").read_text())["training"]
     assert best["iteration"] == 1 and best["policy_version"] == 0  # no update was ever applied
     assert result["fallback_share"] == 1.0 and result["num_examples"] == 4
@@ -306,8 +321,8 @@ def test_with_experts_a_collapsed_policy_is_still_detected(local_ray, tiny_model
     rows = progress(run_dir)
     assert len(rows) == 2 and not any(int(float(r["unmask/skipped_batch"])) for r in rows)
     assert [int(float(r["unmask/stalled_streak"])) for r in rows] == [1, 2]
-    assert "stopped at iteration 2: 2 iterations in a row every policy rollout spent the whole forward budget" in (
-        capsys.readouterr().err)
+    assert "stopped at iteration 2: 2 iterations in a row stuck (no rollout solved its prompt): every policy " \
+           "rollout spent the whole forward budget (NFE 16.00 = L)" in capsys.readouterr().err
 
 
 @pytest.mark.slow
