@@ -185,4 +185,13 @@ def final_eval(cfg: TrainConfig, policy_dir: Path) -> dict:
     eval_cfg = EvalConfig(model=cfg.rollout.model, task=cfg.rollout.task, sampler=sampler, env=cfg.rollout.env,
                           num_examples=cfg.eval.num_examples, seed=cfg.rollout.seed, progress=False,
                           out=str(Path(cfg.run_dir) / "eval.json"), trust_remote_code=cfg.rollout.trust_remote_code)
-    return write_eval(eval_cfg, evaluate(eval_cfg))
+    result = evaluate(eval_cfg)
+    if cfg.grpo.alpha_range:  # one policy for every trade-off: does it answer to alpha? (its ends, same prompts)
+        ends = [min(cfg.grpo.alpha_range), max(cfg.grpo.alpha_range)]
+        nfe = [evaluate(dataclasses.replace(eval_cfg, sampler=dataclasses.replace(sampler, alpha=a)))["mean_nfe"]
+               for a in ends]
+        result["alpha_response"] = {"alpha": ends, "mean_nfe": nfe, "responds": nfe[1] < nfe[0] - 0.05}
+        if not result["alpha_response"]["responds"]:
+            print(f"unmask train: WARNING: the policy ignores alpha: mean NFE {nfe[0]:.2f} at alpha={ends[0]:g} and "
+                  f"{nfe[1]:.2f} at alpha={ends[1]:g} (it should fall as alpha grows)", file=sys.stderr, flush=True)
+    return write_eval(eval_cfg, result)

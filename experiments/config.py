@@ -13,9 +13,9 @@ README_MARKERS = ("<!-- findings:start -->", "<!-- findings:end -->")  # `unmask
 
 @dataclass
 class ReproduceConfig:
-    """`unmask reproduce`: the paper's findings in miniature (experiments.reproduce). The default budget: about an hour
-    on a 2-core CPU (8 trainings of `train_minutes`, the second dLLM, ~130 evaluations); `preset=quick` is a smoke
-    run of a few minutes."""
+    """`unmask reproduce`: the paper's findings in miniature (experiments.reproduce). The default budget: about 90
+    minutes on a 2-core CPU (12 trainings of `train_minutes`, 4 clones, the second dLLM, ~150 evaluations);
+    `preset=quick` is a smoke run of a few minutes."""
 
     out_dir: str = "runs/reproduce"
     preset: str = "default"  # default | quick: a smoke run (a few iterations, a few prompts; what the tests use)
@@ -30,6 +30,8 @@ class ReproduceConfig:
     test_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     alpha: float = 1.0  # every policy's trade-off (the paper's additive-reward ablation is at 1)
     lr: float = 2e-4
+    imitate_prompts: int = 1000  # the recipe's clone (finding 2): the teacher's prompts (DAgger: a third of it more)
+    imitate_steps: int = 400  # ... and its optimiser steps per round (quick: 10)
     block_length: int = 8  # semi-AR
     gen_length: int = 24
     long_gen_length: int = 32  # finding 5: the second dLLM's canvas, longer than the policies were trained at
@@ -38,7 +40,14 @@ class ReproduceConfig:
 
 
 QUICK_REPRODUCE = {"train_minutes": 1.0, "max_iterations": 3, "num_env_runners": 0, "groups_per_update": 2,
-                   "pretrain_minutes": 0.05, "pretrain_examples": 2000, "num_examples": 12, "test_seeds": [0, 1]}
+                   "pretrain_minutes": 0.05, "pretrain_examples": 2000, "num_examples": 12, "test_seeds": [0, 1],
+                   "imitate_prompts": 24, "imitate_steps": 10}
+
+# the recipe beside the paper's method (finding 2, and experiments.frontier): Fast-dLLM cloned (`unmask imitate`, in
+# blocks of the semi-AR length inside a full canvas), then GRPO from the clone at a learning rate that keeps it on
+# the frontier, with evaluation's fallback in training and checkpoints/best chosen by held-out validation
+RECIPE_TEACHER = "fast_dllm:threshold=0.9"
+RECIPE_GRPO = {"lr": 3e-5, "warmup_steps": 10, "validate_every": 10}
 
 
 def check_reproduce(cfg: ReproduceConfig) -> None:
@@ -48,6 +57,9 @@ def check_reproduce(cfg: ReproduceConfig) -> None:
         raise ValueError(f"unknown preset {cfg.preset!r}: use default or quick")
     if min(cfg.train_minutes, cfg.pretrain_minutes) <= 0 or cfg.num_examples < 1 or cfg.max_iterations < 1:
         raise ValueError("train_minutes and pretrain_minutes must be > 0, num_examples and max_iterations >= 1")
+    if cfg.imitate_prompts < 3 or cfg.imitate_steps < 1:
+        raise ValueError(f"imitate_prompts must be >= 3 and imitate_steps >= 1, got {cfg.imitate_prompts} and "
+                         f"{cfg.imitate_steps}")
     if cfg.num_env_runners < 0 or cfg.groups_per_update < 1 or cfg.pretrain_examples < 1:
         raise ValueError("num_env_runners must be >= 0, groups_per_update and pretrain_examples >= 1")
     if cfg.alpha < 0 or cfg.lr <= 0:

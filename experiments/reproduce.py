@@ -7,6 +7,9 @@ is skipped (and said so); an interrupted training resumes from its last checkpoi
     heuristics at every test seed, per setting     six heuristic settings (HEURISTICS)             findings 1-6
     train/full-s<k>, train/semiar-s<k>            GRPO at alpha, full diffusion / BL = 8          2, 6, 7
     train/additive-s<k>                            the same as full, with the additive reward      3
+    imitate/recipe-<mode>-s<k>,                    the recipe beside the paper's method: Fast-dLLM    2
+    train/recipe-<mode>-s<k>                       cloned (`unmask imitate`), then GRPO from the clone
+                                                   (its checkpoints/best by held-out validation)
     dllm2                                          a second dLLM: `unmask pretrain` from the built-in one with
                                                    another seed, a canvas of `long_gen_length` and a JSONL of two
                                                    task families, cycles and `map` (below; its recipe is in
@@ -36,7 +39,7 @@ from pathlib import Path
 from envs.config import SAMPLER_PARAMS, EnvConfig, SamplerConfig, TaskConfig
 from envs.files import Interrupted, write_atomic, write_json
 from envs.pretrain.config import PretrainConfig
-from experiments.config import README_MARKERS, ReproduceConfig, check_reproduce, resolved
+from experiments.config import README_MARKERS, RECIPE_GRPO, RECIPE_TEACHER, ReproduceConfig, check_reproduce, resolved
 
 PAPER_FIGURES = {
     1: "Fig. 1/10: heuristics 'degrade significantly' without semi-AR; GSM8K full diffusion ≤ ~34% at any NFE",
@@ -94,6 +97,7 @@ class Parts:
 TRAINING_KEYS = ("gen_length", "alpha", "lr", "train_minutes", "max_iterations", "num_env_runners", "groups_per_update")
 DLLM2_KEYS = ("pretrain_minutes", "pretrain_examples", "long_gen_length")
 EVAL_KEYS = ("num_examples", "gen_length", "long_gen_length")
+IMITATE_KEYS = ("gen_length", "block_length", "imitate_prompts", "imitate_steps")
 
 
 def depends(cfg: ReproduceConfig, keys: tuple[str, ...], **more) -> dict:
@@ -102,26 +106,48 @@ def depends(cfg: ReproduceConfig, keys: tuple[str, ...], **more) -> dict:
 
 # ---- the work -------------------------------------------------------------------------------------------------
 def train_policy(cfg: ReproduceConfig, run_dir: Path, seed: int, model: str = "builtin", block_length: int = 0,
-                 reward: str = "multiplicative") -> dict:
-    """One GRPO run (resumed if an earlier one was interrupted): where its final policy is, and how it ran."""
+                 reward: str = "multiplicative", init_policy: str = "") -> dict:
+    """One GRPO run (resumed if an earlier one was interrupted): where its policy is, and how it ran. The paper's
+    method from its initialisation (its final policy), or the recipe's GRPO from `init_policy` (checkpoints/best,
+    chosen by held-out validation)."""
     from cluster.config import FinalEvalConfig, TrainConfig
     from cluster.train import train
     from learner.config import GRPOConfig
     from rollout.config import RolloutConfig
 
     env = EnvConfig(gen_length=cfg.gen_length, block_length=block_length or cfg.gen_length)
+    if init_policy:  # the recipe: evaluation's fallback in training, a learning rate that keeps the clone's quality
+        grpo = GRPOConfig(alpha=cfg.alpha, reward=reward, lr=RECIPE_GRPO["lr"], warmup_steps=RECIPE_GRPO[
+            "warmup_steps"], total_steps=3000, init_policy=init_policy)
+    else:  # the paper's method: its training draws have no argmax fallback
+        grpo = GRPOConfig(alpha=cfg.alpha, reward=reward, lr=cfg.lr, warmup_steps=20, total_steps=3000, fallback=False)
     train_cfg = TrainConfig(
-        rollout=RolloutConfig(model=model, env=env, seed=seed, prompts_per_sample=cfg.groups_per_update),
-        grpo=GRPOConfig(alpha=cfg.alpha, reward=reward, lr=cfg.lr, warmup_steps=20, total_steps=3000,
-                        fallback=False),  # the paper's method: its training draws have no argmax fallback
+        rollout=RolloutConfig(model=model, env=env, seed=seed, prompts_per_sample=cfg.groups_per_update), grpo=grpo,
         run_dir=str(run_dir), max_minutes=cfg.train_minutes, max_iterations=cfg.max_iterations, checkpoint_every=50,
         num_env_runners=cfg.num_env_runners, groups_per_update=cfg.groups_per_update,
-        dump_trajectories=False, eval=FinalEvalConfig(num_examples=0))
+        validate_every=RECIPE_GRPO["validate_every"] if init_policy else 0,
+        validate_examples=min(200, cfg.num_examples), dump_trajectories=False, eval=FinalEvalConfig(num_examples=0))
     if (run_dir / "config.yaml").is_file():
         train_cfg = dataclasses.replace(train_cfg, resume=str(run_dir))
     metrics = train(train_cfg)
-    return {"policy": str(run_dir / "checkpoints" / "final"), "seed": seed, "model": model,
-            "block_length": env.block_length, "reward": reward, "iterations": int(metrics.get("policy_version", 0))}
+    return {"policy": str(run_dir / "checkpoints" / ("best" if init_policy else "final")), "seed": seed,
+            "model": model, "block_length": env.block_length, "reward": reward,
+            "iterations": int(metrics.get("policy_version", 0))}
+
+
+def imitate_policy(cfg: ReproduceConfig, out: Path, seed: int, block_length: int) -> dict:
+    """The recipe's start: Fast-dLLM cloned at `block_length` (in full diffusion: deciding in blocks of the semi-AR
+    length inside the canvas)."""
+    from rollout.config import ImitateConfig
+    from rollout.imitation import imitate
+
+    full = block_length == cfg.gen_length
+    imitate(ImitateConfig(env=EnvConfig(gen_length=cfg.gen_length, block_length=block_length),
+                          teachers=[RECIPE_TEACHER], teacher_block_length=cfg.block_length if full else 0,
+                          prompts=cfg.imitate_prompts, dagger_prompts=max(1, cfg.imitate_prompts // 3),
+                          steps_per_round=cfg.imitate_steps, eval_examples=0, seed=seed, out=str(out),
+                          overwrite=True, progress=False))
+    return {"policy": str(out), "seed": seed, "block_length": block_length}
 
 
 def second_dllm_data(folder: Path, per_family: int, seed: int = 11) -> dict:
@@ -215,16 +241,30 @@ def run_parts(cfg: ReproduceConfig) -> dict:
     kinds = {"full": (L, "multiplicative"), "semiar": (BL, "multiplicative"), "additive": (L, "additive")}
     trained = {f"train/{kind}-s{seed}": depends(cfg, TRAINING_KEYS, block_length=block, reward=reward, seed=seed)
                for kind, (block, reward) in kinds.items() for seed in cfg.train_seeds}
+    recipe = {"recipe-semiar": BL, "recipe-full": L}  # the recipe beside the paper's method (finding 2)
+    cloned = {f"imitate/{kind}-s{seed}": depends(cfg, IMITATE_KEYS, block_length=block, seed=seed)
+              for kind, block in recipe.items() for seed in cfg.train_seeds}
+    trained.update({f"train/{kind}-s{seed}": depends(cfg, TRAINING_KEYS, block_length=block, seed=seed,
+                                                    init=cloned[f"imitate/{kind}-s{seed}"])
+                    for kind, block in recipe.items() for seed in cfg.train_seeds})
     second_keys = depends(cfg, DLLM2_KEYS)
     trained.update({f"train/dllm2-s{seed}": depends(cfg, TRAINING_KEYS, seed=seed, dllm2=second_keys)
                     for seed in cfg.train_seeds})
-    for name, keys in {**trained, "dllm2": second_keys}.items():  # before any work: what left a run behind
+    for name, keys in {**trained, **cloned, "dllm2": second_keys}.items():  # before any work: what left a run behind
         parts.check(name, keys)
     policies: dict[str, list[dict]] = {}
     for kind, (block, reward) in kinds.items():
         policies[kind] = [parts.run(f"train/{kind}-s{seed}", lambda k=kind, s=seed, b=block, r=reward: train_policy(
             cfg, out / "train" / f"{k}-s{s}", s, block_length=b, reward=r), trained[f"train/{kind}-s{seed}"])
             for seed in cfg.train_seeds]
+    for kind, block in recipe.items():
+        policies[kind] = []
+        for seed in cfg.train_seeds:
+            clone = parts.run(f"imitate/{kind}-s{seed}", lambda k=kind, s=seed, b=block: imitate_policy(
+                cfg, out / "imitate" / f"{k}-s{s}", s, b), cloned[f"imitate/{kind}-s{seed}"])
+            policies[kind].append(parts.run(f"train/{kind}-s{seed}", lambda k=kind, s=seed, b=block, c=clone:
+                                            train_policy(cfg, out / "train" / f"{k}-s{s}", s, block_length=b,
+                                                         init_policy=c["policy"]), trained[f"train/{kind}-s{seed}"]))
     data = second_dllm_data(out / "data", cfg.pretrain_examples)
     second = parts.run("dllm2", lambda: pretrain_second_dllm(cfg, out / "dllm2", data), second_keys)
     dllm2 = second["model"]
@@ -233,8 +273,9 @@ def run_parts(cfg: ReproduceConfig) -> dict:
         for seed in cfg.train_seeds]
 
     settings = {
-        "semiar": (Setting("semiar", "builtin", EnvConfig(gen_length=L, block_length=BL)), ["semiar"]),
-        "full": (Setting("full", "builtin", EnvConfig(gen_length=L, block_length=L)), ["full", "additive"]),
+        "semiar": (Setting("semiar", "builtin", EnvConfig(gen_length=L, block_length=BL)), ["semiar", "recipe-semiar"]),
+        "full": (Setting("full", "builtin", EnvConfig(gen_length=L, block_length=L)),
+                 ["full", "additive", "recipe-full"]),
         "dllm2": (Setting("dllm2", dllm2, EnvConfig(gen_length=L, block_length=L)), ["full", "dllm2"]),
         "dllm2-long": (Setting("dllm2-long", dllm2, EnvConfig(gen_length=cfg.long_gen_length,
                                                             block_length=cfg.long_gen_length)), ["dllm2"]),
@@ -319,9 +360,14 @@ def judge(points: dict, cfg: ReproduceConfig) -> list[dict]:
             best_full[1]["accuracy"] < best_semi[1]["accuracy"] - 0.1)
     s_mine, s_rival, s_diff = versus(semi, "policy semiar")
     f_mine, f_rival, f_diff = versus(full, "policy full")
+    r_semi, r_semi_rival, r_semi_diff = versus(semi, "policy recipe-semiar")
+    r_full, r_full_rival, r_full_diff = versus(full, "policy recipe-full")
     finding("learned ≈ heuristics in semi-AR (within 2 points at ≤ NFE), ≫ in full diffusion",
             f"semi-AR: policy {point(s_mine)} vs {rival_text(s_rival)} ({s_diff:+.3f}); full diffusion: policy "
-            f"{point(f_mine)} vs {rival_text(f_rival)} ({f_diff:+.3f})", s_diff >= -0.02 and f_diff > 0.05)
+            f"{point(f_mine)} vs {rival_text(f_rival)} ({f_diff:+.3f}). Beside it, the recipe (Fast-dLLM cloned, "
+            f"then GRPO from the clone): semi-AR {point(r_semi)} vs {rival_text(r_semi_rival)} ({r_semi_diff:+.3f}); "
+            f"full diffusion {point(r_full)} vs {rival_text(r_full_rival)} ({r_full_diff:+.3f})",
+            s_diff >= -0.02 and f_diff > 0.05)
     additive = summary(full["policy additive"])
     finding(f"the additive reward hacks at α = {cfg.alpha:g}, the multiplicative does not",
             f"additive {point(additive)} vs multiplicative {point(f_mine)} (same α, same budget)",

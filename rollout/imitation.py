@@ -129,8 +129,28 @@ def imitate(cfg: ImitateConfig) -> dict:
     summary = {**record, "seconds": round(time.perf_counter() - started, 1), "out": cfg.out}
     if cfg.eval_examples:
         summary["eval"] = evaluate_against_teachers(cfg, dllm)
+        if conditioned:
+            summary["alpha_response"] = alpha_response(summary["eval"])
+            if not summary["alpha_response"]["responds"]:
+                print(f"unmask imitate: WARNING: {summary['alpha_response']['why']}", file=sys.stderr, flush=True)
     write_json(Path(cfg.out) / "imitate.json", summary)
     return summary
+
+
+def alpha_response(rows: list[dict]) -> dict:
+    """Whether an alpha-conditioned clone answers to alpha: its NFE falls (or holds) as alpha grows, over at least a
+    third of the NFE range its teachers span."""
+    mine = sorted((r["alpha"], r["mean_nfe"]) for r in rows if r["who"] == "policy")
+    theirs = [r["mean_nfe"] for r in rows if r["who"] == "teacher"]
+    nfe = [n for _, n in mine]
+    monotone = all(later <= earlier + 0.05 for earlier, later in zip(nfe, nfe[1:]))
+    spread, needed = nfe[0] - nfe[-1], (max(theirs) - min(theirs)) / 3
+    curve = ", ".join(f"{n:.2f} at alpha={a:g}" for a, n in mine)
+    why = ("" if monotone and spread >= needed else f"the clone's NFE is {curve}: " + (
+        "not falling as alpha grows" if not monotone else f"a spread of {spread:.2f}, under a third of its teachers' "
+        f"({3 * needed:.2f})") + ": it does not answer to alpha as its teachers do")
+    return {"responds": not why, "monotone": monotone, "nfe_spread": spread, "teachers_nfe_spread": 3 * needed,
+            "why": why}
 
 
 def save(policy: UnmaskingPolicy, cfg: ImitateConfig, record: dict, interrupted: bool = False) -> None:

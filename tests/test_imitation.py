@@ -60,3 +60,20 @@ def test_several_teachers_make_one_alpha_conditioned_policy(tiny_model_dir, tmp_
     rows = json.loads((out / "imitate.json").read_text())["eval"]
     assert [(r["who"], r["alpha"]) for r in rows] == [("teacher", 0.3), ("policy", 0.3), ("teacher", 3.0),
                                                       ("policy", 3.0)]
+    response = json.loads((out / "imitate.json").read_text())["alpha_response"]
+    assert response["responds"] == (not response["why"])  # said on stderr too when it does not
+
+
+def test_a_clone_that_ignores_alpha_is_named():
+    from rollout.imitation import alpha_response
+
+    def rows(policy_nfe):
+        return [r for alpha, teacher, mine in zip((0.3, 1.0, 3.0), (11.3, 11.0, 10.4), policy_nfe)
+                for r in ({"who": "teacher", "alpha": alpha, "mean_nfe": teacher},
+                          {"who": "policy", "alpha": alpha, "mean_nfe": mine})]
+
+    assert alpha_response(rows([11.2, 11.0, 10.8]))["responds"]  # 0.4 NFE: more than a third of the teachers' 0.9
+    flat = alpha_response(rows([11.2, 11.2, 11.1]))
+    assert not flat["responds"] and "a spread of 0.10, under a third of its teachers' (0.90)" in flat["why"]
+    rising = alpha_response(rows([10.0, 11.0, 9.0]))
+    assert not rising["responds"] and "not falling as alpha grows" in rising["why"]

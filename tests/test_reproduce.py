@@ -4,6 +4,7 @@ plots are written, the README block is generated from findings.md, and a second 
 import json
 
 import pytest
+import yaml
 
 from cli.main import main
 from envs.tasks.map import MapTask
@@ -48,7 +49,13 @@ def test_reproduce_quick_writes_every_finding_and_resumes(local_ray, tmp_path, c
         assert (out / setting / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     points = report["points"]
     assert points["dllm2-long"]["policy dllm2"]["runs"] == 2  # 1 training seed x 2 test seeds
-    assert set(points["full"]) >= {"policy full", "policy additive", "top_k steps=0", "fast_dllm threshold=0.5"}
+    assert set(points["full"]) >= {"policy full", "policy additive", "policy recipe-full", "top_k steps=0",
+                                   "fast_dllm threshold=0.5"}
+    assert "policy recipe-semiar" in points["semiar"] and "the recipe (Fast-dLLM cloned" in findings[1]["ours"]
+    clone = json.loads((out / "imitate" / "recipe-full-s0" / "config.json").read_text())["training"]["imitation"]
+    assert clone["teachers"] == ["fast_dllm threshold=0.9 in blocks of 8"]  # in blocks of 8 inside the canvas
+    grpo = yaml.safe_load((out / "train" / "recipe-full-s0" / "config.yaml").read_text())["grpo"]
+    assert grpo["init_policy"] == str(out / "imitate" / "recipe-full-s0") and grpo["fallback"]
     assert set(points["dllm2-map"]) == {h for h in points["full"] if not h.startswith("policy")} | {"policy dllm2"}
     assert "findings hold here" in captured.out and markdown in captured.out
 

@@ -258,6 +258,9 @@ def test_expert_steered_alpha_conditioned_training_end_to_end(local_ray, tiny_mo
     assert final["training"]["model"] == tiny_model_dir.rsplit("/", 1)[-1] and final["training"]["model_path"]
     assert final["training"]["experts"] == [0.0]
     assert "policy alpha=1/[0.3,3]" in result["sampler"] and "experts=0.0" in result["sampler"]
+    response = result["alpha_response"]  # its NFE at both ends of the range; a policy that ignores alpha is named
+    assert response["alpha"] == [0.3, 3.0] and response["responds"] == (
+        response["mean_nfe"][1] < response["mean_nfe"][0] - 0.05)
     from rollout.config import EvalConfig
     from rollout.evaluate import evaluate
 
