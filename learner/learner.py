@@ -176,7 +176,7 @@ class GRPOLearner(TorchLearner):
             if g.entropy_coef:
                 stats["entropy"] = per_step_mean(policy.entropy(), batch["active"])
                 loss = loss - g.entropy_coef * stats["entropy"]
-            stats = {k: float(v) for k, v in stats.items()}
+            stats = {k: float(v.detach() if torch.is_tensor(v) else v) for k, v in stats.items()}
         self.metrics.log_dict(stats, key=module_id, window=1)
         return loss
 
