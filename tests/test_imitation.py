@@ -77,3 +77,14 @@ def test_a_clone_that_ignores_alpha_is_named():
     assert not flat["responds"] and "a spread of 0.10, under a third of its teachers' (0.90)" in flat["why"]
     rising = alpha_response(rows([10.0, 11.0, 9.0]))
     assert not rising["responds"] and "not falling as alpha grows" in rising["why"]
+
+
+def test_every_rule_of_the_sampler_table_can_teach_the_frechet_rule_and_the_oracle_included():
+    from rollout.config import ImitateConfig, check_imitate
+    from rollout.imitation import teachers_of
+
+    cfg = ImitateConfig(teachers=["frechet:delta=0.25", "oracle:reference=top_k", "eb:gamma=0.5"],
+                        teacher_alphas=[0.3, 1.0, 3.0], teacher_block_length=8)
+    check_imitate(cfg)
+    assert [t.describe() for t in teachers_of(cfg)] == [
+        "frechet delta=0.25 in blocks of 8", "oracle of top_k steps=0 in blocks of 8", "eb gamma=0.5 in blocks of 8"]
