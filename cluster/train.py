@@ -36,11 +36,16 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
     """Tune runs trials in their own working directory: every local path must be absolute."""
     rollout = cfg.rollout
     if rollout.model != "builtin" and is_local_path(rollout.model):
-        rollout = dataclasses.replace(rollout, model=str(Path(rollout.model).resolve()))
-    if rollout.task.path:
-        rollout = dataclasses.replace(rollout, task=dataclasses.replace(rollout.task,
-                                                                        path=str(Path(rollout.task.path).resolve())))
-    return dataclasses.replace(cfg, rollout=rollout, run_dir=str(Path(cfg.resume or cfg.run_dir).resolve()))
+        rollout = dataclasses.replace(rollout, model=str(Path(rollout.model).expanduser().resolve()))
+    for key in ("path", "test_path"):
+        if getattr(rollout.task, key):
+            task = dataclasses.replace(rollout.task, **{key: str(Path(getattr(rollout.task, key)).resolve())})
+            rollout = dataclasses.replace(rollout, task=task)
+    grpo = cfg.grpo
+    if grpo.init_policy and is_local_path(grpo.init_policy):
+        grpo = dataclasses.replace(grpo, init_policy=str(Path(grpo.init_policy).expanduser().resolve()))
+    return dataclasses.replace(cfg, rollout=rollout, grpo=grpo,
+                               run_dir=str(Path(cfg.resume or cfg.run_dir).resolve()))
 
 
 def logical_cpus_needed(cfg: TrainConfig) -> float:

@@ -160,3 +160,24 @@ def test_the_report_counts_groups_without_a_gradient_and_groups_whose_members_de
     same_reward.completion = ["a", "b"]  # no gradient, but the members still differ
     collected = Collected([Arrival(RunnerSample(b, 1.0, 0.0, 0.0, {}), 0, True) for b in (varied, alike, same_reward)])
     assert group_spread(collected) == {"flat_groups": 3 / 5, "identical_groups": 2 / 5}
+
+
+def test_every_local_path_a_run_reads_is_made_absolute_before_tune_changes_directory(tmp_path, monkeypatch):
+    """Tune runs trials (and Ray its learner) in other working directories: a relative grpo.init_policy was looked up
+    as a hub id there."""
+    from cluster.config import TrainConfig
+    from cluster.train import absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("clone", "dllm"):
+        (tmp_path / name).mkdir()
+    cfg = TrainConfig(run_dir="run")
+    cfg.rollout.model, cfg.grpo.init_policy = "dllm", "clone"
+    cfg.rollout.task.name, cfg.rollout.task.path, cfg.rollout.task.test_path = "jsonl", "a.jsonl", "b.jsonl"
+    done = absolute_paths(cfg)
+    assert (done.rollout.model, done.grpo.init_policy, done.run_dir) == tuple(
+        str(tmp_path / n) for n in ("dllm", "clone", "run"))
+    assert (done.rollout.task.path, done.rollout.task.test_path) == (str(tmp_path / "a.jsonl"),
+                                                                     str(tmp_path / "b.jsonl"))
+    cfg.grpo.init_policy = "someone/policy-on-the-hub"
+    assert absolute_paths(cfg).grpo.init_policy == "someone/policy-on-the-hub"
