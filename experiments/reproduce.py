@@ -135,7 +135,7 @@ def train_policy(cfg: ReproduceConfig, run_dir: Path, seed: int, model: str = "b
             "iterations": int(metrics.get("policy_version", 0))}
 
 
-def imitate_policy(cfg: ReproduceConfig, out: Path, seed: int, block_length: int) -> dict:
+def imitate_policy(cfg: ReproduceConfig, out: Path, seed: int, block_length: int, models: Models) -> dict:
     """The recipe's start: Fast-dLLM cloned at `block_length` (in full diffusion: deciding in blocks of the semi-AR
     length inside the canvas)."""
     from rollout.config import ImitateConfig
@@ -146,7 +146,7 @@ def imitate_policy(cfg: ReproduceConfig, out: Path, seed: int, block_length: int
                           teachers=[RECIPE_TEACHER], teacher_block_length=cfg.block_length if full else 0,
                           prompts=cfg.imitate_prompts, dagger_prompts=max(1, cfg.imitate_prompts // 3),
                           steps_per_round=cfg.imitate_steps, eval_examples=0, seed=seed, out=str(out),
-                          overwrite=True, progress=False))
+                          overwrite=True, progress=False), dllm=models("builtin"))
     return {"policy": str(out), "seed": seed, "block_length": block_length}
 
 
@@ -257,11 +257,12 @@ def run_parts(cfg: ReproduceConfig) -> dict:
         policies[kind] = [parts.run(f"train/{kind}-s{seed}", lambda k=kind, s=seed, b=block, r=reward: train_policy(
             cfg, out / "train" / f"{k}-s{s}", s, block_length=b, reward=r), trained[f"train/{kind}-s{seed}"])
             for seed in cfg.train_seeds]
+    models = Models()  # each dLLM loaded once: the clones' and every evaluation's
     for kind, block in recipe.items():
         policies[kind] = []
         for seed in cfg.train_seeds:
             clone = parts.run(f"imitate/{kind}-s{seed}", lambda k=kind, s=seed, b=block: imitate_policy(
-                cfg, out / "imitate" / f"{k}-s{s}", s, b), cloned[f"imitate/{kind}-s{seed}"])
+                cfg, out / "imitate" / f"{k}-s{s}", s, b, models), cloned[f"imitate/{kind}-s{seed}"])
             policies[kind].append(parts.run(f"train/{kind}-s{seed}", lambda k=kind, s=seed, b=block, c=clone:
                                             train_policy(cfg, out / "train" / f"{k}-s{s}", s, block_length=b,
                                                          init_policy=c["policy"]), trained[f"train/{kind}-s{seed}"]))
@@ -282,7 +283,6 @@ def run_parts(cfg: ReproduceConfig) -> dict:
         "dllm2-map": (Setting("dllm2-map", dllm2, EnvConfig(gen_length=L, block_length=L), TaskConfig(name="map")),
                       ["dllm2"]),
     }
-    models = Models()
     points: dict[str, dict[str, list[dict]]] = {}  # setting -> sampler label -> one result per (train, test) seed
     for name, (setting, policy_kinds) in settings.items():
         def point(sampler: SamplerConfig, seed: int, s: Setting = setting) -> dict:

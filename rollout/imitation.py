@@ -76,8 +76,9 @@ def collect_states(dllm: DLLM, task: Task, examples: list[Example], teachers: li
     return {name: torch.cat(parts) for name, parts in out.items()}
 
 
-def imitate(cfg: ImitateConfig) -> dict:
-    """Collect, fit, DAgger; save the policy to cfg.out and evaluate it (eval.json); returns the summary."""
+def imitate(cfg: ImitateConfig, dllm: DLLM | None = None) -> dict:
+    """Collect, fit, DAgger; save the policy to cfg.out and evaluate it (eval.json); returns the summary. `dllm`:
+    one already loaded for cfg.model (e.g. `unmask reproduce` loads each dLLM once)."""
     check_imitate(cfg)
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
@@ -86,7 +87,7 @@ def imitate(cfg: ImitateConfig) -> dict:
     pool = task.examples("train", cfg.prompts + cfg.dagger_rounds * cfg.dagger_prompts, seed=cfg.seed)
     if len(pool) < cfg.prompts:
         raise ValueError(f"the task has {len(pool)} training examples, fewer than prompts={cfg.prompts}")
-    dllm = load_env_dllm(cfg.model, cfg.env, trust_remote_code=cfg.trust_remote_code)
+    dllm = dllm or load_env_dllm(cfg.model, cfg.env, trust_remote_code=cfg.trust_remote_code)
     teachers = teachers_of(cfg)
     for t in teachers:
         t.check_env(cfg.env)
