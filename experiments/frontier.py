@@ -138,14 +138,18 @@ SERIES = {"imitation": "policy: imitation", "imitation + GRPO": "policy: imitati
           "the paper's GRPO": "policy: the paper's GRPO", "alpha-conditioned imitation": "policy: alpha-conditioned"}
 
 
+def series(name: str) -> str:
+    """The plot's series of a policy point: the longest name of SERIES it starts with."""
+    return SERIES[max((k for k in SERIES if name.startswith(k)), key=len)]
+
+
 def publish(rows: list[dict], heuristics: list[dict], publish_dir: Path) -> str:
     """frontier.{md,json,png} in `publish_dir`: the heuristics, the oracle line and each policy point (the mean over
     training seeds, its spread and minutes beside), and the policies that make each mode's frontier copied to
     `publish_dir/policies/` so that frontier.json's `points` are each one `unmask eval` away. Returns the markdown."""
     summary = summarize(rows)
     policy_rows = [{"mode": "full diffusion" if s["block_length"] == 24 else "semi-AR",
-                    "block_length": s["block_length"], "sampler": next(v for k, v in SERIES.items()
-                                                                      if s["name"].startswith(k)),
+                    "block_length": s["block_length"], "sampler": series(s["name"]),
                     "setting": f"{s['name']} ({s['seeds']} seeds: {s['accuracy_min']:.3f}-{s['accuracy_max']:.3f}, "
                                f"{s['minutes']:.1f} min)", "accuracy": s["accuracy"], "mean_nfe": s["mean_nfe"]}
                    for s in summary]

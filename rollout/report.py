@@ -89,7 +89,8 @@ def pareto_plot(rows: list[dict], path: Path, title: str = "") -> None:
     fig, axes = plt.subplots(1, len(block_lengths), figsize=(5.2 * len(block_lengths), 4.2),
                              sharey=True, squeeze=False)
     samplers = sorted({r["sampler"] for r in rows} - {LIMIT})
-    colors = {s: plt.cm.tab10(i % 10) for i, s in enumerate(samplers)}
+    palette = plt.cm.tab10 if len(samplers) <= 10 else plt.cm.tab20
+    colors = {s: palette(i % palette.N) for i, s in enumerate(samplers)}
     for ax, bl in zip(axes[0], block_lengths):
         panel = [r for r in rows if r["block_length"] == bl]
         for s in samplers:

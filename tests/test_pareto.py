@@ -117,5 +117,11 @@ def test_the_frontier_report_ships_the_policies_on_each_mode_s_front(tmp_path):
     imitation = next(s for s in report["summary"] if s["name"] == "imitation")
     assert imitation["accuracy"] == pytest.approx(0.98) and imitation["mean_nfe"] == pytest.approx(11.25)
     assert {r["block_length"] for r in report["rows"]} == {8}  # BL = 4 is not one of the frontier's modes
+    assert {r["sampler"] for r in report["rows"] if r["sampler"].startswith("policy")} == {
+        "policy: imitation", "policy: alpha-conditioned"}
+    from experiments.frontier import series
+
+    assert series("imitation + GRPO alpha=3") == "policy: imitation + GRPO" and series("imitation") == (
+        "policy: imitation")
     assert "imitation (2 seeds: 0.970-0.990, 2.0 min) | 0.980 @ 11.2 | eb gamma=0.5: 0.940 @ 8.4 | 0.040" in table
     assert (out / "frontier.png").stat().st_size > 0 and (out / "frontier.md").read_text() == table
