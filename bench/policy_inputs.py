@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import random_checkpoint
+from common import random_checkpoint, random_prompts
 
 from envs.config import SamplerConfig
 from envs.dllm import load_dllm
@@ -85,8 +85,7 @@ def main(argv: list[str]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             path = random_checkpoint(str(Path(tmp) / "llada"), "llada", 2, 256, 126464, head_dim=64, mlp_hidden=768)
             llada = load_dllm(path, chat_template="off")
-            g = torch.Generator().manual_seed(1)
-            prompts = [torch.randint(2, 97, (32,), generator=g).tolist() for _ in range(8)]
+            prompts = random_prompts(8, 32, seed=1)
             report("random-weight LLaDA-shaped (2 layers, d 256, vocabulary 126,464), 8 rows, L = 48", llada,
                    prompts, 48, repeats)
 

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import random_checkpoint
+from common import random_checkpoint, random_prompts
 
 from envs.config import SamplerConfig
 from envs.dllm import load_dllm
@@ -175,8 +175,7 @@ def main(argv: list[str]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             path = random_checkpoint(str(Path(tmp) / "llada"), "llada", 4, 256, 4096, head_dim=64, mlp_hidden=768)
             llada = load_dllm(path, chat_template="off")
-            g = torch.Generator().manual_seed(1)
-            prompts = [torch.randint(2, 97, (32,), generator=g).tolist() for _ in range(8)]
+            prompts = random_prompts(8, 32, seed=1)
             small = a | {"prompts_per_sample": "4"}
             runs = schedules(llada, policy, prompts, small, dict(gen_length=64, block_length=16, kv_cache="prefix"))
             figures["llada_prefix"] = report(f"(ii) random-weight LLaDA-shaped (4 layers, d 256), prefix cache, "

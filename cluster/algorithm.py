@@ -129,8 +129,8 @@ class UnmaskGRPO(Algorithm):
     def report(self, collected: Collected, skipped: bool) -> None:
         trajectories = sum(len(a.sample.trajectories) for a in collected.arrivals)
         env = self.config.rollout.env
-        num_blocks = env.gen_length // env.block_length
-        self.totals.count(trajectories, skipped, stuck(collected, env.gen_length, num_blocks))
+        seen = collapse_seen(collected, env.gen_length, env.gen_length // env.block_length)
+        self.totals.count(trajectories, skipped, stuck(collected, seen))
         if skipped:
             for key in ("learner_s", "weight_push_s"):
                 self.metrics.log_value(("unmask", key), 0.0, reduce="mean", window=1)
@@ -140,8 +140,7 @@ class UnmaskGRPO(Algorithm):
             buffered_groups=sum(s.trajectories.num_groups for s in self.collector.buffer),
             policy_version=self.policy_version, restarts=self.collector.restarts,
             healthy_runners=self.env_runner_group.num_healthy_remote_workers(),
-            experts=bool(self.config.rollout.expert.thresholds),
-            seen=collapse_seen(collected, env.gen_length, num_blocks))
+            experts=bool(self.config.rollout.expert.thresholds), seen=seen)
         for key, value in report.items():
             self.metrics.log_value(("unmask", key), value, window=1)
 

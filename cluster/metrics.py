@@ -71,11 +71,10 @@ def stalled_why(m: dict) -> str:
     return f"{head}: {what}"
 
 
-def stuck(collected: Collected, gen_length: int, num_blocks: int) -> bool:
-    """The policy unmasks nothing or everything at once, and none of its rollouts solved its prompt: with experts,
-    whose rewards keep the advantages alive, this is how such a collapse is seen."""
-    return (collapse_seen(collected, gen_length, num_blocks) in ("nothing", "all_at_once")
-            and not any(collected.per_trajectory("correct")))
+def stuck(collected: Collected, seen: str) -> bool:
+    """The policy unmasks nothing or everything at once (`seen`, collapse_seen's verdict), and none of its rollouts
+    solved its prompt: with experts, whose rewards keep the advantages alive, this is how such a collapse is seen."""
+    return seen in ("nothing", "all_at_once") and not any(collected.per_trajectory("correct"))
 
 
 def group_spread(collected: Collected) -> dict:

@@ -193,8 +193,8 @@ def final_eval(cfg: TrainConfig, policy_dir: Path) -> dict:
     result = evaluate(eval_cfg)
     if cfg.grpo.alpha_range:  # one policy for every trade-off: does it answer to alpha? (its ends, same prompts)
         ends = [min(cfg.grpo.alpha_range), max(cfg.grpo.alpha_range)]
-        nfe = [evaluate(dataclasses.replace(eval_cfg, sampler=dataclasses.replace(sampler, alpha=a)))["mean_nfe"]
-               for a in ends]
+        nfe = [result["mean_nfe"] if a == cfg.grpo.alpha else evaluate(dataclasses.replace(
+            eval_cfg, sampler=dataclasses.replace(sampler, alpha=a)))["mean_nfe"] for a in ends]  # the run's: done
         result["alpha_response"] = {"alpha": ends, "mean_nfe": nfe, "responds": nfe[1] < nfe[0] - 0.05}
         if not result["alpha_response"]["responds"]:
             print(f"unmask train: WARNING: the policy ignores alpha: mean NFE {nfe[0]:.2f} at alpha={ends[0]:g} and "

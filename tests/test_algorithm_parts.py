@@ -113,14 +113,17 @@ def test_streaks_say_when_a_run_has_stalled():
     totals.count(10, True, False)
     assert totals.skipped_streak == totals.stalled_streak == 1 and not totals.collapsed(0)  # 0: never stop
     spent = Collected([Arrival(RunnerSample(batch(1, 0, 2, 0, nfe=8), 1.0, 0.0, 0.0, {}), 0, True)])
-    assert stuck(spent, gen_length=8, num_blocks=1) and not stuck(spent, gen_length=9, num_blocks=1)
+    def stuck_at(collected, gen_length, num_blocks):
+        return stuck(collected, collapse_seen(collected, gen_length, num_blocks))
+
+    assert stuck_at(spent, gen_length=8, num_blocks=1) and not stuck_at(spent, gen_length=9, num_blocks=1)
     assert collapse_seen(spent, gen_length=8, num_blocks=1) == "nothing"
     at_once = Collected([Arrival(RunnerSample(batch(1, 0, 2, 0, nfe=3), 1.0, 0.0, 0.0, {}), 0, True)])
-    assert stuck(at_once, gen_length=24, num_blocks=3) and not stuck(at_once, gen_length=24, num_blocks=2)
+    assert stuck_at(at_once, gen_length=24, num_blocks=3) and not stuck_at(at_once, gen_length=24, num_blocks=2)
     assert collapse_seen(at_once, gen_length=24, num_blocks=3) == "all_at_once"
     solved = batch(1, 0, 2, 0, nfe=3)
     solved.correct[0] = True
-    assert not stuck(Collected([Arrival(RunnerSample(solved, 1.0, 0.0, 0.0, {}), 0, True)]), 24, 3)
+    assert not stuck_at(Collected([Arrival(RunnerSample(solved, 1.0, 0.0, 0.0, {}), 0, True)]), 24, 3)
 
 
 def test_the_report_is_the_policy_s_own_and_counts_what_arrived():

@@ -45,9 +45,9 @@ def stable_hash(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
 
 
-def hash_split(text: str, test_fraction: float) -> str:
-    """'test' for a stable `test_fraction` share of texts (by content hash), else 'train'."""
-    return "test" if stable_hash(text) % 10_000 < int(test_fraction * 10_000) else "train"
+def hash_split(text: str, test_fraction: float, buckets: int = 10_000) -> str:
+    """'test' for a stable `test_fraction` share of texts (by content hash, in `buckets` buckets), else 'train'."""
+    return "test" if stable_hash(text) % buckets < int(test_fraction * buckets) else "train"
 
 
 def seeded_head(pool: list[Example], n: int, seed: int) -> list[Example]:

@@ -25,10 +25,10 @@ from __future__ import annotations
 import random
 import string
 
-from envs.tasks.base import Example, Task, check_split, stable_hash
+from envs.tasks.base import Example, Task, check_split, hash_split
 
 DIRECTIONS = {"both": "><", "forward": ">", "backward": "<"}  # marks the data uses; both always verify
-TEST_FRACTION_PER_MILLE = 50  # 5% of all (permutation, start) pairs belong to the test split
+TEST_FRACTION = 0.05  # of all (permutation, start) pairs, in 1000 hash buckets, belong to the test split
 
 
 class CycleTask(Task):
@@ -66,7 +66,7 @@ class CycleTask(Task):
 
     @staticmethod
     def split_of(prompt: str) -> str:
-        return "test" if stable_hash(prompt) % 1000 < TEST_FRACTION_PER_MILLE else "train"
+        return hash_split(prompt, TEST_FRACTION, buckets=1000)
 
     def random_example(self, rng: random.Random) -> Example:
         images = list(self.letters)

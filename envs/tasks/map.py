@@ -16,10 +16,10 @@ from __future__ import annotations
 import random
 import string
 
-from envs.tasks.base import Example, Task, check_split, stable_hash
+from envs.tasks.base import Example, Task, check_split, hash_split
 
 WORD = 8  # the longest word, and the width every word is padded to with `.`
-TEST_FRACTION_PER_MILLE = 50  # 5% of all (permutation, word) pairs belong to the test split
+TEST_FRACTION = 0.05  # of all (permutation, word) pairs, in 1000 hash buckets, belong to the test split
 
 
 class MapTask(Task):
@@ -44,7 +44,7 @@ class MapTask(Task):
 
     @staticmethod
     def split_of(prompt: str) -> str:
-        return "test" if stable_hash(prompt) % 1000 < TEST_FRACTION_PER_MILLE else "train"
+        return hash_split(prompt, TEST_FRACTION, buckets=1000)
 
     def random_example(self, rng: random.Random) -> Example:
         images = list(self.letters)
