@@ -29,6 +29,7 @@ import sys
 import time
 from pathlib import Path
 
+from experiments.config import RECIPE_GRPO, RECIPE_TEACHER
 from experiments.reproduce import Parts
 from rollout.report import pareto_front, write_pareto
 
@@ -71,7 +72,8 @@ def parts_of_mode(parts: Parts, out: Path, mode: str, bl: int, seed: int, a: dic
                          "progress=false", *blocks, *extra)
         return {"checkpoint": str(path), "minutes": minutes}
 
-    clone = parts.run(f"{bl}/s{seed}/imitate", lambda: imitate("imitate", []), {"bl": bl, "seed": seed})
+    clone = parts.run(f"{bl}/s{seed}/imitate", lambda: imitate("imitate", [f"teachers=[{RECIPE_TEACHER}]"]),
+                      {"bl": bl, "seed": seed})
     points.append({"name": "imitation", **clone, **parts.run(
         f"{bl}/s{seed}/imitate/eval", lambda: evaluate(Path(clone["checkpoint"]), bl, n), {"n": n, **clone})})
 
@@ -85,8 +87,9 @@ def parts_of_mode(parts: Parts, out: Path, mode: str, bl: int, seed: int, a: dic
         return {"checkpoint": str(run / "checkpoints" / "best"), "minutes": took + before}
 
     for alpha in ALPHAS:
-        keys = ["grpo.init_policy=" + clone["checkpoint"], f"grpo.alpha={alpha}", "grpo.lr=3e-5",
-                "grpo.warmup_steps=10", "groups_per_update=16", "validate_every=10"]
+        keys = ["grpo.init_policy=" + clone["checkpoint"], f"grpo.alpha={alpha}", f"grpo.lr={RECIPE_GRPO['lr']}",
+                f"grpo.warmup_steps={RECIPE_GRPO['warmup_steps']}", "groups_per_update=16",
+                f"validate_every={RECIPE_GRPO['validate_every']}"]
         name = f"grpo-a{alpha:g}"
         run = parts.run(f"{bl}/s{seed}/{name}", lambda k=keys, m=name: train(m, k, a["grpo_minutes"],
                                                                              clone["minutes"]),
@@ -165,8 +168,7 @@ def publish(rows: list[dict], heuristics: list[dict], publish_dir: Path) -> str:
             points.append({"name": r["name"], "checkpoint": shipped.as_posix(), "block_length": bl,
                            "accuracy": r["accuracy"], "mean_nfe": r["mean_nfe"], "seed": r["seed"],
                            "minutes": round(r["minutes"], 2),
-                           "eval": {} if r.get("alpha") is None or "conditioned" not in r["name"]
-                           else {"sampler.alpha": r["alpha"]}})
+                           "eval": {"sampler.alpha": r["alpha"]} if r["name"].startswith("alpha-conditioned") else {}})
     extra = {"points": points, "summary": summary}
     return write_pareto([r for r in heuristics if r["block_length"] in {8, 24}] + policy_rows, publish_dir,
                         {"recipe": "python -m experiments.frontier"}, title="built-in model: learned policies "
