@@ -24,27 +24,30 @@ import torch
 import torch.nn.functional as F
 
 from envs.optim import adamw, warmup_cosine
-from learner.grpo import bernoulli_logp
+from learner.grpo import bernoulli_position_logp
 from learner.policy import UnmaskingPolicy
 
 STATE_FIELDS = ("inputs", "masked", "valid", "t", "alpha", "target")  # a state dataset's tensors, [S, ...]
 
 
 def imitation_logp(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,
-                   temperature: float = 1.0) -> torch.Tensor:
-    """[S] log P(target) under evaluation's rule, its argmax relaxed to a softmax over the valid positions."""
+                   temperature: float = 1.0, keep_weight: float = 1.0) -> torch.Tensor:
+    """[S] log P(target) under evaluation's rule, its argmax relaxed to a softmax over the valid positions.
+    keep_weight > 1 counts each "keep masked" decision that many times (a weighted likelihood): the student then
+    commits only where it is surer than the teacher, which a student needs when its teacher sees what it cannot."""
     valid, target = valid.bool(), target.bool() & valid.bool()
     b = logits.float() / temperature
-    drawn = bernoulli_logp(logits, target, valid, temperature)
-    nothing = (F.logsigmoid(-b) * valid.float()).sum(-1)
+    kept = torch.where(target, 1.0, keep_weight) * valid.float()
+    drawn = (bernoulli_position_logp(logits, target, temperature) * kept).sum(-1)
+    nothing = keep_weight * (F.logsigmoid(-b) * valid.float()).sum(-1)
     ranked = torch.log_softmax(torch.where(valid, b, -torch.inf), dim=-1)
     chosen = ranked.gather(-1, target.float().argmax(-1, keepdim=True))[..., 0]
     return torch.where(target.sum(-1) == 1, torch.logaddexp(drawn, nothing + chosen), drawn)
 
 
 def fit(policy: UnmaskingPolicy, states: dict[str, torch.Tensor], steps: int, *, lr: float = 1e-3,
-        batch_size: int = 256, weight_decay: float = 0.0, generator: torch.Generator | None = None,
-        on_step: Callable[[int, float], None] | None = None) -> float:
+        batch_size: int = 256, weight_decay: float = 0.0, keep_weight: float = 1.0,
+        generator: torch.Generator | None = None, on_step: Callable[[int, float], None] | None = None) -> float:
     """`steps` AdamW steps (warm-up, then cosine to 0) of the imitation loss on minibatches of states drawn without
     replacement; returns the last 50 steps' mean loss. on_step(step, loss) after each (progress, interrupts)."""
     optimizer = adamw(policy.parameters(), lr, weight_decay, (0.9, 0.99))
@@ -62,7 +65,7 @@ def fit(policy: UnmaskingPolicy, states: dict[str, torch.Tensor], steps: int, *,
         batch = {k: v[rows].to(device) for k, v in states.items()}
         alpha = batch["alpha"] if policy.config.alpha_conditioned else None
         logits = policy(batch["inputs"], batch["masked"], batch["t"], alpha)
-        loss = -imitation_logp(logits, batch["target"], batch["valid"]).mean()
+        loss = -imitation_logp(logits, batch["target"], batch["valid"], keep_weight=keep_weight).mean()
         for group in optimizer.param_groups:
             group["lr"] = lr * schedule(step)
         optimizer.zero_grad(set_to_none=True)

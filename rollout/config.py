@@ -173,6 +173,9 @@ class ImitateConfig:
     steps_per_round: int = 400  # optimiser steps after each round's states are in
     batch_steps: int = 256  # states per optimiser step
     lr: float = 2e-3
+    # > 1: the loss counts each "keep masked" label this many times, so the student commits only where it is surer;
+    # for a teacher that sees what the student cannot (the oracle, which knows the answer)
+    keep_weight: float = 1.0
     batch_size: int = 250  # sequences per batched dLLM forward while collecting
     eval_examples: int = 500  # the cloned policy on the test split, beside its teachers (eval.json); 0 = skip
     seed: int = 0
@@ -206,6 +209,8 @@ def check_imitate(cfg: ImitateConfig) -> None:
                          f"{cfg.env.gen_length} (0: the env's blocks)")
     if min(cfg.prompts, cfg.steps_per_round, cfg.batch_steps, cfg.batch_size) < 1 or cfg.lr <= 0:
         raise ValueError("prompts, steps_per_round, batch_steps and batch_size must be >= 1 and lr > 0")
+    if not cfg.keep_weight >= 1:
+        raise ValueError(f"keep_weight must be >= 1 (1: the teacher's likelihood as it is), got {cfg.keep_weight}")
     if min(cfg.dagger_rounds, cfg.dagger_prompts, cfg.eval_examples) < 0:
         raise ValueError("dagger_rounds, dagger_prompts and eval_examples must be >= 0")
     check_writable(cfg.out, "out", directory=True)

@@ -118,7 +118,7 @@ def imitate(cfg: ImitateConfig, dllm: DLLM | None = None) -> dict:
                         bar.set_postfix_str(f"{note}, loss {loss:.3f}")
 
                 loss = fit(policy, states, cfg.steps_per_round, lr=cfg.lr, batch_size=cfg.batch_steps,
-                           generator=generator, on_step=tick)
+                           keep_weight=cfg.keep_weight, generator=generator, on_step=tick)
                 record["rounds"].append({"states": len(new["target"]), "total_states": len(states["target"]),
                                          "loss": round(loss, 5), "seconds": round(time.perf_counter() - started, 1)})
     except KeyboardInterrupt:
@@ -158,7 +158,7 @@ def save(policy: UnmaskingPolicy, cfg: ImitateConfig, record: dict, interrupted:
     """The policy in the format every command reads; its config says how it was made (and that it is a clone)."""
     info = {"imitation": {**record, "prompts": cfg.prompts, "dagger_rounds": cfg.dagger_rounds,
                           "dagger_prompts": cfg.dagger_prompts, "steps_per_round": cfg.steps_per_round,
-                          "lr": cfg.lr, "seed": cfg.seed, "interrupted": interrupted},
+                          "lr": cfg.lr, "keep_weight": cfg.keep_weight, "seed": cfg.seed, "interrupted": interrupted},
             "teacher": " / ".join(record["teachers"]), "gen_length": cfg.env.gen_length,
             "block_length": cfg.env.block_length, "kv_cache": cfg.env.kv_cache, "model": cfg.model,
             "reward": "multiplicative"}

@@ -206,6 +206,7 @@ CASES = [
     ("imitate out={root}/i teachers=[fast_dllm,eb]", "2 teachers need as many teacher_alphas"),
     ("imitate out={root}/i teacher_alphas=[1]", "teacher_alphas is for several teachers"),
     ("imitate out={root}/i teacher_block_length=5", "teacher_block_length=5 must divide env.gen_length=24"),
+    ("imitate out={root}/i keep_weight=0.5", "keep_weight must be >= 1"),
     ("imitate out={root}/i lr=0", "lr > 0"),
     ("imitate out={root}/not_empty", "is not empty"),
     ("train run_dir={root}/r grpo.policy.inputs=[confidence,age]", "grpo.policy.inputs must start with confidence"),

@@ -4,6 +4,8 @@ Measured on 200 test prompts (standard error of an accuracy near 0.9 is about 0.
 wide enough that a regression, not noise, fails them. The README's table has the 500-prompt figures.
 """
 
+import functools
+
 import pytest
 
 from envs.config import EnvConfig, SamplerConfig, TaskConfig
@@ -22,6 +24,7 @@ def measure():
     task = make_task(TaskConfig())
     examples = task.examples("test", 200, seed=1)
 
+    @functools.cache  # several tests compare against the same decode
     def run(env_block_length: int, **sampler) -> dict:
         env = EnvConfig(block_length=env_block_length)
         episodes = run_episodes(dllm, task, examples, make_sampler(SamplerConfig(**sampler)), env, batch_size=200)

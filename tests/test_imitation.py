@@ -25,6 +25,14 @@ def test_the_imitation_likelihood_is_evaluation_s_rule_with_a_soft_argmax():
     drawn = (1 - p[0]) * p[1] * (1 - p[2])
     nothing = (1 - p[0]) * (1 - p[1]) * (1 - p[2])
     assert imitation_logp(b, one, valid).item() == pytest.approx(math.log(drawn + nothing * softmax), rel=1e-6)
+    # keep_weight w: each "keep masked" factor counts w times (a weighted likelihood, the student's caution)
+    w = 4.0
+    assert imitation_logp(b, two, valid, keep_weight=w).item() == pytest.approx(
+        math.log(p[0] * p[1] * (1 - p[2]) ** w), rel=1e-6)
+    drawn_w = (1 - p[0]) ** w * p[1] * (1 - p[2]) ** w
+    nothing_w = ((1 - p[0]) * (1 - p[1]) * (1 - p[2])) ** w
+    assert imitation_logp(b, one, valid, keep_weight=w).item() == pytest.approx(
+        math.log(drawn_w + nothing_w * softmax), rel=1e-6)
 
 
 def test_a_clone_of_fast_dllm_decodes_as_it_does_and_records_how_it_was_made(tiny_model_dir, tmp_path, capsys):

@@ -1,15 +1,18 @@
 """Exact resume: SIGTERM to the `unmask train` driver stops the run cleanly (final policy written, no
 eval.json, so it does not look complete); `unmask train resume=<dir>` continues it from the last
 checkpoint, and in on-policy mode with fixed seeds it ends with the same weights and the same trajectory
-dumps as a run that was never interrupted. Along the way: the local Ray of the run listens on loopback only,
-and `resume=` refuses a run directory whose pickled state this user's unmask did not write."""
+dumps as a run that was never interrupted. Along the way: the local Ray of the run listens on loopback only, its
+authentication token is readable by this user alone, and `resume=` refuses a run directory whose pickled state
+this user's unmask did not write."""
 
+import os
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -58,8 +61,14 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(local_ray, tiny_model_
     """Two on-policy env runners. The interrupted run is a real `unmask train` process (its own local Ray, on
     loopback only), stopped by SIGTERM mid-run; the uninterrupted one and the resume run in this process."""
     straight, cut = tmp_path / "straight", tmp_path / "cut"
+    # the interrupted run has a HOME of its own, to see the authentication token its local Ray writes there; the
+    # run key that seals its directory is this user's, as in the rest of the test
+    home, key = tmp_path / "home", Path.home() / ".config" / "unmask" / "run-key"
+    monkeypatch.setenv("UNMASK_RUN_KEY", str(os.environ.get("UNMASK_RUN_KEY", key)))
+    env = {**os.environ, "HOME": str(home)}
+    env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen(cli(*tiny_train(tiny_model_dir, cut)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, env=env)
     seen: dict = {}
 
     def interrupt_mid_run() -> None:
@@ -79,6 +88,8 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(local_ray, tiny_model_
     assert proc.returncode == 130, err[-3000:]
     assert f"unmask train resume={cut}" in err
     assert "unmask: starting Ray ..." in err and "unmask: starting the run" in err  # start-up, said as it goes
+    token = home / ".ray" / "auth_token"  # what its local Ray wrote for authentication: this user's alone
+    assert token.is_file() and token.stat().st_mode & 0o777 == 0o600
     assert (cut / "checkpoints" / "final" / "model.safetensors").is_file()  # the final policy, written on SIGTERM
     assert not (cut / "eval.json").exists()  # an interrupted run does not look complete
     capsys.readouterr()
