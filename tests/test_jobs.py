@@ -48,7 +48,7 @@ def wait_for_job(address: str, job_id: str, env: dict, timeout_s: float = 480) -
     deadline = time.time() + timeout_s
     status = client.get_job_status(job_id)
     while time.time() < deadline and status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
-        time.sleep(2)
+        time.sleep(0.25)
         status = client.get_job_status(job_id)
     return str(status.value)
 

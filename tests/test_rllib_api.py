@@ -27,7 +27,7 @@ def wait_until_free(cpus: float, timeout_s: float = 60) -> bool:
     while time.time() < deadline:
         if ray.available_resources().get("CPU", 0) >= cpus:
             return True
-        time.sleep(0.5)
+        time.sleep(0.1)
     return False
 
 
