@@ -82,7 +82,8 @@ def main(argv: list[str]) -> None:
           f"policy/dLLM = {policy_s / dllm_s:.3f}")
     import ray
 
-    ray.init(num_cpus=4, num_gpus=torch.cuda.device_count(), include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, num_gpus=torch.cuda.device_count(), include_dashboard=False,
+             log_to_driver=False)
     with tempfile.TemporaryDirectory() as tmp:
         figures = {n: training_figures(model, device, n, iterations, Path(tmp)) for n in (1, 2)}
     print(f"{'env runners':<12} {'traj/s':>8} {'busy':>6} {'push ms':>8} {'pull ms':>8} {'lag':>5} {'learn s':>8}")

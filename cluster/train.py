@@ -95,8 +95,10 @@ def connect_ray(cfg: TrainConfig, concurrent_runs: int) -> None:
         on_loopback_only()
         private = os.umask(0o077)  # what the local Ray writes for authentication (~/.ray/auth_token): this user's
         try:
-            ray.init(num_cpus=max(os.cpu_count() or 1, int(needed_cpus + 0.999)), include_dashboard=False,
-                     log_to_driver=False)
+            # address="local": a new instance even where `ray start` left one on this machine (which a bare
+            # ray.init would join, and refuse num_cpus for)
+            ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(needed_cpus + 0.999)),
+                     include_dashboard=False, log_to_driver=False)
         finally:
             os.umask(private)
         token = Path.home() / ".ray" / "auth_token"

@@ -88,6 +88,7 @@ def imitate(cfg: ImitateConfig, dllm: DLLM | None = None) -> dict:
     if len(pool) < cfg.prompts:
         raise ValueError(f"the task has {len(pool)} training examples, fewer than prompts={cfg.prompts}")
     dllm = dllm or load_env_dllm(cfg.model, cfg.env, trust_remote_code=cfg.trust_remote_code)
+    dllm.encode_prompts([ex.prompt for ex in pool], task.response_prefix)  # a prompt it cannot read: before any bar
     teachers = teachers_of(cfg)
     for t in teachers:
         t.check_env(cfg.env)

@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh >/dev/null
-"${UNMASK_VENV:-.venv}/bin/python" -m pytest -q --durations=15 "$@"
+# two worker processes, whole test files each (module fixtures once); UNMASK_TEST_WORKERS=0 runs them in this one
+"${UNMASK_VENV:-.venv}/bin/python" -m pytest -q --durations=15 -n "${UNMASK_TEST_WORKERS:-2}" --dist loadfile "$@"

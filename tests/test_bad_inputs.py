@@ -33,6 +33,10 @@ def inputs(tmp_path_factory, tiny_model_dir):
     truncated = shutil.copytree(tiny_model_dir, root / "truncated")
     weights = truncated / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    no_tokenizer = root / "no_tokenizer"  # config and weights, its tokenizer files left behind
+    no_tokenizer.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(Path(tiny_model_dir) / name, no_tokenizer / name)
     rows = [{"prompt": f"{w}?", "answer": w[::-1], "givens": len(w)} for w in ("abc", "bca", "cab", "acb") * 5]
     (root / "good.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (root / "malformed.jsonl").write_text('{"prompt": "a", "answer": "b"}\n{oops\n')
@@ -93,6 +97,7 @@ CASES = [
     ("eval model={root}/a_file", "is a file, not a model directory"),
     ("eval model={root}/empty_dir", "is not a model directory (it has no config.json)"),
     ("eval model={root}/truncated env.gen_length=16", "cannot load model"),
+    ("eval model={root}/no_tokenizer env.gen_length=16", "are its tokenizer files (tokenizer.json"),
     ("eval model={model} env.dtype=int8 env.gen_length=16", "unknown dtype 'int8'"),
     ("eval model={model} env.device=cuda:7 env.gen_length=16", "not available"),
     ("eval model={model} env.gen_length=64 env.block_length=64", "exceeds the model's context"),
@@ -208,6 +213,7 @@ CASES = [
     ("imitate out={root}/i teacher_block_length=5", "teacher_block_length=5 must divide env.gen_length=24"),
     ("imitate out={root}/i keep_weight=0.5", "keep_weight must be >= 1"),
     ("imitate out={root}/i lr=0", "lr > 0"),
+    ("imitate out={root}/i task.num_symbols=12 env.gen_length=16", "cannot represent ([UNK])"),
     ("imitate out={root}/not_empty", "is not empty"),
     ("train run_dir={root}/r grpo.policy.inputs=[confidence,age]", "grpo.policy.inputs must start with confidence"),
     ("pareto policy_alphas=[]", "policy_alphas must be a non-empty list"),

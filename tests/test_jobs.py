@@ -1,6 +1,7 @@
 """`ray job submit` against a real Ray head started with `ray start --head` on loopback: the job runs
 `unmask train`, joins the job's cluster (RAY_ADDRESS) and leaves a complete run directory."""
 
+import contextlib
 import json
 import os
 import re
@@ -38,7 +39,24 @@ def ray_head():
         try:
             yield f"http://127.0.0.1:{dashboard}", env
         finally:
-            subprocess.run([RAY, "stop", "--force"], env=env, timeout=180, capture_output=True)
+            stop_head(gcs)
+
+
+def stop_head(gcs: int) -> None:
+    """Stop this head alone, as `ray stop --force` does (SIGKILL): its daemons (each names its GCS port) and what they
+    started (workers, job drivers). `ray stop` would stop every Ray on the machine, another test process's too."""
+    import psutil
+
+    daemons = [p for p in psutil.process_iter(["cmdline"])
+               if re.search(rf"[:=]{gcs}\b", " ".join(p.info["cmdline"] or []))]
+    family = {p.pid: p for d in daemons for p in (d, *d.children(recursive=True))}
+    for p in family.values():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(list(family.values()), timeout=10)
+    current = Path("/tmp/ray/ray_current_cluster")  # where `ray start` named it for a bare ray.init to join
+    if current.is_file() and current.read_text().strip().endswith(f":{gcs}"):
+        current.unlink()
 
 
 def wait_for_job(address: str, job_id: str, env: dict, timeout_s: float = 480) -> str:

@@ -160,3 +160,29 @@ def test_map_applies_the_permutation_to_each_letter_and_keeps_its_splits_apart()
     rng = random.Random(0)
     assert all(task.split_of(task.pretrain_example(rng).prompt) == "train" for _ in range(200))
     assert set("".join(e.prompt + e.answer for e in train)) <= set(task.alphabet)
+
+
+@pytest.mark.parametrize("family", ["sort", "filter", "psum"])
+def test_our_own_task_families_are_jsonl_tasks_with_held_out_prompts(family, tmp_path):
+    from experiments.own_tasks import write
+
+    train, test = write(family, str(tmp_path), train=300, test=50)
+    rows = {split: [json.loads(line) for line in path.read_text().splitlines()] for split, path in
+            (("train", train), ("test", test))}
+    assert len(rows["train"]) == 300 and len(rows["test"]) == 50
+    assert not {r["prompt"] for r in rows["train"]} & {r["prompt"] for r in rows["test"]}
+    rule = {"sort": lambda given: "".join(sorted(given)),
+            "filter": lambda given: "".join(c for c in given if c > "m"),
+            "psum": lambda given: "".join(str(sum(map(int, given[: i + 1])) % 10) for i in range(len(given)))}[family]
+    assert all(row["answer"] == rule(row["prompt"].removesuffix("=")) for row in rows["train"])
+    task = make_task(TaskConfig(name="jsonl", path=str(train), test_path=str(test)))
+    examples = task.examples("test", 50)
+    assert sorted(ex.answer for ex in examples) == sorted(r["answer"] for r in rows["test"])
+    assert task.verify(examples[0].answer, examples[0]) and not task.verify(examples[0].answer + "x", examples[0])
+
+
+def test_an_unknown_own_family_is_one_line(tmp_path, capsys):
+    from experiments.own_tasks import main
+
+    assert main(["family=nope", f"out_dir={tmp_path}"]) == 2
+    assert "unknown family 'nope'" in capsys.readouterr().err and not list(tmp_path.iterdir())

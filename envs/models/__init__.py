@@ -53,10 +53,17 @@ def tokenizer_class_of(path: str) -> str | None:
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False):
+    """The model's tokenizer. Without its files transformers builds one of special tokens alone, which would turn
+    every prompt into [UNK]: refused here, naming the cause."""
     twin = REMOTE_TOKENIZER_TWINS.get(tokenizer_class_of(path) or "")
     if twin and not trust_remote_code:
-        return getattr(transformers, twin).from_pretrained(path)
-    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tokenizer = getattr(transformers, twin).from_pretrained(path)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if len(tokenizer) <= len(set(tokenizer.all_special_tokens)):
+        raise ValueError(f"its tokenizer has no vocabulary, only {len(tokenizer)} special tokens: are its tokenizer "
+                         "files (tokenizer.json, tokenizer_config.json, vocab.txt, ...) missing?")
+    return tokenizer
 
 
 __all__ = ["DreamConfig", "DreamModel", "LLaDAConfig", "LLaDAModelLM", "end_of_turn_ids", "load_tokenizer",

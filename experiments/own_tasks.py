@@ -1,0 +1,79 @@
+"""Task families of our own making, written as the JSONL a user brings (`task=jsonl`): the outside-task check of the
+recipe (README, "The frontier"). Nothing in the project was tuned for them.
+
+    python -m experiments.own_tasks family=filter out_dir=runs/own-filter
+
+    sort     2-5 letters, sorted                                  (abcd's order: "daced=" -> "acdde")
+    filter   4-14 random letters, those after `m` kept in order   ("emubcrdls=" -> "urs")
+    psum     3-14 digits, their running sums mod 10               ("17421=" -> "18245")
+
+Each writes <family>-train.jsonl and <family>-test.jsonl (500 prompts, none in train) under out_dir.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def sort_letters(rng: random.Random) -> dict:
+    word = "".join(rng.choice("abcde") for _ in range(rng.randint(2, 5)))
+    return {"prompt": word + "=", "answer": "".join(sorted(word))}
+
+
+def filter_letters(rng: random.Random) -> dict:
+    while True:
+        word = "".join(rng.choice(LETTERS) for _ in range(rng.randint(4, 14)))
+        kept = "".join(c for c in word if c > "m")
+        if kept:
+            return {"prompt": word + "=", "answer": kept}
+
+
+def running_sums(rng: random.Random) -> dict:
+    digits = [rng.randint(0, 9) for _ in range(rng.randint(3, 14))]
+    sums = [sum(digits[: i + 1]) % 10 for i in range(len(digits))]
+    return {"prompt": "".join(map(str, digits)) + "=", "answer": "".join(map(str, sums))}
+
+
+FAMILIES: dict[str, Callable[[random.Random], dict]] = {"sort": sort_letters, "filter": filter_letters,
+                                                        "psum": running_sums}
+
+
+def write(family: str, out_dir: str, train: int = 20_000, test: int = 500, seed: int = 7) -> tuple[Path, Path]:
+    """Distinct prompts, the first `test` of them the test split; returns (train file, test file)."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}: choose one of {', '.join(FAMILIES)}")
+    rng, rows, seen = random.Random(seed), [], set()
+    for _ in range(100 * (train + test)):  # the sort family has fewer distinct prompts than asked: stop there
+        row = FAMILIES[family](rng)
+        if row["prompt"] not in seen:
+            seen.add(row["prompt"])
+            rows.append(row)
+        if len(rows) == train + test:
+            break
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = out / f"{family}-train.jsonl", out / f"{family}-test.jsonl"
+    for path, part in zip(paths, (rows[test:], rows[:test]), strict=True):
+        path.write_text("".join(json.dumps(r) + "\n" for r in part))
+    return paths
+
+
+def main(argv: list[str]) -> int:
+    args = dict(a.split("=", 1) for a in argv if "=" in a)
+    try:
+        for path in write(args.get("family", "filter"), args.get("out_dir", "runs/own")):
+            print(f"wrote {path}")
+    except ValueError as err:
+        print(f"own_tasks: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
