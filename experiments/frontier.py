@@ -7,6 +7,7 @@ limit: what `docs/results/frontier.{md,json,png}` and the shipped policies in `d
 Per mode (semi-AR BL = 8, full diffusion BL = L = 24), per training seed, each a real command run in a subprocess:
 
     imitate    `unmask imitate` of Fast-dLLM lambda = 0.9 (full diffusion: in blocks of 8 inside the canvas)
+    imitate-eb `unmask imitate` of EB gamma = 0.05, a faster teacher (0.974 @ 9.8 at BL = 8), the same way
     grpo-a<a>  `unmask train` from that clone (grpo.init_policy) at alpha in {0.3, 1, 3}; its checkpoints/best, chosen
                by held-out validation (so never worse than the clone on validation)
     paper      `unmask train` from the paper's initialisation at alpha = 0.3 (no fallback in training draws, as the
@@ -35,6 +36,7 @@ from rollout.report import pareto_front, write_pareto
 
 MODES = {"semi-AR": 8, "full diffusion": 24}
 ALPHAS = (0.3, 1.0, 3.0)
+FAST_TEACHER = "eb:gamma=0.05"  # the faster clone's teacher: in full diffusion, in blocks of 8, under 10 NFE
 FAMILY = (("fast_dllm:threshold=0.9", 0.3), ("fast_dllm:threshold=0.8", 1.0), ("fast_dllm:threshold=0.7", 3.0))
 DEFAULTS = {"out_dir": "runs/frontier", "seeds": "0,1", "grpo_minutes": "4", "paper_minutes": "4",
             "num_examples": "500", "publish": ""}
@@ -76,6 +78,11 @@ def parts_of_mode(parts: Parts, out: Path, mode: str, bl: int, seed: int, a: dic
                       {"bl": bl, "seed": seed})
     points.append({"name": "imitation", **clone, **parts.run(
         f"{bl}/s{seed}/imitate/eval", lambda: evaluate(Path(clone["checkpoint"]), bl, n), {"n": n, **clone})})
+
+    fast = parts.run(f"{bl}/s{seed}/imitate-eb", lambda: imitate("imitate-eb", [f"teachers=[{FAST_TEACHER}]"]),
+                     {"bl": bl, "seed": seed, "teacher": FAST_TEACHER})
+    points.append({"name": "imitation of EB gamma=0.05", **fast, **parts.run(
+        f"{bl}/s{seed}/imitate-eb/eval", lambda: evaluate(Path(fast["checkpoint"]), bl, n), {"n": n, **fast})})
 
     def train(name: str, extra: list[str], minutes: str, before: float = 0.0) -> dict:
         """One training run; its minutes, with `before` (its starting policy's) added."""
@@ -176,7 +183,7 @@ def publish(rows: list[dict], heuristics: list[dict], publish_dir: Path) -> str:
 
 
 def run_name(checkpoint: str) -> str:
-    """imitate, family, grpo-a1, paper: a training's checkpoints/best is named by its run."""
+    """imitate, imitate-eb, family, grpo-a1, paper: a training's checkpoints/best is named by its run."""
     path = Path(checkpoint)
     return path.parents[1].name if path.name == "best" else path.name
 
