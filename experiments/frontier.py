@@ -122,7 +122,7 @@ def parts_of_mode(parts: Parts, out: Path, mode: str, bl: int, seed: int, a: dic
 def main(argv: list[str]) -> None:
     a = DEFAULTS | dict(arg.split("=", 1) for arg in argv)
     out = Path(a["out_dir"]).resolve()
-    parts = Parts(out)
+    parts = Parts(out, say_as="experiments.frontier")
     rows = [row for seed in (int(s) for s in a["seeds"].split(",")) for mode, bl in MODES.items()
             for row in parts_of_mode(parts, out, mode, bl, seed, a)]
     (out / "points.json").write_text(json.dumps(rows, indent=1) + "\n")

@@ -60,8 +60,8 @@ class Parts:
     settings it depends on. A part done with other settings is done again (an evaluation), or, for one that left a
     run or a model behind (a training, the second dLLM), refused in one line before any work (`check`)."""
 
-    def __init__(self, out_dir: Path):
-        self.folder = out_dir / "done"
+    def __init__(self, out_dir: Path, say_as: str = "unmask reproduce"):
+        self.folder, self.say_as = out_dir / "done", say_as  # say_as: whose progress lines these are
 
     def path(self, name: str) -> Path:
         return self.folder / f"{name.replace('/', '__')}.json"
@@ -86,9 +86,9 @@ class Parts:
     def run(self, name: str, work, depends: dict) -> dict:
         record = self.recorded(name)
         if record is not None and record["depends"] == depends:
-            print(f"unmask reproduce: {name}: done before, skipped", file=sys.stderr, flush=True)
+            print(f"{self.say_as}: {name}: done before, skipped", file=sys.stderr, flush=True)
             return record["result"]
-        print(f"unmask reproduce: {name} ...", file=sys.stderr, flush=True)
+        print(f"{self.say_as}: {name} ...", file=sys.stderr, flush=True)
         result = work()
         write_json(self.path(name), {"depends": depends, "result": result})
         return result
