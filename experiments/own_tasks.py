@@ -65,9 +65,14 @@ def write(family: str, out_dir: str, train: int = 20_000, test: int = 500, seed:
 
 
 def main(argv: list[str]) -> int:
-    args = dict(a.split("=", 1) for a in argv if "=" in a)
+    args = {"family": "filter", "out_dir": "runs/own"}
     try:
-        for path in write(args.get("family", "filter"), args.get("out_dir", "runs/own")):
+        for arg in argv:
+            key, eq, value = arg.partition("=")
+            if not eq or key not in args:
+                raise ValueError(f"{arg!r} is not family=... or out_dir=...")
+            args[key] = value
+        for path in write(args["family"], args["out_dir"]):
             print(f"wrote {path}")
     except ValueError as err:
         print(f"own_tasks: error: {err}", file=sys.stderr)

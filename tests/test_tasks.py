@@ -186,3 +186,5 @@ def test_an_unknown_own_family_is_one_line(tmp_path, capsys):
 
     assert main(["family=nope", f"out_dir={tmp_path}"]) == 2
     assert "unknown family 'nope'" in capsys.readouterr().err and not list(tmp_path.iterdir())
+    assert main(["famly=psum", f"out_dir={tmp_path}"]) == 2  # a misspelt key is no silent default family
+    assert "'famly=psum' is not family=... or out_dir=..." in capsys.readouterr().err and not list(tmp_path.iterdir())
