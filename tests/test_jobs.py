@@ -47,9 +47,11 @@ def stop_head(gcs: int) -> None:
     started (workers, job drivers). `ray stop` would stop every Ray on the machine, another test process's too."""
     import psutil
 
-    daemons = [p for p in psutil.process_iter(["cmdline"])
-               if re.search(rf"[:=]{gcs}\b", " ".join(p.info["cmdline"] or []))]
-    family = {p.pid: p for d in daemons for p in (d, *d.children(recursive=True))}
+    family = {}
+    for daemon in psutil.process_iter(["cmdline"]):
+        if re.search(rf"[:=]{gcs}\b", " ".join(daemon.info["cmdline"] or [])):
+            with contextlib.suppress(psutil.NoSuchProcess):  # one that exits meanwhile takes no children along
+                family |= {p.pid: p for p in (daemon, *daemon.children(recursive=True))}
     for p in family.values():
         with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
