@@ -146,8 +146,11 @@ class UnmaskGRPO(Algorithm):
 
     # ---- the policy -----------------------------------------------------------------------------------
     def policy_state(self) -> dict:
+        """The policy's weights (`policy.*`): what runners decode with and checkpoints hold (not the learner's state
+        value, per-step credit's baseline)."""
         state = self.learner_group.get_state(components=f"learner/{COMPONENT_RL_MODULE}/{DEFAULT_MODULE_ID}")
-        return state["learner"][COMPONENT_RL_MODULE][DEFAULT_MODULE_ID]
+        return {k: v for k, v in state["learner"][COMPONENT_RL_MODULE][DEFAULT_MODULE_ID].items()
+                if k.startswith("policy.")}
 
     def save_policy(self, out: Path, iteration: int | None = None, **extra) -> Path:
         """The learner's policy as a Hugging Face checkpoint, with how it was trained in its config.json."""

@@ -137,7 +137,7 @@ class UnmaskGRPOConfig(AlgorithmConfig):
 
     @property
     def _model_config_auto_includes(self) -> dict:
-        return dataclasses.asdict(self.grpo.network())
+        return {**dataclasses.asdict(self.grpo.network()), "value_baseline": self.grpo.credit == "value"}
 
     def get_default_rl_module_spec(self) -> RLModuleSpec:
         return RLModuleSpec(module_class=UnmaskRLModule)

@@ -56,6 +56,10 @@ class GRPOConfig:
     anchor_coef: float = 0.0  # the loss adds this x KL(pi || pi_init) per step: keeps what init_policy knew
     entropy_coef: float = 0.0  # the loss subtracts this x the decisions' entropy per step: exploration
     logit_bound: float = 0.0  # training draws from bound * tanh(b / bound): every decision keeps a chance (0 = off)
+    credit: str = "trajectory"  # trajectory: one advantage R - mean_G(R) for all of a trajectory's steps (the paper)
+    #                             value: per step, R - V(state) with a learned state value (learner.grpo)
+    value_lr: float = 1e-3  # Adam learning rate of the state value (credit=value)
+    value_warmup: int = 10  # credit=value: the first updates use the trajectory's advantage while V first learns
 
     def network(self) -> PolicyConfig:
         """The policy's shape as trained: init_policy's when given, alpha-conditioned whenever alpha is drawn from a
@@ -156,5 +160,9 @@ def check_grpo(cfg: GRPOConfig) -> None:
         raise ValueError(f"grpo.tis_cap must be >= 1, got {cfg.tis_cap}")
     if cfg.anchor_coef < 0 or cfg.entropy_coef < 0 or cfg.logit_bound < 0:
         raise ValueError("grpo.anchor_coef, grpo.entropy_coef and grpo.logit_bound must be >= 0")
+    if cfg.credit not in ("trajectory", "value"):
+        raise ValueError(f"grpo.credit must be trajectory or value, got {cfg.credit!r}")
+    if cfg.value_lr <= 0 or cfg.value_warmup < 0:
+        raise ValueError("grpo.value_lr must be > 0 and grpo.value_warmup >= 0")
     if cfg.anchor_coef and not cfg.init_policy:
         raise ValueError("grpo.anchor_coef anchors to grpo.init_policy: give one")

@@ -7,12 +7,15 @@ log-probability stored at rollout time and the policy's logits b_s.
     reward       R   = correct * ((L - NFE + 1) / L) ** alpha          (multiplicative, the default)
                  R   = correct - alpha * NFE / L                        (additive, the ablation)
     advantage    A_g = R_g - mean_G(R)               (optionally / std_G(R))
+                 A_gs = R_g - V(x_gs)                 per-step credit (grpo.credit=value): V a learned state value,
+                                                      so the step that lost what its state promised carries the loss
     decision     u_k ~ Bernoulli(p_k = sigma(b_k / tau)) for k in V_s, else 0   (tau: the policy temperature);
                  with the argmax fallback (grpo.fallback, evaluation's rule): an empty draw commits argmax p instead
     log-prob     log pi(u_s) = sum_{k in V_s} u_k log p_k + (1 - u_k) log(1 - p_k)
                  (fallback: log of that + [u_s = {argmax p}] prod_k (1 - p_k), exact: every decision's sums to 1)
     ratio        rho_s = exp(log pi(u_s) - log pi_old(u_s))
     loss         -(1/N) sum_g (1/|S_g|) sum_{s in S_g} w_s min(rho_s A_g, clip(rho_s, 1 - eps, 1 + eps) A_g)
+                 (+ value_coef (1/N) sum_g (1/|S_g|) sum_s (V(x_gs) - R_g)^2 with per-step credit: V's own regression)
 
 S_g are the trajectory's active steps (those with a non-empty valid set); w_s = 1 on-policy. For a step sampled
 by an older policy pi_behav (asynchronous runners), pi_old is the learner's policy when the batch arrives (the
@@ -69,6 +72,22 @@ def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale_by_st
         var = torch.zeros(len(groups), device=rewards.device).index_add_(0, index, adv**2) / (count - 1).clamp(min=1)
         adv = adv / (var[index].sqrt() + eps)
     return adv
+
+
+def step_advantages(rewards: torch.Tensor, values: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    """[N, T] A_gs = R_g - V(x_gs): each step's reward over what its state was worth before it decided (the Monte-Carlo
+    return of a terminal reward, with a learned baseline). A trajectory-level advantage gives ~11 steps of ~10
+    decisions the same credit; here a step whose state was already lost gets ~0 and the step that lost it gets the
+    blame. 0 on steps not taken."""
+    return (rewards.float()[:, None] - values) * active.float()
+
+
+def value_loss(values: torch.Tensor, rewards: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    """V's regression onto the reward each of its states led to, averaged as the surrogate is (per trajectory, then
+    over trajectories)."""
+    active = active.float()
+    squared = (values - rewards.float()[:, None]) ** 2 * active
+    return (squared.sum(-1) / active.sum(-1).clamp(min=1)).mean()
 
 
 def bounded(logits: torch.Tensor, bound: float) -> torch.Tensor:
@@ -180,10 +199,10 @@ def truncated_importance_weights(old_logp: torch.Tensor, behaviour_logp: torch.T
 
 def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, active: torch.Tensor,
               clip_eps: float | torch.Tensor = 0.5, weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-    """Clipped surrogate. logp, old_logp, active, weights: [N, T] (trajectory x step); advantages: [N]; clip_eps
-    one for all or [N] (expert trajectories clip at their own)."""
+    """Clipped surrogate. logp, old_logp, active, weights: [N, T] (trajectory x step); advantages: [N] (one per
+    trajectory) or [N, T] (per step); clip_eps one for all or [N] (expert trajectories clip at their own)."""
     ratio = torch.exp(logp - old_logp)
-    adv = advantages[:, None]
+    adv = advantages[:, None] if advantages.dim() == 1 else advantages
     eps = clip_eps[:, None] if isinstance(clip_eps, torch.Tensor) else torch.as_tensor(clip_eps, device=ratio.device)
     surrogate = torch.minimum(ratio * adv, torch.clamp(ratio, 1 - eps, 1 + eps) * adv)
     if weights is not None:

@@ -3,11 +3,13 @@
 `update(batch)` takes the trajectories as the env runners recorded them (rollout.trajectories.learner_batch) and
 1. prepares them once, before the first epoch, with the learner's own module (learner.grpo's equations):
      advantages   A_g = R_g - mean_G(R)       (a batch whose |A_g| are all below grpo.skip_zero_advantage is skipped)
+                  or, with grpo.credit=value (after grpo.value_warmup updates), A_gs = R_g - V(x_gs) per step
      mixture      policy_share = G / (G + E), expert_share = 1 / (G + E) on an expert's trajectory
      proximal     log pi_old(u_s): the behaviour log-prob on steps the current weights sampled, recomputed by the
                   learner's module on stale ones (sampled by an older version: asynchronous runners)
      TIS          w_s = min(pi_old(u_s) / pi_behav(u_s), grpo.tis_cap), each on the group's mixture for experts
-2. runs grpo.num_updates epochs of the clipped surrogate (compute_loss_for_module) on the whole batch.
+2. runs grpo.num_updates epochs of the clipped surrogate (compute_loss_for_module) on the whole batch, and with
+   per-step credit the state value's regression onto the rewards (its own Adam, grpo.value_lr, unclipped).
 
 The policy version is the learner's weights version (RLlib's WEIGHTS_SEQ_NO): +1 per applied update, none for a
 skipped batch. `last_update` says what the last call did and the proximal log-probs it used (the dumps record them).
@@ -29,6 +31,7 @@ import numpy as np
 import torch
 from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.core.columns import Columns
+from ray.rllib.core.learner.learner import DEFAULT_OPTIMIZER
 from ray.rllib.core.learner.torch.torch_learner import TorchLearner
 from ray.rllib.core.learner.training_data import TrainingData
 from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
@@ -42,10 +45,12 @@ from learner.grpo import (
     mixture_shares,
     steered_logp,
     steered_position_logp,
+    step_advantages,
     step_logp,
     truncated_importance_weights,
+    value_loss,
 )
-from learner.module import FactorisedBernoulli, step_logits
+from learner.module import FactorisedBernoulli, step_logits, step_values
 
 TENSOR_DTYPES = {"group": torch.long, "policy_version": torch.long}
 
@@ -137,6 +142,9 @@ class GRPOLearner(TorchLearner):
             old, behaviour = steered_logp(old_logp, *shares), steered_logp(batch["logp"], *shares)
         recorded = (old * batch["active"]).cpu().numpy()  # what the ratio is taken against, as the dumps show it
         advantages = group_advantages(batch["reward"].float(), batch["group"], g.scale_by_std)
+        value = self.module[DEFAULT_MODULE_ID].value
+        if value is not None and self.policy_version >= g.value_warmup:  # per-step credit, once V has learned a little
+            advantages = step_advantages(batch["reward"], step_values(value, batch), batch["active"])
         if float(advantages.abs().max()) < g.skip_zero_advantage:
             return None, recorded
         batch.update(advantages=advantages, old=old, weights=truncated_importance_weights(old, behaviour, g.tis_cap))
@@ -167,6 +175,12 @@ class GRPOLearner(TorchLearner):
         logp = self.decision_logp(logits, batch)
         clip_eps = torch.where(batch["expert_share"] > 0, g.expert_clip_eps, g.clip_eps)
         loss, stats = grpo_loss(logp, batch["old"], batch["advantages"], batch["active"], clip_eps, batch["weights"])
+        value = self.module[module_id].value
+        if value is not None:  # V's regression; its parameters are disjoint from the policy's, so are the gradients
+            values = step_values(value, batch)
+            stats["value_loss"] = value_loss(values, batch["reward"], batch["active"])
+            loss = loss + stats["value_loss"]
+            stats["value_loss"] = float(stats["value_loss"].detach())
         if g.anchor_coef or g.entropy_coef:
             policy = FactorisedBernoulli(logits, batch["valid"], g.policy_temperature)
             if g.anchor_coef:
@@ -182,23 +196,38 @@ class GRPOLearner(TorchLearner):
 
     # ---- the optimiser ------------------------------------------------------------------------------------
     def configure_optimizers_for_module(self, module_id, config=None) -> None:
+        """The policy's AdamW (grpo.lr, warm-up + cosine) and, with per-step credit, the state value's own Adam."""
         module = self.module[module_id]
-        optimizer = adamw(module.parameters(), self.grpo.lr, self.grpo.weight_decay, self.grpo.adam_betas)
+        optimizer = adamw(module.policy.parameters(), self.grpo.lr, self.grpo.weight_decay, self.grpo.adam_betas)
         params = [p for group in optimizer.param_groups for p in group["params"]]
         self.register_optimizer(module_id=module_id, optimizer=optimizer, params=params)
+        if module.value is not None:
+            params = list(module.value.parameters())
+            self.register_optimizer(module_id=module_id, optimizer_name="value", params=params,
+                                    optimizer=torch.optim.Adam(params, lr=self.grpo.value_lr))
         self._lr_multiplier = warmup_cosine(self.grpo.warmup_steps, self.grpo.total_steps)
 
+    def policy_optimizer(self, module_id=DEFAULT_MODULE_ID) -> torch.optim.Optimizer:
+        return dict(self.get_optimizers_for_module(module_id))[DEFAULT_OPTIMIZER]
+
     def optimizer_steps(self) -> int:
-        for optimizer in self._named_optimizers.values():
-            for state in optimizer.state.values():
-                if "step" in state:
-                    return int(state["step"])
+        for state in self.policy_optimizer().state.values():
+            if "step" in state:
+                return int(state["step"])
         return 0
+
+    def postprocess_gradients_for_module(self, *, module_id, config=None, module_gradients_dict):
+        """grpo.grad_clip bounds the policy's gradient norm alone: the state value's regression (per-step credit) has
+        its own scale and would otherwise shrink the policy's steps."""
+        policy = self.filter_param_dict_for_optimizer(module_gradients_dict, self.policy_optimizer(module_id))
+        rest = {ref: grad for ref, grad in module_gradients_dict.items() if ref not in policy}
+        policy = super().postprocess_gradients_for_module(module_id=module_id, config=config,
+                                                          module_gradients_dict=policy)
+        return {**policy, **rest}
 
     def apply_gradients(self, gradients_dict) -> None:
         lr = self.grpo.lr * self._lr_multiplier(self.optimizer_steps())
-        for optimizer in self._named_optimizers.values():
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+        for group in self.policy_optimizer().param_groups:
+            group["lr"] = lr
         super().apply_gradients(gradients_dict)
         self.metrics.log_value("lr", lr, window=1)

@@ -1,15 +1,19 @@
 """The policy as RLlib pieces (new API stack): its action distribution and its RLModule (the GRPO Learner is
 learner.learner). A training batch's rows are whole trajectories, padded to T = L steps (learner.learner's columns).
+With per-step credit (grpo.credit=value) the module also holds a learned state value, the baseline of each step's
+advantage; only the learner uses it (the runners receive the policy's weights alone).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.distribution.torch.torch_distribution import TorchDistribution
 from ray.rllib.core.rl_module.torch import TorchRLModule
+from torch import nn
 
 from learner.config import PolicyConfig
 from learner.grpo import bernoulli_logp, bernoulli_sample, unmask_probabilities
@@ -57,14 +61,29 @@ class FactorisedBernoulli(TorchDistribution):
         return cls(logits, **kwargs)
 
 
+class StateValue(nn.Module):
+    """V(s): the expected reward from a decoding state, read from the policy's own inputs by a network of the policy's
+    shape whose per-position outputs are averaged (attention lets every position see the whole canvas). The baseline
+    of per-step credit (learner.grpo.step_advantages)."""
+
+    def __init__(self, config: PolicyConfig):
+        super().__init__()
+        self.net = UnmaskingPolicy(replace(config, init_bias=0.0))
+
+    def forward(self, inputs: torch.Tensor, masked: torch.Tensor, t: torch.Tensor,
+                alpha: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(inputs, masked, t, alpha).mean(-1)
+
+
 class UnmaskRLModule(TorchRLModule):
     """Wraps learner.policy.UnmaskingPolicy; `model_config` holds PolicyConfig's fields (UnmaskGRPOConfig
-    puts `grpo.policy` there)."""
+    puts `grpo.policy` there) and `value_baseline` (grpo.credit=value: a StateValue beside the policy)."""
 
     def setup(self) -> None:
         fields = PolicyConfig.__dataclass_fields__
-        self.policy = UnmaskingPolicy(PolicyConfig(**{k: v for k, v in (self.model_config or {}).items()
-                                                      if k in fields}))
+        config = PolicyConfig(**{k: v for k, v in (self.model_config or {}).items() if k in fields})
+        self.policy = UnmaskingPolicy(config)
+        self.value = StateValue(config) if (self.model_config or {}).get("value_baseline") else None
 
     def get_inference_action_dist_cls(self):
         return FactorisedBernoulli
@@ -87,15 +106,25 @@ class UnmaskRLModule(TorchRLModule):
         return {Columns.ACTION_DIST_INPUTS: step_logits(self.policy, batch)}
 
 
-def step_logits(policy: UnmaskingPolicy, batch: dict[str, Any]) -> torch.Tensor:
-    """[N, T, L] `policy`'s logits on a batch of trajectories: only the steps a trajectory actually took go through the
-    network, each at its trajectory's alpha (0 elsewhere)."""
+def on_active_steps(network: nn.Module, batch: dict[str, Any], shape: torch.Size) -> torch.Tensor:
+    """`network` (the policy, or the state value) on a batch of trajectories: only the steps a trajectory actually took
+    go through it, each with its inputs and its trajectory's alpha; `shape` ([N, T, L] or [N, T]) is 0 elsewhere."""
     active = batch["active"].bool()
-    logits = torch.zeros(batch["confidences"].shape, device=active.device)
+    out = torch.zeros(shape, device=active.device)
     if active.any():
         inputs = batch["confidences"][active]
         if "extra_inputs" in batch and batch["extra_inputs"].shape[-1]:  # the policy reads more than the confidence
             inputs = torch.cat([inputs[..., None], batch["extra_inputs"][active]], dim=-1)
         alpha = batch["alpha"][:, None].expand(active.shape)[active] if "alpha" in batch else None
-        logits[active] = policy(inputs, batch["mask"][active], batch["t"][active], alpha)
-    return logits
+        out[active] = network(inputs, batch["mask"][active], batch["t"][active], alpha)
+    return out
+
+
+def step_logits(policy: UnmaskingPolicy, batch: dict[str, Any]) -> torch.Tensor:
+    """[N, T, L] `policy`'s unmask logits on every step a trajectory took (0 elsewhere)."""
+    return on_active_steps(policy, batch, batch["confidences"].shape)
+
+
+def step_values(value: StateValue, batch: dict[str, Any]) -> torch.Tensor:
+    """[N, T] V(s) of every state a trajectory decided in (0 elsewhere)."""
+    return on_active_steps(value, batch, batch["active"].shape)

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
 
 from learner.config import PolicyConfig
 from learner.grpo import bernoulli_logp, group_advantages, grpo_loss, reward
@@ -325,3 +326,67 @@ def test_grpo_starts_from_a_saved_policy_and_anchors_to_it(tmp_path):
            - unanchored.compute_loss_for_module(module_id="default_policy", config=None, batch=prepared,
                                                 fwd_out=moved))
     assert gap.item() == pytest.approx(0.5 * kl.item(), rel=1e-4)
+
+
+def test_per_step_credit_subtracts_a_learned_state_value_and_trains_it_on_its_own():
+    """grpo.credit=value: after value_warmup updates each step's advantage is R - V(state) (hand-checked against the
+    module's own V); the loss adds V's regression onto the rewards; grpo.grad_clip bounds the policy's gradient
+    alone; a few updates on one batch fit V; the policy's weights (what runners and checkpoints get) leave V out."""
+    from cluster.algorithm_config import UnmaskGRPOConfig
+    from learner.grpo import step_advantages, value_loss
+    from learner.module import step_values
+
+    def learner_for(**training):
+        cfg = UnmaskGRPOConfig().environment(gen_length=4, block_length=4).training(fallback=False, **training)
+        cfg.validate()
+        learner = cfg.build_learner(env=None)
+        learner.build()
+        return learner
+
+    torch.manual_seed(1)
+    N, T, L = 4, 3, 4
+    active = torch.tensor([[True, True, False], [True, True, True], [True, False, False], [True, True, True]])
+    batch = {"confidences": torch.rand(N, T, L), "mask": torch.ones(N, T, L, dtype=torch.bool),
+             "valid": torch.ones(N, T, L, dtype=torch.bool) & active[..., None], "action": torch.rand(N, T, L) > 0.5,
+             "t": torch.rand(N, T), "active": active, "alpha": torch.ones(N),
+             "reward": torch.tensor([1.0, 0.0, 0.8, 0.8]), "group": torch.tensor([0, 0, 1, 1]),
+             "expert": torch.zeros(N, dtype=torch.bool), "policy_version": torch.zeros(N, dtype=torch.long)}
+    batch["action"] &= batch["valid"]
+    learner = learner_for(credit="value", value_warmup=0, grad_clip=0.01)
+    batch["logp"] = bernoulli_logp(learner.proximal_logits(batch), batch["action"], batch["valid"]) * active
+    module = learner.module["default_policy"]
+    values = step_values(module.value, batch)
+    assert values.shape == (N, T) and (values[~active] == 0).all() and values[active].std() > 0
+    prepared, _ = learner.prepare(dict(batch))
+    expected = (batch["reward"][:, None] - values) * active
+    torch.testing.assert_close(prepared["advantages"], expected)
+    torch.testing.assert_close(step_advantages(batch["reward"], values, active), expected)
+    assert prepared["advantages"][3].abs().sum() > 0  # group 1 is flat (0.8, 0.8), its steps still get credit
+    warming, _ = learner_for(credit="value", value_warmup=5).prepare(dict(batch))
+    assert warming["advantages"].tolist() == pytest.approx([0.5, -0.5, 0.0, 0.0])  # the group's, while V learns
+
+    fwd = {"action_dist_inputs": learner.proximal_logits(batch)}
+    with_value = learner.compute_loss_for_module(module_id="default_policy", config=None, batch=prepared, fwd_out=fwd)
+    surrogate, _ = grpo_loss(prepared["old"], prepared["old"], prepared["advantages"], active, 0.5, prepared["weights"])
+    assert with_value.item() == pytest.approx(surrogate.item() + value_loss(values, batch["reward"], active).item(),
+                                              abs=1e-5)
+    hand = sum(((values[n, :int(active[n].sum())] - batch["reward"][n]) ** 2).mean() for n in range(N)) / N
+    assert value_loss(values, batch["reward"], active).item() == pytest.approx(hand.item(), rel=1e-5)
+
+    grads = learner.postprocess_gradients(learner.compute_gradients({"default_policy": with_value}))
+    policy_refs = learner.filter_param_dict_for_optimizer(grads, learner.policy_optimizer())
+    policy_norm = torch.stack([g.norm() for g in policy_refs.values() if g is not None]).norm()
+    value_norm = torch.stack([g.norm() for r, g in grads.items() if r not in policy_refs and g is not None]).norm()
+    assert policy_norm <= 0.01 + 1e-6 and value_norm > 0.01  # clipped, and the value's own scale
+
+    before = value_loss(step_values(module.value, batch), batch["reward"], active).item()
+    for _ in range(20):
+        columns = SampleBatch({k: v.detach().numpy() for k, v in batch.items()})
+        learner.update(batch=MultiAgentBatch({"default_policy": columns}, env_steps=N))
+        batch["policy_version"] = torch.full((N,), learner.policy_version)
+        batch["logp"] = bernoulli_logp(learner.proximal_logits(batch), batch["action"], batch["valid"]) * active
+    after = value_loss(step_values(module.value, batch), batch["reward"], active).item()
+    assert after < 0.5 * before
+    assert learner.policy_version == 20
+    state = learner.get_state(components="rl_module/default_policy")["rl_module"]["default_policy"]
+    assert any(k.startswith("value.") for k in state) and any(k.startswith("policy.") for k in state)

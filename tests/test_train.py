@@ -233,17 +233,21 @@ def test_expert_steered_alpha_conditioned_training_end_to_end(local_ray, tiny_mo
     """Experts and a drawn alpha on real Ray: each group has G = 4 policy members and one Fast-dLLM expert
     (lambda 0: a whole expert block of 8 per step, so NFE 2 at L = 16), each group at its own alpha from
     [0.3, 3]; the metrics report the expert apart, the dumps mark it, and the saved policy is alpha-conditioned
-    and evaluates at any `sampler.alpha`."""
+    and evaluates at any `sampler.alpha`. Trained with per-step credit (grpo.credit=value): the learner fits its state
+    value (its loss reported), while the runners and checkpoints get the policy alone."""
     from rollout.config import ExpertConfig
 
     run_dir = tmp_path / "steered"
     base = tiny_run(tiny_model_dir, run_dir, eval_examples=4)
     rollout = RolloutConfig(**{**base.rollout.__dict__, "expert": ExpertConfig(thresholds=[0.0], block_length=8)})
-    grpo = GRPOConfig(**{**base.grpo.__dict__, "alpha_range": [0.3, 3.0]})
+    grpo = GRPOConfig(**{**base.grpo.__dict__, "alpha_range": [0.3, 3.0], "credit": "value", "value_warmup": 1})
     result = train(tiny_run(tiny_model_dir, run_dir, eval_examples=4, rollout=rollout, grpo=grpo, max_iterations=4,
                             num_env_runners=0, validate_every=2, validate_examples=6))
     rows = progress(run_dir)
     assert len(rows) == 4 and all(float(r["unmask/expert_nfe_mean"]) == 2.0 for r in rows)
+    value_losses = [float(r["learners/default_policy/value_loss"]) for r in rows
+                    if r.get("learners/default_policy/value_loss") not in (None, "", "nan")]
+    assert value_losses and all(0 <= v < 10 for v in value_losses)
     # held-out validation every 2 iterations, the start included: checkpoints/best is the best of them
     validated = {int(float(r["unmask/validation_iteration"])): float(r["unmask/validation_reward"]) for r in rows
                  if r["unmask/validation_iteration"] not in ("", "nan")}
