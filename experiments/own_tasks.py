@@ -6,6 +6,8 @@ recipe (README, "The frontier"). Nothing in the project was tuned for them.
     sort     2-5 letters, sorted                                  (abcd's order: "daced=" -> "acdde")
     filter   4-14 random letters, those after `m` kept in order   ("emubcrdls=" -> "urs")
     psum     3-14 digits, their running sums mod 10               ("17421=" -> "18245")
+    path     a permutation f of a-j, a start s and a letter t on s's cycle: the letters from s to t under f
+             (pointer chasing whose length is unknown until traced)     ("cadbgfehji?bd" -> ">bacd")
 
 Each writes <family>-train.jsonl and <family>-test.jsonl (500 prompts, none in train) under out_dir.
 """
@@ -40,8 +42,22 @@ def running_sums(rng: random.Random) -> dict:
     return {"prompt": "".join(map(str, digits)) + "=", "answer": "".join(map(str, sums))}
 
 
+def path_to(rng: random.Random) -> dict:
+    letters = LETTERS[:10]
+    while True:
+        image = rng.sample(letters, len(letters))
+        f = dict(zip(letters, image, strict=True))
+        start = rng.choice(letters)
+        cycle = [start]
+        while f[cycle[-1]] != start:
+            cycle.append(f[cycle[-1]])
+        if len(cycle) > 1:
+            end = rng.randint(1, len(cycle) - 1)
+            return {"prompt": "".join(image) + "?" + start + cycle[end], "answer": ">" + "".join(cycle[: end + 1])}
+
+
 FAMILIES: dict[str, Callable[[random.Random], dict]] = {"sort": sort_letters, "filter": filter_letters,
-                                                        "psum": running_sums}
+                                                        "psum": running_sums, "path": path_to}
 
 
 def write(family: str, out_dir: str, train: int = 20_000, test: int = 500, seed: int = 7) -> tuple[Path, Path]:

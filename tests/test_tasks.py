@@ -162,7 +162,16 @@ def test_map_applies_the_permutation_to_each_letter_and_keeps_its_splits_apart()
     assert set("".join(e.prompt + e.answer for e in train)) <= set(task.alphabet)
 
 
-@pytest.mark.parametrize("family", ["sort", "filter", "psum"])
+def trace(given: str) -> str:
+    """The path family's answer recomputed from its prompt: f's images, ?, start, end."""
+    image, start, end = given[:10], given[11], given[12]
+    path = [start]
+    while path[-1] != end:
+        path.append(image["abcdefghij".index(path[-1])])
+    return ">" + "".join(path)
+
+
+@pytest.mark.parametrize("family", ["sort", "filter", "psum", "path"])
 def test_our_own_task_families_are_jsonl_tasks_with_held_out_prompts(family, tmp_path):
     from experiments.own_tasks import write
 
@@ -173,8 +182,12 @@ def test_our_own_task_families_are_jsonl_tasks_with_held_out_prompts(family, tmp
     assert not {r["prompt"] for r in rows["train"]} & {r["prompt"] for r in rows["test"]}
     rule = {"sort": lambda given: "".join(sorted(given)),
             "filter": lambda given: "".join(c for c in given if c > "m"),
-            "psum": lambda given: "".join(str(sum(map(int, given[: i + 1])) % 10) for i in range(len(given)))}[family]
-    assert all(row["answer"] == rule(row["prompt"].removesuffix("=")) for row in rows["train"])
+            "psum": lambda given: "".join(str(sum(map(int, given[: i + 1])) % 10) for i in range(len(given))),
+            "path": trace}[family]
+    assert all(row["answer"] == rule(row["prompt"].removesuffix("=")) for row in rows["train"] + rows["test"])
+    if family == "path":  # a permutation, and the end a letter of the start's cycle other than the start
+        assert all(sorted(r["prompt"][:10]) == list("abcdefghij") and r["prompt"][11] != r["prompt"][12]
+                   for r in rows["train"])
     task = make_task(TaskConfig(name="jsonl", path=str(train), test_path=str(test)))
     examples = task.examples("test", 50)
     assert sorted(ex.answer for ex in examples) == sorted(r["answer"] for r in rows["test"])
