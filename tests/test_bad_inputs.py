@@ -205,6 +205,8 @@ CASES = [
     ("train run_dir={root}/r grpo.init_policy={root}/policy_L24 grpo.policy.hidden_size=64",
      "leave grpo.policy.* at their defaults"),
     ("train run_dir={root}/r grpo.anchor_coef=0.1", "grpo.anchor_coef anchors to grpo.init_policy"),
+    ("train run_dir={root}/r grpo.credit=per_step", "grpo.credit must be trajectory or value, got 'per_step'"),
+    ("train run_dir={root}/r grpo.credit=value grpo.value_lr=0", "grpo.value_lr must be > 0"),
     ("imitate out={root}/i teachers=[]", "teachers must name at least one sampler"),
     ("imitate out={root}/i teachers=[nope]", "unknown sampler 'nope'"),
     ("imitate out={root}/i teachers=[policy]", "is a learned policy"),
