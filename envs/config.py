@@ -88,7 +88,7 @@ class SamplerConfig:
     name: str = "fast_dllm"
     steps: int = 0  # top_k/margin/entropy: total steps (LLaDA schedule); 0 = gen_length (1 token/step)
     k: int = 1  # random: tokens per step
-    threshold: float = 0.9  # fast_dllm: lambda
+    threshold: float = 0.9  # fast_dllm, left_threshold: lambda
     factor: float = 1.0  # fast_dllm_factor: f
     gamma: float = 0.1  # eb: entropy bound
     delta: float = 0.25  # frechet: margin of the Fréchet bound (Fast-dLLM++; GSM8K 0.25-0.30, code 0.02-0.25)
@@ -109,6 +109,7 @@ SAMPLER_PARAMS: dict[str, tuple[str, ...]] = {
     "margin": ("steps",),
     "entropy": ("steps",),
     "fast_dllm": ("threshold",),
+    "left_threshold": ("threshold",),
     "fast_dllm_factor": ("factor",),
     "eb": ("gamma",),
     "frechet": ("delta",),

@@ -11,6 +11,10 @@ the EB-Sampler paper):
 - entropy        the same schedule, ranked by negative entropy (Dream `entropy`).
 - fast_dllm      Fast-dLLM threshold: every masked position of the block with probability >= lambda,
                  and always the most confident one (`get_transfer_index` with `threshold`).
+- left_threshold the same threshold, but the position always committed is the leftmost masked one, not the most
+                 confident: left-to-right decoding that writes ahead wherever the model is sure. The most confident
+                 position is often a far one (an EOS at the canvas end in full diffusion, committed before the
+                 answer that decides where it ends); the leftmost one is what the next positions depend on.
 - fast_dllm_factor Fast-dLLM factor rule: the i-th most confident (0-based) is accepted while its
                  probability >= 1 - f / (i + 2), the top one always (`get_transfer_index_dynamic`).
 - eb             EB-Sampler: sort by an error proxy (entropy by default), take the longest prefix whose
@@ -82,6 +86,13 @@ def take_top(score: torch.Tensor, valid: torch.Tensor, count: torch.Tensor) -> t
     chosen_sorted = ranks < count.clamp(max=score.shape[-1])[:, None]
     chosen = torch.zeros_like(valid).scatter(-1, order, chosen_sorted)
     return chosen & valid
+
+
+def leftmost_valid(valid: torch.Tensor) -> torch.Tensor:
+    """[B, L] bool: per row, its leftmost valid position (none in a row without one)."""
+    positions = torch.arange(valid.shape[-1], device=valid.device)
+    first = torch.where(valid, positions, valid.shape[-1]).min(-1, keepdim=True).values
+    return valid & (positions[None, :] == first)
 
 
 def leftmost_block(valid: torch.Tensor, block_length: int) -> torch.Tensor:
@@ -175,6 +186,13 @@ class FastDLLMThreshold(Sampler):
         return best | (obs.valid & (obs.token_prob >= self.cfg.threshold))
 
 
+class LeftThreshold(Sampler):
+    name, features = "left_threshold", ("token_prob",)
+
+    def select(self, obs: Observation) -> torch.Tensor:
+        return leftmost_valid(obs.valid) | (obs.valid & (obs.token_prob >= self.cfg.threshold))
+
+
 class FastDLLMFactor(Sampler):
     name, features = "fast_dllm_factor", ("token_prob",)
 
@@ -240,13 +258,11 @@ class Oracle(Sampler):
         full diffusion, 0.982 @ 3.25 against 0.972 @ 3.27)."""
         match = obs.valid & (obs.tokens == self.targets.to(obs.tokens.device))
         none = obs.valid.any(-1) & ~match.any(-1)
-        positions = torch.arange(obs.valid.shape[-1], device=obs.valid.device)
-        first = torch.where(obs.valid, positions, obs.valid.shape[-1]).min(-1, keepdim=True).values
-        return match | (none[:, None] & (positions[None, :] == first))
+        return match | (none[:, None] & leftmost_valid(obs.valid))
 
 
 HEURISTICS: dict[str, type[Sampler]] = {
     cls.name: cls
-    for cls in (RandomSampler, TopKConfidence, TopKMargin, LowestEntropy, FastDLLMThreshold,
+    for cls in (RandomSampler, TopKConfidence, TopKMargin, LowestEntropy, FastDLLMThreshold, LeftThreshold,
                 FastDLLMFactor, EntropyBounded, Frechet)
 }

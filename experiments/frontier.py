@@ -8,6 +8,8 @@ Per mode (semi-AR BL = 8, full diffusion BL = L = 24), per training seed, each a
 
     imitate    `unmask imitate` of Fast-dLLM lambda = 0.9 (full diffusion: in blocks of 8 inside the canvas)
     imitate-eb `unmask imitate` of EB gamma = 0.05, a faster teacher (0.974 @ 9.8 at BL = 8), the same way
+    imitate-lt `unmask imitate` of left_threshold lambda = 0.9 (the leftmost masked position always, the others at
+               >= lambda), in full diffusion over the whole canvas: the heuristic that makes both modes' frontier
     grpo-a<a>  `unmask train` from that clone (grpo.init_policy) at alpha in {0.3, 1, 3}; its checkpoints/best, chosen
                by held-out validation (so never worse than the clone on validation)
     paper      `unmask train` from the paper's initialisation at alpha = 0.3 (no fallback in training draws, as the
@@ -37,6 +39,7 @@ from rollout.report import pareto_front, write_pareto
 MODES = {"semi-AR": 8, "full diffusion": 24}
 ALPHAS = (0.3, 1.0, 3.0)
 FAST_TEACHER = "eb:gamma=0.05"  # the faster clone's teacher: in full diffusion, in blocks of 8, under 10 NFE
+LEFT_TEACHER = "left_threshold:threshold=0.9"  # the frontier's heuristic in both modes, itself in full diffusion
 FAMILY = (("fast_dllm:threshold=0.9", 0.3), ("fast_dllm:threshold=0.8", 1.0), ("fast_dllm:threshold=0.7", 3.0))
 DEFAULTS = {"out_dir": "runs/frontier", "seeds": "0,1", "grpo_minutes": "4", "paper_minutes": "4",
             "num_examples": "500", "publish": ""}
@@ -67,11 +70,11 @@ def parts_of_mode(parts: Parts, out: Path, mode: str, bl: int, seed: int, a: dic
     blocks = ["teacher_block_length=8"] if bl == 24 else []
     points = []
 
-    def imitate(name: str, extra: list[str]) -> dict:
+    def imitate(name: str, extra: list[str], in_blocks: bool = True) -> dict:
         path = root / name
         shutil.rmtree(path, ignore_errors=True)
         minutes = unmask("imitate", f"out={path}", f"env.block_length={bl}", f"seed={seed}", "eval_examples=0",
-                         "progress=false", *blocks, *extra)
+                         "progress=false", *(blocks if in_blocks else []), *extra)
         return {"checkpoint": str(path), "minutes": minutes}
 
     clone = parts.run(f"{bl}/s{seed}/imitate", lambda: imitate("imitate", [f"teachers=[{RECIPE_TEACHER}]"]),
@@ -83,6 +86,10 @@ def parts_of_mode(parts: Parts, out: Path, mode: str, bl: int, seed: int, a: dic
                      {"bl": bl, "seed": seed, "teacher": FAST_TEACHER})
     points.append({"name": "imitation of EB gamma=0.05", **fast, **parts.run(
         f"{bl}/s{seed}/imitate-eb/eval", lambda: evaluate(Path(fast["checkpoint"]), bl, n), {"n": n, **fast})})
+    left = parts.run(f"{bl}/s{seed}/imitate-lt", lambda: imitate("imitate-lt", [f"teachers=[{LEFT_TEACHER}]"], False),
+                     {"bl": bl, "seed": seed, "teacher": LEFT_TEACHER})
+    points.append({"name": "imitation of left_threshold 0.9", **left, **parts.run(
+        f"{bl}/s{seed}/imitate-lt/eval", lambda: evaluate(Path(left["checkpoint"]), bl, n), {"n": n, **left})})
 
     def train(name: str, extra: list[str], minutes: str, before: float = 0.0) -> dict:
         """One training run; its minutes, with `before` (its starting policy's) added."""

@@ -42,6 +42,17 @@ def test_fast_dllm_ignores_positions_outside_the_valid_set():
     assert pick("fast_dllm", o, threshold=0.9) == [False, True, False, False]
 
 
+def test_left_threshold_keeps_the_leftmost_masked_position_instead_of_the_most_confident():
+    o = obs([0.2, 0.95, 0.3, 0.9], valid=[False, True, True, True])
+    assert pick("left_threshold", o, threshold=0.9) == [False, True, False, True]  # leftmost valid passes anyway
+    o = obs([0.2, 0.3, 0.5, 0.4])
+    assert pick("left_threshold", o, threshold=0.9) == [True, False, False, False]  # not the most confident (2)
+    assert pick("fast_dllm", o, threshold=0.9) == [False, False, True, False]
+    o = obs([0.95, 0.1, 0.3, 0.99], valid=[False, False, True, True])
+    assert pick("left_threshold", o, threshold=0.9) == [False, False, True, True]
+    assert pick("left_threshold", obs([0.5, 0.5], valid=[False, False]), threshold=0.9) == [False, False]
+
+
 def test_factor_rule_thresholds_one_minus_f_over_i_plus_2():
     # sorted: 0.99 (always), 0.8 vs 1-1/3=0.667 ok, 0.74 vs 1-1/4=0.75 fails -> stop, 0.9? sorted order matters
     o = obs([0.8, 0.99, 0.74, 0.1])
