@@ -8,6 +8,8 @@ recipe (README, "The frontier"). Nothing in the project was tuned for them.
     psum     3-14 digits, their running sums mod 10               ("17421=" -> "18245")
     path     a permutation f of a-j, a start s and a letter t on s's cycle: the letters from s to t under f
              (pointer chasing whose length is unknown until traced)     ("cadbgfehji?bd" -> ">bacd")
+    commas   filter's letters, each two with a `,` between them or not, at random (free phrasing: any comma
+             placement is right, task.verifier=experiments.own_tasks:free_commas)   ("emubcrdls=" -> "u,rs")
 
 Each writes <family>-train.jsonl and <family>-test.jsonl (500 prompts, none in train) under out_dir.
 """
@@ -56,8 +58,21 @@ def path_to(rng: random.Random) -> dict:
             return {"prompt": "".join(image) + "?" + start + cycle[end], "answer": ">" + "".join(cycle[: end + 1])}
 
 
+def filter_with_commas(rng: random.Random) -> dict:
+    row = filter_letters(rng)
+    answer = row["answer"][0] + "".join(("," if rng.random() < 0.5 else "") + c for c in row["answer"][1:])
+    return {"prompt": row["prompt"], "answer": answer}
+
+
+def free_commas(completion: str, answer: str) -> bool:
+    """The commas family's verifier: the same letters, a single `,` at most between two of them, none at either end."""
+    parts = completion.split(",")
+    return all(parts) and "".join(parts) == answer.replace(",", "")
+
+
 FAMILIES: dict[str, Callable[[random.Random], dict]] = {"sort": sort_letters, "filter": filter_letters,
-                                                        "psum": running_sums, "path": path_to}
+                                                        "psum": running_sums, "path": path_to,
+                                                        "commas": filter_with_commas}
 
 
 def write(family: str, out_dir: str, train: int = 20_000, test: int = 500, seed: int = 7) -> tuple[Path, Path]:

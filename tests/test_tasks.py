@@ -171,7 +171,7 @@ def trace(given: str) -> str:
     return ">" + "".join(path)
 
 
-@pytest.mark.parametrize("family", ["sort", "filter", "psum", "path"])
+@pytest.mark.parametrize("family", ["sort", "filter", "psum", "path", "commas"])
 def test_our_own_task_families_are_jsonl_tasks_with_held_out_prompts(family, tmp_path):
     from experiments.own_tasks import write
 
@@ -183,15 +183,28 @@ def test_our_own_task_families_are_jsonl_tasks_with_held_out_prompts(family, tmp
     rule = {"sort": lambda given: "".join(sorted(given)),
             "filter": lambda given: "".join(c for c in given if c > "m"),
             "psum": lambda given: "".join(str(sum(map(int, given[: i + 1])) % 10) for i in range(len(given))),
-            "path": trace}[family]
-    assert all(row["answer"] == rule(row["prompt"].removesuffix("=")) for row in rows["train"] + rows["test"])
+            "path": trace, "commas": lambda given: "".join(c for c in given if c > "m")}[family]
+    verbatim = (lambda answer: answer.replace(",", "")) if family == "commas" else (lambda answer: answer)
+    assert all(verbatim(row["answer"]) == rule(row["prompt"].removesuffix("=")) for row in rows["train"] + rows["test"])
     if family == "path":  # a permutation, and the end a letter of the start's cycle other than the start
         assert all(sorted(r["prompt"][:10]) == list("abcdefghij") and r["prompt"][11] != r["prompt"][12]
                    for r in rows["train"])
-    task = make_task(TaskConfig(name="jsonl", path=str(train), test_path=str(test)))
+    verifier = "experiments.own_tasks:free_commas" if family == "commas" else "exact"
+    task = make_task(TaskConfig(name="jsonl", path=str(train), test_path=str(test), verifier=verifier))
     examples = task.examples("test", 50)
     assert sorted(ex.answer for ex in examples) == sorted(r["answer"] for r in rows["test"])
     assert task.verify(examples[0].answer, examples[0]) and not task.verify(examples[0].answer + "x", examples[0])
+
+
+def test_the_commas_family_draws_free_commas_and_its_verifier_takes_any_placement(tmp_path):
+    from experiments.own_tasks import free_commas, write
+
+    train, _ = write("commas", str(tmp_path), train=400, test=10)
+    answers = [json.loads(line)["answer"] for line in train.read_text().splitlines()]
+    gaps = sum(len(a.replace(",", "")) - 1 for a in answers)
+    assert 0.4 < sum(a.count(",") for a in answers) / gaps < 0.6  # a `,` in about half the gaps
+    assert free_commas("u,rs", "urs") and free_commas("u,r,s", "u,rs") and free_commas("urs", "u,r,s")
+    assert not any(free_commas(c, "u,rs") for c in ("u,,rs", ",urs", "urs,", "ur", "usr", "u,rs,t"))
 
 
 def test_an_unknown_own_family_is_one_line(tmp_path, capsys):
