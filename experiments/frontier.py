@@ -163,7 +163,8 @@ def series(name: str) -> str:
 def publish(rows: list[dict], heuristics: list[dict], publish_dir: Path) -> str:
     """frontier.{md,json,png} in `publish_dir`: the heuristics, the oracle line and each policy point (the mean over
     training seeds, its spread and minutes beside), and the policies that make each mode's frontier copied to
-    `publish_dir/policies/` so that frontier.json's `points` are each one `unmask eval` away. Returns the markdown."""
+    `publish_dir/policies/` so that frontier.json's `points` are each one `unmask eval` away (a policy shipped before
+    that is no longer on a front is removed: the folder holds exactly the points). Returns the markdown."""
     summary = summarize(rows)
     policy_rows = [{"mode": "full diffusion" if s["block_length"] == 24 else "semi-AR",
                     "block_length": s["block_length"], "sampler": series(s["name"]),
@@ -183,6 +184,10 @@ def publish(rows: list[dict], heuristics: list[dict], publish_dir: Path) -> str:
                            "accuracy": r["accuracy"], "mean_nfe": r["mean_nfe"], "seed": r["seed"],
                            "minutes": round(r["minutes"], 2),
                            "eval": {"sampler.alpha": r["alpha"]} if r["name"].startswith("alpha-conditioned") else {}})
+    kept = {Path(p["checkpoint"]).name for p in points}
+    for stale in (publish_dir / "policies").glob("*"):
+        if stale.is_dir() and stale.name not in kept:
+            shutil.rmtree(stale)
     extra = {"points": points, "summary": summary}
     return write_pareto([r for r in heuristics if r["block_length"] in {8, 24}] + policy_rows, publish_dir,
                         {"recipe": "python -m experiments.frontier"}, title="built-in model: learned policies "

@@ -83,7 +83,8 @@ def test_pareto_always_adds_full_diffusion_and_checks_block_lengths(tiny_model_d
 
 def test_the_frontier_report_ships_the_policies_on_each_mode_s_front(tmp_path):
     """experiments.frontier.publish: policy points are the mean over seeds beside every heuristic; the per-seed
-    points on each mode's front are copied into the results with the eval keys that reproduce them."""
+    points on each mode's front are copied into the results with the eval keys that reproduce them, and a policy
+    shipped before that no longer makes a front is removed."""
     from experiments.frontier import publish
 
     def checkpoint(name: str) -> str:
@@ -107,7 +108,9 @@ def test_the_frontier_report_ships_the_policies_on_each_mode_s_front(tmp_path):
                   {"mode": "semi-AR", "block_length": 4, "sampler": "eb", "setting": "eb gamma=0.5",
                    "accuracy": 0.93, "mean_nfe": 10.1}]
     out = tmp_path / "results"
+    (out / "policies" / "bl8-paper-s0").mkdir(parents=True)  # shipped by an earlier publish, no longer on a front
     table = publish(rows, heuristics, out)
+    assert sorted(p.name for p in (out / "policies").iterdir()) == ["bl8-family-s0", "bl8-imitate-0-s0"]
     report = json.loads((out / "frontier.json").read_text())
     shipped = {p["checkpoint"]: p for p in report["points"]}
     assert sorted(Path(c).name for c in shipped) == ["bl8-family-s0", "bl8-imitate-0-s0"]  # seed 1 is dominated
