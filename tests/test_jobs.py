@@ -78,9 +78,14 @@ def submit(address: str, env: dict, *args: str) -> str:
     # default, 3, can cut the clean stop short)
     runtime_env = json.dumps({"excludes": [".venv", "runs", ".git", "*.egg-info"],
                               "env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": "60"}})
-    res = subprocess.run([RAY, "job", "submit", "--address", address, "--working-dir", str(REPO), "--no-wait",
-                          "--runtime-env-json", runtime_env, "--", sys.executable, "-m", "cli", *args],
-                         env=env, capture_output=True, text=True, timeout=180)
+    deadline = time.time() + 90
+    while True:  # a fresh head's job agent starts a little after `ray start` returns: Ray says to try again
+        res = subprocess.run([RAY, "job", "submit", "--address", address, "--working-dir", str(REPO), "--no-wait",
+                              "--runtime-env-json", runtime_env, "--", sys.executable, "-m", "cli", *args],
+                             env=env, capture_output=True, text=True, timeout=180)
+        if res.returncode == 0 or "No available agent" not in res.stderr or time.time() > deadline:
+            break
+        time.sleep(1)
     assert res.returncode == 0, res.stderr[-2000:]
     [job_id] = set(re.findall(r"raysubmit_\w+", res.stdout + res.stderr))
     return job_id
