@@ -15,7 +15,7 @@ log-probability stored at rollout time and the policy's logits b_s.
                  (fallback: log of that + [u_s = {argmax p}] prod_k (1 - p_k), exact: every decision's sums to 1)
     ratio        rho_s = exp(log pi(u_s) - log pi_old(u_s))
     loss         -(1/N) sum_g (1/|S_g|) sum_{s in S_g} w_s min(rho_s A_g, clip(rho_s, 1 - eps, 1 + eps) A_g)
-                 (+ value_coef (1/N) sum_g (1/|S_g|) sum_s (V(x_gs) - R_g)^2 with per-step credit: V's own regression)
+                 (+ (1/N) sum_g (1/|S_g|) sum_s (V(x_gs) - R_g)^2 with per-step credit: V's own regression)
 
 S_g are the trajectory's active steps (those with a non-empty valid set); w_s = 1 on-policy. For a step sampled
 by an older policy pi_behav (asynchronous runners), pi_old is the learner's policy when the batch arrives (the

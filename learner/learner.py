@@ -177,10 +177,8 @@ class GRPOLearner(TorchLearner):
         loss, stats = grpo_loss(logp, batch["old"], batch["advantages"], batch["active"], clip_eps, batch["weights"])
         value = self.module[module_id].value
         if value is not None:  # V's regression; its parameters are disjoint from the policy's, so are the gradients
-            values = step_values(value, batch)
-            stats["value_loss"] = value_loss(values, batch["reward"], batch["active"])
-            loss = loss + stats["value_loss"]
-            stats["value_loss"] = float(stats["value_loss"].detach())
+            fit = value_loss(step_values(value, batch), batch["reward"], batch["active"])
+            loss, stats["value_loss"] = loss + fit, float(fit.detach())
         if g.anchor_coef or g.entropy_coef:
             policy = FactorisedBernoulli(logits, batch["valid"], g.policy_temperature)
             if g.anchor_coef:
