@@ -181,16 +181,20 @@ class LowestEntropy(ScheduledRanking):
 class FastDLLMThreshold(Sampler):
     name, features = "fast_dllm", ("token_prob",)
 
-    def select(self, obs: Observation) -> torch.Tensor:
-        best = take_top(obs.token_prob, obs.valid, torch.ones_like(obs.nfe))
-        return best | (obs.valid & (obs.token_prob >= self.cfg.threshold))
-
-
-class LeftThreshold(Sampler):
-    name, features = "left_threshold", ("token_prob",)
+    def forced(self, obs: Observation) -> torch.Tensor:
+        """The one position committed whatever its probability: the most confident."""
+        return take_top(obs.token_prob, obs.valid, torch.ones_like(obs.nfe))
 
     def select(self, obs: Observation) -> torch.Tensor:
-        return leftmost_valid(obs.valid) | (obs.valid & (obs.token_prob >= self.cfg.threshold))
+        return self.forced(obs) | (obs.valid & (obs.token_prob >= self.cfg.threshold))
+
+
+class LeftThreshold(FastDLLMThreshold):
+    name = "left_threshold"
+
+    def forced(self, obs: Observation) -> torch.Tensor:
+        """The leftmost masked position instead."""
+        return leftmost_valid(obs.valid)
 
 
 class FastDLLMFactor(Sampler):
