@@ -77,19 +77,17 @@ def parts_of_mode(parts: Parts, out: Path, mode: str, bl: int, seed: int, a: dic
                          "progress=false", *(blocks if in_blocks else []), *extra)
         return {"checkpoint": str(path), "minutes": minutes}
 
-    clone = parts.run(f"{bl}/s{seed}/imitate", lambda: imitate("imitate", [f"teachers=[{RECIPE_TEACHER}]"]),
-                      {"bl": bl, "seed": seed})
-    points.append({"name": "imitation", **clone, **parts.run(
-        f"{bl}/s{seed}/imitate/eval", lambda: evaluate(Path(clone["checkpoint"]), bl, n), {"n": n, **clone})})
+    def cloned(name: str, label: str, teacher: str, depends: dict, in_blocks: bool = True) -> dict:
+        """One clone (a part) and its evaluation (a point); returns the clone's checkpoint and minutes."""
+        clone = parts.run(f"{bl}/s{seed}/{name}", lambda: imitate(name, [f"teachers=[{teacher}]"], in_blocks),
+                          {"bl": bl, "seed": seed, **depends})
+        points.append({"name": label, **clone, **parts.run(
+            f"{bl}/s{seed}/{name}/eval", lambda: evaluate(Path(clone["checkpoint"]), bl, n), {"n": n, **clone})})
+        return clone
 
-    fast = parts.run(f"{bl}/s{seed}/imitate-eb", lambda: imitate("imitate-eb", [f"teachers=[{FAST_TEACHER}]"]),
-                     {"bl": bl, "seed": seed, "teacher": FAST_TEACHER})
-    points.append({"name": "imitation of EB gamma=0.05", **fast, **parts.run(
-        f"{bl}/s{seed}/imitate-eb/eval", lambda: evaluate(Path(fast["checkpoint"]), bl, n), {"n": n, **fast})})
-    left = parts.run(f"{bl}/s{seed}/imitate-lt", lambda: imitate("imitate-lt", [f"teachers=[{LEFT_TEACHER}]"], False),
-                     {"bl": bl, "seed": seed, "teacher": LEFT_TEACHER})
-    points.append({"name": "imitation of left_threshold 0.9", **left, **parts.run(
-        f"{bl}/s{seed}/imitate-lt/eval", lambda: evaluate(Path(left["checkpoint"]), bl, n), {"n": n, **left})})
+    clone = cloned("imitate", "imitation", RECIPE_TEACHER, {})
+    cloned("imitate-eb", "imitation of EB gamma=0.05", FAST_TEACHER, {"teacher": FAST_TEACHER})
+    cloned("imitate-lt", "imitation of left_threshold 0.9", LEFT_TEACHER, {"teacher": LEFT_TEACHER}, in_blocks=False)
 
     def train(name: str, extra: list[str], minutes: str, before: float = 0.0) -> dict:
         """One training run; its minutes, with `before` (its starting policy's) added."""
