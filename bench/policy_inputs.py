@@ -3,10 +3,11 @@
     python bench/policy_inputs.py [rows=64] [repeats=5] [llada=1]
 
 For each input set (the paper's confidence alone; + margin and entropy, which the forward's softmax gives; + the
-history: stable_steps, confidence_ema, confidence_delta; all of them) it times a whole policy-driven decode of
-`rows` built-in prompts (observe + the policy's forward + its decision + the env's step) and reports the time per
-env step over a bare forward of the same rows; then the same on a random-weight LLaDA-shaped model (a 126k-token
-vocabulary, where a per-position feature over the vocabulary costs most). Ratios are the figures (best of `repeats`).
+history: stable_steps, confidence_ema, confidence_delta; all six of them; + repeat, read off the canvas) it times a
+whole policy-driven decode of `rows` built-in prompts (observe + the policy's forward + its decision + the env's
+step) and reports the time per env step over a bare forward of the same rows; then the same on a random-weight
+LLaDA-shaped model (a 126k-token vocabulary, where a per-position feature over the vocabulary costs most). Ratios
+are the figures (best of `repeats`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ INPUT_SETS = {
     "+ margin, entropy": ["confidence", "margin", "entropy"],
     "+ history": ["confidence", "stable_steps", "confidence_ema", "confidence_delta"],
     "all six": ["confidence", "margin", "entropy", "stable_steps", "confidence_ema", "confidence_delta"],
+    "+ repeat": ["confidence", "repeat"],
 }
 
 

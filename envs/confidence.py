@@ -12,6 +12,11 @@ Only the features a sampler reads are computed (`features`); the mask token is n
 History features follow each position across the forwards of an episode (`History`, kept by the env): how many
 forwards its predicted token has stayed the same, an exponential average of its confidence, and the last change of
 its confidence: what CreditDecoding, KLASS and Learn2PD read beyond the current step.
+
+One feature reads the canvas: `repeat`, whether a position's token would equal a neighbour's. Positions decoded in
+parallel are drawn from their separate marginals; where a position is a free choice (a `,` or the letter it would
+precede) its neighbour's marginal mixes both readings, and the two written together repeat one token (`cc`, `,,`,
+"the the"): the signature of a parallel commit that no joint reading allows.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import torch
 
 FEATURES = ("token_prob", "confidence", "margin", "entropy")  # of one forward
 HISTORY = ("stable_steps", "confidence_ema", "confidence_delta")  # across an episode's forwards (History)
+CANVAS = ("repeat",)  # of one forward and the canvas (neighbour_repeat)
 EMA_DECAY = 0.5  # confidence_ema: the weight of the past
 
 
@@ -85,6 +91,17 @@ def _gumbel_max(logits: torch.Tensor, temperature: float, mask_id: int | None,
     u = torch.rand(x.shape, dtype=torch.float64, device=x.device, generator=generator)
     shifted = x - x.amax(-1, keepdim=True)
     return (shifted.exp() / (-torch.log(u)) ** temperature).argmax(-1)
+
+
+def neighbour_repeat(tokens: torch.Tensor, canvas: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+    """[B, L] bool: the token a position would be written with equals a neighbour's within the canvas (the written
+    token where it is written, the predicted one where it is still masked)."""
+    seen = torch.where(masked, tokens, canvas)
+    same = seen[:, 1:] == seen[:, :-1]
+    repeat = torch.zeros_like(masked)
+    repeat[:, 1:] |= same
+    repeat[:, :-1] |= same
+    return repeat
 
 
 class History:

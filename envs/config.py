@@ -88,7 +88,8 @@ class SamplerConfig:
     name: str = "fast_dllm"
     steps: int = 0  # top_k/margin/entropy: total steps (LLaDA schedule); 0 = gen_length (1 token/step)
     k: int = 1  # random: tokens per step
-    threshold: float = 0.9  # fast_dllm, left_threshold: lambda
+    threshold: float = 0.9  # fast_dllm, left_threshold, left_run: lambda
+    run_threshold: float = 0.4  # left_run: mu, the probability each position of the run from the leftmost needs
     factor: float = 1.0  # fast_dllm_factor: f
     gamma: float = 0.1  # eb: entropy bound
     delta: float = 0.25  # frechet: margin of the Fréchet bound (Fast-dLLM++; GSM8K 0.25-0.30, code 0.02-0.25)
@@ -110,6 +111,7 @@ SAMPLER_PARAMS: dict[str, tuple[str, ...]] = {
     "entropy": ("steps",),
     "fast_dllm": ("threshold",),
     "left_threshold": ("threshold",),
+    "left_run": ("threshold", "run_threshold"),
     "fast_dllm_factor": ("factor",),
     "eb": ("gamma",),
     "frechet": ("delta",),
@@ -126,8 +128,9 @@ def check_sampler(cfg: SamplerConfig) -> None:
         raise ValueError(f"sampler.k must be >= 1, got {cfg.k}")
     if cfg.steps < 0:
         raise ValueError(f"sampler.steps must be >= 0 (0 = gen_length), got {cfg.steps}")
-    if not 0.0 <= cfg.threshold <= 1.0:
-        raise ValueError(f"sampler.threshold must be in [0, 1], got {cfg.threshold}")
+    for key in ("threshold", "run_threshold"):
+        if not 0.0 <= getattr(cfg, key) <= 1.0:
+            raise ValueError(f"sampler.{key} must be in [0, 1], got {getattr(cfg, key)}")
     if cfg.factor <= 0:
         raise ValueError(f"sampler.factor must be > 0, got {cfg.factor}")
     for key in ("gamma", "delta", "block_length"):

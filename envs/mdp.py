@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from envs.confidence import FEATURES, HISTORY, History, Prediction, predict
+from envs.confidence import CANVAS, FEATURES, HISTORY, History, Prediction, neighbour_repeat, predict
 from envs.config import EnvConfig, check_env
 from envs.dllm import DLLM, layout_batch
 from envs.engine import ForwardEngine
@@ -59,6 +59,7 @@ class Observation:
     stable_steps: torch.Tensor | None = None  # float32: forwards its predicted token has not changed (History)
     confidence_ema: torch.Tensor | None = None  # float32: exponential average of its confidence (History)
     confidence_delta: torch.Tensor | None = None  # float32: its confidence's last change (History)
+    repeat: torch.Tensor | None = None  # bool: its token would equal a neighbour's (envs.confidence.neighbour_repeat)
 
     @property
     def num_blocks(self) -> int:
@@ -102,6 +103,7 @@ class UnmaskingEnv:
         self.block_step = torch.zeros_like(self.nfe)
         self.position_block = torch.arange(self.L, device=device) // self.BL
         self.history = History(B, self.L, device) if set(features) & set(HISTORY) else None
+        self.reads_canvas = bool(set(features) & set(CANVAS))
         per_forward = [f for f in features if f in FEATURES] + (["confidence"] if self.history else [])
         self.features = tuple(dict.fromkeys(per_forward))
         self.pred = Prediction(tokens=torch.zeros(B, self.L, dtype=torch.long, device=device), **{
@@ -201,10 +203,11 @@ class UnmaskingEnv:
         self.in_block = self.position_block[None, :] == self.block_index[:, None]
         torch.logical_and(self.masked & self.in_block, active[:, None], out=self.valid)
         p, h = self.pred, self.history
+        repeat = neighbour_repeat(p.tokens, self.ids[:, -self.L:], self.masked) if self.reads_canvas else None
         return Observation(
             confidence=p.confidence, token_prob=p.token_prob, margin=p.margin, entropy=p.entropy,
             masked=self.masked, abandoned=self.abandoned, valid=self.valid, t=steps_done.float() / self.L,
             nfe=self.nfe, block_step=self.block_step, block_index=self.block_index, active=active,
-            block_length=self.BL, gen_length=self.L, tokens=p.tokens,
+            block_length=self.BL, gen_length=self.L, tokens=p.tokens, repeat=repeat,
             **{name: None if h is None else getattr(h, name) for name in HISTORY},
         )

@@ -15,6 +15,10 @@ the EB-Sampler paper):
                  confident: left-to-right decoding that writes ahead wherever the model is sure. The most confident
                  position is often a far one (an EOS at the canvas end in full diffusion, committed before the
                  answer that decides where it ends); the leftmost one is what the next positions depend on.
+- left_run       left_threshold, and the run of positions right after the leftmost masked one, each at
+                 probability >= mu (run_threshold) and not repeating a neighbour's token (envs.confidence
+                 `repeat`), stopping at the first that fails: the next few tokens written together when each is
+                 likely and no two contradict each other (ours).
 - fast_dllm_factor Fast-dLLM factor rule: the i-th most confident (0-based) is accepted while its
                  probability >= 1 - f / (i + 2), the top one always (`get_transfer_index_dynamic`).
 - eb             EB-Sampler: sort by an error proxy (entropy by default), take the longest prefix whose
@@ -197,6 +201,17 @@ class LeftThreshold(FastDLLMThreshold):
         return leftmost_valid(obs.valid)
 
 
+class LeftRun(LeftThreshold):
+    name, features = "left_run", ("token_prob", "repeat")
+
+    def select(self, obs: Observation) -> torch.Tensor:
+        """Walking right from the canvas start through written positions and those the threshold commits or that
+        join the run, up to the first masked position that does neither (a later block's ends every run)."""
+        committed = super().select(obs)
+        joins = obs.valid & (obs.token_prob >= self.cfg.run_threshold) & ~obs.repeat
+        return committed | ((~obs.masked | committed | joins).int().cumprod(-1).bool() & obs.valid)
+
+
 class FastDLLMFactor(Sampler):
     name, features = "fast_dllm_factor", ("token_prob",)
 
@@ -267,6 +282,6 @@ class Oracle(Sampler):
 
 HEURISTICS: dict[str, type[Sampler]] = {
     cls.name: cls
-    for cls in (RandomSampler, TopKConfidence, TopKMargin, LowestEntropy, FastDLLMThreshold, LeftThreshold,
+    for cls in (RandomSampler, TopKConfidence, TopKMargin, LowestEntropy, FastDLLMThreshold, LeftThreshold, LeftRun,
                 FastDLLMFactor, EntropyBounded, Frechet)
 }

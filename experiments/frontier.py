@@ -9,7 +9,10 @@ Per mode (semi-AR BL = 8, full diffusion BL = L = 24), per training seed, each a
     imitate    `unmask imitate` of Fast-dLLM lambda = 0.9 (full diffusion: in blocks of 8 inside the canvas)
     imitate-eb `unmask imitate` of EB gamma = 0.05, a faster teacher (0.974 @ 9.8 at BL = 8), the same way
     imitate-lt `unmask imitate` of left_threshold lambda = 0.9 (the leftmost masked position always, the others at
-               >= lambda), in full diffusion over the whole canvas: the heuristic that makes both modes' frontier
+               >= lambda), in full diffusion over the whole canvas
+    imitate-lr `unmask imitate` of left_run lambda = 0.9, mu = 0.4 (left_threshold, and the run right of the leftmost
+               at >= mu with no token repeating a neighbour's), the policy reading the `repeat` input beside the
+               confidence, in full diffusion over the whole canvas: the heuristic that makes both modes' frontier
     grpo-a<a>  `unmask train` from that clone (grpo.init_policy) at alpha in {0.3, 1, 3}; its checkpoints/best, chosen
                by held-out validation (so never worse than the clone on validation)
     paper      `unmask train` from the paper's initialisation at alpha = 0.3 (no fallback in training draws, as the
@@ -34,12 +37,15 @@ from pathlib import Path
 
 from experiments.config import RECIPE_GRPO, RECIPE_TEACHER
 from experiments.reproduce import Parts
+from rollout.pareto import default_grid
 from rollout.report import pareto_front, write_pareto
 
 MODES = {"semi-AR": 8, "full diffusion": 24}
 ALPHAS = (0.3, 1.0, 3.0)
 FAST_TEACHER = "eb:gamma=0.05"  # the faster clone's teacher: in full diffusion, in blocks of 8, under 10 NFE
-LEFT_TEACHER = "left_threshold:threshold=0.9"  # the frontier's heuristic in both modes, itself in full diffusion
+LEFT_TEACHER = "left_threshold:threshold=0.9"  # left-to-right with a threshold, itself in full diffusion
+RUN_TEACHER = "left_run:threshold=0.9,run_threshold=0.4"  # the frontier's heuristic in both modes
+RUN_INPUTS = "policy.inputs=[confidence,repeat]"  # what its student must see: the rule reads `repeat`
 FAMILY = (("fast_dllm:threshold=0.9", 0.3), ("fast_dllm:threshold=0.8", 1.0), ("fast_dllm:threshold=0.7", 3.0))
 DEFAULTS = {"out_dir": "runs/frontier", "seeds": "0,1", "grpo_minutes": "4", "paper_minutes": "4",
             "num_examples": "500", "publish": ""}
@@ -77,9 +83,10 @@ def parts_of_mode(parts: Parts, out: Path, mode: str, bl: int, seed: int, a: dic
                          "progress=false", *(blocks if in_blocks else []), *extra)
         return {"checkpoint": str(path), "minutes": minutes}
 
-    def cloned(name: str, label: str, teacher: str, depends: dict, in_blocks: bool = True) -> dict:
+    def cloned(name: str, label: str, teacher: str, depends: dict, in_blocks: bool = True, extra: tuple = ()) -> dict:
         """One clone (a part) and its evaluation (a point); returns the clone's checkpoint and minutes."""
-        clone = parts.run(f"{bl}/s{seed}/{name}", lambda: imitate(name, [f"teachers=[{teacher}]"], in_blocks),
+        clone = parts.run(f"{bl}/s{seed}/{name}",
+                          lambda: imitate(name, [f'teachers=["{teacher}"]', *extra], in_blocks),
                           {"bl": bl, "seed": seed, **depends})
         points.append({"name": label, **clone, **parts.run(
             f"{bl}/s{seed}/{name}/eval", lambda: evaluate(Path(clone["checkpoint"]), bl, n), {"n": n, **clone})})
@@ -88,6 +95,8 @@ def parts_of_mode(parts: Parts, out: Path, mode: str, bl: int, seed: int, a: dic
     clone = cloned("imitate", "imitation", RECIPE_TEACHER, {})
     cloned("imitate-eb", "imitation of EB gamma=0.05", FAST_TEACHER, {"teacher": FAST_TEACHER})
     cloned("imitate-lt", "imitation of left_threshold 0.9", LEFT_TEACHER, {"teacher": LEFT_TEACHER}, in_blocks=False)
+    cloned("imitate-lr", "imitation of left_run 0.9/0.4", RUN_TEACHER, {"teacher": RUN_TEACHER, "inputs": RUN_INPUTS},
+           in_blocks=False, extra=(RUN_INPUTS,))
 
     def train(name: str, extra: list[str], minutes: str, before: float = 0.0) -> dict:
         """One training run; its minutes, with `before` (its starting policy's) added."""
@@ -139,7 +148,8 @@ def main(argv: list[str]) -> None:
               f"{line['minutes']:.1f} min")
     if a["publish"]:
         n = int(a["num_examples"])
-        heuristics = parts.run("pareto", lambda: heuristic_rows(out / "pareto", n), {"n": n})
+        grid = [str(c) for c in default_grid(24, 1)]  # a grid that gained a sampler is run again
+        heuristics = parts.run("pareto", lambda: heuristic_rows(out / "pareto", n), {"n": n, "grid": grid})
         print(publish(rows, heuristics, Path(a["publish"])))
 
 

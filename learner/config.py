@@ -24,7 +24,7 @@ class PolicyConfig:
     init_bias: float = -2.0
     alpha_conditioned: bool = False  # alpha is an input (beside t and the mask flag): one policy for every trade-off
     # per-position inputs: the paper's top-1 confidence first, then any of margin, entropy, stable_steps,
-    # confidence_ema, confidence_delta (learner.sampler.POLICY_INPUTS; the env computes only what is asked)
+    # confidence_ema, confidence_delta, repeat (learner.sampler.POLICY_INPUTS; the env computes only what is asked)
     inputs: list[str] = field(default_factory=lambda: ["confidence"])
 
 
@@ -128,7 +128,7 @@ def check_init_policy(cfg: GRPOConfig, gen_length: int, kv_cache: str) -> None:
                          "grpo.alpha_range (clone several teachers with teacher_alphas, or give a fixed grpo.alpha)")
 
 
-POLICY_INPUTS = ("confidence", "margin", "entropy", "stable_steps", "confidence_ema", "confidence_delta")
+POLICY_INPUTS = ("confidence", "margin", "entropy", "stable_steps", "confidence_ema", "confidence_delta", "repeat")
 
 
 def check_policy(cfg: PolicyConfig, key: str = "grpo.policy") -> None:

@@ -27,6 +27,7 @@ INPUTS = {  # each of PolicyConfig.inputs (learner.config.POLICY_INPUTS) per pos
     "stable_steps": lambda obs: obs.stable_steps / obs.gen_length,  # forwards the prediction has held, / L
     "confidence_ema": lambda obs: obs.confidence_ema,
     "confidence_delta": lambda obs: obs.confidence_delta,
+    "repeat": lambda obs: obs.repeat.float(),  # 1 where its token would equal a neighbour's
 }
 
 

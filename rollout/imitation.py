@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from envs.confidence import CANVAS
 from envs.config import SamplerConfig, sampler_spec
 from envs.dllm import DLLM, load_env_dllm
 from envs.files import Interrupted, sigterm_as_interrupt, write_json
@@ -92,6 +93,10 @@ def imitate(cfg: ImitateConfig, dllm: DLLM | None = None) -> dict:
     teachers = teachers_of(cfg)
     for t in teachers:
         t.check_env(cfg.env)
+        unseen = [f for f in t.features if f in CANVAS and f not in cfg.policy.inputs]
+        if unseen:  # it decides on what no confidence carries: a student without it clones a different rule
+            raise ValueError(f"teacher {t.describe()} reads {', '.join(unseen)}, which the student would not see: add "
+                             f"it to policy.inputs (policy.inputs=[{','.join([*cfg.policy.inputs, *unseen])}])")
     conditioned = len(teachers) > 1
     policy = UnmaskingPolicy(dataclasses.replace(cfg.policy, alpha_conditioned=conditioned))
     student = PolicySampler(SamplerConfig(name="policy", alpha=cfg.teacher_alphas[0] if conditioned else None),

@@ -26,6 +26,7 @@ def default_grid(gen_length: int, num_blocks: int, size: str = "default") -> lis
     grid = [SamplerConfig(name="top_k", steps=s) for s in steps]
     grid += [SamplerConfig(name="fast_dllm", threshold=x) for x in (0.99, 0.95, 0.9, 0.8, 0.7, 0.5)]
     grid += [SamplerConfig(name="left_threshold", threshold=x) for x in (0.99, 0.9, 0.8, 0.7, 0.5)]
+    grid += [SamplerConfig(name="left_run", threshold=0.9, run_threshold=x) for x in (0.5, 0.4, 0.3)]
     grid += [SamplerConfig(name="frechet", delta=d) for d in (0.5, 0.25, 0.1, 0.02)]
     if size == "small":
         return grid

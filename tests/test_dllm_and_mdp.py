@@ -9,6 +9,7 @@ from envs.confidence import predict
 from envs.config import SamplerConfig
 from envs.dllm import ModelLoadError, layout_batch, load_dllm
 from envs.mdp import SamplerError, UnmaskingEnv
+from envs.samplers import leftmost_valid
 from rollout.samplers import make_sampler
 from tests.conftest import save_tiny_model
 
@@ -261,6 +262,25 @@ def test_emulated_gpu_keeps_the_logits_and_takes_the_modelled_time(tiny_model_di
         check_env(EnvConfig(emulate_gpu="v100"))
     with pytest.raises(ValueError, match="env.emulate_tokens must be >= 0"):
         check_env(EnvConfig(emulate_gpu="h200-llada8b", emulate_tokens=-1))
+
+
+def test_repeat_compares_each_token_with_its_neighbours_written_or_predicted(tiny_dllm):
+    """`repeat` against a recomputation, at every forward of an episode, from the canvas before it and the tokens the
+    env predicted: a written neighbour counts with the token written, a masked one with its prediction."""
+    env = UnmaskingEnv(tiny_dllm, gen_length=8, block_length=4)
+    obs = env.reset(tiny_dllm.encode_prompts(["abc?a", "cba?b", "aaa?c"]), features=("repeat",))
+    forwards, kinds = 0, set()
+    while not env.done:
+        seen = torch.where(obs.masked, obs.tokens, env.canvas())
+        kinds |= set(obs.repeat[obs.valid].tolist())
+        for row in range(3):
+            for i in range(8):
+                neighbours = [seen[row, j] for j in (i - 1, i + 1) if 0 <= j < 8]
+                assert bool(obs.repeat[row, i]) == any(bool(seen[row, i] == n) for n in neighbours)
+        forwards += 1
+        obs = env.step(obs.valid & (torch.arange(8) % 2 == forwards % 2) | leftmost_valid(obs.valid))
+    assert forwards > 2 and kinds == {True, False}
+    assert env.reset(tiny_dllm.encode_prompts(["abc?a"]), features=("confidence",)).repeat is None
 
 
 def test_history_follows_each_position_across_forwards(tiny_dllm):

@@ -56,7 +56,7 @@ def test_pareto_command_writes_table_plot_and_config(tiny_model_dir, tmp_path, c
     assert code == 0
     rows = json.loads((out / "pareto.json").read_text())["rows"]
     assert {r["mode"] for r in rows} == {"semi-AR", "full diffusion"}
-    assert {r["sampler"] for r in rows} == {"top_k", "fast_dllm", "left_threshold", "frechet", "oracle"}
+    assert {r["sampler"] for r in rows} == {"top_k", "fast_dllm", "left_threshold", "left_run", "frechet", "oracle"}
     limit = [r["setting"] for r in rows if r["sampler"] == "oracle"]
     assert "oracle of top_k steps=0" in limit and "oracle of top_k steps=0 in blocks of 4" in limit  # BL 4 and 16
     top1 = [r for r in rows if r["setting"] == "top_k steps=16"]

@@ -12,17 +12,20 @@ from envs.samplers import HEURISTICS
 from rollout.samplers import SAMPLERS, make_sampler, sampler
 
 
-def obs(token_prob, valid=None, block_step=0, gen_length=None, block_length=None, margin=None, entropy=None):
+def obs(token_prob, valid=None, block_step=0, gen_length=None, block_length=None, margin=None, entropy=None,
+        masked=None, repeat=None):
     p = torch.tensor([token_prob], dtype=torch.float32)
     L = p.shape[1]
     valid = torch.ones_like(p, dtype=torch.bool) if valid is None else torch.tensor([valid])
     return Observation(
         confidence=p, token_prob=p, margin=torch.tensor([margin]) if margin else p.clone(),
-        entropy=torch.tensor([entropy]) if entropy else -p.clone(), masked=valid.clone(),
+        entropy=torch.tensor([entropy]) if entropy else -p.clone(),
+        masked=valid.clone() if masked is None else torch.tensor([masked]),
         abandoned=torch.zeros_like(valid), valid=valid,
         t=torch.zeros(1), nfe=torch.ones(1, dtype=torch.long), block_step=torch.tensor([block_step]),
         block_index=torch.zeros(1, dtype=torch.long), active=torch.ones(1, dtype=torch.bool),
-        block_length=block_length or L, gen_length=gen_length or L)
+        block_length=block_length or L, gen_length=gen_length or L,
+        repeat=torch.zeros_like(valid) if repeat is None else torch.tensor([repeat]))
 
 
 def pick(name, o, **params):
@@ -51,6 +54,27 @@ def test_left_threshold_keeps_the_leftmost_masked_position_instead_of_the_most_c
     o = obs([0.95, 0.1, 0.3, 0.99], valid=[False, False, True, True])
     assert pick("left_threshold", o, threshold=0.9) == [False, False, True, True]
     assert pick("left_threshold", obs([0.5, 0.5], valid=[False, False]), threshold=0.9) == [False, False]
+
+
+def test_left_run_extends_the_leftmost_commit_rightwards_while_each_is_likely_and_repeats_no_neighbour():
+    """lambda = 0.9 (the default threshold) throughout but where named."""
+    # written, written, leftmost masked (forced), run 0.5 / 0.45 joins, 0.3 < mu stops it; 0.95 passes lambda anyway
+    two_written = [False, False] + [True] * 6  # masked, and valid: the block is the whole row
+    o = obs([1.0, 1.0, 0.2, 0.5, 0.45, 0.3, 0.5, 0.95], masked=two_written, valid=two_written)
+    assert pick("left_run", o, run_threshold=0.4) == [False, False, True, True, True, False, False, True]
+    assert pick("left_threshold", o, threshold=0.9) == [False, False, True, False, False, False, False, True]
+    # a position repeating a neighbour's token ends the run; one at >= lambda carries it on (it is committed anyway)
+    repeat = [False, False, False, False, True, False, False, False]
+    o = obs([1.0, 1.0, 0.2, 0.5, 0.45, 0.6, 0.5, 0.95], masked=two_written, valid=two_written, repeat=repeat)
+    assert pick("left_run", o, run_threshold=0.4) == [False, False, True, True, False, False, False, True]
+    one_written = [False] + [True] * 4
+    repeat = [False, False, True, False, False]
+    o = obs([1.0, 0.2, 0.95, 0.6, 0.1], masked=one_written, valid=one_written, repeat=repeat)
+    assert pick("left_run", o, threshold=0.9, run_threshold=0.4) == [False, True, True, True, False]
+    # a later block's masked positions (not valid) end the run; a row with nothing valid commits nothing
+    o = obs([0.2, 0.9, 0.9, 0.9], masked=[True] * 4, valid=[True, True, False, False])
+    assert pick("left_run", o, threshold=0.95, run_threshold=0.4) == [True, True, False, False]
+    assert pick("left_run", obs([0.5, 0.5], valid=[False, False]), run_threshold=0.0) == [False, False]
 
 
 def test_factor_rule_thresholds_one_minus_f_over_i_plus_2():
@@ -162,6 +186,7 @@ def test_the_oracle_commits_what_already_predicts_the_reference_and_else_the_lef
     ("nope", "unknown sampler 'nope'"), ("oracle", "cannot be an oracle"),
     ("top_k:threshold=0.5", "'threshold=0.5' is not a parameter of top_k"), ("top_k:steps=many", "steps='many'"),
     ("fast_dllm:threshold=2", "sampler.threshold must be in"),
+    ("left_run:run_threshold=-0.1", "sampler.run_threshold must be in"),
 ])
 def test_a_bad_oracle_reference_is_refused(spec, message):
     with pytest.raises(ValueError, match=re.escape(message)):

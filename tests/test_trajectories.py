@@ -200,16 +200,17 @@ def test_a_policy_reading_history_records_its_inputs_and_the_learner_reads_them_
     from learner.module import UnmaskRLModule
 
     config = PolicyConfig(hidden_size=16, num_heads=2, ffn_size=32, time_embed_size=16,
-                          inputs=["confidence", "stable_steps", "confidence_delta"])
+                          inputs=["confidence", "stable_steps", "confidence_delta", "repeat"])
     policy = UnmaskingPolicy(config)
     sampler = PolicySampler(SamplerConfig(name="policy"), torch.Generator().manual_seed(0), policy=policy)
-    assert sampler.features == ("confidence", "stable_steps", "confidence_delta")
+    assert sampler.features == ("confidence", "stable_steps", "confidence_delta", "repeat")
     env = UnmaskingEnv(tiny_dllm, gen_length=8, block_length=8)
     batch = collect_groups(env, sampler, cycles, cycles.examples("train", 2), group_size=2, grpo=GRPOConfig(),
                            env_runner=1, first_group=0, policy_version=0)
-    assert batch.extra_inputs.shape == (4, 8, 8, 2)
-    first = batch.extra_inputs[:, 0]
+    assert batch.extra_inputs.shape == (4, 8, 8, 3)
+    first = batch.extra_inputs[:, 0, :, :2]
     assert (first == 0).all()  # nothing has held or changed before the first forward
+    assert set(np.unique(batch.extra_inputs[..., 2])) <= {0.0, 1.0}  # repeat: a flag
     later = batch.extra_inputs[batch.active][:, :, 0]
     assert later.max() > 0 and np.isclose(later * 8, np.round(later * 8)).all()  # whole forwards, / L
     module = UnmaskRLModule(observation_space=None, action_space=None, model_config=vars(config))
@@ -219,4 +220,4 @@ def test_a_policy_reading_history_records_its_inputs_and_the_learner_reads_them_
     again = bernoulli_logp(logits, columns["action"], columns["valid"])
     np.testing.assert_allclose(again[columns["active"]].detach().numpy(), batch.logp[batch.active], atol=1e-5)
     table = read_trajectories(write_parquet_atomic(batch.to_arrow("run", 1, True), tmp_path / "d" / "r.parquet").parent)
-    assert np.array(table.column("extra_inputs").to_pylist()[0]).shape == (8, 2)
+    assert np.array(table.column("extra_inputs").to_pylist()[0]).shape == (8, 3)
