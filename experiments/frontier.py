@@ -2,7 +2,7 @@
 limit: what `docs/results/frontier.{md,json,png}` and the shipped policies in `docs/results/policies/` come from.
 
     python -m experiments.frontier [out_dir=runs/frontier] [seeds=0,1] [grpo_minutes=4] [paper_minutes=4]
-                                   [num_examples=500] [publish=docs/results]
+                                   [past_minutes=7] [num_examples=500] [publish=docs/results]
 
 Per mode (semi-AR BL = 8, full diffusion BL = L = 24), per training seed, each a real command run in a subprocess:
 
@@ -15,6 +15,8 @@ Per mode (semi-AR BL = 8, full diffusion BL = L = 24), per training seed, each a
                confidence, in full diffusion over the whole canvas: the heuristic that makes both modes' frontier
     grpo-a<a>  `unmask train` from that clone (grpo.init_policy) at alpha in {0.3, 1, 3}; its checkpoints/best, chosen
                by held-out validation (so never worse than the clone on validation)
+    grpo-lr-a3 `unmask train` from the imitate-lr clone at alpha = 3, lr 1e-4, grpo.logit_bound = 3, `past_minutes`:
+               GRPO moving a policy past the heuristics, to fewer forwards than any of them reaches at its accuracy
     paper      `unmask train` from the paper's initialisation at alpha = 0.3 (no fallback in training draws, as the
                paper trains); its checkpoints/best (the paper's checkpoint-best)
     family     `unmask imitate` of Fast-dLLM lambda = 0.9 / 0.8 / 0.7 standing for alpha = 0.3 / 1 / 3: one
@@ -47,8 +49,11 @@ LEFT_TEACHER = "left_threshold:threshold=0.9"  # left-to-right with a threshold,
 RUN_TEACHER = "left_run:threshold=0.9,run_threshold=0.4"  # the frontier's heuristic in both modes
 RUN_INPUTS = "policy.inputs=[confidence,repeat]"  # what its student must see: the rule reads `repeat`
 FAMILY = (("fast_dllm:threshold=0.9", 0.3), ("fast_dllm:threshold=0.8", 1.0), ("fast_dllm:threshold=0.7", 3.0))
+# GRPO past the heuristics: from the left_run clone, at the fast end of the trade-off, exploring (a clone is
+# deterministic: every group would decode identically without the bound)
+PAST_GRPO = {"alpha": 3.0, "lr": 1e-4, "logit_bound": 3.0}
 DEFAULTS = {"out_dir": "runs/frontier", "seeds": "0,1", "grpo_minutes": "4", "paper_minutes": "4",
-            "num_examples": "500", "publish": ""}
+            "past_minutes": "7", "num_examples": "500", "publish": ""}
 
 
 def unmask(*args: str) -> float:
@@ -95,8 +100,8 @@ def parts_of_mode(parts: Parts, out: Path, mode: str, bl: int, seed: int, a: dic
     clone = cloned("imitate", "imitation", RECIPE_TEACHER, {})
     cloned("imitate-eb", "imitation of EB gamma=0.05", FAST_TEACHER, {"teacher": FAST_TEACHER})
     cloned("imitate-lt", "imitation of left_threshold 0.9", LEFT_TEACHER, {"teacher": LEFT_TEACHER}, in_blocks=False)
-    cloned("imitate-lr", "imitation of left_run 0.9/0.4", RUN_TEACHER, {"teacher": RUN_TEACHER, "inputs": RUN_INPUTS},
-           in_blocks=False, extra=(RUN_INPUTS,))
+    run_clone = cloned("imitate-lr", "imitation of left_run 0.9/0.4", RUN_TEACHER,
+                       {"teacher": RUN_TEACHER, "inputs": RUN_INPUTS}, in_blocks=False, extra=(RUN_INPUTS,))
 
     def train(name: str, extra: list[str], minutes: str, before: float = 0.0) -> dict:
         """One training run; its minutes, with `before` (its starting policy's) added."""
@@ -118,6 +123,13 @@ def parts_of_mode(parts: Parts, out: Path, mode: str, bl: int, seed: int, a: dic
         points.append({"name": f"imitation + GRPO alpha={alpha:g}", "alpha": alpha, **run, **parts.run(
             f"{bl}/s{seed}/grpo-a{alpha:g}/eval", lambda r=run: evaluate(Path(r["checkpoint"]), bl, n),
             {"n": n, **run})})
+    keys = ["grpo.init_policy=" + run_clone["checkpoint"], *(f"grpo.{k}={v}" for k, v in PAST_GRPO.items()),
+            "groups_per_update=16", f"validate_every={RECIPE_GRPO['validate_every']}"]
+    run = parts.run(f"{bl}/s{seed}/grpo-lr-a3", lambda: train("grpo-lr-a3", keys, a["past_minutes"],
+                                                             run_clone["minutes"]),
+                    {"bl": bl, "seed": seed, "minutes": a["past_minutes"], "grpo": PAST_GRPO, **run_clone})
+    points.append({"name": "imitation of left_run + GRPO alpha=3", "alpha": 3.0, **run, **parts.run(
+        f"{bl}/s{seed}/grpo-lr-a3/eval", lambda: evaluate(Path(run["checkpoint"]), bl, n), {"n": n, **run})})
     paper = parts.run(f"{bl}/s{seed}/paper", lambda: train("paper", ["grpo.alpha=0.3", "grpo.fallback=false"],
                                                            a["paper_minutes"]),
                       {"bl": bl, "seed": seed, "minutes": a["paper_minutes"]})
@@ -160,6 +172,7 @@ def heuristic_rows(out_dir: Path, n: int) -> list[dict]:
 
 
 SERIES = {"imitation": "policy: imitation", "imitation + GRPO": "policy: imitation + GRPO",
+          "imitation of left_run + GRPO": "policy: imitation + GRPO",
           "the paper's GRPO": "policy: the paper's GRPO", "alpha-conditioned imitation": "policy: alpha-conditioned"}
 
 
