@@ -15,8 +15,9 @@ Per mode (semi-AR BL = 8, full diffusion BL = L = 24), per training seed, each a
                confidence, in full diffusion over the whole canvas: the heuristic that makes both modes' frontier
     grpo-a<a>  `unmask train` from that clone (grpo.init_policy) at alpha in {0.3, 1, 3}; its checkpoints/best, chosen
                by held-out validation (so never worse than the clone on validation)
-    grpo-lr-a3 `unmask train` from the imitate-lr clone at alpha = 3, lr 1e-4, grpo.logit_bound = 3, `past_minutes`:
-               GRPO moving a policy past the heuristics, to fewer forwards than any of them reaches at its accuracy
+    grpo-lr-a<a> `unmask train` from the imitate-lr clone at alpha in {3, 10}, lr 1e-4, grpo.logit_bound = 3,
+               `past_minutes`: GRPO moving a policy past the heuristics, to fewer forwards than any of them reaches
+               at its accuracy (alpha = 10 further down the NFE axis than 3)
     paper      `unmask train` from the paper's initialisation at alpha = 0.3 (no fallback in training draws, as the
                paper trains); its checkpoints/best (the paper's checkpoint-best)
     family     `unmask imitate` of Fast-dLLM lambda = 0.9 / 0.8 / 0.7 standing for alpha = 0.3 / 1 / 3: one
@@ -51,7 +52,8 @@ RUN_INPUTS = "policy.inputs=[confidence,repeat]"  # what its student must see: t
 FAMILY = (("fast_dllm:threshold=0.9", 0.3), ("fast_dllm:threshold=0.8", 1.0), ("fast_dllm:threshold=0.7", 3.0))
 # GRPO past the heuristics: from the left_run clone, at the fast end of the trade-off, exploring (a clone is
 # deterministic: every group would decode identically without the bound)
-PAST_GRPO = {"alpha": 3.0, "lr": 1e-4, "logit_bound": 3.0}
+PAST_GRPO = {"lr": 1e-4, "logit_bound": 3.0}
+PAST_ALPHAS = (3.0, 10.0)
 DEFAULTS = {"out_dir": "runs/frontier", "seeds": "0,1", "grpo_minutes": "4", "paper_minutes": "4",
             "past_minutes": "7", "num_examples": "500", "publish": ""}
 
@@ -123,13 +125,16 @@ def parts_of_mode(parts: Parts, out: Path, mode: str, bl: int, seed: int, a: dic
         points.append({"name": f"imitation + GRPO alpha={alpha:g}", "alpha": alpha, **run, **parts.run(
             f"{bl}/s{seed}/grpo-a{alpha:g}/eval", lambda r=run: evaluate(Path(r["checkpoint"]), bl, n),
             {"n": n, **run})})
-    keys = ["grpo.init_policy=" + run_clone["checkpoint"], *(f"grpo.{k}={v}" for k, v in PAST_GRPO.items()),
-            "groups_per_update=16", f"validate_every={RECIPE_GRPO['validate_every']}"]
-    run = parts.run(f"{bl}/s{seed}/grpo-lr-a3", lambda: train("grpo-lr-a3", keys, a["past_minutes"],
-                                                             run_clone["minutes"]),
-                    {"bl": bl, "seed": seed, "minutes": a["past_minutes"], "grpo": PAST_GRPO, **run_clone})
-    points.append({"name": "imitation of left_run + GRPO alpha=3", "alpha": 3.0, **run, **parts.run(
-        f"{bl}/s{seed}/grpo-lr-a3/eval", lambda: evaluate(Path(run["checkpoint"]), bl, n), {"n": n, **run})})
+    for alpha in PAST_ALPHAS:
+        grpo = {"alpha": alpha, **PAST_GRPO}
+        keys = ["grpo.init_policy=" + run_clone["checkpoint"], *(f"grpo.{k}={v}" for k, v in grpo.items()),
+                "groups_per_update=16", f"validate_every={RECIPE_GRPO['validate_every']}"]
+        name = f"grpo-lr-a{alpha:g}"
+        run = parts.run(f"{bl}/s{seed}/{name}", lambda k=keys, m=name: train(m, k, a["past_minutes"],
+                                                                             run_clone["minutes"]),
+                        {"bl": bl, "seed": seed, "minutes": a["past_minutes"], "grpo": grpo, **run_clone})
+        points.append({"name": f"imitation of left_run + GRPO alpha={alpha:g}", "alpha": alpha, **run, **parts.run(
+            f"{bl}/s{seed}/{name}/eval", lambda r=run: evaluate(Path(r["checkpoint"]), bl, n), {"n": n, **run})})
     paper = parts.run(f"{bl}/s{seed}/paper", lambda: train("paper", ["grpo.alpha=0.3", "grpo.fallback=false"],
                                                            a["paper_minutes"]),
                       {"bl": bl, "seed": seed, "minutes": a["paper_minutes"]})

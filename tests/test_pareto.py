@@ -126,5 +126,26 @@ def test_the_frontier_report_ships_the_policies_on_each_mode_s_front(tmp_path):
 
     assert series("imitation + GRPO alpha=3") == "policy: imitation + GRPO" and series("imitation") == (
         "policy: imitation")
+    assert series("imitation of left_run + GRPO alpha=10") == "policy: imitation + GRPO"
+    assert series("imitation of left_run 0.9/0.4") == "policy: imitation"
     assert "imitation (2 seeds: 0.970-0.990, 2.0 min) | 0.980 @ 11.2 | eb gamma=0.5: 0.940 @ 8.4 | 0.040" in table
     assert (out / "frontier.png").stat().st_size > 0 and (out / "frontier.md").read_text() == table
+
+
+def test_every_shipped_frontier_point_is_a_policy_of_its_mode():
+    """docs/results/frontier.json: each point names a shipped policy that loads, was made for that point's block
+    length on the built-in canvas, and reads what the table says; the folder holds exactly the points."""
+    from learner.policy import load_policy, policy_info
+
+    results = Path(__file__).resolve().parents[1] / "docs" / "results"
+    report = json.loads((results / "frontier.json").read_text())
+    shipped = {p.name for p in (results / "policies").iterdir() if p.is_dir()}
+    assert {Path(p["checkpoint"]).name for p in report["points"]} == shipped
+    names = {(s["block_length"], s["name"]) for s in report["summary"]}
+    for point in report["points"]:
+        folder = results.parent.parent / point["checkpoint"]
+        policy, info = load_policy(folder), policy_info(folder)
+        assert (point["block_length"], point["name"]) in names
+        assert info["block_length"] == point["block_length"] and info["gen_length"] == 24, point["checkpoint"]
+        assert policy.config.alpha_conditioned == ("sampler.alpha" in point["eval"])
+        assert ("repeat" in policy.config.inputs) == ("left_run" in point["name"]), point["checkpoint"]
