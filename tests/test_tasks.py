@@ -160,6 +160,12 @@ def test_map_applies_the_permutation_to_each_letter_and_keeps_its_splits_apart()
     rng = random.Random(0)
     assert all(task.split_of(task.pretrain_example(rng).prompt) == "train" for _ in range(200))
     assert set("".join(e.prompt + e.answer for e in train)) <= set(task.alphabet)
+    # 2 letters make 2 permutations x 508 words, about 50 test prompts: asking for more is one line, not a hang
+    small = MapTask(num_symbols=2)
+    held_out = small.examples("test", 20)
+    assert len({e.prompt for e in held_out}) == 20
+    with pytest.raises(ValueError, match="the test split of map with task.num_symbols=2 has fewer than 500 distinct"):
+        small.examples("test", 500)
 
 
 def trace(given: str) -> str:

@@ -63,7 +63,12 @@ class MapTask(Task):
         rng = random.Random(f"{self.name}/{split}/{seed}")
         out: list[Example] = []
         seen: set[str] = set()
+        attempts = 0
         while len(out) < n:
+            attempts += 1
+            if attempts > 200 * n + 10_000:  # a small alphabet has few distinct prompts: say so, never loop forever
+                raise ValueError(f"the {split} split of map with task.num_symbols={len(self.letters)} has fewer "
+                                 f"than {n} distinct prompts: ask for fewer examples or more symbols")
             ex = self.random_example(rng)
             if self.split_of(ex.prompt) == split and ex.prompt not in seen:
                 seen.add(ex.prompt)
