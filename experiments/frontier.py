@@ -114,32 +114,28 @@ def parts_of_mode(parts: Parts, out: Path, mode: str, bl: int, seed: int, a: dic
                       "dump_trajectories=false", "checkpoint_every=50", *extra)
         return {"checkpoint": str(run / "checkpoints" / "best"), "minutes": took + before}
 
+    def trained(name: str, label: str, alpha: float, keys: list[str], minutes: str, depends: dict,
+                start: dict | None = None) -> None:
+        """One `unmask train` run (from `start`, a clone, when given: its checkpoint and minutes) and its evaluation:
+        a policy point. The ledger records `depends` (with the start's) beside each."""
+        if start:
+            keys = ["grpo.init_policy=" + start["checkpoint"], *keys, "groups_per_update=16",
+                    f"validate_every={RECIPE_GRPO['validate_every']}"]
+        run = parts.run(f"{bl}/s{seed}/{name}", lambda: train(name, keys, minutes, start["minutes"] if start else 0.0),
+                        {"bl": bl, "seed": seed, "minutes": minutes, **depends, **(start or {})})
+        points.append({"name": label, "alpha": alpha, **run, **parts.run(
+            f"{bl}/s{seed}/{name}/eval", lambda: evaluate(Path(run["checkpoint"]), bl, n), {"n": n, **run})})
+
     for alpha in ALPHAS:
-        keys = ["grpo.init_policy=" + clone["checkpoint"], f"grpo.alpha={alpha}", f"grpo.lr={RECIPE_GRPO['lr']}",
-                f"grpo.warmup_steps={RECIPE_GRPO['warmup_steps']}", "groups_per_update=16",
-                f"validate_every={RECIPE_GRPO['validate_every']}"]
-        name = f"grpo-a{alpha:g}"
-        run = parts.run(f"{bl}/s{seed}/{name}", lambda k=keys, m=name: train(m, k, a["grpo_minutes"],
-                                                                             clone["minutes"]),
-                        {"bl": bl, "seed": seed, "minutes": a["grpo_minutes"], **clone})
-        points.append({"name": f"imitation + GRPO alpha={alpha:g}", "alpha": alpha, **run, **parts.run(
-            f"{bl}/s{seed}/grpo-a{alpha:g}/eval", lambda r=run: evaluate(Path(r["checkpoint"]), bl, n),
-            {"n": n, **run})})
+        trained(f"grpo-a{alpha:g}", f"imitation + GRPO alpha={alpha:g}", alpha,
+                [f"grpo.alpha={alpha}", f"grpo.lr={RECIPE_GRPO['lr']}",
+                 f"grpo.warmup_steps={RECIPE_GRPO['warmup_steps']}"], a["grpo_minutes"], {}, start=clone)
     for alpha in PAST_ALPHAS:
         grpo = {"alpha": alpha, **PAST_GRPO}
-        keys = ["grpo.init_policy=" + run_clone["checkpoint"], *(f"grpo.{k}={v}" for k, v in grpo.items()),
-                "groups_per_update=16", f"validate_every={RECIPE_GRPO['validate_every']}"]
-        name = f"grpo-lr-a{alpha:g}"
-        run = parts.run(f"{bl}/s{seed}/{name}", lambda k=keys, m=name: train(m, k, a["past_minutes"],
-                                                                             run_clone["minutes"]),
-                        {"bl": bl, "seed": seed, "minutes": a["past_minutes"], "grpo": grpo, **run_clone})
-        points.append({"name": f"imitation of left_run + GRPO alpha={alpha:g}", "alpha": alpha, **run, **parts.run(
-            f"{bl}/s{seed}/{name}/eval", lambda r=run: evaluate(Path(r["checkpoint"]), bl, n), {"n": n, **run})})
-    paper = parts.run(f"{bl}/s{seed}/paper", lambda: train("paper", ["grpo.alpha=0.3", "grpo.fallback=false"],
-                                                           a["paper_minutes"]),
-                      {"bl": bl, "seed": seed, "minutes": a["paper_minutes"]})
-    points.append({"name": "the paper's GRPO alpha=0.3", "alpha": 0.3, **paper, **parts.run(
-        f"{bl}/s{seed}/paper/eval", lambda: evaluate(Path(paper["checkpoint"]), bl, n), {"n": n, **paper})})
+        trained(f"grpo-lr-a{alpha:g}", f"imitation of left_run + GRPO alpha={alpha:g}", alpha,
+                [f"grpo.{k}={v}" for k, v in grpo.items()], a["past_minutes"], {"grpo": grpo}, start=run_clone)
+    trained("paper", "the paper's GRPO alpha=0.3", 0.3, ["grpo.alpha=0.3", "grpo.fallback=false"],
+            a["paper_minutes"], {})
     family_keys = ["teachers=[" + ",".join(t for t, _ in FAMILY) + "]",
                    "teacher_alphas=[" + ",".join(f"{x:g}" for _, x in FAMILY) + "]"]
     family = parts.run(f"{bl}/s{seed}/family", lambda: imitate("family", family_keys), {"bl": bl, "seed": seed})

@@ -6,7 +6,7 @@ import hashlib
 import json
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +48,26 @@ def stable_hash(text: str) -> int:
 def hash_split(text: str, test_fraction: float, buckets: int = 10_000) -> str:
     """'test' for a stable `test_fraction` share of texts (by content hash, in `buckets` buckets), else 'train'."""
     return "test" if stable_hash(text) % buckets < int(test_fraction * buckets) else "train"
+
+
+def draw_split(draw: Callable[[], Example], split_of: Callable[[str], str], split: str, n: int, who: str,
+               train_repeats: bool = False) -> list[Example]:
+    """`n` examples of `split` from a generator's `draw`, each prompt once (the train split may repeat one when
+    `train_repeats`); a split with fewer distinct prompts than asked is one line after a bounded number of draws, never
+    an endless loop. `who` names the family in that line (e.g. "cycles with task.num_symbols=4")."""
+    out: list[Example] = []
+    seen: set[str] = set()
+    for _ in range(200 * n + 10_000):
+        if len(out) == n:
+            break
+        ex = draw()
+        if split_of(ex.prompt) == split and ((train_repeats and split == "train") or ex.prompt not in seen):
+            seen.add(ex.prompt)
+            out.append(ex)
+    if len(out) < n:
+        raise ValueError(f"the {split} split of {who} has fewer than {n} distinct prompts: ask for fewer examples or "
+                         "more symbols")
+    return out
 
 
 def seeded_head(pool: list[Example], n: int, seed: int) -> list[Example]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import random
 import string
 
-from envs.tasks.base import Example, Task, check_split, hash_split
+from envs.tasks.base import Example, Task, check_split, draw_split, hash_split
 
 DIRECTIONS = {"both": "><", "forward": ">", "backward": "<"}  # marks the data uses; both always verify
 TEST_FRACTION = 0.05  # of all (permutation, start) pairs, in 1000 hash buckets, belong to the test split
@@ -92,19 +92,8 @@ class CycleTask(Task):
     def examples(self, split: str, n: int, seed: int = 0) -> list[Example]:
         check_split(split)
         rng = random.Random(f"{self.name}/{split}/{seed}")
-        out: list[Example] = []
-        seen: set[str] = set()
-        attempts = 0
-        while len(out) < n:
-            attempts += 1
-            if attempts > 200 * n + 10_000:
-                raise ValueError(f"the {split} split of cycles with task.num_symbols={len(self.letters)} has "
-                                 f"fewer than {n} distinct prompts: ask for fewer examples or more symbols")
-            ex = self.random_example(rng)
-            if self.split_of(ex.prompt) == split and (split == "train" or ex.prompt not in seen):
-                seen.add(ex.prompt)
-                out.append(ex)
-        return out
+        return draw_split(lambda: self.random_example(rng), self.split_of, split, n,
+                          f"cycles with task.num_symbols={len(self.letters)}", train_repeats=True)
 
     def verify(self, completion: str, example: Example) -> bool:
         """The mark, then the cycle in its direction; a single `,` may stand between two letters."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 import string
 
-from envs.tasks.base import Example, Task, check_split, hash_split
+from envs.tasks.base import Example, Task, check_split, draw_split, hash_split
 
 WORD = 8  # the longest word, and the width every word is padded to with `.`
 TEST_FRACTION = 0.05  # of all (permutation, word) pairs, in 1000 hash buckets, belong to the test split
@@ -61,19 +61,8 @@ class MapTask(Task):
     def examples(self, split: str, n: int, seed: int = 0) -> list[Example]:
         check_split(split)
         rng = random.Random(f"{self.name}/{split}/{seed}")
-        out: list[Example] = []
-        seen: set[str] = set()
-        attempts = 0
-        while len(out) < n:
-            attempts += 1
-            if attempts > 200 * n + 10_000:  # a small alphabet has few distinct prompts: say so, never loop forever
-                raise ValueError(f"the {split} split of map with task.num_symbols={len(self.letters)} has fewer "
-                                 f"than {n} distinct prompts: ask for fewer examples or more symbols")
-            ex = self.random_example(rng)
-            if self.split_of(ex.prompt) == split and ex.prompt not in seen:
-                seen.add(ex.prompt)
-                out.append(ex)
-        return out
+        return draw_split(lambda: self.random_example(rng), self.split_of, split, n,
+                          f"map with task.num_symbols={len(self.letters)}")
 
     def verify(self, completion: str, example: Example) -> bool:
         return completion == self.apply(example.prompt)
