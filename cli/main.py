@@ -82,9 +82,17 @@ def cmd_imitate(cfg: ImitateConfig) -> int:
     return 0
 
 
+def say_from_policy(cfg: TrainConfig, command: str) -> None:
+    """A run from a saved policy takes its own defaults for a few keys (cluster.config.FROM_POLICY): say which."""
+    if cfg.grpo.init_policy and not cfg.resume:
+        print(f"unmask {command}: from a saved policy: {cfg.from_policy_keys()} (FROM_POLICY's defaults for the keys "
+              f"not given)", file=sys.stderr, flush=True)
+
+
 def cmd_train(cfg: TrainConfig) -> int:
     from cluster.train import train
 
+    say_from_policy(cfg, "train")
     result = train(cfg)
     if cfg.eval.num_examples > 0:  # else the result is the last iteration's metrics
         print(f"final policy: accuracy {result['accuracy']:.3f} at mean NFE {result['mean_nfe']:.2f} "
@@ -97,6 +105,7 @@ def cmd_train(cfg: TrainConfig) -> int:
 def cmd_sweep(cfg: SweepConfig) -> int:
     from cluster.sweep import sweep
 
+    say_from_policy(cfg, "sweep")
     result = sweep(cfg)
     trials = result["trials"]
     failed = [t for t in trials if t["status"] != "finished"]

@@ -68,7 +68,23 @@ def parse(schema: type, args: list[str], command: str, base: Any = None) -> Any:
     keys = [d.split("=", 1)[0] for d in dotlist]
     _check_unused_keys(schema, keys, command)
     _check_sampler_params(cfg, keys)
+    if hasattr(cfg, "start_defaults"):  # keys whose default depends on another key (train from a saved policy)
+        cfg.start_defaults(set(keys) | _given_keys(base))
     return cfg
+
+
+def _given_keys(base: Any) -> set[str]:
+    """The dotted keys a base config sets: all of them for a dataclass, those in the file for a saved config."""
+    if base is None:
+        return set()
+    node = OmegaConf.structured(base) if dataclasses.is_dataclass(base) else OmegaConf.create(base)
+
+    def walk(n: Any, prefix: str) -> set[str]:
+        if not isinstance(n, DictConfig):
+            return {prefix[:-1]}
+        return set().union(*(walk(n._get_node(k), f"{prefix}{k}.") for k in n.keys())) if len(n) else set()
+
+    return walk(node, "")
 
 
 def _sections(schema: type, kind: str, prefix: str = "") -> list[str]:

@@ -69,6 +69,15 @@ class FinalEvalConfig:
     policy_temperature: float = 1.0  # tau_pi at evaluation (paper: 0.5 semi-AR, 1.0 full diffusion)
 
 
+# GRPO from a saved policy (grpo.init_policy, e.g. `unmask imitate`'s) by default: the keys of the recipe measured in
+# docs/results/frontier.md, for those a command line or config file leaves unset. A clone starts on the heuristics'
+# frontier and is deterministic: without a bound on its training draws every group decodes identically (no gradient);
+# the paper's lr (3e-5, for its initialisation) leaves it where it is in minutes; 16 prompts per update (the paper's
+# 8 GPUs x 16 rollouts) average out one advantage per trajectory; held-out validation picks the policy a run hands
+# over. From the paper's initialisation every key keeps the paper's value.
+FROM_POLICY = {"grpo.lr": 1e-4, "grpo.logit_bound": 3.0, "groups_per_update": 16, "validate_every": 10}
+
+
 @dataclass
 class TrainConfig(UpdateSettings, OutputSettings):
     """`unmask train`: the UpdateSettings and OutputSettings keys at the top level, beside these."""
@@ -87,6 +96,28 @@ class TrainConfig(UpdateSettings, OutputSettings):
     eval: FinalEvalConfig = field(default_factory=FinalEvalConfig)
     resume: str = ""  # a run directory: continue that run from its last checkpoint, with its saved config
     resume_unverified: bool = False  # resume a run dir whose pickled state does not match its seal (trust it!)
+
+    def start_defaults(self, given: set[str]) -> list[str]:
+        """From a saved policy, FROM_POLICY's value for each of its keys not in `given` (the keys set by hand);
+        returns the `key=value`s applied. The command line calls it; a config built in Python may too."""
+        if not self.grpo.init_policy:
+            return []
+        applied = []
+        for key, value in FROM_POLICY.items():
+            if key not in given:
+                section, _, name = key.rpartition(".")
+                setattr(getattr(self, section) if section else self, name, type(getattr(
+                    getattr(self, section) if section else self, name))(value))
+                applied.append(f"{key}={value:g}")
+        return applied
+
+    def from_policy_keys(self) -> str:
+        """FROM_POLICY's keys as this run has them (said at the start of a run from a saved policy)."""
+        def value(key: str):
+            section, _, name = key.rpartition(".")
+            return getattr(getattr(self, section) if section else self, name)
+
+        return " ".join(f"{key}={value(key):g}" for key in FROM_POLICY)
 
 
 def check_train(cfg: TrainConfig) -> None:

@@ -43,13 +43,6 @@ QUICK_REPRODUCE = {"train_minutes": 1.0, "max_iterations": 3, "num_env_runners":
                    "pretrain_minutes": 0.05, "pretrain_examples": 2000, "num_examples": 12, "test_seeds": [0, 1],
                    "imitate_prompts": 24, "imitate_steps": 10}
 
-# the recipe beside the paper's method (finding 2, and experiments.frontier): Fast-dLLM cloned (`unmask imitate`, in
-# blocks of the semi-AR length inside a full canvas), then GRPO from the clone at a learning rate that keeps it on
-# the frontier, with evaluation's fallback in training and checkpoints/best chosen by held-out validation
-RECIPE_TEACHER = "fast_dllm:threshold=0.9"
-RECIPE_GRPO = {"lr": 3e-5, "warmup_steps": 10, "validate_every": 10}
-
-
 def check_reproduce(cfg: ReproduceConfig) -> None:
     """Every key, before any work (a training or an evaluation would otherwise find a bad one minutes in)."""
     check_finite(cfg)

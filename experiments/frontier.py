@@ -13,11 +13,13 @@ Per mode (semi-AR BL = 8, full diffusion BL = L = 24), per training seed, each a
     imitate-lr `unmask imitate` of left_run lambda = 0.9, mu = 0.4 (left_threshold, and the run right of the leftmost
                at >= mu with no token repeating a neighbour's), the policy reading the `repeat` input beside the
                confidence, in full diffusion over the whole canvas: the heuristic that makes both modes' frontier
-    grpo-a<a>  `unmask train` from that clone (grpo.init_policy) at alpha in {0.3, 1, 3}; its checkpoints/best, chosen
-               by held-out validation (so never worse than the clone on validation)
-    grpo-lr-a<a> `unmask train` from the imitate-lr clone at alpha in {3, 10}, lr 1e-4, grpo.logit_bound = 3,
-               `past_minutes`: GRPO moving a policy past the heuristics, to fewer forwards than any of them reaches
-               at its accuracy (alpha = 10 further down the NFE axis than 3)
+    grpo-a<a>  `unmask train` from that clone (grpo.init_policy) at alpha in {0.3, 1, 3}, lr 3e-5 and no bound on the
+               training draws (CLONE_GRPO); its checkpoints/best, chosen by held-out validation (so never worse than
+               the clone on validation)
+    grpo-lr-a<a> `unmask train` from the imitate-lr clone at alpha in {3, 10} and its defaults from a policy (lr
+               1e-4, grpo.logit_bound = 3, 16 groups per update, validation every 10), `past_minutes`: GRPO moving a
+               policy past the heuristics, to fewer forwards than any of them reaches at its accuracy (alpha = 10
+               further down the NFE axis than 3)
     paper      `unmask train` from the paper's initialisation at alpha = 0.3 (no fallback in training draws, as the
                paper trains); its checkpoints/best (the paper's checkpoint-best)
     family     `unmask imitate` of Fast-dLLM lambda = 0.9 / 0.8 / 0.7 standing for alpha = 0.3 / 1 / 3: one
@@ -38,21 +40,25 @@ import sys
 import time
 from pathlib import Path
 
-from experiments.config import RECIPE_GRPO, RECIPE_TEACHER
+from cluster.config import FROM_POLICY
 from experiments.reproduce import Parts
 from rollout.pareto import default_grid
 from rollout.report import pareto_front, write_pareto
 
 MODES = {"semi-AR": 8, "full diffusion": 24}
 ALPHAS = (0.3, 1.0, 3.0)
+CLONE_TEACHER = "fast_dllm:threshold=0.9"  # the first recipe's teacher (in full diffusion, in blocks of 8)
+# GRPO from that clone, as it was run: the paper's lr with a short warm-up, and no bound on the training draws
+CLONE_GRPO = {"lr": 3e-5, "warmup_steps": 10, "logit_bound": 0.0}
 FAST_TEACHER = "eb:gamma=0.05"  # the faster clone's teacher: in full diffusion, in blocks of 8, under 10 NFE
 LEFT_TEACHER = "left_threshold:threshold=0.9"  # left-to-right with a threshold, itself in full diffusion
 RUN_TEACHER = "left_run:threshold=0.9,run_threshold=0.4"  # the frontier's heuristic in both modes
 RUN_INPUTS = "policy.inputs=[confidence,repeat]"  # what its student must see: the rule reads `repeat`
 FAMILY = (("fast_dllm:threshold=0.9", 0.3), ("fast_dllm:threshold=0.8", 1.0), ("fast_dllm:threshold=0.7", 3.0))
-# GRPO past the heuristics: from the left_run clone, at the fast end of the trade-off, exploring (a clone is
-# deterministic: every group would decode identically without the bound)
-PAST_GRPO = {"lr": 1e-4, "logit_bound": 3.0}
+# GRPO past the heuristics: from the left_run clone at `unmask train`'s defaults from a policy (FROM_POLICY: lr 1e-4,
+# training draws bounded, as a clone is deterministic and every group would decode identically without it; 16 groups;
+# validation), at the fast end of the trade-off
+PAST_GRPO = {k.split(".", 1)[1]: v for k, v in FROM_POLICY.items() if k.startswith("grpo.")}
 PAST_ALPHAS = (3.0, 10.0)
 DEFAULTS = {"out_dir": "runs/frontier", "seeds": "0,1", "grpo_minutes": "4", "paper_minutes": "4",
             "past_minutes": "7", "num_examples": "500", "publish": ""}
@@ -99,7 +105,7 @@ def parts_of_mode(parts: Parts, out: Path, mode: str, bl: int, seed: int, a: dic
             f"{bl}/s{seed}/{name}/eval", lambda: evaluate(Path(clone["checkpoint"]), bl, n), {"n": n, **clone})})
         return clone
 
-    clone = cloned("imitate", "imitation", RECIPE_TEACHER, {})
+    clone = cloned("imitate", "imitation", CLONE_TEACHER, {})
     cloned("imitate-eb", "imitation of EB gamma=0.05", FAST_TEACHER, {"teacher": FAST_TEACHER})
     cloned("imitate-lt", "imitation of left_threshold 0.9", LEFT_TEACHER, {"teacher": LEFT_TEACHER}, in_blocks=False)
     run_clone = cloned("imitate-lr", "imitation of left_run 0.9/0.4", RUN_TEACHER,
@@ -118,9 +124,8 @@ def parts_of_mode(parts: Parts, out: Path, mode: str, bl: int, seed: int, a: dic
                 start: dict | None = None) -> None:
         """One `unmask train` run (from `start`, a clone, when given: its checkpoint and minutes) and its evaluation:
         a policy point. The ledger records `depends` (with the start's) beside each."""
-        if start:
-            keys = ["grpo.init_policy=" + start["checkpoint"], *keys, "groups_per_update=16",
-                    f"validate_every={RECIPE_GRPO['validate_every']}"]
+        if start:  # the rest of the keys: `unmask train`'s defaults from a policy (groups_per_update, validate_every)
+            keys = ["grpo.init_policy=" + start["checkpoint"], *keys]
         run = parts.run(f"{bl}/s{seed}/{name}", lambda: train(name, keys, minutes, start["minutes"] if start else 0.0),
                         {"bl": bl, "seed": seed, "minutes": minutes, **depends, **(start or {})})
         points.append({"name": label, "alpha": alpha, **run, **parts.run(
@@ -128,12 +133,12 @@ def parts_of_mode(parts: Parts, out: Path, mode: str, bl: int, seed: int, a: dic
 
     for alpha in ALPHAS:
         trained(f"grpo-a{alpha:g}", f"imitation + GRPO alpha={alpha:g}", alpha,
-                [f"grpo.alpha={alpha}", f"grpo.lr={RECIPE_GRPO['lr']}",
-                 f"grpo.warmup_steps={RECIPE_GRPO['warmup_steps']}"], a["grpo_minutes"], {}, start=clone)
+                [f"grpo.alpha={alpha}", *(f"grpo.{k}={v}" for k, v in CLONE_GRPO.items())], a["grpo_minutes"], {},
+                start=clone)
     for alpha in PAST_ALPHAS:
         grpo = {"alpha": alpha, **PAST_GRPO}
         trained(f"grpo-lr-a{alpha:g}", f"imitation of left_run + GRPO alpha={alpha:g}", alpha,
-                [f"grpo.{k}={v}" for k, v in grpo.items()], a["past_minutes"], {"grpo": grpo}, start=run_clone)
+                [f"grpo.alpha={alpha}"], a["past_minutes"], {"grpo": grpo}, start=run_clone)
     trained("paper", "the paper's GRPO alpha=0.3", 0.3, ["grpo.alpha=0.3", "grpo.fallback=false"],
             a["paper_minutes"], {})
     family_keys = ["teachers=[" + ",".join(t for t, _ in FAMILY) + "]",

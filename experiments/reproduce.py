@@ -7,9 +7,10 @@ is skipped (and said so); an interrupted training resumes from its last checkpoi
     heuristics at every test seed, per setting     six heuristic settings (HEURISTICS)             findings 1-6
     train/full-s<k>, train/semiar-s<k>            GRPO at alpha, full diffusion / BL = 8          2, 6, 7
     train/additive-s<k>                            the same as full, with the additive reward      3
-    imitate/recipe-<mode>-s<k>,                    the recipe beside the paper's method: Fast-dLLM    2
-    train/recipe-<mode>-s<k>                       cloned (`unmask imitate`), then GRPO from the clone
-                                                   (its checkpoints/best by held-out validation)
+    imitate/recipe-<mode>-s<k>,                    the recipe beside the paper's method: `unmask       2
+    train/recipe-<mode>-s<k>                       imitate` (left_run cloned), then `unmask train` from
+                                                   the clone, both at their defaults (checkpoints/best
+                                                   by held-out validation)
     dllm2                                          a second dLLM: `unmask pretrain` from the built-in one with
                                                    another seed, a canvas of `long_gen_length` and a JSONL of two
                                                    task families, cycles and `map` (below; its recipe is in
@@ -36,10 +37,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from envs.config import SAMPLER_PARAMS, EnvConfig, SamplerConfig, TaskConfig
+from envs.config import SAMPLER_PARAMS, EnvConfig, SamplerConfig, TaskConfig, sampler_spec
 from envs.files import Interrupted, write_atomic, write_json
 from envs.pretrain.config import PretrainConfig
-from experiments.config import README_MARKERS, RECIPE_GRPO, RECIPE_TEACHER, ReproduceConfig, check_reproduce, resolved
+from experiments.config import README_MARKERS, ReproduceConfig, check_reproduce, resolved
+from rollout.config import ImitateConfig
 
 PAPER_FIGURES = {
     1: "Fig. 1/10: heuristics 'degrade significantly' without semi-AR; GSM8K full diffusion ≤ ~34% at any NFE",
@@ -116,17 +118,16 @@ def train_policy(cfg: ReproduceConfig, run_dir: Path, seed: int, model: str = "b
     from rollout.config import RolloutConfig
 
     env = EnvConfig(gen_length=cfg.gen_length, block_length=block_length or cfg.gen_length)
-    if init_policy:  # the recipe: evaluation's fallback in training, a learning rate that keeps the clone's quality
-        grpo = GRPOConfig(alpha=cfg.alpha, reward=reward, lr=RECIPE_GRPO["lr"], warmup_steps=RECIPE_GRPO[
-            "warmup_steps"], total_steps=3000, init_policy=init_policy)
+    if init_policy:  # the recipe: `unmask train grpo.init_policy=<clone>` at its defaults (cluster.config.FROM_POLICY)
+        grpo = GRPOConfig(alpha=cfg.alpha, reward=reward, total_steps=3000, init_policy=init_policy)
     else:  # the paper's method: its training draws have no argmax fallback
         grpo = GRPOConfig(alpha=cfg.alpha, reward=reward, lr=cfg.lr, warmup_steps=20, total_steps=3000, fallback=False)
     train_cfg = TrainConfig(
         rollout=RolloutConfig(model=model, env=env, seed=seed, prompts_per_sample=cfg.groups_per_update), grpo=grpo,
         run_dir=str(run_dir), max_minutes=cfg.train_minutes, max_iterations=cfg.max_iterations, checkpoint_every=50,
         num_env_runners=cfg.num_env_runners, groups_per_update=cfg.groups_per_update,
-        validate_every=RECIPE_GRPO["validate_every"] if init_policy else 0,
         validate_examples=min(200, cfg.num_examples), dump_trajectories=False, eval=FinalEvalConfig(num_examples=0))
+    train_cfg.start_defaults(set() if cfg.preset == "default" else {"groups_per_update"})  # quick: its few prompts
     if (run_dir / "config.yaml").is_file():
         train_cfg = dataclasses.replace(train_cfg, resume=str(run_dir))
     metrics = train(train_cfg)
@@ -136,14 +137,11 @@ def train_policy(cfg: ReproduceConfig, run_dir: Path, seed: int, model: str = "b
 
 
 def imitate_policy(cfg: ReproduceConfig, out: Path, seed: int, block_length: int, models: Models) -> dict:
-    """The recipe's start: Fast-dLLM cloned at `block_length` (in full diffusion: deciding in blocks of the semi-AR
-    length inside the canvas)."""
-    from rollout.config import ImitateConfig
+    """The recipe's start: `unmask imitate` at `block_length` with its default teacher (left_run, over the whole
+    canvas in full diffusion) and the inputs it reads."""
     from rollout.imitation import imitate
 
-    full = block_length == cfg.gen_length
     imitate(ImitateConfig(env=EnvConfig(gen_length=cfg.gen_length, block_length=block_length),
-                          teachers=[RECIPE_TEACHER], teacher_block_length=cfg.block_length if full else 0,
                           prompts=cfg.imitate_prompts, dagger_prompts=max(1, cfg.imitate_prompts // 3),
                           steps_per_round=cfg.imitate_steps, eval_examples=0, seed=seed, out=str(out),
                           overwrite=True, progress=False), dllm=models("builtin"))
@@ -211,6 +209,10 @@ def heuristic_label(h: SamplerConfig) -> str:
 
 
 TOP_K = heuristic_label(HEURISTICS[0])  # top_k steps=0: one token per step (LLaDA's default schedule)
+PAPER_HEURISTICS = frozenset(heuristic_label(h) for h in HEURISTICS)
+# the recipe's teacher (`unmask imitate`'s default), evaluated beside the paper's heuristics on the built-in dLLM: the
+# recipe is judged against it too
+RECIPE_TEACHER = sampler_spec(ImitateConfig().teachers[0])
 
 
 @dataclass
@@ -290,7 +292,7 @@ def run_parts(cfg: ReproduceConfig) -> dict:
 
         table: dict[str, list[dict]] = {}
         evaluated = depends(cfg, EVAL_KEYS, dllm2=second_keys if setting.model == dllm2 else None)
-        for h in HEURISTICS:
+        for h in HEURISTICS + ([RECIPE_TEACHER] if any(k.startswith("recipe") for k in policy_kinds) else []):
             label = heuristic_label(h)
             table[label] = [parts.run(f"eval/{name}/{label.replace(' ', '_')}-t{t}", lambda h=h, t=t: point(h, t),
                                       evaluated) for t in cfg.test_seeds]
@@ -321,9 +323,11 @@ def summary(results: list[dict]) -> dict:
             "accuracy_min": min(acc), "accuracy_max": max(acc), "runs": len(results)}
 
 
-def best_heuristic(table: dict[str, list[dict]], max_nfe: float = float("inf")) -> tuple[str, dict] | None:
-    """The most accurate heuristic at no more than `max_nfe` mean NFE."""
-    rows = [(label, summary(rs)) for label, rs in table.items() if not label.startswith("policy")]
+def best_heuristic(table: dict[str, list[dict]], max_nfe: float = float("inf"),
+                   among: frozenset[str] | None = None) -> tuple[str, dict] | None:
+    """The most accurate heuristic (of `among` when given) at no more than `max_nfe` mean NFE."""
+    rows = [(label, summary(rs)) for label, rs in table.items()
+            if not label.startswith("policy") and (among is None or label in among)]
     rows = [(label, s) for label, s in rows if s["mean_nfe"] <= max_nfe + 1e-9]
     return max(rows, key=lambda r: (r[1]["accuracy"], -r[1]["mean_nfe"]), default=None)
 
@@ -333,10 +337,12 @@ def point(s: dict) -> str:
     return f"{s['accuracy']:.3f}{spread} @ {s['mean_nfe']:.1f}"
 
 
-def versus(table: dict[str, list[dict]], label: str) -> tuple[dict, tuple[str, dict] | None, float]:
-    """A policy's summary, the best heuristic at no more NFE, and the accuracy difference (vs 0 if none)."""
+def versus(table: dict[str, list[dict]], label: str,
+           among: frozenset[str] | None = None) -> tuple[dict, tuple[str, dict] | None, float]:
+    """A policy's summary, the best heuristic (of `among`) at no more NFE, and the accuracy difference (vs 0 if
+    none)."""
     mine = summary(table[label])
-    rival = best_heuristic(table, mine["mean_nfe"])
+    rival = best_heuristic(table, mine["mean_nfe"], among)
     return mine, rival, mine["accuracy"] - (rival[1]["accuracy"] if rival else 0.0)
 
 
@@ -353,20 +359,23 @@ def judge(points: dict, cfg: ReproduceConfig) -> list[dict]:
                      "holds": bool(holds)})
 
     semi, full, d2, d2_long = points["semiar"], points["full"], points["dllm2"], points["dllm2-long"]
-    best_semi, best_full = best_heuristic(semi), best_heuristic(full)
+    best_semi, best_full = (best_heuristic(table, among=PAPER_HEURISTICS) for table in (semi, full))
     finding("heuristics collapse in full diffusion",
             f"top_k 1 token/step {point(summary(semi[TOP_K]))} (BL={cfg.block_length}) → "
             f"{point(summary(full[TOP_K]))} (BL=L); best heuristic {rival_text(best_semi)} → {rival_text(best_full)}",
             best_full[1]["accuracy"] < best_semi[1]["accuracy"] - 0.1)
-    s_mine, s_rival, s_diff = versus(semi, "policy semiar")
-    f_mine, f_rival, f_diff = versus(full, "policy full")
-    r_semi, r_semi_rival, r_semi_diff = versus(semi, "policy recipe-semiar")
+    s_mine, s_rival, s_diff = versus(semi, "policy semiar", PAPER_HEURISTICS)
+    f_mine, f_rival, f_diff = versus(full, "policy full", PAPER_HEURISTICS)
+    r_semi, r_semi_rival, r_semi_diff = versus(semi, "policy recipe-semiar")  # against its teacher too
     r_full, r_full_rival, r_full_diff = versus(full, "policy recipe-full")
+    teacher = heuristic_label(RECIPE_TEACHER)
     finding("learned ≈ heuristics in semi-AR (within 2 points at ≤ NFE), ≫ in full diffusion",
             f"semi-AR: policy {point(s_mine)} vs {rival_text(s_rival)} ({s_diff:+.3f}); full diffusion: policy "
-            f"{point(f_mine)} vs {rival_text(f_rival)} ({f_diff:+.3f}). Beside it, the recipe (Fast-dLLM cloned, "
-            f"then GRPO from the clone): semi-AR {point(r_semi)} vs {rival_text(r_semi_rival)} ({r_semi_diff:+.3f}); "
-            f"full diffusion {point(r_full)} vs {rival_text(r_full_rival)} ({r_full_diff:+.3f})",
+            f"{point(f_mine)} vs {rival_text(f_rival)} ({f_diff:+.3f}). Beside it, the recipe (`unmask imitate`, "
+            f"then `unmask train` from the clone, at their defaults: {teacher} cloned), against every heuristic here, "
+            f"its teacher ({point(summary(semi[teacher]))} / {point(summary(full[teacher]))}) included: semi-AR "
+            f"{point(r_semi)} vs {rival_text(r_semi_rival)} ({r_semi_diff:+.3f}); full diffusion {point(r_full)} vs "
+            f"{rival_text(r_full_rival)} ({r_full_diff:+.3f})",
             s_diff >= -0.02 and f_diff > 0.05)
     additive = summary(full["policy additive"])
     finding(f"the additive reward hacks at α = {cfg.alpha:g}, the multiplicative does not",

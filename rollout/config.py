@@ -163,10 +163,13 @@ class ImitateConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
     # the teacher, a sampler spec `name[:param=value,...]`; several: one alpha-conditioned policy, each episode
     # decoded by one of them, the policy told the trade-off each stands for (teacher_alphas, in the same order)
-    teachers: list[str] = field(default_factory=lambda: ["fast_dllm:threshold=0.9"])
+    # (the default, left_run: the heuristic that makes both modes' frontier on the built-in model, frontier.md)
+    teachers: list[str] = field(default_factory=lambda: ["left_run:threshold=0.9,run_threshold=0.4"])
     teacher_alphas: list[float] = field(default_factory=list)
     teacher_block_length: int = 0  # teachers decide in the leftmost block of this many inside the canvas; 0 = BL
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    # policy.inputs = [] (the default): the confidence and every input the teachers read (left_run: repeat), so that
+    # the student sees what its teacher decides on; a list given is kept, and refused if it misses one of those
+    policy: PolicyConfig = field(default_factory=lambda: PolicyConfig(inputs=[]))
     prompts: int = 1000  # training prompts the teachers decode (the states of round 0)
     dagger_rounds: int = 1  # then rounds of the student's own rollouts, labelled by the teachers (DAgger)
     dagger_prompts: int = 300  # student rollouts per DAgger round
@@ -189,7 +192,7 @@ def check_imitate(cfg: ImitateConfig) -> None:
     check_finite(cfg)
     check_task(cfg.task)
     check_env(cfg.env)
-    check_policy(cfg.policy, "policy")
+    check_policy(dataclasses.replace(cfg.policy, inputs=cfg.policy.inputs or ["confidence"]), "policy")
     if not cfg.teachers:
         raise ValueError("teachers must name at least one sampler")
     for spec in cfg.teachers:

@@ -43,6 +43,21 @@ def teachers_of(cfg: ImitateConfig) -> list[Sampler]:
     return [InBlocks(t, cfg.teacher_block_length) if cfg.teacher_block_length else t for t in made]
 
 
+def student_inputs(cfg: ImitateConfig, teachers: list[Sampler]) -> list[str]:
+    """policy.inputs, or when left empty the confidence and every canvas input a teacher reads. A teacher that decides
+    on what no confidence carries (left_run: `repeat`) cloned by a student without it is a different rule: refused."""
+    read = list(dict.fromkeys(f for t in teachers for f in t.features if f in CANVAS))
+    if not cfg.policy.inputs:
+        return ["confidence", *read]
+    for t in teachers:
+        unseen = [f for f in t.features if f in CANVAS and f not in cfg.policy.inputs]
+        if unseen:
+            raise ValueError(f"teacher {t.describe()} reads {', '.join(unseen)}, which the student would not see: add "
+                             f"it to policy.inputs (policy.inputs=[{','.join([*cfg.policy.inputs, *unseen])}], or "
+                             f"policy.inputs=[] for what the teachers read)")
+    return list(cfg.policy.inputs)
+
+
 @torch.no_grad()
 def collect_states(dllm: DLLM, task: Task, examples: list[Example], teachers: list[Sampler], alphas: list[float],
                    student: PolicySampler | None, cfg: ImitateConfig, generator: torch.Generator) -> dict:
@@ -93,10 +108,7 @@ def imitate(cfg: ImitateConfig, dllm: DLLM | None = None) -> dict:
     teachers = teachers_of(cfg)
     for t in teachers:
         t.check_env(cfg.env)
-        unseen = [f for f in t.features if f in CANVAS and f not in cfg.policy.inputs]
-        if unseen:  # it decides on what no confidence carries: a student without it clones a different rule
-            raise ValueError(f"teacher {t.describe()} reads {', '.join(unseen)}, which the student would not see: add "
-                             f"it to policy.inputs (policy.inputs=[{','.join([*cfg.policy.inputs, *unseen])}])")
+    cfg = dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, inputs=student_inputs(cfg, teachers)))
     conditioned = len(teachers) > 1
     policy = UnmaskingPolicy(dataclasses.replace(cfg.policy, alpha_conditioned=conditioned))
     student = PolicySampler(SamplerConfig(name="policy", alpha=cfg.teacher_alphas[0] if conditioned else None),

@@ -214,8 +214,10 @@ CASES = [
     ("imitate out={root}/i teacher_alphas=[1]", "teacher_alphas is for several teachers"),
     ("imitate out={root}/i teacher_block_length=5", "teacher_block_length=5 must divide env.gen_length=24"),
     ("imitate out={root}/i keep_weight=0.5", "keep_weight must be >= 1"),
-    ("imitate out={root}/i teachers=[left_run]", "reads repeat, which the student would not see: add it to "
-     "policy.inputs (policy.inputs=[confidence,repeat])"),
+    ("imitate out={root}/i teachers=[left_run] policy.inputs=[confidence]", "reads repeat, which the student would "
+     "not see: add it to policy.inputs (policy.inputs=[confidence,repeat], or policy.inputs=[] for what the teachers "
+     "read)"),
+    ("imitate out={root}/i policy.inputs=[margin]", "policy.inputs must start with confidence"),
     ("imitate out={root}/i lr=0", "lr > 0"),
     ("imitate out={root}/i task.num_symbols=12 env.gen_length=16", "cannot represent ([UNK])"),
     ("imitate out={root}/not_empty", "is not empty"),

@@ -165,6 +165,34 @@ def test_help_lists_dict_keys_whole_and_a_saved_config_starts_a_run(tmp_path, ca
     assert "no config file at" in capsys.readouterr().err
 
 
+def test_training_from_a_saved_policy_takes_the_frontier_recipe_s_keys_unless_given(tmp_path):
+    """`unmask train grpo.init_policy=<clone> grpo.alpha=3` is the recipe measured in docs/results/frontier.md (and
+    on the commas task, README): keys given by hand or in a config file win; from the paper's start nothing moves."""
+    from cli.main import load_config
+    from cluster.config import FROM_POLICY, TrainConfig
+    from envs.structured import to_yaml
+
+    paper = load_config("train", ["grpo.alpha=3"])
+    assert (paper.grpo.lr, paper.grpo.logit_bound, paper.groups_per_update, paper.validate_every) == (
+        TrainConfig().grpo.lr, 0.0, 8, 0)
+    clone = "docs/results/policies/bl8-imitate-lr-s0"
+    recipe = load_config("train", [f"grpo.init_policy={clone}", "grpo.alpha=3"])
+    # the keys the frontier's and the commas task's GRPO runs were given by hand (experiments.frontier PAST_GRPO)
+    assert (recipe.grpo.lr, recipe.grpo.logit_bound, recipe.groups_per_update, recipe.validate_every) == (
+        1e-4, 3.0, 16, 10) == tuple(FROM_POLICY.values())
+    assert recipe.from_policy_keys() == "grpo.lr=0.0001 grpo.logit_bound=3 groups_per_update=16 validate_every=10"
+    mine = load_config("train", [f"grpo.init_policy={clone}", "grpo.lr=3e-05", "validate_every=0"])
+    assert (mine.grpo.lr, mine.grpo.logit_bound, mine.validate_every) == (3e-5, 3.0, 0)  # given: kept, even = default
+    saved = tmp_path / "config.yaml"
+    saved.write_text(to_yaml(mine))
+    again = load_config("train", [f"config={saved}"])  # a saved config holds every key: none is replaced
+    assert (again.grpo.lr, again.groups_per_update, again.validate_every) == (3e-5, 16, 0)
+    partial = tmp_path / "partial.yaml"
+    partial.write_text(f"grpo:\n  init_policy: {clone}\n  logit_bound: 0.0\n")
+    some = load_config("train", [f"config={partial}"])
+    assert (some.grpo.lr, some.grpo.logit_bound) == (1e-4, 0.0)
+
+
 @pytest.mark.parametrize("args, message", [
     (["pareto", "env.block_length=4"], "env.block_length is not used by 'unmask pareto'"),
     (["pareto", "grid=bogus"], "unknown grid 'bogus'"),

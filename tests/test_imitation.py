@@ -55,6 +55,17 @@ def test_a_clone_of_fast_dllm_decodes_as_it_does_and_records_how_it_was_made(tin
     assert main(args) == 2 and "is not empty" in capsys.readouterr().err  # a second run never overwrites it
 
 
+def test_the_default_teacher_is_left_run_and_its_student_reads_what_it_reads(tiny_model_dir, tmp_path):
+    """No teacher given: the frontier's rule (left_run 0.9/0.4); policy.inputs left empty: the confidence and the
+    `repeat` input left_run decides on, so `unmask train grpo.init_policy=` takes the clone as it is."""
+    out = tmp_path / "default"
+    assert main(["imitate", f"model={tiny_model_dir}", "task.num_symbols=7", "env.gen_length=16",
+                 "env.block_length=8", "prompts=20", "dagger_rounds=0", "steps_per_round=10", "batch_steps=32",
+                 "eval_examples=0", f"out={out}", "progress=false"]) == 0
+    assert policy_info(out)["teacher"] == "left_run threshold=0.9 run_threshold=0.4"
+    assert load_policy(out).config.inputs == ["confidence", "repeat"]
+
+
 def test_several_teachers_make_one_alpha_conditioned_policy(tiny_model_dir, tmp_path):
     out = tmp_path / "family"
     assert main(["imitate", f"model={tiny_model_dir}", "task.num_symbols=7", "env.gen_length=16",

@@ -51,12 +51,19 @@ def test_reproduce_quick_writes_every_finding_and_resumes(local_ray, tmp_path, c
     assert points["dllm2-long"]["policy dllm2"]["runs"] == 2  # 1 training seed x 2 test seeds
     assert set(points["full"]) >= {"policy full", "policy additive", "policy recipe-full", "top_k steps=0",
                                    "fast_dllm threshold=0.5"}
-    assert "policy recipe-semiar" in points["semiar"] and "the recipe (Fast-dLLM cloned" in findings[1]["ours"]
-    clone = json.loads((out / "imitate" / "recipe-full-s0" / "config.json").read_text())["training"]["imitation"]
-    assert clone["teachers"] == ["fast_dllm threshold=0.9 in blocks of 8"]  # in blocks of 8 inside the canvas
-    grpo = yaml.safe_load((out / "train" / "recipe-full-s0" / "config.yaml").read_text())["grpo"]
+    teacher = TEACHER  # the recipe's, judged beside it (not in finding 1)
+    assert "policy recipe-semiar" in points["semiar"] and teacher in points["semiar"] and teacher in points["full"]
+    assert f"the recipe (`unmask imitate`, then `unmask train` from the clone, at their defaults: {teacher} cloned)" \
+        in findings[1]["ours"] and teacher not in findings[0]["ours"]
+    clone = json.loads((out / "imitate" / "recipe-full-s0" / "config.json").read_text())
+    assert clone["training"]["imitation"]["teachers"] == [teacher]  # over the whole canvas
+    assert clone["inputs"] == ["confidence", "repeat"]  # what left_run reads
+    saved = yaml.safe_load((out / "train" / "recipe-full-s0" / "config.yaml").read_text())
+    grpo = saved["grpo"]
     assert grpo["init_policy"] == str(out / "imitate" / "recipe-full-s0") and grpo["fallback"]
-    assert set(points["dllm2-map"]) == {h for h in points["full"] if not h.startswith("policy")} | {"policy dllm2"}
+    assert (grpo["lr"], grpo["logit_bound"], saved["validate_every"]) == (1e-4, 3.0, 10)  # train's from-policy keys
+    paper = {h for h in points["full"] if not h.startswith("policy") and h != teacher}
+    assert set(points["dllm2-map"]) == paper | {"policy dllm2"}
     assert "findings hold here" in captured.out and markdown in captured.out
 
     (out / "done" / "eval__dllm2-map__policy_dllm2-s0-t1.json").unlink()  # one part lost: only it runs again
@@ -122,6 +129,9 @@ def results(accuracy: float, nfe: float, runs: int = 2) -> list[dict]:
     return [{"accuracy": accuracy, "mean_nfe": nfe}] * runs
 
 
+TEACHER = "left_run threshold=0.9 run_threshold=0.4"
+
+
 def judged(long_heuristic: float) -> dict:
     """Findings over hand-made points where the policy holds at the longer canvas (0.60 -> 0.60)."""
     from experiments.config import ReproduceConfig
@@ -131,8 +141,9 @@ def judged(long_heuristic: float) -> dict:
         rows = {heuristic_label(h): results(heuristic - 0.01 * i, 24.0 - 3 * i) for i, h in enumerate(HEURISTICS)}
         return rows | {f"policy {kind}": results(acc, 6.0) for kind, acc in policies.items()}
 
-    points = {"semiar": table(0.99, semiar=0.9, **{"recipe-semiar": 0.98}),
-              "full": table(0.7, full=0.8, additive=0.5, **{"recipe-full": 0.97}),
+    teacher = {TEACHER: results(0.995, 5.0)}  # the recipe's teacher: in the recipe's settings only
+    points = {"semiar": table(0.99, semiar=0.9, **{"recipe-semiar": 0.98}) | teacher,
+              "full": table(0.7, full=0.8, additive=0.5, **{"recipe-full": 0.97}) | teacher,
               "dllm2": table(0.7, full=0.6, dllm2=0.6), "dllm2-long": table(long_heuristic, dllm2=0.6),
               "dllm2-map": table(0.5, dllm2=0.3)}
     return {f["finding"]: f for f in judge(points, ReproduceConfig())}
@@ -144,7 +155,11 @@ def test_the_longer_canvas_finding_needs_both_halves_of_the_claim():
         "ours"]
     assert degraded["holds"] and "the heuristics degrade further (-0.150)" in degraded["ours"]
     beside = steady[2]["ours"]  # finding 2 shows the recipe beside the paper's method, judged on the paper's
-    assert "the recipe (Fast-dLLM cloned, then GRPO from the clone): semi-AR 0.980 [0.980-0.980] @ 6.0" in beside
-    assert "full diffusion 0.970 [0.970-0.970] @ 6.0" in beside
+    assert "semi-AR: policy 0.900 [0.900-0.900] @ 6.0 vs no heuristic at so few NFE" in beside  # the paper's ones
+    assert f"the recipe (`unmask imitate`, then `unmask train` from the clone, at their defaults: {TEACHER} " \
+           f"cloned)" in beside  # ... and the recipe against every heuristic, its teacher included
+    assert f"semi-AR 0.980 [0.980-0.980] @ 6.0 vs {TEACHER} 0.995 [0.995-0.995] @ 5.0 (-0.015)" in beside
+    assert f"full diffusion 0.970 [0.970-0.970] @ 6.0 vs {TEACHER} 0.995" in beside
+    assert "left_run" not in steady[1]["ours"]  # finding 1: the paper's heuristics
     ood = steady[6]  # on map the policy trails where it led on cycles: the finding holds
     assert ood["holds"] and "`map`" in ood["claim"]
