@@ -164,6 +164,11 @@ def command_help(name: str) -> str:
              "config=FILE.yaml starts from a saved config (a run's config.yaml); keys given beside it apply on top.",
              "", "keys (default):"]
     lines += [f"  {key} = {value!r}" for key, value in keys]
+    if hasattr(COMMANDS[name].schema, "start_defaults"):
+        from cluster.config import FROM_POLICY
+
+        lines += ["", "from a saved policy (grpo.init_policy), the keys not given instead: "
+                  + " ".join(f"{k}={v!r}" for k, v in FROM_POLICY.items())]
     if any(k.startswith("sampler.") for k, _ in keys):
         lines += ["", "samplers (sampler=NAME) and the sampler.<param> keys each one reads:"]
         lines += [f"  {s:<17} {', '.join(params) or '-'}" for s, params in sorted(SAMPLER_PARAMS.items())]

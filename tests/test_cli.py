@@ -146,6 +146,7 @@ def test_help_lists_dict_keys_whole_and_a_saved_config_starts_a_run(tmp_path, ca
     assert main(["train", "--help"]) == 0
     out = capsys.readouterr().out
     assert "custom_resources_per_env_runner = {}" in out and "eval.policy_temperature = 1.0" in out
+    assert "from a saved policy (grpo.init_policy), the keys not given instead: grpo.lr=0.0001" in out
     assert main(["sweep", "--help"]) == 0
     assert "grid = {'grpo': {'alpha': [0.5, 1.0, 2.0]}}" in capsys.readouterr().out
 

@@ -78,8 +78,11 @@ def submit(address: str, env: dict, *args: str) -> str:
     # default, 3, can cut the clean stop short)
     runtime_env = json.dumps({"excludes": [".venv", "runs", ".git", "*.egg-info"],
                               "env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": "60"}})
-    deadline = time.time() + 90
-    while True:  # a fresh head's job agent starts a little after `ray start` returns: Ray says to try again
+    # a fresh head's job agent registers a little after `ray start` returns (Ray says to try again): seconds on an
+    # idle machine, once more than 90 on this 2-core one under a parallel test's load; the bound is only reached when
+    # the agent never comes
+    deadline = time.time() + 240
+    while True:
         res = subprocess.run([RAY, "job", "submit", "--address", address, "--working-dir", str(REPO), "--no-wait",
                               "--runtime-env-json", runtime_env, "--", sys.executable, "-m", "cli", *args],
                              env=env, capture_output=True, text=True, timeout=180)
