@@ -215,7 +215,8 @@ def publish(rows: list[dict], heuristics: list[dict], publish_dir: Path) -> str:
     for stale in (publish_dir / "policies").glob("*"):
         if stale.is_dir() and stale.name not in kept:
             shutil.rmtree(stale)
-    extra = {"points": points, "summary": summary}
+    # every seed's row too: what a later run needs to add a point without re-running the rest (the ledger is in runs/)
+    extra = {"points": points, "summary": summary, "runs": rows}
     return write_pareto([r for r in heuristics if r["block_length"] in {8, 24}] + policy_rows, publish_dir,
                         {"recipe": "python -m experiments.frontier"}, title="built-in model: learned policies "
                         "beside every heuristic and the oracle limit", stem="frontier", extra=extra)

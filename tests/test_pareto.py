@@ -120,6 +120,7 @@ def test_the_frontier_report_ships_the_policies_on_each_mode_s_front(tmp_path):
     imitation = next(s for s in report["summary"] if s["name"] == "imitation")
     assert imitation["accuracy"] == pytest.approx(0.98) and imitation["mean_nfe"] == pytest.approx(11.25)
     assert {r["block_length"] for r in report["rows"]} == {8}  # BL = 4 is not one of the frontier's modes
+    assert report["runs"] == rows  # every seed's row, for a later run to add a point to
     assert {r["sampler"] for r in report["rows"] if r["sampler"].startswith("policy")} == {
         "policy: imitation", "policy: alpha-conditioned"}
     from experiments.frontier import series
