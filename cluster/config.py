@@ -97,27 +97,24 @@ class TrainConfig(UpdateSettings, OutputSettings):
     resume: str = ""  # a run directory: continue that run from its last checkpoint, with its saved config
     resume_unverified: bool = False  # resume a run dir whose pickled state does not match its seal (trust it!)
 
-    def start_defaults(self, given: set[str]) -> list[str]:
-        """From a saved policy, FROM_POLICY's value for each of its keys not in `given` (the keys set by hand);
-        returns the `key=value`s applied. The command line calls it; a config built in Python may too."""
+    def start_defaults(self, given: set[str]) -> None:
+        """From a saved policy, FROM_POLICY's value for each of its keys not in `given` (the keys set by hand). The
+        command line calls it; a config built in Python may too."""
         if not self.grpo.init_policy:
-            return []
-        applied = []
+            return
         for key, value in FROM_POLICY.items():
             if key not in given:
-                section, _, name = key.rpartition(".")
-                setattr(getattr(self, section) if section else self, name, type(getattr(
-                    getattr(self, section) if section else self, name))(value))
-                applied.append(f"{key}={value:g}")
-        return applied
+                owner, name = self._owner(key)
+                setattr(owner, name, type(getattr(owner, name))(value))
 
     def from_policy_keys(self) -> str:
         """FROM_POLICY's keys as this run has them (said at the start of a run from a saved policy)."""
-        def value(key: str):
-            section, _, name = key.rpartition(".")
-            return getattr(getattr(self, section) if section else self, name)
+        return " ".join(f"{key}={getattr(*self._owner(key)):g}" for key in FROM_POLICY)
 
-        return " ".join(f"{key}={value(key):g}" for key in FROM_POLICY)
+    def _owner(self, key: str) -> tuple[Any, str]:
+        """The config holding a dotted key of FROM_POLICY (`grpo.lr`: self.grpo) and the field's name there."""
+        section, _, name = key.rpartition(".")
+        return (getattr(self, section) if section else self), name
 
 
 def check_train(cfg: TrainConfig) -> None:
