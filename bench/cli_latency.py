@@ -15,11 +15,11 @@ import sys
 import time
 
 CASES = {
-    "unmask eval --help": ["-m", "cli", "eval", "--help"],
-    "unmask train --help": ["-m", "cli", "train", "--help"],
-    "unmask eval sampler.treshold=0.5 (typo)": ["-m", "cli", "eval", "sampler.treshold=0.5"],
-    "unmask train rollout.env.block_length=5": ["-m", "cli", "train", "rollout.env.block_length=5"],
-    "unmask pareto grid=bogus": ["-m", "cli", "pareto", "grid=bogus"],
+    "unmask eval --help": ["-m", "unmask.cli", "eval", "--help"],
+    "unmask train --help": ["-m", "unmask.cli", "train", "--help"],
+    "unmask eval sampler.treshold=0.5 (typo)": ["-m", "unmask.cli", "eval", "sampler.treshold=0.5"],
+    "unmask train rollout.env.block_length=5": ["-m", "unmask.cli", "train", "rollout.env.block_length=5"],
+    "unmask pareto grid=bogus": ["-m", "unmask.cli", "pareto", "grid=bogus"],
     "python -c 'import torch'": ["-c", "import torch"],
     "python -c 'import ray.rllib' (the old floor)": ["-c", "import ray.rllib"],
 }

@@ -6,11 +6,10 @@ from __future__ import annotations
 import time
 
 import torch
-
-from envs.config import SamplerConfig
-from envs.mdp import UnmaskingEnv
-from envs.models import DreamConfig, DreamModel, LLaDAConfig, LLaDAModelLM
-from rollout.samplers import make_sampler
+from unmask.envs.config import SamplerConfig
+from unmask.envs.mdp import UnmaskingEnv
+from unmask.envs.models import DreamConfig, DreamModel, LLaDAConfig, LLaDAModelLM
+from unmask.rollout.samplers import make_sampler
 
 
 def random_checkpoint(out: str, arch: str, layers: int, d_model: int, vocab: int, head_dim: int, mlp_hidden: int,

@@ -12,12 +12,11 @@ import sys
 import time
 
 import torch
-
-from envs.config import EnvConfig, SamplerConfig
-from envs.dllm import load_dllm
-from envs.tasks.cycles import CycleTask
-from rollout.evaluate import run_episodes, summarize
-from rollout.samplers import make_sampler
+from unmask.envs.config import EnvConfig, SamplerConfig
+from unmask.envs.dllm import load_dllm
+from unmask.envs.tasks.cycles import CycleTask
+from unmask.rollout.evaluate import run_episodes, summarize
+from unmask.rollout.samplers import make_sampler
 
 
 def main(argv: list[str]) -> None:

@@ -31,10 +31,10 @@ DEFAULTS = {"layers": "16", "d_model": "2048", "vocab": "126464", "device": "cud
 
 def decode_figures(dllm, a: dict) -> list[tuple[str, str]]:
     """Env throughput without and with the caches, and the policy's share of a policy-driven step."""
-    from envs.config import SamplerConfig
-    from envs.mdp import UnmaskingEnv
-    from learner.policy import UnmaskingPolicy
-    from learner.sampler import PolicySampler
+    from unmask.envs.config import SamplerConfig
+    from unmask.envs.mdp import UnmaskingEnv
+    from unmask.learner.policy import UnmaskingPolicy
+    from unmask.learner.sampler import PolicySampler
 
     L, BL, batch, steps = int(a["gen_length"]), int(a["block_length"]), int(a["batch"]), int(a["steps"])
     prompts = random_prompts(batch, int(a["prompt_tokens"]))
@@ -67,11 +67,11 @@ def decode_figures(dllm, a: dict) -> list[tuple[str, str]]:
 
 
 def training_figures(model: str, a: dict, root: Path) -> list[tuple[str, str]]:
-    from cluster.config import FinalEvalConfig, TrainConfig
-    from cluster.train import train
-    from envs.config import EnvConfig, TaskConfig
-    from learner.config import GRPOConfig
-    from rollout.config import RolloutConfig
+    from unmask.cluster.config import FinalEvalConfig, TrainConfig
+    from unmask.cluster.train import train
+    from unmask.envs.config import EnvConfig, TaskConfig
+    from unmask.learner.config import GRPOConfig
+    from unmask.rollout.config import RolloutConfig
 
     env = EnvConfig(gen_length=int(a["gen_length"]), block_length=int(a["block_length"]), dtype=a["dtype"],
                     device=a["device"])
@@ -96,7 +96,7 @@ def training_figures(model: str, a: dict, root: Path) -> list[tuple[str, str]]:
 
 def main(argv: list[str]) -> None:
     a = DEFAULTS | dict(arg.split("=", 1) for arg in argv)
-    from envs.dllm import load_dllm
+    from unmask.envs.dllm import load_dllm
 
     with tempfile.TemporaryDirectory() as tmp:
         d_model = int(a["d_model"])

@@ -17,8 +17,7 @@ import tempfile
 
 import torch
 from common import random_checkpoint, random_prompts, timed_decode
-
-from envs.dllm import load_dllm
+from unmask.envs.dllm import load_dllm
 
 
 def main(argv: list[str]) -> None:

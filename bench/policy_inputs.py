@@ -19,14 +19,13 @@ from pathlib import Path
 
 import torch
 from common import random_checkpoint, random_prompts
-
-from envs.config import SamplerConfig
-from envs.dllm import load_dllm
-from envs.mdp import UnmaskingEnv
-from envs.tasks.cycles import CycleTask
-from learner.config import PolicyConfig
-from learner.policy import UnmaskingPolicy
-from learner.sampler import PolicySampler
+from unmask.envs.config import SamplerConfig
+from unmask.envs.dllm import load_dllm
+from unmask.envs.mdp import UnmaskingEnv
+from unmask.envs.tasks.cycles import CycleTask
+from unmask.learner.config import PolicyConfig
+from unmask.learner.policy import UnmaskingPolicy
+from unmask.learner.sampler import PolicySampler
 
 INPUT_SETS = {
     "confidence (the paper's)": ["confidence"],

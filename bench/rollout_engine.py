@@ -30,16 +30,15 @@ from pathlib import Path
 
 import torch
 from common import random_checkpoint, random_prompts
-
-from envs.config import SamplerConfig
-from envs.dllm import load_dllm
-from envs.engine import ForwardEngine
-from envs.mdp import UnmaskingEnv
-from envs.tasks.cycles import CycleTask
-from learner.policy import UnmaskingPolicy, load_policy
-from learner.sampler import PolicySampler
-from rollout.collect import roll_out
-from rollout.samplers import make_sampler
+from unmask.envs.config import SamplerConfig
+from unmask.envs.dllm import load_dllm
+from unmask.envs.engine import ForwardEngine
+from unmask.envs.mdp import UnmaskingEnv
+from unmask.envs.tasks.cycles import CycleTask
+from unmask.learner.policy import UnmaskingPolicy, load_policy
+from unmask.learner.sampler import PolicySampler
+from unmask.rollout.collect import roll_out
+from unmask.rollout.samplers import make_sampler
 
 HERE = Path(__file__).parent
 DEFAULTS = {"policy": str(HERE / "assets" / "policy-builtin"), "samples": "8", "prompts_per_sample": "8",

@@ -30,13 +30,12 @@ import time
 from pathlib import Path
 
 import psutil
-
-from cluster.config import FinalEvalConfig, TrainConfig
-from cluster.train import train
-from envs.config import EnvConfig
-from learner.config import GRPOConfig, PolicyConfig
-from rollout.config import RolloutConfig
-from rollout.trajectories import read_trajectories
+from unmask.cluster.config import FinalEvalConfig, TrainConfig
+from unmask.cluster.train import train
+from unmask.envs.config import EnvConfig
+from unmask.learner.config import GRPOConfig, PolicyConfig
+from unmask.rollout.config import RolloutConfig
+from unmask.rollout.trajectories import read_trajectories
 
 DEFAULTS = {"gpu": "h200-llada8b", "tokens": "456", "runners": "1,2,4,8,16", "minutes": "3", "cluster": "1",
             "compare": "8", "prompts_per_sample": "8", "group_size": "8", "policy_hidden": "32"}

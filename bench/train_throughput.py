@@ -17,16 +17,15 @@ import time
 from pathlib import Path
 
 import torch
-
-from cluster.config import FinalEvalConfig, TrainConfig
-from cluster.train import train
-from envs.config import EnvConfig
-from envs.dllm import load_dllm
-from envs.mdp import UnmaskingEnv
-from envs.tasks.cycles import CycleTask
-from learner.config import GRPOConfig
-from learner.policy import UnmaskingPolicy
-from rollout.config import RolloutConfig
+from unmask.cluster.config import FinalEvalConfig, TrainConfig
+from unmask.cluster.train import train
+from unmask.envs.config import EnvConfig
+from unmask.envs.dllm import load_dllm
+from unmask.envs.mdp import UnmaskingEnv
+from unmask.envs.tasks.cycles import CycleTask
+from unmask.learner.config import GRPOConfig
+from unmask.learner.policy import UnmaskingPolicy
+from unmask.rollout.config import RolloutConfig
 
 
 def forward_costs(model: str, device: str, batch: int, repeats: int = 20) -> tuple[float, float]:

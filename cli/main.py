@@ -12,14 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cli.parse import ConfigError, flatten_defaults, parse, resume_config
-from cluster.config import SweepConfig, TrainConfig, check_sweep, check_train, grid_axes, grid_points
-from envs.config import SAMPLER_PARAMS
-from envs.files import Interrupted
-from envs.pretrain.config import PretrainConfig, check_pretrain
-from envs.structured import load_yaml, to_yaml
-from experiments.config import ReproduceConfig, check_reproduce
-from rollout.config import EvalConfig, ImitateConfig, ParetoConfig, check_eval, check_imitate, check_pareto
+from unmask.cli.parse import ConfigError, flatten_defaults, parse, resume_config
+from unmask.cluster.config import SweepConfig, TrainConfig, check_sweep, check_train, grid_axes, grid_points
+from unmask.envs.config import SAMPLER_PARAMS
+from unmask.envs.files import Interrupted
+from unmask.envs.pretrain.config import PretrainConfig, check_pretrain
+from unmask.envs.structured import load_yaml, to_yaml
+from unmask.experiments.config import ReproduceConfig, check_reproduce
+from unmask.rollout.config import EvalConfig, ImitateConfig, ParetoConfig, check_eval, check_imitate, check_pareto
 
 
 @dataclass
@@ -31,8 +31,8 @@ class Command:
 
 
 def cmd_eval(cfg: EvalConfig) -> int:
-    from rollout.evaluate import evaluate, outcomes_path, write_eval
-    from rollout.report import markdown_table
+    from unmask.rollout.evaluate import evaluate, outcomes_path, write_eval
+    from unmask.rollout.report import markdown_table
 
     result = write_eval(cfg, evaluate(cfg))
     rows = [{"metric": k, "value": result[k]} for k in
@@ -48,9 +48,9 @@ def cmd_eval(cfg: EvalConfig) -> int:
 
 
 def cmd_pareto(cfg: ParetoConfig) -> int:
-    from envs.files import write_atomic
-    from rollout.pareto import run_pareto
-    from rollout.report import write_pareto
+    from unmask.envs.files import write_atomic
+    from unmask.rollout.pareto import run_pareto
+    from unmask.rollout.report import write_pareto
 
     rows = run_pareto(cfg)
     out = Path(cfg.out_dir)
@@ -62,7 +62,7 @@ def cmd_pareto(cfg: ParetoConfig) -> int:
 
 
 def cmd_pretrain(cfg: PretrainConfig) -> int:
-    from envs.pretrain.train import pretrain
+    from unmask.envs.pretrain.train import pretrain
 
     summary = pretrain(cfg)
     print(f"saved {cfg.out} after {summary['steps']} steps ({summary['seconds']} s), "
@@ -71,8 +71,8 @@ def cmd_pretrain(cfg: PretrainConfig) -> int:
 
 
 def cmd_imitate(cfg: ImitateConfig) -> int:
-    from rollout.imitation import imitate
-    from rollout.report import markdown_table
+    from unmask.rollout.imitation import imitate
+    from unmask.rollout.report import markdown_table
 
     summary = imitate(cfg)
     print(f"saved {cfg.out} ({summary['rounds'][-1]['total_states']} states, {len(summary['rounds'])} rounds, "
@@ -90,7 +90,7 @@ def say_from_policy(cfg: TrainConfig, command: str) -> None:
 
 
 def cmd_train(cfg: TrainConfig) -> int:
-    from cluster.train import train
+    from unmask.cluster.train import train
 
     say_from_policy(cfg, "train")
     result = train(cfg)
@@ -103,7 +103,7 @@ def cmd_train(cfg: TrainConfig) -> int:
 
 
 def cmd_sweep(cfg: SweepConfig) -> int:
-    from cluster.sweep import sweep
+    from unmask.cluster.sweep import sweep
 
     say_from_policy(cfg, "sweep")
     result = sweep(cfg)
@@ -119,7 +119,7 @@ def cmd_sweep(cfg: SweepConfig) -> int:
 
 
 def cmd_reproduce(cfg: ReproduceConfig) -> int:
-    from experiments.reproduce import reproduce
+    from unmask.experiments.reproduce import reproduce
 
     report = reproduce(cfg)
     out = Path(cfg.out_dir)
@@ -165,7 +165,7 @@ def command_help(name: str) -> str:
              "", "keys (default):"]
     lines += [f"  {key} = {value!r}" for key, value in keys]
     if hasattr(COMMANDS[name].schema, "start_defaults"):
-        from cluster.config import FROM_POLICY
+        from unmask.cluster.config import FROM_POLICY
 
         lines += ["", "from a saved policy (grpo.init_policy), the keys not given instead: "
                   + " ".join(f"{k}={v!r}" for k, v in FROM_POLICY.items())]

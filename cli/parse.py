@@ -19,9 +19,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-
-from envs.config import SAMPLER_PARAMS
-from envs.structured import load_yaml
+from unmask.envs.config import SAMPLER_PARAMS
+from unmask.envs.structured import load_yaml
 
 NAMED_NODES = ("sampler", "task")
 

@@ -24,14 +24,13 @@ from ray.rllib.algorithms.algorithm import Algorithm
 from ray.rllib.core import COMPONENT_RL_MODULE, DEFAULT_MODULE_ID
 from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
 from ray.rllib.utils.metrics import LEARNER_RESULTS, TIMERS
-
-from cluster.algorithm_config import UnmaskGRPOConfig
-from cluster.collector import Collected, Collector
-from cluster.metrics import RunTotals, collapse_seen, iteration_report, stuck
-from cluster.outputs import RunOutputs
-from learner.learner import LastUpdate
-from learner.policy import UnmaskingPolicy, save_policy
-from rollout.trajectories import learner_batch
+from unmask.cluster.algorithm_config import UnmaskGRPOConfig
+from unmask.cluster.collector import Collected, Collector
+from unmask.cluster.metrics import RunTotals, collapse_seen, iteration_report, stuck
+from unmask.cluster.outputs import RunOutputs
+from unmask.learner.learner import LastUpdate
+from unmask.learner.policy import UnmaskingPolicy, save_policy
+from unmask.rollout.trajectories import learner_batch
 
 logger = logging.getLogger(__name__)
 

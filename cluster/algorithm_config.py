@@ -18,15 +18,14 @@ from typing import Any
 import gymnasium as gym
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
-
-from cluster.config import OutputSettings, TrainConfig, UpdateSettings, check_outputs, check_updates
-from envs.config import EnvConfig, check_finite
-from envs.structured import narrow, typed
-from learner.config import GRPOConfig, check_grpo, check_init_policy
-from learner.learner import GRPOLearner
-from learner.module import UnmaskRLModule
-from rollout.config import RolloutConfig, check_rollout
-from rollout.env_runner import DLLMEnvRunner
+from unmask.cluster.config import OutputSettings, TrainConfig, UpdateSettings, check_outputs, check_updates
+from unmask.envs.config import EnvConfig, check_finite
+from unmask.envs.structured import narrow, typed
+from unmask.learner.config import GRPOConfig, check_grpo, check_init_policy
+from unmask.learner.learner import GRPOLearner
+from unmask.learner.module import UnmaskRLModule
+from unmask.rollout.config import RolloutConfig, check_rollout
+from unmask.rollout.env_runner import DLLMEnvRunner
 
 TYPED = {"rollout": RolloutConfig, "grpo": GRPOConfig, "updates": UpdateSettings, "run_outputs": OutputSettings}
 
@@ -47,7 +46,7 @@ def assign(config: Any, fields: dict) -> Any:
 class UnmaskGRPOConfig(AlgorithmConfig):
     def __init__(self, algo_class=None):
         if algo_class is None:
-            from cluster.algorithm import UnmaskGRPO as algo_class
+            from unmask.cluster.algorithm import UnmaskGRPO as algo_class
         super().__init__(algo_class=algo_class)
         for name, schema in TYPED.items():
             setattr(self, name, schema())

@@ -9,12 +9,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import OmegaConf
-
-from envs.config import check_finite
-from envs.files import check_writable
-from envs.structured import narrow, typed
-from learner.config import GRPOConfig, check_grpo, check_init_policy
-from rollout.config import RolloutConfig, check_rollout
+from unmask.envs.config import check_finite
+from unmask.envs.files import check_writable
+from unmask.envs.structured import narrow, typed
+from unmask.learner.config import GRPOConfig, check_grpo, check_init_policy
+from unmask.rollout.config import RolloutConfig, check_rollout
 
 
 @dataclass

@@ -6,8 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-
-from cluster.collector import Collected
+from unmask.cluster.collector import Collected
 
 
 @dataclass

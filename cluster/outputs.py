@@ -16,10 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-
-from cluster.collector import Collected
-from cluster.config import OutputSettings
-from rollout.trajectories import write_parquet_atomic
+from unmask.cluster.collector import Collected
+from unmask.cluster.config import OutputSettings
+from unmask.rollout.trajectories import write_parquet_atomic
 
 SavePolicy = Callable[..., Path]  # (out, iteration, **extra recorded in its config.json) -> out
 

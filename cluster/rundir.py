@@ -21,8 +21,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from envs.files import write_atomic
-from envs.structured import load_yaml, to_dict, typed
+from unmask.envs.files import write_atomic
+from unmask.envs.structured import load_yaml, to_dict, typed
 
 RUN_FILES = ("config.yaml", "tune", "checkpoints", "trajectories", "unmask-seal.json")  # what a run writes
 RUN_SPECIFIC = ("resume", "run_dir", "ray_address", "resume_unverified")  # may differ in a continuation

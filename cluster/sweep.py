@@ -15,19 +15,18 @@ import operator
 from pathlib import Path
 from typing import Any
 
-from cluster.config import SweepConfig, TrainConfig, check_sweep, grid_axes, grid_points
-from cluster.rundir import claim_run_dir, seal
-from cluster.train import absolute_paths, connect_ray, tune_run_config
-from envs.files import write_atomic, write_json
-from envs.structured import to_yaml
+from unmask.cluster.config import SweepConfig, TrainConfig, check_sweep, grid_axes, grid_points
+from unmask.cluster.rundir import claim_run_dir, seal
+from unmask.cluster.train import absolute_paths, connect_ray, tune_run_config
+from unmask.envs.files import write_atomic, write_json
+from unmask.envs.structured import to_yaml
 
 
 def param_space(cfg: SweepConfig, axes: dict[str, list]):
     """The UnmaskGRPOConfig of the base run with a `tune.grid_search` at each swept key (Tune sees it as
     plain data through `UnmaskGRPOConfig.to_dict`)."""
     from ray import tune
-
-    from cluster.algorithm_config import UnmaskGRPOConfig
+    from unmask.cluster.algorithm_config import UnmaskGRPOConfig
 
     algo = UnmaskGRPOConfig.from_train_config(cfg).outputs(run_dir="")  # each trial writes into its own directory
     for path, values in axes.items():
@@ -44,13 +43,12 @@ def sweep(cfg: SweepConfig) -> dict:
     points = grid_points(cfg, axes)
     cfg = absolute_paths(cfg)
     run_dir = claim_run_dir(cfg, SweepConfig)
-    from rollout.preflight import preflight
+    from unmask.rollout.preflight import preflight
 
     for rollout in {repr(point.rollout): point.rollout for point in points}.values():  # each distinct one once
         preflight(rollout)
     from ray import tune
-
-    from cluster.algorithm import UnmaskGRPO
+    from unmask.cluster.algorithm import UnmaskGRPO
 
     connect_ray(cfg, concurrent_runs=cfg.max_concurrent_trials)
     if cfg.resume:
@@ -73,7 +71,7 @@ def sweep(cfg: SweepConfig) -> dict:
     trials = [trial_row(result, axes, given) for result in results]
     trials.sort(key=lambda r: [str(r[k]) for k in axes])
     write_json(run_dir / "trials.json", {"trials": trials})
-    from rollout.report import markdown_table
+    from unmask.rollout.report import markdown_table
 
     columns = ["trial", *axes, "status", "iterations", "reward_mean", "accuracy", "nfe_mean", "error"]
     write_atomic(run_dir / "trials.md", markdown_table(trials, columns))
@@ -83,7 +81,7 @@ def sweep(cfg: SweepConfig) -> dict:
 
 def trial_row(result, axes: dict[str, list], given: dict[str, dict]) -> dict:
     """One trial: its grid values (read back from the trial's own config), status and last metrics."""
-    from cluster.algorithm_config import UnmaskGRPOConfig
+    from unmask.cluster.algorithm_config import UnmaskGRPOConfig
 
     config = result.config or given.get(Path(result.path).name, {})  # a trial that died in setup reports none
     trial_config = UnmaskGRPOConfig().update_from_dict(config)
@@ -108,9 +106,9 @@ def trial_row(result, axes: dict[str, list], given: dict[str, dict]) -> dict:
 def report(cfg: SweepConfig, points: list[TrainConfig], policies: list[Path]) -> list[dict]:
     """Heuristics and policies on the test split, at the report's block lengths, every trained one and full
     diffusion; writes pareto.md/.json/.png into run_dir."""
-    from rollout.config import ParetoConfig
-    from rollout.pareto import run_pareto
-    from rollout.report import write_pareto
+    from unmask.rollout.config import ParetoConfig
+    from unmask.rollout.pareto import run_pareto
+    from unmask.rollout.report import write_pareto
 
     trained = {point.rollout.env.block_length for point in points}
     pareto_cfg = ParetoConfig(model=cfg.rollout.model, task=cfg.rollout.task, env=cfg.rollout.env,

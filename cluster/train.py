@@ -19,12 +19,12 @@ import socket
 import sys
 from pathlib import Path
 
-from cluster.config import TrainConfig, check_train
-from cluster.rundir import claim_run_dir, forget_run, seal
-from envs.config import SamplerConfig
-from envs.files import Interrupted, is_local_path, sigterm_as_interrupt, write_atomic
-from envs.structured import to_yaml
-from rollout.config import EvalConfig
+from unmask.cluster.config import TrainConfig, check_train
+from unmask.cluster.rundir import claim_run_dir, forget_run, seal
+from unmask.envs.config import SamplerConfig
+from unmask.envs.files import Interrupted, is_local_path, sigterm_as_interrupt, write_atomic
+from unmask.envs.structured import to_yaml
+from unmask.rollout.config import EvalConfig
 
 
 def say(step: str) -> None:
@@ -113,8 +113,7 @@ def connect_ray(cfg: TrainConfig, concurrent_runs: int) -> None:
 def tune_run_config(cfg: TrainConfig, label_trials: bool = False):
     """Where Tune keeps a run (run_dir/tune), when it stops, how often it checkpoints, what it prints."""
     from ray import tune
-
-    from cluster.progress import ProgressPrinter
+    from unmask.cluster.progress import ProgressPrinter
 
     return tune.RunConfig(
         storage_path=cfg.run_dir, name="tune", verbose=0, callbacks=[ProgressPrinter(label_trials)],
@@ -129,7 +128,7 @@ def train(cfg: TrainConfig) -> dict:
     check_train(cfg)
     cfg = absolute_paths(cfg)
     run_dir = claim_run_dir(cfg, TrainConfig)
-    from rollout.preflight import preflight
+    from unmask.rollout.preflight import preflight
 
     preflight(cfg.rollout)
     if not cfg.resume:  # the network as it will be trained (alpha-conditioned for a range, init_policy's shape)
@@ -137,8 +136,8 @@ def train(cfg: TrainConfig) -> dict:
     from ray import tune
 
     connect_ray(cfg, concurrent_runs=1)
-    from cluster.algorithm import UnmaskGRPO
-    from cluster.algorithm_config import UnmaskGRPOConfig
+    from unmask.cluster.algorithm import UnmaskGRPO
+    from unmask.cluster.algorithm_config import UnmaskGRPOConfig
 
     say(f"starting the run: its learner and {cfg.num_env_runners or 'no'} env runner(s) load the dLLM; iteration 1 "
         "follows (max_minutes counts from there)")
@@ -172,7 +171,7 @@ def train(cfg: TrainConfig) -> dict:
     if collapsed:
         best = run_dir / "checkpoints" / "best"
         policy = best if best.is_dir() else policy
-        from cluster.metrics import stalled_why
+        from unmask.cluster.metrics import stalled_why
 
         print(f"unmask train: stopped at iteration {iteration}: {stalled_why(metrics['unmask'])}; the policy "
               f"stopped learning, the final eval is of {policy}", file=sys.stderr, flush=True)
@@ -186,7 +185,7 @@ def reached_time_budget(metrics: dict, cfg: TrainConfig) -> bool:
 
 
 def final_eval(cfg: TrainConfig, policy_dir: Path) -> dict:
-    from rollout.evaluate import evaluate, write_eval
+    from unmask.rollout.evaluate import evaluate, write_eval
 
     sampler = SamplerConfig(name="policy", checkpoint=str(policy_dir), policy_temperature=cfg.eval.policy_temperature)
     eval_cfg = EvalConfig(model=cfg.rollout.model, task=cfg.rollout.task, sampler=sampler, env=cfg.rollout.env,

@@ -74,7 +74,7 @@ def check_env(cfg: EnvConfig) -> None:
     if cfg.temperature < 0:
         raise ValueError(f"env.temperature must be >= 0, got {cfg.temperature}")
     if cfg.emulate_gpu:
-        from envs.emulation import profile
+        from unmask.envs.emulation import profile
 
         profile(cfg.emulate_gpu)
     if cfg.emulate_tokens < 0:

@@ -14,9 +14,8 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from transformers import AutoModelForMaskedLM
-
-from envs.config import EnvConfig
-from envs.files import is_local_path
+from unmask.envs.config import EnvConfig
+from unmask.envs.files import is_local_path
 
 BUILTIN_MODEL_DIR = Path(__file__).parent / "builtin_model"
 BUILTIN_NAMES = ("builtin", "")
@@ -221,18 +220,17 @@ def check_model_files(model: str, env: EnvConfig, trust_remote_code: bool = Fals
     starts env runners that load them): the model's files, config and tokenizer, its special tokens, the
     chat-template and KV-cache settings. Returns (tokenizer, context length, chat template on?)."""
     from transformers import AutoConfig
+    from unmask.envs import models
 
-    import envs.models
-
-    envs.models.register()
+    models.register()
     path = check_model_path(model)
     with loading(model):
-        tokenizer = envs.models.load_tokenizer(path, trust_remote_code=trust_remote_code)
+        tokenizer = models.load_tokenizer(path, trust_remote_code=trust_remote_code)
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     if first_id(getattr(config, "mask_token_id", None), tokenizer.mask_token_id) is None:
         raise ModelLoadError(f"model {model!r} defines no mask token id")
-    if env.kv_cache != "none" and config.model_type not in (envs.models.LLaDAConfig.model_type,
-                                                            envs.models.DreamConfig.model_type):
+    if env.kv_cache != "none" and config.model_type not in (models.LLaDAConfig.model_type,
+                                                            models.DreamConfig.model_type):
         raise ModelLoadError(f"env.kv_cache={env.kv_cache} needs a native LLaDA or Dream model; {model!r} is "
                              f"a {config.model_type!r}")
     return tokenizer, context_length(config), uses_chat_template(tokenizer, env.chat_template, model)
@@ -248,7 +246,7 @@ def load_env_dllm(model: str, env: EnvConfig, *, trust_remote_code: bool = False
     dllm = load_dllm(model, device=device or env.device, dtype=env.dtype, trust_remote_code=trust_remote_code,
                      chat_template=env.chat_template, device_map=env.device_map)
     if env.emulate_gpu:
-        from envs.emulation import EmulatedForwards, profile
+        from unmask.envs.emulation import EmulatedForwards, profile
 
         dllm.emulation = EmulatedForwards(dllm, profile(env.emulate_gpu), env.emulate_tokens)
     return dllm
@@ -261,9 +259,9 @@ def load_dllm(model: str = "builtin", *, device: str = "cpu", dtype: str = "floa
     implementations in `envs.models` (no remote code); any other masked LM through `AutoModelForMaskedLM`
     (remote code only with `trust_remote_code`). `device_map` (e.g. "auto") spreads a model over the GPUs
     of one env actor."""
-    import envs.models
+    from unmask.envs import models
 
-    envs.models.register()  # the native LLaDA and Dream classes answer for their model types
+    models.register()  # the native LLaDA and Dream classes answer for their model types
 
     path = check_model_path(str(model))
     check_device(device)
@@ -272,7 +270,7 @@ def load_dllm(model: str = "builtin", *, device: str = "cpu", dtype: str = "floa
         raise ModelLoadError(f"unknown dtype {dtype!r}: use float32, bfloat16 or float16")
     placement = {"device_map": device_map} if device_map else {}
     with loading(model):
-        tokenizer = envs.models.load_tokenizer(path, trust_remote_code=trust_remote_code)
+        tokenizer = models.load_tokenizer(path, trust_remote_code=trust_remote_code)
         hf_model = AutoModelForMaskedLM.from_pretrained(
             path, dtype=torch_dtype, trust_remote_code=trust_remote_code, **placement
         )
@@ -283,7 +281,7 @@ def load_dllm(model: str = "builtin", *, device: str = "cpu", dtype: str = "floa
     if mask_id is None or eos_id is None:
         raise ModelLoadError(f"model {model!r} defines no mask or EOS token id")
     stop_ids = {first_id(t) for t in (getattr(config, "eos_token_id", None), tokenizer.eos_token_id) if t is not None}
-    stop_ids |= set(envs.models.end_of_turn_ids(tokenizer))
+    stop_ids |= set(models.end_of_turn_ids(tokenizer))
     shift = bool(getattr(config, "logit_shift", False)) if logit_shift is None else logit_shift
     max_length = context_length(config)
     if not device_map:

@@ -20,8 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-
-from envs.dllm import DLLM
+from unmask.envs.dllm import DLLM
 
 
 @dataclass

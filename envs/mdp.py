@@ -22,11 +22,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
-from envs.confidence import CANVAS, FEATURES, HISTORY, History, Prediction, neighbour_repeat, predict
-from envs.config import EnvConfig, check_env
-from envs.dllm import DLLM, layout_batch
-from envs.engine import ForwardEngine
+from unmask.envs.confidence import CANVAS, FEATURES, HISTORY, History, Prediction, neighbour_repeat, predict
+from unmask.envs.config import EnvConfig, check_env
+from unmask.envs.dllm import DLLM, layout_batch
+from unmask.envs.engine import ForwardEngine
 
 
 class SamplerError(ValueError):

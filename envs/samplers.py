@@ -45,9 +45,8 @@ from abc import ABC, abstractmethod
 from typing import ClassVar
 
 import torch
-
-from envs.config import SAMPLER_PARAMS, EnvConfig, SamplerConfig
-from envs.mdp import Observation, UnmaskingEnv
+from unmask.envs.config import SAMPLER_PARAMS, EnvConfig, SamplerConfig
+from unmask.envs.mdp import Observation, UnmaskingEnv
 
 
 class Sampler(ABC):

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from envs.config import check_finite
+from unmask.envs.config import check_finite
 
 README_MARKERS = ("<!-- findings:start -->", "<!-- findings:end -->")  # `unmask reproduce readme=` writes there
 

@@ -1,7 +1,7 @@
 """The learned policies' accuracy-vs-NFE frontier on the built-in model, per mode, beside the heuristics and the oracle
 limit: what `docs/results/frontier.{md,json,png}` and the shipped policies in `docs/results/policies/` come from.
 
-    python -m experiments.frontier [out_dir=runs/frontier] [seeds=0,1] [grpo_minutes=4] [paper_minutes=4]
+    python -m unmask.experiments.frontier [out_dir=runs/frontier] [seeds=0,1] [grpo_minutes=4] [paper_minutes=4]
                                    [past_minutes=7] [num_examples=500] [publish=docs/results]
 
 Per mode (semi-AR BL = 8, full diffusion BL = L = 24), per training seed, each a real command run in a subprocess:
@@ -40,10 +40,10 @@ import sys
 import time
 from pathlib import Path
 
-from cluster.config import FROM_POLICY
-from experiments.reproduce import Parts
-from rollout.pareto import default_grid
-from rollout.report import pareto_front, write_pareto
+from unmask.cluster.config import FROM_POLICY
+from unmask.experiments.reproduce import Parts
+from unmask.rollout.pareto import default_grid
+from unmask.rollout.report import pareto_front, write_pareto
 
 MODES = {"semi-AR": 8, "full diffusion": 24}
 ALPHAS = (0.3, 1.0, 3.0)
@@ -67,7 +67,7 @@ DEFAULTS = {"out_dir": "runs/frontier", "seeds": "0,1", "grpo_minutes": "4", "pa
 def unmask(*args: str) -> float:
     """Run one `unmask` command; returns its wall-clock minutes."""
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "unmask.cli", *args], capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"unmask {' '.join(args[:2])} failed: {done.stderr.strip().splitlines()[-1:]}")
     return (time.perf_counter() - start) / 60
@@ -218,7 +218,7 @@ def publish(rows: list[dict], heuristics: list[dict], publish_dir: Path) -> str:
     # every seed's row too: what a later run needs to add a point without re-running the rest (the ledger is in runs/)
     extra = {"points": points, "summary": summary, "runs": rows}
     return write_pareto([r for r in heuristics if r["block_length"] in {8, 24}] + policy_rows, publish_dir,
-                        {"recipe": "python -m experiments.frontier"}, title="built-in model: learned policies "
+                        {"recipe": "python -m unmask.experiments.frontier"}, title="built-in model: learned policies "
                         "beside every heuristic and the oracle limit", stem="frontier", extra=extra)
 
 

@@ -1,7 +1,7 @@
 """Task families of our own making, written as the JSONL a user brings (`task=jsonl`): the outside-task check of the
 recipe (README, "The frontier"). Nothing in the project was tuned for them.
 
-    python -m experiments.own_tasks family=filter out_dir=runs/own-filter
+    python -m unmask.experiments.own_tasks family=filter out_dir=runs/own-filter
 
     sort     2-5 letters, sorted                                  (abcd's order: "daced=" -> "acdde")
     filter   4-14 random letters, those after `m` kept in order   ("emubcrdls=" -> "urs")
@@ -9,7 +9,7 @@ recipe (README, "The frontier"). Nothing in the project was tuned for them.
     path     a permutation f of a-j, a start s and a letter t on s's cycle: the letters from s to t under f
              (pointer chasing whose length is unknown until traced)     ("cadbgfehji?bd" -> ">bacd")
     commas   filter's letters, each two with a `,` between them or not, at random (free phrasing: any comma
-             placement is right, task.verifier=experiments.own_tasks:free_commas)   ("emubcrdls=" -> "u,rs")
+             placement is right, task.verifier=unmask.experiments.own_tasks:free_commas)   ("emubcrdls=" -> "u,rs")
 
 Each writes <family>-train.jsonl and <family>-test.jsonl (500 prompts, none in train) under out_dir.
 """

@@ -37,11 +37,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from envs.config import SAMPLER_PARAMS, EnvConfig, SamplerConfig, TaskConfig, sampler_spec
-from envs.files import Interrupted, write_atomic, write_json
-from envs.pretrain.config import PretrainConfig
-from experiments.config import README_MARKERS, ReproduceConfig, check_reproduce, resolved
-from rollout.config import ImitateConfig
+from unmask.envs.config import SAMPLER_PARAMS, EnvConfig, SamplerConfig, TaskConfig, sampler_spec
+from unmask.envs.files import Interrupted, write_atomic, write_json
+from unmask.envs.pretrain.config import PretrainConfig
+from unmask.experiments.config import README_MARKERS, ReproduceConfig, check_reproduce, resolved
+from unmask.rollout.config import ImitateConfig
 
 PAPER_FIGURES = {
     1: "Fig. 1/10: heuristics 'degrade significantly' without semi-AR; GSM8K full diffusion ≤ ~34% at any NFE",
@@ -112,10 +112,10 @@ def train_policy(cfg: ReproduceConfig, run_dir: Path, seed: int, model: str = "b
     """One GRPO run (resumed if an earlier one was interrupted): where its policy is, and how it ran. The paper's
     method from its initialisation (its final policy), or the recipe's GRPO from `init_policy` (checkpoints/best,
     chosen by held-out validation)."""
-    from cluster.config import FinalEvalConfig, TrainConfig
-    from cluster.train import train
-    from learner.config import GRPOConfig
-    from rollout.config import RolloutConfig
+    from unmask.cluster.config import FinalEvalConfig, TrainConfig
+    from unmask.cluster.train import train
+    from unmask.learner.config import GRPOConfig
+    from unmask.rollout.config import RolloutConfig
 
     env = EnvConfig(gen_length=cfg.gen_length, block_length=block_length or cfg.gen_length)
     if init_policy:  # the recipe: `unmask train grpo.init_policy=<clone>` at its defaults (cluster.config.FROM_POLICY)
@@ -139,7 +139,7 @@ def train_policy(cfg: ReproduceConfig, run_dir: Path, seed: int, model: str = "b
 def imitate_policy(cfg: ReproduceConfig, out: Path, seed: int, block_length: int, models: Models) -> dict:
     """The recipe's start: `unmask imitate` at `block_length` with its default teacher (left_run, over the whole
     canvas in full diffusion) and the inputs it reads."""
-    from rollout.imitation import imitate
+    from unmask.rollout.imitation import imitate
 
     imitate(ImitateConfig(env=EnvConfig(gen_length=cfg.gen_length, block_length=block_length),
                           prompts=cfg.imitate_prompts, dagger_prompts=max(1, cfg.imitate_prompts // 3),
@@ -151,7 +151,7 @@ def imitate_policy(cfg: ReproduceConfig, out: Path, seed: int, block_length: int
 def second_dllm_data(folder: Path, per_family: int, seed: int = 11) -> dict:
     """The second dLLM's pretraining JSONL: training-split examples of cycles and of `map` (envs.tasks.map), half and
     half; deterministic, written once (atomically) and reused. `map`'s test split stays unseen."""
-    from envs.tasks import make_task
+    from unmask.envs.tasks import make_task
 
     train = folder / "train.jsonl"
     if not train.is_file():
@@ -168,8 +168,8 @@ def second_dllm_data(folder: Path, per_family: int, seed: int = 11) -> dict:
 def pretrain_second_dllm(cfg: ReproduceConfig, out: Path, data: dict, seed: int = 11) -> dict:
     """The second dLLM: the built-in one trained on with another seed, on cycles and `map` half and half, its
     canvas grown to long_gen_length."""
-    from envs.dllm import BUILTIN_MODEL_DIR
-    from envs.pretrain.train import pretrain
+    from unmask.envs.dllm import BUILTIN_MODEL_DIR
+    from unmask.envs.pretrain.train import pretrain
 
     data_task = TaskConfig(name="jsonl", path=data["train"], test_fraction=0.0)
     recipe = PretrainConfig(task=data_task, out=str(out), gen_length=cfg.long_gen_length, init_from=str(
@@ -186,7 +186,7 @@ class Models:
         self.loaded: dict = {}
 
     def __call__(self, model: str):
-        from envs.dllm import load_env_dllm
+        from unmask.envs.dllm import load_env_dllm
 
         if model not in self.loaded:
             self.loaded[model] = load_env_dllm(model, EnvConfig())
@@ -196,8 +196,8 @@ class Models:
 def evaluate_point(models: Models, model: str, env: EnvConfig, task: TaskConfig, sampler: SamplerConfig,
                    cfg: ReproduceConfig, seed: int) -> dict:
     """Accuracy and mean NFE of one sampler at one test seed (it draws the prompts and the sampler's noise)."""
-    from rollout.config import EvalConfig
-    from rollout.evaluate import evaluate
+    from unmask.rollout.config import EvalConfig
+    from unmask.rollout.evaluate import evaluate
 
     result = evaluate(EvalConfig(model=model, task=task, sampler=sampler, env=env, num_examples=cfg.num_examples,
                                  seed=seed, progress=False, out=str(Path(cfg.out_dir) / "eval.json")), models(model))
@@ -422,7 +422,7 @@ def findings_markdown(findings: list[dict], cfg: ReproduceConfig) -> str:
 
 def plots(points: dict, settings: dict[str, Setting], out: Path) -> None:
     """One accuracy-vs-NFE plot per setting (the mean over seeds), as `unmask pareto` draws them."""
-    from rollout.report import pareto_plot
+    from unmask.rollout.report import pareto_plot
 
     for name, table in points.items():
         env = settings[name].env

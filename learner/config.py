@@ -68,7 +68,7 @@ class GRPOConfig:
         if self.init_policy:
             saved = saved_policy(self.init_policy)
             if saved is None:  # a hub id: its config comes with it
-                from learner.policy import load_policy
+                from unmask.learner.policy import load_policy
 
                 shape = load_policy(self.init_policy).config
             else:
@@ -113,7 +113,7 @@ def check_init_policy(cfg: GRPOConfig, gen_length: int, kv_cache: str) -> None:
     if saved is None:
         return
     shape, info = saved
-    from learner.policy import load_policy  # its weights too: a corrupted file is found here, before Ray starts
+    from unmask.learner.policy import load_policy  # its weights too: a corrupted file is found here, before Ray starts
 
     load_policy(cfg.init_policy)
     if cfg.policy != PolicyConfig() and replace(cfg.policy, alpha_conditioned=shape.alpha_conditioned) != shape:

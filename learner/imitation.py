@@ -22,10 +22,9 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-
-from envs.optim import adamw, warmup_cosine
-from learner.grpo import bernoulli_position_logp
-from learner.policy import UnmaskingPolicy
+from unmask.envs.optim import adamw, warmup_cosine
+from unmask.learner.grpo import bernoulli_position_logp
+from unmask.learner.policy import UnmaskingPolicy
 
 STATE_FIELDS = ("inputs", "masked", "valid", "t", "alpha", "target")  # a state dataset's tensors, [S, ...]
 

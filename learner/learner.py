@@ -35,10 +35,9 @@ from ray.rllib.core.learner.learner import DEFAULT_OPTIMIZER
 from ray.rllib.core.learner.torch.torch_learner import TorchLearner
 from ray.rllib.core.learner.training_data import TrainingData
 from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
-
-from envs.optim import adamw, warmup_cosine
-from learner.config import GRPOConfig
-from learner.grpo import (
+from unmask.envs.optim import adamw, warmup_cosine
+from unmask.learner.config import GRPOConfig
+from unmask.learner.grpo import (
     bounded,
     group_advantages,
     grpo_loss,
@@ -50,7 +49,7 @@ from learner.grpo import (
     truncated_importance_weights,
     value_loss,
 )
-from learner.module import FactorisedBernoulli, step_logits, step_values
+from unmask.learner.module import FactorisedBernoulli, step_logits, step_values
 
 TENSOR_DTYPES = {"group": torch.long, "policy_version": torch.long}
 
@@ -94,7 +93,7 @@ class GRPOLearner(TorchLearner):
         super().build()
         self.anchor = None
         if self.grpo.init_policy:
-            from learner.policy import load_policy
+            from unmask.learner.policy import load_policy
 
             start = load_policy(self.grpo.init_policy, str(self.device))
             self.module[DEFAULT_MODULE_ID].policy.load_state_dict(start.state_dict())

@@ -14,10 +14,9 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.core.distribution.torch.torch_distribution import TorchDistribution
 from ray.rllib.core.rl_module.torch import TorchRLModule
 from torch import nn
-
-from learner.config import PolicyConfig
-from learner.grpo import bernoulli_logp, bernoulli_sample, unmask_probabilities
-from learner.policy import UnmaskingPolicy
+from unmask.learner.config import PolicyConfig
+from unmask.learner.grpo import bernoulli_logp, bernoulli_sample, unmask_probabilities
+from unmask.learner.policy import UnmaskingPolicy
 
 
 class FactorisedBernoulli(TorchDistribution):

@@ -31,9 +31,8 @@ from huggingface_hub import PyTorchModelHubMixin, constants, hf_hub_download
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model
 from torch import nn
-
-from envs.files import replace_dir
-from learner.config import PolicyConfig, saved_policy
+from unmask.envs.files import replace_dir
+from unmask.learner.config import PolicyConfig, saved_policy
 
 PAPER_URL = "https://arxiv.org/abs/2512.09106"
 

@@ -13,12 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-
-from envs.config import EnvConfig, SamplerConfig
-from envs.mdp import Observation
-from envs.samplers import Sampler
-from learner.grpo import bernoulli_sample, bounded, fallback_sample, step_logp, unmask_probabilities
-from learner.policy import UnmaskingPolicy, load_policy, policy_info
+from unmask.envs.config import EnvConfig, SamplerConfig
+from unmask.envs.mdp import Observation
+from unmask.envs.samplers import Sampler
+from unmask.learner.grpo import bernoulli_sample, bounded, fallback_sample, step_logp, unmask_probabilities
+from unmask.learner.policy import UnmaskingPolicy, load_policy, policy_info
 
 INPUTS = {  # each of PolicyConfig.inputs (learner.config.POLICY_INPUTS) per position, in [0, 1] (delta: [-1, 1])
     "confidence": lambda obs: obs.confidence,  # top-1 probability (the paper's only input)

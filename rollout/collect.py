@@ -7,14 +7,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-
-from envs.mdp import UnmaskingEnv
-from envs.tasks import Example, Task
-from learner.config import GRPOConfig
-from learner.grpo import reward
-from learner.sampler import PolicySampler
-from rollout.experts import ExpertSteering
-from rollout.trajectories import TrajectoryBatch
+from unmask.envs.mdp import UnmaskingEnv
+from unmask.envs.tasks import Example, Task
+from unmask.learner.config import GRPOConfig
+from unmask.learner.grpo import reward
+from unmask.learner.sampler import PolicySampler
+from unmask.rollout.experts import ExpertSteering
+from unmask.rollout.trajectories import TrajectoryBatch
 
 
 @dataclass

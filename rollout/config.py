@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from envs.config import (
+from unmask.envs.config import (
     EnvConfig,
     SamplerConfig,
     TaskConfig,
@@ -18,8 +18,8 @@ from envs.config import (
     check_task,
     sampler_spec,
 )
-from envs.files import check_writable
-from learner.config import PolicyConfig, check_policy
+from unmask.envs.files import check_writable
+from unmask.learner.config import PolicyConfig, check_policy
 
 
 @dataclass

@@ -21,17 +21,16 @@ from ray.rllib.env import INPUT_ENV_SPACES
 from ray.rllib.env.env_runner import EnvRunner
 from ray.rllib.utils.checkpoints import Checkpointable
 from ray.rllib.utils.metrics import WEIGHTS_SEQ_NO
-
-from envs.config import SamplerConfig
-from envs.dllm import load_env_dllm
-from envs.mdp import UnmaskingEnv
-from envs.tasks import make_task
-from learner.grpo import draw_alphas, reward
-from learner.sampler import PolicySampler
-from rollout.collect import collect_groups
-from rollout.evaluate import run_episodes
-from rollout.experts import ExpertSteering
-from rollout.trajectories import TrajectoryBatch
+from unmask.envs.config import SamplerConfig
+from unmask.envs.dllm import load_env_dllm
+from unmask.envs.mdp import UnmaskingEnv
+from unmask.envs.tasks import make_task
+from unmask.learner.grpo import draw_alphas, reward
+from unmask.learner.sampler import PolicySampler
+from unmask.rollout.collect import collect_groups
+from unmask.rollout.evaluate import run_episodes
+from unmask.rollout.experts import ExpertSteering
+from unmask.rollout.trajectories import TrajectoryBatch
 
 
 @dataclass

@@ -8,14 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
-from envs.config import EnvConfig
-from envs.dllm import DLLM, load_env_dllm
-from envs.samplers import Sampler
-from envs.tasks import Example, Task, make_task
-from rollout.config import EvalConfig, check_eval
-from rollout.generation import Generation, generate
-from rollout.samplers import make_sampler
+from unmask.envs.config import EnvConfig
+from unmask.envs.dllm import DLLM, load_env_dllm
+from unmask.envs.samplers import Sampler
+from unmask.envs.tasks import Example, Task, make_task
+from unmask.rollout.config import EvalConfig, check_eval
+from unmask.rollout.generation import Generation, generate
+from unmask.rollout.samplers import make_sampler
 
 
 @dataclass
@@ -119,7 +118,7 @@ def write_eval(cfg: EvalConfig, result: dict) -> dict:
     each written atomically; returns the summary."""
     import json
 
-    from envs.files import write_atomic, write_json
+    from unmask.envs.files import write_atomic, write_json
 
     summary = {k: v for k, v in result.items() if k != "examples"}
     summary["config"] = dataclasses.asdict(cfg)

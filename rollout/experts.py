@@ -9,10 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-
-from envs.config import SamplerConfig
-from envs.mdp import Observation
-from envs.samplers import FastDLLMThreshold, InBlocks, Sampler
+from unmask.envs.config import SamplerConfig
+from unmask.envs.mdp import Observation
+from unmask.envs.samplers import FastDLLMThreshold, InBlocks, Sampler
 
 
 class ExpertSteering:

@@ -1,9 +1,9 @@
 """Generation with any sampler on any supported dLLM: the Python API.
 
-    from envs.config import EnvConfig
-    from envs.dllm import load_dllm
-    from rollout.generation import generate
-    from rollout.samplers import sampler
+    from unmask.envs.config import EnvConfig
+    from unmask.envs.dllm import load_dllm
+    from unmask.rollout.generation import generate
+    from unmask.rollout.samplers import sampler
 
     dllm = load_dllm("GSAI-ML/LLaDA-8B-Instruct", device="cuda", dtype="bfloat16")
     policy = sampler("policy", checkpoint="runs/a1/checkpoints/final")  # or sampler("fast_dllm", threshold=0.9)
@@ -16,11 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tqdm import tqdm
-
-from envs.config import EnvConfig
-from envs.dllm import DLLM
-from envs.mdp import UnmaskingEnv
-from envs.samplers import Sampler
+from unmask.envs.config import EnvConfig
+from unmask.envs.dllm import DLLM
+from unmask.envs.mdp import UnmaskingEnv
+from unmask.envs.samplers import Sampler
 
 
 @dataclass

@@ -21,21 +21,20 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
-
-from envs.confidence import CANVAS
-from envs.config import SamplerConfig, sampler_spec
-from envs.dllm import DLLM, load_env_dllm
-from envs.files import Interrupted, sigterm_as_interrupt, write_json
-from envs.mdp import UnmaskingEnv
-from envs.samplers import InBlocks, Sampler
-from envs.tasks import Example, Task, make_task
-from learner.grpo import fallback_sample
-from learner.imitation import STATE_FIELDS, fit
-from learner.policy import UnmaskingPolicy, save_policy
-from learner.sampler import PolicySampler, policy_inputs
-from rollout.config import ImitateConfig, check_imitate
-from rollout.evaluate import examples_to_evaluate, run_episodes, summarize
-from rollout.samplers import make_sampler
+from unmask.envs.confidence import CANVAS
+from unmask.envs.config import SamplerConfig, sampler_spec
+from unmask.envs.dllm import DLLM, load_env_dllm
+from unmask.envs.files import Interrupted, sigterm_as_interrupt, write_json
+from unmask.envs.mdp import UnmaskingEnv
+from unmask.envs.samplers import InBlocks, Sampler
+from unmask.envs.tasks import Example, Task, make_task
+from unmask.learner.grpo import fallback_sample
+from unmask.learner.imitation import STATE_FIELDS, fit
+from unmask.learner.policy import UnmaskingPolicy, save_policy
+from unmask.learner.sampler import PolicySampler, policy_inputs
+from unmask.rollout.config import ImitateConfig, check_imitate
+from unmask.rollout.evaluate import examples_to_evaluate, run_episodes, summarize
+from unmask.rollout.samplers import make_sampler
 
 
 def teachers_of(cfg: ImitateConfig) -> list[Sampler]:

@@ -8,15 +8,14 @@ import dataclasses
 
 import torch
 from tqdm import tqdm
-
-from envs.config import SamplerConfig
-from envs.dllm import load_env_dllm
-from envs.tasks import make_task
-from learner.policy import load_policy
-from learner.sampler import PolicySampler
-from rollout.config import ParetoConfig, check_pareto, oracle_blocks, pareto_block_lengths
-from rollout.evaluate import examples_to_evaluate, run_episodes, summarize
-from rollout.samplers import make_sampler
+from unmask.envs.config import SamplerConfig
+from unmask.envs.dllm import load_env_dllm
+from unmask.envs.tasks import make_task
+from unmask.learner.policy import load_policy
+from unmask.learner.sampler import PolicySampler
+from unmask.rollout.config import ParetoConfig, check_pareto, oracle_blocks, pareto_block_lengths
+from unmask.rollout.evaluate import examples_to_evaluate, run_episodes, summarize
+from unmask.rollout.samplers import make_sampler
 
 
 def default_grid(gen_length: int, num_blocks: int, size: str = "default") -> list[SamplerConfig]:

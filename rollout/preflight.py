@@ -4,9 +4,9 @@ minutes later."""
 
 from __future__ import annotations
 
-from envs.dllm import check_fits, check_model_files, encode_prompts
-from envs.tasks import make_task
-from rollout.config import RolloutConfig
+from unmask.envs.dllm import check_fits, check_model_files, encode_prompts
+from unmask.envs.tasks import make_task
+from unmask.rollout.config import RolloutConfig
 
 
 def preflight(rollout: RolloutConfig) -> None:

@@ -7,8 +7,7 @@ import os
 from pathlib import Path
 
 import matplotlib
-
-from envs.files import write_atomic, write_json
+from unmask.envs.files import write_atomic, write_json
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import torch
-
-from envs.config import SAMPLER_PARAMS, SamplerConfig, check_sampler, sampler_spec
-from envs.samplers import HEURISTICS, Oracle, Sampler
-from learner.sampler import PolicySampler
+from unmask.envs.config import SAMPLER_PARAMS, SamplerConfig, check_sampler, sampler_spec
+from unmask.envs.samplers import HEURISTICS, Oracle, Sampler
+from unmask.learner.sampler import PolicySampler
 
 SAMPLERS: dict[str, type[Sampler]] = {**HEURISTICS, Oracle.name: Oracle, PolicySampler.name: PolicySampler}
 

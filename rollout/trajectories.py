@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from envs.files import write_atomic
+from unmask.envs.files import write_atomic
 
 # 2: the `abandoned` column (positions given up at a block's forward budget) and `old_logp` (what a stale step
 # was importance-weighted against). 3: `alpha` (the trajectory's reward trade-off) and `expert` (drawn by an

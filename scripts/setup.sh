@@ -3,13 +3,16 @@
 # and its test tools. Safe to re-run. On this project's CPU machines `torch==2.13.0` resolves to a CPU
 # wheel kept on disk; elsewhere set TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu to avoid the
 # CUDA build, or install your CUDA build of torch before running this script on a GPU machine.
+# pip's own output goes to $VENV/setup.log and is shown only when a step fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${UNMASK_VENV:-.venv}"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q --upgrade pip
+LOG="$VENV/setup.log"
+quietly() { "$@" >"$LOG" 2>&1 || { cat "$LOG" >&2; echo "setup failed: $*" >&2; exit 1; }; }
+quietly "$VENV/bin/python" -m pip install --upgrade pip
 if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
-    "$VENV/bin/python" -m pip install -q ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==2.13.0"
+    quietly "$VENV/bin/python" -m pip install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==2.13.0"
 fi
-"$VENV/bin/python" -m pip install -q -e ".[dev]"
+quietly "$VENV/bin/python" -m pip install -e ".[dev]"
 echo "ready: $VENV/bin/unmask"

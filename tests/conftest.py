@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from envs.dllm import load_dllm
-from envs.pretrain.config import ModelSize
-from envs.pretrain.model import new_builtin_model
-from envs.tasks.cycles import CycleTask
-from envs.tokenizer import build_char_tokenizer
+from unmask.envs.dllm import load_dllm
+from unmask.envs.pretrain.config import ModelSize
+from unmask.envs.pretrain.model import new_builtin_model
+from unmask.envs.tasks.cycles import CycleTask
+from unmask.envs.tokenizer import build_char_tokenizer
 
 TINY = ModelSize(hidden_size=32, num_layers=1, num_heads=2, ffn_size=64)
 

@@ -6,18 +6,18 @@ import sys
 
 import numpy as np
 import pytest
-
-from cluster.collector import Arrival, Collected, Collector
-from cluster.config import OutputSettings, UpdateSettings
-from cluster.metrics import RunTotals, collapse_seen, iteration_report, stuck
-from cluster.outputs import RunOutputs
-from rollout.env_runner import RunnerSample
-from rollout.trajectories import TrajectoryBatch
+from unmask.cluster.collector import Arrival, Collected, Collector
+from unmask.cluster.config import OutputSettings, UpdateSettings
+from unmask.cluster.metrics import RunTotals, collapse_seen, iteration_report, stuck
+from unmask.cluster.outputs import RunOutputs
+from unmask.rollout.env_runner import RunnerSample
+from unmask.rollout.trajectories import TrajectoryBatch
 
 
 def test_reading_a_dump_imports_numpy_and_pyarrow_only():
-    probe = ("import sys; import rollout.trajectories as t; t.read_trajectories; "
-             "heavy = [m for m in ('torch', 'ray', 'transformers', 'learner', 'envs.mdp') if m in sys.modules]; "
+    probe = ("import sys; import unmask.rollout.trajectories as t; t.read_trajectories; "
+             "heavy = [m for m in ('torch', 'ray', 'transformers', 'unmask.learner', 'unmask.envs.mdp') "
+             "if m in sys.modules]; "
              "print(heavy)")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
@@ -152,7 +152,7 @@ def test_checkpoint_best_is_the_end_of_the_best_moving_average(tmp_path):
 
 
 def test_the_report_counts_groups_without_a_gradient_and_groups_whose_members_decoded_alike():
-    from cluster.metrics import group_spread
+    from unmask.cluster.metrics import group_spread
 
     varied = batch(1, 0, 2, 0)  # rewards 0, 1 | 2, 3: every group has a spread
     varied.completion = ["a", "b", "c", "d"]
@@ -168,8 +168,8 @@ def test_the_report_counts_groups_without_a_gradient_and_groups_whose_members_de
 def test_every_local_path_a_run_reads_is_made_absolute_before_tune_changes_directory(tmp_path, monkeypatch):
     """Tune runs trials (and Ray its learner) in other working directories: a relative grpo.init_policy was looked up
     as a hub id there."""
-    from cluster.config import TrainConfig
-    from cluster.train import absolute_paths
+    from unmask.cluster.config import TrainConfig
+    from unmask.cluster.train import absolute_paths
 
     monkeypatch.chdir(tmp_path)
     for name in ("clone", "dllm"):

@@ -17,11 +17,10 @@ from pathlib import Path
 
 import pytest
 import ray
-
-from cli.main import main
-from envs.dllm import BUILTIN_MODEL_DIR
-from learner.config import PolicyConfig
-from learner.policy import UnmaskingPolicy, save_policy
+from unmask.cli.main import main
+from unmask.envs.dllm import BUILTIN_MODEL_DIR
+from unmask.learner.config import PolicyConfig
+from unmask.learner.policy import UnmaskingPolicy, save_policy
 
 
 @pytest.fixture(scope="module")
@@ -286,7 +285,7 @@ def test_pretrain_overwrite_replaces_the_model_files_and_keeps_the_others(tmp_pa
 
 
 def start_pretrain(out: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "cli", "pretrain", f"out={out}", "minutes=5",
+    return subprocess.Popen([sys.executable, "-m", "unmask.cli", "pretrain", f"out={out}", "minutes=5",
                              "batch_size=16", "log_every=1", "progress=false", "save_every_minutes=0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -294,7 +293,7 @@ def start_pretrain(out: Path) -> subprocess.Popen:
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupted_pretraining_saves_a_complete_model_and_says_where(sig, tmp_path):
-    from envs.dllm import load_dllm
+    from unmask.envs.dllm import load_dllm
 
     out = tmp_path / "model"
     proc = start_pretrain(out)
@@ -315,7 +314,7 @@ def test_interrupted_pretraining_saves_a_complete_model_and_says_where(sig, tmp_
 def test_interrupted_eval_keeps_the_previous_result(tmp_path):
     out = tmp_path / "e.json"
     out.write_text('{"previous": true}\n')
-    proc = subprocess.Popen([sys.executable, "-m", "cli", "eval", "num_examples=500", "batch_size=1",
+    proc = subprocess.Popen([sys.executable, "-m", "unmask.cli", "eval", "num_examples=500", "batch_size=1",
                              "sampler=top_k", f"out={out}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     progress = ""

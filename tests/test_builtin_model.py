@@ -7,12 +7,11 @@ wide enough that a regression, not noise, fails them. The README's table has the
 import functools
 
 import pytest
-
-from envs.config import EnvConfig, SamplerConfig, TaskConfig
-from envs.dllm import BUILTIN_MODEL_DIR, load_dllm
-from envs.tasks import make_task
-from rollout.evaluate import run_episodes, summarize
-from rollout.samplers import make_sampler
+from unmask.envs.config import EnvConfig, SamplerConfig, TaskConfig
+from unmask.envs.dllm import BUILTIN_MODEL_DIR, load_dllm
+from unmask.envs.tasks import make_task
+from unmask.rollout.evaluate import run_episodes, summarize
+from unmask.rollout.samplers import make_sampler
 
 pytestmark = pytest.mark.skipif(not (BUILTIN_MODEL_DIR / "model.safetensors").exists(),
                                 reason="the built-in checkpoint is not in this checkout")
@@ -91,7 +90,7 @@ OFFICIAL = [
 
 @pytest.mark.parametrize("name, params, block_length, prompt, canvas, nfe", OFFICIAL)
 def test_canvases_match_the_official_loop(name, params, block_length, prompt, canvas, nfe):
-    from envs.mdp import UnmaskingEnv
+    from unmask.envs.mdp import UnmaskingEnv
 
     dllm = load_dllm("builtin")
     sampler = make_sampler(SamplerConfig(name=name, **params))

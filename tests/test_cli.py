@@ -5,12 +5,11 @@ import subprocess
 import sys
 
 import pytest
-
-from cli.main import main
+from unmask.cli.main import main
 
 
 def unmask(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, cwd=cwd)
+    return subprocess.run([sys.executable, "-m", "unmask.cli", *args], capture_output=True, text=True, cwd=cwd)
 
 
 @pytest.mark.slow
@@ -90,7 +89,7 @@ def test_failed_eval_keeps_the_previous_result_file(tiny_model_dir, tmp_path):
 def test_a_write_that_fails_late_leaves_the_old_file_and_no_temp(tmp_path, monkeypatch):
     import os
 
-    from envs import files
+    from unmask.envs import files
 
     target = tmp_path / "r.json"
     target.write_text("old")
@@ -141,7 +140,7 @@ def test_empty_split_and_bad_sampler_values_are_errors(tiny_model_dir, tmp_path,
 
 
 def test_help_lists_dict_keys_whole_and_a_saved_config_starts_a_run(tmp_path, capsys):
-    from cli.main import load_config
+    from unmask.cli.main import load_config
 
     assert main(["train", "--help"]) == 0
     out = capsys.readouterr().out
@@ -151,8 +150,8 @@ def test_help_lists_dict_keys_whole_and_a_saved_config_starts_a_run(tmp_path, ca
     assert "grid = {'grpo': {'alpha': [0.5, 1.0, 2.0]}}" in capsys.readouterr().out
 
     saved = tmp_path / "config.yaml"
-    from cluster.config import TrainConfig
-    from envs.structured import to_yaml
+    from unmask.cluster.config import TrainConfig
+    from unmask.envs.structured import to_yaml
 
     first = load_config("train", ["max_iterations=7", "grpo.alpha=0.3", "rollout.env.block_length=24"])
     saved.write_text(to_yaml(first))
@@ -169,9 +168,9 @@ def test_help_lists_dict_keys_whole_and_a_saved_config_starts_a_run(tmp_path, ca
 def test_training_from_a_saved_policy_takes_the_frontier_recipe_s_keys_unless_given(tmp_path):
     """`unmask train grpo.init_policy=<clone> grpo.alpha=3` is the recipe measured in docs/results/frontier.md (and
     on the commas task, README): keys given by hand or in a config file win; from the paper's start nothing moves."""
-    from cli.main import load_config
-    from cluster.config import FROM_POLICY, TrainConfig
-    from envs.structured import to_yaml
+    from unmask.cli.main import load_config
+    from unmask.cluster.config import FROM_POLICY, TrainConfig
+    from unmask.envs.structured import to_yaml
 
     paper = load_config("train", ["grpo.alpha=3"])
     assert (paper.grpo.lr, paper.grpo.logit_bound, paper.groups_per_update, paper.validate_every) == (
@@ -213,7 +212,7 @@ def test_keys_that_would_be_ignored_are_errors_before_any_work(args, message, tm
 @pytest.mark.slow
 def test_config_errors_come_before_heavy_imports_and_eval_never_imports_ray(tiny_model_dir, tmp_path):
     """A typo is reported before torch is even imported; a whole `unmask eval` never imports Ray."""
-    probe = ("import sys; from cli.main import main; code = main(sys.argv[1:]); "
+    probe = ("import sys; from unmask.cli.main import main; code = main(sys.argv[1:]); "
              "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'ray'}))")
     typo = subprocess.run([sys.executable, "-c", probe, "eval", "sampler.treshold=0.5"], capture_output=True,
                           text=True)

@@ -5,9 +5,9 @@ import time
 
 import pytest
 import ray
+from unmask.cluster.train import train
+from unmask.rollout.trajectories import read_trajectories
 
-from cluster.train import train
-from rollout.trajectories import read_trajectories
 from tests.test_train import progress, tiny_run
 
 pytestmark = pytest.mark.slow

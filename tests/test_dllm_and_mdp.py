@@ -4,13 +4,13 @@ import dataclasses
 
 import pytest
 import torch
+from unmask.envs.confidence import predict
+from unmask.envs.config import SamplerConfig
+from unmask.envs.dllm import ModelLoadError, layout_batch, load_dllm
+from unmask.envs.mdp import SamplerError, UnmaskingEnv
+from unmask.envs.samplers import leftmost_valid
+from unmask.rollout.samplers import make_sampler
 
-from envs.confidence import predict
-from envs.config import SamplerConfig
-from envs.dllm import ModelLoadError, layout_batch, load_dllm
-from envs.mdp import SamplerError, UnmaskingEnv
-from envs.samplers import leftmost_valid
-from rollout.samplers import make_sampler
 from tests.conftest import save_tiny_model
 
 
@@ -24,7 +24,7 @@ def test_loads_through_auto_classes_and_knows_its_tokens(tiny_dllm):
 
 
 def test_hub_ids_are_not_mistaken_for_paths(tmp_path, monkeypatch):
-    from envs.files import is_local_path
+    from unmask.envs.files import is_local_path
     assert not is_local_path("GSAI-ML/LLaDA-8B-Instruct") and not is_local_path("bert-base-uncased")
     assert is_local_path("./runs/model") and is_local_path(str(tmp_path))
 
@@ -213,7 +213,7 @@ def test_seeded_temperature_sampling_is_reproducible(tmp_path):
 
 
 def test_predict_in_row_chunks_equals_one_pass(monkeypatch):
-    import envs.confidence as confidence
+    import unmask.envs.confidence as confidence
 
     logits = torch.randn(5, 3, 7)
     whole = predict(logits, mask_id=6)
@@ -235,9 +235,9 @@ def test_emulated_gpu_keeps_the_logits_and_takes_the_modelled_time(tiny_model_di
     says for its rows and tokens (it sleeps the difference), and the modelled time is summed exactly."""
     import time
 
-    from envs.config import EnvConfig, check_env
-    from envs.dllm import load_env_dllm
-    from envs.emulation import PROFILES, EmulatedForwards, GPUProfile
+    from unmask.envs.config import EnvConfig, check_env
+    from unmask.envs.dllm import load_env_dllm
+    from unmask.envs.emulation import PROFILES, EmulatedForwards, GPUProfile
 
     plain = load_dllm(tiny_model_dir)
     emulated = load_env_dllm(tiny_model_dir, EnvConfig(emulate_gpu="h200-llada8b"))
@@ -286,7 +286,7 @@ def test_repeat_compares_each_token_with_its_neighbours_written_or_predicted(tin
 def test_history_follows_each_position_across_forwards(tiny_dllm):
     """stable_steps, confidence_ema and confidence_delta against a recomputation from the tokens and confidences the
     env showed at each forward (rows finish at different times; a finished row's history stands still)."""
-    from envs.confidence import EMA_DECAY
+    from unmask.envs.confidence import EMA_DECAY
 
     env = UnmaskingEnv(tiny_dllm, gen_length=8, block_length=4)
     obs = env.reset(tiny_dllm.encode_prompts(["abc?a", "cba?b"]), features=("stable_steps", "confidence_ema",

@@ -6,10 +6,9 @@ import math
 
 import pytest
 import torch
-
-from cli.main import main
-from learner.imitation import imitation_logp
-from learner.policy import load_policy, policy_info
+from unmask.cli.main import main
+from unmask.learner.imitation import imitation_logp
+from unmask.learner.policy import load_policy, policy_info
 
 
 def test_the_imitation_likelihood_is_evaluation_s_rule_with_a_soft_argmax():
@@ -84,7 +83,7 @@ def test_several_teachers_make_one_alpha_conditioned_policy(tiny_model_dir, tmp_
 
 
 def test_a_clone_that_ignores_alpha_is_named():
-    from rollout.imitation import alpha_response
+    from unmask.rollout.imitation import alpha_response
 
     def rows(policy_nfe):
         return [r for alpha, teacher, mine in zip((0.3, 1.0, 3.0), (11.3, 11.0, 10.4), policy_nfe)
@@ -99,8 +98,8 @@ def test_a_clone_that_ignores_alpha_is_named():
 
 
 def test_every_rule_of_the_sampler_table_can_teach_the_frechet_rule_and_the_oracle_included():
-    from rollout.config import ImitateConfig, check_imitate
-    from rollout.imitation import teachers_of
+    from unmask.rollout.config import ImitateConfig, check_imitate
+    from unmask.rollout.imitation import teachers_of
 
     cfg = ImitateConfig(teachers=["frechet:delta=0.25", "oracle:reference=top_k", "eb:gamma=0.5"],
                         teacher_alphas=[0.3, 1.0, 3.0], teacher_block_length=8)

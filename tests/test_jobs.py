@@ -84,7 +84,7 @@ def submit(address: str, env: dict, *args: str) -> str:
     deadline = time.time() + 240
     while True:
         res = subprocess.run([RAY, "job", "submit", "--address", address, "--working-dir", str(REPO), "--no-wait",
-                              "--runtime-env-json", runtime_env, "--", sys.executable, "-m", "cli", *args],
+                              "--runtime-env-json", runtime_env, "--", sys.executable, "-m", "unmask.cli", *args],
                              env=env, capture_output=True, text=True, timeout=180)
         if res.returncode == 0 or "No available agent" not in res.stderr or time.time() > deadline:
             break

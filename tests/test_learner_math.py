@@ -5,10 +5,9 @@ import math
 import pytest
 import torch
 from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
-
-from learner.config import PolicyConfig
-from learner.grpo import bernoulli_logp, group_advantages, grpo_loss, reward
-from learner.policy import UnmaskingPolicy
+from unmask.learner.config import PolicyConfig
+from unmask.learner.grpo import bernoulli_logp, group_advantages, grpo_loss, reward
+from unmask.learner.policy import UnmaskingPolicy
 
 
 def test_policy_matches_the_paper_size_and_init():
@@ -85,7 +84,7 @@ def test_modulation_per_row_equals_the_per_position_conditioning():
     policy = UnmaskingPolicy(PolicyConfig(hidden_size=16, num_heads=2, ffn_size=32, time_embed_size=16))
     torch.nn.init.normal_(policy.blocks[0].modulation[1].weight)  # zero at init: make it matter
     c, m, t = torch.rand(3, 7), torch.rand(3, 7) > 0.5, torch.rand(3)
-    from learner.policy import sinusoid
+    from unmask.learner.policy import sinusoid
 
     x = policy.confidence_in(c[..., None])
     cond = policy.mask_embed(m.long()) + policy.time_mlp(sinusoid(t, 16, 1.0))[:, None]
@@ -93,7 +92,7 @@ def test_modulation_per_row_equals_the_per_position_conditioning():
     scale1, shift1, gate1, scale2, shift2, gate2 = block.modulation(cond).chunk(6, dim=-1)
     h = block.norm1(x) * (1 + scale1) + shift1
     q, k, v = block.qkv(h).unflatten(-1, (3, block.heads, -1)).permute(2, 0, 3, 1, 4)
-    from learner.policy import rotate
+    from unmask.learner.policy import rotate
 
     attn = torch.nn.functional.scaled_dot_product_attention(rotate(q, block.rope_base), rotate(k, block.rope_base), v)
     x = x + block.proj(attn.transpose(1, 2).flatten(-2)) * (1 + gate1)
@@ -103,7 +102,7 @@ def test_modulation_per_row_equals_the_per_position_conditioning():
 
 
 def test_truncated_importance_weights_and_the_weighted_surrogate():
-    from learner.grpo import truncated_importance_weights
+    from unmask.learner.grpo import truncated_importance_weights
 
     old = torch.tensor([[-0.5, -1.0, -2.0]])
     behaviour = torch.tensor([[-1.0, -1.0, -0.1]])
@@ -123,8 +122,8 @@ def test_an_expert_step_enters_through_the_groups_mixture_likelihood():
     """G = 8, E = 1: an expert step's likelihood is 8/9 pi + 1/9. The policy gave the expert's decision 0.01 when
     it was drawn and gives it 0.02 now: ratio (8/9 * 0.02 + 1/9) / (8/9 * 0.01 + 1/9) = 0.128889 / 0.12, clipped at
     grpo.expert_clip_eps; the policy's own step (0.01 -> 0.02: ratio 2) is clipped at 1 + clip_eps, as always."""
-    from cluster.algorithm_config import UnmaskGRPOConfig
-    from learner.grpo import steered_logp
+    from unmask.cluster.algorithm_config import UnmaskGRPOConfig
+    from unmask.learner.grpo import steered_logp
 
     share = torch.tensor([8 / 9, 8 / 9]), torch.tensor([0.0, 1 / 9])
     logp = torch.tensor([[math.log(0.02)], [math.log(0.02)]])
@@ -173,7 +172,7 @@ def test_alpha_conditioning_changes_the_policy_output_and_is_required():
 
 
 def test_alphas_are_drawn_log_uniformly_and_each_group_s_reward_uses_its_own():
-    from learner.grpo import draw_alphas
+    from unmask.learner.grpo import draw_alphas
 
     alphas = draw_alphas([0.3, 3.0], 4000, torch.Generator().manual_seed(1))
     assert alphas.min() >= 0.3 and alphas.max() <= 3.0
@@ -189,7 +188,7 @@ def test_the_per_position_mixture_of_an_expert_step_against_hand_computed_values
     """grpo.expert_likelihood=position, G = 8, E = 1: the expert unmasked position 0 and kept position 1; the policy
     gave unmasking (0.1, 0.3) when drawn and (0.2, 0.3) now. Ratio = prod_k (8/9 p_k(u_k) + 1/9) / (old), i.e.
     (8/9 * 0.2 + 1/9) / (8/9 * 0.1 + 1/9) = 1.4444 (position 1 cancels), below 1 + expert_clip_eps."""
-    from cluster.algorithm_config import UnmaskGRPOConfig
+    from unmask.cluster.algorithm_config import UnmaskGRPOConfig
 
     cfg = UnmaskGRPOConfig().training(expert_likelihood="position", expert_clip_eps=0.5)
     cfg.validate()
@@ -199,7 +198,7 @@ def test_the_per_position_mixture_of_an_expert_step_against_hand_computed_values
     def logit(p: float) -> float:
         return math.log(p / (1 - p))
 
-    from learner.grpo import steered_position_logp
+    from unmask.learner.grpo import steered_position_logp
 
     shares = torch.tensor([8 / 9]), torch.tensor([1 / 9])
     action, valid = torch.tensor([[[True, False]]]), torch.tensor([[[True, True]]])
@@ -217,8 +216,8 @@ def test_the_learner_prepares_advantages_shares_proximal_log_probs_and_tis_weigh
     """learner.learner's prepare on a hand-made batch: two groups (G = 2, plus one expert in the second); the first
     group sampled by the learner's current version (its log-probs are kept as recorded), the second by an older
     one (recomputed by the learner's module and TIS-weighted); a batch of equal rewards is skipped."""
-    from cluster.algorithm_config import UnmaskGRPOConfig
-    from learner.grpo import bernoulli_logp, mixture_shares, steered_logp, truncated_importance_weights
+    from unmask.cluster.algorithm_config import UnmaskGRPOConfig
+    from unmask.learner.grpo import bernoulli_logp, mixture_shares, steered_logp, truncated_importance_weights
 
     cfg = UnmaskGRPOConfig().environment(gen_length=4, block_length=4).training(tis_cap=1.5, fallback=False)
     cfg.validate()
@@ -259,7 +258,7 @@ def test_the_fallback_rule_s_likelihood_is_exact_and_sums_to_one():
     empty one), the argmax alone gets its draw plus the empty draw's mass; sampling follows it."""
     import itertools
 
-    from learner.grpo import fallback_logp, fallback_sample
+    from unmask.learner.grpo import fallback_logp, fallback_sample
 
     logits = torch.tensor([[0.5, -1.0, 2.0, 9.0]])  # position 3 is not valid: never chosen, never counted
     valid = torch.tensor([[True, True, True, False]])
@@ -286,8 +285,8 @@ def test_the_fallback_rule_s_likelihood_is_exact_and_sums_to_one():
 def test_grpo_starts_from_a_saved_policy_and_anchors_to_it(tmp_path):
     """grpo.init_policy: the learner's weights are the saved policy's, its shape the saved one's; with anchor_coef
     the loss adds anchor_coef x the per-step KL to it (0 while the weights are still its own)."""
-    from cluster.algorithm_config import UnmaskGRPOConfig
-    from learner.policy import save_policy
+    from unmask.cluster.algorithm_config import UnmaskGRPOConfig
+    from unmask.learner.policy import save_policy
 
     torch.manual_seed(3)
     shape = PolicyConfig(hidden_size=32, num_heads=2, ffn_size=64, time_embed_size=32, inputs=["confidence", "margin"])
@@ -332,9 +331,9 @@ def test_per_step_credit_subtracts_a_learned_state_value_and_trains_it_on_its_ow
     """grpo.credit=value: after value_warmup updates each step's advantage is R - V(state) (hand-checked against the
     module's own V); the loss adds V's regression onto the rewards; grpo.grad_clip bounds the policy's gradient
     alone; a few updates on one batch fit V; the policy's weights (what runners and checkpoints get) leave V out."""
-    from cluster.algorithm_config import UnmaskGRPOConfig
-    from learner.grpo import step_advantages, value_loss
-    from learner.module import step_values
+    from unmask.cluster.algorithm_config import UnmaskGRPOConfig
+    from unmask.learner.grpo import step_advantages, value_loss
+    from unmask.learner.module import step_values
 
     def learner_for(**training):
         cfg = UnmaskGRPOConfig().environment(gen_length=4, block_length=4).training(fallback=False, **training)

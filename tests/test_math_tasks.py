@@ -5,10 +5,9 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from envs.config import TaskConfig
-from envs.tasks import make_task
-from envs.tasks.math_word import final_answer, gsm8k_correct, gsm8k_gold, last_boxed, math_correct
+from unmask.envs.config import TaskConfig
+from unmask.envs.tasks import make_task
+from unmask.envs.tasks.math_word import final_answer, gsm8k_correct, gsm8k_gold, last_boxed, math_correct
 
 GSM8K_ROWS = [
     {"question": "Tom has 3 apples and buys 4 more. How many apples does he have?",

@@ -6,11 +6,11 @@ import os
 
 import pytest
 import torch
+from unmask.envs.config import SamplerConfig
+from unmask.envs.dllm import ModelLoadError, layout_batch, load_dllm
+from unmask.envs.mdp import UnmaskingEnv
+from unmask.rollout.samplers import make_sampler
 
-from envs.config import SamplerConfig
-from envs.dllm import ModelLoadError, layout_batch, load_dllm
-from envs.mdp import UnmaskingEnv
-from rollout.samplers import make_sampler
 from tests.native_checkpoints import saved_tensors, write_dream, write_gsm8k, write_llada
 
 WRITERS = {"llada": write_llada, "dream": write_dream}
@@ -63,7 +63,8 @@ def test_native_classes_win_after_remote_code_claimed_the_model_type(tmp_path):
 
     AutoConfig.register("llada", ForeignLLaDAConfig, exist_ok=True)
     dllm = load_dllm(str(write_llada(tmp_path / "m")))
-    assert type(dllm.model).__name__ == "LLaDAModelLM" and type(dllm.model.config).__module__ == "envs.models.llada"
+    assert type(dllm.model).__name__ == "LLaDAModelLM"
+    assert type(dllm.model.config).__module__ == "unmask.envs.models.llada"
 
 
 def test_special_tokens_and_chat_template(native):
@@ -282,7 +283,7 @@ def test_unmask_eval_on_a_native_model_with_gsm8k_and_a_kv_cache(native_dir, tmp
 
     _, path = native_dir
     out = tmp_path / "eval.json"
-    res = subprocess.run([sys.executable, "-m", "cli", "eval", f"model={path}", "task=gsm8k",
+    res = subprocess.run([sys.executable, "-m", "unmask.cli", "eval", f"model={path}", "task=gsm8k",
                           f"task.path={write_gsm8k(tmp_path / 'gsm8k')}", "env.gen_length=16", "env.block_length=8",
                           "env.kv_cache=dual", "sampler=top_k", "sampler.steps=4", "num_examples=4", f"out={out}"],
                          capture_output=True, text=True)

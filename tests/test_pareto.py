@@ -4,9 +4,8 @@ import json
 from pathlib import Path
 
 import pytest
-
-from cli.main import main
-from rollout.report import pareto_front
+from unmask.cli.main import main
+from unmask.rollout.report import pareto_front
 
 
 def test_pareto_front_keeps_only_undominated_points():
@@ -15,7 +14,7 @@ def test_pareto_front_keeps_only_undominated_points():
 
 
 def test_each_policy_point_is_set_against_the_best_heuristic_at_no_more_nfe():
-    from rollout.report import against_heuristics
+    from unmask.rollout.report import against_heuristics
 
     def row(sampler, setting, bl, acc, nfe):
         return {"sampler": sampler, "setting": setting, "block_length": bl, "accuracy": acc, "mean_nfe": nfe}
@@ -31,7 +30,7 @@ def test_each_policy_point_is_set_against_the_best_heuristic_at_no_more_nfe():
 
 
 def test_the_gap_to_the_limit_line_is_read_at_equal_accuracy():
-    from rollout.report import against_limit, limit_nfe
+    from unmask.rollout.report import against_limit, limit_nfe
 
     def row(sampler, bl, acc, nfe, setting="s"):
         return {"sampler": sampler, "setting": setting, "block_length": bl, "accuracy": acc, "mean_nfe": nfe}
@@ -85,7 +84,7 @@ def test_the_frontier_report_ships_the_policies_on_each_mode_s_front(tmp_path):
     """experiments.frontier.publish: policy points are the mean over seeds beside every heuristic; the per-seed
     points on each mode's front are copied into the results with the eval keys that reproduce them, and a policy
     shipped before that no longer makes a front is removed."""
-    from experiments.frontier import publish
+    from unmask.experiments.frontier import publish
 
     def checkpoint(name: str) -> str:
         path = tmp_path / "runs" / name
@@ -123,7 +122,7 @@ def test_the_frontier_report_ships_the_policies_on_each_mode_s_front(tmp_path):
     assert report["runs"] == rows  # every seed's row, for a later run to add a point to
     assert {r["sampler"] for r in report["rows"] if r["sampler"].startswith("policy")} == {
         "policy: imitation", "policy: alpha-conditioned"}
-    from experiments.frontier import series
+    from unmask.experiments.frontier import series
 
     assert series("imitation + GRPO alpha=3") == "policy: imitation + GRPO" and series("imitation") == (
         "policy: imitation")
@@ -136,7 +135,7 @@ def test_the_frontier_report_ships_the_policies_on_each_mode_s_front(tmp_path):
 def test_every_shipped_frontier_point_is_a_policy_of_its_mode():
     """docs/results/frontier.json: each point names a shipped policy that loads, was made for that point's block
     length on the built-in canvas, and reads what the table says; the folder holds exactly the points."""
-    from learner.policy import load_policy, policy_info
+    from unmask.learner.policy import load_policy, policy_info
 
     results = Path(__file__).resolve().parents[1] / "docs" / "results"
     report = json.loads((results / "frontier.json").read_text())

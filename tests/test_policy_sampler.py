@@ -6,16 +6,15 @@ import math
 import pytest
 import torch
 from ray.rllib.core.columns import Columns
-
-from cli.main import main
-from envs.config import SamplerConfig
-from envs.mdp import UnmaskingEnv
-from envs.optim import warmup_cosine
-from learner.config import PolicyConfig
-from learner.module import FactorisedBernoulli, UnmaskRLModule
-from learner.policy import UnmaskingPolicy, load_policy, save_policy
-from learner.sampler import PolicySampler
-from rollout.samplers import make_sampler
+from unmask.cli.main import main
+from unmask.envs.config import SamplerConfig
+from unmask.envs.mdp import UnmaskingEnv
+from unmask.envs.optim import warmup_cosine
+from unmask.learner.config import PolicyConfig
+from unmask.learner.module import FactorisedBernoulli, UnmaskRLModule
+from unmask.learner.policy import UnmaskingPolicy, load_policy, save_policy
+from unmask.learner.sampler import PolicySampler
+from unmask.rollout.samplers import make_sampler
 
 SMALL = PolicyConfig(hidden_size=16, num_heads=2, ffn_size=32, time_embed_size=16)
 
@@ -119,8 +118,7 @@ def test_policy_is_a_hugging_face_model_and_old_checkpoints_still_load(tmp_path)
     from dataclasses import asdict
 
     from safetensors.torch import save_file
-
-    from learner.policy import policy_info
+    from unmask.learner.policy import policy_info
 
     policy = UnmaskingPolicy(SMALL)
     policy.save_pretrained(tmp_path / "hf")  # the mixin's own layout
@@ -144,9 +142,9 @@ def test_policy_is_a_hugging_face_model_and_old_checkpoints_still_load(tmp_path)
 
 
 def test_generate_with_a_heuristic_or_an_in_memory_policy(tiny_dllm, cycles):
-    from envs.config import EnvConfig
-    from rollout.generation import generate
-    from rollout.samplers import sampler
+    from unmask.envs.config import EnvConfig
+    from unmask.rollout.generation import generate
+    from unmask.rollout.samplers import sampler
 
     prompts = [ex.prompt for ex in cycles.examples("test", 5)]
     env = EnvConfig(gen_length=8, block_length=4)
@@ -165,9 +163,9 @@ def test_a_checkpoint_from_before_policy_inputs_decodes_exactly_as_it_did():
     seed: 0.7 @ 9.005 NFE on 200 test prompts in full diffusion)."""
     from pathlib import Path
 
-    from envs.config import EnvConfig
-    from rollout.config import EvalConfig
-    from rollout.evaluate import evaluate
+    from unmask.envs.config import EnvConfig
+    from unmask.rollout.config import EvalConfig
+    from unmask.rollout.evaluate import evaluate
 
     checkpoint = Path(__file__).resolve().parents[1] / "bench" / "assets" / "policy-builtin"
     assert "inputs" not in json.loads((checkpoint / "config.json").read_text())
@@ -180,7 +178,7 @@ def test_a_checkpoint_from_before_policy_inputs_decodes_exactly_as_it_did():
 
 
 def test_every_policy_input_a_config_may_name_is_computed_from_an_observation():
-    from learner.config import POLICY_INPUTS
-    from learner.sampler import INPUTS
+    from unmask.learner.config import POLICY_INPUTS
+    from unmask.learner.sampler import INPUTS
 
     assert tuple(INPUTS) == POLICY_INPUTS

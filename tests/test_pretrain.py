@@ -5,12 +5,12 @@ import json
 import pytest
 import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer
+from unmask.envs.config import TaskConfig
+from unmask.envs.dllm import load_dllm
+from unmask.envs.pretrain.config import ModelSize, PretrainConfig
+from unmask.envs.pretrain.model import new_builtin_model
+from unmask.envs.pretrain.train import grow_positions, masked_diffusion_loss, pretrain
 
-from envs.config import TaskConfig
-from envs.dllm import load_dllm
-from envs.pretrain.config import ModelSize, PretrainConfig
-from envs.pretrain.model import new_builtin_model
-from envs.pretrain.train import grow_positions, masked_diffusion_loss, pretrain
 from tests.conftest import TINY
 
 
@@ -110,8 +110,8 @@ def test_grow_positions_inserts_rows_and_keeps_the_learned_ones_where_they_were(
 def test_the_learning_rate_follows_the_budget_that_ends_the_run(monkeypatch):
     """A minutes budget that ends the run long before max_steps (a slow or loaded machine): the warm-up is the same
     share of the run it would be of max_steps, the rate rises without a jump and decays to 10% at the end."""
-    import envs.pretrain.train as train_module
-    from envs.pretrain.train import Schedule
+    import unmask.envs.pretrain.train as train_module
+    from unmask.envs.pretrain.train import Schedule
 
     clock = [1000.0]
     monkeypatch.setattr(train_module.time, "time", lambda: clock[0])

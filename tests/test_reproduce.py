@@ -5,18 +5,17 @@ import json
 
 import pytest
 import yaml
-
-from cli.main import main
-from envs.tasks.map import MapTask
-from experiments.config import README_MARKERS
+from unmask.cli.main import main
+from unmask.envs.tasks.map import MapTask
+from unmask.experiments.config import README_MARKERS
 
 
 @pytest.mark.slow
 def test_reproduce_quick_writes_every_finding_and_resumes(local_ray, tmp_path, capsys, monkeypatch):
-    import envs.dllm
+    from unmask.envs import dllm
 
-    loads, load = [], envs.dllm.load_env_dllm
-    monkeypatch.setattr(envs.dllm, "load_env_dllm", lambda model, *a, **k: loads.append(model) or load(model, *a, **k))
+    loads, load = [], dllm.load_env_dllm
+    monkeypatch.setattr(dllm, "load_env_dllm", lambda model, *a, **k: loads.append(model) or load(model, *a, **k))
     out, readme = tmp_path / "repro", tmp_path / "README.md"
     start, end = README_MARKERS
     readme.write_text(f"# title\n\nbefore\n{start}\nstale table\n{end}\nafter\n")
@@ -105,7 +104,7 @@ def test_a_readme_without_the_markers_in_order_is_refused_before_any_work(text, 
 def test_a_ledger_entry_made_with_other_settings_is_redone_or_refused(tmp_path, capsys):
     """An evaluation done with other settings is done again; a training with other settings (its run would be
     resumed under the new ones) is refused before any work."""
-    from experiments.reproduce import Parts
+    from unmask.experiments.reproduce import Parts
 
     parts = Parts(tmp_path)
     assert parts.run("eval/x", lambda: {"accuracy": 0.5}, {"num_examples": 12}) == {"accuracy": 0.5}
@@ -134,8 +133,8 @@ TEACHER = "left_run threshold=0.9 run_threshold=0.4"
 
 def judged(long_heuristic: float) -> dict:
     """Findings over hand-made points where the policy holds at the longer canvas (0.60 -> 0.60)."""
-    from experiments.config import ReproduceConfig
-    from experiments.reproduce import HEURISTICS, heuristic_label, judge
+    from unmask.experiments.config import ReproduceConfig
+    from unmask.experiments.reproduce import HEURISTICS, heuristic_label, judge
 
     def table(heuristic: float, **policies: float) -> dict:
         rows = {heuristic_label(h): results(heuristic - 0.01 * i, 24.0 - 3 * i) for i, h in enumerate(HEURISTICS)}

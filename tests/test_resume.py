@@ -17,9 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-
-from cli.main import main
-from rollout.trajectories import read_trajectories
+from unmask.cli.main import main
+from unmask.rollout.trajectories import read_trajectories
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +37,7 @@ def listening(pid: int) -> set[tuple[str, int, str]]:
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "cli", *args]
+    return [sys.executable, "-m", "unmask.cli", *args]
 
 
 def tiny_train(model_dir, run_dir) -> list[str]:

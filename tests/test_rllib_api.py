@@ -9,14 +9,13 @@ import pytest
 import ray
 import torch
 from ray import tune
-
-from cluster.algorithm import UnmaskGRPO
-from cluster.algorithm_config import UnmaskGRPOConfig
-from envs.config import EnvConfig, TaskConfig
-from learner.config import GRPOConfig
-from learner.policy import load_policy
-from rollout.config import RolloutConfig
-from rollout.trajectories import read_trajectories
+from unmask.cluster.algorithm import UnmaskGRPO
+from unmask.cluster.algorithm_config import UnmaskGRPOConfig
+from unmask.envs.config import EnvConfig, TaskConfig
+from unmask.learner.config import GRPOConfig
+from unmask.learner.policy import load_policy
+from unmask.rollout.config import RolloutConfig
+from unmask.rollout.trajectories import read_trajectories
 
 pytestmark = pytest.mark.slow
 

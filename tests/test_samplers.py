@@ -5,11 +5,10 @@ import re
 
 import pytest
 import torch
-
-from envs.config import SAMPLER_PARAMS, SamplerConfig
-from envs.mdp import Observation
-from envs.samplers import HEURISTICS
-from rollout.samplers import SAMPLERS, make_sampler, sampler
+from unmask.envs.config import SAMPLER_PARAMS, SamplerConfig
+from unmask.envs.mdp import Observation
+from unmask.envs.samplers import HEURISTICS
+from unmask.rollout.samplers import SAMPLERS, make_sampler, sampler
 
 
 def obs(token_prob, valid=None, block_step=0, gen_length=None, block_length=None, margin=None, entropy=None,
@@ -169,7 +168,7 @@ def test_sampler_by_name_takes_only_its_own_parameters():
 
 
 def test_the_oracle_commits_what_already_predicts_the_reference_and_else_the_leftmost():
-    from envs.samplers import Oracle
+    from unmask.envs.samplers import Oracle
 
     oracle = make_sampler(SamplerConfig(name="oracle", reference="fast_dllm:threshold=0.9"))
     assert isinstance(oracle, Oracle) and oracle.reference.cfg.threshold == 0.9

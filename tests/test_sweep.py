@@ -4,15 +4,14 @@ with policies beside heuristics, Tuner.restore, and bad grids."""
 import json
 
 import pytest
-
-from cli.main import main
-from cluster.config import FinalEvalConfig, SweepConfig
-from cluster.sweep import sweep
-from envs.config import EnvConfig, TaskConfig
-from learner.config import GRPOConfig, PolicyConfig
-from learner.policy import policy_info
-from rollout.config import RolloutConfig
-from rollout.trajectories import read_trajectories
+from unmask.cli.main import main
+from unmask.cluster.config import FinalEvalConfig, SweepConfig
+from unmask.cluster.sweep import sweep
+from unmask.envs.config import EnvConfig, TaskConfig
+from unmask.learner.config import GRPOConfig, PolicyConfig
+from unmask.learner.policy import policy_info
+from unmask.rollout.config import RolloutConfig
+from unmask.rollout.trajectories import read_trajectories
 
 
 def tiny_sweep(model_dir, run_dir, **overrides) -> SweepConfig:

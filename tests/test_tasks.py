@@ -3,13 +3,12 @@ import random
 import sys
 
 import pytest
-
-from envs.config import TaskConfig
-from envs.tasks import make_task
-from envs.tasks.base import Example
-from envs.tasks.cycles import CycleTask
-from envs.tasks.jsonl import JsonlTask
-from envs.tasks.verifiers import math_equivalent, numeric
+from unmask.envs.config import TaskConfig
+from unmask.envs.tasks import make_task
+from unmask.envs.tasks.base import Example
+from unmask.envs.tasks.cycles import CycleTask
+from unmask.envs.tasks.jsonl import JsonlTask
+from unmask.envs.tasks.verifiers import math_equivalent, numeric
 
 
 def test_cycle_trace_both_directions():
@@ -147,7 +146,7 @@ def test_random_example_answers_verify():
 
 
 def test_map_applies_the_permutation_to_each_letter_and_keeps_its_splits_apart():
-    from envs.tasks.map import MapTask
+    from unmask.envs.tasks.map import MapTask
 
     task = MapTask(num_symbols=10)
     ex = Example(id="x", prompt="cadbgfehji?bad.....", answer=">acb")
@@ -179,7 +178,7 @@ def trace(given: str) -> str:
 
 @pytest.mark.parametrize("family", ["sort", "filter", "psum", "path", "commas"])
 def test_our_own_task_families_are_jsonl_tasks_with_held_out_prompts(family, tmp_path):
-    from experiments.own_tasks import write
+    from unmask.experiments.own_tasks import write
 
     train, test = write(family, str(tmp_path), train=300, test=50)
     rows = {split: [json.loads(line) for line in path.read_text().splitlines()] for split, path in
@@ -196,7 +195,7 @@ def test_our_own_task_families_are_jsonl_tasks_with_held_out_prompts(family, tmp
     if family == "path":  # a permutation, and the end a letter of the start's cycle other than the start
         assert all(sorted(r["prompt"][:10]) == list("abcdefghij") and r["prompt"][11] != r["prompt"][12]
                    for r in rows["train"])
-    verifier = "experiments.own_tasks:free_commas" if family == "commas" else "exact"
+    verifier = "unmask.experiments.own_tasks:free_commas" if family == "commas" else "exact"
     task = make_task(TaskConfig(name="jsonl", path=str(train), test_path=str(test), verifier=verifier))
     examples = task.examples("test", 50)
     assert sorted(ex.answer for ex in examples) == sorted(r["answer"] for r in rows["test"])
@@ -204,7 +203,7 @@ def test_our_own_task_families_are_jsonl_tasks_with_held_out_prompts(family, tmp
 
 
 def test_the_commas_family_draws_free_commas_and_its_verifier_takes_any_placement(tmp_path):
-    from experiments.own_tasks import free_commas, write
+    from unmask.experiments.own_tasks import free_commas, write
 
     train, _ = write("commas", str(tmp_path), train=400, test=10)
     answers = [json.loads(line)["answer"] for line in train.read_text().splitlines()]
@@ -215,7 +214,7 @@ def test_the_commas_family_draws_free_commas_and_its_verifier_takes_any_placemen
 
 
 def test_an_unknown_own_family_is_one_line(tmp_path, capsys):
-    from experiments.own_tasks import main
+    from unmask.experiments.own_tasks import main
 
     assert main(["family=nope", f"out_dir={tmp_path}"]) == 2
     assert "unknown family 'nope'" in capsys.readouterr().err and not list(tmp_path.iterdir())

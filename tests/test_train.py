@@ -12,15 +12,14 @@ import numpy as np
 import pyarrow.dataset as ds
 import pytest
 import ray
-
-from cli.main import main
-from cluster.config import FinalEvalConfig, TrainConfig
-from cluster.train import train
-from envs.config import EnvConfig, TaskConfig
-from learner.config import GRPOConfig, PolicyConfig
-from learner.policy import load_policy
-from rollout.config import RolloutConfig
-from rollout.trajectories import SCHEMA_VERSION, TRAJECTORY_SCHEMA, read_trajectories
+from unmask.cli.main import main
+from unmask.cluster.config import FinalEvalConfig, TrainConfig
+from unmask.cluster.train import train
+from unmask.envs.config import EnvConfig, TaskConfig
+from unmask.learner.config import GRPOConfig, PolicyConfig
+from unmask.learner.policy import load_policy
+from unmask.rollout.config import RolloutConfig
+from unmask.rollout.trajectories import SCHEMA_VERSION, TRAJECTORY_SCHEMA, read_trajectories
 
 
 def tiny_run(model_dir, run_dir, eval_examples: int = 10, **overrides) -> TrainConfig:
@@ -49,8 +48,7 @@ def test_paced_training_with_two_runners_end_to_end(local_ray, tiny_model_dir, t
     time (recomputed here from the policy saved at that version), i.e. weighted by min(pi_then / pi_behaviour,
     tis_cap)."""
     import torch
-
-    from learner.grpo import fallback_logp
+    from unmask.learner.grpo import fallback_logp
 
     run_dir = tmp_path / "run"
     result = train(tiny_run(tiny_model_dir, run_dir, num_env_runners=2, best_window=3, checkpoint_every=1,
@@ -178,7 +176,7 @@ def test_the_console_names_the_collapse_it_sees_once_a_streak_starts_and_then_ra
     """Skipped (or stuck) iterations in a row: at COLLAPSE_WARNING_STREAK the console says so on stderr, naming what
     the rollouts show (nothing unmasked, everything at once, identical groups, or only equal rewards), then again
     every COLLAPSE_WARNING_EVERY iterations while it lasts, not every iteration."""
-    from cluster.progress import COLLAPSE_WARNING_EVERY, COLLAPSE_WARNING_STREAK, ProgressPrinter
+    from unmask.cluster.progress import COLLAPSE_WARNING_EVERY, COLLAPSE_WARNING_STREAK, ProgressPrinter
 
     base = {"reward_mean": 0.0, "accuracy": 0.0, "trajectories_per_s": 1.0, "env_runner_busy_fraction": 1.0,
             "staleness_mean": 0.0, "policy_version": 129}
@@ -211,7 +209,7 @@ def test_pacing_never_stalls_and_stays_within_its_budget(runners):
     the buffer and the requests in flight cannot fill it, even when one sample is larger than the budget, as with
     prompts_per_sample 8 and groups_per_update 2), and no more is asked for than the budget or one sample over
     the need."""
-    from cluster.collector import may_admit
+    from unmask.cluster.collector import may_admit
 
     for per_sample in range(1, 10):
         for need in range(1, 10):
@@ -235,7 +233,7 @@ def test_expert_steered_alpha_conditioned_training_end_to_end(local_ray, tiny_mo
     [0.3, 3]; the metrics report the expert apart, the dumps mark it, and the saved policy is alpha-conditioned
     and evaluates at any `sampler.alpha`. Trained with per-step credit (grpo.credit=value): the learner fits its state
     value (its loss reported), while the runners and checkpoints get the policy alone."""
-    from rollout.config import ExpertConfig
+    from unmask.rollout.config import ExpertConfig
 
     run_dir = tmp_path / "steered"
     base = tiny_run(tiny_model_dir, run_dir, eval_examples=4)
@@ -274,15 +272,15 @@ def test_expert_steered_alpha_conditioned_training_end_to_end(local_ray, tiny_mo
     response = result["alpha_response"]  # its NFE at both ends of the range; a policy that ignores alpha is named
     assert response["alpha"] == [0.3, 3.0] and response["responds"] == (
         response["mean_nfe"][1] < response["mean_nfe"][0] - 0.05)
-    from rollout.config import EvalConfig
-    from rollout.evaluate import evaluate
+    from unmask.rollout.config import EvalConfig
+    from unmask.rollout.evaluate import evaluate
 
     fast = evaluate(EvalConfig(model=tiny_model_dir, task=TaskConfig(num_symbols=7), num_examples=4, progress=False,
                                env=EnvConfig(gen_length=16, block_length=8),
                                sampler=dict_sampler(run_dir / "checkpoints" / "final", alpha=3.0)))
     assert "alpha=3/[0.3,3]" in fast["sampler"]
-    from rollout.config import ParetoConfig
-    from rollout.pareto import run_pareto
+    from unmask.rollout.config import ParetoConfig
+    from unmask.rollout.pareto import run_pareto
 
     rows = run_pareto(ParetoConfig(model=tiny_model_dir, task=TaskConfig(num_symbols=7), env=EnvConfig(gen_length=16),
                                    block_lengths=[8], grid="small", policies=[str(run_dir / "checkpoints" / "final")],
@@ -295,7 +293,7 @@ def test_expert_steered_alpha_conditioned_training_end_to_end(local_ray, tiny_mo
 
 
 def dict_sampler(checkpoint, **settings):
-    from envs.config import SamplerConfig
+    from unmask.envs.config import SamplerConfig
 
     return SamplerConfig(name="policy", checkpoint=str(checkpoint), **settings)
 
@@ -326,7 +324,7 @@ def test_a_policy_that_unmasks_nothing_stops_the_run_and_the_best_checkpoint_is_
 def test_with_experts_a_collapsed_policy_is_still_detected(local_ray, tiny_model_dir, tmp_path, capsys):
     """Experts keep the advantages alive (their reward differs from the policy's), so no update is skipped; a policy
     that unmasks nothing is caught instead by its rollouts: every one spends the whole budget and solves nothing."""
-    from rollout.config import ExpertConfig
+    from unmask.rollout.config import ExpertConfig
 
     run_dir = tmp_path / "collapsed-steered"
     base = tiny_run(tiny_model_dir, run_dir)

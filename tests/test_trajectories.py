@@ -5,16 +5,15 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-
-from envs.config import SamplerConfig
-from envs.mdp import UnmaskingEnv
-from learner.config import GRPOConfig, PolicyConfig
-from learner.grpo import bernoulli_logp
-from learner.policy import UnmaskingPolicy
-from learner.sampler import PolicySampler
-from rollout.collect import collect_groups
-from rollout.experts import ExpertSteering
-from rollout.trajectories import (
+from unmask.envs.config import SamplerConfig
+from unmask.envs.mdp import UnmaskingEnv
+from unmask.learner.config import GRPOConfig, PolicyConfig
+from unmask.learner.grpo import bernoulli_logp
+from unmask.learner.policy import UnmaskingPolicy
+from unmask.learner.sampler import PolicySampler
+from unmask.rollout.collect import collect_groups
+from unmask.rollout.experts import ExpertSteering
+from unmask.rollout.trajectories import (
     SCHEMA_VERSION,
     SCHEMA_VERSION_KEY,
     TRAJECTORY_SCHEMA,
@@ -148,9 +147,9 @@ def test_expert_members_are_fast_dllm_in_its_own_blocks_inside_the_full_canvas(t
     exactly Fast-dLLM at its lambda decoding semi-AR blocks of 4 (what `generate` gives at BL = 4), although the
     env is full diffusion; its steps record the policy's log-prob of the expert's decision over every masked
     position; the dumps mark it, and the learner's mixture weights are G/(G+E) and 1/(G+E)."""
-    from envs.config import EnvConfig
-    from rollout.generation import generate
-    from rollout.samplers import sampler as make
+    from unmask.envs.config import EnvConfig
+    from unmask.rollout.generation import generate
+    from unmask.rollout.samplers import sampler as make
 
     examples = cycles.examples("train", 2)
     env = UnmaskingEnv(tiny_dllm, gen_length=8, block_length=8)
@@ -177,7 +176,7 @@ def test_expert_members_are_fast_dllm_in_its_own_blocks_inside_the_full_canvas(t
         logits = policy.policy(*(torch.from_numpy(getattr(batch, n)[active]) for n in ("confidences", "mask", "t")))
     again = bernoulli_logp(logits, torch.from_numpy(batch.action[active]), torch.from_numpy(batch.valid[active]))
     np.testing.assert_allclose(again.numpy(), batch.logp[active], rtol=1e-5, atol=1e-5)
-    from learner.grpo import mixture_shares
+    from unmask.learner.grpo import mixture_shares
 
     columns = learner_batch([batch])
     policy_share, expert_share = mixture_shares(torch.from_numpy(columns["group"]), torch.from_numpy(batch.expert))
@@ -197,7 +196,7 @@ def test_expert_members_are_fast_dllm_in_its_own_blocks_inside_the_full_canvas(t
 def test_a_policy_reading_history_records_its_inputs_and_the_learner_reads_them_back(tiny_dllm, cycles, tmp_path):
     """PolicyConfig.inputs beyond the confidence: the env computes them, the rollout records them (extra_inputs, in
     the dumps too), and the learner's module recomputes the logits the sampler saw from what was recorded."""
-    from learner.module import UnmaskRLModule
+    from unmask.learner.module import UnmaskRLModule
 
     config = PolicyConfig(hidden_size=16, num_heads=2, ffn_size=32, time_embed_size=16,
                           inputs=["confidence", "stable_steps", "confidence_delta", "repeat"])

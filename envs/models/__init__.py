@@ -12,9 +12,8 @@ import json
 
 import transformers
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoTokenizer
-
-from envs.models.dream import DreamConfig, DreamModel
-from envs.models.llada import LLaDAConfig, LLaDAModelLM
+from unmask.envs.models.dream import DreamConfig, DreamModel
+from unmask.envs.models.llada import LLaDAConfig, LLaDAModelLM
 
 
 def register() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from envs.config import TaskConfig, check_finite, check_task
-from envs.files import check_writable
+from unmask.envs.config import TaskConfig, check_finite, check_task
+from unmask.envs.files import check_writable
 
 
 @dataclass

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import torch
 from transformers import BertConfig, BertForMaskedLM, ModernBertConfig, ModernBertForMaskedLM
-
-from envs.pretrain.config import ModelSize
+from unmask.envs.pretrain.config import ModelSize
 
 
 def new_builtin_model(vocab_size: int, max_positions: int, size: ModelSize, ids: dict) -> torch.nn.Module:

@@ -23,14 +23,13 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from tqdm import tqdm
 from transformers import AutoModelForMaskedLM, AutoTokenizer
-
-from envs.dllm import check_model_path, layout_batch, loading, real_positions
-from envs.files import Interrupted, publish_dir, sigterm_as_interrupt
-from envs.optim import adamw
-from envs.pretrain.config import PretrainConfig, check_pretrain
-from envs.pretrain.model import new_builtin_model
-from envs.tasks import Task, make_task
-from envs.tokenizer import build_char_tokenizer
+from unmask.envs.dllm import check_model_path, layout_batch, loading, real_positions
+from unmask.envs.files import Interrupted, publish_dir, sigterm_as_interrupt
+from unmask.envs.optim import adamw
+from unmask.envs.pretrain.config import PretrainConfig, check_pretrain
+from unmask.envs.pretrain.model import new_builtin_model
+from unmask.envs.tasks import Task, make_task
+from unmask.envs.tokenizer import build_char_tokenizer
 
 
 def training_texts(task: Task, cfg: PretrainConfig) -> tuple[list[str], callable]:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from envs.config import TASK_NAMES, TaskConfig, check_task
-from envs.tasks.base import Example, Task
-from envs.tasks.cycles import CycleTask
+from unmask.envs.config import TASK_NAMES, TaskConfig, check_task
+from unmask.envs.tasks.base import Example, Task
+from unmask.envs.tasks.cycles import CycleTask
 
 
 def make_task(cfg: TaskConfig) -> Task:
@@ -13,22 +13,22 @@ def make_task(cfg: TaskConfig) -> Task:
         return CycleTask(num_symbols=cfg.num_symbols, pretrain_length_decay=cfg.pretrain_length_decay,
                          directions=cfg.directions, separator_prob=cfg.separator_prob)
     if cfg.name == "map":
-        from envs.tasks.map import MapTask
+        from unmask.envs.tasks.map import MapTask
 
         return MapTask(num_symbols=cfg.num_symbols)
     if cfg.name == "jsonl":
-        from envs.tasks.jsonl import JsonlTask
+        from unmask.envs.tasks.jsonl import JsonlTask
 
         return JsonlTask(cfg.path, verifier=cfg.verifier, prompt_key=cfg.prompt_key, answer_key=cfg.answer_key,
                          test_fraction=cfg.test_fraction, test_path=cfg.test_path,
                          max_prompt_chars=cfg.max_prompt_chars, max_answer_chars=cfg.max_answer_chars)
     if cfg.name in ("gsm8k", "math500"):
-        from envs.tasks.math_word import MathWordTask
+        from unmask.envs.tasks.math_word import MathWordTask
 
         return MathWordTask(cfg.name, path=cfg.path, test_fraction=cfg.test_fraction,
                             bounds=(cfg.max_prompt_chars, cfg.max_answer_chars))
     if cfg.name == "gsm8k_math":
-        from envs.tasks.math_word import MixedMathTask
+        from unmask.envs.tasks.math_word import MixedMathTask
 
         return MixedMathTask(path=cfg.path, test_fraction=cfg.test_fraction,
                              bounds=(cfg.max_prompt_chars, cfg.max_answer_chars))

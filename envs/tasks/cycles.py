@@ -25,7 +25,7 @@ from __future__ import annotations
 import random
 import string
 
-from envs.tasks.base import Example, Task, check_split, draw_split, hash_split
+from unmask.envs.tasks.base import Example, Task, check_split, draw_split, hash_split
 
 DIRECTIONS = {"both": "><", "forward": ">", "backward": "<"}  # marks the data uses; both always verify
 TEST_FRACTION = 0.05  # of all (permutation, start) pairs, in 1000 hash buckets, belong to the test split

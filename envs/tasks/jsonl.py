@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from envs.tasks.base import Example, Task, check_example_size, check_split, hash_split, read_jsonl, seeded_head
-from envs.tasks.verifiers import resolve_verifier
+from unmask.envs.tasks.base import Example, Task, check_example_size, check_split, hash_split, read_jsonl, seeded_head
+from unmask.envs.tasks.verifiers import resolve_verifier
 
 
 class JsonlTask(Task):

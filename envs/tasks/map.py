@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 import string
 
-from envs.tasks.base import Example, Task, check_split, draw_split, hash_split
+from unmask.envs.tasks.base import Example, Task, check_split, draw_split, hash_split
 
 WORD = 8  # the longest word, and the width every word is padded to with `.`
 TEST_FRACTION = 0.05  # of all (permutation, word) pairs, in 1000 hash buckets, belong to the test split

@@ -18,8 +18,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from envs.tasks.base import Example, Task, check_example_size, check_split, hash_split, read_jsonl, seeded_head
-from envs.tasks.verifiers import last_number, math_equivalent
+from unmask.envs.tasks.base import Example, Task, check_example_size, check_split, hash_split, read_jsonl, seeded_head
+from unmask.envs.tasks.verifiers import last_number, math_equivalent
 
 ANSWER_FORMAT = "Respond in the following format:\n<reasoning>\n...\n</reasoning>\n<answer>\n...\n</answer>"
 MATH_SYSTEM_PROMPT = ("You are a math expert. You will be given a question to solve. Solve it step by step. "
