@@ -16,22 +16,28 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+
 from unmask.cluster.collector import Collected
 from unmask.cluster.config import OutputSettings
-from unmask.rollout.trajectories import write_parquet_atomic
+from unmask.rollout.trajectories import DumpWriter
 
 SavePolicy = Callable[..., Path]  # (out, iteration, **extra recorded in its config.json) -> out
 
 
 class RunOutputs:
+    """The run's directory, iteration by iteration. Dumps go to a DumpWriter's thread (written while the next iteration
+    runs), policy checkpoints are written at once; `flush()` waits for the dumps, `close()` too and ends the thread."""
+
     def __init__(self, run_dir: Path | None, run_id: str, settings: OutputSettings, save_policy: SavePolicy):
         self.run_dir, self.run_id, self.settings, self.save_policy = run_dir, run_id, settings, save_policy
+        self.dumps: DumpWriter | None = None  # started at the first dump
         self.recent: list[tuple[float, float, float]] = []  # (reward, accuracy, NFE) of the last best_window iterations
         self.best_reward = -float("inf")  # the best moving average so far (checkpoints/best holds its policy)
 
     def write(self, collected: Collected, trained_logp: list[np.ndarray | None], iteration: int, version: int) -> None:
         """Iteration `iteration`'s dumps (trained_logp: per arrival, the proximal log-probs the learner trained it
-        against, None if not trained on), its periodic checkpoint, and checkpoints/best if it ends a new best."""
+        against, None if not trained on), its periodic checkpoint, and checkpoints/best if it ends a new best. The
+        dumps are handed to the writer's thread; an earlier dump that failed is raised here (OSError)."""
         if self.run_dir is None:
             return
         if self.settings.dump_trajectories:
@@ -41,8 +47,10 @@ class RunOutputs:
                 table = batch.to_arrow(self.run_id, iteration, arrival.used, old_logp)
                 by_runner.setdefault(batch.env_runner, []).append(table)
             folder = self.run_dir / "trajectories" / f"iter_{iteration:06d}"
+            if self.dumps is None:
+                self.dumps = DumpWriter()
             for runner, tables in by_runner.items():
-                write_parquet_atomic(pa.concat_tables(tables), folder / f"runner_{runner:03d}.parquet")
+                self.dumps.submit(pa.concat_tables(tables), folder / f"runner_{runner:03d}.parquet")
         checkpoints = self.run_dir / "checkpoints"
         if self.settings.checkpoint_every and iteration % self.settings.checkpoint_every == 0:
             self.save_policy(checkpoints / f"policy_{version:06d}_iter_{iteration:06d}", iteration)
@@ -70,7 +78,20 @@ class RunOutputs:
             self.save_policy(out, iteration, best={"window": window, "reward_mean": reward,
                                                    "accuracy": accuracy, "nfe_mean": nfe})
 
+    def flush(self) -> None:
+        """Wait until every dump handed over is on disk (a failed one is raised: OSError)."""
+        if self.dumps is not None:
+            self.dumps.flush()
+
+    def close(self) -> None:
+        """Flush and end the writer's thread (a later write starts a new one)."""
+        dumps, self.dumps = self.dumps, None
+        if dumps is not None:
+            dumps.close()
+
     def get_state(self) -> dict:
+        """Flushes first: a checkpoint is never taken while dumps of the iterations it covers are still in flight."""
+        self.flush()
         return {"recent": list(self.recent), "reward": self.best_reward}
 
     def set_state(self, state: dict) -> None:

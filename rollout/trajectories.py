@@ -5,16 +5,21 @@ One `TrajectoryBatch` crosses from generation (an env runner, rollout.collect) t
 disk, converted once each way: its field names are the Parquet column names, `learner_batch()` is what the GRPO
 learner reads (learner.learner), and `to_arrow()` writes one row per step a trajectory actually took
 (`TRAJECTORY_SCHEMA`), so `pyarrow.dataset` / `ray.data.read_parquet` read a folder of dumps as one table.
+`DumpWriter` writes them on a thread beside the training loop.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from unmask.envs.files import write_atomic
 
 # 2: the `abandoned` column (positions given up at a block's forward budget) and `old_logp` (what a stale step
@@ -97,19 +102,25 @@ class TrajectoryBatch:
 
     def to_arrow(self, run_id: str, iteration: int, used: bool, old_logp: np.ndarray | None = None) -> pa.Table:
         """One row per step actually taken, in TRAJECTORY_SCHEMA; old_logp [N, T]: the proximal log-probs the learner
-        trained against (None: not trained on)."""
+        trained against (None: not trained on). Built column by column from the arrays (flat values + offsets), never
+        row by row: at L = 256 an iteration is ~10^4 rows of 256-position lists, which per-row Python took ~0.4 s
+        over with two extra inputs, in the training loop (bench/dumps.py)."""
         traj, step = np.nonzero(self.active)
-        per_step = {name: list(getattr(self, name)[traj, step])
+        n = len(traj)
+        per_step = {name: _lists(getattr(self, name)[traj, step], TRAJECTORY_SCHEMA.field(name).type)
                     for name in ("confidences", "mask", "abandoned", "valid", "action")}
-        extra = self.extra_inputs[traj, step]
-        per_step["extra_inputs"] = [None] * len(traj) if extra.shape[-1] == 0 else [list(x) for x in extra]
+        extra_type = TRAJECTORY_SCHEMA.field("extra_inputs").type
+        extra = self.extra_inputs
+        per_step["extra_inputs"] = pa.nulls(n, extra_type) if extra.shape[-1] == 0 else _lists(extra[traj, step],
+                                                                                                extra_type)
+        indices = pa.array(traj)
         columns = {
-            "run_id": [run_id] * len(traj),
-            "iteration": np.full(len(traj), iteration, np.int64),
-            "env_runner": np.full(len(traj), self.env_runner, np.int32),
-            "policy_version": np.full(len(traj), self.policy_version, np.int64),
-            "prompt_id": [self.prompt_id[i] for i in traj],
-            "group_id": [self.group_id[i] for i in traj],
+            "run_id": pa.repeat(pa.scalar(run_id, pa.string()), n),
+            "iteration": np.full(n, iteration, np.int64),
+            "env_runner": np.full(n, self.env_runner, np.int32),
+            "policy_version": np.full(n, self.policy_version, np.int64),
+            "prompt_id": pa.array(self.prompt_id, pa.string()).take(indices),
+            "group_id": pa.array(self.group_id, pa.string()).take(indices),
             "sample_id": self.sample_id[traj],
             "expert": self.expert[traj],
             "alpha": self.alpha[traj],
@@ -117,15 +128,31 @@ class TrajectoryBatch:
             "t": self.t[traj, step],
             **per_step,
             "logp": self.logp[traj, step],
-            "old_logp": [None] * len(traj) if old_logp is None else old_logp[traj, step],
-            "final_abandoned": list(self.final_abandoned[traj]),
+            "old_logp": pa.nulls(n, pa.float32()) if old_logp is None else old_logp[traj, step],
+            "final_abandoned": _lists(self.final_abandoned[traj], TRAJECTORY_SCHEMA.field("final_abandoned").type),
             "reward": self.reward[traj],
             "correct": self.correct[traj],
             "nfe": self.nfe[traj],
-            "used": np.full(len(traj), used),
-            "completion": [self.completion[i] for i in traj],
+            "used": np.full(n, used),
+            "completion": pa.array(self.completion, pa.string()).take(indices),
         }
         return pa.Table.from_pydict(columns, schema=TRAJECTORY_SCHEMA)
+
+
+def _lists(values: np.ndarray, type: pa.DataType) -> pa.Array:
+    """values [n, L, ...] as n rows of `type` (list<...>, one list level per dimension after the first): the flat
+    values under offsets 0, L, 2L, ..., so no Python runs per row."""
+    if not pa.types.is_list(type):
+        if type == pa.bool_() and values.dtype == np.bool_:  # numpy packs the bits ~20x faster than pa.array
+            bits = np.packbits(values.reshape(-1), bitorder="little")
+            return pa.Array.from_buffers(type, values.size, [None, pa.py_buffer(bits)])
+        return pa.array(values.reshape(-1), type)
+    n, length = values.shape[:2]
+    inner = _lists(values.reshape(n * length, *values.shape[2:]), type.value_type)
+    if n * length >= 2**31:
+        raise ValueError(f"{n} x {length} values exceed a list<...> column's int32 offsets: dump fewer trajectories")
+    offsets = pa.array(np.arange(0, (n + 1) * length, length, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, inner, type=type)
 
 
 def learner_batch(batches: list[TrajectoryBatch]) -> dict[str, np.ndarray]:
@@ -145,6 +172,84 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> Path:
     pq.write_table(table, buffer)
     write_atomic(Path(path), buffer.getvalue().to_pybytes())
     return Path(path)
+
+
+class DumpWriter:
+    """Writes dumps (write_parquet_atomic) on one daemon thread, beside the training loop rather than in it: `submit`
+    hands a table over and returns at once, unless the tables waiting already hold `max_pending_bytes` (a disk slower
+    than training then paces training instead of filling memory). A write that fails (disk full, permission) leaves
+    no file, and is raised in the caller at its next submit/flush/close as a one-line OSError naming the path.
+    Dumps still pending when the interpreter exits are written first (and when an unclosed writer is collected)."""
+
+    def __init__(self, max_pending_bytes: int = 256 << 20):
+        self._shared = _Pending(max_pending_bytes)
+        thread = threading.Thread(target=self._shared.run, name="unmask-dump-writer", daemon=True)
+        thread.start()
+        self._close = weakref.finalize(self, self._shared.stop, thread)
+
+    def submit(self, table: pa.Table, path: str | Path) -> None:
+        self._raise_failure()
+        if not self._close.alive:
+            raise ValueError(f"DumpWriter is closed: {path} not written")
+        self._shared.put(table, Path(path))
+
+    def flush(self) -> None:
+        """Wait until every table submitted is on disk (or failed: then raised here)."""
+        self._shared.jobs.join()
+        self._raise_failure()
+
+    def close(self) -> None:
+        """Flush and end the thread; later calls do nothing (but raise a failure not yet raised)."""
+        self._close()
+        self._raise_failure()
+
+    def _raise_failure(self) -> None:
+        with self._shared.room:
+            failures, self._shared.failures = self._shared.failures, []
+        if failures:
+            path, cause = failures[0]
+            more = f" ({len(failures) - 1} later dump(s) failed too)" if len(failures) > 1 else ""
+            reason = " ".join(str(cause).split()) or type(cause).__name__
+            raise OSError(f"trajectory dump {path} was not written: {reason}{more}") from cause
+
+
+class _Pending:
+    """What the writer thread shares with its DumpWriter (not the writer itself, so an unclosed one can be collected):
+    the jobs, the bytes they hold, and the failures not yet raised."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.bytes = max_bytes, 0
+        self.jobs: queue.Queue[tuple[pa.Table, Path, int] | None] = queue.Queue()
+        self.room = threading.Condition()
+        self.failures: list[tuple[Path, BaseException]] = []
+
+    def put(self, table: pa.Table, path: Path) -> None:
+        size = table.nbytes
+        with self.room:  # a table larger than the whole budget still goes, alone
+            self.room.wait_for(lambda: self.bytes == 0 or self.bytes + size <= self.max_bytes)
+            self.bytes += size
+        self.jobs.put((table, path, size))
+
+    def run(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            table, path, size = job
+            try:
+                write_parquet_atomic(table, path)
+            except Exception as e:  # whatever it is, the caller hears it at its next call
+                with self.room:
+                    self.failures.append((path, e))
+            finally:
+                del table, job
+                with self.room:
+                    self.bytes -= size
+                    self.room.notify_all()
+                self.jobs.task_done()
+        self.jobs.task_done()
+
+    def stop(self, thread: threading.Thread) -> None:
+        self.jobs.put(None)
+        if thread is not threading.current_thread():
+            thread.join()
 
 
 def read_trajectories(folder: str | Path) -> pa.Table:

@@ -5,6 +5,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+
 from unmask.envs.config import SamplerConfig
 from unmask.envs.mdp import UnmaskingEnv
 from unmask.learner.config import GRPOConfig, PolicyConfig
@@ -220,3 +221,192 @@ def test_a_policy_reading_history_records_its_inputs_and_the_learner_reads_them_
     np.testing.assert_allclose(again[columns["active"]].detach().numpy(), batch.logp[batch.active], atol=1e-5)
     table = read_trajectories(write_parquet_atomic(batch.to_arrow("run", 1, True), tmp_path / "d" / "r.parquet").parent)
     assert np.array(table.column("extra_inputs").to_pylist()[0]).shape == (8, 3)
+
+
+# ---- the columnar to_arrow and the background writer ------------------------------------------------------------
+OLD_COMMIT = "e1b45e8"  # the per-row to_arrow every dump so far was written with
+
+
+@pytest.fixture(scope="module")
+def per_row_trajectories(tmp_path_factory):
+    """rollout/trajectories.py as of OLD_COMMIT, from git (not a copy kept in the package)."""
+    import importlib.util
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        source = subprocess.run(["git", "-C", str(root), "show", f"{OLD_COMMIT}:rollout/trajectories.py"],
+                                capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip(f"git or commit {OLD_COMMIT} unavailable (an installed package): no per-row to_arrow to compare")
+    path = tmp_path_factory.mktemp("old") / "per_row_trajectories.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("per_row_trajectories", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # @dataclass looks its module up while the class is made
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[spec.name]
+    return module
+
+
+def random_batch(rng: np.random.Generator, n: int, length: int, extra: int, nfe: np.ndarray | None = None
+                 ) -> TrajectoryBatch:
+    """Random contents of every field; each trajectory takes its own number of steps (0 too)."""
+    def bools(*shape):
+        return rng.random(shape) < 0.5
+
+    return TrajectoryBatch(
+        confidences=rng.random((n, length, length), np.float32),
+        extra_inputs=rng.standard_normal((n, length, length, extra), np.float32),
+        mask=bools(n, length, length), abandoned=bools(n, length, length), valid=bools(n, length, length),
+        action=bools(n, length, length), t=rng.random((n, length), np.float32),
+        logp=-rng.random((n, length), np.float32), final_abandoned=bools(n, length),
+        reward=rng.random(n, np.float32), correct=bools(n),
+        nfe=rng.integers(0, length + 1, n).astype(np.int32) if nfe is None else nfe.astype(np.int32),
+        sample_id=np.arange(n, dtype=np.int32) % 3, expert=bools(n), alpha=rng.random(n, np.float32),
+        prompt_id=[f"gsm8k-{i % 4}" for i in range(n)], group_id=[f"r1-g{i // 3}" for i in range(n)],
+        completion=[["", "42", "ünïcode ∑ 7", "a\nb"][i % 4] for i in range(n)], env_runner=3, policy_version=11)
+
+
+@pytest.mark.parametrize("extra", [0, 2])
+@pytest.mark.parametrize("old_logp", [None, np.float32, np.float64])
+def test_the_columnar_table_is_exactly_the_per_row_one(per_row_trajectories, extra, old_logp):
+    """Every dump written so far stays valid: same schema, values and nulls as the per-row to_arrow gave."""
+    rng = np.random.default_rng(extra)
+    for n, length, nfe in ((7, 16, None), (5, 8, np.array([8, 1, 0, 3, 8])), (3, 4, np.zeros(3)), (0, 4, None)):
+        batch = random_batch(rng, n, length, extra, nfe)
+        logp = None if old_logp is None else rng.standard_normal((n, length)).astype(old_logp)
+        new = batch.to_arrow("run-ü", iteration=5, used=old_logp is not None, old_logp=logp)
+        old = per_row_trajectories.TrajectoryBatch.to_arrow(batch, "run-ü", 5, old_logp is not None, logp)
+        assert new.num_rows == int(batch.nfe.sum())
+        assert new.schema.equals(old.schema, check_metadata=True) and new.equals(old, check_metadata=True)
+        if new.num_rows:
+            assert (new.column("extra_inputs").null_count == new.num_rows) == (extra == 0)
+            assert (new.column("old_logp").null_count == new.num_rows) == (old_logp is None)
+
+
+def test_the_writer_writes_beside_the_caller_and_flush_waits_for_it(tmp_path, monkeypatch):
+    import threading
+
+    from unmask.rollout import trajectories
+    from unmask.rollout.trajectories import DumpWriter
+
+    gate = threading.Event()
+    write = trajectories.write_parquet_atomic
+    monkeypatch.setattr(trajectories, "write_parquet_atomic", lambda table, path: gate.wait() and write(table, path))
+    tables = [random_batch(np.random.default_rng(i), 4, 8, 2).to_arrow("run", i, True) for i in range(3)]
+    writer = DumpWriter()
+    for i, table in enumerate(tables):
+        writer.submit(table, tmp_path / f"iter_{i}" / "runner_001.parquet")  # returns while the disk is held up
+    assert not list(tmp_path.rglob("*.parquet"))
+    threading.Timer(0.2, gate.set).start()
+    writer.flush()
+    for i, table in enumerate(tables):
+        assert read_trajectories(tmp_path / f"iter_{i}").equals(table)
+    writer.close()
+    writer.close()  # twice is fine
+    with pytest.raises(ValueError, match="closed"):
+        writer.submit(tables[0], tmp_path / "late.parquet")
+
+
+def test_the_writer_s_memory_is_bounded_and_a_slow_disk_paces_the_caller(tmp_path, monkeypatch):
+    import threading
+
+    from unmask.rollout import trajectories
+    from unmask.rollout.trajectories import DumpWriter
+
+    gate = threading.Event()
+    write = trajectories.write_parquet_atomic
+    monkeypatch.setattr(trajectories, "write_parquet_atomic", lambda table, path: gate.wait() and write(table, path))
+    table = random_batch(np.random.default_rng(0), 4, 8, 2).to_arrow("run", 1, True)
+    writer = DumpWriter(max_pending_bytes=table.nbytes // 2)
+    writer.submit(table, tmp_path / "a.parquet")  # larger than the budget: admitted alone
+    blocked = threading.Thread(target=writer.submit, args=(table, tmp_path / "b.parquet"))
+    blocked.start()
+    blocked.join(0.3)
+    assert blocked.is_alive()  # waits for room, holding no more memory
+    gate.set()
+    blocked.join(5)
+    assert not blocked.is_alive()
+    writer.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.parquet", "b.parquet"]
+
+
+def test_a_failed_dump_is_one_line_at_the_next_call_and_leaves_no_file(tmp_path, monkeypatch):
+    import errno
+    from pathlib import Path
+
+    from unmask.rollout.trajectories import DumpWriter
+
+    table = random_batch(np.random.default_rng(0), 4, 8, 0).to_arrow("run", 1, True)
+    writer = DumpWriter()
+    (tmp_path / "taken").write_text("a file where the iteration's folder goes")
+    writer.submit(table, tmp_path / "taken" / "runner_001.parquet")
+    with pytest.raises(OSError, match=r"trajectory dump .*taken/runner_001.parquet was not written") as failed:
+        writer.flush()
+    assert "\n" not in str(failed.value) and isinstance(failed.value.__cause__, OSError)
+    writer.flush()  # raised once
+
+    def disk_full(self, data):  # half the file reaches the disk, then the disk is full
+        with open(self, "wb") as f:
+            f.write(bytes(data)[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", disk_full)
+    writer.submit(table, tmp_path / "full" / "runner_001.parquet")
+    writer.submit(table, tmp_path / "full" / "runner_002.parquet")
+    with pytest.raises(OSError, match=r"runner_001.parquet was not written: .*No space left on device \(1 later"):
+        writer.flush()
+    monkeypatch.undo()
+    writer.close()
+    assert [p.name for p in (tmp_path / "full").iterdir()] == []  # neither a half-written dump nor its temp file
+
+
+def test_dumps_pending_at_exit_are_written_even_unclosed(tmp_path):
+    import subprocess
+    import sys
+
+    script = f"""
+import time, numpy as np, pyarrow as pa
+from unmask.rollout import trajectories
+write = trajectories.write_parquet_atomic
+trajectories.write_parquet_atomic = lambda table, path: time.sleep(0.5) or write(table, path)
+writer = trajectories.DumpWriter()
+writer.submit(pa.table({{"x": np.arange(3)}}), {str(tmp_path / "late.parquet")!r})
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    assert (tmp_path / "late.parquet").is_file()
+
+
+def test_run_outputs_hand_dumps_over_and_a_checkpoint_waits_for_them(tmp_path, monkeypatch):
+    import threading
+
+    from unmask.cluster.collector import Arrival, Collected
+    from unmask.cluster.config import OutputSettings
+    from unmask.cluster.outputs import RunOutputs
+    from unmask.rollout import trajectories
+    from unmask.rollout.env_runner import RunnerSample
+
+    gate = threading.Event()
+    write = trajectories.write_parquet_atomic
+    monkeypatch.setattr(trajectories, "write_parquet_atomic", lambda table, path: gate.wait() and write(table, path))
+    outputs = RunOutputs(tmp_path, "run", OutputSettings(checkpoint_every=0, best_window=0), lambda *a, **k: None)
+    rng = np.random.default_rng(0)
+    arrivals = [Arrival(RunnerSample(random_batch(rng, 6, 8, 2, np.full(6, 5)), 1.0, 0.0, 0.0, {}), 0, True)
+                for _ in range(2)]
+    arrivals[1].sample.trajectories.env_runner = 4
+    for iteration in (1, 2):
+        outputs.write(Collected(arrivals), [rng.random((6, 8), np.float32), None], iteration, version=iteration)
+    assert not (tmp_path / "trajectories").exists()  # the training loop went on
+    threading.Timer(0.2, gate.set).start()
+    outputs.get_state()
+    files = sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "trajectories").rglob("*"))
+    assert files == ["trajectories/iter_000001", "trajectories/iter_000001/runner_003.parquet",
+                     "trajectories/iter_000001/runner_004.parquet", "trajectories/iter_000002",
+                     "trajectories/iter_000002/runner_003.parquet", "trajectories/iter_000002/runner_004.parquet"]
+    assert read_trajectories(tmp_path / "trajectories").num_rows == 2 * 2 * 6 * 5
+    outputs.close()
