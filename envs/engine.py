@@ -10,6 +10,8 @@ logits of its active rows; the engine decides how to compute them:
   `prefix` feeds the current block and everything after it (the prompt and finished blocks come from the cache);
   `dual` feeds only the current block (the later, still masked blocks come from the cache too). Rows in
   different blocks are forwarded in groups, each row exactly as it would be alone.
+The MDP passes its attention mask only when some row of its batch is padded (it knows from its layout, without
+reading the device); otherwise None, and the dLLM gets no mask: no host sync, and SDPA may use its flash kernel.
 Device placement is the adapter's (`DLLM`: one device, or `device_map` over an actor's GPUs); cache rows are
 moved to each layer's device.
 """
@@ -20,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+
 from unmask.envs.dllm import DLLM
 
 
@@ -52,15 +55,17 @@ class ForwardEngine:
         """New trajectories in these rows: their next forward is a full one (a cache refresh)."""
         self.cached_block[rows] = -1
 
-    def logits(self, ids: torch.Tensor, attn: torch.Tensor, active: torch.Tensor, block_index: torch.Tensor
+    def logits(self, ids: torch.Tensor, attn: torch.Tensor | None, active: torch.Tensor, block_index: torch.Tensor
                ) -> Iterator[tuple[torch.Tensor, int, torch.Tensor]]:
         """(rows, first canvas column, logits of the columns it covers [len(rows), cols, V]) for every group of
-        active rows forwarded together; rows that share a sequence share one forward."""
+        active rows forwarded together; rows that share a sequence share one forward. `attn` None: no row is
+        padded (the model then gets no mask)."""
         if not active.any():
             return
         if self.kv_cache == "none":
             rows = active.nonzero(as_tuple=True)[0]
-            yield rows, 0, self._shared(ids, attn, rows, lambda r: self.dllm.logits(ids[r], attn[r], last=self.L))
+            yield rows, 0, self._shared(ids, attn, rows,
+                                        lambda r: self.dllm.logits(ids[r], pick(attn, r), last=self.L))
             return
         prompt_width = ids.shape[1] - self.L
         refresh = active & (self.cached_block != block_index)
@@ -80,8 +85,9 @@ class ForwardEngine:
         every row is distinct."""
         if len(rows) == 1:
             return rows, None
-        _, inverse = torch.unique(torch.cat([ids[rows], attn[rows]], dim=1), dim=0, return_inverse=True)
-        count = int(inverse.max()) + 1
+        seqs = ids[rows] if attn is None else torch.cat([ids[rows], attn[rows]], dim=1)
+        distinct, inverse = torch.unique(seqs, dim=0, return_inverse=True)
+        count = len(distinct)  # known to the host once unique returns: no second read of the device
         if count == len(rows):
             return rows, None
         order = torch.arange(len(rows), device=rows.device)
@@ -101,7 +107,7 @@ class ForwardEngine:
             self.kv = None  # free the old cache before the new one is built
         unique, inverse = self._unique(ids, attn, rows)
         self._count(len(unique), ids.shape[1])
-        logits, cache = self.dllm.logits_and_cache(ids[unique], attn[unique], last=self.L)
+        logits, cache = self.dllm.logits_and_cache(ids[unique], pick(attn, unique), last=self.L)
         if inverse is not None:  # a shared forward: each row takes its sequence's logits and cache
             logits = logits[inverse]
             cache = [(k[inverse.to(k.device)], v[inverse.to(v.device)]) for k, v in cache]
@@ -121,12 +127,17 @@ class ForwardEngine:
         cache = [(take(k[:, :, keep], rows), take(v[:, :, keep], rows)) for k, v in self.kv]
         end = start + self.BL if self.kv_cache == "dual" else None
         self._count(len(rows), (end or ids.shape[1]) - start)
-        return self.dllm.logits_with_cache(ids[rows], attn[rows], cache, start, end)
+        return self.dllm.logits_with_cache(ids[rows], pick(attn, rows), cache, start, end)
 
     def _count(self, rows: int, tokens: int) -> None:
         self.stats.forwards += 1
         self.stats.rows += rows
         self.stats.tokens += rows * tokens
+
+
+def pick(attn: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor | None:
+    """The mask's rows; None (no padding anywhere) stays None."""
+    return None if attn is None else attn[rows]
 
 
 def take(tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
 from unmask.envs.confidence import CANVAS, FEATURES, HISTORY, History, Prediction, neighbour_repeat, predict
 from unmask.envs.config import EnvConfig, check_env
 from unmask.envs.dllm import DLLM, layout_batch
@@ -92,6 +93,8 @@ class UnmaskingEnv:
         device = self.dllm.device
         ids, attn = layout_batch(prompts, self.L, self.dllm.pad_id, self.dllm.mask_id)
         self.ids, self.attn = ids.to(device), attn.to(device)
+        width = max(len(p) for p in prompts)
+        self.pad_width = [width - len(p) for p in prompts]  # on the host, as laid out: `padded` reads no device
         B = len(prompts)
         self.masked = torch.ones(B, self.L, dtype=torch.bool, device=device)
         self.abandoned = torch.zeros_like(self.masked)
@@ -127,9 +130,12 @@ class UnmaskingEnv:
             self.ids = torch.cat([pad, self.ids], dim=1)
             self.attn = torch.cat([torch.zeros_like(pad), self.attn], dim=1)
             self.engine.reset(len(self.ids))  # the caches have the old width
+            self.pad_width = [w + grow for w in self.pad_width]
             width = longest
         ids, attn = layout_batch(prompts, self.L, self.dllm.pad_id, self.dllm.mask_id, width=width)
         self.ids[rows_t], self.attn[rows_t] = ids.to(self.ids.device), attn.to(self.ids.device)
+        for row, prompt in zip(rows, prompts):
+            self.pad_width[row] = width - len(prompt)
         self.masked[rows_t] = True
         self.abandoned[rows_t] = False
         self.unmask_step[rows_t] = -1
@@ -172,6 +178,12 @@ class UnmaskingEnv:
         self.valid.zero_()
 
     @property
+    def padded(self) -> bool:
+        """Whether any row has left padding (finished rows too): known on the host, so the forwards of a batch
+        without padding skip the attention mask without reading the device."""
+        return any(self.pad_width)
+
+    @property
     def done(self) -> bool:
         return not bool(self.masked.any())
 
@@ -187,7 +199,8 @@ class UnmaskingEnv:
         """One forward for every active row (the engine decides how): the next decision's features."""
         active = self.active
         steps_done = self.nfe.clone()
-        for rows, first_column, logits in self.engine.logits(self.ids, self.attn, active, self.block_index):
+        attn = self.attn if self.padded else None
+        for rows, first_column, logits in self.engine.logits(self.ids, attn, active, self.block_index):
             part = predict(logits, self.temperature, self.dllm.mask_id, self.generator, self.features)
             whole = len(rows) == len(self.ids) and logits.shape[1] == self.L
             columns = slice(first_column, first_column + logits.shape[1])

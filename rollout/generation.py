@@ -16,10 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tqdm import tqdm
+
 from unmask.envs.config import EnvConfig
 from unmask.envs.dllm import DLLM
 from unmask.envs.mdp import UnmaskingEnv
-from unmask.envs.samplers import Sampler
+from unmask.envs.samplers import InBlocks, Oracle, Sampler
 
 
 @dataclass
@@ -43,24 +44,48 @@ def run_to_end(env: UnmaskingEnv, sampler: Sampler, prompts: list[list[int]]) ->
 
 
 def generate(dllm: DLLM, prompts: list[str], sampler: Sampler, env: EnvConfig | None = None, *,
-             batch_size: int = 16, response_prefix: str = "", seed: int = 0, progress: bool = False
-             ) -> list[Generation]:
+             batch_size: int = 16, response_prefix: str = "", seed: int = 0, progress: bool = False,
+             bucket: bool | None = None) -> list[Generation]:
     """Generate an answer to each prompt (batched, `batch_size` sequences per dLLM forward) by unmasking
     with `sampler` in the MDP of `env` (canvas length, block length, token temperature, KV cache). Every
-    check comes before the first forward (and before the progress bar, on stderr with `progress`)."""
+    check comes before the first forward (and before the progress bar, on stderr with `progress`).
+
+    `bucket`: batch the prompts in order of token length (the output keeps the input order), so that a batch
+    holds prompts of about one length and mostly needs no padding, hence no attention mask. By default only
+    where it cannot change a result: several batches, env.temperature 0 and a sampler that draws no random
+    numbers (the token noise and a stochastic sampler's draws are taken for a whole batch, so they depend on
+    which prompts share it). True buckets stochastic runs too: other, equally valid draws."""
     env = env or EnvConfig()
     sampler.check_env(env)
     encoded = dllm.encode_prompts(prompts, response_prefix)
     if encoded:  # before any forward: every prompt must fit the context with the canvas
         dllm.check_fits(max(len(ids) for ids in encoded), env.gen_length)
     mdp = UnmaskingEnv.from_config(dllm, env, seed=seed)
-    out: list[Generation] = []
+    if bucket is None:
+        bucket = len(encoded) > batch_size and env.temperature == 0 and not draws_random_numbers(sampler)
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i])) if bucket else list(range(len(encoded)))
+    out: list[Generation | None] = [None] * len(encoded)
     with tqdm(total=len(encoded), desc=sampler.describe(), disable=not progress, leave=False) as bar:
-        for start in range(0, len(encoded), batch_size):
-            run_to_end(mdp, sampler, encoded[start : start + batch_size])
-            canvas = mdp.canvas().tolist()
-            for row, tokens in enumerate(canvas):
-                out.append(Generation(dllm.decode_answer(tokens), int(mdp.nfe[row]), tokens,
-                                      mdp.unmask_step[row].tolist(), int(mdp.abandoned[row].sum())))
-            bar.update(len(canvas))
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            run_to_end(mdp, sampler, [encoded[i] for i in rows])
+            columns = (mdp.canvas(), mdp.nfe, mdp.unmask_step, mdp.abandoned.sum(-1))
+            for i, tokens, nfe, steps, abandoned in zip(rows, *(c.tolist() for c in columns), strict=True):
+                out[i] = Generation(dllm.decode_answer(tokens), nfe, tokens, steps, abandoned)
+            bar.update(len(rows))
     return out
+
+
+# Samplers whose decisions are a function of the observation alone (no random draws); `oracle` is one when its
+# reference is. Any sampler not listed (`random`, `policy`, one added later) counts as drawing random numbers.
+DETERMINISTIC_SAMPLERS = frozenset({"top_k", "margin", "entropy", "fast_dllm", "left_threshold", "left_run",
+                                    "fast_dllm_factor", "eb", "frechet"})
+
+
+def draws_random_numbers(sampler: Sampler) -> bool:
+    """Whether `sampler`'s decisions use random draws (taken per batch: bucketing would change them)."""
+    if isinstance(sampler, Oracle):
+        return draws_random_numbers(sampler.reference)
+    if isinstance(sampler, InBlocks):
+        return draws_random_numbers(sampler.inner)
+    return sampler.name not in DETERMINISTIC_SAMPLERS

@@ -4,8 +4,12 @@ bidirectional attention with an optional key/value prefix cache, and the SwiGLU 
 Numerics follow the released modeling code (read, not copied): RMSNorm normalises in float32, casts
 back, then multiplies by its weight; RoPE is rotate-half (Llama/NeoX) with float32 frequencies; attention
 is scaled dot-product without a causal mask. Padding is handled by masking padded *keys* only: real
-positions then see exactly what they would see unpadded, and padded query rows stay finite (no NaN can
-leak through them).
+positions then see exactly what they would see unpadded, and padded query rows stay finite (every row has
+real keys: the canvas is never padding, so no NaN can leak through them).
+
+The mask is built without reading the device: a batch without padding comes with `attention_mask=None`
+(the adapter knows, it laid the batch out) and SDPA may use its flash kernel; a 2D padding mask becomes a
+boolean key mask (its memory-efficient kernel), not an additive float one.
 """
 
 from __future__ import annotations
@@ -53,16 +57,17 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, full_pre
 
 
 def key_padding_mask(attention_mask: torch.Tensor | str | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """Additive attention mask: from a 2D padding mask, [B, 1, 1, N_keys] hiding padded keys; a 4D boolean
-    [B, 1, N_queries, N_keys] mask (Dream's pairwise form, True = attend) is taken as it is. A finite
-    minimum instead of -inf keeps fully masked (padding) query rows finite. None/"full": no mask."""
-    if attention_mask is None or isinstance(attention_mask, str) or bool(attention_mask.all()):
+    """The `attn_mask` SDPA gets. A 2D padding mask [B, N_keys] becomes a boolean [B, 1, 1, N_keys] (True =
+    attend): each row's real keys (at least its canvas) stay visible to every query, so no row is fully
+    masked. A 4D boolean [B, 1, N_queries, N_keys] mask (Dream's pairwise form) may hide whole (padded) query
+    rows, so it stays additive with a finite minimum instead of -inf, which keeps those rows finite.
+    None/"full": no mask. Nothing here reads the device (no `.all()`): a caller without padding passes None."""
+    if attention_mask is None or isinstance(attention_mask, str):
         return None
     if attention_mask.dim() == 4:
         hide = ~attention_mask.bool()
-    else:
-        hide = ~attention_mask.bool()[:, None, None, :]
-    return torch.zeros(hide.shape, dtype=dtype, device=hide.device).masked_fill(hide, torch.finfo(dtype).min)
+        return torch.zeros(hide.shape, dtype=dtype, device=hide.device).masked_fill(hide, torch.finfo(dtype).min)
+    return attention_mask.bool()[:, None, None, :]
 
 
 class Attention(nn.Module):
