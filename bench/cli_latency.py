@@ -18,8 +18,8 @@ CASES = {
     "unmask eval --help": ["-m", "unmask.cli", "eval", "--help"],
     "unmask train --help": ["-m", "unmask.cli", "train", "--help"],
     "unmask eval sampler.treshold=0.5 (typo)": ["-m", "unmask.cli", "eval", "sampler.treshold=0.5"],
-    "unmask train rollout.env.block_length=5": ["-m", "unmask.cli", "train", "rollout.env.block_length=5"],
-    "unmask pareto grid=bogus": ["-m", "unmask.cli", "pareto", "grid=bogus"],
+    "unmask train env.block_length=5": ["-m", "unmask.cli", "train", "env.block_length=5"],
+    "unmask pareto heuristic_grid=bogus": ["-m", "unmask.cli", "pareto", "heuristic_grid=bogus"],
     "python -c 'import torch'": ["-c", "import torch"],
     "python -c 'import ray.rllib' (the old floor)": ["-c", "import ray.rllib"],
 }

@@ -26,7 +26,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-RECIPE = ["grpo.alpha=0.3", "rollout.env.block_length=24", "max_iterations=100000", "grpo.warmup_steps=20",
+RECIPE = ["grpo.alpha=0.3", "env.block_length=24", "max_iterations=100000", "grpo.warmup_steps=20",
           "grpo.total_steps=3000", "checkpoint_every=100", "dump_trajectories=false"]
 
 
@@ -35,7 +35,7 @@ def run(name: str, keys: list[str], out: Path, minutes: float) -> dict:
     log = run_dir.with_suffix(".log")
     out.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as f:
-        subprocess.run([str(Path(sys.executable).with_name("unmask")), "train", f"run_dir={run_dir}",
+        subprocess.run([str(Path(sys.executable).with_name("unmask")), "train", f"out_dir={run_dir}",
                         f"max_minutes={minutes}", *RECIPE, *keys], stdout=f, stderr=subprocess.STDOUT, check=False)
     [progress] = list((run_dir / "tune").glob("*/progress.csv"))
     rows = list(csv.DictReader(open(progress)))
@@ -55,8 +55,8 @@ def main(argv: list[str]) -> None:
     args = dict(a.split("=", 1) for a in argv)
     minutes, out = float(args.get("minutes", 5)), Path(args.get("out", "runs/collapse"))
     bias, lr = args.get("init_bias", "-8"), args.get("lr", "2e-4")
-    runs = {"stuck/abandon": [f"grpo.policy.init_bias={bias}", "rollout.fill_at_budget=false"],
-            "stuck/fill": [f"grpo.policy.init_bias={bias}", "rollout.fill_at_budget=true"],
+    runs = {"stuck/abandon": [f"policy.init_bias={bias}", "rollout.fill_at_budget=false"],
+            "stuck/fill": [f"policy.init_bias={bias}", "rollout.fill_at_budget=true"],
             "paper/abandon": ["rollout.fill_at_budget=false"], "paper/fill": ["rollout.fill_at_budget=true"]}
     with ThreadPoolExecutor(int(args.get("parallel", 2))) as pool:
         results = list(pool.map(lambda item: run(item[0], [f"grpo.lr={lr}", *item[1]], out, minutes), runs.items()))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import torch
+
 from unmask.envs.config import SamplerConfig
 from unmask.envs.mdp import UnmaskingEnv
 from unmask.envs.models import DreamConfig, DreamModel, LLaDAConfig, LLaDAModelLM

@@ -12,6 +12,7 @@ import sys
 import time
 
 import torch
+
 from unmask.envs.config import EnvConfig, SamplerConfig
 from unmask.envs.dllm import load_dllm
 from unmask.envs.tasks.cycles import CycleTask

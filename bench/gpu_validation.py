@@ -75,10 +75,10 @@ def training_figures(model: str, a: dict, root: Path) -> list[tuple[str, str]]:
 
     env = EnvConfig(gen_length=int(a["gen_length"]), block_length=int(a["block_length"]), dtype=a["dtype"],
                     device=a["device"])
-    rollout = RolloutConfig(model=model, task=TaskConfig(), env=env, group_size=8, prompts_per_sample=2,
-                            fill_at_budget=False)
-    cfg = TrainConfig(rollout=rollout, grpo=GRPOConfig(reward="additive", alpha=1.0),
-                      run_dir=str(root / "train"), max_iterations=int(a["train_iterations"]), num_env_runners=1,
+    rollout = RolloutConfig(group_size=8, prompts_per_sample=2, fill_at_budget=False)
+    cfg = TrainConfig(model=model, task=TaskConfig(), env=env, rollout=rollout,
+                      grpo=GRPOConfig(reward="additive", alpha=1.0),
+                      out_dir=str(root / "train"), max_iterations=int(a["train_iterations"]), num_env_runners=1,
                       num_gpus_per_env_runner=1.0 if a["device"].startswith("cuda") else 0.0,
                       groups_per_update=2, checkpoint_every=0, eval=FinalEvalConfig(num_examples=0))
     start = time.perf_counter()

@@ -17,6 +17,7 @@ import tempfile
 
 import torch
 from common import random_checkpoint, random_prompts, timed_decode
+
 from unmask.envs.dllm import load_dllm
 
 

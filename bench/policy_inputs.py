@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from common import random_checkpoint, random_prompts
+
 from unmask.envs.config import SamplerConfig
 from unmask.envs.dllm import load_dllm
 from unmask.envs.mdp import UnmaskingEnv

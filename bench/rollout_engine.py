@@ -9,7 +9,7 @@ Every schedule has the same rows in flight (prompts_per_sample x G):
   (b) engine     envs.engine through rollout.collect.roll_out, as the env runner runs it: finished rows leave the
                  batch, group members share their first forward, only the policy's feature is computed;
                  (b') engine+cb: every prompt streamed through those rows (continuous batching: a finished row
-                 takes the next trajectory), i.e. `rollout.batch_rows` with a large sample
+                 takes the next trajectory), i.e. `env.batch_size` with a large sample
 (The env before the engine, measured beside these until 2026-12-03, is in the README's table: the engine was
 1.12x it, with continuous batching 1.45x.)
 
@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 from common import random_checkpoint, random_prompts
+
 from unmask.envs.config import SamplerConfig
 from unmask.envs.dllm import load_dllm
 from unmask.envs.engine import ForwardEngine

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import psutil
+
 from unmask.cluster.config import FinalEvalConfig, TrainConfig
 from unmask.cluster.train import train
 from unmask.envs.config import EnvConfig
@@ -79,13 +80,13 @@ def run(k: int, a: dict, root: Path, staleness: str = "pace", cluster: bool = Fa
     per = int(a["prompts_per_sample"])
     per_update = samples_per_update or k
     pace_ahead = max(0, k // per_update - 1)
-    rollout = RolloutConfig(fill_at_budget=False, group_size=int(a["group_size"]), prompts_per_sample=per,
-                            env=EnvConfig(block_length=24, emulate_gpu=a["gpu"], emulate_tokens=int(a["tokens"])))
+    rollout = RolloutConfig(fill_at_budget=False, group_size=int(a["group_size"]), prompts_per_sample=per)
+    env = EnvConfig(block_length=24, emulate_gpu=a["gpu"], emulate_tokens=int(a["tokens"]))
     d = int(a["policy_hidden"])  # the learner runs on this CPU: a small policy keeps it from being the only limit
     policy = PolicyConfig(hidden_size=d, num_heads=2, ffn_size=4 * d, time_embed_size=d)
     name = f"k{k}-{staleness}{'-cluster' if cluster else ''}{f'-compare{per_update}' if samples_per_update else ''}"
-    cfg = TrainConfig(rollout=rollout, grpo=GRPOConfig(alpha=0.3, lr=2e-4, warmup_steps=5, policy=policy),
-                      run_dir=str(root / name),
+    cfg = TrainConfig(env=env, rollout=rollout, grpo=GRPOConfig(alpha=0.3, lr=2e-4, warmup_steps=5), policy=policy,
+                      out_dir=str(root / name),
                       max_iterations=100_000, max_minutes=float(a["minutes"]), num_env_runners=k,
                       num_cpus_per_env_runner=0.1, groups_per_update=per_update * per, max_policy_lag=1,
                       staleness=staleness, pace_ahead=pace_ahead,

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from unmask.cluster.config import FinalEvalConfig, TrainConfig
 from unmask.cluster.train import train
 from unmask.envs.config import EnvConfig
@@ -54,9 +55,9 @@ def forward_costs(model: str, device: str, batch: int, repeats: int = 20) -> tup
 
 
 def training_figures(model: str, device: str, runners: int, iterations: int, root: Path) -> dict:
-    rollout = RolloutConfig(model=model, fill_at_budget=False, group_size=8, prompts_per_sample=4,
-                            env=EnvConfig(device=device))  # the paper's MDP, as the README's figures were measured
-    cfg = TrainConfig(rollout=rollout, grpo=GRPOConfig(alpha=1.0), run_dir=str(root / f"runners_{runners}"),
+    rollout = RolloutConfig(fill_at_budget=False, group_size=8, prompts_per_sample=4)  # the paper's MDP
+    cfg = TrainConfig(model=model, env=EnvConfig(device=device), rollout=rollout, grpo=GRPOConfig(alpha=1.0),
+                      out_dir=str(root / f"runners_{runners}"),
                       max_iterations=iterations, num_env_runners=runners, groups_per_update=4 * runners,
                       checkpoint_every=0, eval=FinalEvalConfig(num_examples=0), dump_trajectories=True,
                       num_gpus_per_env_runner=1 / runners if device.startswith("cuda") else 0.0)

@@ -1,7 +1,7 @@
 """`unmask <command> key=value ...`: the project's entry point.
 
-Only the configs are imported up front, so `--help` and a bad key answer at once; each command imports what it
-runs (torch, transformers, Ray) itself, and `eval`, `pareto` and `pretrain` never import Ray.
+Only the configs are imported up front, so `--help`, `--print-config` and a bad key answer at once; each command
+imports what it runs (torch, transformers, Ray) itself, and `eval`, `pareto` and `pretrain` never import Ray.
 """
 
 from __future__ import annotations
@@ -12,14 +12,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from unmask.cli.parse import ConfigError, flatten_defaults, parse, resume_config
+from unmask.cli.parse import ConfigError, keys_help, merged_files, parse, resume_config
 from unmask.cluster.config import SweepConfig, TrainConfig, check_sweep, check_train, grid_axes, grid_points
 from unmask.envs.config import SAMPLER_PARAMS
 from unmask.envs.files import Interrupted
 from unmask.envs.pretrain.config import PretrainConfig, check_pretrain
-from unmask.envs.structured import load_yaml, to_yaml
-from unmask.experiments.config import ReproduceConfig, check_reproduce
+from unmask.envs.structured import to_yaml
+from unmask.experiments.config import (
+    FrontierConfig,
+    OwnTasksConfig,
+    ReproduceConfig,
+    check_frontier,
+    check_own_tasks,
+    check_reproduce,
+)
 from unmask.rollout.config import EvalConfig, ImitateConfig, ParetoConfig, check_eval, check_imitate, check_pareto
+
+FLAGS = {"--help": "every key with its default and description", "--print-config": "resolve and check the whole "
+         "config, print it as YAML and exit without work", "--debug": "full tracebacks instead of one-line errors"}
 
 
 @dataclass
@@ -28,10 +38,11 @@ class Command:
     check: Callable  # every setting, before the command imports anything heavy
     run: Callable
     summary: str
+    experiment: bool = False  # listed apart: the experiments behind docs/results
 
 
 def cmd_eval(cfg: EvalConfig) -> int:
-    from unmask.rollout.evaluate import evaluate, outcomes_path, write_eval
+    from unmask.rollout.evaluate import evaluate, write_eval
     from unmask.rollout.report import markdown_table
 
     result = write_eval(cfg, evaluate(cfg))
@@ -43,7 +54,7 @@ def cmd_eval(cfg: EvalConfig) -> int:
     if cfg.group_by:
         columns = [cfg.group_by, "num_examples", "accuracy", "mean_nfe", "shorter_than_reference"]
         print(markdown_table(result["groups"], columns), end="")
-    print(f"wrote {cfg.out} and {outcomes_path(cfg.out)}")
+    print(f"wrote {Path(cfg.out_dir) / 'eval.json'} and eval.examples.jsonl beside it")
     return 0
 
 
@@ -65,7 +76,7 @@ def cmd_pretrain(cfg: PretrainConfig) -> int:
     from unmask.envs.pretrain.train import pretrain
 
     summary = pretrain(cfg)
-    print(f"saved {cfg.out} after {summary['steps']} steps ({summary['seconds']} s), "
+    print(f"saved {cfg.out_dir} after {summary['steps']} steps ({summary['seconds']} s), "
           f"loss {summary['final_loss_ema']:.4f}")
     return 0
 
@@ -75,7 +86,7 @@ def cmd_imitate(cfg: ImitateConfig) -> int:
     from unmask.rollout.report import markdown_table
 
     summary = imitate(cfg)
-    print(f"saved {cfg.out} ({summary['rounds'][-1]['total_states']} states, {len(summary['rounds'])} rounds, "
+    print(f"saved {cfg.out_dir} ({summary['rounds'][-1]['total_states']} states, {len(summary['rounds'])} rounds, "
           f"{summary['seconds']} s)")
     if summary.get("eval"):
         print(markdown_table(summary["eval"], ["who", "sampler", "accuracy", "mean_nfe"]), end="")
@@ -84,7 +95,7 @@ def cmd_imitate(cfg: ImitateConfig) -> int:
 
 def say_from_policy(cfg: TrainConfig, command: str) -> None:
     """A run from a saved policy takes its own defaults for a few keys (cluster.config.FROM_POLICY): say which."""
-    if cfg.grpo.init_policy and not cfg.resume:
+    if cfg.init_from and not cfg.resume:
         print(f"unmask {command}: from a saved policy: {cfg.from_policy_keys()} (FROM_POLICY's defaults for the keys "
               f"not given)", file=sys.stderr, flush=True)
 
@@ -98,7 +109,7 @@ def cmd_train(cfg: TrainConfig) -> int:
         print(f"final policy: accuracy {result['accuracy']:.3f} at mean NFE {result['mean_nfe']:.2f} "
               f"({result['num_examples']} test prompts; the argmax fallback decided "
               f"{result['fallback_share']:.0%} of the steps)")
-    print(f"wrote {cfg.resume or cfg.run_dir}")
+    print(f"wrote {cfg.resume or cfg.out_dir}")
     return 0
 
 
@@ -109,7 +120,7 @@ def cmd_sweep(cfg: SweepConfig) -> int:
     result = sweep(cfg)
     trials = result["trials"]
     failed = [t for t in trials if t["status"] != "finished"]
-    run_dir = Path(cfg.resume or cfg.run_dir)
+    run_dir = Path(cfg.resume or cfg.out_dir)
     print(f"{len(trials) - len(failed)} of {len(trials)} trials finished")
     for t in failed:
         print(f"FAILED {t['trial']}: {t['error']}")
@@ -130,6 +141,21 @@ def cmd_reproduce(cfg: ReproduceConfig) -> int:
     return 0
 
 
+def cmd_frontier(cfg: FrontierConfig) -> int:
+    from unmask.experiments.frontier import frontier
+
+    frontier(cfg)
+    return 0
+
+
+def cmd_own_tasks(cfg: OwnTasksConfig) -> int:
+    from unmask.experiments.own_tasks import write
+
+    for path in write(cfg.family, cfg.out_dir, cfg.train_examples, cfg.test_examples, cfg.seed):
+        print(f"wrote {path}")
+    return 0
+
+
 def check_sweep_grid(cfg: SweepConfig) -> None:
     check_sweep(cfg)
     grid_points(cfg, grid_axes(cfg.grid))
@@ -147,31 +173,45 @@ COMMANDS: dict[str, Command] = {
     "sweep": Command(SweepConfig, check_sweep_grid, cmd_sweep,
                      "Tune grid of GRPO runs (default: over alpha) + Pareto report"),
     "reproduce": Command(ReproduceConfig, check_reproduce, cmd_reproduce,
-                         "the paper's findings in miniature, resumably: findings.md, .json and plots"),
+                         "the paper's findings in miniature, resumably: findings.md, .json and plots", experiment=True),
+    "frontier": Command(FrontierConfig, check_frontier, cmd_frontier,
+                        "the learned policies' frontier on the built-in model (docs/results/frontier.*)",
+                        experiment=True),
+    "own-tasks": Command(OwnTasksConfig, check_own_tasks, cmd_own_tasks,
+                         "write a task family of our own as JSONL (the outside-task check)", experiment=True),
 }
 
 
 def usage() -> str:
-    lines = ["usage: unmask <command> [config=FILE.yaml] [key=value ...]", "", "commands:"]
-    lines += [f"  {name:<10} {c.summary}" for name, c in COMMANDS.items()]
-    lines += ["", "unmask <command> --help lists every key with its default."]
+    lines = ["usage: unmask <command> [config=FILE.yaml ...] [key=value ...] [--help | --print-config] [--debug]", "",
+             "commands:"]
+    lines += [f"  {name:<10} {c.summary}" for name, c in COMMANDS.items() if not c.experiment]
+    lines += ["", "experiments (what docs/results was made with):"]
+    lines += [f"  {name:<10} {c.summary}" for name, c in COMMANDS.items() if c.experiment]
+    lines += ["", "flags:"] + [f"  {flag:<15} {text}" for flag, text in FLAGS.items()]
+    lines += ["", "unmask <command> --help lists every key with its default and what it does."]
     return "\n".join(lines)
 
 
 def command_help(name: str) -> str:
-    keys = flatten_defaults(COMMANDS[name].schema)
-    lines = [f"usage: unmask {name} [config=FILE.yaml] [key=value ...]", "", COMMANDS[name].summary, "",
-             "config=FILE.yaml starts from a saved config (a run's config.yaml); keys given beside it apply on top.",
-             "", "keys (default):"]
-    lines += [f"  {key} = {value!r}" for key, value in keys]
-    if hasattr(COMMANDS[name].schema, "start_defaults"):
+    schema = COMMANDS[name].schema
+    lines = [f"usage: unmask {name} [config=FILE.yaml ...] [key=value ...] [--print-config] [--debug]", "",
+             COMMANDS[name].summary, "",
+             "config=FILE.yaml starts from a saved config (a run's config.yaml; several are merged in order); keys",
+             "given beside it apply on top.", "", "keys (as typed: key=default, then what it does):"]
+    lines += keys_help(schema)
+    if hasattr(schema, "start_defaults"):
         from unmask.cluster.config import FROM_POLICY
 
-        lines += ["", "from a saved policy (grpo.init_policy), the keys not given instead: "
+        lines += ["", "from a saved policy (init_from), the keys not given instead: "
                   + " ".join(f"{k}={v!r}" for k, v in FROM_POLICY.items())]
-    if any(k.startswith("sampler.") for k, _ in keys):
+    if any(f.name == "sampler" for f in schema.__dataclass_fields__.values()):
         lines += ["", "samplers (sampler=NAME) and the sampler.<param> keys each one reads:"]
         lines += [f"  {s:<17} {', '.join(params) or '-'}" for s, params in sorted(SAMPLER_PARAMS.items())]
+    renamed = getattr(schema, "renamed", {})
+    if renamed:
+        lines += ["", "deprecated spellings (still accepted, with a notice): " + ", ".join(
+            f"{old} -> {new if isinstance(new, str) else new[0]}" for old, new in renamed.items())]
     return "\n".join(lines)
 
 
@@ -187,7 +227,8 @@ def quiet_libraries() -> None:
 
 
 def load_config(name: str, args: list[str]):
-    """The command's config from its arguments: `resume=<run dir>`, `config=<file>` or neither, then keys."""
+    """The command's config from its arguments: `resume=<run dir>`, `config=<file>` (several: merged in order) or
+    neither, then keys."""
     schema = COMMANDS[name].schema
     given = {arg.split("=", 1)[0] for arg in args if "=" in arg}
     if "resume" in given and any(a.startswith("resume=") and a != "resume=" for a in args):
@@ -196,12 +237,20 @@ def load_config(name: str, args: list[str]):
         return resume_config(schema, args, name)
     files = [arg.split("=", 1)[1] for arg in args if arg.startswith("config=")]
     others = [arg for arg in args if not arg.startswith("config=")]
-    base = load_yaml(files[-1], f"config={files[-1]}") if files else None
-    return parse(schema, others, name, base=base)
+    return parse(schema, others, name, base=merged_files(files))
+
+
+def one_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv or os.environ.get("UNMASK_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    if debug:
+        os.environ["UNMASK_DEBUG"] = "1"  # Ray's workers and Tune's trials inherit it
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
@@ -212,9 +261,14 @@ def main(argv: list[str] | None = None) -> int:
     if "-h" in args or "--help" in args:
         print(command_help(name))
         return 0
+    print_config = "--print-config" in args
+    args = [a for a in args if a != "--print-config"]
     try:
         cfg = load_config(name, args)
         COMMANDS[name].check(cfg)
+        if print_config:
+            print(to_yaml(cfg), end="")
+            return 0
         quiet_libraries()
         return COMMANDS[name].run(cfg)
     except Interrupted as stop:  # the command saved what it had and says where
@@ -224,8 +278,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unmask {name}: interrupted", file=sys.stderr)
         return 130
     except (ValueError, OSError, RuntimeError) as err:
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"unmask {name}: error: {message}", file=sys.stderr)
+        if debug:
+            raise
+        print(f"unmask {name}: error: {one_line(err)}", file=sys.stderr)
         return 2
 
 

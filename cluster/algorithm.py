@@ -24,6 +24,7 @@ from ray.rllib.algorithms.algorithm import Algorithm
 from ray.rllib.core import COMPONENT_RL_MODULE, DEFAULT_MODULE_ID
 from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
 from ray.rllib.utils.metrics import LEARNER_RESULTS, TIMERS
+
 from unmask.cluster.algorithm_config import UnmaskGRPOConfig
 from unmask.cluster.collector import Collected, Collector
 from unmask.cluster.metrics import RunTotals, collapse_seen, iteration_report, stuck
@@ -53,14 +54,14 @@ class UnmaskGRPO(Algorithm):
         self.outputs = RunOutputs(self.run_dir, self.run_id, self.config.run_outputs, self.save_policy)
         self.totals = RunTotals()
         if self.run_dir is None:
-            logger.warning("UnmaskGRPO: no run_dir (config.outputs(run_dir=...)) and not a Tune trial: "
+            logger.warning("UnmaskGRPO: no out_dir (config.outputs(out_dir=...)) and not a Tune trial: "
                            "no trajectory dumps, policy checkpoints or final policy are written")
         self.collector.push_weights(self.policy_state(), self.policy_version)
 
     @property
     def run_dir(self) -> Path | None:
         """The configured run directory, else the Tune trial directory (one per trial in a sweep), else None."""
-        return Path(self.config.run_outputs.run_dir) if self.config.run_outputs.run_dir else self.trial_dir
+        return Path(self.config.run_outputs.out_dir) if self.config.run_outputs.out_dir else self.trial_dir
 
     @property
     def run_id(self) -> str:
@@ -79,12 +80,17 @@ class UnmaskGRPO(Algorithm):
         return results
 
     def cleanup(self) -> None:
-        """Write the final policy, whatever stopped the run, then free the learner and the env runners."""
+        """Write the final policy, whatever stopped the run, let the last dumps reach the disk, then free the learner
+        and the env runners (setup may have failed before any of them existed)."""
         try:
             if self.run_dir is not None and getattr(self, "learner_group", None) is not None:
                 self.save_policy(self.run_dir / "checkpoints" / "final")
         finally:
-            super().cleanup()
+            try:
+                if getattr(self, "outputs", None) is not None:
+                    self.outputs.close()
+            finally:
+                super().cleanup()
 
     # ---- the training step --------------------------------------------------------------------------
     def training_step(self) -> None:
@@ -127,7 +133,7 @@ class UnmaskGRPO(Algorithm):
 
     def report(self, collected: Collected, skipped: bool) -> None:
         trajectories = sum(len(a.sample.trajectories) for a in collected.arrivals)
-        env = self.config.rollout.env
+        env = self.config.dllm.env
         seen = collapse_seen(collected, env.gen_length, env.gen_length // env.block_length)
         self.totals.count(trajectories, skipped, stuck(collected, seen))
         if skipped:
@@ -153,15 +159,15 @@ class UnmaskGRPO(Algorithm):
 
     def save_policy(self, out: Path, iteration: int | None = None, **extra) -> Path:
         """The learner's policy as a Hugging Face checkpoint, with how it was trained in its config.json."""
-        policy = UnmaskingPolicy(self.config.grpo.network())
+        policy = UnmaskingPolicy(self.config.network())
         policy.load_state_dict({k.removeprefix("policy."): torch.as_tensor(v) for k, v in self.policy_state().items()})
-        rollout, grpo = self.config.rollout, self.config.grpo
+        dllm, grpo = self.config.dllm, self.config.grpo
         return save_policy(policy, out, {
             "policy_version": self.policy_version, "iteration": self.iteration if iteration is None else iteration,
             "run_id": self.run_id, "reward": grpo.reward, "alpha": grpo.alpha, "alpha_range": list(grpo.alpha_range),
-            "experts": list(rollout.expert.thresholds), "gen_length": rollout.env.gen_length,
-            "block_length": rollout.env.block_length, "kv_cache": rollout.env.kv_cache,
-            "model": model_name(rollout.model), "model_path": rollout.model, **extra})
+            "experts": list(self.config.rollout.expert.thresholds), "gen_length": dllm.env.gen_length,
+            "block_length": dllm.env.block_length, "kv_cache": dllm.env.kv_cache,
+            "model": model_name(dllm.model), "model_path": dllm.model, **extra})
 
     # ---- faults and checkpoints (Tune saves every `checkpoint_every` iterations and at the end) -------------
     def restore_env_runners(self, env_runner_group) -> list[int]:

@@ -19,6 +19,7 @@ import ray
 from ray.rllib.core import COMPONENT_RL_MODULE
 from ray.rllib.env.env_runner_group import EnvRunnerGroup
 from ray.rllib.utils.metrics import WEIGHTS_SEQ_NO
+
 from unmask.cluster.config import UpdateSettings
 from unmask.cluster.weights import WeightBoard
 from unmask.rollout.env_runner import RunnerSample

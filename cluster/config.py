@@ -1,19 +1,21 @@
 """Configs of the commands that run on Ray (`unmask train`, `unmask sweep`): plain dataclasses, no heavy imports (the
 command line checks them before it loads torch or Ray). UnmaskGRPOConfig (cluster.algorithm_config) carries a run's
-config whole, as typed sub-configs: `rollout`, `grpo`, `updates` (UpdateSettings) and `output` (OutputSettings)."""
+config whole, as typed sub-configs: `dllm` (DLLMSettings: model, task, env, seed), `rollout`, `grpo`, `policy`,
+`updates` (UpdateSettings) and `run_outputs` (OutputSettings)."""
 
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from omegaconf import OmegaConf
-from unmask.envs.config import check_finite
+
+from unmask.envs.config import DLLMSettings, check_dllm_settings, check_finite
 from unmask.envs.files import check_writable
 from unmask.envs.structured import narrow, typed
-from unmask.learner.config import GRPOConfig, check_grpo, check_init_policy
-from unmask.rollout.config import RolloutConfig, check_rollout
+from unmask.learner.config import GRPOConfig, PolicySettings, check_grpo, check_init_from, check_policy
+from unmask.rollout.config import RolloutConfig, check_heuristic_grid, check_rollout
 
 
 @dataclass
@@ -45,7 +47,7 @@ def check_updates(cfg: UpdateSettings) -> None:
 class OutputSettings:
     """What a run writes into its directory."""
 
-    run_dir: str = ""  # trajectory dumps and policy checkpoints; "" = the Tune trial directory, else nowhere
+    out_dir: str = ""  # trajectory dumps and policy checkpoints; "" = the Tune trial directory, else nowhere
     run_id: str = ""  # the dumps' run_id; "" = the run directory's name
     checkpoint_every: int = 10  # iterations between checkpoints (Tune's and the policy's)
     best_window: int = 10  # iterations in the moving average of training reward that picks checkpoints/best; 0 = off
@@ -62,13 +64,13 @@ def check_outputs(cfg: OutputSettings) -> None:
 
 @dataclass
 class FinalEvalConfig:
-    """The final policy on the task's test split, written to run_dir/eval.json."""
+    """The final policy on the task's test split, written to out_dir/eval.json (by an env runner, on its device)."""
 
     num_examples: int = 500  # 0 = skip
     policy_temperature: float = 1.0  # tau_pi at evaluation (paper: 0.5 semi-AR, 1.0 full diffusion)
 
 
-# GRPO from a saved policy (grpo.init_policy, e.g. `unmask imitate`'s) by default: the keys of the recipe measured in
+# GRPO from a saved policy (init_from, e.g. `unmask imitate`'s) by default: the keys of the recipe measured in
 # docs/results/frontier.md, for those a command line or config file leaves unset. A clone starts on the heuristics'
 # frontier and is deterministic: without a bound on its training draws every group decodes identically (no gradient);
 # the paper's lr (3e-5, for its initialisation) leaves it where it is in minutes; 16 prompts per update (the paper's
@@ -76,35 +78,48 @@ class FinalEvalConfig:
 # over. From the paper's initialisation every key keeps the paper's value.
 FROM_POLICY = {"grpo.lr": 1e-4, "grpo.logit_bound": 3.0, "groups_per_update": 16, "validate_every": 10}
 
+# deprecated spellings of train and sweep (cli.parse maps them, with a one-line notice naming the new key)
+TRAIN_RENAMED = {"rollout.model": "model", "rollout.task": "task", "rollout.env": "env", "rollout.seed": "seed",
+                 "rollout.trust_remote_code": "trust_remote_code", "rollout.batch_rows": "env.batch_size",
+                 "grpo.policy": "policy", "grpo.init_policy": "init_from", "run_dir": "out_dir"}
+
 
 @dataclass
-class TrainConfig(UpdateSettings, OutputSettings):
-    """`unmask train`: the UpdateSettings and OutputSettings keys at the top level, beside these."""
+class TrainConfig(OutputSettings, UpdateSettings, PolicySettings, DLLMSettings):
+    """`unmask train`: the dLLM, task and canvas (DLLMSettings), the policy (PolicySettings), and UpdateSettings' and
+    OutputSettings' keys at the top level, beside these."""
+
+    renamed: ClassVar[dict[str, str]] = TRAIN_RENAMED
 
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
-    run_dir: str = "runs/train"
+    out_dir: str = "runs/train"  # config.yaml, tune/, trajectories/, checkpoints/, eval.json (cluster.train)
     max_iterations: int = 200  # one iteration = one GRPO update
-    max_minutes: float = 30.0  # wall-clock budget of the training loop (Tune's time_total_s: start-up not counted)
+    max_minutes: float = 0.0  # wall-clock budget of the training loop (Tune's time_total_s, start-up not counted);
+    #                           0 = none: the run ends at max_iterations, a stop rule, or when you stop it
     ray_address: str = ""  # "" = start a local Ray; "auto" or host:port = join a cluster
     num_env_runners: int = 1  # 0 = sample in the learner's process
-    num_cpus_per_env_runner: float = 1.0
+    num_cpus_per_env_runner: float = 1.0  # Ray CPUs each env runner reserves
     num_gpus_per_env_runner: float = 0.0  # > 0: the runner's dLLM lives on that GPU
     custom_resources_per_env_runner: dict[str, float] = field(default_factory=dict)  # e.g. {a100: 1}
-    num_gpus_per_learner: float = 0.0
+    num_gpus_per_learner: float = 0.0  # > 0: the learner (the ~300K-parameter policy) trains on a GPU
+    max_runner_restarts: int = 3  # an env runner that crashes is restarted this many times in all; then the run stops
     eval: FinalEvalConfig = field(default_factory=FinalEvalConfig)
     resume: str = ""  # a run directory: continue that run from its last checkpoint, with its saved config
     resume_unverified: bool = False  # resume a run dir whose pickled state does not match its seal (trust it!)
 
     def start_defaults(self, given: set[str]) -> None:
-        """From a saved policy, FROM_POLICY's value for each of its keys not in `given` (the keys set by hand). The
-        command line calls it; a config built in Python may too."""
-        if not self.grpo.init_policy:
+        """From a saved policy, FROM_POLICY's value for each of its keys not in `given` (the keys set by hand), and a
+        `policy.*` key given that contradicts the saved policy refused. The command line calls it; a config built in
+        Python may too."""
+        if not self.init_from:
             return
         for key, value in FROM_POLICY.items():
             if key not in given:
                 owner, name = self._owner(key)
                 setattr(owner, name, type(getattr(owner, name))(value))
+        check_init_from(self.init_from, self.policy, self.grpo.alpha_range, self.env.gen_length, self.env.kv_cache,
+                        given={k for k in given if k.startswith("policy.")})
 
     def from_policy_keys(self) -> str:
         """FROM_POLICY's keys as this run has them (said at the start of a run from a saved policy)."""
@@ -118,41 +133,53 @@ class TrainConfig(UpdateSettings, OutputSettings):
 
 def check_train(cfg: TrainConfig) -> None:
     check_finite(cfg)
-    check_rollout(cfg.rollout)
+    check_dllm_settings(cfg)
+    check_rollout(cfg.rollout, cfg.env.gen_length)
+    check_policy(cfg.policy)
     check_grpo(cfg.grpo)
     check_updates(cfg)
     check_outputs(cfg)
-    if cfg.max_iterations < 1 or cfg.max_minutes <= 0:
-        raise ValueError("max_iterations must be >= 1 and max_minutes > 0")
-    if cfg.num_env_runners < 0 or cfg.eval.num_examples < 0:
-        raise ValueError("num_env_runners and eval.num_examples must be >= 0")
+    if cfg.max_iterations < 1 or cfg.max_minutes < 0:
+        raise ValueError("max_iterations must be >= 1 and max_minutes >= 0 (0 = no time budget)")
+    if cfg.num_env_runners < 0 or cfg.eval.num_examples < 0 or cfg.max_runner_restarts < 0:
+        raise ValueError("num_env_runners, eval.num_examples and max_runner_restarts must be >= 0")
     if cfg.eval.policy_temperature <= 0:
         raise ValueError(f"eval.policy_temperature must be > 0, got {cfg.eval.policy_temperature}")
-    check_init_policy(cfg.grpo, cfg.rollout.env.gen_length, cfg.rollout.env.kv_cache)
-    check_writable(cfg.resume or cfg.run_dir, "run_dir", directory=True)
+    if cfg.grpo.anchor_coef and not cfg.init_from:
+        raise ValueError("grpo.anchor_coef anchors to init_from: give one")
+    check_init_from(cfg.init_from, cfg.policy, cfg.grpo.alpha_range, cfg.env.gen_length, cfg.env.kv_cache)
+    check_writable(cfg.resume or cfg.out_dir, "out_dir", directory=True)
 
 
-SWEEPABLE = ("grpo.", "rollout.")
-NOT_SWEEPABLE = ("grpo.policy.", "grpo.grad_clip", "rollout.env.gen_length")  # they shape the module/spaces
+SWEEPABLE = ("grpo.", "rollout.", "env.", "task.", "seed", "model")
+NOT_SWEEPABLE = ("grpo.grad_clip", "env.gen_length")  # they shape the module and its spaces
 
 
 @dataclass
 class SweepConfig(TrainConfig):
-    run_dir: str = "runs/sweep"
+    """`unmask sweep`: a Tune grid of train runs, then a Pareto report of every trained policy beside the heuristics."""
+
+    renamed: ClassVar[dict[str, str]] = {**TRAIN_RENAMED, "report_grid": "heuristic_grid",
+                                         "report_block_lengths": "block_lengths"}
+
+    out_dir: str = "runs/sweep"  # config.yaml, tune/ (a trial directory per grid point), trials.*, pareto.*
     # grid.<train key>=[values]: one trial per combination. A key given on the command line adds an axis
     # (or replaces that key's values); the default axis is the reward trade-off alpha.
     grid: dict[str, Any] = field(default_factory=lambda: {"grpo": {"alpha": [0.5, 1.0, 2.0]}})
     max_concurrent_trials: int = 1  # trials running at once; each takes 1 CPU + its env runners' resources
-    report_block_lengths: list[int] = field(default_factory=lambda: [8])  # + full diffusion + trained BLs
-    report_grid: str = "small"  # heuristic grid of the report: small | default
+    block_lengths: list[int] = field(default_factory=lambda: [8])  # the report's semi-AR panels (+ full diffusion and
+    #                                                                the trained block lengths)
+    heuristic_grid: str = "small"  # the report's heuristics: small | default (rollout.pareto.default_grid)
 
 
 def check_sweep(cfg: SweepConfig) -> None:
     check_train(cfg)
     if cfg.eval.num_examples < 1 or cfg.max_concurrent_trials < 1:
         raise ValueError("a sweep needs eval.num_examples >= 1 (its report) and max_concurrent_trials >= 1")
-    if cfg.report_grid not in ("small", "default"):
-        raise ValueError(f"unknown report_grid {cfg.report_grid!r}: use small or default")
+    check_heuristic_grid(cfg.heuristic_grid)
+    if any(bl < 1 or cfg.env.gen_length % bl for bl in cfg.block_lengths):
+        raise ValueError(f"block_lengths {list(cfg.block_lengths)} must each divide env.gen_length="
+                         f"{cfg.env.gen_length}")
 
 
 def grid_axes(grid: dict) -> dict[str, list]:
@@ -167,8 +194,8 @@ def grid_axes(grid: dict) -> dict[str, list]:
             elif not isinstance(value, list) or not value:
                 raise ValueError(f"grid.{path} must be a non-empty list of values, got {value!r}")
             elif not path.startswith(SWEEPABLE) or path.startswith(NOT_SWEEPABLE):
-                raise ValueError(f"grid.{path}: a sweep varies grpo.* and rollout.* keys (not grpo.policy.*, "
-                                 "grpo.grad_clip or rollout.env.gen_length)")
+                raise ValueError(f"grid.{path}: a sweep varies grpo.*, rollout.*, env.*, task.*, seed and model (not "
+                                 "grpo.grad_clip or env.gen_length, which shape the policy)")
             else:
                 axes[path] = value
 

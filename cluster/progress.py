@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from ray.tune import Callback
+
 from unmask.cluster.metrics import stalled_why
 
 COLLAPSE_WARNING_STREAK = 3  # skipped or stuck iterations in a row before the console says so

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from unmask.envs.files import write_atomic
-from unmask.envs.structured import load_yaml, to_dict, typed
+from unmask.envs.structured import load_yaml, to_dict, typed, upgrade
 
 RUN_FILES = ("config.yaml", "tune", "checkpoints", "trajectories", "unmask-seal.json")  # what a run writes
-RUN_SPECIFIC = ("resume", "run_dir", "ray_address", "resume_unverified")  # may differ in a continuation
+RUN_SPECIFIC = ("resume", "out_dir", "ray_address", "resume_unverified")  # may differ in a continuation
 SEAL = "unmask-seal.json"
 
 
@@ -33,16 +33,16 @@ def claim_run_dir(cfg: Any, schema: type) -> Path:
     """The run directory of `cfg` (the resumed one with `resume`). A new run needs a directory that holds no
     run; a resumed one needs its config.yaml and tune/, must agree with the saved config on every key, and
     its pickled state must match its seal."""
-    run_dir = Path(cfg.resume or cfg.run_dir).resolve()
+    run_dir = Path(cfg.resume or cfg.out_dir).resolve()
     saved_file = run_dir / "config.yaml"
     run_key()  # the run will be sealed with it when it stops: a bad key is an error now, not after the training
     if not cfg.resume:
         if saved_file.exists():
-            raise ValueError(f"run_dir {run_dir} already holds a run: choose a new run_dir (or resume={run_dir})")
+            raise ValueError(f"out_dir {run_dir} already holds a run: choose a new out_dir (or resume={run_dir})")
         return run_dir
     if not saved_file.is_file() or not (run_dir / "tune").is_dir():
         raise ValueError(f"resume={cfg.resume}: no run to resume there (config.yaml and tune/ are missing)")
-    saved = _flat(to_dict(typed(schema, load_yaml(saved_file, f"resume={cfg.resume}"))))
+    saved = _flat(to_dict(typed(schema, upgrade(schema, load_yaml(saved_file, f"resume={cfg.resume}"))[0])))
     for key, value in _flat(to_dict(cfg)).items():
         if key not in RUN_SPECIFIC and saved.get(key) != value:
             raise ValueError(f"resume={cfg.resume} was started with {key}={saved.get(key)!r}, not {value!r}: "

@@ -1,8 +1,8 @@
 """`unmask sweep`: a Tune grid of GRPO runs (by default over the reward trade-off alpha), then a Pareto
 report of every trained policy beside the heuristics, in semi-AR and full-diffusion mode.
 
-run_dir/
-  config.yaml          the resolved SweepConfig (`resume=<run_dir>` must match it)
+out_dir/
+  config.yaml          the resolved SweepConfig (`resume=<out_dir>` must match it)
   tune/                Tune's experiment; one trial directory per grid point, each with its own
                        checkpoints/ and trajectories/ (the layout of `unmask train`)
   trials.md, .json     one row per trial: grid values, status, last training metrics, the error if it failed
@@ -18,19 +18,21 @@ from typing import Any
 from unmask.cluster.config import SweepConfig, TrainConfig, check_sweep, grid_axes, grid_points
 from unmask.cluster.rundir import claim_run_dir, seal
 from unmask.cluster.train import absolute_paths, connect_ray, tune_run_config
+from unmask.envs.config import DLLMSettings
 from unmask.envs.files import write_atomic, write_json
-from unmask.envs.structured import to_yaml
+from unmask.envs.structured import narrow, to_yaml
 
 
 def param_space(cfg: SweepConfig, axes: dict[str, list]):
     """The UnmaskGRPOConfig of the base run with a `tune.grid_search` at each swept key (Tune sees it as
     plain data through `UnmaskGRPOConfig.to_dict`)."""
     from ray import tune
-    from unmask.cluster.algorithm_config import UnmaskGRPOConfig
 
-    algo = UnmaskGRPOConfig.from_train_config(cfg).outputs(run_dir="")  # each trial writes into its own directory
+    from unmask.cluster.algorithm_config import UnmaskGRPOConfig, algo_path
+
+    algo = UnmaskGRPOConfig.from_train_config(cfg).outputs(out_dir="")  # each trial writes into its own directory
     for path, values in axes.items():
-        *parents, key = path.split(".")
+        *parents, key = algo_path(path).split(".")
         node = operator.attrgetter(".".join(parents))(algo)
         setattr(node, key, tune.grid_search(values))
     return algo
@@ -45,9 +47,11 @@ def sweep(cfg: SweepConfig) -> dict:
     run_dir = claim_run_dir(cfg, SweepConfig)
     from unmask.rollout.preflight import preflight
 
-    for rollout in {repr(point.rollout): point.rollout for point in points}.values():  # each distinct one once
-        preflight(rollout)
+    settings = {repr(narrow(point, DLLMSettings)): point for point in points}  # each distinct dLLM setting once
+    for point in settings.values():
+        preflight(point, point.rollout.train_pool)
     from ray import tune
+
     from unmask.cluster.algorithm import UnmaskGRPO
 
     connect_ray(cfg, concurrent_runs=cfg.max_concurrent_trials)
@@ -81,12 +85,12 @@ def sweep(cfg: SweepConfig) -> dict:
 
 def trial_row(result, axes: dict[str, list], given: dict[str, dict]) -> dict:
     """One trial: its grid values (read back from the trial's own config), status and last metrics."""
-    from unmask.cluster.algorithm_config import UnmaskGRPOConfig
+    from unmask.cluster.algorithm_config import UnmaskGRPOConfig, algo_path
 
     config = result.config or given.get(Path(result.path).name, {})  # a trial that died in setup reports none
     trial_config = UnmaskGRPOConfig().update_from_dict(config)
     row: dict[str, Any] = {"trial": Path(result.path).name}
-    row.update({path: operator.attrgetter(path)(trial_config) for path in axes})
+    row.update({path: operator.attrgetter(algo_path(path))(trial_config) for path in axes})
     metrics = result.metrics or {}
     row.update({k: metrics.get("unmask", {}).get(k) for k in ("reward_mean", "accuracy", "nfe_mean")})
     row["iterations"] = metrics.get("training_iteration", 0)
@@ -105,17 +109,17 @@ def trial_row(result, axes: dict[str, list], given: dict[str, dict]) -> dict:
 
 def report(cfg: SweepConfig, points: list[TrainConfig], policies: list[Path]) -> list[dict]:
     """Heuristics and policies on the test split, at the report's block lengths, every trained one and full
-    diffusion; writes pareto.md/.json/.png into run_dir."""
+    diffusion; writes pareto.md/.json/.png into out_dir."""
     from unmask.rollout.config import ParetoConfig
     from unmask.rollout.pareto import run_pareto
     from unmask.rollout.report import write_pareto
 
-    trained = {point.rollout.env.block_length for point in points}
-    pareto_cfg = ParetoConfig(model=cfg.rollout.model, task=cfg.rollout.task, env=cfg.rollout.env,
-                              block_lengths=sorted(set(cfg.report_block_lengths) | trained), grid=cfg.report_grid,
+    trained = {point.env.block_length for point in points}
+    pareto_cfg = ParetoConfig(model=cfg.model, task=cfg.task, env=cfg.env,
+                              block_lengths=sorted(set(cfg.block_lengths) | trained), heuristic_grid=cfg.heuristic_grid,
                               policies=[str(p) for p in policies], num_examples=cfg.eval.num_examples,
-                              seed=cfg.rollout.seed, out_dir=cfg.run_dir, progress=False,
-                              trust_remote_code=cfg.rollout.trust_remote_code)
+                              seed=cfg.seed, out_dir=cfg.out_dir, progress=False,
+                              trust_remote_code=cfg.trust_remote_code)
     rows = run_pareto(pareto_cfg)
-    write_pareto(rows, Path(cfg.run_dir), pareto_cfg, title=f"sweep {Path(cfg.run_dir).name}: heuristics and policies")
+    write_pareto(rows, Path(cfg.out_dir), pareto_cfg, title=f"sweep {Path(cfg.out_dir).name}: heuristics and policies")
     return rows

@@ -1,7 +1,7 @@
 """`unmask train`: GRPO training of the unmasking policy on Ray, through Tune (for its loggers,
 checkpoints and, later, sweeps).
 
-run_dir/
+out_dir/
   config.yaml                     the resolved TrainConfig
   tune/                           Tune's trial directory: progress.csv, result.json, TensorBoard events,
                                   algorithm checkpoints
@@ -24,6 +24,7 @@ from unmask.cluster.rundir import claim_run_dir, forget_run, seal
 from unmask.envs.config import SamplerConfig
 from unmask.envs.files import Interrupted, is_local_path, sigterm_as_interrupt, write_atomic
 from unmask.envs.structured import to_yaml
+from unmask.learner.config import trained_network
 from unmask.rollout.config import EvalConfig
 
 
@@ -34,18 +35,18 @@ def say(step: str) -> None:
 
 def absolute_paths(cfg: TrainConfig) -> TrainConfig:
     """Tune runs trials in their own working directory: every local path must be absolute."""
-    rollout = cfg.rollout
-    if rollout.model != "builtin" and is_local_path(rollout.model):
-        rollout = dataclasses.replace(rollout, model=str(Path(rollout.model).expanduser().resolve()))
+    model = cfg.model
+    if model != "builtin" and is_local_path(model):
+        model = str(Path(model).expanduser().resolve())
+    task = cfg.task
     for key in ("path", "test_path"):
-        if getattr(rollout.task, key):
-            task = dataclasses.replace(rollout.task, **{key: str(Path(getattr(rollout.task, key)).resolve())})
-            rollout = dataclasses.replace(rollout, task=task)
-    grpo = cfg.grpo
-    if grpo.init_policy and is_local_path(grpo.init_policy):
-        grpo = dataclasses.replace(grpo, init_policy=str(Path(grpo.init_policy).expanduser().resolve()))
-    return dataclasses.replace(cfg, rollout=rollout, grpo=grpo,
-                               run_dir=str(Path(cfg.resume or cfg.run_dir).resolve()))
+        if getattr(task, key):
+            task = dataclasses.replace(task, **{key: str(Path(getattr(task, key)).resolve())})
+    init_from = cfg.init_from
+    if init_from and is_local_path(init_from):
+        init_from = str(Path(init_from).expanduser().resolve())
+    return dataclasses.replace(cfg, model=model, task=task, init_from=init_from,
+                               out_dir=str(Path(cfg.resume or cfg.out_dir).resolve()))
 
 
 def logical_cpus_needed(cfg: TrainConfig) -> float:
@@ -111,28 +112,31 @@ def connect_ray(cfg: TrainConfig, concurrent_runs: int) -> None:
 
 
 def tune_run_config(cfg: TrainConfig, label_trials: bool = False):
-    """Where Tune keeps a run (run_dir/tune), when it stops, how often it checkpoints, what it prints."""
+    """Where Tune keeps a run (out_dir/tune), when it stops, how often it checkpoints, what it prints."""
     from ray import tune
+
     from unmask.cluster.progress import ProgressPrinter
 
+    stop = {"training_iteration": cfg.max_iterations}
+    if cfg.max_minutes:  # 0: no time budget
+        stop["time_total_s"] = cfg.max_minutes * 60
     return tune.RunConfig(
-        storage_path=cfg.run_dir, name="tune", verbose=0, callbacks=[ProgressPrinter(label_trials)],
-        stop={"training_iteration": cfg.max_iterations, "time_total_s": cfg.max_minutes * 60},
+        storage_path=cfg.out_dir, name="tune", verbose=0, callbacks=[ProgressPrinter(label_trials)], stop=stop,
         checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=cfg.checkpoint_every, checkpoint_at_end=True,
                                                 num_to_keep=2),
     )
 
 
 def train(cfg: TrainConfig) -> dict:
-    """Run GRPO with Tune in `run_dir`; returns the final eval (or the last metrics when eval is off)."""
+    """Run GRPO with Tune in `out_dir`; returns the final eval (or the last metrics when eval is off)."""
     check_train(cfg)
     cfg = absolute_paths(cfg)
     run_dir = claim_run_dir(cfg, TrainConfig)
     from unmask.rollout.preflight import preflight
 
-    preflight(cfg.rollout)
-    if not cfg.resume:  # the network as it will be trained (alpha-conditioned for a range, init_policy's shape)
-        cfg = dataclasses.replace(cfg, grpo=dataclasses.replace(cfg.grpo, policy=cfg.grpo.network()))
+    preflight(cfg, cfg.rollout.train_pool)
+    if not cfg.resume:  # the network as it will be trained (alpha-conditioned for a range, init_from's shape)
+        cfg = dataclasses.replace(cfg, policy=trained_network(cfg.policy, cfg.init_from, cfg.grpo.alpha_range))
     from ray import tune
 
     connect_ray(cfg, concurrent_runs=1)
@@ -159,7 +163,7 @@ def train(cfg: TrainConfig) -> dict:
     if results.errors:
         error = str(results.errors[0]).strip().splitlines()[-1]
         if not cfg.resume and int((results[0].metrics or {}).get("training_iteration", 0)) == 0:
-            forget_run(run_dir, new_dir)  # nothing to resume: the corrected re-run may use the same run_dir
+            forget_run(run_dir, new_dir)  # nothing to resume: the corrected re-run may use the same out_dir
             raise RuntimeError(f"training failed before its first iteration (nothing kept): {error}")
         raise RuntimeError(f"training failed: {error}")
     metrics = results[0].metrics
@@ -181,16 +185,16 @@ def train(cfg: TrainConfig) -> dict:
 
 
 def reached_time_budget(metrics: dict, cfg: TrainConfig) -> bool:
-    return float(metrics.get("time_total_s", 0.0)) >= cfg.max_minutes * 60
+    return bool(cfg.max_minutes) and float(metrics.get("time_total_s", 0.0)) >= cfg.max_minutes * 60
 
 
 def final_eval(cfg: TrainConfig, policy_dir: Path) -> dict:
     from unmask.rollout.evaluate import evaluate, write_eval
 
     sampler = SamplerConfig(name="policy", checkpoint=str(policy_dir), policy_temperature=cfg.eval.policy_temperature)
-    eval_cfg = EvalConfig(model=cfg.rollout.model, task=cfg.rollout.task, sampler=sampler, env=cfg.rollout.env,
-                          num_examples=cfg.eval.num_examples, seed=cfg.rollout.seed, progress=False,
-                          out=str(Path(cfg.run_dir) / "eval.json"), trust_remote_code=cfg.rollout.trust_remote_code)
+    eval_cfg = EvalConfig(model=cfg.model, task=cfg.task, sampler=sampler, env=cfg.env,
+                          num_examples=cfg.eval.num_examples, seed=cfg.seed, progress=False,
+                          out_dir=cfg.out_dir, trust_remote_code=cfg.trust_remote_code)
     result = evaluate(eval_cfg)
     if cfg.grpo.alpha_range:  # one policy for every trade-off: does it answer to alpha? (its ends, same prompts)
         ends = [min(cfg.grpo.alpha_range), max(cfg.grpo.alpha_range)]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -22,11 +22,11 @@ class TaskConfig:
     path: str = ""  # jsonl: the file; gsm8k/math500: a dir of train/test .jsonl|.parquet or one file; "" = hub
     test_path: str = ""  # jsonl: a separate test file (then `path` is all training data and no hash split is made)
     verifier: str = "exact"  # jsonl: exact | numeric | math | module:function (imports and runs that code)
-    prompt_key: str = "prompt"
-    answer_key: str = "answer"
+    prompt_key: str = "prompt"  # jsonl: the field that holds the prompt
+    answer_key: str = "answer"  # jsonl: the field that holds the reference answer
     test_fraction: float = 0.1  # jsonl, or gsm8k/math500 from one file: share held out (by content hash) as test
     max_prompt_chars: int = 32_768  # a longer prompt in the data is an error (it would size a model or a batch)
-    max_answer_chars: int = 32_768
+    max_answer_chars: int = 32_768  # a longer reference answer in the data is an error
 
 
 TASK_NAMES = ("cycles", "map", "jsonl", "gsm8k", "math500", "gsm8k_math")
@@ -47,11 +47,16 @@ def check_task(cfg: TaskConfig) -> None:
 
 @dataclass
 class EnvConfig:
+    """The canvas and how the dLLM runs it (the same `env.*` keys in every command)."""
+
     gen_length: int = 24  # L: the generation canvas
     block_length: int = 8  # BL: semi-AR block; BL == L is full diffusion
     temperature: float = 0.0  # token temperature (Gumbel-max in float64, as LLaDA); 0 = greedy
-    device: str = "cpu"
-    dtype: str = "float32"  # float32 | bfloat16 | float16
+    batch_size: int = 0  # sequences in one batched dLLM forward (rows in flight in training); 0 = what the memory
+    #                      plan fits (envs.memory), at most the evaluation's 250 / training's prompts x group size
+    device: str = "auto"  # auto (cuda when this process sees a GPU, else cpu) | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto (bfloat16 on CUDA, float32 on CPU) | float32 | bfloat16 | float16
+    gpu_memory_fraction: float = 0.9  # share of the device's memory the memory plan may fill (weights included)
     device_map: str = ""  # e.g. "auto": spread the dLLM over this actor's GPUs (overrides device)
     chat_template: str = "auto"  # auto (use the tokenizer's template if it has one) | on | off
     kv_cache: str = "none"  # none | prefix | dual: Fast-dLLM KV caches, refreshed once per block (native models)
@@ -60,6 +65,7 @@ class EnvConfig:
 
 
 KV_CACHES = ("none", "prefix", "dual")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def check_env(cfg: EnvConfig) -> None:
@@ -73,6 +79,12 @@ def check_env(cfg: EnvConfig) -> None:
         raise ValueError(f"unknown env.kv_cache {cfg.kv_cache!r}: use {', '.join(KV_CACHES)}")
     if cfg.temperature < 0:
         raise ValueError(f"env.temperature must be >= 0, got {cfg.temperature}")
+    if cfg.dtype not in DTYPES:
+        raise ValueError(f"unknown env.dtype {cfg.dtype!r}: use {', '.join(DTYPES)}")
+    if cfg.batch_size < 0:
+        raise ValueError(f"env.batch_size must be >= 0 (0 = what the memory plan fits), got {cfg.batch_size}")
+    if not 0 < cfg.gpu_memory_fraction <= 1:
+        raise ValueError(f"env.gpu_memory_fraction must be in (0, 1], got {cfg.gpu_memory_fraction}")
     if cfg.emulate_gpu:
         from unmask.envs.emulation import profile
 
@@ -82,10 +94,27 @@ def check_env(cfg: EnvConfig) -> None:
 
 
 @dataclass
+class DLLMSettings:
+    """The frozen dLLM, its task, the canvas and the seed: the keys every command that decodes shares, spelled the
+    same everywhere (model, task.*, env.*, seed)."""
+
+    model: str = "builtin"  # a local Hugging Face directory or hub id; builtin = the shipped dLLM
+    trust_remote_code: bool = False  # let transformers run the model's own code from its directory or the hub
+    task: TaskConfig = field(default_factory=TaskConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    seed: int = 0  # draws the prompts, the sampling noise and (training) the runners' data order
+
+
+def check_dllm_settings(cfg: DLLMSettings) -> None:
+    check_task(cfg.task)
+    check_env(cfg.env)
+
+
+@dataclass
 class SamplerConfig:
     """One config for every sampler; each sampler reads only its own parameters (see `unmask samplers`)."""
 
-    name: str = "fast_dllm"
+    name: str = "fast_dllm"  # which sampler (the table below); each reads only its own sampler.<param> keys
     steps: int = 0  # top_k/margin/entropy: total steps (LLaDA schedule); 0 = gen_length (1 token/step)
     k: int = 1  # random: tokens per step
     threshold: float = 0.9  # fast_dllm, left_threshold, left_run: lambda

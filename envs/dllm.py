@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from transformers import AutoModelForMaskedLM
+
 from unmask.envs.config import EnvConfig
 from unmask.envs.files import is_local_path
 
@@ -43,6 +44,13 @@ def layout_batch(
 def real_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     """Position ids that count only real tokens: left padding does not shift a prompt's positions."""
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def positions(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """`real_positions`, or 0..N-1 in every row (the same values) for a batch without padding (mask None)."""
+    if attention_mask is None:
+        return torch.arange(input_ids.shape[1], device=input_ids.device).expand(input_ids.shape)
+    return real_positions(attention_mask)
 
 
 def check_fits(prompt_length: int, gen_length: int, context: int | None) -> None:
@@ -84,6 +92,7 @@ class DLLM:
         self.logit_shift = logit_shift
         self.max_length = max_length
         self.name = name
+        self.placement: dict = {}  # where and in what precision it runs, as load_dllm chose (recorded in eval.json)
         self.chat_template = chat_template
         params = inspect.signature(model.forward).parameters
         self._takes_position_ids = "position_ids" in params
@@ -108,12 +117,14 @@ class DLLM:
         return self.tokenizer.decode(ids[:end], skip_special_tokens=False)
 
     @torch.no_grad()
-    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, last: int = 0) -> torch.Tensor:
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, last: int = 0) -> torch.Tensor:
         """Logits aligned so that logits[:, i] predicts token i: of every position, or of the `last` ones
-        only (native models then skip the vocabulary projection of the prompt)."""
+        only (native models then skip the vocabulary projection of the prompt). `attention_mask` None: no row
+        is padded, and the model gets no mask (the caller knows from its layout: no device read, and SDPA may
+        use its flash kernel); every forward method here takes it so."""
         kwargs = {}
         if self._takes_position_ids:
-            kwargs["position_ids"] = real_positions(attention_mask)
+            kwargs["position_ids"] = positions(input_ids, attention_mask)
         kwargs |= self._keep(last)
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
         return self._align(out, last)
@@ -130,17 +141,17 @@ class DLLM:
 
     # ---- Fast-dLLM KV caches (native models) ---------------------------------------------------------
     @torch.no_grad()
-    def logits_and_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, last: int = 0
+    def logits_and_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, last: int = 0
                          ) -> tuple[torch.Tensor, list]:
         """A full forward (exactly `logits`) that also returns every layer's keys/values of every position,
         for `logits_with_cache` to reuse until the next refresh."""
         out = self.model(input_ids=input_ids, attention_mask=attention_mask,
-                         position_ids=real_positions(attention_mask), use_cache=True, **self._keep(last))
+                         position_ids=positions(input_ids, attention_mask), use_cache=True, **self._keep(last))
         return self._align(out.logits, last), out.past_key_values
 
     @torch.no_grad()
-    def logits_with_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: list, start: int,
-                          end: int | None = None) -> torch.Tensor:
+    def logits_with_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, cache: list,
+                          start: int, end: int | None = None) -> torch.Tensor:
         """Logits of positions start..end-1 from a forward that feeds only part of the sequence and takes
         every other position's keys/values from `cache` (stale by design: computed at the last refresh).
 
@@ -150,13 +161,13 @@ class DLLM:
         start-1, so for Dream the fed part begins one position earlier."""
         first = start - 1 if self.logit_shift else start
         stop = input_ids.shape[1] if end is None else end
-        positions = real_positions(attention_mask)[:, first:stop]
+        fed = positions(input_ids, attention_mask)[:, first:stop]
         if end is None:
-            out = self.model(input_ids=input_ids[:, first:], attention_mask=attention_mask, position_ids=positions,
+            out = self.model(input_ids=input_ids[:, first:], attention_mask=attention_mask, position_ids=fed,
                              past_key_values=[(k[:, :, :first], v[:, :, :first]) for k, v in cache]).logits
         else:
             out = self.model(input_ids=input_ids[:, first:stop], attention_mask=attention_mask,
-                             position_ids=positions, past_key_values=cache, replace_position=first).logits
+                             position_ids=fed, past_key_values=cache, replace_position=first).logits
         return out[:, :-1] if self.logit_shift else out
 
 
@@ -170,10 +181,24 @@ def first_id(*candidates) -> int | None:
     return None
 
 
+def resolve_device(device: str) -> str:
+    """env.device=auto: cuda when this process sees a GPU (for an env runner, the one Ray gave it), else cpu."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """env.dtype=auto: bfloat16 on CUDA (LLaDA-8B weighs 16 GB in it, 32 GB in float32), float32 on the CPU."""
+    if dtype == "auto":
+        return "bfloat16" if torch.device(device).type == "cuda" else "float32"
+    return dtype
+
+
 def check_device(device: str) -> None:
     """Fail early and in one line on a device this machine does not have."""
     try:
-        dev = torch.device(device)
+        dev = torch.device(resolve_device(device))
     except RuntimeError:
         raise ModelLoadError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
@@ -220,6 +245,7 @@ def check_model_files(model: str, env: EnvConfig, trust_remote_code: bool = Fals
     starts env runners that load them): the model's files, config and tokenizer, its special tokens, the
     chat-template and KV-cache settings. Returns (tokenizer, context length, chat template on?)."""
     from transformers import AutoConfig
+
     from unmask.envs import models
 
     models.register()
@@ -245,6 +271,7 @@ def load_env_dllm(model: str, env: EnvConfig, *, trust_remote_code: bool = False
     overrides `env.device`, e.g. the GPU Ray gave an env runner), emulating a GPU's timing if it says so."""
     dllm = load_dllm(model, device=device or env.device, dtype=env.dtype, trust_remote_code=trust_remote_code,
                      chat_template=env.chat_template, device_map=env.device_map)
+    dllm.placement["asked"] = {"device": device or env.device, "dtype": env.dtype}
     if env.emulate_gpu:
         from unmask.envs.emulation import EmulatedForwards, profile
 
@@ -252,23 +279,29 @@ def load_env_dllm(model: str, env: EnvConfig, *, trust_remote_code: bool = False
     return dllm
 
 
-def load_dllm(model: str = "builtin", *, device: str = "cpu", dtype: str = "float32",
+def load_dllm(model: str = "builtin", *, device: str = "auto", dtype: str = "auto",
               trust_remote_code: bool = False, logit_shift: bool | None = None, chat_template: str = "auto",
               device_map: str = "") -> DLLM:
     """Load a dLLM from a local directory or a hub id. LLaDA and Dream checkpoints load into the native
     implementations in `envs.models` (no remote code); any other masked LM through `AutoModelForMaskedLM`
-    (remote code only with `trust_remote_code`). `device_map` (e.g. "auto") spreads a model over the GPUs
-    of one env actor."""
+    (remote code only with `trust_remote_code`). On a GPU the weights load straight onto it (no copy staged in
+    host memory: eight runners of a node would otherwise hold eight copies in RAM at once); `device_map` (e.g.
+    "auto") spreads a model over the GPUs of one env actor. device and dtype `auto`: resolve_device, resolve_dtype;
+    what was chosen is `dllm.placement`."""
     from unmask.envs import models
 
     models.register()  # the native LLaDA and Dream classes answer for their model types
 
     path = check_model_path(str(model))
     check_device(device)
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
     if torch_dtype is None:
         raise ModelLoadError(f"unknown dtype {dtype!r}: use float32, bfloat16 or float16")
-    placement = {"device_map": device_map} if device_map else {}
+    on_gpu = torch.device(device).type == "cuda"
+    placement = {"device_map": device_map or (device if on_gpu else None)}
+    placement = {k: v for k, v in placement.items() if v}
     with loading(model):
         tokenizer = models.load_tokenizer(path, trust_remote_code=trust_remote_code)
         hf_model = AutoModelForMaskedLM.from_pretrained(
@@ -284,11 +317,14 @@ def load_dllm(model: str = "builtin", *, device: str = "cpu", dtype: str = "floa
     stop_ids |= set(models.end_of_turn_ids(tokenizer))
     shift = bool(getattr(config, "logit_shift", False)) if logit_shift is None else logit_shift
     max_length = context_length(config)
-    if not device_map:
+    if not placement:
         hf_model = hf_model.to(device)
-    return DLLM(hf_model, tokenizer, mask_id=mask_id, eos_id=eos_id, pad_id=pad_id,
+    dllm = DLLM(hf_model, tokenizer, mask_id=mask_id, eos_id=eos_id, pad_id=pad_id,
                 logit_shift=shift, max_length=max_length, name=model or "builtin", stop_ids=stop_ids,
                 chat_template=uses_chat_template(tokenizer, chat_template, model))
+    dllm.placement = {"device": str(dllm.device), "dtype": dtype, "device_map": device_map,
+                      "loaded_onto_device": bool(placement)}
+    return dllm
 
 
 def uses_chat_template(tokenizer, setting: str, model: str) -> bool:

@@ -45,6 +45,7 @@ from abc import ABC, abstractmethod
 from typing import ClassVar
 
 import torch
+
 from unmask.envs.config import SAMPLER_PARAMS, EnvConfig, SamplerConfig
 from unmask.envs.mdp import Observation, UnmaskingEnv
 

@@ -1,14 +1,29 @@
-"""Configs of the experiments (`unmask reproduce`): plain dataclasses, checked before anything heavy is imported."""
+"""Configs of the experiments (`unmask reproduce`, `python -m unmask.experiments.frontier`, `python -m
+unmask.experiments.own_tasks`): plain dataclasses, parsed by the one command-line parser (cli.parse) and checked before
+anything heavy is imported."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
-from unmask.envs.config import check_finite
+from unmask.envs.config import EnvConfig, check_env, check_finite
+from unmask.envs.files import check_writable
 
 README_MARKERS = ("<!-- findings:start -->", "<!-- findings:end -->")  # `unmask reproduce readme=` writes there
+
+
+# the env.* keys the experiments read (the canvas): they run the built-in model on the CPU
+CANVAS_KEYS = ("gen_length", "block_length")
+UNUSED_ENV = {f"env.{f}": "the experiments read env.gen_length and env.block_length only"
+              for f in EnvConfig.__dataclass_fields__ if f not in CANVAS_KEYS}
+
+
+def check_seeds(key: str, seeds: list[int]) -> None:
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"{key} must hold at least one seed, none twice, got {list(seeds)}")
 
 
 @dataclass
@@ -17,7 +32,11 @@ class ReproduceConfig:
     minutes on a 2-core CPU (12 trainings of `train_minutes`, 4 clones, the second dLLM, ~150 evaluations);
     `preset=quick` is a smoke run of a few minutes."""
 
-    out_dir: str = "runs/reproduce"
+    unused_keys: ClassVar[dict[str, str]] = UNUSED_ENV
+    renamed: ClassVar[dict[str, str]] = {"gen_length": "env.gen_length", "block_length": "env.block_length"}
+
+    env: EnvConfig = field(default_factory=EnvConfig)  # env.block_length: the semi-AR block; env.gen_length: L
+    out_dir: str = "runs/reproduce"  # findings.md, .json, plots, and the runs behind them (a ledger: resumable)
     preset: str = "default"  # default | quick: a smoke run (a few iterations, a few prompts; what the tests use)
     train_minutes: float = 5.0  # wall budget of each training run
     max_iterations: int = 100_000  # of each training run (quick: 3)
@@ -26,17 +45,15 @@ class ReproduceConfig:
     pretrain_minutes: float = 5.0  # the second dLLM (cycles + the out-of-domain `map` family)
     pretrain_examples: int = 30_000  # of each family in the second dLLM's data (quick: 2000)
     num_examples: int = 500  # test prompts per evaluation (quick: 12)
-    train_seeds: list[int] = field(default_factory=lambda: [0, 1])
-    test_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    train_seeds: list[int] = field(default_factory=lambda: [0, 1])  # one training run per seed and finding
+    test_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # evaluation draws (prompts, noise) per point
     alpha: float = 1.0  # every policy's trade-off (the paper's additive-reward ablation is at 1)
-    lr: float = 2e-4
+    lr: float = 2e-4  # GRPO's learning rate from the paper's initialisation
     imitate_prompts: int = 1000  # the recipe's clone (finding 2): the teacher's prompts (DAgger: a third of it more)
     imitate_steps: int = 400  # ... and its optimiser steps per round (quick: 10)
-    block_length: int = 8  # semi-AR
-    gen_length: int = 24
     long_gen_length: int = 32  # finding 5: the second dLLM's canvas, longer than the policies were trained at
     readme: str = ""  # a README holding the findings markers: findings.md is written between them
-    progress: bool = True
+    progress: bool = True  # progress lines on stderr
 
 
 QUICK_REPRODUCE = {"train_minutes": 1.0, "max_iterations": 3, "num_env_runners": 0, "groups_per_update": 2,
@@ -58,13 +75,11 @@ def check_reproduce(cfg: ReproduceConfig) -> None:
     if cfg.alpha < 0 or cfg.lr <= 0:
         raise ValueError(f"alpha must be >= 0 and lr > 0, got alpha={cfg.alpha}, lr={cfg.lr}")
     for key in ("train_seeds", "test_seeds"):
-        seeds = list(getattr(cfg, key))
-        if not seeds or len(set(seeds)) != len(seeds):
-            raise ValueError(f"{key} must hold at least one seed, none twice, got {seeds}")
-    if min(cfg.gen_length, cfg.block_length) < 1 or cfg.gen_length % cfg.block_length:
-        raise ValueError(f"block_length ({cfg.block_length}) must be >= 1 and divide gen_length ({cfg.gen_length})")
-    if cfg.long_gen_length <= cfg.gen_length:
-        raise ValueError(f"long_gen_length ({cfg.long_gen_length}) must exceed gen_length ({cfg.gen_length})")
+        check_seeds(key, getattr(cfg, key))
+    check_env(cfg.env)
+    if cfg.long_gen_length <= cfg.env.gen_length:
+        raise ValueError(f"long_gen_length ({cfg.long_gen_length}) must exceed env.gen_length ({cfg.env.gen_length})")
+    check_writable(cfg.out_dir, "out_dir", directory=True)
     if cfg.readme:
         text = Path(cfg.readme).read_text() if Path(cfg.readme).is_file() else ""
         start, end = (text.find(m) for m in README_MARKERS)
@@ -79,3 +94,51 @@ def resolved(cfg: ReproduceConfig) -> ReproduceConfig:
     defaults = ReproduceConfig()
     return dataclasses.replace(cfg, **{k: v for k, v in QUICK_REPRODUCE.items()
                                        if getattr(cfg, k) == getattr(defaults, k)})
+
+
+@dataclass
+class FrontierConfig:
+    """`python -m unmask.experiments.frontier`: the learned policies' accuracy-vs-NFE frontier on the built-in model per
+    mode, beside every heuristic and the oracle (experiments.frontier); resumable through its ledger in out_dir."""
+
+    renamed: ClassVar[dict] = {"seeds": ("train_seeds", lambda v: v if str(v).startswith("[") else f"[{v}]")}
+
+    out_dir: str = "runs/frontier"  # every run, evaluation and the ledger of finished parts
+    train_seeds: list[int] = field(default_factory=lambda: [0, 1])  # a training per seed and part; a point: the mean
+    grpo_minutes: float = 4.0  # each GRPO run from the first clone
+    paper_minutes: float = 4.0  # the paper's GRPO from its initialisation
+    past_minutes: float = 7.0  # each GRPO run from the left_run clone (past the heuristics)
+    num_examples: int = 500  # test prompts per evaluation
+    publish: str = ""  # a directory (docs/results): frontier.{md,json,png} and the front's policies are written there
+
+
+def check_frontier(cfg: FrontierConfig) -> None:
+    check_finite(cfg)
+    check_seeds("train_seeds", cfg.train_seeds)
+    if min(cfg.grpo_minutes, cfg.paper_minutes, cfg.past_minutes) <= 0 or cfg.num_examples < 1:
+        raise ValueError("grpo_minutes, paper_minutes and past_minutes must be > 0 and num_examples >= 1")
+    check_writable(cfg.out_dir, "out_dir", directory=True)
+    if cfg.publish:
+        check_writable(cfg.publish, "publish", directory=True)
+
+
+OWN_FAMILIES = ("sort", "filter", "psum", "path", "commas")
+
+
+@dataclass
+class OwnTasksConfig:
+    """`python -m unmask.experiments.own_tasks`: a task family of our own, written as the JSONL a user brings."""
+
+    family: str = "filter"  # sort | filter | psum | path | commas (experiments.own_tasks)
+    out_dir: str = "runs/own"  # <family>-train.jsonl and <family>-test.jsonl
+    train_examples: int = 20_000  # distinct training prompts (fewer when the family has fewer)
+    test_examples: int = 500  # distinct test prompts, none of them in train
+    seed: int = 7  # draws the examples (7: the files the README's results were made from)
+
+
+def check_own_tasks(cfg: OwnTasksConfig) -> None:
+    if cfg.family not in OWN_FAMILIES:
+        raise ValueError(f"unknown family {cfg.family!r}: choose one of {', '.join(OWN_FAMILIES)}")
+    if cfg.train_examples < 1 or cfg.test_examples < 1:
+        raise ValueError("train_examples and test_examples must be >= 1")
+    check_writable(cfg.out_dir, "out_dir", directory=True)

@@ -1,8 +1,8 @@
 """The learned policies' accuracy-vs-NFE frontier on the built-in model, per mode, beside the heuristics and the oracle
 limit: what `docs/results/frontier.{md,json,png}` and the shipped policies in `docs/results/policies/` come from.
 
-    python -m unmask.experiments.frontier [out_dir=runs/frontier] [seeds=0,1] [grpo_minutes=4] [paper_minutes=4]
-                                   [past_minutes=7] [num_examples=500] [publish=docs/results]
+    unmask frontier [out_dir=runs/frontier] [train_seeds=[0,1]] [grpo_minutes=4] [paper_minutes=4] [past_minutes=7]
+                    [num_examples=500] [publish=docs/results]        (or: python -m unmask.experiments.frontier ...)
 
 Per mode (semi-AR BL = 8, full diffusion BL = L = 24), per training seed, each a real command run in a subprocess:
 
@@ -13,7 +13,7 @@ Per mode (semi-AR BL = 8, full diffusion BL = L = 24), per training seed, each a
     imitate-lr `unmask imitate` of left_run lambda = 0.9, mu = 0.4 (left_threshold, and the run right of the leftmost
                at >= mu with no token repeating a neighbour's), the policy reading the `repeat` input beside the
                confidence, in full diffusion over the whole canvas: the heuristic that makes both modes' frontier
-    grpo-a<a>  `unmask train` from that clone (grpo.init_policy) at alpha in {0.3, 1, 3}, lr 3e-5 and no bound on the
+    grpo-a<a>  `unmask train` from that clone (init_from) at alpha in {0.3, 1, 3}, lr 3e-5 and no bound on the
                training draws (CLONE_GRPO); its checkpoints/best, chosen by held-out validation (so never worse than
                the clone on validation)
     grpo-lr-a<a> `unmask train` from the imitate-lr clone at alpha in {3, 10} and its defaults from a policy (lr
@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 
 from unmask.cluster.config import FROM_POLICY
+from unmask.experiments.config import FrontierConfig
 from unmask.experiments.reproduce import Parts
 from unmask.rollout.pareto import default_grid
 from unmask.rollout.report import pareto_front, write_pareto
@@ -60,8 +61,6 @@ FAMILY = (("fast_dllm:threshold=0.9", 0.3), ("fast_dllm:threshold=0.8", 1.0), ("
 # validation), at the fast end of the trade-off
 PAST_GRPO = {k.split(".", 1)[1]: v for k, v in FROM_POLICY.items() if k.startswith("grpo.")}
 PAST_ALPHAS = (3.0, 10.0)
-DEFAULTS = {"out_dir": "runs/frontier", "seeds": "0,1", "grpo_minutes": "4", "paper_minutes": "4",
-            "past_minutes": "7", "num_examples": "500", "publish": ""}
 
 
 def unmask(*args: str) -> float:
@@ -74,25 +73,25 @@ def unmask(*args: str) -> float:
 
 
 def evaluate(checkpoint: Path, block_length: int, n: int, alpha: float | None = None) -> dict:
-    out = checkpoint.parent / f"eval-{checkpoint.name}{'' if alpha is None else f'-a{alpha:g}'}.json"
+    out = checkpoint.parent / f"eval-{checkpoint.name}{'' if alpha is None else f'-a{alpha:g}'}"
     args = ["eval", "sampler=policy", f"sampler.checkpoint={checkpoint}", f"env.block_length={block_length}",
-            f"num_examples={n}", f"out={out}", "progress=false"]
+            f"num_examples={n}", f"out_dir={out}", "progress=false"]
     unmask(*args, *([f"sampler.alpha={alpha}"] if alpha is not None else []))
-    result = json.loads(out.read_text())
+    result = json.loads((out / "eval.json").read_text())
     return {"accuracy": result["accuracy"], "mean_nfe": result["mean_nfe"],
             "fallback_share": result.get("fallback_share", 0.0)}
 
 
-def parts_of_mode(parts: Parts, out: Path, mode: str, bl: int, seed: int, a: dict) -> list[dict]:
+def parts_of_mode(parts: Parts, out: Path, mode: str, bl: int, seed: int, a: FrontierConfig) -> list[dict]:
     """Every policy point of one mode and training seed: [{name, alpha, checkpoint, minutes, accuracy, mean_nfe}]."""
-    n, root = int(a["num_examples"]), out / f"bl{bl}" / f"s{seed}"
+    n, root = a.num_examples, out / f"bl{bl}" / f"s{seed}"
     blocks = ["teacher_block_length=8"] if bl == 24 else []
     points = []
 
     def imitate(name: str, extra: list[str], in_blocks: bool = True) -> dict:
         path = root / name
         shutil.rmtree(path, ignore_errors=True)
-        minutes = unmask("imitate", f"out={path}", f"env.block_length={bl}", f"seed={seed}", "eval_examples=0",
+        minutes = unmask("imitate", f"out_dir={path}", f"env.block_length={bl}", f"seed={seed}", "eval.num_examples=0",
                          "progress=false", *(blocks if in_blocks else []), *extra)
         return {"checkpoint": str(path), "minutes": minutes}
 
@@ -111,21 +110,21 @@ def parts_of_mode(parts: Parts, out: Path, mode: str, bl: int, seed: int, a: dic
     run_clone = cloned("imitate-lr", "imitation of left_run 0.9/0.4", RUN_TEACHER,
                        {"teacher": RUN_TEACHER, "inputs": RUN_INPUTS}, in_blocks=False, extra=(RUN_INPUTS,))
 
-    def train(name: str, extra: list[str], minutes: str, before: float = 0.0) -> dict:
+    def train(name: str, extra: list[str], minutes: float, before: float = 0.0) -> dict:
         """One training run; its minutes, with `before` (its starting policy's) added."""
         run = root / name
         shutil.rmtree(run, ignore_errors=True)
-        took = unmask("train", f"run_dir={run}", f"rollout.env.block_length={bl}", f"rollout.seed={seed}",
+        took = unmask("train", f"out_dir={run}", f"env.block_length={bl}", f"seed={seed}",
                       f"max_minutes={minutes}", "max_iterations=100000", "eval.num_examples=0",
                       "dump_trajectories=false", "checkpoint_every=50", *extra)
         return {"checkpoint": str(run / "checkpoints" / "best"), "minutes": took + before}
 
-    def trained(name: str, label: str, alpha: float, keys: list[str], minutes: str, depends: dict,
+    def trained(name: str, label: str, alpha: float, keys: list[str], minutes: float, depends: dict,
                 start: dict | None = None) -> None:
         """One `unmask train` run (from `start`, a clone, when given: its checkpoint and minutes) and its evaluation:
         a policy point. The ledger records `depends` (with the start's) beside each."""
         if start:  # the rest of the keys: `unmask train`'s defaults from a policy (groups_per_update, validate_every)
-            keys = ["grpo.init_policy=" + start["checkpoint"], *keys]
+            keys = ["init_from=" + start["checkpoint"], *keys]
         run = parts.run(f"{bl}/s{seed}/{name}", lambda: train(name, keys, minutes, start["minutes"] if start else 0.0),
                         {"bl": bl, "seed": seed, "minutes": minutes, **depends, **(start or {})})
         points.append({"name": label, "alpha": alpha, **run, **parts.run(
@@ -133,14 +132,14 @@ def parts_of_mode(parts: Parts, out: Path, mode: str, bl: int, seed: int, a: dic
 
     for alpha in ALPHAS:
         trained(f"grpo-a{alpha:g}", f"imitation + GRPO alpha={alpha:g}", alpha,
-                [f"grpo.alpha={alpha}", *(f"grpo.{k}={v}" for k, v in CLONE_GRPO.items())], a["grpo_minutes"], {},
+                [f"grpo.alpha={alpha}", *(f"grpo.{k}={v}" for k, v in CLONE_GRPO.items())], a.grpo_minutes, {},
                 start=clone)
     for alpha in PAST_ALPHAS:
         grpo = {"alpha": alpha, **PAST_GRPO}
         trained(f"grpo-lr-a{alpha:g}", f"imitation of left_run + GRPO alpha={alpha:g}", alpha,
-                [f"grpo.alpha={alpha}"], a["past_minutes"], {"grpo": grpo}, start=run_clone)
+                [f"grpo.alpha={alpha}"], a.past_minutes, {"grpo": grpo}, start=run_clone)
     trained("paper", "the paper's GRPO alpha=0.3", 0.3, ["grpo.alpha=0.3", "grpo.fallback=false"],
-            a["paper_minutes"], {})
+            a.paper_minutes, {})
     family_keys = ["teachers=[" + ",".join(t for t, _ in FAMILY) + "]",
                    "teacher_alphas=[" + ",".join(f"{x:g}" for _, x in FAMILY) + "]"]
     family = parts.run(f"{bl}/s{seed}/family", lambda: imitate("family", family_keys), {"bl": bl, "seed": seed})
@@ -151,11 +150,11 @@ def parts_of_mode(parts: Parts, out: Path, mode: str, bl: int, seed: int, a: dic
     return [{**p, "mode": mode, "block_length": bl, "seed": seed} for p in points]
 
 
-def main(argv: list[str]) -> None:
-    a = DEFAULTS | dict(arg.split("=", 1) for arg in argv)
-    out = Path(a["out_dir"]).resolve()
-    parts = Parts(out, say_as="experiments.frontier")
-    rows = [row for seed in (int(s) for s in a["seeds"].split(",")) for mode, bl in MODES.items()
+def frontier(a: FrontierConfig) -> None:
+    """Every part (resumably), the summary; with `publish`, the published frontier."""
+    out = Path(a.out_dir).resolve()
+    parts = Parts(out, say_as="unmask frontier")
+    rows = [row for seed in a.train_seeds for mode, bl in MODES.items()
             for row in parts_of_mode(parts, out, mode, bl, seed, a)]
     (out / "points.json").write_text(json.dumps(rows, indent=1) + "\n")
     summary = summarize(rows)
@@ -164,11 +163,11 @@ def main(argv: list[str]) -> None:
         print(f"{line['block_length']:>3} {line['name']:<45} {line['accuracy']:.3f} "
               f"[{line['accuracy_min']:.3f}-{line['accuracy_max']:.3f}] @ {line['mean_nfe']:.2f}  "
               f"{line['minutes']:.1f} min")
-    if a["publish"]:
-        n = int(a["num_examples"])
+    if a.publish:
+        n = a.num_examples
         grid = [str(c) for c in default_grid(24, 1)]  # a grid that gained a sampler is run again
         heuristics = parts.run("pareto", lambda: heuristic_rows(out / "pareto", n), {"n": n, "grid": grid})
-        print(publish(rows, heuristics, Path(a["publish"])))
+        print(publish(rows, heuristics, Path(a.publish)))
 
 
 def heuristic_rows(out_dir: Path, n: int) -> list[dict]:
@@ -218,7 +217,7 @@ def publish(rows: list[dict], heuristics: list[dict], publish_dir: Path) -> str:
     # every seed's row too: what a later run needs to add a point without re-running the rest (the ledger is in runs/)
     extra = {"points": points, "summary": summary, "runs": rows}
     return write_pareto([r for r in heuristics if r["block_length"] in {8, 24}] + policy_rows, publish_dir,
-                        {"recipe": "python -m unmask.experiments.frontier"}, title="built-in model: learned policies "
+                        {"recipe": "unmask frontier"}, title="built-in model: learned policies "
                         "beside every heuristic and the oracle limit", stem="frontier", extra=extra)
 
 
@@ -251,5 +250,7 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
-if __name__ == "__main__":
-    main(sys.argv[1:])
+if __name__ == "__main__":  # the same command line as `unmask frontier`
+    from unmask.cli.main import main
+
+    raise SystemExit(main(["frontier", *sys.argv[1:]]))

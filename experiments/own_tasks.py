@@ -1,7 +1,7 @@
 """Task families of our own making, written as the JSONL a user brings (`task=jsonl`): the outside-task check of the
 recipe (README, "The frontier"). Nothing in the project was tuned for them.
 
-    python -m unmask.experiments.own_tasks family=filter out_dir=runs/own-filter
+    unmask own-tasks family=filter out_dir=runs/own-filter      (or: python -m unmask.experiments.own_tasks ...)
 
     sort     2-5 letters, sorted                                  (abcd's order: "daced=" -> "acdde")
     filter   4-14 random letters, those after `m` kept in order   ("emubcrdls=" -> "urs")
@@ -95,21 +95,7 @@ def write(family: str, out_dir: str, train: int = 20_000, test: int = 500, seed:
     return paths
 
 
-def main(argv: list[str]) -> int:
-    args = {"family": "filter", "out_dir": "runs/own"}
-    try:
-        for arg in argv:
-            key, eq, value = arg.partition("=")
-            if not eq or key not in args:
-                raise ValueError(f"{arg!r} is not family=... or out_dir=...")
-            args[key] = value
-        for path in write(args["family"], args["out_dir"]):
-            print(f"wrote {path}")
-    except ValueError as err:
-        print(f"own_tasks: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+if __name__ == "__main__":  # the same command line as `unmask own-tasks`
+    from unmask.cli.main import main
 
-
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    raise SystemExit(main(["own-tasks", *sys.argv[1:]]))

@@ -40,8 +40,8 @@ from pathlib import Path
 from unmask.envs.config import SAMPLER_PARAMS, EnvConfig, SamplerConfig, TaskConfig, sampler_spec
 from unmask.envs.files import Interrupted, write_atomic, write_json
 from unmask.envs.pretrain.config import PretrainConfig
-from unmask.experiments.config import README_MARKERS, ReproduceConfig, check_reproduce, resolved
-from unmask.rollout.config import ImitateConfig
+from unmask.experiments.config import CANVAS_KEYS, README_MARKERS, ReproduceConfig, check_reproduce, resolved
+from unmask.rollout.config import ImitateConfig, ImitateEval
 
 PAPER_FIGURES = {
     1: "Fig. 1/10: heuristics 'degrade significantly' without semi-AR; GSM8K full diffusion ≤ ~34% at any NFE",
@@ -103,35 +103,37 @@ IMITATE_KEYS = ("gen_length", "block_length", "imitate_prompts", "imitate_steps"
 
 
 def depends(cfg: ReproduceConfig, keys: tuple[str, ...], **more) -> dict:
-    return {**{k: getattr(cfg, k) for k in keys}, **more}
+    """The settings a part depends on, by name (the canvas's keys read from env.*)."""
+    return {**{k: getattr(cfg.env if k in CANVAS_KEYS else cfg, k) for k in keys}, **more}
 
 
 # ---- the work -------------------------------------------------------------------------------------------------
 def train_policy(cfg: ReproduceConfig, run_dir: Path, seed: int, model: str = "builtin", block_length: int = 0,
-                 reward: str = "multiplicative", init_policy: str = "") -> dict:
+                 reward: str = "multiplicative", init_from: str = "") -> dict:
     """One GRPO run (resumed if an earlier one was interrupted): where its policy is, and how it ran. The paper's
-    method from its initialisation (its final policy), or the recipe's GRPO from `init_policy` (checkpoints/best,
+    method from its initialisation (its final policy), or the recipe's GRPO from `init_from` (checkpoints/best,
     chosen by held-out validation)."""
     from unmask.cluster.config import FinalEvalConfig, TrainConfig
     from unmask.cluster.train import train
     from unmask.learner.config import GRPOConfig
     from unmask.rollout.config import RolloutConfig
 
-    env = EnvConfig(gen_length=cfg.gen_length, block_length=block_length or cfg.gen_length)
-    if init_policy:  # the recipe: `unmask train grpo.init_policy=<clone>` at its defaults (cluster.config.FROM_POLICY)
-        grpo = GRPOConfig(alpha=cfg.alpha, reward=reward, total_steps=3000, init_policy=init_policy)
+    env = EnvConfig(gen_length=cfg.env.gen_length, block_length=block_length or cfg.env.gen_length)
+    if init_from:  # the recipe: `unmask train init_from=<clone>` at its defaults (cluster.config.FROM_POLICY)
+        grpo = GRPOConfig(alpha=cfg.alpha, reward=reward, total_steps=3000)
     else:  # the paper's method: its training draws have no argmax fallback
         grpo = GRPOConfig(alpha=cfg.alpha, reward=reward, lr=cfg.lr, warmup_steps=20, total_steps=3000, fallback=False)
     train_cfg = TrainConfig(
-        rollout=RolloutConfig(model=model, env=env, seed=seed, prompts_per_sample=cfg.groups_per_update), grpo=grpo,
-        run_dir=str(run_dir), max_minutes=cfg.train_minutes, max_iterations=cfg.max_iterations, checkpoint_every=50,
+        model=model, env=env, seed=seed, rollout=RolloutConfig(prompts_per_sample=cfg.groups_per_update), grpo=grpo,
+        init_from=init_from,
+        out_dir=str(run_dir), max_minutes=cfg.train_minutes, max_iterations=cfg.max_iterations, checkpoint_every=50,
         num_env_runners=cfg.num_env_runners, groups_per_update=cfg.groups_per_update,
         validate_examples=min(200, cfg.num_examples), dump_trajectories=False, eval=FinalEvalConfig(num_examples=0))
     train_cfg.start_defaults(set() if cfg.preset == "default" else {"groups_per_update"})  # quick: its few prompts
     if (run_dir / "config.yaml").is_file():
         train_cfg = dataclasses.replace(train_cfg, resume=str(run_dir))
     metrics = train(train_cfg)
-    return {"policy": str(run_dir / "checkpoints" / ("best" if init_policy else "final")), "seed": seed,
+    return {"policy": str(run_dir / "checkpoints" / ("best" if init_from else "final")), "seed": seed,
             "model": model, "block_length": env.block_length, "reward": reward,
             "iterations": int(metrics.get("policy_version", 0))}
 
@@ -141,9 +143,10 @@ def imitate_policy(cfg: ReproduceConfig, out: Path, seed: int, block_length: int
     canvas in full diffusion) and the inputs it reads."""
     from unmask.rollout.imitation import imitate
 
-    imitate(ImitateConfig(env=EnvConfig(gen_length=cfg.gen_length, block_length=block_length),
+    imitate(ImitateConfig(env=EnvConfig(gen_length=cfg.env.gen_length, block_length=block_length),
                           prompts=cfg.imitate_prompts, dagger_prompts=max(1, cfg.imitate_prompts // 3),
-                          steps_per_round=cfg.imitate_steps, eval_examples=0, seed=seed, out=str(out),
+                          steps_per_round=cfg.imitate_steps, eval=ImitateEval(num_examples=0), seed=seed,
+                          out_dir=str(out),
                           overwrite=True, progress=False), dllm=models("builtin"))
     return {"policy": str(out), "seed": seed, "block_length": block_length}
 
@@ -172,9 +175,9 @@ def pretrain_second_dllm(cfg: ReproduceConfig, out: Path, data: dict, seed: int 
     from unmask.envs.pretrain.train import pretrain
 
     data_task = TaskConfig(name="jsonl", path=data["train"], test_fraction=0.0)
-    recipe = PretrainConfig(task=data_task, out=str(out), gen_length=cfg.long_gen_length, init_from=str(
-        BUILTIN_MODEL_DIR), minutes=cfg.pretrain_minutes, lr=3e-4, warmup_steps=50, seed=seed, overwrite=True,
-        save_every_minutes=0, progress=False)
+    recipe = PretrainConfig(task=data_task, out_dir=str(out), env=EnvConfig(gen_length=cfg.long_gen_length),
+                            init_from=str(BUILTIN_MODEL_DIR), max_minutes=cfg.pretrain_minutes, lr=3e-4,
+                            warmup_steps=50, seed=seed, overwrite=True, save_every_minutes=0, progress=False)
     pretrain(recipe)
     return {"model": str(out), "recipe": dataclasses.asdict(recipe)}
 
@@ -200,7 +203,7 @@ def evaluate_point(models: Models, model: str, env: EnvConfig, task: TaskConfig,
     from unmask.rollout.evaluate import evaluate
 
     result = evaluate(EvalConfig(model=model, task=task, sampler=sampler, env=env, num_examples=cfg.num_examples,
-                                 seed=seed, progress=False, out=str(Path(cfg.out_dir) / "eval.json")), models(model))
+                                 seed=seed, progress=False, out_dir=cfg.out_dir), models(model))
     return {k: result[k] for k in ("accuracy", "mean_nfe", "sampler")}
 
 
@@ -239,7 +242,7 @@ def run_parts(cfg: ReproduceConfig) -> dict:
     out = Path(cfg.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     parts = Parts(out)
-    L, BL = cfg.gen_length, cfg.block_length
+    L, BL = cfg.env.gen_length, cfg.env.block_length
     kinds = {"full": (L, "multiplicative"), "semiar": (BL, "multiplicative"), "additive": (L, "additive")}
     trained = {f"train/{kind}-s{seed}": depends(cfg, TRAINING_KEYS, block_length=block, reward=reward, seed=seed)
                for kind, (block, reward) in kinds.items() for seed in cfg.train_seeds}
@@ -267,7 +270,7 @@ def run_parts(cfg: ReproduceConfig) -> dict:
                 cfg, out / "imitate" / f"{k}-s{s}", s, b, models), cloned[f"imitate/{kind}-s{seed}"])
             policies[kind].append(parts.run(f"train/{kind}-s{seed}", lambda k=kind, s=seed, b=block, c=clone:
                                             train_policy(cfg, out / "train" / f"{k}-s{s}", s, block_length=b,
-                                                         init_policy=c["policy"]), trained[f"train/{kind}-s{seed}"]))
+                                                         init_from=c["policy"]), trained[f"train/{kind}-s{seed}"]))
     data = second_dllm_data(out / "data", cfg.pretrain_examples)
     second = parts.run("dllm2", lambda: pretrain_second_dllm(cfg, out / "dllm2", data), second_keys)
     dllm2 = second["model"]
@@ -361,7 +364,7 @@ def judge(points: dict, cfg: ReproduceConfig) -> list[dict]:
     semi, full, d2, d2_long = points["semiar"], points["full"], points["dllm2"], points["dllm2-long"]
     best_semi, best_full = (best_heuristic(table, among=PAPER_HEURISTICS) for table in (semi, full))
     finding("heuristics collapse in full diffusion",
-            f"top_k 1 token/step {point(summary(semi[TOP_K]))} (BL={cfg.block_length}) → "
+            f"top_k 1 token/step {point(summary(semi[TOP_K]))} (BL={cfg.env.block_length}) → "
             f"{point(summary(full[TOP_K]))} (BL=L); best heuristic {rival_text(best_semi)} → {rival_text(best_full)}",
             best_full[1]["accuracy"] < best_semi[1]["accuracy"] - 0.1)
     s_mine, s_rival, s_diff = versus(semi, "policy semiar", PAPER_HEURISTICS)
@@ -389,7 +392,8 @@ def judge(points: dict, cfg: ReproduceConfig) -> list[dict]:
     long, h_short, h_long = summary(d2_long["policy dllm2"]), best_heuristic(d2), best_heuristic(d2_long)
     policy_change, heuristic_change = long["accuracy"] - own["accuracy"], h_long[1]["accuracy"] - h_short[1]["accuracy"]
     policy_holds, heuristics_degrade = policy_change >= -0.05, heuristic_change <= min(-0.02, policy_change - 0.02)
-    finding(f"trained at L = {cfg.gen_length}, a policy holds at L = {cfg.long_gen_length}; heuristics degrade further",
+    finding(f"trained at L = {cfg.env.gen_length}, a policy holds at L = {cfg.long_gen_length}; heuristics degrade "
+            "further",
             f"policy {point(own)} → {point(long)}; best heuristic {rival_text(h_short)} → {rival_text(h_long)}; "
             f"the policy {'holds' if policy_holds else 'does not hold'} ({policy_change:+.3f}), the heuristics "
             f"{'degrade further' if heuristics_degrade else 'do not degrade further'} ({heuristic_change:+.3f})",

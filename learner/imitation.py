@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+
 from unmask.envs.optim import adamw, warmup_cosine
 from unmask.learner.grpo import bernoulli_position_logp
 from unmask.learner.policy import UnmaskingPolicy

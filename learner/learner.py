@@ -35,6 +35,7 @@ from ray.rllib.core.learner.learner import DEFAULT_OPTIMIZER
 from ray.rllib.core.learner.torch.torch_learner import TorchLearner
 from ray.rllib.core.learner.training_data import TrainingData
 from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
+
 from unmask.envs.optim import adamw, warmup_cosine
 from unmask.learner.config import GRPOConfig
 from unmask.learner.grpo import (
@@ -88,14 +89,14 @@ class GRPOLearner(TorchLearner):
         return self._weights_seq_no
 
     def build(self) -> None:
-        """RLlib's build, then grpo.init_policy's weights (a restore sets its own afterwards), and a frozen copy of
-        them when the loss anchors to them."""
+        """RLlib's build, then init_from's weights (a restore sets its own afterwards), and a frozen copy of them when
+        the loss anchors to them."""
         super().build()
         self.anchor = None
-        if self.grpo.init_policy:
+        if self.config.init_from:
             from unmask.learner.policy import load_policy
 
-            start = load_policy(self.grpo.init_policy, str(self.device))
+            start = load_policy(self.config.init_from, str(self.device))
             self.module[DEFAULT_MODULE_ID].policy.load_state_dict(start.state_dict())
             if self.grpo.anchor_coef:
                 self.anchor = start.eval().requires_grad_(False)

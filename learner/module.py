@@ -14,6 +14,7 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.core.distribution.torch.torch_distribution import TorchDistribution
 from ray.rllib.core.rl_module.torch import TorchRLModule
 from torch import nn
+
 from unmask.learner.config import PolicyConfig
 from unmask.learner.grpo import bernoulli_logp, bernoulli_sample, unmask_probabilities
 from unmask.learner.policy import UnmaskingPolicy
@@ -76,7 +77,7 @@ class StateValue(nn.Module):
 
 class UnmaskRLModule(TorchRLModule):
     """Wraps learner.policy.UnmaskingPolicy; `model_config` holds PolicyConfig's fields (UnmaskGRPOConfig
-    puts `grpo.policy` there) and `value_baseline` (grpo.credit=value: a StateValue beside the policy)."""
+    puts the run's `policy` there) and `value_baseline` (grpo.credit=value: a StateValue beside the policy)."""
 
     def setup(self) -> None:
         fields = PolicyConfig.__dataclass_fields__

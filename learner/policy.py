@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -31,6 +31,7 @@ from huggingface_hub import PyTorchModelHubMixin, constants, hf_hub_download
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model
 from torch import nn
+
 from unmask.envs.files import replace_dir
 from unmask.learner.config import PolicyConfig, saved_policy
 
@@ -104,7 +105,8 @@ class UnmaskingPolicy(nn.Module, PyTorchModelHubMixin, library_name="unmask", pa
         super().__init__()
         if isinstance(config, dict):  # config.json: the PolicyConfig fields, plus what training recorded
             config = PolicyConfig(**{k: v for k, v in config.items() if k in PolicyConfig.__dataclass_fields__})
-        self.config = cfg = config or PolicyConfig()
+        config = config or PolicyConfig()
+        self.config = cfg = replace(config, inputs=list(config.inputs) or ["confidence"])  # []: the paper's input
         d = cfg.hidden_size
         self.confidence_in = nn.Linear(len(cfg.inputs), d)  # the paper's policy: the confidence alone
         self.mask_embed = nn.Embedding(2, d)

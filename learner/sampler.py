@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+
 from unmask.envs.config import EnvConfig, SamplerConfig
 from unmask.envs.mdp import Observation
 from unmask.envs.samplers import Sampler

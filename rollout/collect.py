@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
 from unmask.envs.mdp import UnmaskingEnv
 from unmask.envs.tasks import Example, Task
 from unmask.learner.config import GRPOConfig

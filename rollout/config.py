@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import ClassVar
 
 from unmask.envs.config import (
-    EnvConfig,
+    DLLMSettings,
     SamplerConfig,
-    TaskConfig,
+    check_dllm_settings,
     check_env,
     check_finite,
     check_sampler,
@@ -34,91 +34,90 @@ class ExpertConfig:
 
 @dataclass
 class RolloutConfig:
-    model: str = "builtin"  # a local HF directory or hub id; "builtin" = the shipped dLLM
-    task: TaskConfig = field(default_factory=TaskConfig)
-    env: EnvConfig = field(default_factory=EnvConfig)
+    """How env runners roll the policy out in training (`rollout.*`; the dLLM, task and canvas are the run's
+    model, task.* and env.*)."""
+
     group_size: int = 8  # G: the policy's rollouts per prompt (experts add theirs to the group)
     expert: ExpertConfig = field(default_factory=ExpertConfig)
     prompts_per_sample: int = 8  # prompts in one env-runner sample (prompts x G sequences, one batched env)
     fill_at_budget: bool = True  # a block's last allowed forward writes what the policy left (false: abandoned,
     #                              the paper's rule, from which a policy that unmasks nothing never gets out)
-    batch_rows: int = 0  # rows in flight (continuous batching: a finished row takes the next one); 0 = all at once
     train_pool: int = 20_000  # training prompts an env runner draws from (reshuffled each pass)
-    seed: int = 0
-    trust_remote_code: bool = False
 
 
-def check_rollout(cfg: RolloutConfig) -> None:
-    check_task(cfg.task)
-    check_env(cfg.env)
+def check_rollout(cfg: RolloutConfig, gen_length: int) -> None:
     if cfg.group_size < 2:
         raise ValueError(f"rollout.group_size must be >= 2 (GRPO compares rollouts of one prompt), "
                          f"got {cfg.group_size}")
     if cfg.prompts_per_sample < 1 or cfg.train_pool < 1:
         raise ValueError("rollout.prompts_per_sample and rollout.train_pool must be >= 1")
-    if cfg.batch_rows < 0:
-        raise ValueError(f"rollout.batch_rows must be >= 0 (0 = every row at once), got {cfg.batch_rows}")
     thresholds = list(cfg.expert.thresholds)
     if any(not 0.0 <= x <= 1.0 for x in thresholds) or len(set(thresholds)) != len(thresholds):
         raise ValueError(f"rollout.expert.thresholds must be distinct Fast-dLLM lambdas in [0, 1] (identical experts "
                          f"draw identical trajectories), got {thresholds}")
-    if thresholds and (cfg.expert.block_length <= 0 or cfg.env.gen_length % cfg.expert.block_length):
+    if thresholds and (cfg.expert.block_length <= 0 or gen_length % cfg.expert.block_length):
         raise ValueError(f"rollout.expert.block_length={cfg.expert.block_length} must divide "
-                         f"env.gen_length={cfg.env.gen_length}")
+                         f"env.gen_length={gen_length}")
+
+
+def folder_of_file(value: str) -> str:
+    """eval's old `out=<file>.json`: the folder it named (eval now writes out_dir/eval.json and eval.examples.jsonl)."""
+    return str(Path(value).parent) if str(value).endswith(".json") else str(value)
 
 
 @dataclass
-class EvalConfig:
-    model: str = "builtin"  # a local HF directory or hub id; "builtin" = the shipped dLLM
-    task: TaskConfig = field(default_factory=TaskConfig)
+class EvalConfig(DLLMSettings):
+    """`unmask eval`: one sampler on a task's prompts."""
+
+    # deprecated spellings: old key -> new key, or (new key, the old value's conversion); cli.parse applies them with
+    # a one-line notice
+    renamed: ClassVar[dict] = {"out": ("out_dir", folder_of_file), "batch_size": "env.batch_size"}
+
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
-    env: EnvConfig = field(default_factory=EnvConfig)
-    batch_size: int = 250  # sequences per batched dLLM forward
-    num_examples: int = 500
-    split: str = "test"
-    seed: int = 0
-    out: str = "runs/eval/eval.json"  # and beside it <stem>.examples.jsonl: every example's outcome
+    num_examples: int = 500  # prompts of the split; -1 = all of them
+    split: str = "test"  # test | train
+    out_dir: str = "runs/eval"  # eval.json (the summary and the resolved config), eval.examples.jsonl (every outcome)
     group_by: str = ""  # a field of the examples (a JSONL column; cycles: cycle_length): results per value
     progress: bool = True  # a progress bar on stderr
     num_threads: int = 0  # torch threads; 0 = torch's default (all cores)
-    trust_remote_code: bool = False
 
 
 def check_eval(cfg: EvalConfig) -> None:
     check_finite(cfg)
-    check_task(cfg.task)
-    check_env(cfg.env)
+    check_dllm_settings(cfg)
     check_sampler(cfg.sampler)
-    check_writable(cfg.out, "out")
-    if cfg.batch_size < 1 or cfg.num_threads < 0:
-        raise ValueError(f"batch_size must be >= 1 and num_threads >= 0, got {cfg.batch_size}, {cfg.num_threads}")
+    check_writable(cfg.out_dir, "out_dir", directory=True)
+    if cfg.num_threads < 0:
+        raise ValueError(f"num_threads must be >= 0, got {cfg.num_threads}")
 
 
 @dataclass
-class ParetoConfig:
+class ParetoConfig(DLLMSettings):
+    """`unmask pareto`: every heuristic over its settings grid, semi-AR and full diffusion, with the oracle's line."""
+
     # keys the schema has (through EnvConfig) but this command does not read: giving one is an error
     unused_keys: ClassVar[dict[str, str]] = {"env.block_length": "unmask pareto takes block_lengths=[...]"}
+    renamed: ClassVar[dict] = {"grid": "heuristic_grid", "batch_size": "env.batch_size"}
 
-    model: str = "builtin"
-    task: TaskConfig = field(default_factory=TaskConfig)
-    env: EnvConfig = field(default_factory=EnvConfig)
     block_lengths: list[int] = field(default_factory=lambda: [4, 8])  # semi-AR; full diffusion (L) is always added
-    grid: str = "default"  # default | small
+    heuristic_grid: str = "default"  # default | small: the heuristics' settings (rollout.pareto.default_grid)
     policies: list[str] = field(default_factory=list)  # saved policy directories, evaluated beside the heuristics
     policy_alphas: list[float] = field(default_factory=lambda: [0.3, 1.0, 3.0])  # an alpha-conditioned policy's curve
     oracle: bool = True  # draw the oracle's limit line (rollout.pareto.oracle_line)
     oracle_block_length: int = 0  # its references decode blocks of this (at most BL); 0 = the largest semi-AR one
-    batch_size: int = 250  # sequences per batched dLLM forward
-    num_examples: int = 500
-    split: str = "test"
-    seed: int = 0
-    out_dir: str = "runs/pareto"
-    progress: bool = True
+    num_examples: int = 500  # prompts of the split; -1 = all of them
+    split: str = "test"  # test | train
+    out_dir: str = "runs/pareto"  # pareto.json, .md, .png and the resolved config.yaml
+    progress: bool = True  # a progress bar on stderr
     num_threads: int = 0  # torch threads; 0 = torch's default (all cores)
-    trust_remote_code: bool = False
 
 
 GRIDS = ("default", "small")
+
+
+def check_heuristic_grid(grid: str) -> None:
+    if grid not in GRIDS:
+        raise ValueError(f"unknown heuristic_grid {grid!r}: use {' or '.join(GRIDS)}")
 
 
 def check_pareto(cfg: ParetoConfig) -> None:
@@ -127,10 +126,7 @@ def check_pareto(cfg: ParetoConfig) -> None:
     check_writable(cfg.out_dir, "out_dir", directory=True)
     if not cfg.policy_alphas or any(not a >= 0 for a in cfg.policy_alphas):
         raise ValueError(f"policy_alphas must be a non-empty list of trade-offs >= 0, got {list(cfg.policy_alphas)}")
-    if cfg.grid not in GRIDS:
-        raise ValueError(f"unknown grid {cfg.grid!r}: use {' or '.join(GRIDS)}")
-    if cfg.batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
+    check_heuristic_grid(cfg.heuristic_grid)
     for block_length in pareto_block_lengths(cfg):
         if block_length <= 0 or cfg.env.gen_length % block_length:
             raise ValueError(f"block_lengths entry {block_length} does not divide env.gen_length={cfg.env.gen_length}")
@@ -154,45 +150,46 @@ def oracle_blocks(cfg: ParetoConfig) -> int:
 
 
 @dataclass
-class ImitateConfig:
-    """`unmask imitate`: a policy cloned from a teacher sampler's decisions (rollout.imitation), the start GRPO then
-    moves beyond the heuristics' frontier from (grpo.init_policy)."""
+class ImitateEval:
+    num_examples: int = 500  # the cloned policy on the test split, beside its teachers (eval.json); 0 = skip
 
-    model: str = "builtin"
-    task: TaskConfig = field(default_factory=TaskConfig)
-    env: EnvConfig = field(default_factory=EnvConfig)
+
+@dataclass
+class ImitateConfig(DLLMSettings):
+    """`unmask imitate`: a policy cloned from a teacher sampler's decisions (rollout.imitation), the start GRPO then
+    moves beyond the heuristics' frontier from (`unmask train init_from=`)."""
+
+    renamed: ClassVar[dict] = {"out": "out_dir", "batch_size": "env.batch_size",
+                               "eval_examples": "eval.num_examples"}
+
     # the teacher, a sampler spec `name[:param=value,...]`; several: one alpha-conditioned policy, each episode
     # decoded by one of them, the policy told the trade-off each stands for (teacher_alphas, in the same order)
     # (the default, left_run: the heuristic that makes both modes' frontier on the built-in model, frontier.md)
     teachers: list[str] = field(default_factory=lambda: ["left_run:threshold=0.9,run_threshold=0.4"])
-    teacher_alphas: list[float] = field(default_factory=list)
+    teacher_alphas: list[float] = field(default_factory=list)  # several teachers: the trade-off each stands for
     teacher_block_length: int = 0  # teachers decide in the leftmost block of this many inside the canvas; 0 = BL
     # policy.inputs = [] (the default): the confidence and every input the teachers read (left_run: repeat), so that
     # the student sees what its teacher decides on; a list given is kept, and refused if it misses one of those
-    policy: PolicyConfig = field(default_factory=lambda: PolicyConfig(inputs=[]))
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
     prompts: int = 1000  # training prompts the teachers decode (the states of round 0)
     dagger_rounds: int = 1  # then rounds of the student's own rollouts, labelled by the teachers (DAgger)
     dagger_prompts: int = 300  # student rollouts per DAgger round
     steps_per_round: int = 400  # optimiser steps after each round's states are in
     batch_steps: int = 256  # states per optimiser step
-    lr: float = 2e-3
+    lr: float = 2e-3  # Adam learning rate of the imitation loss
     # > 1: the loss counts each "keep masked" label this many times, so the student commits only where it is surer;
     # for a teacher that sees what the student cannot (the oracle, which knows the answer)
     keep_weight: float = 1.0
-    batch_size: int = 250  # sequences per batched dLLM forward while collecting
-    eval_examples: int = 500  # the cloned policy on the test split, beside its teachers (eval.json); 0 = skip
-    seed: int = 0
-    out: str = "runs/imitate"
-    overwrite: bool = False  # out may hold a policy: replace it
-    progress: bool = True
-    trust_remote_code: bool = False
+    eval: ImitateEval = field(default_factory=ImitateEval)
+    out_dir: str = "runs/imitate"  # the policy (model.safetensors, config.json, README.md) and eval.json
+    overwrite: bool = False  # out_dir may hold a policy: replace it
+    progress: bool = True  # a progress bar on stderr
 
 
 def check_imitate(cfg: ImitateConfig) -> None:
     check_finite(cfg)
-    check_task(cfg.task)
-    check_env(cfg.env)
-    check_policy(dataclasses.replace(cfg.policy, inputs=cfg.policy.inputs or ["confidence"]), "policy")
+    check_dllm_settings(cfg)
+    check_policy(cfg.policy)
     if not cfg.teachers:
         raise ValueError("teachers must name at least one sampler")
     for spec in cfg.teachers:
@@ -210,13 +207,13 @@ def check_imitate(cfg: ImitateConfig) -> None:
     if cfg.teacher_block_length < 0 or cfg.teacher_block_length and cfg.env.gen_length % cfg.teacher_block_length:
         raise ValueError(f"teacher_block_length={cfg.teacher_block_length} must divide env.gen_length="
                          f"{cfg.env.gen_length} (0: the env's blocks)")
-    if min(cfg.prompts, cfg.steps_per_round, cfg.batch_steps, cfg.batch_size) < 1 or cfg.lr <= 0:
-        raise ValueError("prompts, steps_per_round, batch_steps and batch_size must be >= 1 and lr > 0")
+    if min(cfg.prompts, cfg.steps_per_round, cfg.batch_steps) < 1 or cfg.lr <= 0:
+        raise ValueError("prompts, steps_per_round and batch_steps must be >= 1 and lr > 0")
     if not cfg.keep_weight >= 1:
         raise ValueError(f"keep_weight must be >= 1 (1: the teacher's likelihood as it is), got {cfg.keep_weight}")
-    if min(cfg.dagger_rounds, cfg.dagger_prompts, cfg.eval_examples) < 0:
-        raise ValueError("dagger_rounds, dagger_prompts and eval_examples must be >= 0")
-    check_writable(cfg.out, "out", directory=True)
-    out = Path(cfg.out)
+    if min(cfg.dagger_rounds, cfg.dagger_prompts, cfg.eval.num_examples) < 0:
+        raise ValueError("dagger_rounds, dagger_prompts and eval.num_examples must be >= 0")
+    check_writable(cfg.out_dir, "out_dir", directory=True)
+    out = Path(cfg.out_dir)
     if out.is_dir() and any(out.iterdir()) and not cfg.overwrite:
-        raise ValueError(f"out={cfg.out} is not empty: choose a new out (or overwrite=true to replace it)")
+        raise ValueError(f"out_dir={cfg.out_dir} is not empty: choose a new out_dir (or overwrite=true to replace it)")

@@ -21,6 +21,7 @@ from ray.rllib.env import INPUT_ENV_SPACES
 from ray.rllib.env.env_runner import EnvRunner
 from ray.rllib.utils.checkpoints import Checkpointable
 from ray.rllib.utils.metrics import WEIGHTS_SEQ_NO
+
 from unmask.envs.config import SamplerConfig
 from unmask.envs.dllm import load_env_dllm
 from unmask.envs.mdp import UnmaskingEnv
@@ -49,12 +50,13 @@ class RunnerSample:
 
 
 class DLLMEnvRunner(EnvRunner, Checkpointable):
-    """Reads the typed `config.rollout` (RolloutConfig) and `config.grpo` (GRPOConfig: the reward and the
-    policy temperature are the learner's, one source for both) of its UnmaskGRPOConfig."""
+    """Reads the typed `config.dllm` (DLLMSettings: model, task, env, seed), `config.rollout` (RolloutConfig) and
+    `config.grpo` (GRPOConfig: the reward and the policy temperature are the learner's, one source for both) of its
+    UnmaskGRPOConfig."""
 
     def __init__(self, *, config, **kwargs):
         super().__init__(config=config, **kwargs)
-        self.settings, self.grpo = config.rollout, config.grpo
+        self.dllm_settings, self.settings, self.grpo = config.dllm, config.rollout, config.grpo
         self.version = -1  # no weights yet; the algorithm pushes version 0 before the first sample
         self.board = None
         self.groups_made = 0  # group counter: with the runner index it makes every group id unique
@@ -68,20 +70,20 @@ class DLLMEnvRunner(EnvRunner, Checkpointable):
             self._build_env()
 
     def _build_env(self) -> None:
-        s = self.settings
-        device = s.env.device
+        d, s = self.dllm_settings, self.settings
+        device = d.env.device
         if self.config.num_gpus_per_env_runner > 0:
             if not torch.cuda.is_available():
                 raise RuntimeError("num_gpus_per_env_runner > 0 but this env runner sees no CUDA device")
             device = "cuda"
-        self.dllm = load_env_dllm(s.model, s.env, trust_remote_code=s.trust_remote_code, device=device)
+        self.dllm = load_env_dllm(d.model, d.env, trust_remote_code=d.trust_remote_code, device=device)
         self.module.to(self.dllm.device)
-        seed = s.seed * 1000 + self.worker_index
-        self.env = UnmaskingEnv.from_config(self.dllm, s.env, seed=seed, fill_at_budget=s.fill_at_budget)
-        self.task = make_task(s.task)
+        seed = d.seed * 1000 + self.worker_index
+        self.env = UnmaskingEnv.from_config(self.dllm, d.env, seed=seed, fill_at_budget=s.fill_at_budget)
+        self.task = make_task(d.task)
         outputs = self.config.run_outputs
         held = outputs.validate_examples if outputs.validate_every else 0  # validation prompts, never trained on
-        self.pool = self.task.examples("train", s.train_pool + held, seed=s.seed)
+        self.pool = self.task.examples("train", s.train_pool + held, seed=d.seed)
         self.validation, self.pool = (self.pool[-held:], self.pool[:-held]) if held else ([], self.pool)
         if not self.pool:
             raise ValueError(f"the task has no training examples beyond the {held} held out for validation")
@@ -119,7 +121,7 @@ class DLLMEnvRunner(EnvRunner, Checkpointable):
         alphas = draw_alphas(self.grpo.alpha_range, len(examples), self.generator) if self.grpo.alpha_range else None
         batch = collect_groups(self.env, self.sampler, self.task, examples, self.settings.group_size, self.grpo,
                                env_runner=self.worker_index, first_group=self.groups_made,
-                               policy_version=self.version, batch_rows=self.settings.batch_rows,
+                               policy_version=self.version, batch_rows=self.dllm_settings.env.batch_size,
                                steering=self.steering, alphas=alphas)
         self.groups_made += len(examples)
         self._last_return = time.perf_counter()
@@ -133,7 +135,7 @@ class DLLMEnvRunner(EnvRunner, Checkpointable):
         """The newest policy on the held-out validation prompts, by evaluation's rule: accuracy, mean NFE and mean
         reward at the run's alpha (an alpha-conditioned policy: averaged over the ends and middle of its range)."""
         self._pull_weights()
-        g, L = self.grpo, self.settings.env.gen_length
+        g, L = self.grpo, self.dllm_settings.env.gen_length
         alphas = [g.alpha] if not g.alpha_range else [g.alpha_range[0], (g.alpha_range[0] * g.alpha_range[1]) ** 0.5,
                                                        g.alpha_range[1]]
         scores = []
@@ -142,7 +144,7 @@ class DLLMEnvRunner(EnvRunner, Checkpointable):
             sampler = PolicySampler(SamplerConfig(name="policy", alpha=alpha if conditioned else None,
                                                   policy_temperature=g.policy_temperature),
                                     torch.Generator(device=self.dllm.device).manual_seed(0), policy=self.module.policy)
-            episodes = run_episodes(self.dllm, self.task, self.validation, sampler, self.settings.env, seed=0)
+            episodes = run_episodes(self.dllm, self.task, self.validation, sampler, self.dllm_settings.env, seed=0)
             correct = torch.tensor([e.correct for e in episodes])
             nfe = torch.tensor([e.generation.nfe for e in episodes])
             scores.append({"reward": float(reward(correct, nfe, L, alpha, g.reward).mean()),
@@ -168,7 +170,7 @@ class DLLMEnvRunner(EnvRunner, Checkpointable):
         out = []
         while len(out) < self.settings.prompts_per_sample:
             order = list(range(len(self.pool)))
-            random.Random(f"{self.settings.seed}/{self.worker_index}/{self.pass_index}").shuffle(order)
+            random.Random(f"{self.dllm_settings.seed}/{self.worker_index}/{self.pass_index}").shuffle(order)
             take = order[self.cursor : self.cursor + self.settings.prompts_per_sample - len(out)]
             out += [self.pool[i] for i in take]
             self.cursor += len(take)

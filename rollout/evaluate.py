@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
 from unmask.envs.config import EnvConfig
 from unmask.envs.dllm import DLLM, load_env_dllm
 from unmask.envs.samplers import Sampler
@@ -36,9 +37,18 @@ def examples_to_evaluate(task: Task, split: str, n: int, seed: int) -> list[Exam
     return examples
 
 
+EVAL_ROWS = 250  # evaluation's batch when env.batch_size is 0 and the memory plan allows as many
+
+
+def eval_rows(env_cfg: EnvConfig) -> int:
+    """Sequences per batched forward in evaluation: env.batch_size, else EVAL_ROWS."""
+    return env_cfg.batch_size or EVAL_ROWS
+
+
 def run_episodes(dllm: DLLM, task: Task, examples: list[Example], sampler: Sampler, env_cfg: EnvConfig,
-                 batch_size: int = 250, seed: int = 0, progress: bool = False) -> list[Episode]:
-    generations = generate(dllm, [ex.prompt for ex in examples], sampler, env_cfg, batch_size=batch_size,
+                 seed: int = 0, progress: bool = False) -> list[Episode]:
+    """Decode and score `examples`, `eval_rows(env_cfg)` sequences per batched forward."""
+    generations = generate(dllm, [ex.prompt for ex in examples], sampler, env_cfg, batch_size=eval_rows(env_cfg),
                            response_prefix=task.response_prefix, seed=seed, progress=progress)
     return [Episode(ex, gen, task.verify(gen.text, ex), task.content_length(gen.text) < task.content_length(ex.answer))
             for ex, gen in zip(examples, generations, strict=True)]
@@ -93,11 +103,11 @@ def evaluate(cfg: EvalConfig, dllm: DLLM | None = None) -> dict:
         dllm = load_env_dllm(cfg.model, cfg.env, trust_remote_code=cfg.trust_remote_code)
     sampler = make_sampler(cfg.sampler, torch.Generator(device=dllm.device).manual_seed(cfg.seed))
     start = time.perf_counter()
-    episodes = run_episodes(dllm, task, examples, sampler, cfg.env, cfg.batch_size, seed=cfg.seed,
-                            progress=cfg.progress)
+    episodes = run_episodes(dllm, task, examples, sampler, cfg.env, seed=cfg.seed, progress=cfg.progress)
     result = summarize(episodes, cfg.env.gen_length)
     result["wall_seconds"] = round(time.perf_counter() - start, 3)
     result["sampler"] = sampler.describe()
+    result["placement"] = dllm.placement  # env.device / env.dtype as resolved (auto: the GPU and bfloat16, if any)
     result.update(sampler.stats())
     result["samples"] = [{"id": e.example.id, "completion": e.generation.text, "correct": e.correct,
                           "nfe": e.generation.nfe} for e in episodes[:20]]
@@ -107,21 +117,17 @@ def evaluate(cfg: EvalConfig, dllm: DLLM | None = None) -> dict:
     return result
 
 
-def outcomes_path(out: str | Path) -> Path:
-    """Where `unmask eval out=<file>.json` writes every example's outcome."""
-    out = Path(out)
-    return out.with_name(out.stem + ".examples.jsonl")
-
-
 def write_eval(cfg: EvalConfig, result: dict) -> dict:
-    """`cfg.out` (the summary and the resolved config) and its .examples.jsonl (every example's outcome),
-    each written atomically; returns the summary."""
+    """out_dir/eval.json (the summary and the resolved config) and out_dir/eval.examples.jsonl (every example's
+    outcome), each written atomically; returns the summary."""
     import json
 
     from unmask.envs.files import write_atomic, write_json
 
     summary = {k: v for k, v in result.items() if k != "examples"}
     summary["config"] = dataclasses.asdict(cfg)
-    write_atomic(outcomes_path(cfg.out), "".join(json.dumps(row, default=str) + "\n" for row in result["examples"]))
-    write_json(Path(cfg.out), summary)
+    out = Path(cfg.out_dir)
+    lines = "".join(json.dumps(row, default=str) + "\n" for row in result["examples"])
+    write_atomic(out / "eval.examples.jsonl", lines)
+    write_json(out / "eval.json", summary)
     return summary

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+
 from unmask.envs.config import SamplerConfig
 from unmask.envs.mdp import Observation
 from unmask.envs.samplers import FastDLLMThreshold, InBlocks, Sampler

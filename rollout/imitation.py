@@ -1,5 +1,5 @@
 """`unmask imitate`: clone a teacher sampler into an unmasking policy (learner.imitation), a start on the heuristics'
-frontier for GRPO (grpo.init_policy).
+frontier for GRPO (`unmask train init_from=`).
 
     round 0   the teachers decode `prompts` training prompts; every state they saw, with their decision, is data
     round r   the student decodes `dagger_prompts` new prompts by evaluation's rule and the teachers label the states
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
+
 from unmask.envs.confidence import CANVAS
 from unmask.envs.config import SamplerConfig, sampler_spec
 from unmask.envs.dllm import DLLM, load_env_dllm
@@ -33,7 +34,7 @@ from unmask.learner.imitation import STATE_FIELDS, fit
 from unmask.learner.policy import UnmaskingPolicy, save_policy
 from unmask.learner.sampler import PolicySampler, policy_inputs
 from unmask.rollout.config import ImitateConfig, check_imitate
-from unmask.rollout.evaluate import examples_to_evaluate, run_episodes, summarize
+from unmask.rollout.evaluate import eval_rows, examples_to_evaluate, run_episodes, summarize
 from unmask.rollout.samplers import make_sampler
 
 
@@ -67,8 +68,9 @@ def collect_states(dllm: DLLM, task: Task, examples: list[Example], teachers: li
     env = UnmaskingEnv.from_config(dllm, cfg.env, seed=int(torch.randint(1 << 30, (1,), generator=generator)))
     out: dict[str, list[torch.Tensor]] = {name: [] for name in STATE_FIELDS}
     encoded = dllm.encode_prompts([ex.prompt for ex in examples], task.response_prefix)
-    for start in range(0, len(encoded), cfg.batch_size):
-        prompts = encoded[start : start + cfg.batch_size]
+    rows = eval_rows(cfg.env)
+    for start in range(0, len(encoded), rows):
+        prompts = encoded[start : start + rows]
         which = torch.arange(start, start + len(prompts)) % len(teachers)
         alpha = torch.tensor([alphas[i] for i in which.tolist()]) if alphas else torch.ones(len(prompts))
         for teacher in teachers:  # the oracle decodes its reference here: its targets label every state
@@ -92,7 +94,7 @@ def collect_states(dllm: DLLM, task: Task, examples: list[Example], teachers: li
 
 
 def imitate(cfg: ImitateConfig, dllm: DLLM | None = None) -> dict:
-    """Collect, fit, DAgger; save the policy to cfg.out and evaluate it (eval.json); returns the summary. `dllm`:
+    """Collect, fit, DAgger; save the policy to cfg.out_dir and evaluate it (eval.json); returns the summary. `dllm`:
     one already loaded for cfg.model (e.g. `unmask reproduce` loads each dLLM once)."""
     check_imitate(cfg)
     started = time.perf_counter()
@@ -141,17 +143,17 @@ def imitate(cfg: ImitateConfig, dllm: DLLM | None = None) -> dict:
     except KeyboardInterrupt:
         bar.close()
         save(policy, cfg, record, interrupted=True)
-        raise Interrupted(f"interrupted; saved the policy so far to {cfg.out}") from None
+        raise Interrupted(f"interrupted; saved the policy so far to {cfg.out_dir}") from None
     bar.close()
     save(policy, cfg, record)
-    summary = {**record, "seconds": round(time.perf_counter() - started, 1), "out": cfg.out}
-    if cfg.eval_examples:
+    summary = {**record, "seconds": round(time.perf_counter() - started, 1), "out_dir": cfg.out_dir}
+    if cfg.eval.num_examples:
         summary["eval"] = evaluate_against_teachers(cfg, dllm)
         if conditioned:
             summary["alpha_response"] = alpha_response(summary["eval"])
             if not summary["alpha_response"]["responds"]:
                 print(f"unmask imitate: WARNING: {summary['alpha_response']['why']}", file=sys.stderr, flush=True)
-    write_json(Path(cfg.out) / "imitate.json", summary)
+    write_json(Path(cfg.out_dir) / "imitate.json", summary)
     return summary
 
 
@@ -181,19 +183,19 @@ def save(policy: UnmaskingPolicy, cfg: ImitateConfig, record: dict, interrupted:
             "reward": "multiplicative"}
     if cfg.teacher_alphas:
         info.update(alpha=cfg.teacher_alphas[0], alpha_range=[min(cfg.teacher_alphas), max(cfg.teacher_alphas)])
-    save_policy(policy, cfg.out, info)
+    save_policy(policy, cfg.out_dir, info)
 
 
 def evaluate_against_teachers(cfg: ImitateConfig, dllm: DLLM) -> list[dict]:
-    """Each teacher and the clone (at that teacher's alpha when conditioned) on `eval_examples` test prompts."""
+    """Each teacher and the clone (at that teacher's alpha when conditioned) on `eval.num_examples` test prompts."""
     task = make_task(cfg.task)
-    examples = examples_to_evaluate(task, "test", cfg.eval_examples, cfg.seed)
+    examples = examples_to_evaluate(task, "test", cfg.eval.num_examples, cfg.seed)
     rows = []
     for spec, teacher, alpha in zip(cfg.teachers, teachers_of(cfg), list(cfg.teacher_alphas) or [None], strict=True):
-        clone = make_sampler(SamplerConfig(name="policy", checkpoint=cfg.out, alpha=alpha),
+        clone = make_sampler(SamplerConfig(name="policy", checkpoint=cfg.out_dir, alpha=alpha),
                              torch.Generator().manual_seed(cfg.seed))
         for who, sampler in (("teacher", teacher), ("policy", clone)):
-            result = summarize(run_episodes(dllm, task, examples, sampler, cfg.env, cfg.batch_size, seed=cfg.seed),
+            result = summarize(run_episodes(dllm, task, examples, sampler, cfg.env, seed=cfg.seed),
                                cfg.env.gen_length)
             rows.append({"who": who, "teacher": spec, "alpha": alpha, "sampler": sampler.describe(),
                          "accuracy": result["accuracy"], "mean_nfe": result["mean_nfe"], **sampler.stats()})

@@ -8,6 +8,7 @@ import dataclasses
 
 import torch
 from tqdm import tqdm
+
 from unmask.envs.config import SamplerConfig
 from unmask.envs.dllm import load_env_dllm
 from unmask.envs.tasks import make_task
@@ -67,7 +68,7 @@ def run_pareto(cfg: ParetoConfig, dllm=None) -> list[dict]:
     jobs = []  # every sampler is built (and every policy loaded) before the first episode runs
     for block_length in pareto_block_lengths(cfg):
         env_cfg = dataclasses.replace(cfg.env, block_length=block_length)
-        grid = default_grid(env_cfg.gen_length, env_cfg.gen_length // block_length, cfg.grid)
+        grid = default_grid(env_cfg.gen_length, env_cfg.gen_length // block_length, cfg.heuristic_grid)
         grid += [setting for checkpoint in cfg.policies for setting in policy_settings(checkpoint, cfg.policy_alphas)]
         grid += oracle_line(env_cfg.gen_length, block_length, oracle_blocks(cfg))
         for sampler_cfg in grid:
@@ -77,7 +78,7 @@ def run_pareto(cfg: ParetoConfig, dllm=None) -> list[dict]:
             jobs.append((env_cfg, sampler_cfg, sampler))
     rows = []
     for env_cfg, sampler_cfg, sampler in tqdm(jobs, desc="pareto", disable=not cfg.progress):
-        episodes = run_episodes(dllm, task, examples, sampler, env_cfg, cfg.batch_size, seed=cfg.seed)
+        episodes = run_episodes(dllm, task, examples, sampler, env_cfg, seed=cfg.seed)
         mode = "full diffusion" if env_cfg.block_length == env_cfg.gen_length else "semi-AR"
         series = sampler.series if isinstance(sampler, PolicySampler) else sampler_cfg.name
         rows.append({"mode": mode, "block_length": env_cfg.block_length, "sampler": series,

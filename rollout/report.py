@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import matplotlib
+
 from unmask.envs.files import write_atomic, write_json
 
 matplotlib.use("Agg")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from unmask.envs.config import SAMPLER_PARAMS, SamplerConfig, check_sampler, sampler_spec
 from unmask.envs.samplers import HEURISTICS, Oracle, Sampler
 from unmask.learner.sampler import PolicySampler

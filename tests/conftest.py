@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from unmask.envs.dllm import load_dllm
 from unmask.envs.pretrain.config import ModelSize
 from unmask.envs.pretrain.model import new_builtin_model

@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+
 from unmask.cluster.collector import Arrival, Collected, Collector
 from unmask.cluster.config import OutputSettings, UpdateSettings
 from unmask.cluster.metrics import RunTotals, collapse_seen, iteration_report, stuck
@@ -174,13 +175,11 @@ def test_every_local_path_a_run_reads_is_made_absolute_before_tune_changes_direc
     monkeypatch.chdir(tmp_path)
     for name in ("clone", "dllm"):
         (tmp_path / name).mkdir()
-    cfg = TrainConfig(run_dir="run")
-    cfg.rollout.model, cfg.grpo.init_policy = "dllm", "clone"
-    cfg.rollout.task.name, cfg.rollout.task.path, cfg.rollout.task.test_path = "jsonl", "a.jsonl", "b.jsonl"
+    cfg = TrainConfig(out_dir="run")
+    cfg.model, cfg.init_from = "dllm", "clone"
+    cfg.task.name, cfg.task.path, cfg.task.test_path = "jsonl", "a.jsonl", "b.jsonl"
     done = absolute_paths(cfg)
-    assert (done.rollout.model, done.grpo.init_policy, done.run_dir) == tuple(
-        str(tmp_path / n) for n in ("dllm", "clone", "run"))
-    assert (done.rollout.task.path, done.rollout.task.test_path) == (str(tmp_path / "a.jsonl"),
-                                                                     str(tmp_path / "b.jsonl"))
-    cfg.grpo.init_policy = "someone/policy-on-the-hub"
-    assert absolute_paths(cfg).grpo.init_policy == "someone/policy-on-the-hub"
+    assert (done.model, done.init_from, done.out_dir) == tuple(str(tmp_path / n) for n in ("dllm", "clone", "run"))
+    assert (done.task.path, done.task.test_path) == (str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"))
+    cfg.init_from = "someone/policy-on-the-hub"
+    assert absolute_paths(cfg).init_from == "someone/policy-on-the-hub"

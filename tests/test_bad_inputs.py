@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import ray
+
 from unmask.cli.main import main
 from unmask.envs.dllm import BUILTIN_MODEL_DIR
 from unmask.learner.config import PolicyConfig
@@ -74,7 +75,7 @@ CASES = [
     ("eval nonsense=1", "unknown key 'nonsense'"),
     ("eval sampler.treshold=0.5", "unknown key 'sampler.treshold'"),
     ("eval positional", "expected key=value"),
-    ("eval env.gen_length=many", "bad value for 'env.gen_length'"),
+    ("eval env.gen_length=many", "env.gen_length=many: env.gen_length takes an integer"),
     ("eval env.gen_length=30 env.block_length=8", "not divisible"),
     ("eval sampler=nope", "unknown sampler 'nope'"),
     ("eval task=nope", "unknown task 'nope'"),
@@ -85,8 +86,10 @@ CASES = [
     ("eval env.temperature=-1", "env.temperature must be >= 0"),
     ("eval env.temperature=nan", "env.temperature must be a finite number"),
     ("eval env.kv_cache=triple", "unknown env.kv_cache 'triple'"),
-    ("eval batch_size=0", "batch_size must be >= 1"),
-    ("eval env.batch_size=5", "unknown key 'env.batch_size'"),
+    ("eval env.batch_size=-1", "env.batch_size must be >= 0"),
+    ("eval rollout.batch_rows=5", "unknown key 'rollout.batch_rows'"),
+    ("eval env.blocklength=4", "unknown key 'env.blocklength' for 'unmask eval'; did you mean env.block_length?"),
+    ("eval block_length=4", "did you mean env.block_length"),
     ("eval task.test_fraction=2", "task.test_fraction must be in [0, 1]"),
     ("eval resume={root}/a_run", "unknown key 'resume'"),
     ("eval config={root}/missing.yaml", "no config file at"),
@@ -97,7 +100,7 @@ CASES = [
     ("eval model={root}/empty_dir", "is not a model directory (it has no config.json)"),
     ("eval model={root}/truncated env.gen_length=16", "cannot load model"),
     ("eval model={root}/no_tokenizer env.gen_length=16", "are its tokenizer files (tokenizer.json"),
-    ("eval model={model} env.dtype=int8 env.gen_length=16", "unknown dtype 'int8'"),
+    ("eval model={model} env.dtype=int8 env.gen_length=16", "unknown env.dtype 'int8'"),
     ("eval model={model} env.device=cuda:7 env.gen_length=16", "not available"),
     ("eval model={model} env.gen_length=64 env.block_length=64", "exceeds the model's context"),
     ("eval model={model} env.kv_cache=prefix env.gen_length=16", "needs a native LLaDA or Dream model"),
@@ -117,64 +120,68 @@ CASES = [
      "model={model} env.gen_length=8 num_examples=4", "verifier 'verifiers:broken' raised TypeError on example"),
     ("eval task=cycles task.test_path={root}/good.jsonl", "task.test_path is for task=jsonl"),
     # eval: where it writes
-    ("eval out={root}/a_file/e.json", "cannot be created"),
-    ("eval out={root}/empty_dir", "is a directory, not a file"),
+    ("eval out_dir={root}/a_file/e", "cannot be created"),
+    ("eval out_dir={root}/a_file", "is a file, not a directory"),
     # eval: policies
     ("eval sampler=policy", "sampler.checkpoint"),
     ("eval sampler=policy sampler.checkpoint={root}/missing_policy", "no policy checkpoint"),
     ("eval sampler=policy sampler.checkpoint={root}/policy_L24 model={model} env.gen_length=16",
      "was trained with env.gen_length=24, not 16: pass sampler.allow_mismatch=true"),
     # pareto
-    ("pareto grid=bogus", "unknown grid 'bogus'"),
+    ("pareto heuristic_grid=bogus", "unknown heuristic_grid 'bogus'"),
     ("pareto env.block_length=4", "env.block_length is not used by 'unmask pareto'"),
     ("pareto env.gen_length=12 block_lengths=[5]", "block_lengths entry 5"),
     ("pareto out_dir={root}/a_file", "is a file, not a directory"),
-    ("pareto model={model} env.gen_length=16 grid=small num_examples=2 policies=[{root}/missing_policy]",
+    ("pareto model={model} env.gen_length=16 heuristic_grid=small num_examples=2 policies=[{root}/missing_policy]",
      "no policy checkpoint"),
     # pretrain
-    ("pretrain out={root}/not_empty", "is not empty"),
-    ("pretrain out=" + str(BUILTIN_MODEL_DIR), "is not empty"),
-    ("pretrain out={root}/new init_from={root}/missing", "does not exist"),
-    ("pretrain out={root}/new init_from={root}/truncated", "cannot load model"),
-    ("pretrain out={root}/new minutes=0", "minutes > 0"),
-    ("pretrain out={root}/new lr=nan", "lr must be a finite number"),
-    ("pretrain out={root}/new gen_length=4", "too short for answers"),
-    ("pretrain out={root}/new task=jsonl task.path={root}/long.jsonl task.test_fraction=0 max_context=1000",
-     "the longest prompt (5,000 characters) + gen_length needs a context of 5,024 positions, more than max_context"),
-    ("pretrain out={root}/new task=jsonl task.path={root}/long.jsonl task.max_prompt_chars=1000",
+    ("pretrain out_dir={root}/not_empty", "is not empty"),
+    ("pretrain out_dir=" + str(BUILTIN_MODEL_DIR), "is not empty"),
+    ("pretrain out_dir={root}/new init_from={root}/missing", "does not exist"),
+    ("pretrain out_dir={root}/new init_from={root}/truncated", "cannot load model"),
+    ("pretrain out_dir={root}/new max_minutes=0", "max_minutes > 0"),
+    ("pretrain out_dir={root}/new lr=nan", "lr must be a finite number"),
+    ("pretrain out_dir={root}/new env.gen_length=4", "too short for answers"),
+    ("pretrain out_dir={root}/new env.block_length=4", "env.block_length is not used by 'unmask pretrain'"),
+    ("pretrain out_dir={root}/new task=jsonl task.path={root}/long.jsonl task.test_fraction=0 max_context=1000",
+     "the longest prompt (5,000 characters) + env.gen_length needs a context of 5,024 positions, more than "
+     "max_context"),
+    ("pretrain out_dir={root}/new task=jsonl task.path={root}/long.jsonl task.max_prompt_chars=1000",
      "exceeds task.max_prompt_chars"),
     # train
-    ("train run_dir={root}/r rollout.env.block_length=5", "not divisible"),
-    ("train run_dir={root}/r rollout.group_size=1", "group_size"),
-    ("train run_dir={root}/r grpo.reward=linear", "grpo.reward"),
-    ("train run_dir={root}/r grpo.alpha_range=[3,1]", "grpo.alpha_range must be [lo, hi] with 0 < lo <= hi"),
-    ("train run_dir={root}/r grpo.alpha_range=[0,1]", "grpo.alpha_range must be [lo, hi] with 0 < lo <= hi"),
-    ("train run_dir={root}/r grpo.expert_likelihood=token", "grpo.expert_likelihood must be step or position"),
-    ("train run_dir={root}/r rollout.expert.thresholds=[0.9,0.9]", "identical experts draw identical trajectories"),
-    ("train run_dir={root}/r rollout.expert.thresholds=[1.5]", "rollout.expert.thresholds must be distinct"),
-    ("train run_dir={root}/r rollout.expert.thresholds=[0.9] rollout.expert.block_length=5",
+    ("train out_dir={root}/r env.block_length=5", "not divisible"),
+    ("train out_dir={root}/r rollout.group_size=1", "group_size"),
+    ("train out_dir={root}/r grpo.reward=linear", "grpo.reward"),
+    ("train out_dir={root}/r grpo.alpha_range=[3,1]", "grpo.alpha_range must be [lo, hi] with 0 < lo <= hi"),
+    ("train out_dir={root}/r grpo.alpha_range=[0,1]", "grpo.alpha_range must be [lo, hi] with 0 < lo <= hi"),
+    ("train out_dir={root}/r grpo.expert_likelihood=token", "grpo.expert_likelihood must be step or position"),
+    ("train out_dir={root}/r rollout.expert.thresholds=[0.9,0.9]", "identical experts draw identical trajectories"),
+    ("train out_dir={root}/r rollout.expert.thresholds=[1.5]", "rollout.expert.thresholds must be distinct"),
+    ("train out_dir={root}/r rollout.expert.thresholds=[0.9] rollout.expert.block_length=5",
      "rollout.expert.block_length=5 must divide"),
-    ("train run_dir={root}/r max_policy_lag=-1", "max_policy_lag"),
-    ("train run_dir={root}/r grpo.alpha=nan", "grpo.alpha must be a finite number"),
-    ("train run_dir={root}/r grpo.lr=inf", "grpo.lr must be a finite number"),
-    ("train run_dir={root}/r grpo.clip_eps=nan", "grpo.clip_eps must be a finite number"),
-    ("train run_dir={root}/r grpo.policy_temperature=nan", "grpo.policy_temperature must be a finite number"),
-    ("train run_dir={root}/r eval_policy_temperature=0.5", "unknown key 'eval_policy_temperature'"),
-    ("train run_dir={root}/r rollout.env.batch_size=5", "unknown key 'rollout.env.batch_size'"),
-    ("train run_dir={root}/r rollout.model=/does/not/exist", "does not exist"),
-    ("train run_dir={root}/r rollout.model={root}/empty_dir", "is not a model directory"),
-    ("train run_dir={root}/r rollout.task.name=jsonl rollout.task.path={root}/malformed.jsonl", "malformed JSON"),
-    ("train run_dir={root}/r rollout.model={model} rollout.env.gen_length=64 rollout.env.block_length=64",
+    ("train out_dir={root}/r max_policy_lag=-1", "max_policy_lag"),
+    ("train out_dir={root}/r grpo.alpha=nan", "grpo.alpha must be a finite number"),
+    ("train out_dir={root}/r grpo.lr=inf", "grpo.lr must be a finite number"),
+    ("train out_dir={root}/r grpo.clip_eps=nan", "grpo.clip_eps must be a finite number"),
+    ("train out_dir={root}/r grpo.policy_temperature=nan", "grpo.policy_temperature must be a finite number"),
+    ("train out_dir={root}/r eval_policy_temperature=0.5", "unknown key 'eval_policy_temperature'"),
+    ("train out_dir={root}/r env.batch_size=-5", "env.batch_size must be >= 0"),
+    ("train out_dir={root}/r max_minutes=-1", "max_minutes >= 0"),
+    ("train out_dir={root}/r max_runner_restarts=-1", "max_runner_restarts must be >= 0"),
+    ("train out_dir={root}/r model=/does/not/exist", "does not exist"),
+    ("train out_dir={root}/r model={root}/empty_dir", "is not a model directory"),
+    ("train out_dir={root}/r task.name=jsonl task.path={root}/malformed.jsonl", "malformed JSON"),
+    ("train out_dir={root}/r model={model} env.gen_length=64 env.block_length=64",
      "exceeds the model's context"),
-    ("train run_dir={root}/r rollout.model={model} rollout.env.kv_cache=prefix rollout.env.gen_length=16",
+    ("train out_dir={root}/r model={model} env.kv_cache=prefix env.gen_length=16",
      "needs a native LLaDA or Dream model"),
-    ("train run_dir={root}/a_run", "already holds a run"),
-    ("train run_dir={root}/a_file", "is a file, not a directory"),
+    ("train out_dir={root}/a_run", "already holds a run"),
+    ("train out_dir={root}/a_file", "is a file, not a directory"),
     ("train resume={root}/missing", "no run to resume there"),
     ("train resume={root}/a_run config={root}/a_run/config.yaml", "not both"),
-    ("train run_dir={root}/r ray_address=127.0.0.1:9", "cannot reach the Ray cluster at '127.0.0.1:9'"),
+    ("train out_dir={root}/r ray_address=127.0.0.1:9", "cannot reach the Ray cluster at '127.0.0.1:9'"),
     # sweep
-    ("sweep run_dir={root}/s grid.grpo.alpha=3", "grid.grpo.alpha must be a non-empty list"),
+    ("sweep out_dir={root}/s grid.grpo.alpha=3", "grid.grpo.alpha must be a non-empty list"),
     ("eval sampler=policy sampler.checkpoint=x sampler.alpha=-1", "sampler.alpha must be >= 0"),
     ("eval sampler=fast_dllm sampler.alpha=1", "alpha does not apply to sampler 'fast_dllm'"),
     ("eval sampler=frechet sampler.delta=-1", "sampler.delta must be >= 0, got -1"),
@@ -192,40 +199,46 @@ CASES = [
     ("eval model={root}/list_config_model", "config.json is not a JSON object"),
     ("eval sampler=policy sampler.checkpoint={root}/list_policy", "config.json is not a JSON object"),
     ("eval sampler=policy sampler.checkpoint={root}/typo_policy", "config.json has hidden_size='big', not a int"),
-    ("train run_dir={root}/r grpo.init_policy={root}/truncated_policy", "is corrupted or does not match its config"),
+    ("train out_dir={root}/r init_from={root}/truncated_policy", "is corrupted or does not match its config"),
     ("eval config={root}/not_yaml.yaml", "is unreadable"),
     ("eval sampler=policy sampler.checkpoint={root}/bad_json_policy", "config.json is not valid JSON"),
-    ("train run_dir={root}/r rollout.task=jsonl", "task=jsonl needs task.path"),
-    ("train run_dir={root}/r grpo.policy.inputs=[margin]", "grpo.policy.inputs must start with confidence"),
-    ("train run_dir={root}/r grpo.init_policy={root}/missing_policy", "no policy checkpoint at"),
-    ("train run_dir={root}/r grpo.init_policy={root}/policy_L24 rollout.env.gen_length=16 rollout.model={model}",
+    ("train out_dir={root}/r task=jsonl", "task=jsonl needs task.path"),
+    ("train out_dir={root}/r policy.inputs=[margin]", "policy.inputs must start with confidence"),
+    ("train out_dir={root}/r init_from={root}/missing_policy", "no policy checkpoint at"),
+    ("train out_dir={root}/r init_from={root}/policy_L24 env.gen_length=16 model={model}",
      "was made with env.gen_length=24, not 16"),
-    ("train run_dir={root}/r grpo.init_policy={root}/policy_L24 grpo.alpha_range=[0.3,3]", "is not alpha-conditioned"),
-    ("train run_dir={root}/r grpo.init_policy={root}/policy_L24 grpo.policy.hidden_size=64",
-     "leave grpo.policy.* at their defaults"),
-    ("train run_dir={root}/r grpo.anchor_coef=0.1", "grpo.anchor_coef anchors to grpo.init_policy"),
-    ("train run_dir={root}/r grpo.credit=per_step", "grpo.credit must be trajectory or value, got 'per_step'"),
-    ("train run_dir={root}/r grpo.credit=value grpo.value_lr=0", "grpo.value_lr must be > 0"),
-    ("imitate out={root}/i teachers=[]", "teachers must name at least one sampler"),
-    ("imitate out={root}/i teachers=[nope]", "unknown sampler 'nope'"),
-    ("imitate out={root}/i teachers=[policy]", "is a learned policy"),
-    ("imitate out={root}/i teachers=[fast_dllm,eb]", "2 teachers need as many teacher_alphas"),
-    ("imitate out={root}/i teacher_alphas=[1]", "teacher_alphas is for several teachers"),
-    ("imitate out={root}/i teacher_block_length=5", "teacher_block_length=5 must divide env.gen_length=24"),
-    ("imitate out={root}/i keep_weight=0.5", "keep_weight must be >= 1"),
-    ("imitate out={root}/i teachers=[left_run] policy.inputs=[confidence]", "reads repeat, which the student would "
+    ("train out_dir={root}/r init_from={root}/policy_L24 grpo.alpha_range=[0.3,3]", "is not alpha-conditioned"),
+    ("train out_dir={root}/r init_from={root}/policy_L24 policy.hidden_size=64",
+     "has policy.hidden_size=16, not 64: a policy started from a saved one keeps its shape and inputs"),
+    ("train out_dir={root}/r init_from={root}/policy_L24 policy.inputs=[confidence,margin]",
+     "has policy.inputs=['confidence'], not ['confidence', 'margin']"),
+    ("train out_dir={root}/r grpo.anchor_coef=0.1", "grpo.anchor_coef anchors to init_from"),
+    ("train out_dir={root}/r grpo.credit=per_step", "grpo.credit must be trajectory or value, got 'per_step'"),
+    ("train out_dir={root}/r grpo.credit=value grpo.value_lr=0", "grpo.value_lr must be > 0"),
+    ("imitate out_dir={root}/i teachers=[]", "teachers must name at least one sampler"),
+    ("imitate out_dir={root}/i teachers=[nope]", "unknown sampler 'nope'"),
+    ("imitate out_dir={root}/i teachers=[policy]", "is a learned policy"),
+    ("imitate out_dir={root}/i teachers=[fast_dllm,eb]", "2 teachers need as many teacher_alphas"),
+    ("imitate out_dir={root}/i teacher_alphas=[1]", "teacher_alphas is for several teachers"),
+    ("imitate out_dir={root}/i teacher_block_length=5", "teacher_block_length=5 must divide env.gen_length=24"),
+    ("imitate out_dir={root}/i keep_weight=0.5", "keep_weight must be >= 1"),
+    ("imitate out_dir={root}/i teachers=[left_run] policy.inputs=[confidence]", "reads repeat, which the student would "
      "not see: add it to policy.inputs (policy.inputs=[confidence,repeat], or policy.inputs=[] for what the teachers "
      "read)"),
-    ("imitate out={root}/i policy.inputs=[margin]", "policy.inputs must start with confidence"),
-    ("imitate out={root}/i lr=0", "lr > 0"),
-    ("imitate out={root}/i task.num_symbols=12 env.gen_length=16", "cannot represent ([UNK])"),
-    ("imitate out={root}/not_empty", "is not empty"),
-    ("train run_dir={root}/r grpo.policy.inputs=[confidence,age]", "grpo.policy.inputs must start with confidence"),
+    ("imitate out_dir={root}/i policy.inputs=[margin]", "policy.inputs must start with confidence"),
+    ("imitate out_dir={root}/i lr=0", "lr > 0"),
+    ("imitate out_dir={root}/i task.num_symbols=12 env.gen_length=16", "cannot represent ([UNK])"),
+    ("imitate out_dir={root}/not_empty", "is not empty"),
+    ("train out_dir={root}/r policy.inputs=[confidence,age]", "policy.inputs must start with confidence"),
     ("pareto policy_alphas=[]", "policy_alphas must be a non-empty list"),
-    ("sweep run_dir={root}/s grid.grpo.policy.width=[64,128]", "a sweep varies grpo.* and rollout.* keys"),
-    ("sweep run_dir={root}/s grid.grpo.lr=[0.001,-1]", "grid point {'grpo.alpha': 0.5, 'grpo.lr': -1}"),
-    ("sweep run_dir={root}/s report_grid=huge", "unknown report_grid 'huge'"),
-    ("sweep run_dir={root}/s grid.rollout.model=[/does/not/exist]", "does not exist"),
+    ("sweep out_dir={root}/s grid.policy.width=[64,128]",
+     "a sweep varies grpo.*, rollout.*, env.*, task.*, seed and model"),
+    ("sweep out_dir={root}/s grid=small", "grid is a section of keys (grid.<key>=...), not one value; did you mean "
+     "heuristic_grid=small?"),
+    ("sweep out_dir={root}/s grid.grpo.lr=[0.001,-1]", "grid point {'grpo.alpha': 0.5, 'grpo.lr': -1}"),
+    ("sweep out_dir={root}/s heuristic_grid=huge", "unknown heuristic_grid 'huge'"),
+    ("train task=gsm8k out_dir={root}/r task.path={root}/missing.jsonl", "does not exist"),
+    ("sweep out_dir={root}/s grid.model=[/does/not/exist]", "does not exist"),
 ]
 
 
@@ -252,20 +265,18 @@ def test_at_least_forty_cases_over_every_command_but_reproduce():
 
 
 def test_contradicting_a_policy_s_training_is_possible_when_asked(inputs, tmp_path):
-    out = tmp_path / "e.json"
     assert main(["eval", "sampler=policy", f"sampler.checkpoint={inputs['root']}/policy_L24",
                  "sampler.allow_mismatch=true", f"model={inputs['model']}", "env.gen_length=16", "num_examples=3",
-                 f"out={out}", "progress=false"]) == 0
-    assert json.loads(out.read_text())["num_examples"] == 3
+                 f"out_dir={tmp_path}", "progress=false"]) == 0
+    assert json.loads((tmp_path / "eval.json").read_text())["num_examples"] == 3
 
 
 def test_eval_writes_every_outcome_and_groups_by_a_data_field(inputs, tmp_path, capsys):
-    out = tmp_path / "e.json"
     assert main(["eval", f"model={inputs['model']}", "task=jsonl", f"task.path={inputs['root']}/good.jsonl",
                  "task.test_fraction=1", "num_examples=-1", "env.gen_length=8", "env.block_length=4",
-                 "group_by=givens", f"out={out}", "progress=false"]) == 0
-    result = json.loads(out.read_text())
-    rows = [json.loads(line) for line in (tmp_path / "e.examples.jsonl").read_text().splitlines()]
+                 "group_by=givens", f"out_dir={tmp_path}", "progress=false"]) == 0
+    result = json.loads((tmp_path / "eval.json").read_text())
+    rows = [json.loads(line) for line in (tmp_path / "eval.examples.jsonl").read_text().splitlines()]
     assert len(rows) == result["num_examples"] == 20 and all(r["givens"] == 3 for r in rows)
     assert {"id", "correct", "nfe", "completion", "answer"} <= set(rows[0])
     assert result["groups"] == [{"givens": 3, **{k: result[k] for k in result["groups"][0] if k != "givens"}}]
@@ -277,7 +288,7 @@ def test_pretrain_overwrite_replaces_the_model_files_and_keeps_the_others(tmp_pa
     out = tmp_path / "m"
     out.mkdir()
     (out / "NOTES.txt").write_text("keep me")
-    assert main(["pretrain", f"out={out}", "overwrite=true", "max_steps=2", "size.hidden_size=32",
+    assert main(["pretrain", f"out_dir={out}", "overwrite=true", "max_steps=2", "size.hidden_size=32",
                  "size.num_layers=1", "size.num_heads=2", "size.ffn_size=64", "progress=false",
                  "save_every_minutes=0"]) == 0
     assert (out / "NOTES.txt").read_text() == "keep me"
@@ -285,7 +296,7 @@ def test_pretrain_overwrite_replaces_the_model_files_and_keeps_the_others(tmp_pa
 
 
 def start_pretrain(out: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "unmask.cli", "pretrain", f"out={out}", "minutes=5",
+    return subprocess.Popen([sys.executable, "-m", "unmask.cli", "pretrain", f"out_dir={out}", "max_minutes=5",
                              "batch_size=16", "log_every=1", "progress=false", "save_every_minutes=0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -312,10 +323,10 @@ def test_interrupted_pretraining_saves_a_complete_model_and_says_where(sig, tmp_
 
 @pytest.mark.slow
 def test_interrupted_eval_keeps_the_previous_result(tmp_path):
-    out = tmp_path / "e.json"
+    out = tmp_path / "eval.json"
     out.write_text('{"previous": true}\n')
-    proc = subprocess.Popen([sys.executable, "-m", "unmask.cli", "eval", "num_examples=500", "batch_size=1",
-                             "sampler=top_k", f"out={out}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "unmask.cli", "eval", "num_examples=500", "env.batch_size=1",
+                             "sampler=top_k", f"out_dir={tmp_path}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     progress = ""
     while not re.search(r"\b[1-9]\d*/500\b", progress):  # wait until it is decoding, one prompt at a time
@@ -325,4 +336,4 @@ def test_interrupted_eval_keeps_the_previous_result(tmp_path):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and err.strip().splitlines()[-1] == "unmask eval: interrupted"
-    assert json.loads(out.read_text()) == {"previous": True} and os.listdir(tmp_path) == ["e.json"]
+    assert json.loads(out.read_text()) == {"previous": True} and os.listdir(tmp_path) == ["eval.json"]

@@ -7,6 +7,7 @@ wide enough that a regression, not noise, fails them. The README's table has the
 import functools
 
 import pytest
+
 from unmask.envs.config import EnvConfig, SamplerConfig, TaskConfig
 from unmask.envs.dllm import BUILTIN_MODEL_DIR, load_dllm
 from unmask.envs.tasks import make_task
@@ -25,8 +26,8 @@ def measure():
 
     @functools.cache  # several tests compare against the same decode
     def run(env_block_length: int, **sampler) -> dict:
-        env = EnvConfig(block_length=env_block_length)
-        episodes = run_episodes(dllm, task, examples, make_sampler(SamplerConfig(**sampler)), env, batch_size=200)
+        env = EnvConfig(block_length=env_block_length, batch_size=200)
+        episodes = run_episodes(dllm, task, examples, make_sampler(SamplerConfig(**sampler)), env)
         return summarize(episodes, env.gen_length)
 
     return run

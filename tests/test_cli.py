@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+
 from unmask.cli.main import main
 
 
@@ -14,11 +15,10 @@ def unmask(*args, cwd=None):
 
 @pytest.mark.slow
 def test_eval_writes_json_with_the_resolved_config(tiny_model_dir, tmp_path):
-    out = tmp_path / "e.json"
-    res = unmask("eval", f"model={tiny_model_dir}", "num_examples=12", "batch_size=5",
-                 "sampler=top_k", "sampler.steps=16", "env.gen_length=16", "env.block_length=4", f"out={out}")
+    res = unmask("eval", f"model={tiny_model_dir}", "num_examples=12", "env.batch_size=5",
+                 "sampler=top_k", "sampler.steps=16", "env.gen_length=16", "env.block_length=4", f"out_dir={tmp_path}")
     assert res.returncode == 0, res.stderr
-    data = json.loads(out.read_text())
+    data = json.loads((tmp_path / "eval.json").read_text())
     for key in ("accuracy", "mean_nfe", "tokens_per_step", "wall_seconds", "num_examples", "config"):
         assert key in data
     assert data["num_examples"] == 12 and data["mean_nfe"] == 16 and data["tokens_per_step"] == 1.0
@@ -30,9 +30,11 @@ def test_eval_writes_json_with_the_resolved_config(tiny_model_dir, tmp_path):
 def test_help_lists_every_key_with_defaults():
     res = unmask("eval", "--help")
     assert res.returncode == 0
-    for key in ("model = 'builtin'", "sampler.threshold = 0.9", "env.gen_length = 24", "num_examples = 500",
-                "fast_dllm_factor", "seed = 0", "out ="):
+    for key in ("model=builtin", "sampler.threshold=0.9", "env.gen_length=24", "num_examples=500",
+                "fast_dllm_factor", "seed=0", "out_dir=runs/eval", 'env.device_map=""'):
         assert key in res.stdout
+    # each key's description comes from its dataclass's field comment
+    assert "env.block_length=8" in res.stdout and "BL: semi-AR block; BL == L is full diffusion" in res.stdout
     assert "pretrain" in unmask("--help").stdout
 
 
@@ -43,7 +45,9 @@ def test_help_lists_every_key_with_defaults():
     (["eval", "sampler=nope"], "unknown sampler 'nope'"),
     (["eval", "task=nope"], "unknown task 'nope'"),
     (["eval", "sampler=top_k", "sampler.threshold=0.5"], "does not apply to sampler 'top_k'"),
-    (["eval", "env.gen_length=many"], "bad value for 'env.gen_length'"),
+    (["eval", "env.gen_length=many"], "env.gen_length=many: env.gen_length takes an integer"),
+    (["eval", "progress=maybe"], "progress=maybe: progress takes true or false"),
+    (["pareto", "block_lengths=4"], "block_lengths=4: block_lengths takes a list, e.g. block_lengths=[4]"),
     (["eval", "positional"], "expected key=value"),
     (["frobnicate"], "unknown command"),
 ])
@@ -80,9 +84,9 @@ def test_prompt_the_tokenizer_cannot_represent_is_an_error(capsys):
 
 @pytest.mark.slow
 def test_failed_eval_keeps_the_previous_result_file(tiny_model_dir, tmp_path):
-    out = tmp_path / "e.json"
+    out = tmp_path / "eval.json"
     out.write_text('{"previous": true}\n')
-    res = unmask("eval", f"model={tiny_model_dir}", "env.gen_length=30", f"out={out}")
+    res = unmask("eval", f"model={tiny_model_dir}", "env.gen_length=30", f"out_dir={tmp_path}")
     assert res.returncode != 0 and json.loads(out.read_text()) == {"previous": True}
 
 
@@ -106,7 +110,7 @@ def test_a_write_that_fails_late_leaves_the_old_file_and_no_temp(tmp_path, monke
 def test_unwritable_out_is_a_one_line_error(tiny_model_dir, tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
     code = main(["eval", f"model={tiny_model_dir}", "num_examples=3", "env.gen_length=8", "env.block_length=8",
-                 f"out={tmp_path / 'afile' / 'e.json'}", "progress=false"])
+                 f"out_dir={tmp_path / 'afile' / 'e'}", "progress=false"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "error" in err
 
@@ -115,11 +119,10 @@ def test_jsonl_eval_end_to_end(tiny_model_dir, tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text("\n".join(json.dumps({"prompt": p, "answer": a}) for p, a in
                               [("abc?", "cba"), ("bca?", "acb"), ("cab?", "bac"), ("aab?", "baa")] * 3) + "\n")
-    out = tmp_path / "e.json"
     assert main(["eval", f"model={tiny_model_dir}", "task=jsonl", f"task.path={data}", "task.test_fraction=1.0",
                  "num_examples=-1", "env.gen_length=8", "env.block_length=4", "sampler=top_k", "sampler.steps=4",
-                 f"out={out}", "progress=false"]) == 0
-    result = json.loads(out.read_text())
+                 f"out_dir={tmp_path}", "progress=false"]) == 0
+    result = json.loads((tmp_path / "eval.json").read_text())
     # two blocks of 4, two steps each (LLaDA's schedule): exactly 4 forwards of 2 tokens, whatever the model
     assert result["num_examples"] == 12 and 0 <= result["accuracy"] <= 1
     assert result["mean_nfe"] == 4 and result["tokens_per_step"] == 2 and result["still_masked"] == 0
@@ -144,20 +147,20 @@ def test_help_lists_dict_keys_whole_and_a_saved_config_starts_a_run(tmp_path, ca
 
     assert main(["train", "--help"]) == 0
     out = capsys.readouterr().out
-    assert "custom_resources_per_env_runner = {}" in out and "eval.policy_temperature = 1.0" in out
-    assert "from a saved policy (grpo.init_policy), the keys not given instead: grpo.lr=0.0001" in out
+    assert "custom_resources_per_env_runner={}" in out and "eval.policy_temperature=1.0" in out
+    assert "from a saved policy (init_from), the keys not given instead: grpo.lr=0.0001" in out
     assert main(["sweep", "--help"]) == 0
-    assert "grid = {'grpo': {'alpha': [0.5, 1.0, 2.0]}}" in capsys.readouterr().out
+    assert "grid={grpo:{alpha:[0.5,1.0,2.0]}}" in capsys.readouterr().out
 
     saved = tmp_path / "config.yaml"
     from unmask.cluster.config import TrainConfig
     from unmask.envs.structured import to_yaml
 
-    first = load_config("train", ["max_iterations=7", "grpo.alpha=0.3", "rollout.env.block_length=24"])
+    first = load_config("train", ["max_iterations=7", "grpo.alpha=0.3", "env.block_length=24"])
     saved.write_text(to_yaml(first))
     cfg = load_config("train", [f"config={saved}", "max_iterations=9"])
     assert isinstance(cfg, TrainConfig) and cfg.max_iterations == 9  # the key beside config= wins
-    assert cfg.grpo.alpha == 0.3 and cfg.rollout.env.block_length == 24  # the rest comes from the file
+    assert cfg.grpo.alpha == 0.3 and cfg.env.block_length == 24  # the rest comes from the file
     saved.write_text(saved.read_text() + "not_a_key: 1\n")
     assert main(["train", f"config={saved}"]) == 2
     assert "unknown key 'not_a_key'" in capsys.readouterr().err
@@ -166,7 +169,7 @@ def test_help_lists_dict_keys_whole_and_a_saved_config_starts_a_run(tmp_path, ca
 
 
 def test_training_from_a_saved_policy_takes_the_frontier_recipe_s_keys_unless_given(tmp_path):
-    """`unmask train grpo.init_policy=<clone> grpo.alpha=3` is the recipe measured in docs/results/frontier.md (and
+    """`unmask train init_from=<clone> grpo.alpha=3` is the recipe measured in docs/results/frontier.md (and
     on the commas task, README): keys given by hand or in a config file win; from the paper's start nothing moves."""
     from unmask.cli.main import load_config
     from unmask.cluster.config import FROM_POLICY, TrainConfig
@@ -176,12 +179,12 @@ def test_training_from_a_saved_policy_takes_the_frontier_recipe_s_keys_unless_gi
     assert (paper.grpo.lr, paper.grpo.logit_bound, paper.groups_per_update, paper.validate_every) == (
         TrainConfig().grpo.lr, 0.0, 8, 0)
     clone = "docs/results/policies/bl8-imitate-lr-s0"
-    recipe = load_config("train", [f"grpo.init_policy={clone}", "grpo.alpha=3"])
+    recipe = load_config("train", [f"init_from={clone}", "grpo.alpha=3"])
     # the keys the frontier's and the commas task's GRPO runs were given by hand (experiments.frontier PAST_GRPO)
     assert (recipe.grpo.lr, recipe.grpo.logit_bound, recipe.groups_per_update, recipe.validate_every) == (
         1e-4, 3.0, 16, 10) == tuple(FROM_POLICY.values())
     assert recipe.from_policy_keys() == "grpo.lr=0.0001 grpo.logit_bound=3 groups_per_update=16 validate_every=10"
-    mine = load_config("train", [f"grpo.init_policy={clone}", "grpo.lr=3e-05", "validate_every=0"])
+    mine = load_config("train", [f"init_from={clone}", "grpo.lr=3e-05", "validate_every=0"])
     assert (mine.grpo.lr, mine.grpo.logit_bound, mine.validate_every) == (3e-5, 3.0, 0)  # given: kept, even = default
     saved = tmp_path / "config.yaml"
     saved.write_text(to_yaml(mine))
@@ -195,12 +198,11 @@ def test_training_from_a_saved_policy_takes_the_frontier_recipe_s_keys_unless_gi
 
 @pytest.mark.parametrize("args, message", [
     (["pareto", "env.block_length=4"], "env.block_length is not used by 'unmask pareto'"),
-    (["pareto", "grid=bogus"], "unknown grid 'bogus'"),
-    (["eval", "env.batch_size=5"], "unknown key 'env.batch_size'"),
+    (["pareto", "heuristic_grid=bogus"], "unknown heuristic_grid 'bogus'"),
     (["eval", "env.kv_cache=triple"], "unknown env.kv_cache 'triple'"),
-    (["train", "rollout.env.batch_size=5"], "unknown key 'rollout.env.batch_size'"),
+    (["pretrain", "env.kv_cache=dual"], "env.kv_cache is not used by 'unmask pretrain'"),
     (["train", "eval_policy_temperature=0.5"], "unknown key 'eval_policy_temperature'"),
-    (["sweep", "report_grid=huge"], "unknown report_grid 'huge'"),
+    (["sweep", "heuristic_grid=huge"], "unknown heuristic_grid 'huge'"),
 ])
 def test_keys_that_would_be_ignored_are_errors_before_any_work(args, message, tmp_path, capsys):
     assert main([*args, f"out_dir={tmp_path / 'o'}"] if args[0] == "pareto" else args) == 2
@@ -218,7 +220,7 @@ def test_config_errors_come_before_heavy_imports_and_eval_never_imports_ray(tiny
                           text=True)
     assert "unknown key 'sampler.treshold'" in typo.stderr and typo.stdout.strip() == "[]"
     full = subprocess.run([sys.executable, "-c", probe, "eval", f"model={tiny_model_dir}", "num_examples=3",
-                           "env.gen_length=8", "env.block_length=8", f"out={tmp_path / 'e.json'}",
+                           "env.gen_length=8", "env.block_length=8", f"out_dir={tmp_path}",
                            "progress=false"], capture_output=True, text=True)
     assert full.returncode == 0, full.stderr
     assert full.stdout.strip().splitlines()[-1] == "['torch', 'transformers']"

@@ -5,10 +5,10 @@ import time
 
 import pytest
 import ray
-from unmask.cluster.train import train
-from unmask.rollout.trajectories import read_trajectories
 
 from tests.test_train import progress, tiny_run
+from unmask.cluster.train import train
+from unmask.rollout.trajectories import read_trajectories
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +40,7 @@ def test_losing_a_worker_node_does_not_stop_the_run(tiny_model_dir, tmp_path):
     thread.start()
     config = tiny_run(tiny_model_dir, run_dir, num_env_runners=1, max_iterations=6, eval_examples=0,
                       checkpoint_every=0, custom_resources_per_env_runner={"runner_slot": 1})
-    config.rollout.env.emulate_gpu = "a100-llada8b"  # 149 ms a forward: the removal lands mid-run, not after it
+    config.env.emulate_gpu = "a100-llada8b"  # 149 ms a forward: the removal lands mid-run, not after it
     try:
         train(config)
     finally:

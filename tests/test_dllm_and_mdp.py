@@ -4,14 +4,14 @@ import dataclasses
 
 import pytest
 import torch
+
+from tests.conftest import save_tiny_model
 from unmask.envs.confidence import predict
 from unmask.envs.config import SamplerConfig
 from unmask.envs.dllm import ModelLoadError, layout_batch, load_dllm
 from unmask.envs.mdp import SamplerError, UnmaskingEnv
 from unmask.envs.samplers import leftmost_valid
 from unmask.rollout.samplers import make_sampler
-
-from tests.conftest import save_tiny_model
 
 
 def test_loads_through_auto_classes_and_knows_its_tokens(tiny_dllm):

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from unmask.cli.main import main
 from unmask.learner.imitation import imitation_logp
 from unmask.learner.policy import load_policy, policy_info
@@ -38,7 +39,7 @@ def test_a_clone_of_fast_dllm_decodes_as_it_does_and_records_how_it_was_made(tin
     out = tmp_path / "clone"
     args = ["imitate", f"model={tiny_model_dir}", "task.num_symbols=7", "env.gen_length=16", "env.block_length=8",
             "teachers=[fast_dllm:threshold=0.5]", "prompts=40", "dagger_prompts=20", "steps_per_round=60",
-            "batch_steps=64", "eval_examples=30", f"out={out}", "progress=false"]
+            "batch_steps=64", "eval.num_examples=30", f"out_dir={out}", "progress=false"]
     assert main(args) == 0
     summary = json.loads((out / "imitate.json").read_text())
     assert [r["states"] > 0 for r in summary["rounds"]] == [True, True]  # the teacher's states, then DAgger's
@@ -56,11 +57,11 @@ def test_a_clone_of_fast_dllm_decodes_as_it_does_and_records_how_it_was_made(tin
 
 def test_the_default_teacher_is_left_run_and_its_student_reads_what_it_reads(tiny_model_dir, tmp_path):
     """No teacher given: the frontier's rule (left_run 0.9/0.4); policy.inputs left empty: the confidence and the
-    `repeat` input left_run decides on, so `unmask train grpo.init_policy=` takes the clone as it is."""
+    `repeat` input left_run decides on, so `unmask train init_from=` takes the clone as it is."""
     out = tmp_path / "default"
     assert main(["imitate", f"model={tiny_model_dir}", "task.num_symbols=7", "env.gen_length=16",
                  "env.block_length=8", "prompts=20", "dagger_rounds=0", "steps_per_round=10", "batch_steps=32",
-                 "eval_examples=0", f"out={out}", "progress=false"]) == 0
+                 "eval.num_examples=0", f"out_dir={out}", "progress=false"]) == 0
     assert policy_info(out)["teacher"] == "left_run threshold=0.9 run_threshold=0.4"
     assert load_policy(out).config.inputs == ["confidence", "repeat"]
 
@@ -70,8 +71,8 @@ def test_several_teachers_make_one_alpha_conditioned_policy(tiny_model_dir, tmp_
     assert main(["imitate", f"model={tiny_model_dir}", "task.num_symbols=7", "env.gen_length=16",
                  "env.block_length=16", "teacher_block_length=8",
                  "teachers=[fast_dllm:threshold=0.9,fast_dllm:threshold=0.5]", "teacher_alphas=[0.3,3]",
-                 "prompts=20", "dagger_rounds=0", "steps_per_round=20", "batch_steps=32", "eval_examples=10",
-                 f"out={out}", "progress=false"]) == 0
+                 "prompts=20", "dagger_rounds=0", "steps_per_round=20", "batch_steps=32", "eval.num_examples=10",
+                 f"out_dir={out}", "progress=false"]) == 0
     policy, info = load_policy(out), policy_info(out)
     assert policy.config.alpha_conditioned and info["alpha_range"] == [0.3, 3.0]
     assert info["teacher"] == "fast_dllm threshold=0.9 in blocks of 8 / fast_dllm threshold=0.5 in blocks of 8"

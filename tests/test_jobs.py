@@ -100,9 +100,9 @@ def test_ray_job_submit_stop_and_resume_on_a_real_head(ray_head, tiny_model_dir,
     error and leaves no run directory."""
     address, env = ray_head
     run_dir = tmp_path / "stopped"
-    job_id = submit(address, env, "train", f"run_dir={run_dir}", f"rollout.model={tiny_model_dir}",
-                    "rollout.group_size=4", "rollout.prompts_per_sample=2", "rollout.env.gen_length=16",
-                    "rollout.env.block_length=8", "groups_per_update=2", "max_iterations=40",
+    job_id = submit(address, env, "train", f"out_dir={run_dir}", f"model={tiny_model_dir}",
+                    "rollout.group_size=4", "rollout.prompts_per_sample=2", "env.gen_length=16",
+                    "env.block_length=8", "groups_per_update=2", "max_iterations=40",
                     "checkpoint_every=2", "eval.num_examples=5", "num_env_runners=0")
     deadline = time.time() + 300
     while not (run_dir / "trajectories" / "iter_000003").exists() and time.time() < deadline:
@@ -129,8 +129,8 @@ def test_ray_job_submit_stop_and_resume_on_a_real_head(ray_head, tiny_model_dir,
     assert sorted(p.name for p in (run_dir / "trajectories").glob("iter_*"))[-1] == "iter_000040"
 
     bad_dir = tmp_path / "bad-run"
-    job_id = submit(address, env, "train", f"run_dir={bad_dir}", "rollout.env.gen_length=24",
-                    "rollout.env.block_length=7")
+    job_id = submit(address, env, "train", f"out_dir={bad_dir}", "env.gen_length=24",
+                    "env.block_length=7")
     assert wait_for_job(address, job_id, env) == "FAILED"
     logs = subprocess.run([RAY, "job", "logs", "--address", address, job_id], env=env, capture_output=True,
                           text=True, timeout=60).stdout

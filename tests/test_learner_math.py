@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
+
 from unmask.learner.config import PolicyConfig
 from unmask.learner.grpo import bernoulli_logp, group_advantages, grpo_loss, reward
 from unmask.learner.policy import UnmaskingPolicy
@@ -292,9 +293,9 @@ def test_grpo_starts_from_a_saved_policy_and_anchors_to_it(tmp_path):
     shape = PolicyConfig(hidden_size=32, num_heads=2, ffn_size=64, time_embed_size=32, inputs=["confidence", "margin"])
     saved = UnmaskingPolicy(shape)
     save_policy(saved, tmp_path / "start", {"gen_length": 24, "block_length": 8, "kv_cache": "none"})
-    cfg = UnmaskGRPOConfig().training(init_policy=str(tmp_path / "start"), anchor_coef=0.5, fallback=False)
+    cfg = UnmaskGRPOConfig().training(init_from=str(tmp_path / "start"), anchor_coef=0.5, fallback=False)
     cfg.validate()
-    assert cfg.grpo.network() == shape
+    assert cfg.network() == shape
     learner = cfg.build_learner(env=None)
     learner.build()
     mine = learner.module["default_policy"].policy.state_dict()
@@ -310,7 +311,7 @@ def test_grpo_starts_from_a_saved_policy_and_anchors_to_it(tmp_path):
     prepared, _ = learner.prepare(batch)
     logits = learner.proximal_logits(batch)
     torch.testing.assert_close(prepared["anchor_logits"], logits)  # the start, as the learner sees it
-    plain = UnmaskGRPOConfig().training(init_policy=str(tmp_path / "start"), fallback=False)
+    plain = UnmaskGRPOConfig().training(init_from=str(tmp_path / "start"), fallback=False)
     plain.validate()
     unanchored = plain.build_learner(env=None)
     unanchored.build()

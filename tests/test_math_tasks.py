@@ -5,6 +5,7 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from unmask.envs.config import TaskConfig
 from unmask.envs.tasks import make_task
 from unmask.envs.tasks.math_word import final_answer, gsm8k_correct, gsm8k_gold, last_boxed, math_correct

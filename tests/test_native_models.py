@@ -6,12 +6,12 @@ import os
 
 import pytest
 import torch
+
+from tests.native_checkpoints import saved_tensors, write_dream, write_gsm8k, write_llada
 from unmask.envs.config import SamplerConfig
 from unmask.envs.dllm import ModelLoadError, layout_batch, load_dllm
 from unmask.envs.mdp import UnmaskingEnv
 from unmask.rollout.samplers import make_sampler
-
-from tests.native_checkpoints import saved_tensors, write_dream, write_gsm8k, write_llada
 
 WRITERS = {"llada": write_llada, "dream": write_dream}
 
@@ -285,7 +285,8 @@ def test_unmask_eval_on_a_native_model_with_gsm8k_and_a_kv_cache(native_dir, tmp
     out = tmp_path / "eval.json"
     res = subprocess.run([sys.executable, "-m", "unmask.cli", "eval", f"model={path}", "task=gsm8k",
                           f"task.path={write_gsm8k(tmp_path / 'gsm8k')}", "env.gen_length=16", "env.block_length=8",
-                          "env.kv_cache=dual", "sampler=top_k", "sampler.steps=4", "num_examples=4", f"out={out}"],
+                          "env.kv_cache=dual", "sampler=top_k", "sampler.steps=4", "num_examples=4",
+                          f"out_dir={tmp_path}"],
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     data = json.loads(out.read_text())

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from unmask.cli.main import main
 from unmask.rollout.report import pareto_front
 
@@ -50,7 +51,7 @@ def test_the_gap_to_the_limit_line_is_read_at_equal_accuracy():
 
 def test_pareto_command_writes_table_plot_and_config(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "p"
-    code = main(["pareto", f"model={tiny_model_dir}", "grid=small", "num_examples=6", "env.gen_length=16",
+    code = main(["pareto", f"model={tiny_model_dir}", "heuristic_grid=small", "num_examples=6", "env.gen_length=16",
                  "block_lengths=[4,16]", f"out_dir={out}", "progress=false"])
     assert code == 0
     rows = json.loads((out / "pareto.json").read_text())["rows"]
@@ -71,7 +72,7 @@ def test_pareto_command_writes_table_plot_and_config(tiny_model_dir, tmp_path, c
 
 def test_pareto_always_adds_full_diffusion_and_checks_block_lengths(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "p"
-    assert main(["pareto", f"model={tiny_model_dir}", "grid=small", "num_examples=3", "env.gen_length=8",
+    assert main(["pareto", f"model={tiny_model_dir}", "heuristic_grid=small", "num_examples=3", "env.gen_length=8",
                  f"out_dir={out}", "progress=false"]) == 0
     rows = json.loads((out / "pareto.json").read_text())["rows"]
     assert {r["block_length"] for r in rows} == {4, 8}  # default [4, 8] semi-AR, L=8 is full diffusion

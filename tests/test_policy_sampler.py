@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 from ray.rllib.core.columns import Columns
+
 from unmask.cli.main import main
 from unmask.envs.config import SamplerConfig
 from unmask.envs.mdp import UnmaskingEnv
@@ -16,7 +17,7 @@ from unmask.learner.policy import UnmaskingPolicy, load_policy, save_policy
 from unmask.learner.sampler import PolicySampler
 from unmask.rollout.samplers import make_sampler
 
-SMALL = PolicyConfig(hidden_size=16, num_heads=2, ffn_size=32, time_embed_size=16)
+SMALL = PolicyConfig(hidden_size=16, num_heads=2, ffn_size=32, time_embed_size=16, inputs=["confidence"])
 
 
 def test_factorised_bernoulli_logp_is_the_product_over_valid_positions():
@@ -96,7 +97,7 @@ def test_saved_policy_round_trip_and_unmask_eval(tiny_model_dir, tmp_path, capsy
     assert isinstance(sampler, PolicySampler)
     out = tmp_path / "eval.json"
     assert main(["eval", f"model={tiny_model_dir}", "sampler=policy", f"sampler.checkpoint={tmp_path / 'pol'}",
-                 "sampler.policy_temperature=0.5", "env.gen_length=16", "num_examples=6", f"out={out}",
+                 "sampler.policy_temperature=0.5", "env.gen_length=16", "num_examples=6", f"out_dir={tmp_path}",
                  "progress=false"]) == 0
     result = json.loads(out.read_text())
     # a fresh policy (unmask probability sigmoid(-2) ~ 0.12 at tau = 1, sharper at tau = 0.5) mostly leans
@@ -107,9 +108,9 @@ def test_saved_policy_round_trip_and_unmask_eval(tiny_model_dir, tmp_path, capsy
     assert result["config"]["sampler"]["policy_temperature"] == 0.5
     (tmp_path / "pol" / "model.safetensors").write_bytes(b"not a safetensors file")
     assert main(["eval", f"model={tiny_model_dir}", "sampler=policy", f"sampler.checkpoint={tmp_path / 'pol'}",
-                 "env.gen_length=16", f"out={out}"]) == 2
+                 "env.gen_length=16", f"out_dir={tmp_path}"]) == 2
     assert "corrupted" in capsys.readouterr().err
-    assert main(["eval", f"model={tiny_model_dir}", "sampler=policy", f"out={out}"]) == 2
+    assert main(["eval", f"model={tiny_model_dir}", "sampler=policy", f"out_dir={tmp_path}"]) == 2
     assert "sampler.checkpoint" in capsys.readouterr().err
 
 
@@ -118,6 +119,7 @@ def test_policy_is_a_hugging_face_model_and_old_checkpoints_still_load(tmp_path)
     from dataclasses import asdict
 
     from safetensors.torch import save_file
+
     from unmask.learner.policy import policy_info
 
     policy = UnmaskingPolicy(SMALL)
@@ -171,7 +173,7 @@ def test_a_checkpoint_from_before_policy_inputs_decodes_exactly_as_it_did():
     assert "inputs" not in json.loads((checkpoint / "config.json").read_text())
     assert load_policy(checkpoint).config.inputs == ["confidence"]
     result = evaluate(EvalConfig(sampler=SamplerConfig(name="policy", checkpoint=str(checkpoint)), num_examples=200,
-                                 env=EnvConfig(block_length=24), progress=False, out="unused.json"))
+                                 env=EnvConfig(block_length=24), progress=False))
     assert (result["accuracy"], result["mean_nfe"]) == (0.7, 9.005)
     assert result["fallback_share"] == pytest.approx(0.1687951138256524, abs=1e-12)
     assert [e["completion"] for e in result["examples"][:3]] == [">bifa,cg,d,ehjb", ">ad,efib,a", ">c,ef,a,di,bhg,jc"]

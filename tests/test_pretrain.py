@@ -5,13 +5,13 @@ import json
 import pytest
 import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer
-from unmask.envs.config import TaskConfig
+
+from tests.conftest import TINY
+from unmask.envs.config import EnvConfig, TaskConfig
 from unmask.envs.dllm import load_dllm
 from unmask.envs.pretrain.config import ModelSize, PretrainConfig
 from unmask.envs.pretrain.model import new_builtin_model
 from unmask.envs.pretrain.train import grow_positions, masked_diffusion_loss, pretrain
-
-from tests.conftest import TINY
 
 
 def test_loss_is_the_one_over_t_weighted_masked_cross_entropy():
@@ -42,8 +42,8 @@ def test_pretrain_on_jsonl_saves_a_loadable_model_and_learns(tmp_path):
     rows = [{"prompt": f"{w}=", "answer": w[::-1]} for w in ("abc", "bca", "cab", "acb", "bac", "cba") * 5]
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     out = tmp_path / "model"
-    cfg = PretrainConfig(task=TaskConfig(name="jsonl", path=str(data), test_fraction=0.0), out=str(out),
-                         gen_length=6, size=TINY, batch_size=32, max_steps=120, warmup_steps=10,
+    cfg = PretrainConfig(task=TaskConfig(name="jsonl", path=str(data), test_fraction=0.0), out_dir=str(out),
+                         env=EnvConfig(gen_length=6), size=TINY, batch_size=32, max_steps=120, warmup_steps=10,
                          lr=3e-3, log_every=1000, save_every_minutes=0)
     summary = pretrain(cfg)
     assert summary["steps"] == 120 and summary["final_loss_ema"] < 1.0
@@ -56,7 +56,7 @@ def test_pretrain_on_jsonl_saves_a_loadable_model_and_learns(tmp_path):
     assert dllm.mask_id == tok.mask_token_id
     assert not (out.parent / "model.tmp").exists() and not (out.parent / "model.old").exists()
     # continue training the saved model: same tokenizer, weights carried over
-    more = PretrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "more"), "init_from": str(out), "max_steps": 5})
+    more = PretrainConfig(**{**cfg.__dict__, "out_dir": str(tmp_path / "more"), "init_from": str(out), "max_steps": 5})
     summary = pretrain(more)
     assert summary["final_loss_ema"] < 1.0
     assert summary["init_from_pretrain"]["steps"] > 0  # the recipe keeps its first stage
@@ -64,7 +64,7 @@ def test_pretrain_on_jsonl_saves_a_loadable_model_and_learns(tmp_path):
 
     # new data with a character the model has never seen: its ids stay, the new one is appended
     data.write_text("\n".join(json.dumps({"prompt": r["prompt"], "answer": r["answer"] + "!"}) for r in rows) + "\n")
-    grown = PretrainConfig(**{**more.__dict__, "out": str(tmp_path / "grown")})
+    grown = PretrainConfig(**{**more.__dict__, "out_dir": str(tmp_path / "grown")})
     pretrain(grown)
     vocab = AutoTokenizer.from_pretrained(tmp_path / "grown").get_vocab()
     assert {k: v for k, v in vocab.items() if k != "!"} == tok.get_vocab() and vocab["!"] == len(tok)
@@ -74,7 +74,7 @@ def test_pretrain_on_jsonl_saves_a_loadable_model_and_learns(tmp_path):
 
     # longer prompts than the saved context: the position table grows (rows inserted at grow_positions_at)
     data.write_text("\n".join(json.dumps({"prompt": "xy" + r["prompt"], "answer": r["answer"]}) for r in rows) + "\n")
-    longer = PretrainConfig(**{**more.__dict__, "out": str(tmp_path / "longer"), "grow_positions_at": 1})
+    longer = PretrainConfig(**{**more.__dict__, "out_dir": str(tmp_path / "longer"), "grow_positions_at": 1})
     pretrain(longer)
     assert AutoModelForMaskedLM.from_pretrained(tmp_path / "longer").config.max_position_embeddings == 6 + 6
     assert json.loads((tmp_path / "longer" / "pretrain.json").read_text())["config"]["grow_positions_at"] == 1
@@ -84,7 +84,7 @@ def test_pretrain_rejects_answers_longer_than_the_canvas(tmp_path):
     data = tmp_path / "long.jsonl"
     data.write_text(json.dumps({"prompt": "p", "answer": "x" * 20}) + "\n")
     cfg = PretrainConfig(task=TaskConfig(name="jsonl", path=str(data), test_fraction=0.0),
-                         out=str(tmp_path / "m"), gen_length=8, size=TINY, max_steps=1)
+                         out_dir=str(tmp_path / "m"), env=EnvConfig(gen_length=8), size=TINY, max_steps=1)
     with pytest.raises(ValueError, match="too short"):
         pretrain(cfg)
 
@@ -115,7 +115,7 @@ def test_the_learning_rate_follows_the_budget_that_ends_the_run(monkeypatch):
 
     clock = [1000.0]
     monkeypatch.setattr(train_module.time, "time", lambda: clock[0])
-    cfg = PretrainConfig(lr=1e-3, warmup_steps=200, max_steps=100_000, minutes=10.0)
+    cfg = PretrainConfig(lr=1e-3, warmup_steps=200, max_steps=100_000, max_minutes=10.0)
     schedule = Schedule(cfg)
     rates = []
     for step in range(1, 1001):  # one step a second: 600 steps in the 10 minutes, not 100,000
@@ -126,6 +126,6 @@ def test_the_learning_rate_follows_the_budget_that_ends_the_run(monkeypatch):
     assert max(rates) == pytest.approx(1e-3, rel=0.01) and rates[999] == pytest.approx(1e-4, rel=0.01)
     clock[0] += 0.6
     assert schedule.out_of_budget(1001)
-    steps = PretrainConfig(lr=1e-3, warmup_steps=10, max_steps=100, minutes=1e6)
+    steps = PretrainConfig(lr=1e-3, warmup_steps=10, max_steps=100, max_minutes=1e6)
     by_steps = Schedule(steps)  # the steps end it: warm-up 10 steps, decay over 100
     assert by_steps.lr(5) == pytest.approx(5e-4, rel=0.01) and by_steps.lr(100) == pytest.approx(1e-4, rel=0.01)

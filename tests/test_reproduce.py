@@ -5,6 +5,7 @@ import json
 
 import pytest
 import yaml
+
 from unmask.cli.main import main
 from unmask.envs.tasks.map import MapTask
 from unmask.experiments.config import README_MARKERS
@@ -33,12 +34,12 @@ def test_reproduce_quick_writes_every_finding_and_resumes(local_ray, tmp_path, c
     assert not findings[5]["holds"] or solved >= 0.05
     assert report["config"]["max_iterations"] == 3 and report["config"]["test_seeds"] == [0, 1]  # the quick preset
     recipe = report["dllm2"]["recipe"]  # the second dLLM's recipe is recorded, and its data is on disk
-    assert recipe["gen_length"] == 32 and recipe["init_from"].endswith("builtin_model")
+    assert recipe["env"]["gen_length"] == 32 and recipe["init_from"].endswith("builtin_model")
     families = [json.loads(line)["family"] for line in open(recipe["task"]["path"])]
     assert families.count("map") == families.count("cycles") == 2000
     test_prompts = {ex.prompt for ex in MapTask().examples("test", 1000)}
     assert not test_prompts & {json.loads(line)["prompt"] for line in open(recipe["task"]["path"])}  # held out
-    assert loads == ["builtin", recipe["out"]]  # each dLLM loaded once for all of its evaluations
+    assert loads == ["builtin", recipe["out_dir"]]  # each dLLM loaded once for all of its evaluations
     markdown = (out / "findings.md").read_text()
     assert markdown.count("\n| ") == 1 + 7 and "| 1 | heuristics collapse in full diffusion |" in markdown
     text = readme.read_text()
@@ -59,7 +60,7 @@ def test_reproduce_quick_writes_every_finding_and_resumes(local_ray, tmp_path, c
     assert clone["inputs"] == ["confidence", "repeat"]  # what left_run reads
     saved = yaml.safe_load((out / "train" / "recipe-full-s0" / "config.yaml").read_text())
     grpo = saved["grpo"]
-    assert grpo["init_policy"] == str(out / "imitate" / "recipe-full-s0") and grpo["fallback"]
+    assert saved["init_from"] == str(out / "imitate" / "recipe-full-s0") and grpo["fallback"]
     assert (grpo["lr"], grpo["logit_bound"], saved["validate_every"]) == (1e-4, 3.0, 10)  # train's from-policy keys
     paper = {h for h in points["full"] if not h.startswith("policy") and h != teacher}
     assert set(points["dllm2-map"]) == paper | {"policy dllm2"}
@@ -79,9 +80,11 @@ def test_reproduce_quick_writes_every_finding_and_resumes(local_ray, tmp_path, c
     (["long_gen_length=24"], "long_gen_length (24) must exceed"),
     (["test_seeds=[]"], "at least one seed"),
     (["train_seeds=[0,0]"], "train_seeds must hold at least one seed, none twice"),
-    (["block_length=0"], "block_length (0) must be >= 1"),
-    (["block_length=-8"], "block_length (-8) must be >= 1"),
-    (["gen_length=0"], "must be >= 1 and divide gen_length (0)"),
+    (["env.block_length=0"], "env.gen_length (24) and env.block_length (0) must be > 0"),
+    (["env.block_length=-8"], "env.block_length (-8) must be > 0"),
+    (["env.gen_length=0"], "env.gen_length (0) and env.block_length (8) must be > 0"),
+    (["env.gen_length=20"], "env.gen_length=20 is not divisible by env.block_length=8"),
+    (["env.kv_cache=dual"], "env.kv_cache is not used by 'unmask reproduce'"),
     (["alpha=-1"], "alpha must be >= 0"),
     (["lr=nan"], "lr must be a finite number"),
     (["train_minutes=nan"], "train_minutes must be a finite number"),

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+
 from unmask.cli.main import main
 from unmask.rollout.trajectories import read_trajectories
 
@@ -41,12 +42,12 @@ def cli(*args: str) -> list[str]:
 
 
 def tiny_train(model_dir, run_dir) -> list[str]:
-    return ["train", f"run_dir={run_dir}", f"rollout.model={model_dir}", "rollout.group_size=4",
-            "rollout.prompts_per_sample=2", "rollout.batch_rows=3", "rollout.env.gen_length=16",
-            "rollout.env.block_length=8",
+    return ["train", f"out_dir={run_dir}", f"model={model_dir}", "rollout.group_size=4",
+            "rollout.prompts_per_sample=2", "env.batch_size=3", "env.gen_length=16",
+            "env.block_length=8",
             "groups_per_update=2", "max_iterations=6", "checkpoint_every=2", "max_policy_lag=0",
             "num_env_runners=2", "eval.num_examples=5", "grpo.reward=additive", "grpo.lr=1e-3", "grpo.warmup_steps=1",
-            "grpo.policy.init_bias=0.0"]
+            "policy.init_bias=0.0"]
 
 
 def trajectories(run_dir):

@@ -9,6 +9,7 @@ import pytest
 import ray
 import torch
 from ray import tune
+
 from unmask.cluster.algorithm import UnmaskGRPO
 from unmask.cluster.algorithm_config import UnmaskGRPOConfig
 from unmask.envs.config import EnvConfig, TaskConfig
@@ -32,11 +33,11 @@ def wait_until_free(cpus: float, timeout_s: float = 60) -> bool:
 
 def test_the_documented_rllib_snippet(local_ray, tmp_path):
     run_dir = tmp_path / "rllib"
-    # --- the README's snippet, as written there (run_dir in tmp_path) ---------------------------------
+    # --- the README's snippet, as written there (out_dir in tmp_path) ---------------------------------
     config = (UnmaskGRPOConfig()
               .env_runners(num_env_runners=1)
               .training(alpha=1.0, groups_per_update=2)
-              .outputs(run_dir=str(run_dir)))
+              .outputs(out_dir=str(run_dir)))
     algo = config.build_algo()
     result = algo.train()
     path = algo.save_to_path(str(tmp_path / "checkpoint"))
@@ -45,7 +46,7 @@ def test_the_documented_rllib_snippet(local_ray, tmp_path):
     assert 0.0 <= result["unmask"]["reward_mean"] <= 1.0 and result["unmask"]["trajectories_total"] == 64
     assert {"collect_s", "update_s", "report_s"} <= set(result["timers"])  # the three phases, timed
     assert algo.config.grpo.alpha == 1.0 and algo.config.updates.groups_per_update == 2
-    assert algo.config.rollout.model == "builtin" and algo.config.rollout.env.gen_length == 24
+    assert algo.config.dllm.model == "builtin" and algo.config.dllm.env.gen_length == 24
     final = json.loads((run_dir / "checkpoints" / "final" / "config.json").read_text())["training"]
     assert final["iteration"] == 1 and final["alpha"] == 1.0 and final["gen_length"] == 24
     assert read_trajectories(run_dir / "trajectories").column("iteration").to_pylist()[0] == 1
@@ -86,9 +87,10 @@ def test_partial_and_typed_settings(local_ray, tmp_path):
                            task=TaskConfig(num_symbols=7))
               .training(lr=1e-3, grad_clip=0.5, groups_per_update=2)
               .env_runners(num_env_runners=0))
-    assert config.grpo.lr == 1e-3 and config.rollout.env == EnvConfig(gen_length=16, block_length=8)
-    assert config.to_dict()["rollout"]["env"]["block_length"] == 8  # plain data for Tune
-    assert UnmaskGRPOConfig().update_from_dict(config.to_dict()).rollout == config.rollout
+    assert config.grpo.lr == 1e-3 and config.dllm.env == EnvConfig(gen_length=16, block_length=8)
+    assert config.to_dict()["dllm"]["env"]["block_length"] == 8  # plain data for Tune
+    restored = UnmaskGRPOConfig().update_from_dict(config.to_dict())
+    assert restored.rollout == config.rollout and restored.dllm == config.dllm
     algo = config.build_algo()  # no run_dir and not a Tune trial: nothing is written
     result = algo.train()
     assert algo.run_dir is None and algo.config.grad_clip == 0.5

@@ -5,6 +5,7 @@ import re
 
 import pytest
 import torch
+
 from unmask.envs.config import SAMPLER_PARAMS, SamplerConfig
 from unmask.envs.mdp import Observation
 from unmask.envs.samplers import HEURISTICS

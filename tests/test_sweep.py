@@ -4,6 +4,7 @@ with policies beside heuristics, Tuner.restore, and bad grids."""
 import json
 
 import pytest
+
 from unmask.cli.main import main
 from unmask.cluster.config import FinalEvalConfig, SweepConfig
 from unmask.cluster.sweep import sweep
@@ -15,12 +16,13 @@ from unmask.rollout.trajectories import read_trajectories
 
 
 def tiny_sweep(model_dir, run_dir, **overrides) -> SweepConfig:
-    rollout = RolloutConfig(model=model_dir, task=TaskConfig(num_symbols=7), group_size=4, prompts_per_sample=2,
-                            env=EnvConfig(gen_length=16, block_length=8))
-    grpo = GRPOConfig(reward="additive", lr=1e-3, warmup_steps=1, policy=PolicyConfig(init_bias=0.0))
-    settings = dict(rollout=rollout, grpo=grpo, run_dir=str(run_dir), max_iterations=2, num_env_runners=0,
-                    groups_per_update=2, checkpoint_every=0, eval=FinalEvalConfig(num_examples=8), report_grid="small",
-                    report_block_lengths=[4], grid={"grpo": {"alpha": [0.5, 2.0]}})
+    rollout = RolloutConfig(group_size=4, prompts_per_sample=2)
+    grpo = GRPOConfig(reward="additive", lr=1e-3, warmup_steps=1)
+    settings = dict(model=model_dir, task=TaskConfig(num_symbols=7), env=EnvConfig(gen_length=16, block_length=8),
+                    rollout=rollout, grpo=grpo, policy=PolicyConfig(init_bias=0.0), out_dir=str(run_dir),
+                    max_iterations=2, num_env_runners=0, groups_per_update=2, checkpoint_every=0,
+                    eval=FinalEvalConfig(num_examples=8), heuristic_grid="small", block_lengths=[4],
+                    grid={"grpo": {"alpha": [0.5, 2.0]}})
     settings.update(overrides)
     return SweepConfig(**settings)
 
@@ -79,17 +81,17 @@ def test_a_failed_trial_is_reported_not_hidden(local_ray, tiny_model_dir, tmp_pa
     weights = not_a_model / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     run_dir = tmp_path / "sweep"
-    code = main(["sweep", f"run_dir={run_dir}", f"grid.rollout.model=[{tiny_model_dir},{not_a_model}]",
+    code = main(["sweep", f"out_dir={run_dir}", f"grid.model=[{tiny_model_dir},{not_a_model}]",
                  "grid.grpo.alpha=[1.0]", "rollout.group_size=4", "rollout.prompts_per_sample=2",
-                 "rollout.env.gen_length=16", "rollout.env.block_length=8", "groups_per_update=2",
+                 "env.gen_length=16", "env.block_length=8", "groups_per_update=2",
                  "max_iterations=2", "num_env_runners=0", "checkpoint_every=0", "eval.num_examples=4",
-                 "report_block_lengths=[4]", f"rollout.model={tiny_model_dir}"])
+                 "block_lengths=[4]", f"model={tiny_model_dir}"])
     out = capsys.readouterr().out
     assert code == 1
     trials = json.loads((run_dir / "trials.json").read_text())["trials"]
     assert sorted(t["status"] for t in trials) == ["failed", "finished"]
     failed = next(t for t in trials if t["status"] == "failed")
-    assert failed["rollout.model"] == str(not_a_model) and failed["error"]
+    assert failed["model"] == str(not_a_model) and failed["error"]
     assert f"FAILED {failed['trial']}" in out and "1 of 2 trials finished" in out
     rows = json.loads((run_dir / "pareto.json").read_text())["rows"]
     assert sum(r["sampler"] == "policy" for r in rows) == 3  # the finished policy at BL 4, 8 and 16
@@ -97,14 +99,14 @@ def test_a_failed_trial_is_reported_not_hidden(local_ray, tiny_model_dir, tmp_pa
 
 @pytest.mark.parametrize("args, message", [
     (["grid.grpo.alpha=3"], "grid.grpo.alpha must be a non-empty list"),
-    (["grid.grpo.policy.width=[64,128]"], "a sweep varies grpo.* and rollout.* keys"),
-    (["grid.max_iterations=[1,2]"], "a sweep varies grpo.* and rollout.* keys"),
+    (["grid.policy.width=[64,128]"], "a sweep varies grpo.*, rollout.*, env.*, task.*, seed and model"),
+    (["grid.max_iterations=[1,2]"], "a sweep varies grpo.*, rollout.*, env.*, task.*, seed and model"),
     (["grid.grpo.lr=[0.001,-1]"], "grid point {'grpo.alpha': 0.5, 'grpo.lr': -1}"),
     (["grid.grpo.alpah=[1,2]"], "grid point"),
 ])
 def test_bad_sweep_grids_are_one_line_errors_before_anything_runs(tmp_path, capsys, args, message):
     run_dir = tmp_path / "sweep"
-    assert main(["sweep", f"run_dir={run_dir}", *args]) == 2
+    assert main(["sweep", f"out_dir={run_dir}", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
     assert not run_dir.exists()

@@ -3,6 +3,7 @@ import random
 import sys
 
 import pytest
+
 from unmask.envs.config import TaskConfig
 from unmask.envs.tasks import make_task
 from unmask.envs.tasks.base import Example
@@ -214,9 +215,10 @@ def test_the_commas_family_draws_free_commas_and_its_verifier_takes_any_placemen
 
 
 def test_an_unknown_own_family_is_one_line(tmp_path, capsys):
-    from unmask.experiments.own_tasks import main
+    from unmask.cli.main import main
 
-    assert main(["family=nope", f"out_dir={tmp_path}"]) == 2
+    assert main(["own-tasks", "family=nope", f"out_dir={tmp_path}"]) == 2
     assert "unknown family 'nope'" in capsys.readouterr().err and not list(tmp_path.iterdir())
-    assert main(["famly=psum", f"out_dir={tmp_path}"]) == 2  # a misspelt key is no silent default family
-    assert "'famly=psum' is not family=... or out_dir=..." in capsys.readouterr().err and not list(tmp_path.iterdir())
+    assert main(["own-tasks", "famly=psum", f"out_dir={tmp_path}"]) == 2  # a misspelt key is no silent default family
+    err = capsys.readouterr().err
+    assert "unknown key 'famly' for 'unmask own-tasks'; did you mean family?" in err and not list(tmp_path.iterdir())

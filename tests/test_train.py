@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow.dataset as ds
 import pytest
 import ray
+
 from unmask.cli.main import main
 from unmask.cluster.config import FinalEvalConfig, TrainConfig
 from unmask.cluster.train import train
@@ -25,11 +26,12 @@ from unmask.rollout.trajectories import SCHEMA_VERSION, TRAJECTORY_SCHEMA, read_
 def tiny_run(model_dir, run_dir, eval_examples: int = 10, **overrides) -> TrainConfig:
     """A policy that starts at s = 0.5 and an additive speed reward: on a random tiny dLLM nothing is
     correct, so the reward is -NFE/L and rises exactly when GRPO teaches the policy to unmask more."""
-    rollout = RolloutConfig(model=model_dir, task=TaskConfig(num_symbols=7), group_size=4, prompts_per_sample=2,
-                            env=EnvConfig(gen_length=16, block_length=8))
-    grpo = GRPOConfig(reward="additive", alpha=1.0, lr=1e-3, warmup_steps=1, policy=PolicyConfig(init_bias=0.0))
-    settings = dict(rollout=rollout, grpo=grpo, run_dir=str(run_dir), max_iterations=8, num_env_runners=1,
-                    groups_per_update=2, checkpoint_every=4, eval=FinalEvalConfig(num_examples=eval_examples))
+    rollout = RolloutConfig(group_size=4, prompts_per_sample=2)
+    grpo = GRPOConfig(reward="additive", alpha=1.0, lr=1e-3, warmup_steps=1)
+    settings = dict(model=model_dir, task=TaskConfig(num_symbols=7), env=EnvConfig(gen_length=16, block_length=8),
+                    rollout=rollout, grpo=grpo, policy=PolicyConfig(init_bias=0.0), out_dir=str(run_dir),
+                    max_iterations=8, num_env_runners=1, groups_per_update=2, checkpoint_every=4,
+                    eval=FinalEvalConfig(num_examples=eval_examples))
     settings.update(overrides)
     return TrainConfig(**settings)
 
@@ -48,6 +50,7 @@ def test_paced_training_with_two_runners_end_to_end(local_ray, tiny_model_dir, t
     time (recomputed here from the policy saved at that version), i.e. weighted by min(pi_then / pi_behaviour,
     tis_cap)."""
     import torch
+
     from unmask.learner.grpo import fallback_logp
 
     run_dir = tmp_path / "run"
@@ -283,7 +286,8 @@ def test_expert_steered_alpha_conditioned_training_end_to_end(local_ray, tiny_mo
     from unmask.rollout.pareto import run_pareto
 
     rows = run_pareto(ParetoConfig(model=tiny_model_dir, task=TaskConfig(num_symbols=7), env=EnvConfig(gen_length=16),
-                                   block_lengths=[8], grid="small", policies=[str(run_dir / "checkpoints" / "final")],
+                                   block_lengths=[8], heuristic_grid="small",
+                                   policies=[str(run_dir / "checkpoints" / "final")],
                                    policy_alphas=[0.3, 3.0], num_examples=4, out_dir=str(tmp_path / "p"),
                                    progress=False))
     curve = [r for r in rows if r["sampler"].startswith("policy")]
@@ -306,9 +310,9 @@ def test_a_policy_that_unmasks_nothing_stops_the_run_and_the_best_checkpoint_is_
     again. After `stop_after_skipped` such updates the run stops, says so, and evaluates checkpoints/best, whose
     fallback share shows what the policy is."""
     run_dir = tmp_path / "collapsed"
-    grpo = GRPOConfig(reward="additive", alpha=1.0, policy=PolicyConfig(init_bias=-30.0), fallback=False)  # the paper's
-    result = train(tiny_run(tiny_model_dir, run_dir, eval_examples=4, grpo=grpo, stop_after_skipped=2, best_window=1,
-                            num_env_runners=0))
+    grpo = GRPOConfig(reward="additive", alpha=1.0, fallback=False)  # the paper's
+    result = train(tiny_run(tiny_model_dir, run_dir, eval_examples=4, grpo=grpo, policy=PolicyConfig(init_bias=-30.0),
+                            stop_after_skipped=2, best_window=1, num_env_runners=0))
     rows = progress(run_dir)
     assert len(rows) == 2 and all(int(float(r["unmask/skipped_batch"])) == 1 for r in rows)
     assert float(rows[-1]["unmask/nfe_mean"]) == 16.0  # NFE pinned at L
@@ -329,9 +333,9 @@ def test_with_experts_a_collapsed_policy_is_still_detected(local_ray, tiny_model
     run_dir = tmp_path / "collapsed-steered"
     base = tiny_run(tiny_model_dir, run_dir)
     rollout = RolloutConfig(**{**base.rollout.__dict__, "expert": ExpertConfig(thresholds=[0.0], block_length=8)})
-    grpo = GRPOConfig(reward="additive", alpha=1.0, policy=PolicyConfig(init_bias=-30.0), fallback=False)  # the paper's
-    train(tiny_run(tiny_model_dir, run_dir, eval_examples=2, rollout=rollout, grpo=grpo, stop_after_skipped=2,
-                   num_env_runners=0))
+    grpo = GRPOConfig(reward="additive", alpha=1.0, fallback=False)  # the paper's
+    train(tiny_run(tiny_model_dir, run_dir, eval_examples=2, rollout=rollout, grpo=grpo,
+                   policy=PolicyConfig(init_bias=-30.0), stop_after_skipped=2, num_env_runners=0))
     rows = progress(run_dir)
     assert len(rows) == 2 and not any(int(float(r["unmask/skipped_batch"])) for r in rows)
     assert [int(float(r["unmask/stalled_streak"])) for r in rows] == [1, 2]
@@ -347,7 +351,7 @@ def test_killed_env_runner_is_restarted_and_no_trajectory_is_lost_or_duplicated(
     # the only runner dies: training cannot go on until Ray has restarted it and it has been resumed
     config = tiny_run(tiny_model_dir, run_dir, num_env_runners=1, max_iterations=6, eval_examples=0,
                       checkpoint_every=0, staleness="drop")  # asynchronous, too stale a sample dropped
-    config.rollout.batch_rows = 3  # continuous batching: 3 of the 8 rows in flight
+    config.env.batch_size = 3  # continuous batching: 3 of the 8 rows in flight
     train(config)
     killer.join(timeout=1)
     assert killer.killed, "no env runner process was found to kill"
@@ -373,20 +377,20 @@ def test_killed_env_runner_is_restarted_and_no_trajectory_is_lost_or_duplicated(
 
 
 @pytest.mark.parametrize("args, message", [
-    (["rollout.env.block_length=5"], "not divisible"),
+    (["env.block_length=5"], "not divisible"),
     (["rollout.group_size=1"], "group_size"),
     (["grpo.reward=linear"], "grpo.reward"),
     (["max_policy_lag=-1"], "max_policy_lag"),
 ])
 def test_bad_train_input_is_one_line(args, message, tmp_path, capsys):
-    assert main(["train", f"run_dir={tmp_path / 'r'}", *args]) == 2
+    assert main(["train", f"out_dir={tmp_path / 'r'}", *args]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "r").exists()
 
 
 def test_unreachable_ray_address_is_a_quick_one_line_error(tmp_path, capsys):
-    assert main(["train", f"run_dir={tmp_path / 'r'}", "ray_address=127.0.0.1:9"]) == 2
+    assert main(["train", f"out_dir={tmp_path / 'r'}", "ray_address=127.0.0.1:9"]) == 2
     err = capsys.readouterr().err
     assert "cannot reach the Ray cluster at '127.0.0.1:9'" in err and err.count("\n") == 1
     assert not (tmp_path / "r").exists()
@@ -400,7 +404,7 @@ def test_a_run_key_that_is_no_key_is_refused_before_any_work(key, tmp_path, caps
     else:
         path.write_text("not hex at all" if key == "not hex" else "abcd")
     monkeypatch.setenv("UNMASK_RUN_KEY", str(path))
-    assert main(["train", f"run_dir={tmp_path / 'r'}"]) == 2
+    assert main(["train", f"out_dir={tmp_path / 'r'}"]) == 2
     err = capsys.readouterr().err
     assert f"the run key {path}" in err and "is not a key" in err and err.count("\n") == 1
     assert not (tmp_path / "r").exists()
@@ -409,7 +413,7 @@ def test_a_run_key_that_is_no_key_is_refused_before_any_work(key, tmp_path, caps
 def test_existing_run_dir_is_not_overwritten(tmp_path, capsys):
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "config.yaml").write_text("keep me")
-    assert main(["train", f"run_dir={tmp_path / 'r'}"]) == 2
+    assert main(["train", f"out_dir={tmp_path / 'r'}"]) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert (tmp_path / "r" / "config.yaml").read_text() == "keep me"
 
@@ -424,8 +428,8 @@ def test_training_on_a_native_llada_with_gsm8k_and_a_kv_cache(local_ray, tmp_pat
     task = TaskConfig(name="gsm8k", path=str(write_gsm8k(tmp_path / "gsm8k")))
     config = tiny_run(str(model), tmp_path / "run", max_iterations=3, checkpoint_every=0, eval_examples=3,
                       num_env_runners=0)
-    config.rollout.task = task
-    config.rollout.env.kv_cache = "prefix"
+    config.task = task
+    config.env.kv_cache = "prefix"
     train(config)
     table = read_trajectories(tmp_path / "run" / "trajectories")
     assert table.num_rows > 0 and set(table.column("iteration").to_pylist()) == {1, 2, 3}

@@ -12,6 +12,7 @@ import json
 
 import transformers
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoTokenizer
+
 from unmask.envs.models.dream import DreamConfig, DreamModel
 from unmask.envs.models.llada import LLaDAConfig, LLaDAModelLM
 

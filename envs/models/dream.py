@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
+
 from unmask.envs.models.layers import Attention, KVCache, RMSNorm, init_dllm_weights, run_layers, swiglu
 
 

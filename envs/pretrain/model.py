@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 from transformers import BertConfig, BertForMaskedLM, ModernBertConfig, ModernBertForMaskedLM
+
 from unmask.envs.pretrain.config import ModelSize
 
 

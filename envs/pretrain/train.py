@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from tqdm import tqdm
 from transformers import AutoModelForMaskedLM, AutoTokenizer
+
 from unmask.envs.dllm import check_model_path, layout_batch, loading, real_positions
 from unmask.envs.files import Interrupted, publish_dir, sigterm_as_interrupt
 from unmask.envs.optim import adamw
@@ -141,23 +142,23 @@ class Schedule:
         return time.time() - self.start
 
     def out_of_budget(self, step: int) -> bool:
-        return step >= self.cfg.max_steps or self.elapsed() >= self.cfg.minutes * 60
+        return step >= self.cfg.max_steps or self.elapsed() >= self.cfg.max_minutes * 60
 
     def expected_steps(self, step: int) -> float:
         """The steps this run will make: max_steps, or fewer when its pace runs out of minutes first."""
         if step < 1:
             return self.cfg.max_steps
-        return min(self.cfg.max_steps, step / max(self.elapsed(), 1e-9) * self.cfg.minutes * 60)
+        return min(self.cfg.max_steps, step / max(self.elapsed(), 1e-9) * self.cfg.max_minutes * 60)
 
     def eta(self, step: int) -> float:
         """Seconds left: whichever budget, steps or minutes, runs out first."""
-        by_time = self.cfg.minutes * 60 - self.elapsed()
+        by_time = self.cfg.max_minutes * 60 - self.elapsed()
         by_steps = (self.cfg.max_steps - step) * self.elapsed() / max(step, 1)
         return max(0.0, min(by_time, by_steps))
 
     def lr(self, step: int) -> float:
         cfg = self.cfg
-        progress = min(1.0, max(step / cfg.max_steps, self.elapsed() / (cfg.minutes * 60)))
+        progress = min(1.0, max(step / cfg.max_steps, self.elapsed() / (cfg.max_minutes * 60)))
         warmup = min(0.5, cfg.warmup_steps / max(self.expected_steps(step), 1))
         if progress < warmup:
             return cfg.lr * progress / warmup
@@ -166,7 +167,7 @@ class Schedule:
 
 
 def pretrain(cfg: PretrainConfig) -> dict:
-    """Train and save a built-in-size dLLM (HF format, safetensors) with its tokenizer to `cfg.out`. Ctrl-C or
+    """Train and save a built-in-size dLLM (HF format, safetensors) with its tokenizer to `cfg.out_dir`. Ctrl-C or
     SIGTERM saves the model so far (a complete one) and raises Interrupted."""
     check_pretrain(cfg)
     if cfg.num_threads:
@@ -177,14 +178,15 @@ def pretrain(cfg: PretrainConfig) -> dict:
     # init_from keeps the model's token ids; characters it has never seen are appended to its vocabulary
     tokenizer = build_char_tokenizer(vocab_texts, load_init_tokenizer(cfg.init_from) if cfg.init_from else None)
     longest_prompt, longest_answer = longest_example(task, cfg, draw)
-    if longest_answer >= cfg.gen_length:
-        raise ValueError(f"gen_length={cfg.gen_length} is too short for answers of {longest_answer} "
+    if longest_answer >= cfg.env.gen_length:
+        raise ValueError(f"env.gen_length={cfg.env.gen_length} is too short for answers of {longest_answer} "
                          "characters (one EOS must fit)")
-    if longest_prompt + cfg.gen_length > cfg.max_context:  # before any batch: the model's size follows from it
-        raise ValueError(f"the longest prompt ({longest_prompt:,} characters) + gen_length needs a context of "
-                         f"{longest_prompt + cfg.gen_length:,} positions, more than max_context={cfg.max_context:,} "
+    context = longest_prompt + cfg.env.gen_length
+    if context > cfg.max_context:  # before any batch: the model's size follows from it
+        raise ValueError(f"the longest prompt ({longest_prompt:,} characters) + env.gen_length needs a context of "
+                         f"{context:,} positions, more than max_context={cfg.max_context:,} "
                          "(raise it, or keep such prompts out with task.max_prompt_chars)")
-    model = build_model(cfg, tokenizer, longest_prompt + cfg.gen_length).train()
+    model = build_model(cfg, tokenizer, longest_prompt + cfg.env.gen_length).train()
     optimizer = adamw(model.parameters(), cfg.lr, cfg.weight_decay, (0.9, 0.98))
     schedule = Schedule(cfg)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -208,7 +210,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     try:
         with sigterm_as_interrupt():
             while not schedule.out_of_budget(step):
-                ids, attn, canvas = make_batch(draw(cfg.batch_size), tokenizer, cfg.gen_length)
+                ids, attn, canvas = make_batch(draw(cfg.batch_size), tokenizer, cfg.env.gen_length)
                 for group in optimizer.param_groups:
                     group["lr"] = schedule.lr(step)
                 loss = masked_diffusion_loss(model, ids, attn, canvas, tokenizer.mask_token_id, generator,
@@ -228,15 +230,15 @@ def pretrain(cfg: PretrainConfig) -> dict:
                           f"grad {grad_norm:.2f} elapsed {schedule.elapsed():.0f}s", flush=True)
                     recent = []
                 if cfg.save_every_minutes and time.time() - last_save > cfg.save_every_minutes * 60:
-                    save_model(model, tokenizer, Path(cfg.out), record(partial=True))
+                    save_model(model, tokenizer, Path(cfg.out_dir), record(partial=True))
                     last_save = time.time()
     except KeyboardInterrupt:
         bar.close()
-        save_model(model.eval(), tokenizer, Path(cfg.out), record(partial=True, interrupted=True))
-        raise Interrupted(f"interrupted at step {step}: saved the model so far to {cfg.out}") from None
+        save_model(model.eval(), tokenizer, Path(cfg.out_dir), record(partial=True, interrupted=True))
+        raise Interrupted(f"interrupted at step {step}: saved the model so far to {cfg.out_dir}") from None
     bar.close()
     summary = record()
-    save_model(model.eval(), tokenizer, Path(cfg.out), summary)
+    save_model(model.eval(), tokenizer, Path(cfg.out_dir), summary)
     return summary
 
 
