@@ -14,7 +14,7 @@ from pathlib import Path
 
 from unmask.cli.parse import ConfigError, keys_help, merged_files, parse, resume_config
 from unmask.cluster.config import SweepConfig, TrainConfig, check_sweep, check_train, grid_axes, grid_points
-from unmask.envs.config import SAMPLER_PARAMS
+from unmask.envs.config import SAMPLER_PARAMS, DLLMSettings
 from unmask.envs.files import Interrupted
 from unmask.envs.pretrain.config import PretrainConfig, check_pretrain
 from unmask.envs.structured import to_yaml
@@ -29,7 +29,8 @@ from unmask.experiments.config import (
 from unmask.rollout.config import EvalConfig, ImitateConfig, ParetoConfig, check_eval, check_imitate, check_pareto
 
 FLAGS = {"--help": "every key with its default and description", "--print-config": "resolve and check the whole "
-         "config, print it as YAML and exit without work", "--debug": "full tracebacks instead of one-line errors"}
+         "config, print it as YAML and exit without work", "--plan": "the memory plan of the config (weights, rows per "
+         "forward) without loading weights or starting Ray", "--debug": "full tracebacks instead of one-line errors"}
 
 
 @dataclass
@@ -123,7 +124,7 @@ def cmd_sweep(cfg: SweepConfig) -> int:
     run_dir = Path(cfg.resume or cfg.out_dir)
     print(f"{len(trials) - len(failed)} of {len(trials)} trials finished")
     for t in failed:
-        print(f"FAILED {t['trial']}: {t['error']}")
+        print(f"FAILED {t['trial']}: {t['error']}" + (f" (traceback: {t['traceback']})" if t.get("traceback") else ""))
     print((run_dir / "pareto.md").read_text(), end="")
     print(f"wrote {run_dir}/trials.md, pareto.md, pareto.png")
     return 1 if failed else 0
@@ -183,7 +184,8 @@ COMMANDS: dict[str, Command] = {
 
 
 def usage() -> str:
-    lines = ["usage: unmask <command> [config=FILE.yaml ...] [key=value ...] [--help | --print-config] [--debug]", "",
+    lines = ["usage: unmask <command> [config=FILE.yaml ...] [key=value ...] [--help | --print-config | --plan] "
+             "[--debug]", "",
              "commands:"]
     lines += [f"  {name:<10} {c.summary}" for name, c in COMMANDS.items() if not c.experiment]
     lines += ["", "experiments (what docs/results was made with):"]
@@ -195,7 +197,8 @@ def usage() -> str:
 
 def command_help(name: str) -> str:
     schema = COMMANDS[name].schema
-    lines = [f"usage: unmask {name} [config=FILE.yaml ...] [key=value ...] [--print-config] [--debug]", "",
+    flags = "[--print-config] [--plan] [--debug]" if issubclass(schema, DLLMSettings) else "[--print-config] [--debug]"
+    lines = [f"usage: unmask {name} [config=FILE.yaml ...] [key=value ...] {flags}", "",
              COMMANDS[name].summary, "",
              "config=FILE.yaml starts from a saved config (a run's config.yaml; several are merged in order); keys",
              "given beside it apply on top.", "", "keys (as typed: key=default, then what it does):"]
@@ -261,13 +264,20 @@ def main(argv: list[str] | None = None) -> int:
     if "-h" in args or "--help" in args:
         print(command_help(name))
         return 0
-    print_config = "--print-config" in args
-    args = [a for a in args if a != "--print-config"]
+    print_config, plan = "--print-config" in args, "--plan" in args
+    args = [a for a in args if a not in ("--print-config", "--plan")]
     try:
         cfg = load_config(name, args)
         COMMANDS[name].check(cfg)
         if print_config:
             print(to_yaml(cfg), end="")
+            return 0
+        if plan:
+            if not isinstance(cfg, DLLMSettings):
+                raise ConfigError(f"--plan is for the commands that run a dLLM, not {name}")
+            from unmask.cli.plan import plan_text
+
+            print(plan_text(cfg))
             return 0
         quiet_libraries()
         return COMMANDS[name].run(cfg)

@@ -29,8 +29,10 @@ from unmask.cluster.algorithm_config import UnmaskGRPOConfig
 from unmask.cluster.collector import Collected, Collector
 from unmask.cluster.metrics import RunTotals, collapse_seen, iteration_report, stuck
 from unmask.cluster.outputs import RunOutputs
+from unmask.envs.files import write_atomic
 from unmask.learner.learner import LastUpdate
 from unmask.learner.policy import UnmaskingPolicy, save_policy
+from unmask.rollout.env_runner import RunnerFailure
 from unmask.rollout.trajectories import learner_batch
 
 logger = logging.getLogger(__name__)
@@ -50,7 +52,9 @@ class UnmaskGRPO(Algorithm):
     def setup(self, config) -> None:
         super().setup(config)
         self.policy_version = 0  # updates applied: the learner's weights version, as the runners see it
-        self.collector = Collector(self.env_runner_group, self.config.updates, self.config.rollout.prompts_per_sample)
+        self.collector = Collector(self.env_runner_group, self.config.updates, self.config.rollout.prompts_per_sample,
+                                   on_failure=lambda failures: self.note_failure(failures[-1]))
+        self.failures: dict[str, int] = {}  # a runner failure's cause -> times seen
         self.outputs = RunOutputs(self.run_dir, self.run_id, self.config.run_outputs, self.save_policy)
         self.totals = RunTotals()
         if self.run_dir is None:
@@ -111,8 +115,11 @@ class UnmaskGRPO(Algorithm):
         """Held-out validation of the policy after `iteration` (0: the start); checkpoints/best follows it."""
         with self.metrics.log_time((TIMERS, "validate_s"), reduce="mean", window=1):
             validation = self.collector.validate()
-        self.outputs.keep_validated(validation, iteration)
-        for key, value in {**validation, "iteration": iteration}.items():
+        if isinstance(validation, RunnerFailure):  # noted (the run stops if it keeps failing); the next one counts
+            self.note_failure(validation)
+            return
+        best = self.outputs.keep_validated(validation, iteration)
+        for key, value in {**validation, "iteration": iteration, "best": int(best)}.items():
             self.metrics.log_value(("unmask", f"validation_{key}"), value, window=1)
 
     def update(self, collected: Collected) -> LastUpdate:
@@ -148,6 +155,23 @@ class UnmaskGRPO(Algorithm):
             experts=bool(self.config.rollout.expert.thresholds), seen=seen)
         for key, value in report.items():
             self.metrics.log_value(("unmask", key), value, window=1)
+
+    def note_failure(self, failure: RunnerFailure) -> None:
+        """A runner's sample or validation raised: its traceback is kept in out_dir/errors/, and the same cause seen
+        more than max_runner_restarts times stops the run with that cause in one line (a deterministic error, such as
+        a CUDA OOM at this batch size, comes back every time: retrying it for ever only looks like a hung run)."""
+        count = self.failures[failure.cause] = self.failures.get(failure.cause, 0) + 1
+        where = "(no out_dir: not kept)"
+        if self.run_dir is not None:
+            path = self.run_dir / "errors" / f"runner_{failure.env_runner}-{sum(self.failures.values()):03d}.txt"
+            write_atomic(path, failure.traceback)
+            where = str(path)
+        limit = self.config.max_num_env_runner_restarts
+        if count > limit:
+            raise RuntimeError(f"env runner {failure.env_runner}: {failure.cause} ({count} times, max_runner_restarts="
+                               f"{limit}; traceback: {where})")
+        logger.warning("env runner %d failed (%d of %d allowed): %s; traceback: %s", failure.env_runner, count, limit,
+                       failure.cause, where)
 
     # ---- the policy -----------------------------------------------------------------------------------
     def policy_state(self) -> dict:

@@ -13,7 +13,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import ray
 from ray.rllib.core import COMPONENT_RL_MODULE
@@ -22,7 +23,7 @@ from ray.rllib.utils.metrics import WEIGHTS_SEQ_NO
 
 from unmask.cluster.config import UpdateSettings
 from unmask.cluster.weights import WeightBoard
-from unmask.rollout.env_runner import RunnerSample
+from unmask.rollout.env_runner import RunnerFailure, RunnerSample
 from unmask.rollout.trajectories import TrajectoryBatch
 
 
@@ -35,9 +36,10 @@ class Arrival:
 
 @dataclass
 class Collected:
-    """One iteration's collect phase: every sample that arrived."""
+    """One iteration's collect phase: every sample that arrived, and every runner failure met on the way."""
 
     arrivals: list[Arrival]
+    failures: list[RunnerFailure] = field(default_factory=list)
 
     @property
     def fresh(self) -> list[TrajectoryBatch]:
@@ -48,6 +50,9 @@ class Collected:
         return [v for a in self.arrivals
                 for v, e in zip(getattr(a.sample.trajectories, field).tolist(), a.sample.trajectories.expert.tolist())
                 if e == experts]
+
+
+RUNNERS_DOWN_S = 600  # with every runner down this long (an 8B model loads in a few minutes), the run stops
 
 
 def may_admit(ahead_groups: int, in_flight: int, per_sample: int, need_groups: int, budget_groups: int) -> bool:
@@ -63,13 +68,17 @@ def groups(samples: list[RunnerSample]) -> int:
 
 
 class Collector:
-    def __init__(self, runners: EnvRunnerGroup, settings: UpdateSettings, prompts_per_sample: int, board=None):
+    def __init__(self, runners: EnvRunnerGroup, settings: UpdateSettings, prompts_per_sample: int, board=None,
+                 on_failure=lambda failures: None):
         """board: where weights are pushed for the runners to pull (default: a new WeightBoard actor when the
-        runners are remote; none when the algorithm's own process samples)."""
+        runners are remote; none when the algorithm's own process samples). on_failure(failures so far this
+        collect): told of each runner failure as it arrives; it raises to stop the run."""
         self.runners, self.settings, self.per_sample = runners, settings, prompts_per_sample
+        self.on_failure = on_failure
         self.buffer: list[RunnerSample] = []  # paced: samples that arrived and wait for an update
         self.runner_states: dict[int, dict] = {}  # runner index -> its state after its last delivered sample
         self.restarts = 0
+        self.down_since = 0.0  # when the last healthy runner was lost (0: some runner is up)
         self.board = board
         if self.board is None and self.remote:
             self.board = ray.remote(num_cpus=0)(WeightBoard).options(max_concurrency=16).remote()
@@ -98,26 +107,34 @@ class Collector:
             if not samples and self.runners.num_healthy_remote_workers() == 0:
                 self.restore()  # every runner is down: wait for restarts
             for sample in samples:
+                if isinstance(sample, RunnerFailure):
+                    collected.failures.append(sample)
+                    self.on_failure(collected.failures)  # stops the run when the same cause keeps coming back
+                    continue
                 self.runner_states[sample.trajectories.env_runner] = sample.runner_state
                 lag = version - sample.trajectories.policy_version
                 collected.arrivals.append(Arrival(sample, lag, lag <= self.settings.max_policy_lag))
         return collected
 
     def _collect_paced(self, version: int) -> Collected:
-        need = self.settings.groups_per_update
+        need, failures = self.settings.groups_per_update, []
         while groups(self.buffer) < need:
             self._admit()
             arrived = self.runners.fetch_ready_async_reqs(tags="sample", timeout_seconds=self.settings.sample_wait_s)
             if not arrived and self.runners.num_healthy_remote_workers() == 0:
                 self.restore()  # every runner is down: wait for restarts
             for _, sample in arrived:
+                if isinstance(sample, RunnerFailure):
+                    failures.append(sample)
+                    self.on_failure(failures)
+                    continue
                 self.runner_states[sample.trajectories.env_runner] = sample.runner_state
                 self.buffer.append(sample)
         taken: list[RunnerSample] = []
         while groups(taken) < need:
             taken.append(self.buffer.pop(0))
         self._admit()  # the runners go on sampling while the learner updates
-        return Collected([Arrival(s, version - s.trajectories.policy_version, True) for s in taken])
+        return Collected([Arrival(s, version - s.trajectories.policy_version, True) for s in taken], failures)
 
     def _admit(self) -> None:
         """Send `sample` requests to idle healthy runners while the pacing budget allows."""
@@ -138,7 +155,7 @@ class Collector:
         return self.runners.foreach_env_runner_async_fetch_ready(lambda r: r.sample(), tag="sample",
                                                                 timeout_seconds=self.settings.sample_wait_s)
 
-    def validate(self) -> dict:
+    def validate(self) -> dict | RunnerFailure:
         """The newest policy on the held-out validation prompts, on one healthy runner (or the local one)."""
         if not self.remote:
             return self.runners.local_env_runner.validate()
@@ -163,6 +180,14 @@ class Collector:
         if restored:
             self.restarts += len(restored)
             self._resume(restored, forget_weights=False)
+        if self.remote and self.runners.num_healthy_remote_workers() == 0:
+            self.down_since = self.down_since or time.monotonic()
+            if time.monotonic() - self.down_since > RUNNERS_DOWN_S:
+                raise RuntimeError(f"no env runner has been up for {RUNNERS_DOWN_S // 60} minutes: each crashed and "
+                                   "its restarts (max_runner_restarts) are used up, or Ray cannot place it (the Ray "
+                                   "logs of this session say why)")
+        else:
+            self.down_since = 0.0
         return restored
 
     def resume_all(self) -> None:

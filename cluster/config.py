@@ -103,7 +103,10 @@ class TrainConfig(OutputSettings, UpdateSettings, PolicySettings, DLLMSettings):
     num_gpus_per_env_runner: float = 0.0  # > 0: the runner's dLLM lives on that GPU
     custom_resources_per_env_runner: dict[str, float] = field(default_factory=dict)  # e.g. {a100: 1}
     num_gpus_per_learner: float = 0.0  # > 0: the learner (the ~300K-parameter policy) trains on a GPU
-    max_runner_restarts: int = 3  # an env runner that crashes is restarted this many times in all; then the run stops
+    max_runner_restarts: int = 3  # an env runner's failure (a crash, an error in its sample) is retried this many
+    #                               times; the next stops the run with its cause
+    wait_for_resources: bool = False  # start even when Ray has fewer resources than the run needs (an autoscaling
+    #                                   cluster); false: that is a one-line error before the run starts
     eval: FinalEvalConfig = field(default_factory=FinalEvalConfig)
     resume: str = ""  # a run directory: continue that run from its last checkpoint, with its saved config
     resume_unverified: bool = False  # resume a run dir whose pickled state does not match its seal (trust it!)
@@ -148,7 +151,19 @@ def check_train(cfg: TrainConfig) -> None:
     if cfg.grpo.anchor_coef and not cfg.init_from:
         raise ValueError("grpo.anchor_coef anchors to init_from: give one")
     check_init_from(cfg.init_from, cfg.policy, cfg.grpo.alpha_range, cfg.env.gen_length, cfg.env.kv_cache)
+    check_placement(cfg)
     check_writable(cfg.resume or cfg.out_dir, "out_dir", directory=True)
+
+
+def check_placement(cfg: TrainConfig) -> None:
+    """Where the dLLM can run: a GPU only where Ray gives the process holding it one (each env runner, or the
+    learner's process when it samples itself)."""
+    gpus, who = ((cfg.num_gpus_per_env_runner, "num_gpus_per_env_runner") if cfg.num_env_runners else
+                 (cfg.num_gpus_per_learner, "num_gpus_per_learner (num_env_runners=0: the learner's process samples)"))
+    if cfg.env.device.startswith("cuda") and not gpus:
+        raise ValueError(f"env.device={cfg.env.device} needs {who} > 0: Ray gives a process its GPU")
+    if cfg.env.device == "cpu" and gpus and not cfg.env.emulate_gpu:
+        raise ValueError(f"env.device=cpu with {who}={gpus:g}: the GPU would sit idle (env.device=auto uses it)")
 
 
 SWEEPABLE = ("grpo.", "rollout.", "env.", "task.", "seed", "model")

@@ -122,6 +122,7 @@ def iteration_report(collected: Collected, totals: RunTotals, *, skipped: bool, 
         "trajectories_total": totals.trajectories,
         "env_runner_restarts": restarts,
         "healthy_env_runners": healthy_runners,
+        "rows_in_flight": max(s.rows for s in samples),  # per runner: env.batch_size or the memory plan's
     }
     report.update(group_spread(collected))
     report.update({f"collapse_{kind}": int(seen == kind) for kind in COLLAPSES})  # collapse_seen's verdict

@@ -57,11 +57,14 @@ class RunOutputs:
         if self.settings.best_window and not self.settings.validate_every:
             self.keep_best(collected, checkpoints / "best", iteration)
 
-    def keep_validated(self, validation: dict, iteration: int) -> None:
-        """checkpoints/best by held-out validation: the policy with the best validation reward so far."""
-        if self.run_dir is not None and validation["reward"] > self.best_reward:
-            self.best_reward = validation["reward"]
-            self.save_policy(self.run_dir / "checkpoints" / "best", iteration, best={"validation": validation})
+    def keep_validated(self, validation: dict, iteration: int) -> bool:
+        """checkpoints/best by held-out validation: the policy with the best validation reward so far (True: this one
+        became it)."""
+        if self.run_dir is None or validation["reward"] <= self.best_reward:
+            return False
+        self.best_reward = validation["reward"]
+        self.save_policy(self.run_dir / "checkpoints" / "best", iteration, best={"validation": validation})
+        return True
 
     def keep_best(self, collected: Collected, out: Path, iteration: int) -> None:
         """Once `best_window` iterations are in, the policy after the iteration that ends the best moving average of

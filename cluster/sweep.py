@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from unmask.cluster.config import SweepConfig, TrainConfig, check_sweep, grid_axes, grid_points
+from unmask.cluster.remote import on_runner_resources
 from unmask.cluster.rundir import claim_run_dir, seal
-from unmask.cluster.train import absolute_paths, connect_ray, tune_run_config
+from unmask.cluster.train import absolute_paths, connect_ray, say, tune_run_config
 from unmask.envs.config import DLLMSettings
 from unmask.envs.files import write_atomic, write_json
 from unmask.envs.structured import narrow, to_yaml
@@ -100,6 +101,7 @@ def trial_row(result, axes: dict[str, list], given: dict[str, dict]) -> dict:
         lines = [line.strip() for line in str(result.error).splitlines() if line.strip()] or ["?"]
         named = [line for line in lines if "Error:" in line]  # the innermost exception's own line
         row["status"], row["error"] = "failed", (named or lines)[-1][:200]
+        row["traceback"] = str(Path(result.path) / "error.txt")
     elif not (policy / "config.json").is_file():
         row["status"], row["error"] = "failed", "no final policy was saved"
     else:
@@ -120,6 +122,9 @@ def report(cfg: SweepConfig, points: list[TrainConfig], policies: list[Path]) ->
                               policies=[str(p) for p in policies], num_examples=cfg.eval.num_examples,
                               seed=cfg.seed, out_dir=cfg.out_dir, progress=False,
                               trust_remote_code=cfg.trust_remote_code)
-    rows = run_pareto(pareto_cfg)
+    say(f"the report: heuristics and {len(policies)} policies on {cfg.eval.num_examples} test prompts, with one env "
+        "runner's resources")
+    rows, where = on_runner_resources(cfg, run_pareto, pareto_cfg)  # never in the driver
+    write_json(Path(cfg.out_dir) / "report-resources.json", where)
     write_pareto(rows, Path(cfg.out_dir), pareto_cfg, title=f"sweep {Path(cfg.out_dir).name}: heuristics and policies")
     return rows

@@ -14,6 +14,7 @@ out_dir/
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import socket
 import sys
@@ -49,8 +50,41 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
                                out_dir=str(Path(cfg.resume or cfg.out_dir).resolve()))
 
 
-def logical_cpus_needed(cfg: TrainConfig) -> float:
-    return 1 + cfg.num_env_runners * cfg.num_cpus_per_env_runner
+def resources_needed(cfg: TrainConfig, concurrent_runs: int = 1) -> dict[str, float]:
+    """Everything a run asks of Ray: per run one CPU for the trial (the learner's process, its GPUs), and the env
+    runners' CPUs, GPUs and custom resources; concurrent runs (a sweep's trials) each as much."""
+    need = {"CPU": 1 + cfg.num_env_runners * cfg.num_cpus_per_env_runner,
+            "GPU": cfg.num_env_runners * cfg.num_gpus_per_env_runner + cfg.num_gpus_per_learner}
+    for name, amount in cfg.custom_resources_per_env_runner.items():
+        need[name] = need.get(name, 0.0) + cfg.num_env_runners * amount
+    return {name: amount * concurrent_runs for name, amount in need.items() if amount}
+
+
+def check_resources(cfg: TrainConfig, concurrent_runs: int, have: dict[str, float], nodes: list[dict[str, float]],
+                    where: str) -> None:
+    """The run's resources against a Ray instance's (its total, and a node that can hold one runner, one learner):
+    a request that cannot be met would wait PENDING for ever. One line naming what is missing."""
+    need = resources_needed(cfg, concurrent_runs)
+    short = [f"{amount:g} {name} (it has {have.get(name, 0):g})" for name, amount in need.items()
+             if have.get(name, 0) + 1e-9 < amount]
+    if short:
+        raise ValueError(f"{where} cannot hold the run: it needs {', '.join(short)}; {describe_request(cfg)} "
+                         "(wait_for_resources=true starts anyway, for a cluster that autoscales)")
+    runner = {"CPU": cfg.num_cpus_per_env_runner, "GPU": cfg.num_gpus_per_env_runner,
+              **cfg.custom_resources_per_env_runner} if cfg.num_env_runners else {}
+    for what, request in (("an env runner", runner), ("the learner", {"CPU": 1, "GPU": cfg.num_gpus_per_learner})):
+        request = {k: v for k, v in request.items() if v}
+        if request and not any(all(node.get(k, 0) + 1e-9 >= v for k, v in request.items()) for node in nodes):
+            asked = ", ".join(f"{v:g} {k}" for k, v in request.items())
+            raise ValueError(f"no node of {where} can hold {what} ({asked}): one actor's resources must fit on one "
+                             "node")
+
+
+def describe_request(cfg: TrainConfig) -> str:
+    return (f"{cfg.num_env_runners} env runner(s) x ({cfg.num_cpus_per_env_runner:g} CPU, "
+            f"{cfg.num_gpus_per_env_runner:g} GPU"
+            + "".join(f", {v:g} {k}" for k, v in cfg.custom_resources_per_env_runner.items())
+            + f") + learner (1 CPU, {cfg.num_gpus_per_learner:g} GPU)")
 
 
 def check_reachable(address: str, timeout_s: float = 5.0) -> None:
@@ -74,14 +108,42 @@ def on_loopback_only() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
+# what Ray, Tune and RLlib say on the driver's console that a user of `unmask train` cannot act on (the progress lines
+# and the run's own messages are the output): logger -> the start of the message
+NOISE = {"ray._private.authentication.authentication_token_setup": "Token authentication is enabled",
+         "ray.rllib.algorithms.algorithm_config": "You are running UnmaskGRPO on the new API stack",
+         "ray.tune.utils.util": "Install gputil", "ray.tune.tune": "Wrote the latest version",
+         "ray._private.worker": "Started a local Ray instance"}
+
+
+class Quiet(logging.Filter):
+    def __init__(self, start: str):
+        super().__init__()
+        self.start = start
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.start)
+
+
+def quiet_ray() -> None:
+    """The driver's console without the noise (NOISE; Tune's status boxes: our ProgressPrinter is the output);
+    --debug keeps all of it."""
+    if os.environ.get("UNMASK_DEBUG", "") not in ("", "0"):
+        return
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    for name, start in NOISE.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, Quiet) and f.start == start for f in logger.filters):
+            logger.addFilter(Quiet(start))
+
+
 def connect_ray(cfg: TrainConfig, concurrent_runs: int) -> None:
-    """Join the cluster named by `ray_address` (or by RAY_ADDRESS, as inside `ray job submit`), else start
-    a local Ray with enough logical CPUs; a local instance too small for the run is an error up front."""
+    """Join the cluster named by `ray_address` (or by RAY_ADDRESS, as inside `ray job submit`), else start a local Ray
+    with enough logical CPUs; then the run's resources are checked against it (check_resources), joined or local."""
     import ray
 
+    quiet_ray()
     address = cfg.ray_address or os.environ.get("RAY_ADDRESS", "")
-    needed_cpus = logical_cpus_needed(cfg) * concurrent_runs
-    needed_gpus = cfg.num_env_runners * cfg.num_gpus_per_env_runner * concurrent_runs
     if address:
         check_reachable(address)
     if not ray.is_initialized():
@@ -92,23 +154,32 @@ def connect_ray(cfg: TrainConfig, concurrent_runs: int) -> None:
             except (ConnectionError, RuntimeError, ValueError) as err:
                 raise RuntimeError(f"cannot reach the Ray cluster at {address!r}: "
                                    f"{str(err).strip().splitlines()[0]}") from None
-            return  # a cluster may autoscale: no resource check
-        on_loopback_only()
-        private = os.umask(0o077)  # what the local Ray writes for authentication (~/.ray/auth_token): this user's
-        try:
-            # address="local": a new instance even where `ray start` left one on this machine (which a bare
-            # ray.init would join, and refuse num_cpus for)
-            ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(needed_cpus + 0.999)),
-                     include_dashboard=False, log_to_driver=False)
-        finally:
-            os.umask(private)
-        token = Path.home() / ".ray" / "auth_token"
-        if token.is_file() and token.stat().st_uid == os.getuid() and token.stat().st_mode & 0o077:
-            token.chmod(0o600)  # made by an earlier Ray with a looser umask
+        else:
+            start_local_ray(resources_needed(cfg, concurrent_runs)["CPU"])
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    where = f"the Ray cluster at {address}" if address else "this machine's Ray"
+    if not cfg.wait_for_resources:
+        check_resources(cfg, concurrent_runs, ray.cluster_resources(), nodes, where)
     have = ray.cluster_resources()
-    if have.get("CPU", 0) < needed_cpus or have.get("GPU", 0) < needed_gpus:
-        raise ValueError(f"this Ray instance has {have.get('CPU', 0):g} CPUs / {have.get('GPU', 0):g} GPUs; the run "
-                         f"needs {needed_cpus:g} CPUs and {needed_gpus:g} GPUs")
+    say(f"{where}: {have.get('CPU', 0):g} CPUs, {have.get('GPU', 0):g} GPUs on {len(nodes)} node(s); the run takes "
+        + ", ".join(f"{v:g} {k}" for k, v in resources_needed(cfg, concurrent_runs).items()))
+
+
+def start_local_ray(cpus: float) -> None:
+    import ray
+
+    on_loopback_only()
+    private = os.umask(0o077)  # what the local Ray writes for authentication (~/.ray/auth_token): this user's
+    try:
+        # address="local": a new instance even where `ray start` left one on this machine (which a bare ray.init would
+        # join, and refuse num_cpus for)
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(cpus + 0.999)), include_dashboard=False,
+                 log_to_driver=False)
+    finally:
+        os.umask(private)
+    token = Path.home() / ".ray" / "auth_token"
+    if token.is_file() and token.stat().st_uid == os.getuid() and token.stat().st_mode & 0o077:
+        token.chmod(0o600)  # made by an earlier Ray with a looser umask
 
 
 def tune_run_config(cfg: TrainConfig, label_trials: bool = False):
@@ -143,8 +214,8 @@ def train(cfg: TrainConfig) -> dict:
     from unmask.cluster.algorithm import UnmaskGRPO
     from unmask.cluster.algorithm_config import UnmaskGRPOConfig
 
-    say(f"starting the run: its learner and {cfg.num_env_runners or 'no'} env runner(s) load the dLLM; iteration 1 "
-        "follows (max_minutes counts from there)")
+    say(f"starting the run: its learner and {cfg.num_env_runners or 'no'} env runner(s) load the dLLM; it runs until "
+        f"{until(cfg)}")
 
     if cfg.resume:  # Tune restores the trial from its last checkpoint: weights, optimizer, RNGs, data cursor
         tuner = tune.Tuner.restore(str(run_dir / "tune"), trainable=UnmaskGRPO, resume_unfinished=True,
@@ -161,11 +232,13 @@ def train(cfg: TrainConfig) -> dict:
     finally:
         seal(run_dir)  # whatever stopped it: what a resume will unpickle is recorded as this user's
     if results.errors:
-        error = str(results.errors[0]).strip().splitlines()[-1]
+        cause, trace = trial_failure(results[0], results.errors[0], run_dir)
         if not cfg.resume and int((results[0].metrics or {}).get("training_iteration", 0)) == 0:
             forget_run(run_dir, new_dir)  # nothing to resume: the corrected re-run may use the same out_dir
-            raise RuntimeError(f"training failed before its first iteration (nothing kept): {error}")
-        raise RuntimeError(f"training failed: {error}")
+            raise RuntimeError(f"training failed before its first iteration (nothing kept but the traceback, {trace}):"
+                               f" {cause}")
+        raise RuntimeError(f"training failed: {cause} (full traceback: {trace}; continue with: unmask train "
+                           f"resume={run_dir})")
     metrics = results[0].metrics
     iteration = int(metrics.get("training_iteration", 0))
     collapsed = bool(metrics.get("unmask", {}).get("collapsed", 0))  # stop_after_skipped stopped it
@@ -179,29 +252,70 @@ def train(cfg: TrainConfig) -> dict:
 
         print(f"unmask train: stopped at iteration {iteration}: {stalled_why(metrics['unmask'])}; the policy "
               f"stopped learning, the final eval is of {policy}", file=sys.stderr, flush=True)
+    else:
+        why = (f"max_iterations={cfg.max_iterations}" if iteration >= cfg.max_iterations else
+               f"max_minutes={cfg.max_minutes:g} ({float(metrics.get('time_total_s', 0)) / 60:.1f} minutes)")
+        print(f"unmask train: stopped after iteration {iteration}: it reached {why}", file=sys.stderr, flush=True)
     if cfg.eval.num_examples <= 0:
         return metrics.get("unmask", {})
-    return final_eval(cfg, policy)
+    from unmask.cluster.remote import on_runner_resources
+    from unmask.rollout.evaluate import write_eval
+
+    say(f"evaluating {policy.name} on {cfg.eval.num_examples} test prompts, with one env runner's resources")
+    eval_cfg = final_eval_config(cfg, policy)
+    result, where = on_runner_resources(cfg, final_eval, eval_cfg, cfg.grpo.alpha, list(cfg.grpo.alpha_range))
+    result["evaluated_on"] = where
+    response = result.get("alpha_response")
+    if response and not response["responds"]:
+        (low, high), (nfe_low, nfe_high) = response["alpha"], response["mean_nfe"]
+        print(f"unmask train: WARNING: the policy ignores alpha: mean NFE {nfe_low:.2f} at alpha={low:g} and "
+              f"{nfe_high:.2f} at alpha={high:g} (it should fall as alpha grows)", file=sys.stderr, flush=True)
+    return write_eval(eval_cfg, result)
+
+
+def until(cfg: TrainConfig) -> str:
+    """When a run ends, as the start says it (no wall-clock budget unless one is given)."""
+    budget = f", or after max_minutes={cfg.max_minutes:g}" if cfg.max_minutes else " (no max_minutes: no time budget)"
+    rule = f", or when {cfg.stop_after_skipped} updates in a row stall" if cfg.stop_after_skipped else ""
+    return f"iteration max_iterations={cfg.max_iterations}{budget}{rule}, or Ctrl-C / SIGTERM (resumable)"
+
+
+def trial_failure(result, error: BaseException, run_dir: Path) -> tuple[str, Path]:
+    """A failed trial's cause in one line (the innermost error's own line), and where its whole traceback is kept:
+    run_dir/error.txt, copied from Tune's trial directory (whose error.txt a failed first iteration takes with it).
+    With --debug the traceback is printed too."""
+    text = str(error)
+    lines = [line.strip() for line in text.splitlines() if line.strip()] or [type(error).__name__]
+    named = [line for line in lines if "Error:" in line or "Error(" in line]
+    cause = (named or lines)[-1]
+    trial_error = Path(result.path) / "error.txt" if getattr(result, "path", None) else None
+    trace = run_dir / "error.txt"
+    body = trial_error.read_text() if trial_error is not None and trial_error.is_file() else text
+    write_atomic(trace, body)
+    if os.environ.get("UNMASK_DEBUG", "") not in ("", "0"):
+        print(body, file=sys.stderr, flush=True)
+    return cause, trace
 
 
 def reached_time_budget(metrics: dict, cfg: TrainConfig) -> bool:
     return bool(cfg.max_minutes) and float(metrics.get("time_total_s", 0.0)) >= cfg.max_minutes * 60
 
 
-def final_eval(cfg: TrainConfig, policy_dir: Path) -> dict:
-    from unmask.rollout.evaluate import evaluate, write_eval
-
+def final_eval_config(cfg: TrainConfig, policy_dir: Path) -> EvalConfig:
     sampler = SamplerConfig(name="policy", checkpoint=str(policy_dir), policy_temperature=cfg.eval.policy_temperature)
-    eval_cfg = EvalConfig(model=cfg.model, task=cfg.task, sampler=sampler, env=cfg.env,
-                          num_examples=cfg.eval.num_examples, seed=cfg.seed, progress=False,
-                          out_dir=cfg.out_dir, trust_remote_code=cfg.trust_remote_code)
+    return EvalConfig(model=cfg.model, task=cfg.task, sampler=sampler, env=cfg.env, num_examples=cfg.eval.num_examples,
+                      seed=cfg.seed, progress=False, out_dir=cfg.out_dir, trust_remote_code=cfg.trust_remote_code)
+
+
+def final_eval(eval_cfg: EvalConfig, alpha: float, alpha_range: list[float]) -> dict:
+    """The final policy on the test prompts (where it runs: on_runner_resources); for an alpha-conditioned policy also
+    its NFE at both ends of its range on the same prompts: does it answer to alpha?"""
+    from unmask.rollout.evaluate import evaluate
+
     result = evaluate(eval_cfg)
-    if cfg.grpo.alpha_range:  # one policy for every trade-off: does it answer to alpha? (its ends, same prompts)
-        ends = [min(cfg.grpo.alpha_range), max(cfg.grpo.alpha_range)]
-        nfe = [result["mean_nfe"] if a == cfg.grpo.alpha else evaluate(dataclasses.replace(
-            eval_cfg, sampler=dataclasses.replace(sampler, alpha=a)))["mean_nfe"] for a in ends]  # the run's: done
+    if alpha_range:
+        ends = [min(alpha_range), max(alpha_range)]
+        nfe = [result["mean_nfe"] if a == alpha else evaluate(dataclasses.replace(
+            eval_cfg, sampler=dataclasses.replace(eval_cfg.sampler, alpha=a)))["mean_nfe"] for a in ends]
         result["alpha_response"] = {"alpha": ends, "mean_nfe": nfe, "responds": nfe[1] < nfe[0] - 0.05}
-        if not result["alpha_response"]["responds"]:
-            print(f"unmask train: WARNING: the policy ignores alpha: mean NFE {nfe[0]:.2f} at alpha={ends[0]:g} and "
-                  f"{nfe[1]:.2f} at alpha={ends[1]:g} (it should fall as alpha grows)", file=sys.stderr, flush=True)
-    return write_eval(eval_cfg, result)
+    return result

@@ -57,6 +57,7 @@ class EnvConfig:
     device: str = "auto"  # auto (cuda when this process sees a GPU, else cpu) | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (bfloat16 on CUDA, float32 on CPU) | float32 | bfloat16 | float16
     gpu_memory_fraction: float = 0.9  # share of the device's memory the memory plan may fill (weights included)
+    device_memory_gb: float = 0.0  # the memory plan's device size in GB; 0 = the device's own (a GPU's, or free RAM)
     device_map: str = ""  # e.g. "auto": spread the dLLM over this actor's GPUs (overrides device)
     chat_template: str = "auto"  # auto (use the tokenizer's template if it has one) | on | off
     kv_cache: str = "none"  # none | prefix | dual: Fast-dLLM KV caches, refreshed once per block (native models)
@@ -85,6 +86,8 @@ def check_env(cfg: EnvConfig) -> None:
         raise ValueError(f"env.batch_size must be >= 0 (0 = what the memory plan fits), got {cfg.batch_size}")
     if not 0 < cfg.gpu_memory_fraction <= 1:
         raise ValueError(f"env.gpu_memory_fraction must be in (0, 1], got {cfg.gpu_memory_fraction}")
+    if cfg.device_memory_gb < 0:
+        raise ValueError(f"env.device_memory_gb must be >= 0 (0 = the device's own), got {cfg.device_memory_gb}")
     if cfg.emulate_gpu:
         from unmask.envs.emulation import profile
 

@@ -136,6 +136,8 @@ class DLLM:
 
     def _align(self, out: torch.Tensor, last: int = 0) -> torch.Tensor:
         if self.logit_shift:  # Dream predicts token i+1 at position i (AR initialisation).
+            if last and out.shape[1] > last:  # the `last` positions' logits are a view: no copy of [rows, L, V]
+                return out[:, -last - 1 : -1]
             out = torch.cat([out[:, :1], out[:, :-1]], dim=1)
         return out[:, -last:] if last else out
 

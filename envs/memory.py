@@ -10,7 +10,7 @@ row of a batched forward (N = prompt + L tokens, b = the model dtype's bytes, V 
 - layers: the largest single layer's live tensors (hidden states, q/k/v, GQA's repeated k/v, the attention output,
   RoPE's float32 temporaries, SwiGLU's three [N, ffn] tensors) plus, with a KV cache, every layer's keys/values.
 - head: the vocabulary projection's output (native models keep the last L positions, Dream L + 1 for its shift;
-  BERT-style models project all N), and Dream's shifted copy of it (`DLLM._align`'s torch.cat).
+  BERT-style models project all N; Dream's shift is a view of it, `DLLM._align`).
 - share: the first step forwards each group's shared sequence once and copies its logits to every member
   (`ForwardEngine._shared`: logits[inverse]); both exist at once (and with a KV cache, both copies of the cache).
 - predict: the logits plus `predict`'s float32 copy [rows, L, V] (a second one for margin, a third for entropy;
@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -173,7 +175,6 @@ class MemoryPlan:
     Per row of a batched forward (N = prompt_length + gen_length tokens):
         logits_bytes_per_row         the vocabulary projection's output [kept, V] in the model dtype; kept = L (LLaDA's
                                      `logits_to_keep`), L + 1 (Dream: the shift needs one more), N (BERT-style)
-        align_copy_bytes_per_row     Dream's shifted copy of it (`DLLM._align`'s torch.cat), alive with the original
         shared_copy_bytes_per_row    `logits[inverse]` [L, V]: a group's shared first forward copied to each member
         kv_cache_bytes_per_row       every layer's keys and values [2, kv_heads, N, head_dim] (RoPE'd keys, values)
         activation_bytes_per_row     the largest layer's live tensors (see `layer_activation_bytes`), RoPE tables
@@ -196,7 +197,6 @@ class MemoryPlan:
     weights_bytes: int
     overhead_bytes: int
     logits_bytes_per_row: int
-    align_copy_bytes_per_row: int
     shared_copy_bytes_per_row: int
     kv_cache_bytes_per_row: int
     activation_bytes_per_row: int
@@ -228,10 +228,10 @@ class MemoryPlan:
         forwarded = math.ceil(rows / self.group_size) if shared else rows
         kv, state = self.kv_cache_bytes_per_row, self.state_bytes_per_row * rows
         live_cache = 0 if first_step else rows * kv  # the cache of rows a refresh is not rebuilding
-        aligned = self.align_copy_bytes_per_row or self.logits_bytes_per_row  # the tensor DLLM.logits returns
+        aligned = self.logits_bytes_per_row  # what DLLM.logits returns (Dream's shift: a view of it)
         out = {
             "layers": state + live_cache + forwarded * (kv + self.activation_bytes_per_row),
-            "head": state + live_cache + forwarded * (kv + self.logits_bytes_per_row + self.align_copy_bytes_per_row),
+            "head": state + live_cache + forwarded * (kv + self.logits_bytes_per_row),
         }
         if shared:
             out["share"] = state + forwarded * (kv + aligned) + rows * self.shared_copy_bytes_per_row
@@ -279,7 +279,7 @@ class MemoryPlan:
                f"  weights      {gib(self.weights_bytes)}",
                f"  overhead     {gib(self.overhead_bytes)}",
                f"  predict      {size(self.predict_fixed_bytes)} at most (chunks of {self.predict_chunk_rows} rows)"]
-        for label, value in (("logits", self.logits_bytes_per_row), ("align copy", self.align_copy_bytes_per_row),
+        for label, value in (("logits", self.logits_bytes_per_row),
                              ("shared copy", self.shared_copy_bytes_per_row),
                              ("kv cache", self.kv_cache_bytes_per_row),
                              ("activations", self.activation_bytes_per_row), ("env state", self.state_bytes_per_row),
@@ -392,10 +392,64 @@ def plan_memory(shape: ModelShape, *, dtype: str, gen_length: int, prompt_length
         model=shape.name or shape.model_type, dtype=dtype, gen_length=L, prompt_length=prompt_length,
         kv_cache=kv_cache, group_size=group_size, device_bytes=device_bytes, memory_fraction=memory_fraction,
         weights_bytes=shape.params * b, overhead_bytes=overhead_bytes, logits_bytes_per_row=logits,
-        align_copy_bytes_per_row=logits if shape.model_type == "Dream" else 0,
         shared_copy_bytes_per_row=L * V * b if group_size > 1 else 0, kv_cache_bytes_per_row=kv,
         activation_bytes_per_row=activations, state_bytes_per_row=state, predict_bytes_per_row=L * V * per_element,
         predict_chunk_rows=max(1, MAX_TEMPORARY_ELEMENTS // (L * V)), features=tuple(features),
         temperature=temperature, flash_attention=flash_attention,
         params=shape.params, tokens=tokens,
     )
+
+
+# ---- sizing batches at run time (env.batch_size = 0) -------------------------------------------------------------
+def device_bytes(device) -> int:
+    """The memory of the device a dLLM runs on: a GPU's whole memory, or for the CPU the host memory available now."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.get_device_properties(dev.index if dev.index is not None else 0).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def plan_for(dllm, env, prompt_length: int, group_size: int = 1, features: tuple[str, ...] = ("confidence",),
+             share: float = 1.0) -> MemoryPlan:
+    """The plan of a loaded `dllm` (envs.dllm.DLLM) under `env` (EnvConfig): its own config's shape and dtype, the
+    device it is on (env.device_memory_gb when given), `share` of env.gpu_memory_fraction (a runner holding a fraction
+    of a GPU gets that fraction)."""
+    parameter = next(dllm.model.parameters())
+    on_gpu = parameter.device.type == "cuda"
+    memory = int(env.device_memory_gb * 1e9) if env.device_memory_gb else device_bytes(parameter.device)
+    return plan_memory(shape_of(dllm.model.config.to_dict(), dllm.name), dtype=str(parameter.dtype).removeprefix(
+        "torch."), gen_length=env.gen_length, prompt_length=prompt_length, kv_cache=env.kv_cache,
+        device_bytes=memory, memory_fraction=env.gpu_memory_fraction * min(1.0, share),
+        features=tuple(f for f in features if f in FEATURES), temperature=env.temperature, group_size=group_size,
+        overhead_bytes=CUDA_CONTEXT_BYTES if on_gpu else 0)
+
+
+_unplanned: set[str] = set()  # model types already warned about
+
+
+def batch_rows(dllm, env, prompt_length: int, wanted: int, group_size: int = 1,
+               features: tuple[str, ...] = ("confidence",), share: float = 1.0) -> int:
+    """Sequences per batched forward: env.batch_size when given, else as many of `wanted` as the memory plan fits.
+    A dLLM whose weights and one row do not fit is a one-line error; an architecture the plan does not know runs
+    `wanted` at once, said once on stderr (give env.batch_size)."""
+    if env.batch_size:
+        return max(1, min(env.batch_size, wanted))
+    try:
+        plan = plan_for(dllm, env, prompt_length, group_size, features, share)
+    except ValueError as err:
+        if "cannot plan memory" not in str(err):
+            raise
+        kind = str(dllm.model.config.model_type)
+        if kind not in _unplanned:
+            _unplanned.add(kind)
+            print(f"unmask: {err}; running {wanted} rows per forward (set env.batch_size to choose)", file=sys.stderr)
+        return max(1, wanted)
+    rows = plan.rows_fit
+    if rows < 1:
+        raise ValueError(f"{dllm.name} does not fit: {gib(plan.weights_bytes)} of weights and "
+                         f"{size(plan.per_row_bytes)} per row against {gib(plan.budget_bytes)} "
+                         f"(env.gpu_memory_fraction of {gib(plan.device_bytes)}): use a larger device, bfloat16, a "
+                         "shorter env.gen_length or env.kv_cache=none")
+    return max(1, min(rows, wanted))

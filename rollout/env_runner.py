@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
+import traceback
 from dataclasses import dataclass
 
 import ray
@@ -25,6 +26,7 @@ from ray.rllib.utils.metrics import WEIGHTS_SEQ_NO
 from unmask.envs.config import SamplerConfig
 from unmask.envs.dllm import load_env_dllm
 from unmask.envs.mdp import UnmaskingEnv
+from unmask.envs.memory import batch_rows
 from unmask.envs.tasks import make_task
 from unmask.learner.grpo import draw_alphas, reward
 from unmask.learner.sampler import PolicySampler
@@ -32,6 +34,23 @@ from unmask.rollout.collect import collect_groups
 from unmask.rollout.evaluate import run_episodes
 from unmask.rollout.experts import ExpertSteering
 from unmask.rollout.trajectories import TrajectoryBatch
+
+
+@dataclass
+class RunnerFailure:
+    """What a runner returns instead of a sample (or a validation) when that work raised: the cause in one line and the
+    whole traceback. Returned, not raised, so that the algorithm sees every failure (RLlib would log and retry it
+    without end) and stops the run once the same cause keeps coming back (UnmaskGRPO.note_failures)."""
+
+    env_runner: int
+    cause: str
+    traceback: str
+
+
+def failure_of(worker_index: int, err: BaseException) -> RunnerFailure:
+    text = str(err).strip()
+    cause = f"{type(err).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+    return RunnerFailure(worker_index, cause, traceback.format_exc())
 
 
 @dataclass
@@ -47,6 +66,7 @@ class RunnerSample:
     forwards: int = 0  # dLLM forwards the engine really ran for this batch
     forward_rows: int = 0  # rows those forwards computed (group members sharing a sequence count once)
     emulation_overruns: int = 0  # emulated GPU (env.emulate_gpu): forwards whose real compute took longer
+    rows: int = 0  # rows in flight (env.batch_size, or the memory plan's)
 
 
 class DLLMEnvRunner(EnvRunner, Checkpointable):
@@ -72,7 +92,9 @@ class DLLMEnvRunner(EnvRunner, Checkpointable):
     def _build_env(self) -> None:
         d, s = self.dllm_settings, self.settings
         device = d.env.device
-        if self.config.num_gpus_per_env_runner > 0:
+        if d.env.emulate_gpu:  # an emulated GPU (Ray's declared GPUs on a CPU machine): the real model on the CPU
+            device = "cpu" if device == "auto" else device
+        elif self.config.num_gpus_per_env_runner > 0:
             if not torch.cuda.is_available():
                 raise RuntimeError("num_gpus_per_env_runner > 0 but this env runner sees no CUDA device")
             device = "cuda"
@@ -94,6 +116,13 @@ class DLLMEnvRunner(EnvRunner, Checkpointable):
         self.sampler = PolicySampler(sampler_cfg, self.generator, policy=self.module.policy,
                                      fallback=self.grpo.fallback, logit_bound=self.grpo.logit_bound)
         self.steering = ExpertSteering.fast_dllm(s.expert.thresholds, s.expert.block_length, s.group_size)
+        # rows in flight: env.batch_size, else what the memory plan fits for the pool's longest prompt (a runner on a
+        # fraction of a GPU plans with that fraction of its memory)
+        encoded = self.dllm.encode_prompts([ex.prompt for ex in self.pool + self.validation], self.task.response_prefix)
+        members = s.group_size + len(s.expert.thresholds)
+        gpus = self.config.num_gpus_per_env_runner
+        self.rows = batch_rows(self.dllm, d.env, max(len(ids) for ids in encoded), s.prompts_per_sample * members,
+                               group_size=members, features=self.sampler.features, share=gpus if 0 < gpus < 1 else 1.0)
 
     # ---- EnvRunner API ---------------------------------------------------------------------------
     def assert_healthy(self) -> None:
@@ -110,8 +139,15 @@ class DLLMEnvRunner(EnvRunner, Checkpointable):
         """After a restore: take whatever version is pushed next, even an older one."""
         self.version = -1
 
-    def sample(self, **kwargs) -> RunnerSample:
-        """One batch of complete groups, sampled with one policy version, and this call's timings."""
+    def sample(self, **kwargs) -> RunnerSample | RunnerFailure:
+        """One batch of complete groups, sampled with one policy version, and this call's timings; what went wrong
+        instead, if anything did (a CUDA OOM, a verifier that raised)."""
+        try:
+            return self._sample()
+        except Exception as err:  # noqa: BLE001 - every failure goes back to the algorithm, which decides
+            return failure_of(self.worker_index, err)
+
+    def _sample(self) -> RunnerSample:
         started = time.perf_counter()
         idle_s = started - self._last_return
         sync_s = self._pull_weights()
@@ -121,7 +157,7 @@ class DLLMEnvRunner(EnvRunner, Checkpointable):
         alphas = draw_alphas(self.grpo.alpha_range, len(examples), self.generator) if self.grpo.alpha_range else None
         batch = collect_groups(self.env, self.sampler, self.task, examples, self.settings.group_size, self.grpo,
                                env_runner=self.worker_index, first_group=self.groups_made,
-                               policy_version=self.version, batch_rows=self.dllm_settings.env.batch_size,
+                               policy_version=self.version, batch_rows=self.rows,
                                steering=self.steering, alphas=alphas)
         self.groups_made += len(examples)
         self._last_return = time.perf_counter()
@@ -129,11 +165,17 @@ class DLLMEnvRunner(EnvRunner, Checkpointable):
         return RunnerSample(batch, busy_s=self._last_return - started, idle_s=idle_s, weight_sync_s=sync_s,
                             runner_state=self.get_state(not_components=COMPONENT_RL_MODULE),
                             forwards=stats.forwards - before.forwards, forward_rows=stats.rows - before.rows,
-                            emulation_overruns=self._overruns() - overruns)
+                            emulation_overruns=self._overruns() - overruns, rows=self.rows)
 
-    def validate(self) -> dict:
+    def validate(self) -> dict | RunnerFailure:
         """The newest policy on the held-out validation prompts, by evaluation's rule: accuracy, mean NFE and mean
         reward at the run's alpha (an alpha-conditioned policy: averaged over the ends and middle of its range)."""
+        try:
+            return self._validate()
+        except Exception as err:  # noqa: BLE001 - as in sample()
+            return failure_of(self.worker_index, err)
+
+    def _validate(self) -> dict:
         self._pull_weights()
         g, L = self.grpo, self.dllm_settings.env.gen_length
         alphas = [g.alpha] if not g.alpha_range else [g.alpha_range[0], (g.alpha_range[0] * g.alpha_range[1]) ** 0.5,

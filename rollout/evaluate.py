@@ -37,18 +37,10 @@ def examples_to_evaluate(task: Task, split: str, n: int, seed: int) -> list[Exam
     return examples
 
 
-EVAL_ROWS = 250  # evaluation's batch when env.batch_size is 0 and the memory plan allows as many
-
-
-def eval_rows(env_cfg: EnvConfig) -> int:
-    """Sequences per batched forward in evaluation: env.batch_size, else EVAL_ROWS."""
-    return env_cfg.batch_size or EVAL_ROWS
-
-
 def run_episodes(dllm: DLLM, task: Task, examples: list[Example], sampler: Sampler, env_cfg: EnvConfig,
                  seed: int = 0, progress: bool = False) -> list[Episode]:
-    """Decode and score `examples`, `eval_rows(env_cfg)` sequences per batched forward."""
-    generations = generate(dllm, [ex.prompt for ex in examples], sampler, env_cfg, batch_size=eval_rows(env_cfg),
+    """Decode and score `examples` (env.batch_size sequences per batched forward, 0: what the memory plan fits)."""
+    generations = generate(dllm, [ex.prompt for ex in examples], sampler, env_cfg,
                            response_prefix=task.response_prefix, seed=seed, progress=progress)
     return [Episode(ex, gen, task.verify(gen.text, ex), task.content_length(gen.text) < task.content_length(ex.answer))
             for ex, gen in zip(examples, generations, strict=True)]

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from unmask.envs.config import EnvConfig
 from unmask.envs.dllm import DLLM
 from unmask.envs.mdp import UnmaskingEnv
+from unmask.envs.memory import batch_rows
 from unmask.envs.samplers import InBlocks, Oracle, Sampler
 
 
@@ -43,12 +44,16 @@ def run_to_end(env: UnmaskingEnv, sampler: Sampler, prompts: list[list[int]]) ->
     return env
 
 
+EVAL_ROWS = 250  # sequences per forward at most when env.batch_size is 0 (and the memory plan allows as many)
+
+
 def generate(dllm: DLLM, prompts: list[str], sampler: Sampler, env: EnvConfig | None = None, *,
-             batch_size: int = 16, response_prefix: str = "", seed: int = 0, progress: bool = False,
+             batch_size: int = 0, response_prefix: str = "", seed: int = 0, progress: bool = False,
              bucket: bool | None = None) -> list[Generation]:
-    """Generate an answer to each prompt (batched, `batch_size` sequences per dLLM forward) by unmasking
-    with `sampler` in the MDP of `env` (canvas length, block length, token temperature, KV cache). Every
-    check comes before the first forward (and before the progress bar, on stderr with `progress`).
+    """Generate an answer to each prompt (batched, `batch_size` sequences per dLLM forward; 0: env.batch_size, else
+    what the memory plan fits, at most EVAL_ROWS) by unmasking with `sampler` in the MDP of `env` (canvas length, block
+    length, token temperature, KV cache). Every check comes before the first forward (and before the progress bar, on
+    stderr with `progress`).
 
     `bucket`: batch the prompts in order of token length (the output keeps the input order), so that a batch
     holds prompts of about one length and mostly needs no padding, hence no attention mask. By default only
@@ -58,8 +63,11 @@ def generate(dllm: DLLM, prompts: list[str], sampler: Sampler, env: EnvConfig | 
     env = env or EnvConfig()
     sampler.check_env(env)
     encoded = dllm.encode_prompts(prompts, response_prefix)
+    longest = max((len(ids) for ids in encoded), default=0)
     if encoded:  # before any forward: every prompt must fit the context with the canvas
-        dllm.check_fits(max(len(ids) for ids in encoded), env.gen_length)
+        dllm.check_fits(longest, env.gen_length)
+    batch_size = batch_size or batch_rows(dllm, env, longest, min(EVAL_ROWS, max(1, len(encoded))),
+                                          features=sampler.features)
     mdp = UnmaskingEnv.from_config(dllm, env, seed=seed)
     if bucket is None:
         bucket = len(encoded) > batch_size and env.temperature == 0 and not draws_random_numbers(sampler)

@@ -27,6 +27,7 @@ from unmask.envs.config import SamplerConfig, sampler_spec
 from unmask.envs.dllm import DLLM, load_env_dllm
 from unmask.envs.files import Interrupted, sigterm_as_interrupt, write_json
 from unmask.envs.mdp import UnmaskingEnv
+from unmask.envs.memory import batch_rows
 from unmask.envs.samplers import InBlocks, Sampler
 from unmask.envs.tasks import Example, Task, make_task
 from unmask.learner.grpo import fallback_sample
@@ -34,7 +35,8 @@ from unmask.learner.imitation import STATE_FIELDS, fit
 from unmask.learner.policy import UnmaskingPolicy, save_policy
 from unmask.learner.sampler import PolicySampler, policy_inputs
 from unmask.rollout.config import ImitateConfig, check_imitate
-from unmask.rollout.evaluate import eval_rows, examples_to_evaluate, run_episodes, summarize
+from unmask.rollout.evaluate import examples_to_evaluate, run_episodes, summarize
+from unmask.rollout.generation import EVAL_ROWS
 from unmask.rollout.samplers import make_sampler
 
 
@@ -68,7 +70,8 @@ def collect_states(dllm: DLLM, task: Task, examples: list[Example], teachers: li
     env = UnmaskingEnv.from_config(dllm, cfg.env, seed=int(torch.randint(1 << 30, (1,), generator=generator)))
     out: dict[str, list[torch.Tensor]] = {name: [] for name in STATE_FIELDS}
     encoded = dllm.encode_prompts([ex.prompt for ex in examples], task.response_prefix)
-    rows = eval_rows(cfg.env)
+    longest = max((len(ids) for ids in encoded), default=0)
+    rows = batch_rows(dllm, cfg.env, longest, min(EVAL_ROWS, max(1, len(encoded))), features=features)
     for start in range(0, len(encoded), rows):
         prompts = encoded[start : start + rows]
         which = torch.arange(start, start + len(prompts)) % len(teachers)

@@ -129,9 +129,9 @@ def test_predict_temporaries_are_bounded_by_its_row_chunks():
     assert gumbel.predict_bytes_per_row == 256 * 126464 * 52 and gumbel.rows_fit < p.rows_fit
 
 
-def test_dream_pays_for_its_shifted_copy_and_groups_for_their_shared_copy():
+def test_dream_keeps_one_more_position_and_groups_pay_for_their_shared_copy():
     dream = plan("dream-7b")
-    assert dream.logits_bytes_per_row == dream.align_copy_bytes_per_row == 257 * 152064 * 2
+    assert dream.logits_bytes_per_row == 257 * 152064 * 2  # L + 1 kept for the shift, which is a view of them
     grouped = plan(group_size=8)
     assert grouped.shared_copy_bytes_per_row == 256 * 126464 * 2
     assert "share" in grouped.phases(64, first_step=True) and "share" not in grouped.phases(64)
@@ -238,8 +238,8 @@ CASES = [
     Case("llada dual cache", llada(128, 16), rows=16, gen_length=16, kv_cache="dual", prompt_length=600),
     Case("llada cache refresh beside the cache", llada(128, 16), rows=16, gen_length=16, kv_cache="dual",
          prompt_length=600, later=True),
-    Case("dream shift copy", dream(64), rows=8),
-    Case("dream shift copy", dream(64), rows=32),
+    Case("dream shifted view", dream(64), rows=8),
+    Case("dream shifted view", dream(64), rows=32),
     Case("dream dual cache groups", dream(128), rows=32, gen_length=64, group_size=4, kv_cache="dual"),
 ]
 
