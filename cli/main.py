@@ -15,7 +15,7 @@ from pathlib import Path
 from unmask.cli.parse import ConfigError, keys_help, merged_files, parse, resume_config
 from unmask.cluster.config import SweepConfig, TrainConfig, check_sweep, check_train, grid_axes, grid_points
 from unmask.envs.config import SAMPLER_PARAMS, DLLMSettings
-from unmask.envs.files import Interrupted
+from unmask.envs.files import Interrupted, sigterm_as_interrupt
 from unmask.envs.pretrain.config import PretrainConfig, check_pretrain
 from unmask.envs.structured import to_yaml
 from unmask.experiments.config import (
@@ -280,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
             print(plan_text(cfg))
             return 0
         quiet_libraries()
-        return COMMANDS[name].run(cfg)
+        with sigterm_as_interrupt():  # every command: SIGTERM stops it as Ctrl-C does, saving what it can
+            return COMMANDS[name].run(cfg)
     except Interrupted as stop:  # the command saved what it had and says where
         print(f"unmask {name}: {stop}", file=sys.stderr)
         return 130

@@ -98,6 +98,7 @@ class UnmaskGRPO(Algorithm):
 
     # ---- the training step --------------------------------------------------------------------------
     def training_step(self) -> None:
+        self.outputs.check_disk()  # a disk about to fill up stops the run here, everything written whole
         if self.config.run_outputs.validate_every and self.iteration == 0:  # the start is a candidate too
             self.validate(0)
         with self.metrics.log_time((TIMERS, "collect_s"), reduce="mean", window=1):

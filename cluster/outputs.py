@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,8 +20,10 @@ import pyarrow as pa
 
 from unmask.cluster.collector import Collected
 from unmask.cluster.config import OutputSettings
+from unmask.envs.files import DiskFull
 from unmask.rollout.trajectories import DumpWriter
 
+DISK_HEADROOM = 64 << 20  # free bytes a run keeps in hand (RunOutputs.check_disk)
 SavePolicy = Callable[..., Path]  # (out, iteration, **extra recorded in its config.json) -> out
 
 
@@ -31,6 +34,7 @@ class RunOutputs:
     def __init__(self, run_dir: Path | None, run_id: str, settings: OutputSettings, save_policy: SavePolicy):
         self.run_dir, self.run_id, self.settings, self.save_policy = run_dir, run_id, settings, save_policy
         self.dumps: DumpWriter | None = None  # started at the first dump
+        self.last_bytes = 0  # what the last iteration's dumps took (in Arrow: about their size on disk)
         self.recent: list[tuple[float, float, float]] = []  # (reward, accuracy, NFE) of the last best_window iterations
         self.best_reward = -float("inf")  # the best moving average so far (checkpoints/best holds its policy)
 
@@ -49,8 +53,11 @@ class RunOutputs:
             folder = self.run_dir / "trajectories" / f"iter_{iteration:06d}"
             if self.dumps is None:
                 self.dumps = DumpWriter()
+            self.last_bytes = 0
             for runner, tables in by_runner.items():
-                self.dumps.submit(pa.concat_tables(tables), folder / f"runner_{runner:03d}.parquet")
+                table = pa.concat_tables(tables)
+                self.last_bytes += table.nbytes
+                self.dumps.submit(table, folder / f"runner_{runner:03d}.parquet")
         checkpoints = self.run_dir / "checkpoints"
         if self.settings.checkpoint_every and iteration % self.settings.checkpoint_every == 0:
             self.save_policy(checkpoints / f"policy_{version:06d}_iter_{iteration:06d}", iteration)
@@ -80,6 +87,18 @@ class RunOutputs:
             self.best_reward = reward
             self.save_policy(out, iteration, best={"window": window, "reward_mean": reward,
                                                    "accuracy": accuracy, "nfe_mean": nfe})
+
+    def check_disk(self) -> None:
+        """Stop before the disk is full: below DISK_HEADROOM (and eight iterations' dumps) of free space the run raises
+        DiskFull before it writes anything more, so that its last checkpoint, Tune's state and the seal are all whole
+        (a disk that fills in the middle of Tune's own writes can leave nothing to resume from)."""
+        if self.run_dir is None:
+            return
+        free, need = shutil.disk_usage(self.run_dir).free, DISK_HEADROOM + 8 * self.last_bytes
+        if free < need:
+            raise DiskFull(f"the disk of {self.run_dir} has {free / 2**20:.0f} MiB free, under the {need / 2**20:.0f} "
+                           "MiB a run keeps in hand for its checkpoints: it stopped before writing more (free some "
+                           "space and resume)")
 
     def flush(self) -> None:
         """Wait until every dump handed over is on disk (a failed one is raised: OSError)."""

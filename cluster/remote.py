@@ -35,4 +35,5 @@ def on_runner_resources(cfg: TrainConfig, fn: Callable, *args) -> tuple[Any, dic
     try:
         return ray.get(task.remote(fn, args))
     except ray.exceptions.RayTaskError as err:
-        raise err.as_instanceof_cause() from None
+        cause = getattr(err, "cause", None)
+        raise (cause if isinstance(cause, Exception) else RuntimeError(str(err).strip().splitlines()[-1])) from None

@@ -24,7 +24,9 @@ from typing import Any
 from unmask.envs.files import write_atomic
 from unmask.envs.structured import load_yaml, to_dict, typed, upgrade
 
-RUN_FILES = ("config.yaml", "tune", "checkpoints", "trajectories", "unmask-seal.json")  # what a run writes
+RESERVE = ".unmask-reserve"  # space kept for the seal and the error report of a run whose disk fills up
+RESERVE_BYTES = 1 << 20
+RUN_FILES = ("config.yaml", "tune", "checkpoints", "trajectories", "unmask-seal.json", RESERVE)  # what a run writes
 RUN_SPECIFIC = ("resume", "out_dir", "ray_address", "resume_unverified")  # may differ in a continuation
 SEAL = "unmask-seal.json"
 
@@ -49,7 +51,28 @@ def claim_run_dir(cfg: Any, schema: type) -> Path:
                              "a run resumes with its own config")
     if not cfg.resume_unverified:
         verify_seal(run_dir)
+    damaged = damage(run_dir)
+    if damaged:
+        raise ValueError(f"resume={cfg.resume}: the run cannot be resumed: {damaged}; start it again (its out_dir "
+                         "may be reused once config.yaml is removed)")
     return run_dir
+
+
+def damage(run_dir: Path) -> str:
+    """What keeps Tune from resuming a run directory ("" if nothing): its tuner state or its newest experiment state
+    unreadable, as a disk that filled up while Tune wrote them leaves them."""
+    tune = run_dir / "tune"
+    tuner = tune / "tuner.pkl"
+    if not tuner.is_file() or tuner.stat().st_size == 0:
+        return "Tune's tuner.pkl is missing or empty"
+    states = sorted(tune.glob("experiment_state-*.json"))
+    if not states:
+        return "Tune's experiment state is missing"
+    try:
+        json.loads(states[-1].read_text())
+    except (OSError, ValueError):
+        return f"Tune's experiment state {states[-1].name} is cut short"
+    return ""
 
 
 def forget_run(run_dir: Path, remove_dir: bool) -> None:
@@ -62,6 +85,20 @@ def forget_run(run_dir: Path, remove_dir: bool) -> None:
             target.unlink(missing_ok=True)
     if remove_dir and not any(run_dir.iterdir()):
         run_dir.rmdir()
+
+
+def reserve(run_dir: Path) -> None:
+    """Hold RESERVE_BYTES of the run directory's disk: when the disk fills up during the run, releasing them lets the
+    seal (and the error report) still be written, so the run stays resumable without resume_unverified."""
+    try:
+        with open(run_dir / RESERVE, "wb") as fh:
+            os.posix_fallocate(fh.fileno(), 0, RESERVE_BYTES)
+    except OSError:  # no room even now, or a filesystem without fallocate: nothing held
+        (run_dir / RESERVE).unlink(missing_ok=True)
+
+
+def release(run_dir: Path) -> None:
+    (run_dir / RESERVE).unlink(missing_ok=True)
 
 
 # ---- the seal ------------------------------------------------------------------------------------------

@@ -50,7 +50,7 @@ def sweep(cfg: SweepConfig) -> dict:
 
     settings = {repr(narrow(point, DLLMSettings)): point for point in points}  # each distinct dLLM setting once
     for point in settings.values():
-        preflight(point, point.rollout.train_pool)
+        preflight(point, point.rollout.train_pool, point.validate_examples if point.validate_every else 0)
     from ray import tune
 
     from unmask.cluster.algorithm import UnmaskGRPO

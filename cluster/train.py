@@ -16,12 +16,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 import socket
 import sys
 from pathlib import Path
 
 from unmask.cluster.config import TrainConfig, check_train
-from unmask.cluster.rundir import claim_run_dir, forget_run, seal
+from unmask.cluster.rundir import RESERVE_BYTES, claim_run_dir, damage, forget_run, release, reserve, seal
 from unmask.envs.config import SamplerConfig
 from unmask.envs.files import Interrupted, is_local_path, sigterm_as_interrupt, write_atomic
 from unmask.envs.structured import to_yaml
@@ -110,19 +111,24 @@ def on_loopback_only() -> None:
 
 # what Ray, Tune and RLlib say on the driver's console that a user of `unmask train` cannot act on (the progress lines
 # and the run's own messages are the output): logger -> the start of the message
-NOISE = {"ray._private.authentication.authentication_token_setup": "Token authentication is enabled",
-         "ray.rllib.algorithms.algorithm_config": "You are running UnmaskGRPO on the new API stack",
-         "ray.tune.utils.util": "Install gputil", "ray.tune.tune": "Wrote the latest version",
-         "ray._private.worker": "Started a local Ray instance"}
+# (a failed trial's traceback is kept in out_dir/error.txt and summed up in one line; --debug prints it)
+NOISE = {"ray._private.authentication.authentication_token_setup": ("Token authentication is enabled",),
+         "ray.rllib.algorithms.algorithm_config": ("You are running UnmaskGRPO on the new API stack",),
+         "ray.tune.utils.util": ("Install gputil",),
+         "ray.tune.tune": ("Wrote the latest version", "Trials did not complete"),
+         "ray._private.worker": ("Started a local Ray instance",),
+         "ray.tune.execution.tune_controller": ("Trial task failed",),
+         "ray.tune.analysis.experiment_analysis": ("Failed to fetch metrics",),
+         "ray.tune.execution.experiment_state": ("Saving experiment state", "Experiment state snapshotting")}
 
 
 class Quiet(logging.Filter):
-    def __init__(self, start: str):
+    def __init__(self, starts: tuple[str, ...]):
         super().__init__()
-        self.start = start
+        self.starts = starts
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.start)
+        return not str(record.msg).startswith(self.starts)
 
 
 def quiet_ray() -> None:
@@ -131,10 +137,10 @@ def quiet_ray() -> None:
     if os.environ.get("UNMASK_DEBUG", "") not in ("", "0"):
         return
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    for name, start in NOISE.items():
+    for name, starts in NOISE.items():
         logger = logging.getLogger(name)
-        if not any(isinstance(f, Quiet) and f.start == start for f in logger.filters):
-            logger.addFilter(Quiet(start))
+        if not any(isinstance(f, Quiet) for f in logger.filters):
+            logger.addFilter(Quiet(starts))
 
 
 def connect_ray(cfg: TrainConfig, concurrent_runs: int) -> None:
@@ -205,7 +211,7 @@ def train(cfg: TrainConfig) -> dict:
     run_dir = claim_run_dir(cfg, TrainConfig)
     from unmask.rollout.preflight import preflight
 
-    preflight(cfg, cfg.rollout.train_pool)
+    preflight(cfg, cfg.rollout.train_pool, cfg.validate_examples if cfg.validate_every else 0)
     if not cfg.resume:  # the network as it will be trained (alpha-conditioned for a range, init_from's shape)
         cfg = dataclasses.replace(cfg, policy=trained_network(cfg.policy, cfg.init_from, cfg.grpo.alpha_range))
     from ray import tune
@@ -226,19 +232,26 @@ def train(cfg: TrainConfig) -> dict:
         write_atomic(run_dir / "config.yaml", to_yaml(cfg))
         tuner = tune.Tuner(UnmaskGRPO, param_space=UnmaskGRPOConfig.from_train_config(cfg),
                            run_config=tune_run_config(cfg))
+    reserve(run_dir)
+    tune_failed = None
     try:
         with sigterm_as_interrupt():
             results = tuner.fit()
+    except Exception as err:  # noqa: BLE001 - Tune's own failure, e.g. a trial's error it cannot read back
+        tune_failed = err
     finally:
+        release(run_dir)  # the room the seal and the error report need, should the disk be full
         seal(run_dir)  # whatever stopped it: what a resume will unpickle is recorded as this user's
+    if tune_failed is not None:
+        cause = disk_full_cause(run_dir, str(tune_failed)) or f"{type(tune_failed).__name__}: {tune_failed}"
+        raise RuntimeError(f"training failed: {cause.splitlines()[0]} ({next_step(run_dir)})")
     if results.errors:
         cause, trace = trial_failure(results[0], results.errors[0], run_dir)
         if not cfg.resume and int((results[0].metrics or {}).get("training_iteration", 0)) == 0:
             forget_run(run_dir, new_dir)  # nothing to resume: the corrected re-run may use the same out_dir
             raise RuntimeError(f"training failed before its first iteration (nothing kept but the traceback, {trace}):"
                                f" {cause}")
-        raise RuntimeError(f"training failed: {cause} (full traceback: {trace}; continue with: unmask train "
-                           f"resume={run_dir})")
+        raise RuntimeError(f"training failed: {cause} (full traceback: {trace}; {next_step(run_dir)})")
     metrics = results[0].metrics
     iteration = int(metrics.get("training_iteration", 0))
     collapsed = bool(metrics.get("unmask", {}).get("collapsed", 0))  # stop_after_skipped stopped it
@@ -280,18 +293,39 @@ def until(cfg: TrainConfig) -> str:
     return f"iteration max_iterations={cfg.max_iterations}{budget}{rule}, or Ctrl-C / SIGTERM (resumable)"
 
 
+def next_step(run_dir: Path) -> str:
+    """How a failed run goes on: resume, or (where Tune's own state was damaged) start again."""
+    damaged = damage(run_dir)
+    if damaged:
+        return f"it cannot be resumed: {damaged}"
+    return f"continue with: unmask train resume={run_dir}"
+
+
+def disk_full_cause(run_dir: Path, text: str) -> str:
+    """The one line for a run stopped by a full disk ("" if it was not): Tune then fails in its own words (an error file
+    it wrote empty, an experiment state it could not save)."""
+    free = shutil.disk_usage(run_dir).free
+    if not any(sign in text for sign in ("No space left", "Errno 28", "DiskFull")) and free > 2 * RESERVE_BYTES:
+        return ""
+    return (f"the disk of {run_dir} is full ({free / 2**20:.1f} MiB free): the checkpoints and dumps written before "
+            "are kept and sealed; free some space and resume")
+
+
 def trial_failure(result, error: BaseException, run_dir: Path) -> tuple[str, Path]:
     """A failed trial's cause in one line (the innermost error's own line), and where its whole traceback is kept:
     run_dir/error.txt, copied from Tune's trial directory (whose error.txt a failed first iteration takes with it).
     With --debug the traceback is printed too."""
     text = str(error)
     lines = [line.strip() for line in text.splitlines() if line.strip()] or [type(error).__name__]
-    named = [line for line in lines if "Error:" in line or "Error(" in line]
-    cause = (named or lines)[-1]
+    named = [line for line in lines if "Error:" in line or "Error(" in line or "DiskFull:" in line]
+    cause = disk_full_cause(run_dir, text) or (named or lines)[-1]
     trial_error = Path(result.path) / "error.txt" if getattr(result, "path", None) else None
     trace = run_dir / "error.txt"
-    body = trial_error.read_text() if trial_error is not None and trial_error.is_file() else text
-    write_atomic(trace, body)
+    body = trial_error.read_text() if trial_error is not None and trial_error.is_file() else ""
+    try:
+        write_atomic(trace, body or text)
+    except OSError:
+        trace = trial_error if body else Path("(not written: the disk is full)")
     if os.environ.get("UNMASK_DEBUG", "") not in ("", "0"):
         print(body, file=sys.stderr, flush=True)
     return cause, trace

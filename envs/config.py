@@ -179,17 +179,40 @@ def check_sampler(cfg: SamplerConfig) -> None:
         check_sampler(reference)
 
 
+def split_top(text: str) -> list[str]:
+    """`a=1;b=(c:d=2;e=3)` -> ["a=1", "b=(c:d=2;e=3)"]: split at `;` (or `,`) outside parentheses."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth < 0:
+            raise ValueError(f"unbalanced parentheses in {text!r}")
+        if char in ";," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    if depth:
+        raise ValueError(f"unbalanced parentheses in {text!r}")
+    return [part for part in [*parts, text[start:]] if part]
+
+
 def sampler_spec(spec: str) -> SamplerConfig:
-    """`name` or `name:param=value,...` (e.g. `fast_dllm:threshold=0.9`) as a SamplerConfig, its parameters
-    checked against the ones that sampler reads."""
+    """`name` or `name:param=value;...` (e.g. `fast_dllm:threshold=0.9`, `left_run:threshold=0.9;run_threshold=0.4`)
+    as a SamplerConfig, its parameters checked against the ones that sampler reads. Parameters are separated by `;`
+    (a list on the command line splits at every comma; `,` still works inside a quoted string), and a sampler spec as
+    a value nests in parentheses: `oracle:reference=(left_run:threshold=0.9;run_threshold=0.4);block_length=8`."""
     name, _, params = str(spec).partition(":")
     if name not in SAMPLER_PARAMS:
         raise ValueError(f"sampler spec {spec!r}: unknown sampler {name!r}: choose one of "
                          f"{', '.join(sorted(SAMPLER_PARAMS))}")
     fields = {f.name: f for f in dataclasses.fields(SamplerConfig)}
     values: dict[str, Any] = {}
-    for item in filter(None, params.split(",")):
+    try:
+        items = split_top(params)
+    except ValueError as err:
+        raise ValueError(f"sampler spec {spec!r}: {err}") from None
+    for item in items:
         key, eq, value = item.partition("=")
+        if value.startswith("(") and value.endswith(")"):
+            value = value[1:-1]  # a nested spec (the oracle's reference): checked when it is built
         if not eq or key not in SAMPLER_PARAMS[name]:
             raise ValueError(f"sampler spec {spec!r}: {item!r} is not a parameter of {name} "
                              f"(its parameters: {', '.join(SAMPLER_PARAMS[name]) or 'none'})")

@@ -16,7 +16,7 @@ from safetensors import SafetensorError
 from transformers import AutoModelForMaskedLM
 
 from unmask.envs.config import EnvConfig
-from unmask.envs.files import is_local_path
+from unmask.envs.files import check_hub, is_local_path
 
 BUILTIN_MODEL_DIR = Path(__file__).parent / "builtin_model"
 BUILTIN_NAMES = ("builtin", "")
@@ -60,10 +60,19 @@ def check_fits(prompt_length: int, gen_length: int, context: int | None) -> None
                          f"context of {context} tokens")
 
 
-def encode_prompts(tokenizer, prompts: list[str], response_prefix: str = "", chat_template: bool = False
-                   ) -> list[list[int]]:
+MAX_CHARS_PER_TOKEN = 64  # no tokenizer's token spans more characters than this (BPE vocabularies: a few dozen)
+
+
+def encode_prompts(tokenizer, prompts: list[str], response_prefix: str = "", chat_template: bool = False,
+                   context: int | None = None) -> list[list[int]]:
     """Token ids per prompt. Instruct models get their chat template (the prompt is the user turn);
-    `response_prefix` is the start of the assistant's answer (the paper's `<reasoning>`)."""
+    `response_prefix` is the start of the assistant's answer (the paper's `<reasoning>`). A prompt with more characters
+    than the model's `context` could hold as tokens is refused in one line before it reaches the tokenizer (which can
+    abort the process on a text of megabytes)."""
+    longest = max((len(p) for p in prompts), default=0)
+    if context and longest > context * MAX_CHARS_PER_TOKEN:
+        raise ValueError(f"a prompt of {longest:,} characters cannot fit the model's context of {context:,} tokens "
+                         "(lower task.max_prompt_chars to keep such prompts out)")
     if chat_template:
         prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
                                                  add_generation_prompt=True) for p in prompts]
@@ -107,7 +116,7 @@ class DLLM:
 
     def encode_prompts(self, prompts: list[str], response_prefix: str = "") -> list[list[int]]:
         """Token ids per prompt (`encode_prompts` with this model's tokenizer and chat-template setting)."""
-        return encode_prompts(self.tokenizer, prompts, response_prefix, self.chat_template)
+        return encode_prompts(self.tokenizer, prompts, response_prefix, self.chat_template, self.max_length)
 
     def decode_answer(self, ids: list[int]) -> str:
         """The answer text: everything before the first EOS (LLaDA's convention; instruct models also stop
@@ -214,6 +223,8 @@ def resolve_model_path(model: str) -> str:
 def check_model_path(model: str) -> str:
     """The local directory or hub id `model` names; a local path that is not a model directory is an error."""
     path = resolve_model_path(model)
+    if not is_local_path(path):
+        check_hub(path, "model")
     if is_local_path(path):
         local = Path(path).expanduser()
         if not local.exists():

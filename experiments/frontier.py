@@ -53,7 +53,7 @@ CLONE_TEACHER = "fast_dllm:threshold=0.9"  # the first recipe's teacher (in full
 CLONE_GRPO = {"lr": 3e-5, "warmup_steps": 10, "logit_bound": 0.0}
 FAST_TEACHER = "eb:gamma=0.05"  # the faster clone's teacher: in full diffusion, in blocks of 8, under 10 NFE
 LEFT_TEACHER = "left_threshold:threshold=0.9"  # left-to-right with a threshold, itself in full diffusion
-RUN_TEACHER = "left_run:threshold=0.9,run_threshold=0.4"  # the frontier's heuristic in both modes
+RUN_TEACHER = "left_run:threshold=0.9;run_threshold=0.4"  # the frontier's heuristic in both modes
 RUN_INPUTS = "policy.inputs=[confidence,repeat]"  # what its student must see: the rule reads `repeat`
 FAMILY = (("fast_dllm:threshold=0.9", 0.3), ("fast_dllm:threshold=0.8", 1.0), ("fast_dllm:threshold=0.7", 3.0))
 # GRPO past the heuristics: from the left_run clone at `unmask train`'s defaults from a policy (FROM_POLICY: lr 1e-4,

@@ -115,7 +115,12 @@ def saved_policy(path: str) -> tuple[PolicyConfig, dict] | None:
                 raise ValueError(f"policy checkpoint {path}: {name} has {f.name}={value!r}, not a "
                                  f"{type(default).__name__}")
         saved = PolicyConfig(**{f.name: shape[f.name] for f in fields(PolicyConfig) if f.name in shape})
-        return replace(saved, inputs=list(saved.inputs) or ["confidence"]), info_of(data)  # before inputs: the paper's
+        saved = replace(saved, inputs=list(saved.inputs) or ["confidence"])  # saved before inputs: the paper's
+        try:
+            check_policy(saved, "its")
+        except ValueError as err:
+            raise ValueError(f"policy checkpoint {path}: {name} is not a policy this version can run: {err}") from None
+        return saved, info_of(data)
     raise ValueError(f"no policy checkpoint at {path} (expected model.safetensors and config.json)")
 
 

@@ -32,7 +32,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model
 from torch import nn
 
-from unmask.envs.files import replace_dir
+from unmask.envs.files import check_hub, publish_dir, replace_dir
 from unmask.learner.config import PolicyConfig, saved_policy
 
 PAPER_URL = "https://arxiv.org/abs/2512.09106"
@@ -171,10 +171,14 @@ def policy_folder(path: str | Path) -> Path:
     return path.parent if path.suffix in (".safetensors", ".json") else path
 
 
-def save_policy(policy: UnmaskingPolicy, out: str | Path, info: dict | None = None) -> Path:
-    """`save_pretrained` into `out/` atomically, with `info` (how it was trained) in config.json."""
+def save_policy(policy: UnmaskingPolicy, out: str | Path, info: dict | None = None, keep_others: bool = False
+                ) -> Path:
+    """`save_pretrained` into `out/` atomically, with `info` (how it was trained) in config.json. keep_others: `out` may
+    hold the user's files (imitate's out_dir): only the policy's own files are replaced, config.json last."""
     config = {**asdict(policy.config), TRAINING_KEY: info or {}}
-    return replace_dir(Path(out), lambda tmp: policy.save_pretrained(tmp, config=config))
+    write = publish_dir if keep_others else replace_dir
+    kwargs = {"last": CONFIG_FILE} if keep_others else {}
+    return write(Path(out), lambda tmp: policy.save_pretrained(tmp, config=config), **kwargs)
 
 
 def load_policy(path: str | Path, device: str = "cpu") -> UnmaskingPolicy:
@@ -185,6 +189,8 @@ def load_policy(path: str | Path, device: str = "cpu") -> UnmaskingPolicy:
         raise FileNotFoundError(f"no policy checkpoint at {path} (expected {WEIGHTS_FILE} and {CONFIG_FILE})")
     if local:
         saved_policy(str(folder))  # its config is a policy's (an object, each field of its type), or one line
+    else:
+        check_hub(str(path), "policy")
     try:
         return UnmaskingPolicy.from_pretrained(folder if local else str(path), map_location=device).to(device)
     except (SafetensorError, json.JSONDecodeError, KeyError, TypeError, RuntimeError, OSError) as err:

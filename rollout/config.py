@@ -165,7 +165,7 @@ class ImitateConfig(DLLMSettings):
     # the teacher, a sampler spec `name[:param=value,...]`; several: one alpha-conditioned policy, each episode
     # decoded by one of them, the policy told the trade-off each stands for (teacher_alphas, in the same order)
     # (the default, left_run: the heuristic that makes both modes' frontier on the built-in model, frontier.md)
-    teachers: list[str] = field(default_factory=lambda: ["left_run:threshold=0.9,run_threshold=0.4"])
+    teachers: list[str] = field(default_factory=lambda: ["left_run:threshold=0.9;run_threshold=0.4"])
     teacher_alphas: list[float] = field(default_factory=list)  # several teachers: the trade-off each stands for
     teacher_block_length: int = 0  # teachers decide in the leftmost block of this many inside the canvas; 0 = BL
     # policy.inputs = [] (the default): the confidence and every input the teachers read (left_run: repeat), so that

@@ -186,7 +186,7 @@ def save(policy: UnmaskingPolicy, cfg: ImitateConfig, record: dict, interrupted:
             "reward": "multiplicative"}
     if cfg.teacher_alphas:
         info.update(alpha=cfg.teacher_alphas[0], alpha_range=[min(cfg.teacher_alphas), max(cfg.teacher_alphas)])
-    save_policy(policy, cfg.out_dir, info)
+    save_policy(policy, cfg.out_dir, info, keep_others=True)  # a notes file beside it stays
 
 
 def evaluate_against_teachers(cfg: ImitateConfig, dllm: DLLM) -> list[dict]:
