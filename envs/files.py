@@ -105,12 +105,16 @@ def disk_full(err: OSError, path: Path, needed: int = 0) -> OSError:
         free = shutil.disk_usage(next(p for p in [path, *path.parents] if p.exists())).free
     except (OSError, StopIteration):
         free = -1
-    wanted = f"{needed / 2**20:.1f} MiB" if needed else "more"
-    left = f"{free / 2**20:.1f} MiB free" if free >= 0 else "its free space unknown"
+    wanted = mib(needed) if needed else "more"
+    left = f"{mib(free)} free" if free >= 0 else "its free space unknown"
     full = DiskFull(f"no space left to write {path}: it needs {wanted}, the disk has {left}; the files written "
                     "before are kept")
     full.errno = err.errno
     return full
+
+
+def mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.1f} KiB"
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
