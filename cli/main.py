@@ -169,7 +169,7 @@ COMMANDS: dict[str, Command] = {
     "pretrain": Command(PretrainConfig, check_pretrain, cmd_pretrain,
                         "train a small dLLM on a task (masked diffusion)"),
     "imitate": Command(ImitateConfig, check_imitate, cmd_imitate,
-                       "clone a heuristic's decisions into a policy (a start for GRPO: grpo.init_policy)"),
+                       "clone a heuristic's decisions into a policy (a start for GRPO: train init_from=)"),
     "train": Command(TrainConfig, check_train, cmd_train, "train the unmasking policy with GRPO on Ray (Tune)"),
     "sweep": Command(SweepConfig, check_sweep_grid, cmd_sweep,
                      "Tune grid of GRPO runs (default: over alpha) + Pareto report"),

@@ -16,6 +16,7 @@ policy saved after it records `iteration: k`.
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,9 @@ logger = logging.getLogger(__name__)
 
 
 class UnmaskGRPO(Algorithm):
+    """GRPO for unmasking policies as an RLlib Algorithm (the new API stack): dLLM env runners, one GRPO learner, one
+    update per iteration. Built from an UnmaskGRPOConfig (`config.build_algo()`), or run by Tune (`unmask train`)."""
+
     def __init__(self, config=None, env=None, **kwargs):
         storage = kwargs.get("storage")  # Tune's storage of this trial (a Trainable's constructor argument)
         local = storage is not None and storage.storage_filesystem.type_name == "local"
@@ -161,7 +165,8 @@ class UnmaskGRPO(Algorithm):
         """A runner's sample or validation raised: its traceback is kept in out_dir/errors/, and the same cause seen
         more than max_runner_restarts times stops the run with that cause in one line (a deterministic error, such as
         a CUDA OOM at this batch size, comes back every time: retrying it for ever only looks like a hung run)."""
-        count = self.failures[failure.cause] = self.failures.get(failure.cause, 0) + 1
+        kind = failure_kind(failure.cause)
+        count = self.failures[kind] = self.failures.get(kind, 0) + 1
         where = "(no out_dir: not kept)"
         if self.run_dir is not None:
             path = self.run_dir / "errors" / f"runner_{failure.env_runner}-{sum(self.failures.values()):03d}.txt"
@@ -220,6 +225,12 @@ class UnmaskGRPO(Algorithm):
         self.collector.resume_all()
         self.collector.push_weights(self.policy_state(), self.policy_version)
         return out
+
+
+def failure_kind(cause: str) -> str:
+    """A failure's cause with what differs between repeats of one error masked (the example, a number, a path), so
+    that `ValueError: ... on example '24'` and `... on example '75'` count as the same error."""
+    return re.sub(r"'[^']*'|\"[^\"]*\"|\d+(\.\d+)?", "_", cause)
 
 
 def model_name(model: str) -> str:

@@ -56,6 +56,9 @@ def assign(config: Any, fields: dict) -> Any:
 
 
 class UnmaskGRPOConfig(AlgorithmConfig):
+    """The RLlib config of UnmaskGRPO: RLlib's own settings (env runners, learners, resources) and the run's typed
+    sub-configs (module docstring). `UnmaskGRPOConfig.from_train_config(cfg)` is the config of `unmask train`."""
+
     def __init__(self, algo_class=None):
         if algo_class is None:
             from unmask.cluster.algorithm import UnmaskGRPO as algo_class

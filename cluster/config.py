@@ -54,7 +54,7 @@ class OutputSettings:
     validate_every: int = 0  # iterations between validations: then checkpoints/best is the policy with the best
     #                          held-out validation reward at the run's alpha, not the best training average
     validate_examples: int = 200  # training prompts held out of every runner's pool for validation
-    dump_trajectories: bool = True  # Parquet dumps under run_dir/trajectories
+    dump_trajectories: bool = True  # Parquet dumps under out_dir/trajectories
 
 
 def check_outputs(cfg: OutputSettings) -> None:

@@ -123,6 +123,7 @@ def iteration_report(collected: Collected, totals: RunTotals, *, skipped: bool, 
         "env_runner_restarts": restarts,
         "healthy_env_runners": healthy_runners,
         "rows_in_flight": max(s.rows for s in samples),  # per runner: env.batch_size or the memory plan's
+        "runner_peak_memory_gib": max(s.peak_memory_bytes for s in samples) / 2**30,  # the GPU's, torch's allocator
     }
     report.update(group_spread(collected))
     report.update({f"collapse_{kind}": int(seen == kind) for kind in COLLAPSES})  # collapse_seen's verdict

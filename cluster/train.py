@@ -16,9 +16,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import shutil
 import socket
+import stat
 import sys
+import tempfile
 from pathlib import Path
 
 from unmask.cluster.config import TrainConfig, check_train
@@ -171,6 +174,20 @@ def connect_ray(cfg: TrainConfig, concurrent_runs: int) -> None:
         + ", ".join(f"{v:g} {k}" for k, v in resources_needed(cfg, concurrent_runs).items()))
 
 
+def private_temp_dir() -> Path:
+    """Where this user's local Ray keeps its sessions (sockets, logs): inside a folder only this user may enter. Ray
+    makes its temp and session folders world-writable (0777, no sticky bit); inside a 0700 parent no other local user
+    reaches them."""
+    folder = Path(tempfile.gettempdir()) / f"unmask-ray-{os.getuid()}"  # short: Ray's socket paths must stay < 108
+    folder.mkdir(mode=0o700, exist_ok=True)
+    info = folder.lstat()
+    if stat.S_ISLNK(info.st_mode) or info.st_uid != os.getuid():
+        raise RuntimeError(f"{folder} is not this user's own folder: remove it, or set TMPDIR to a private folder")
+    if info.st_mode & 0o077:
+        folder.chmod(0o700)
+    return folder / "ray"  # Ray opens its own temp folder to everyone (0777): the private one is its parent
+
+
 def start_local_ray(cpus: float) -> None:
     import ray
 
@@ -180,7 +197,7 @@ def start_local_ray(cpus: float) -> None:
         # address="local": a new instance even where `ray start` left one on this machine (which a bare ray.init would
         # join, and refuse num_cpus for)
         ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(cpus + 0.999)), include_dashboard=False,
-                 log_to_driver=False)
+                 log_to_driver=False, _temp_dir=str(private_temp_dir()))
     finally:
         os.umask(private)
     token = Path.home() / ".ray" / "auth_token"
@@ -327,7 +344,10 @@ def trial_failure(result, error: BaseException, run_dir: Path) -> tuple[str, Pat
     except OSError:
         trace = trial_error if body else Path("(not written: the disk is full)")
     if os.environ.get("UNMASK_DEBUG", "") not in ("", "0"):
-        print(body, file=sys.stderr, flush=True)
+        print(body or text, file=sys.stderr, flush=True)
+        for named_file in re.findall(r"traceback: (\S+?)\)", cause):  # a runner's own, kept in out_dir/errors
+            if Path(named_file).is_file():
+                print(Path(named_file).read_text(), file=sys.stderr, flush=True)
     return cause, trace
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 @dataclass
 class TaskConfig:
+    """The task: where prompts and reference answers come from and how an answer is verified (`task.*`)."""
+
     name: str = "cycles"  # cycles | map | jsonl | gsm8k | math500 | gsm8k_math (the paper's training mixture)
     num_symbols: int = 10  # cycles, map: permutation size; cycles answers are 3..num_symbols+2 tokens, +1 per `,`
     directions: str = "forward"  # cycles: forward | backward | both: the direction marks the data uses
@@ -115,7 +117,8 @@ def check_dllm_settings(cfg: DLLMSettings) -> None:
 
 @dataclass
 class SamplerConfig:
-    """One config for every sampler; each sampler reads only its own parameters (see `unmask samplers`)."""
+    """One config for every sampler; each sampler reads only its own parameters (SAMPLER_PARAMS, the table at the end
+    of `unmask eval --help`)."""
 
     name: str = "fast_dllm"  # which sampler (the table below); each reads only its own sampler.<param> keys
     steps: int = 0  # top_k/margin/entropy: total steps (LLaDA schedule); 0 = gen_length (1 token/step)
@@ -127,7 +130,7 @@ class SamplerConfig:
     delta: float = 0.25  # frechet: margin of the Fréchet bound (Fast-dLLM++; GSM8K 0.25-0.30, code 0.02-0.25)
     reference: str = "top_k"  # oracle: the sampler whose decode it follows, `name[:param=value,...]`
     block_length: int = 0  # oracle: its reference decodes the leftmost block of this many inside the canvas; 0 = BL
-    checkpoint: str = ""  # policy: a saved policy directory (run_dir/checkpoints/final)
+    checkpoint: str = ""  # policy: a saved policy directory (a train run's out_dir/checkpoints/final)
     policy_temperature: float = 1.0  # policy: tau_pi (paper: 0.5 semi-AR, 1.0 full diffusion)
     beta: float = 1.0  # policy: test-time scaling, unmask with probability min(1, beta * s)
     allow_mismatch: bool = False  # policy: run at an L or KV cache other than the one it was trained with

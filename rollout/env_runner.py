@@ -47,6 +47,10 @@ class RunnerFailure:
     traceback: str
 
 
+def peak_memory(device: torch.device) -> int:
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+
+
 def failure_of(worker_index: int, err: BaseException) -> RunnerFailure:
     text = str(err).strip()
     cause = f"{type(err).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
@@ -67,6 +71,7 @@ class RunnerSample:
     forward_rows: int = 0  # rows those forwards computed (group members sharing a sequence count once)
     emulation_overruns: int = 0  # emulated GPU (env.emulate_gpu): forwards whose real compute took longer
     rows: int = 0  # rows in flight (env.batch_size, or the memory plan's)
+    peak_memory_bytes: int = 0  # the most GPU memory torch has held in this runner so far (0 on the CPU)
 
 
 class DLLMEnvRunner(EnvRunner, Checkpointable):
@@ -165,7 +170,8 @@ class DLLMEnvRunner(EnvRunner, Checkpointable):
         return RunnerSample(batch, busy_s=self._last_return - started, idle_s=idle_s, weight_sync_s=sync_s,
                             runner_state=self.get_state(not_components=COMPONENT_RL_MODULE),
                             forwards=stats.forwards - before.forwards, forward_rows=stats.rows - before.rows,
-                            emulation_overruns=self._overruns() - overruns, rows=self.rows)
+                            emulation_overruns=self._overruns() - overruns, rows=self.rows,
+                            peak_memory_bytes=peak_memory(self.dllm.device))
 
     def validate(self) -> dict | RunnerFailure:
         """The newest policy on the held-out validation prompts, by evaluation's rule: accuracy, mean NFE and mean

@@ -61,12 +61,21 @@ def no_ray():
 
 def pytest_addoption(parser):
     parser.addoption("--external", action="store_true",
-                     help="run the external tier: parity with the official model code (README: Parity)")
+                     help="run the external tier: parity with the official model code "
+                          "(docs/development/tests.md: Parity)")
 
 
 def pytest_collection_modifyitems(config, items):
-    """The external tier needs files from outside the repository: it runs only when asked (--external), and then
-    fails, never skips, without them."""
+    """The GPU tier (`gpu`) skips, with its reason, where torch sees no CUDA device. The external tier needs files from
+    outside the repository: it runs only when asked (--external), and then fails, never skips, without them."""
+    gpu_tests = [item for item in items if "gpu" in item.keywords]
+    if gpu_tests:
+        import torch
+
+        if not torch.cuda.is_available():
+            skip = pytest.mark.skip(reason="no CUDA device: the GPU tier runs on a GPU machine (pytest -m gpu)")
+            for item in gpu_tests:
+                item.add_marker(skip)
     if config.getoption("--external"):
         return
     kept = [item for item in items if "external" not in item.keywords]

@@ -347,10 +347,11 @@ def test_remote_code_models_load_only_when_trusted(tmp_path, tiny_model_dir):
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("kind", ["llada", "dream"])
 def test_parity_with_the_official_remote_code(kind, dtype, tmp_path):
-    """Numerical parity with the released modeling code, on the user's machine (README: "Parity"); the external
-    tier (`pytest --external`), which fails without the official files."""
+    """Numerical parity with the released modeling code, on the user's machine (docs/development/tests.md, "Parity");
+    the external tier (`pytest --external`), which fails without the official files."""
     code_dir = os.environ.get(f"UNMASK_{kind.upper()}_REMOTE_CODE")
-    assert code_dir, f"set UNMASK_{kind.upper()}_REMOTE_CODE=<dir with modeling_{kind}.py> (README: Parity)"
+    assert code_dir, (f"set UNMASK_{kind.upper()}_REMOTE_CODE=<dir with modeling_{kind}.py> "
+                      "(docs/development/tests.md: Parity)")
     from tests.parity import official_logits
 
     path = WRITERS[kind](tmp_path / "m", layers=3)
@@ -374,10 +375,11 @@ def test_gpu_validation_script_runs_end_to_end_on_cpu(local_ray, tmp_path, monke
     monkeypatch.syspath_prepend(str(bench))
     script = importlib.import_module("gpu_validation")
     out = tmp_path / "gpu.md"
-    script.main(["device=cpu", "dtype=float32", "layers=1", "d_model=64", "vocab=512", "gen_length=16",
-                 "block_length=8", "prompt_tokens=8", "batch=2", "steps=8", "train_iterations=2", f"out={out}"])
+    script.main(["device=cpu", "layers=1", "d_model=64", "vocab=512", "gen_length=16", "block_length=8",
+                 "prompt_tokens=8", "eval_examples=4", "batch=2", "steps=8", "train_iterations=2", f"out={out}"])
     table = out.read_text()
-    for row in ("kv_cache=none", "kv_cache=prefix", "kv_cache=dual", "policy share", "`unmask train`"):
+    for row in ("`unmask eval` placement", "kv_cache=none", "kv_cache=prefix", "kv_cache=dual", "policy share",
+                "`unmask train`", "final evaluation, in a Ray task"):
         assert row in table, row
-    assert "2 iterations" in table
+    assert "2 iterations" in table and "cpu, float32" in table
     sys.modules.pop("gpu_validation")

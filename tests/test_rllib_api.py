@@ -1,4 +1,4 @@
-"""The RLlib way, exactly as the README shows it: the typed UnmaskGRPOConfig with its defaults (built-in
+"""The RLlib way, exactly as docs/guides/python.md shows it: the typed UnmaskGRPOConfig with its defaults (built-in
 model and task), build_algo / train / save_to_path / from_checkpoint / stop, and a Tune grid over alpha."""
 
 import json
@@ -33,7 +33,7 @@ def wait_until_free(cpus: float, timeout_s: float = 60) -> bool:
 
 def test_the_documented_rllib_snippet(local_ray, tmp_path):
     run_dir = tmp_path / "rllib"
-    # --- the README's snippet, as written there (out_dir in tmp_path) ---------------------------------
+    # --- the guide's snippet, as written there (out_dir in tmp_path) ---------------------------------
     config = (UnmaskGRPOConfig()
               .env_runners(num_env_runners=1)
               .training(alpha=1.0, groups_per_update=2)

@@ -8,6 +8,7 @@ from unmask.envs.tasks.cycles import CycleTask
 
 
 def make_task(cfg: TaskConfig) -> Task:
+    """The task `cfg.name` with its settings (its data read, its verifier imported): prompts, answers, a verifier."""
     check_task(cfg)
     if cfg.name == "cycles":
         return CycleTask(num_symbols=cfg.num_symbols, pretrain_length_decay=cfg.pretrain_length_decay,

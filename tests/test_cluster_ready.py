@@ -1,0 +1,184 @@
+"""Ready for the cluster, tested on this CPU machine: the memory plan before any GPU-hour (--plan), a resource check
+that counts everything, the dLLM only where Ray gives it a GPU, evaluation inside Ray (Ray's declared GPUs and the
+GPU emulation stand in for real ones: the driver never loads a dLLM), and failures that stop in one line."""
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import ray
+
+from unmask.cli.main import main
+from unmask.cluster.config import TrainConfig
+from unmask.cluster.train import check_resources, resources_needed
+
+REPO = Path(__file__).resolve().parents[1]
+LLADA_CONFIG = REPO / "configs" / "llada8b-gsm8k.yaml"
+
+
+def test_plan_of_the_shipped_cluster_config_needs_no_weights_and_no_ray():
+    probe = ("import sys; from unmask.cli.main import main; code = main(sys.argv[1:]); "
+             "print('RAY' if 'ray' in sys.modules else 'NO RAY'); sys.exit(code)")
+    res = subprocess.run([sys.executable, "-c", probe, "train", f"config={LLADA_CONFIG}", "task=cycles",
+                          "env.device_memory_gb=80", "--plan"], capture_output=True, text=True, cwd=REPO)
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    assert out.strip().endswith("NO RAY") and "nothing loaded, no Ray" in out
+    assert "the known shape of llada-8b (8.02 B parameters)" in out and "weights      14.93 GiB" in out
+    assert "training    16 of 16 (2 prompts x 8)" in out and "8 env runner(s)" in out and "8 GPUs" in out
+    built_in = subprocess.run([sys.executable, "-m", "unmask.cli", "eval", "--plan"], capture_output=True, text=True)
+    assert built_in.returncode == 0 and "evaluation  250 of 250" in built_in.stdout
+    gpu = subprocess.run([sys.executable, "-m", "unmask.cli", "eval", "env.device=cuda", "--plan"], capture_output=True,
+                         text=True)  # a GPU this machine does not have: its memory must be given
+    assert gpu.returncode == 2 and "give its memory with env.device_memory_gb" in gpu.stderr
+
+
+def test_the_plan_sizes_batches_and_refuses_a_model_that_cannot_fit(tiny_dllm):
+    from unmask.envs.config import EnvConfig
+    from unmask.envs.memory import batch_rows
+
+    roomy = EnvConfig(gen_length=16, device_memory_gb=8)
+    assert batch_rows(tiny_dllm, roomy, prompt_length=12, wanted=250) == 250
+    assert batch_rows(tiny_dllm, EnvConfig(gen_length=16, batch_size=7), prompt_length=12, wanted=250) == 7
+    tight = EnvConfig(gen_length=16, device_memory_gb=0.0002)  # 200 kB: a few rows of this tiny model
+    rows = batch_rows(tiny_dllm, tight, prompt_length=12, wanted=250)
+    assert 1 <= rows < 250
+    with pytest.raises(ValueError, match="does not fit: .* of weights"):
+        batch_rows(tiny_dllm, EnvConfig(gen_length=16, device_memory_gb=1e-6), prompt_length=12, wanted=250)
+
+
+def test_the_resource_check_counts_runners_learner_and_custom_resources_per_node():
+    cfg = TrainConfig(num_env_runners=4, num_cpus_per_env_runner=2, num_gpus_per_env_runner=1, num_gpus_per_learner=1,
+                      custom_resources_per_env_runner={"a100": 1})
+    assert resources_needed(cfg) == {"CPU": 9, "GPU": 5, "a100": 4}
+    assert resources_needed(cfg, concurrent_runs=2)["GPU"] == 10
+    node = {"CPU": 16, "GPU": 8, "a100": 8}
+    check_resources(cfg, 1, node, [node], "the cluster")  # fits
+    with pytest.raises(ValueError, match=r"needs 5 GPU \(it has 4\)"):
+        check_resources(cfg, 1, {**node, "GPU": 4}, [{**node, "GPU": 4}], "the cluster")
+    with pytest.raises(ValueError, match=r"needs 4 a100 \(it has 0\)"):
+        check_resources(cfg, 1, {"CPU": 16, "GPU": 8}, [{"CPU": 16, "GPU": 8}], "the cluster")
+    two_gpu = TrainConfig(num_env_runners=1, num_gpus_per_env_runner=2)  # 4 GPUs in all, but never 2 on one node
+    small_nodes = [{"CPU": 8, "GPU": 1}] * 4
+    with pytest.raises(ValueError, match=r"no node of the cluster can hold an env runner \(1 CPU, 2 GPU\)"):
+        check_resources(two_gpu, 1, {"CPU": 32, "GPU": 4}, small_nodes, "the cluster")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["num_gpus_per_env_runner=1"], "this machine's Ray cannot hold the run: it needs 1 GPU (it has 0)"),
+    (["env.device=cuda"], "env.device=cuda needs num_gpus_per_env_runner > 0: Ray gives a process its GPU"),
+    (["env.device=cuda", "num_env_runners=0"], "needs num_gpus_per_learner (num_env_runners=0"),
+    (["env.device=cpu", "num_gpus_per_env_runner=1"], "the GPU would sit idle"),
+])
+def test_a_run_that_cannot_be_placed_is_one_line_before_it_starts(args, message, tmp_path, capsys, no_ray):
+    assert main(["train", f"out_dir={tmp_path / 'r'}", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and err[-1].startswith("unmask train: error:"), err
+    assert not (tmp_path / "r" / "config.yaml").exists()
+    ray.shutdown()
+
+
+@pytest.fixture
+def ray_with_gpus():
+    """A local Ray that declares 2 GPUs on this CPU machine: Ray schedules GPU actors and tasks onto them (CUDA is not
+    needed to place them), and the runners' env.emulate_gpu keeps the model itself on the CPU."""
+    ray.shutdown()
+    ray.init(address="local", num_cpus=4, num_gpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def tiny_gpu_args(model_dir: str, out: Path) -> list[str]:
+    return [f"out_dir={out}", f"model={model_dir}", "task.num_symbols=7", "env.gen_length=16", "env.block_length=8",
+            "env.emulate_gpu=h200-llada8b", "env.emulate_tokens=1", "num_gpus_per_env_runner=1",
+            "rollout.group_size=4", "rollout.prompts_per_sample=2", "groups_per_update=2", "max_iterations=2",
+            "checkpoint_every=0", "eval.num_examples=6"]
+
+
+@pytest.mark.slow
+def test_gpu_runners_train_and_the_final_eval_runs_on_a_runner_s_gpu_not_in_the_driver(
+        ray_with_gpus, tiny_model_dir, tmp_path, monkeypatch, capsys):
+    from unmask.envs import dllm
+
+    def driver_load(*args, **kwargs):
+        raise AssertionError("the driver loaded a dLLM")
+
+    monkeypatch.setattr(dllm, "load_dllm", driver_load)  # this process is the driver; runners and tasks are others
+    out = tmp_path / "run"
+    assert main(["train", *tiny_gpu_args(tiny_model_dir, out)]) == 0, capsys.readouterr().err
+    result = json.loads((out / "eval.json").read_text())
+    assert result["num_examples"] == 6
+    assert result["evaluated_on"]["resources"].get("GPU") == 1.0  # a Ray task with one runner's resources
+    console = capsys.readouterr()
+    assert "rows in flight per env runner" in console.out
+    assert "stopped after iteration 2: it reached max_iterations=2" in console.err
+
+
+@pytest.mark.slow
+def test_a_sweep_s_report_runs_on_a_runner_s_resources(ray_with_gpus, tiny_model_dir, tmp_path):
+    out = tmp_path / "sweep"
+    args = [a for a in tiny_gpu_args(tiny_model_dir, out) if not a.startswith("eval.num_examples")]
+    assert main(["sweep", *args, "grid.grpo.alpha=[1.0]", "block_lengths=[8]", "heuristic_grid=small",
+                 "eval.num_examples=4"]) == 0
+    where = json.loads((out / "report-resources.json").read_text())
+    assert where["resources"].get("GPU") == 1.0
+
+
+FLAKY = textwrap.dedent('''
+    CALLS = 0
+
+    def verify(completion, answer):
+        """Passes the driver's one check, then fails in every runner after its first call: a deterministic error."""
+        global CALLS
+        CALLS += 1
+        if CALLS > 1:
+            raise ValueError("verifier exploded")
+        return completion == answer
+''')
+
+
+@pytest.fixture
+def ray_seeing(tmp_path, monkeypatch):
+    """A local Ray whose workers import modules from tmp_path (as `ray job submit --working-dir` gives a cluster)."""
+    ray.shutdown()
+    sys.modules.pop("flaky_verifier", None)  # its call counter starts again (the driver's one check passes)
+    (tmp_path / "flaky_verifier.py").write_text(FLAKY)
+    rows = [{"prompt": f"{a}{b}?", "answer": f"{b}{a}"} for a in "abc" for b in "abc"] * 20
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield tmp_path
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_a_runner_error_that_keeps_coming_back_stops_the_run_in_one_line(ray_seeing, tiny_model_dir, capsys):
+    out = ray_seeing / "run"
+    args = ["train", f"out_dir={out}", f"model={tiny_model_dir}", "task=jsonl",
+            f"task.path={ray_seeing / 'data.jsonl'}", "task.verifier=flaky_verifier:verify", "env.gen_length=8",
+            "env.block_length=8", "rollout.group_size=2",
+            "rollout.prompts_per_sample=2", "groups_per_update=2", "max_iterations=5", "max_runner_restarts=1",
+            "eval.num_examples=0"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "env runner 1: ValueError: verifier 'flaky_verifier:verify' raised ValueError on example" in err, err
+    assert "verifier exploded (2 times, max_runner_restarts=1; traceback:" in err, err
+    kept = sorted((out / "errors").glob("runner_1-*.txt"))
+    assert len(kept) == 2 and "Traceback" in kept[-1].read_text() and "verifier exploded" in kept[-1].read_text()
+    assert (out / "error.txt").is_file()  # the trial's whole traceback, named in the line above
+
+
+@pytest.mark.slow
+def test_debug_shows_the_whole_traceback(ray_seeing, tiny_model_dir, capsys, monkeypatch):
+    monkeypatch.delenv("UNMASK_DEBUG", raising=False)  # --debug sets it for the process: put back after the test
+    out = ray_seeing / "run"
+    with pytest.raises(RuntimeError, match="verifier exploded"):
+        main(["train", f"out_dir={out}", f"model={tiny_model_dir}", "task=jsonl",
+              f"task.path={ray_seeing / 'data.jsonl'}", "task.verifier=flaky_verifier:verify", "env.gen_length=8",
+              "env.block_length=8", "rollout.group_size=2", "rollout.prompts_per_sample=2", "groups_per_update=2",
+              "max_iterations=5", "max_runner_restarts=0", "eval.num_examples=0", "--debug"])
+    assert "Traceback (most recent call last)" in capsys.readouterr().err
