@@ -5,6 +5,7 @@ config whole, as typed sub-configs: `dllm` (DLLMSettings: model, task, env, seed
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -55,11 +56,26 @@ class OutputSettings:
     #                          held-out validation reward at the run's alpha, not the best training average
     validate_examples: int = 200  # training prompts held out of every runner's pool for validation
     dump_trajectories: bool = True  # Parquet dumps under out_dir/trajectories
+    # [wandb], [mlflow] or both: each iteration's metrics logged there too, through Tune's own callbacks (W&B: its
+    # project tracking_project, offline with WANDB_MODE=offline; MLflow: MLFLOW_TRACKING_URI, else out_dir/mlruns)
+    tracking: list[str] = field(default_factory=list)
+    tracking_project: str = "unmask"  # the W&B project / MLflow experiment the runs are logged under
+
+
+TRACKERS = {"wandb": "wandb", "mlflow": "mlflow"}  # tracking name -> the module it needs (pip install 'unmask[...]')
 
 
 def check_outputs(cfg: OutputSettings) -> None:
     if min(cfg.checkpoint_every, cfg.best_window, cfg.validate_every) < 0 or cfg.validate_examples < 1:
         raise ValueError("checkpoint_every, best_window and validate_every must be >= 0, validate_examples >= 1")
+    for name in cfg.tracking:
+        if name not in TRACKERS:
+            raise ValueError(f"unknown tracking {name!r}: use {' or '.join(TRACKERS)} (a list: "
+                             "tracking=[wandb,mlflow])")
+        if importlib.util.find_spec(TRACKERS[name]) is None:
+            raise ValueError(f"tracking={name} needs the {TRACKERS[name]} package: pip install 'unmask[{name}]'")
+    if len(set(cfg.tracking)) != len(cfg.tracking) or not cfg.tracking_project:
+        raise ValueError("tracking names each tracker once, and tracking_project must not be empty")
 
 
 @dataclass

@@ -215,10 +215,31 @@ def tune_run_config(cfg: TrainConfig, label_trials: bool = False):
     if cfg.max_minutes:  # 0: no time budget
         stop["time_total_s"] = cfg.max_minutes * 60
     return tune.RunConfig(
-        storage_path=cfg.out_dir, name="tune", verbose=0, callbacks=[ProgressPrinter(label_trials)], stop=stop,
+        storage_path=cfg.out_dir, name="tune", verbose=0, stop=stop,
+        callbacks=[ProgressPrinter(label_trials), *tracking_callbacks(cfg)],
         checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=cfg.checkpoint_every, checkpoint_at_end=True,
                                                 num_to_keep=2),
     )
+
+
+def tracking_callbacks(cfg: TrainConfig) -> list:
+    """Tune's W&B and MLflow loggers for `tracking` (each trial's every result, under tracking_project)."""
+    callbacks = []
+    if "wandb" in cfg.tracking:
+        from ray.air.integrations.wandb import WandbLoggerCallback
+
+        callbacks.append(WandbLoggerCallback(project=cfg.tracking_project, group=Path(cfg.out_dir).name,
+                                             log_config=True, upload_checkpoints=False))
+    if "mlflow" in cfg.tracking:
+        from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+        uri = os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri:  # no server given: a file store in the run directory (MLflow 3 asks to be told that is wanted)
+            uri = (Path(cfg.out_dir) / "mlruns").resolve().as_uri()
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        callbacks.append(MLflowLoggerCallback(tracking_uri=uri, experiment_name=cfg.tracking_project,
+                                              save_artifact=False))
+    return callbacks
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -261,6 +282,9 @@ def train(cfg: TrainConfig) -> dict:
         seal(run_dir)  # whatever stopped it: what a resume will unpickle is recorded as this user's
     if tune_failed is not None:
         cause = disk_full_cause(run_dir, str(tune_failed)) or f"{type(tune_failed).__name__}: {tune_failed}"
+        if not cfg.resume and not any(p.stat().st_size for p in (run_dir / "tune").glob("*/progress.csv")):
+            forget_run(run_dir, new_dir)  # it never ran an iteration: nothing to resume, the out_dir is free again
+            raise RuntimeError(f"training failed before its first iteration (nothing kept): {cause.splitlines()[0]}")
         raise RuntimeError(f"training failed: {cause.splitlines()[0]} ({next_step(run_dir)})")
     if results.errors:
         cause, trace = trial_failure(results[0], results.errors[0], run_dir)

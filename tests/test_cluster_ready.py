@@ -182,3 +182,30 @@ def test_debug_shows_the_whole_traceback(ray_seeing, tiny_model_dir, capsys, mon
               "env.block_length=8", "rollout.group_size=2", "rollout.prompts_per_sample=2", "groups_per_update=2",
               "max_iterations=5", "max_runner_restarts=0", "eval.num_examples=0", "--debug"])
     assert "Traceback (most recent call last)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_tracking_logs_every_iteration_to_wandb_and_mlflow_offline(tiny_model_dir, tmp_path, monkeypatch, no_ray):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-home"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    (tmp_path / "wandb-home").mkdir()
+    out = tmp_path / "run"
+    assert main(["train", f"out_dir={out}", f"model={tiny_model_dir}", "task.num_symbols=7", "env.gen_length=16",
+                 "env.block_length=8", "rollout.group_size=4", "rollout.prompts_per_sample=2", "groups_per_update=2",
+                 "max_iterations=2", "checkpoint_every=0", "eval.num_examples=0", "tracking=[wandb,mlflow]",
+                 "tracking_project=unmask-test"]) == 0
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient((out / "mlruns").resolve().as_uri())
+    [run] = client.search_runs([client.get_experiment_by_name("unmask-test").experiment_id])
+    history = client.get_metric_history(run.info.run_id, "unmask/reward_mean")
+    assert len(history) == 2  # both iterations
+    offline = list((tmp_path / "wandb-home" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert offline and offline[0].stat().st_size > 0
+    ray.shutdown()
+
+
+def test_tracking_needs_its_package_and_a_known_name(tmp_path, capsys):
+    assert main(["train", f"out_dir={tmp_path / 'r'}", "tracking=[tensorboardx]"]) == 2
+    assert "unknown tracking 'tensorboardx': use wandb or mlflow" in capsys.readouterr().err
