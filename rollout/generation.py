@@ -77,11 +77,17 @@ def generate(dllm: DLLM, prompts: list[str], sampler: Sampler, env: EnvConfig | 
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             run_to_end(mdp, sampler, [encoded[i] for i in rows])
-            columns = (mdp.canvas(), mdp.nfe, mdp.unmask_step, mdp.abandoned.sum(-1))
-            for i, tokens, nfe, steps, abandoned in zip(rows, *(c.tolist() for c in columns), strict=True):
-                out[i] = Generation(dllm.decode_answer(tokens), nfe, tokens, steps, abandoned)
+            for i, generation in zip(rows, finished(mdp), strict=True):
+                out[i] = generation
             bar.update(len(rows))
     return out
+
+
+def finished(env: UnmaskingEnv) -> list[Generation]:
+    """Every row of a batch of episodes that has run to its end, as a Generation (one read of each column)."""
+    columns = (env.canvas(), env.nfe, env.unmask_step, env.abandoned.sum(-1))
+    return [Generation(env.dllm.decode_answer(tokens), nfe, tokens, steps, abandoned)
+            for tokens, nfe, steps, abandoned in zip(*(c.tolist() for c in columns), strict=True)]
 
 
 # Samplers whose decisions are a function of the observation alone (no random draws); `oracle` is one when its

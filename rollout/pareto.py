@@ -9,13 +9,13 @@ import dataclasses
 import torch
 from tqdm import tqdm
 
-from unmask.envs.config import SamplerConfig
+from unmask.envs.config import SAMPLER_PARAMS, EnvConfig, SamplerConfig
 from unmask.envs.dllm import load_env_dllm
 from unmask.envs.tasks import make_task
 from unmask.learner.policy import load_policy
 from unmask.learner.sampler import PolicySampler
 from unmask.rollout.config import ParetoConfig, check_pareto, oracle_blocks, pareto_block_lengths
-from unmask.rollout.evaluate import examples_to_evaluate, run_episodes, summarize
+from unmask.rollout.evaluate import Episode, examples_to_evaluate, run_episodes, run_together, summarize, together
 from unmask.rollout.samplers import make_sampler
 
 
@@ -76,11 +76,61 @@ def run_pareto(cfg: ParetoConfig, dllm=None) -> list[dict]:
             sampler = make_sampler(sampler_cfg, generator)
             sampler.check_env(env_cfg)
             jobs.append((env_cfg, sampler_cfg, sampler))
+    # per panel, the samplers that may share one batched env run together (their first forward on a prompt once for
+    # all, later ones while their decisions agree); the others (random draws, the oracle, policies) one by one
+    episodes: dict[int, list] = {}
+    with tqdm(total=len(jobs), desc="pareto", disable=not cfg.progress) as bar:
+        for env_cfg in {id(e): e for e, _, _ in jobs}.values():
+            panel = [i for i, (e, _, _) in enumerate(jobs) if e is env_cfg]
+            shared = [i for i in panel if together([jobs[i][2]], env_cfg)]
+            if shared:
+                episodes.update(zip(shared, run_together(dllm, task, examples, [jobs[i][2] for i in shared], env_cfg,
+                                                         seed=cfg.seed), strict=True))
+                bar.update(len(shared))
+            for i in panel:
+                if i not in episodes:
+                    episodes[i] = run_episodes(dllm, task, examples, jobs[i][2], env_cfg, seed=cfg.seed)
+                    bar.update(1)
     rows = []
-    for env_cfg, sampler_cfg, sampler in tqdm(jobs, desc="pareto", disable=not cfg.progress):
-        episodes = run_episodes(dllm, task, examples, sampler, env_cfg, seed=cfg.seed)
+    for i, (env_cfg, sampler_cfg, sampler) in enumerate(jobs):
         mode = "full diffusion" if env_cfg.block_length == env_cfg.gen_length else "semi-AR"
         series = sampler.series if isinstance(sampler, PolicySampler) else sampler_cfg.name
         rows.append({"mode": mode, "block_length": env_cfg.block_length, "sampler": series,
-                     "setting": sampler.describe(), **summarize(episodes, env_cfg.gen_length)})
+                     "setting": sampler.describe(), **summarize(episodes[i], env_cfg.gen_length)})
     return rows
+
+
+def spec_of(cfg: SamplerConfig) -> str:
+    """A heuristic's settings as the sampler spec that builds it again: `name:param=value;...`."""
+    params = SAMPLER_PARAMS[cfg.name]
+    return cfg.name + (":" + ";".join(f"{p}={getattr(cfg, p)}" for p in params) if params else "")
+
+
+def alpha_reward(episodes: list[Episode], gen_length: int, alpha: float) -> float:
+    """The mean GRPO reward of a decode at trade-off alpha (multiplicative: correct * ((L - NFE + 1) / L)^alpha)."""
+    from unmask.learner.grpo import reward
+
+    correct = torch.tensor([e.correct for e in episodes])
+    nfe = torch.tensor([e.generation.nfe for e in episodes])
+    return float(reward(correct, nfe, gen_length, alpha).mean())
+
+
+def choose_teacher(dllm, task, examples, env: EnvConfig, alpha: float, block_length: int = 0, seed: int = 0,
+                   grid: str = "default") -> tuple[str, list[dict]]:
+    """teachers=[auto]: every heuristic of the pareto grid decodes `examples` (held-out training prompts) in `env`
+    (deciding in blocks of `block_length` inside the canvas when given, as the teacher will); the one with the best
+    mean reward at `alpha` is the teacher. Returns its spec and one row per candidate (best first)."""
+    from unmask.envs.samplers import InBlocks
+
+    rows = []
+    for cfg in default_grid(env.gen_length, env.gen_length // env.block_length, grid):
+        sampler = make_sampler(cfg, torch.Generator(device=dllm.device).manual_seed(seed))
+        if block_length:
+            sampler = InBlocks(sampler, block_length)
+        sampler.check_env(env)
+        episodes = run_episodes(dllm, task, examples, sampler, env, seed=seed)
+        result = summarize(episodes, env.gen_length)
+        rows.append({"teacher": spec_of(cfg), "accuracy": result["accuracy"], "mean_nfe": result["mean_nfe"],
+                     "reward": alpha_reward(episodes, env.gen_length, alpha)})
+    rows.sort(key=lambda r: (-r["reward"], r["mean_nfe"]))
+    return rows[0]["teacher"], rows

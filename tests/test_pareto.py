@@ -150,3 +150,26 @@ def test_every_shipped_frontier_point_is_a_policy_of_its_mode():
         assert info["block_length"] == point["block_length"] and info["gen_length"] == 24, point["checkpoint"]
         assert policy.config.alpha_conditioned == ("sampler.alpha" in point["eval"])
         assert ("repeat" in policy.config.inputs) == ("left_run" in point["name"]), point["checkpoint"]
+
+
+def test_samplers_run_together_decode_exactly_as_each_alone(tiny_dllm, cycles):
+    """run_together: every (sampler, prompt) a row of one batched env, the rows of a prompt side by side: the same
+    canvases and NFE as each sampler's own run_episodes, with what they share forwarded once."""
+    from unmask.envs.config import EnvConfig, SamplerConfig
+    from unmask.rollout.evaluate import run_episodes, run_together, together
+    from unmask.rollout.samplers import make_sampler
+
+    examples = cycles.examples("test", 12, seed=3)
+    env = EnvConfig(gen_length=16, block_length=8, batch_size=5)  # batches of 5 rows: several per run
+    settings = [SamplerConfig(name="top_k", steps=16), SamplerConfig(name="fast_dllm", threshold=0.5),
+                SamplerConfig(name="left_run", threshold=0.6, run_threshold=0.3), SamplerConfig(name="eb", gamma=1.0)]
+    samplers = [make_sampler(s) for s in settings]
+    assert together(samplers, env)
+    joint = run_together(tiny_dllm, cycles, examples, samplers, env)
+    for sampler, episodes in zip(samplers, joint, strict=True):
+        alone = run_episodes(tiny_dllm, cycles, examples, sampler, env)
+        assert [(e.generation.tokens, e.generation.nfe, e.correct) for e in episodes] == [
+            (e.generation.tokens, e.generation.nfe, e.correct) for e in alone], sampler.describe()
+    assert not together([make_sampler(SamplerConfig(name="random", k=2))], env)
+    assert not together([make_sampler(SamplerConfig(name="oracle"))], env)
+    assert not together(samplers, EnvConfig(gen_length=16, block_length=8, temperature=1.0))
