@@ -3,7 +3,11 @@ through `load_dllm` like a released one, and one timed decode of a batch in the 
 
 from __future__ import annotations
 
+import importlib.util
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -68,3 +72,25 @@ def timed_decode(dllm, prompts, gen_length: int, block_length: int, steps: int, 
         obs = env.step(sampler.select(obs))
     synchronize(dllm.device)
     return time.perf_counter() - start, env
+
+
+def module_from_git(commit: str, relative: str, folder: Path):
+    """The module at `relative` (e.g. rollout/trajectories.py) as of `commit`, loaded from git under the name
+    `old_<stem>` (an implementation a benchmark or test compares against, not a copy kept in the package); None
+    without git or that commit (an installed package)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        source = subprocess.run(["git", "-C", str(root), "show", f"{commit}:{relative}"], capture_output=True,
+                                text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    path = folder / f"old_{Path(relative).stem}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # @dataclass looks its module up while the class is made
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[spec.name]
+    return module

@@ -17,15 +17,14 @@ iteration's collect and update (tens of seconds on LLaDA-8B, spent waiting on ot
 
 from __future__ import annotations
 
-import importlib.util
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from common import module_from_git
 
 from unmask.rollout.trajectories import DumpWriter, TrajectoryBatch
 
@@ -35,18 +34,9 @@ PROMPTS, G, L, RUNNERS = 8, 8, 256, 2
 
 def per_row_module(tmp: Path):
     """rollout/trajectories.py as of OLD_COMMIT, from git (the per-row to_arrow)."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        source = subprocess.run(["git", "-C", str(root), "show", f"{OLD_COMMIT}:rollout/trajectories.py"],
-                                capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
+    module = module_from_git(OLD_COMMIT, "rollout/trajectories.py", tmp)
+    if module is None:
         sys.exit(f"bench/dumps.py needs git and commit {OLD_COMMIT} (the per-row to_arrow it compares against)")
-    path = tmp / "per_row_trajectories.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("per_row_trajectories", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # @dataclass looks its module up while the class is made
-    spec.loader.exec_module(module)
     return module
 
 

@@ -13,7 +13,7 @@ from unmask.envs.config import EnvConfig
 from unmask.envs.dllm import DLLM, load_env_dllm
 from unmask.envs.mdp import Observation, UnmaskingEnv
 from unmask.envs.memory import batch_rows
-from unmask.envs.samplers import Sampler
+from unmask.envs.samplers import InBlocks, Oracle, Sampler
 from unmask.envs.tasks import Example, Task, make_task
 from unmask.rollout.config import EvalConfig, check_eval
 from unmask.rollout.generation import Generation, draws_random_numbers, finished, generate
@@ -63,10 +63,16 @@ def run_together(dllm: DLLM, task: Task, examples: list[Example], samplers: list
     forwards identical sequences once: every sampler's first step on a prompt, and later steps while their decisions
     still agree). Per sampler, the same episodes as `run_episodes` (tested), in a fraction of the forwards."""
     if not together(samplers, env_cfg):
-        raise ValueError("run_together takes samplers that draw no random numbers and need no whole batch before "
-                         "they start (an oracle's reference), at env.temperature 0")
+        raise ValueError("run_together takes samplers that draw no random numbers (an oracle: of such a reference), at "
+                         "env.temperature 0")
     for sampler in samplers:
         sampler.check_env(env_cfg)
+    # an oracle's targets are its reference's canvases (Oracle.begin decodes them batch by batch): decoded first, all
+    # references together, then handed to each oracle for the rows it decides
+    oracles = [s for s, sampler in enumerate(samplers) if isinstance(sampler, Oracle)]
+    references = run_together(dllm, task, examples, [samplers[s].reference for s in oracles], env_cfg, seed) \
+        if oracles else []
+    targets = {s: torch.tensor([e.generation.tokens for e in decoded]) for s, decoded in zip(oracles, references)}
     encoded = dllm.encode_prompts([ex.prompt for ex in examples], task.response_prefix)
     longest = max((len(ids) for ids in encoded), default=0)
     dllm.check_fits(longest, env_cfg.gen_length)
@@ -78,6 +84,8 @@ def run_together(dllm: DLLM, task: Task, examples: list[Example], samplers: list
     for start in range(0, len(pairs), rows):
         chunk = pairs[start : start + rows]
         mine = {s: torch.tensor([r for r, (t, _) in enumerate(chunk) if t == s]) for s in {s for s, _ in chunk}}
+        for s in targets.keys() & mine.keys():
+            samplers[s].targets = targets[s][[chunk[r][1] for r in mine[s].tolist()]]
         obs = env.reset([encoded[n] for _, n in chunk], features=features)
         while not env.done:
             decision = torch.zeros_like(obs.valid)
@@ -90,9 +98,16 @@ def run_together(dllm: DLLM, task: Task, examples: list[Example], samplers: list
 
 def together(samplers: list[Sampler], env_cfg: EnvConfig) -> bool:
     """Whether these samplers may share one batched env (run_together): at temperature 0, none draws random numbers
-    (a draw's place in a batch would change it) and none needs its batch first (`begin`: the oracle's reference)."""
-    return env_cfg.temperature == 0 and not any(draws_random_numbers(s) or type(s).begin is not Sampler.begin
-                                                for s in samplers)
+    (a draw's place in a batch would change it) and none needs its batch before it starts (`begin`), but an oracle
+    whose reference may (run_together decodes the reference first) and a sampler deciding in blocks of such a one."""
+    def alone_fine(s: Sampler) -> bool:
+        if isinstance(s, Oracle):
+            return alone_fine(s.reference)
+        if isinstance(s, InBlocks):
+            return alone_fine(s.inner)
+        return not draws_random_numbers(s) and type(s).begin is Sampler.begin
+
+    return env_cfg.temperature == 0 and all(alone_fine(s) for s in samplers)
 
 
 def rows_of(obs: Observation, index: torch.Tensor) -> Observation:

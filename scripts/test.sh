@@ -1,7 +1,18 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh or prepared machine (sets up first; setup is idempotent).
-set -euo pipefail
+#   bash scripts/test.sh                  the fast tier in this one process, then the slow tier on worker processes
+#   bash scripts/test.sh -m "not slow"    the inner loop: the fast tier alone, in this one process
+# The fast tier is CPU-bound (workers would only share the same cores and import torch twice); the slow tier mostly
+# waits on Ray and subprocesses, so it runs on UNMASK_TEST_WORKERS workers (default 3), whole test files each.
+set -uo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh >/dev/null
-# two worker processes, whole test files each (module fixtures once); UNMASK_TEST_WORKERS=0 runs them in this one
-"${UNMASK_VENV:-.venv}/bin/python" -m pytest -q --durations=15 -n "${UNMASK_TEST_WORKERS:-2}" --dist loadfile "$@"
+bash scripts/setup.sh >/dev/null || exit 1
+PYTEST=("${UNMASK_VENV:-.venv}/bin/python" -m pytest -q)
+if [[ " $* " == *" -m "* || " $* " == *"not slow"* ]]; then  # the caller chose the tests: run exactly those
+    exec "${PYTEST[@]}" "$@"
+fi
+"${PYTEST[@]}" -m "not slow" "$@"
+fast=$?
+"${PYTEST[@]}" -m slow --durations=10 -n "${UNMASK_TEST_WORKERS:-3}" --dist loadfile "$@"
+slow=$?
+[[ $fast -eq 0 || $fast -eq 5 ]] && [[ $slow -eq 0 || $slow -eq 5 ]]  # 5: no test in that tier was selected

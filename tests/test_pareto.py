@@ -171,5 +171,12 @@ def test_samplers_run_together_decode_exactly_as_each_alone(tiny_dllm, cycles):
         assert [(e.generation.tokens, e.generation.nfe, e.correct) for e in episodes] == [
             (e.generation.tokens, e.generation.nfe, e.correct) for e in alone], sampler.describe()
     assert not together([make_sampler(SamplerConfig(name="random", k=2))], env)
-    assert not together([make_sampler(SamplerConfig(name="oracle"))], env)
+    oracles = [make_sampler(SamplerConfig(name="oracle", reference=r, block_length=b))
+               for r, b in (("top_k", 0), ("fast_dllm:threshold=0.5", 4))]
+    assert together(oracles, env)  # their references first, then the oracles, each as alone
+    for oracle, episodes in zip(oracles, run_together(tiny_dllm, cycles, examples, oracles, env), strict=True):
+        alone = run_episodes(tiny_dllm, cycles, examples, oracle, env)
+        assert [(e.generation.tokens, e.generation.nfe) for e in episodes] == [
+            (e.generation.tokens, e.generation.nfe) for e in alone], oracle.describe()
+    assert not together([make_sampler(SamplerConfig(name="oracle", reference="random:k=2"))], env)
     assert not together(samplers, EnvConfig(gen_length=16, block_length=8, temperature=1.0))

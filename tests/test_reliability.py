@@ -85,18 +85,27 @@ def test_sigterm_saves_pretrain_and_imitate_even_with_sigint_ignored(tiny_model_
 
 # ---- 3. a full disk -----------------------------------------------------------------------------------------------
 @pytest.fixture
-def small_disk(tmp_path):
-    """A tmpfs of a few MiB the test can fill (root can mount one; elsewhere the tests skip, saying why)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("mounting a small tmpfs needs root (the full-disk cases run where the tests can mount one)")
+def tmpfs(tmp_path):
+    """tmpfs(size): a tmpfs of that size the test can fill (root can mount one; elsewhere the test skips, saying
+    why)."""
+    mounted = []
+
+    def mount(size: str) -> Path:
+        target = tmp_path / f"disk{len(mounted)}"
+        target.mkdir()
+        if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(target)],
+                                               capture_output=True).returncode != 0:
+            pytest.skip("mounting a small tmpfs needs root (the full-disk cases run where the tests can mount one)")
+        mounted.append(target)
+        return target
+
     yield mount
-    subprocess.run(["umount", str(mount)], capture_output=True)
+    for target in mounted:
+        subprocess.run(["umount", str(target)], capture_output=True)
 
 
-def test_a_full_disk_is_one_line_for_imitate_and_pretrain_and_leaves_no_temporary(small_disk, tiny_model_dir, capsys):
+def test_a_full_disk_is_one_line_for_imitate_and_pretrain_and_leaves_no_temporary(tmpfs, tiny_model_dir, capsys):
+    small_disk = tmpfs("2m")
     filler = small_disk / "filler"
     filler.write_bytes(b"\0" * (2 * 2**20 - 24 * 1024))  # leave less room than a model's or a policy's files take
     code = main(["imitate", f"model={tiny_model_dir}", f"out_dir={small_disk / 'clone'}", *TINY_IMITATE])
@@ -108,22 +117,11 @@ def test_a_full_disk_is_one_line_for_imitate_and_pretrain_and_leaves_no_temporar
     assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]  # no .tmp, no half model
 
 
-@pytest.fixture
-def roomy_disk(tmp_path):
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=100m", "tmpfs", str(mount)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("mounting a tmpfs needs root (the full-disk cases run where the tests can mount one)")
-    yield mount
-    subprocess.run(["umount", str(mount)], capture_output=True)
-
-
 @pytest.mark.slow
-def test_train_stops_before_the_disk_is_full_and_resumes_once_there_is_room(roomy_disk, tiny_model_dir, capsys,
-                                                                           no_ray):
+def test_train_stops_before_the_disk_is_full_and_resumes_once_there_is_room(tmpfs, tiny_model_dir, capsys, no_ray):
     from unmask.cluster.rundir import verify_seal
 
+    roomy_disk = tmpfs("100m")
     filler = roomy_disk / "filler"
     filler.write_bytes(b"\0" * (32 * 2**20))  # 68 MiB left: a few iterations above the 64 MiB kept in hand
     run = roomy_disk / "run"

@@ -229,27 +229,18 @@ OLD_COMMIT = "e1b45e8"  # the per-row to_arrow every dump so far was written wit
 
 @pytest.fixture(scope="module")
 def per_row_trajectories(tmp_path_factory):
-    """rollout/trajectories.py as of OLD_COMMIT, from git (not a copy kept in the package)."""
-    import importlib.util
-    import subprocess
+    """rollout/trajectories.py as of OLD_COMMIT, from git (not a copy kept in the package: bench/common.py)."""
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
     try:
-        source = subprocess.run(["git", "-C", str(root), "show", f"{OLD_COMMIT}:rollout/trajectories.py"],
-                                capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        pytest.skip(f"git or commit {OLD_COMMIT} unavailable (an installed package): no per-row to_arrow to compare")
-    path = tmp_path_factory.mktemp("old") / "per_row_trajectories.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("per_row_trajectories", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # @dataclass looks its module up while the class is made
-    try:
-        spec.loader.exec_module(module)
+        from common import module_from_git
     finally:
-        del sys.modules[spec.name]
+        sys.path.pop(0)
+    module = module_from_git(OLD_COMMIT, "rollout/trajectories.py", tmp_path_factory.mktemp("old"))
+    if module is None:
+        pytest.skip(f"git or commit {OLD_COMMIT} unavailable (an installed package): no per-row to_arrow to compare")
     return module
 
 
