@@ -3,9 +3,10 @@
     python bench/policy_inputs.py [rows=64] [repeats=5] [llada=1]
 
 For each input set (the paper's confidence alone; + margin and entropy, which the forward's softmax gives; + the
-history: stable_steps, confidence_ema, confidence_delta; all six of them; + repeat, read off the canvas) it times a
-whole policy-driven decode of `rows` built-in prompts (observe + the policy's forward + its decision + the env's
-step) and reports the time per env step over a bare forward of the same rows; then the same on a random-weight
+history: stable_steps, confidence_ema, confidence_delta; all six of them; + repeat, read off the canvas; + hidden,
+the dLLM's last hidden state from the same forward, at the default view of 32 numbers and at the model's whole width
+d) it times a whole policy-driven decode of `rows` built-in prompts (observe + the policy's forward + its decision +
+the env's step) and reports the time per env step over a bare forward of the same rows; then the same on a random-weight
 LLaDA-shaped model (a 126k-token vocabulary, where a per-position feature over the vocabulary costs most). Ratios
 are the figures (best of `repeats`).
 """
@@ -34,12 +35,17 @@ INPUT_SETS = {
     "+ history": ["confidence", "stable_steps", "confidence_ema", "confidence_delta"],
     "all six": ["confidence", "margin", "entropy", "stable_steps", "confidence_ema", "confidence_delta"],
     "+ repeat": ["confidence", "repeat"],
+    "+ hidden (32 of d)": ["confidence", "hidden"],
+    "+ hidden (all d)": ["confidence", "hidden:all"],
 }
 
 
 def per_step(dllm, prompts, inputs: list[str], gen_length: int, repeats: int) -> float:
-    """Best seconds per env step of a policy-driven decode (observe + policy + decide + step)."""
-    policy = UnmaskingPolicy(PolicyConfig(inputs=inputs)).eval()
+    """Best seconds per env step of a policy-driven decode (observe + policy + decide + step). `hidden:all`: the hidden
+    input at the model's whole width (hidden_dims = d), `hidden`: at the default view (policy.hidden_dims)."""
+    dims = dllm.hidden_width if "hidden:all" in inputs else PolicyConfig().hidden_dims
+    inputs = [name.split(":")[0] for name in inputs]
+    policy = UnmaskingPolicy(PolicyConfig(inputs=inputs, hidden_dims=dims)).eval()
     best = float("inf")
     for _ in range(repeats):
         sampler = PolicySampler(SamplerConfig(name="policy"), torch.Generator().manual_seed(0), policy=policy)

@@ -13,6 +13,12 @@ History features follow each position across the forwards of an episode (`Histor
 forwards its predicted token has stayed the same, an exponential average of its confidence, and the last change of
 its confidence: what CreditDecoding, KLASS and Learn2PD read beyond the current step.
 
+One feature is the model's state itself: `hidden`, the last hidden state at each position (the vector the vocabulary
+projection reads), from the same forward. A policy reads a fixed view of it (`HiddenView`): the state standardised per
+position, then projected onto k orthonormal directions drawn once from a fixed seed for the model's width d (k = d:
+the standardised state itself). The view depends on nothing but d and k, so a dump, the learner and another process
+see the same numbers the policy saw.
+
 One feature reads the canvas: `repeat`, whether a position's token would equal a neighbour's. Positions decoded in
 parallel are drawn from their separate marginals; where a position is a free choice (a `,` or the letter it would
 precede) its neighbour's marginal mixes both readings, and the two written together repeat one token (`cc`, `,,`,
@@ -28,6 +34,8 @@ import torch
 FEATURES = ("token_prob", "confidence", "margin", "entropy")  # of one forward
 HISTORY = ("stable_steps", "confidence_ema", "confidence_delta")  # across an episode's forwards (History)
 CANVAS = ("repeat",)  # of one forward and the canvas (neighbour_repeat)
+HIDDEN = ("hidden",)  # the dLLM's last hidden state, [B, L, d] (HiddenView: what a policy reads of it)
+HIDDEN_SEED = 2512_09106  # the projection's seed: one fixed view per (d, k), whatever the run's seed
 EMA_DECAY = 0.5  # confidence_ema: the weight of the past
 
 
@@ -125,3 +133,32 @@ class History:
         for name, value in (("stable_steps", stable), ("confidence_ema", ema), ("confidence_delta", delta),
                             ("tokens", tokens), ("confidence", confidence)):
             setattr(self, name, torch.where(ran[:, None], value, getattr(self, name)))
+
+
+class HiddenView:
+    """k numbers per position from the dLLM's last hidden state h [..., d]: layer_norm(h) (no affine; every model's
+    states at one scale, each component of unit variance) times P [d, k], orthonormal columns from a Gaussian drawn
+    with HIDDEN_SEED (QR in float64 on the CPU: the same P on every machine). k = d: no projection (the full state)."""
+
+    def __init__(self, width: int, dims: int):
+        if not 0 < dims <= width:
+            raise ValueError(f"policy.hidden_dims={dims} must be in 1..{width}, the dLLM's hidden width")
+        self.width, self.dims = width, dims
+        self.projection = None
+        if dims < width:
+            gaussian = torch.randn(width, dims, dtype=torch.float64,
+                                   generator=torch.Generator().manual_seed(HIDDEN_SEED + width))
+            self.projection = torch.linalg.qr(gaussian).Q.float()  # [d, k], orthonormal columns
+        self._on: dict[torch.device, torch.Tensor] = {}
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[..., d] -> [..., k] float32."""
+        if hidden.shape[-1] != self.width:
+            raise ValueError(f"the policy reads a hidden state of width {self.width}; this dLLM's is "
+                             f"{hidden.shape[-1]}")
+        z = torch.nn.functional.layer_norm(hidden.float(), (self.width,))
+        if self.projection is None:
+            return z
+        if hidden.device not in self._on:
+            self._on[hidden.device] = self.projection.to(hidden.device)
+        return z @ self._on[hidden.device]

@@ -126,22 +126,74 @@ class DLLM:
         return self.tokenizer.decode(ids[:end], skip_special_tokens=False)
 
     @torch.no_grad()
-    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, last: int = 0) -> torch.Tensor:
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, last: int = 0,
+               hidden: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Logits aligned so that logits[:, i] predicts token i: of every position, or of the `last` ones
         only (native models then skip the vocabulary projection of the prompt). `attention_mask` None: no row
         is padded, and the model gets no mask (the caller knows from its layout: no device read, and SDPA may
-        use its flash kernel); every forward method here takes it so."""
+        use its flash kernel); every forward method here takes it so. `hidden`: (logits, the last hidden state
+        [B, N, d] aligned the same way), the vector the vocabulary projection reads at each position, from the same
+        forward (`hidden_width` is d)."""
         kwargs = {}
         if self._takes_position_ids:
             kwargs["position_ids"] = positions(input_ids, attention_mask)
-        kwargs |= self._keep(last)
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
-        return self._align(out, last)
+        kwargs |= self._keep(last) | self._native_hidden(hidden)
+        with self._capture(hidden) as state:
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        return self._outputs(out, state, last, hidden)
+
+    # ---- the last hidden state (a policy input: envs.confidence.HiddenView) --------------------------------
+    @property
+    def hidden_width(self) -> int:
+        """d, the width of the last hidden state (the vocabulary projection's input)."""
+        if getattr(self.model, "native_dllm", False):
+            return int(self.model.config.hidden_size)
+        head = self.model.get_output_embeddings()
+        if head is None or not hasattr(head, "in_features"):
+            raise ValueError(f"model {self.name!r} has no linear output embedding: its hidden state cannot be read")
+        return int(head.in_features)
+
+    @contextlib.contextmanager
+    def _capture(self, wanted: bool):
+        """For a transformers model, the input of its output embedding (the vocabulary projection) during one
+        forward, kept by a hook; native models return it themselves (`output_hidden_states`)."""
+        state: dict = {}
+        native = getattr(self.model, "native_dllm", False)
+        if not wanted or native:
+            state["native"] = native and wanted
+            yield state
+            return
+        head = self.model.get_output_embeddings()
+        if head is None:
+            raise ValueError(f"model {self.name!r} has no output embedding: its hidden state cannot be read")
+        handle = head.register_forward_pre_hook(lambda _module, args: state.__setitem__("hidden", args[0]))
+        try:
+            yield state
+        finally:
+            handle.remove()
+
+    def _outputs(self, out, state: dict, last: int, hidden: bool, shifted_cached: bool = False):
+        """logits (aligned), and with `hidden` the hidden state aligned the same way."""
+        if shifted_cached:  # logits_with_cache: the fed part began one position early for Dream's shift
+            logits = out.logits[:, :-1] if self.logit_shift else out.logits
+        else:
+            logits = self._align(out.logits, last)
+        if not hidden:
+            return logits
+        h = out.hidden_states[-1] if state.get("native") else state["hidden"]
+        if shifted_cached:
+            h = h[:, :-1] if self.logit_shift else h
+        else:
+            h = self._align(h, last)
+        return logits, h
 
     def _keep(self, last: int) -> dict:
         if not last or not self.supports_kv_cache:
             return {}
         return {"logits_to_keep": last + 1 if self.logit_shift else last}
+
+    def _native_hidden(self, hidden: bool) -> dict:
+        return {"output_hidden_states": True} if hidden and getattr(self.model, "native_dllm", False) else {}
 
     def _align(self, out: torch.Tensor, last: int = 0) -> torch.Tensor:
         if self.logit_shift:  # Dream predicts token i+1 at position i (AR initialisation).
@@ -152,34 +204,39 @@ class DLLM:
 
     # ---- Fast-dLLM KV caches (native models) ---------------------------------------------------------
     @torch.no_grad()
-    def logits_and_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, last: int = 0
-                         ) -> tuple[torch.Tensor, list]:
+    def logits_and_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, last: int = 0,
+                         hidden: bool = False) -> tuple:
         """A full forward (exactly `logits`) that also returns every layer's keys/values of every position,
-        for `logits_with_cache` to reuse until the next refresh."""
+        for `logits_with_cache` to reuse until the next refresh: (logits, cache), or with `hidden`
+        (logits, cache, hidden state)."""
         out = self.model(input_ids=input_ids, attention_mask=attention_mask,
-                         position_ids=positions(input_ids, attention_mask), use_cache=True, **self._keep(last))
-        return self._align(out.logits, last), out.past_key_values
+                         position_ids=positions(input_ids, attention_mask), use_cache=True, **self._keep(last),
+                         **self._native_hidden(hidden))
+        result = self._outputs(out, {"native": True}, last, hidden)
+        return (*result, out.past_key_values) if hidden else (result, out.past_key_values)
 
     @torch.no_grad()
     def logits_with_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, cache: list,
-                          start: int, end: int | None = None) -> torch.Tensor:
+                          start: int, end: int | None = None, hidden: bool = False
+                          ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Logits of positions start..end-1 from a forward that feeds only part of the sequence and takes
         every other position's keys/values from `cache` (stale by design: computed at the last refresh).
 
         Prefix cache (`end=None`): feeds start.. to the end of the sequence; only cache[:, :, :start] is used.
         Dual cache (`end` given): feeds start..end-1; the cache covers the whole sequence, and the fed
         positions overwrite their cached entries in place. Dream's shift needs the output of position
-        start-1, so for Dream the fed part begins one position earlier."""
+        start-1, so for Dream the fed part begins one position earlier. `hidden`: (logits, hidden state)."""
         first = start - 1 if self.logit_shift else start
         stop = input_ids.shape[1] if end is None else end
         fed = positions(input_ids, attention_mask)[:, first:stop]
+        extra = self._native_hidden(hidden)
         if end is None:
             out = self.model(input_ids=input_ids[:, first:], attention_mask=attention_mask, position_ids=fed,
-                             past_key_values=[(k[:, :, :first], v[:, :, :first]) for k, v in cache]).logits
+                             past_key_values=[(k[:, :, :first], v[:, :, :first]) for k, v in cache], **extra)
         else:
             out = self.model(input_ids=input_ids[:, first:stop], attention_mask=attention_mask,
-                             position_ids=fed, past_key_values=cache, replace_position=first).logits
-        return out[:, :-1] if self.logit_shift else out
+                             position_ids=fed, past_key_values=cache, replace_position=first, **extra)
+        return self._outputs(out, {"native": True}, 0, hidden, shifted_cached=True)
 
 
 def first_id(*candidates) -> int | None:

@@ -55,17 +55,19 @@ class ForwardEngine:
         """New trajectories in these rows: their next forward is a full one (a cache refresh)."""
         self.cached_block[rows] = -1
 
-    def logits(self, ids: torch.Tensor, attn: torch.Tensor | None, active: torch.Tensor, block_index: torch.Tensor
-               ) -> Iterator[tuple[torch.Tensor, int, torch.Tensor]]:
-        """(rows, first canvas column, logits of the columns it covers [len(rows), cols, V]) for every group of
+    def logits(self, ids: torch.Tensor, attn: torch.Tensor | None, active: torch.Tensor, block_index: torch.Tensor,
+               hidden: bool = False) -> Iterator[tuple[torch.Tensor, int, torch.Tensor, torch.Tensor | None]]:
+        """(rows, first canvas column, logits of the columns it covers [len(rows), cols, V], and with `hidden` the
+        last hidden state of those columns [len(rows), cols, d] from the same forward, else None) for every group of
         active rows forwarded together; rows that share a sequence share one forward. `attn` None: no row is
         padded (the model then gets no mask)."""
         if not active.any():
             return
         if self.kv_cache == "none":
             rows = active.nonzero(as_tuple=True)[0]
-            yield rows, 0, self._shared(ids, attn, rows,
-                                        lambda r: self.dllm.logits(ids[r], pick(attn, r), last=self.L))
+            out = self._shared(ids, attn, rows, lambda r: self.dllm.logits(ids[r], pick(attn, r), last=self.L,
+                                                                          hidden=hidden))
+            yield rows, 0, *(out if hidden else (out, None))
             return
         prompt_width = ids.shape[1] - self.L
         refresh = active & (self.cached_block != block_index)
@@ -74,10 +76,9 @@ class ForwardEngine:
             for block in block_index[group].unique().tolist():
                 rows = (group & (block_index == block)).nonzero(as_tuple=True)[0]
                 start = prompt_width + block * self.BL
-                if cached:
-                    yield rows, block * self.BL, self._cached(ids, attn, rows, start)
-                else:
-                    yield rows, 0, self._refresh(ids, attn, rows, block)
+                out = self._cached(ids, attn, rows, start, hidden) if cached else self._refresh(ids, attn, rows, block,
+                                                                                                 hidden)
+                yield rows, block * self.BL if cached else 0, *(out if hidden else (out, None))
 
     # ---- forwards -------------------------------------------------------------------------------------
     def _unique(self, ids, attn, rows) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -94,22 +95,25 @@ class ForwardEngine:
         first = torch.full((count,), len(rows), dtype=torch.long, device=rows.device)
         return rows[first.scatter_reduce(0, inverse, order, reduce="amin")], inverse
 
-    def _shared(self, ids, attn, rows, forward) -> torch.Tensor:
+    def _shared(self, ids, attn, rows, forward):
+        """forward(unique rows) -> logits or (logits, hidden), spread back over `rows`."""
         unique, inverse = self._unique(ids, attn, rows)
         self._count(len(unique), ids.shape[1])
-        logits = forward(unique)
-        return logits if inverse is None else logits[inverse]
+        out = forward(unique)
+        if inverse is None:
+            return out
+        return tuple(x[inverse] for x in out) if isinstance(out, tuple) else out[inverse]
 
-    def _refresh(self, ids, attn, rows, block: int) -> torch.Tensor:
+    def _refresh(self, ids, attn, rows, block: int, hidden: bool = False):
         """A full forward that also stores every position's keys and values for the block's later steps."""
         n = len(self.cached_block)
         if len(rows) == n:
             self.kv = None  # free the old cache before the new one is built
         unique, inverse = self._unique(ids, attn, rows)
         self._count(len(unique), ids.shape[1])
-        logits, cache = self.dllm.logits_and_cache(ids[unique], pick(attn, unique), last=self.L)
+        *outputs, cache = self.dllm.logits_and_cache(ids[unique], pick(attn, unique), last=self.L, hidden=hidden)
         if inverse is not None:  # a shared forward: each row takes its sequence's logits and cache
-            logits = logits[inverse]
+            outputs = [x[inverse] for x in outputs]
             cache = [(k[inverse.to(k.device)], v[inverse.to(v.device)]) for k, v in cache]
         if len(rows) == n:
             self.kv = cache
@@ -120,14 +124,14 @@ class ForwardEngine:
                 layer_rows = rows.to(k_all.device)  # device_map: layers may live on other GPUs
                 k_all[layer_rows], v_all[layer_rows] = k, v
         self.cached_block[rows] = block
-        return logits
+        return tuple(outputs) if hidden else outputs[0]
 
-    def _cached(self, ids, attn, rows, start: int) -> torch.Tensor:
+    def _cached(self, ids, attn, rows, start: int, hidden: bool = False):
         keep = slice(None) if self.kv_cache == "dual" else slice(0, start)  # prefix: copy no more than is used
         cache = [(take(k[:, :, keep], rows), take(v[:, :, keep], rows)) for k, v in self.kv]
         end = start + self.BL if self.kv_cache == "dual" else None
         self._count(len(rows), (end or ids.shape[1]) - start)
-        return self.dllm.logits_with_cache(ids[rows], pick(attn, rows), cache, start, end)
+        return self.dllm.logits_with_cache(ids[rows], pick(attn, rows), cache, start, end, hidden=hidden)
 
     def _count(self, rows: int, tokens: int) -> None:
         self.stats.forwards += 1

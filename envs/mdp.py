@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from unmask.envs.confidence import CANVAS, FEATURES, HISTORY, History, Prediction, neighbour_repeat, predict
+from unmask.envs.confidence import CANVAS, FEATURES, HIDDEN, HISTORY, History, Prediction, neighbour_repeat, predict
 from unmask.envs.config import EnvConfig, check_env
 from unmask.envs.dllm import DLLM, layout_batch
 from unmask.envs.engine import ForwardEngine
@@ -60,6 +60,9 @@ class Observation:
     confidence_ema: torch.Tensor | None = None  # float32: exponential average of its confidence (History)
     confidence_delta: torch.Tensor | None = None  # float32: its confidence's last change (History)
     repeat: torch.Tensor | None = None  # bool: its token would equal a neighbour's (envs.confidence.neighbour_repeat)
+    # [B, L, d] the dLLM's last hidden state at each position, from the same forward (the model's dtype; a policy
+    # reads a fixed view of it: envs.confidence.HiddenView)
+    hidden: torch.Tensor | None = None
 
     @property
     def num_blocks(self) -> int:
@@ -106,6 +109,8 @@ class UnmaskingEnv:
         self.position_block = torch.arange(self.L, device=device) // self.BL
         self.history = History(B, self.L, device) if set(features) & set(HISTORY) else None
         self.reads_canvas = bool(set(features) & set(CANVAS))
+        self.reads_hidden = bool(set(features) & set(HIDDEN))
+        self.hidden = None  # [B, L, d], allocated at the first forward that computes it (d and dtype are the model's)
         per_forward = [f for f in features if f in FEATURES] + (["confidence"] if self.history else [])
         self.features = tuple(dict.fromkeys(per_forward))
         self.pred = Prediction(tokens=torch.zeros(B, self.L, dtype=torch.long, device=device), **{
@@ -200,7 +205,9 @@ class UnmaskingEnv:
         active = self.active
         steps_done = self.nfe.clone()
         attn = self.attn if self.padded else None
-        for rows, first_column, logits in self.engine.logits(self.ids, attn, active, self.block_index):
+        hidden = {"hidden": True} if self.reads_hidden else {}  # asked only when read: no cost otherwise
+        for rows, first_column, logits, state in self.engine.logits(self.ids, attn, active, self.block_index,
+                                                                      **hidden):
             part = predict(logits, self.temperature, self.dllm.mask_id, self.generator, self.features)
             whole = len(rows) == len(self.ids) and logits.shape[1] == self.L
             columns = slice(first_column, first_column + logits.shape[1])
@@ -209,6 +216,13 @@ class UnmaskingEnv:
                     setattr(self.pred, name, getattr(part, name))
                 else:
                     getattr(self.pred, name)[rows, columns] = getattr(part, name)
+            if state is not None:
+                if whole:
+                    self.hidden = state
+                else:
+                    if self.hidden is None or self.hidden.shape[0] != len(self.ids):
+                        self.hidden = state.new_zeros(len(self.ids), self.L, state.shape[-1])
+                    self.hidden[rows, columns] = state
         self.nfe += active
         if self.history is not None:
             self.history.update(self.pred.tokens, self.pred.confidence, active, steps_done == 0)
@@ -220,6 +234,6 @@ class UnmaskingEnv:
             confidence=p.confidence, token_prob=p.token_prob, margin=p.margin, entropy=p.entropy,
             masked=self.masked, abandoned=self.abandoned, valid=self.valid, t=steps_done.float() / self.L,
             nfe=self.nfe, block_step=self.block_step, block_index=self.block_index, active=active,
-            block_length=self.BL, gen_length=self.L, tokens=p.tokens, repeat=repeat,
+            block_length=self.BL, gen_length=self.L, tokens=p.tokens, repeat=repeat, hidden=self.hidden,
             **{name: None if h is None else getattr(h, name) for name in HISTORY},
         )

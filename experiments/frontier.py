@@ -37,6 +37,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -72,9 +73,12 @@ def unmask(*args: str) -> float:
     return (time.perf_counter() - start) / 60
 
 
-def evaluate(checkpoint: Path, block_length: int, n: int, alpha: float | None = None) -> dict:
-    out = checkpoint.parent / f"eval-{checkpoint.name}{'' if alpha is None else f'-a{alpha:g}'}"
-    args = ["eval", "sampler=policy", f"sampler.checkpoint={checkpoint}", f"env.block_length={block_length}",
+def evaluate(checkpoint: Path, block_length: int, n: int, alpha: float | None = None, out: Path | None = None,
+             keys: tuple[str, ...] = ()) -> dict:
+    """`unmask eval` of a saved policy on `n` test prompts (`keys`: the task's and model's, for another task); its
+    eval.json goes beside the checkpoint, or to `out`."""
+    out = out or checkpoint.parent / f"eval-{checkpoint.name}{'' if alpha is None else f'-a{alpha:g}'}"
+    args = ["eval", *keys, "sampler=policy", f"sampler.checkpoint={checkpoint}", f"env.block_length={block_length}",
             f"num_examples={n}", f"out_dir={out}", "progress=false"]
     unmask(*args, *([f"sampler.alpha={alpha}"] if alpha is not None else []))
     result = json.loads((out / "eval.json").read_text())
@@ -178,35 +182,75 @@ def heuristic_rows(out_dir: Path, n: int) -> list[dict]:
 
 SERIES = {"imitation": "policy: imitation", "imitation + GRPO": "policy: imitation + GRPO",
           "imitation of left_run + GRPO": "policy: imitation + GRPO",
-          "the paper's GRPO": "policy: the paper's GRPO", "alpha-conditioned imitation": "policy: alpha-conditioned"}
+          "the paper's GRPO": "policy: the paper's GRPO", "alpha-conditioned imitation": "policy: alpha-conditioned",
+          # experiments.limit (issue 37): the hidden-state input, the oracle as teacher, teachers=auto
+          "imitation of left_run, reading the hidden state": "policy: imitation, hidden state",
+          "imitation of the oracle": "policy: imitation of the oracle",
+          "imitation of teachers=auto": "policy: imitation, teachers=auto"}
 
 
 def series(name: str) -> str:
-    """The plot's series of a policy point: the longest name of SERIES it starts with."""
-    return SERIES[max((k for k in SERIES if name.startswith(k)), key=len)]
+    """The plot's series of a policy point: the longest name of SERIES it starts with (+ GRPO when it is a GRPO run
+    from a clone of experiments.limit)."""
+    kind = SERIES[max((k for k in SERIES if name.startswith(k)), key=len)]
+    limit_route = kind in ("policy: imitation, hidden state", "policy: imitation of the oracle",
+                           "policy: imitation, teachers=auto")
+    return kind + " + GRPO" if limit_route and " + GRPO alpha=" in name else kind
 
 
-def publish(rows: list[dict], heuristics: list[dict], publish_dir: Path) -> str:
+def republish(rows: list[dict], heuristics: list[dict], publish_dir: Path, n: int) -> str:
+    """frontier.{md,json,png} again with `rows` (experiments.limit's policy points) beside what was published there:
+    the earlier summary lines carried as they were, every point shipped before re-evaluated on the same `n` test
+    prompts as the new ones (`reevaluated` in frontier.json: each with its published and its new numbers), and this
+    run's heuristics and oracle line (`heuristics`, the same prompts). Returns the markdown."""
+    previous = json.loads((publish_dir / "frontier.json").read_text())
+    shipped = []
+    for p in previous["points"]:
+        alpha = p.get("eval", {}).get("sampler.alpha")
+        checkpoint = Path(p["checkpoint"])
+        with tempfile.TemporaryDirectory() as tmp:
+            now = evaluate(checkpoint, p["block_length"], n, alpha, out=Path(tmp) / "eval")
+        shipped.append({"name": p["name"], "checkpoint": p["checkpoint"], "block_length": p["block_length"],
+                        "mode": "full diffusion" if p["block_length"] == 24 else "semi-AR", "seed": p["seed"],
+                        "minutes": p["minutes"], "alpha": alpha, "accuracy": now["accuracy"],
+                        "mean_nfe": now["mean_nfe"], "published": {k: p[k] for k in ("accuracy", "mean_nfe")}})
+    new = {(r["block_length"], r["name"]) for r in rows}
+    carried = [s for s in previous["summary"] if (s["block_length"], s["name"]) not in new]
+    reevaluated = [{k: s[k] for k in ("name", "checkpoint", "block_length", "seed", "accuracy", "mean_nfe",
+                                      "published")} for s in shipped]
+    return publish(rows, heuristics, publish_dir, carried=carried, shipped=shipped,
+                   extra={"reevaluated": reevaluated})
+
+
+def publish(rows: list[dict], heuristics: list[dict], publish_dir: Path, carried: list[dict] = (),
+            shipped: list[dict] = (), extra: dict | None = None) -> str:
     """frontier.{md,json,png} in `publish_dir`: the heuristics, the oracle line and each policy point (the mean over
     training seeds, its spread and minutes beside), and the policies that make each mode's frontier copied to
     `publish_dir/policies/` so that frontier.json's `points` are each one `unmask eval` away (a policy shipped before
-    that is no longer on a front is removed: the folder holds exactly the points). Returns the markdown."""
-    summary = summarize(rows)
+    that is no longer on a front is removed: the folder holds exactly the points). `carried`: summary lines of an
+    earlier publication kept as they were; `shipped`: its shipped points re-evaluated (rows whose checkpoints are
+    already in publish_dir/policies), candidates for the fronts beside `rows`. Returns the markdown."""
+    summary = list(carried) + summarize(rows)
     policy_rows = [{"mode": "full diffusion" if s["block_length"] == 24 else "semi-AR",
                     "block_length": s["block_length"], "sampler": series(s["name"]),
                     "setting": f"{s['name']} ({s['seeds']} seeds: {s['accuracy_min']:.3f}-{s['accuracy_max']:.3f}, "
                                f"{s['minutes']:.1f} min)", "accuracy": s["accuracy"], "mean_nfe": s["mean_nfe"]}
                    for s in summary]
     points = []
-    for bl in sorted({r["block_length"] for r in rows}):
-        mine = [r for r in rows if r["block_length"] == bl]
+    candidates = [*rows, *shipped]
+    for bl in sorted({r["block_length"] for r in candidates}):
+        mine = [r for r in candidates if r["block_length"] == bl]
         front = pareto_front([(r["mean_nfe"], r["accuracy"]) for r in mine])
         for r in mine:
             if (r["mean_nfe"], r["accuracy"]) not in front:
                 continue
-            shipped = publish_dir / "policies" / f"bl{bl}-{run_name(r['checkpoint'])}-s{r['seed']}"
-            ship(Path(r["checkpoint"]), shipped)
-            points.append({"name": r["name"], "checkpoint": shipped.as_posix(), "block_length": bl,
+            here = Path(r["checkpoint"])
+            if here.parent.resolve() == (publish_dir / "policies").resolve():  # shipped before: stays as it is
+                target = publish_dir / "policies" / here.name
+            else:
+                target = publish_dir / "policies" / f"bl{bl}-{run_name(r['checkpoint'])}-s{r['seed']}"
+                ship(here, target)
+            points.append({"name": r["name"], "checkpoint": target.as_posix(), "block_length": bl,
                            "accuracy": r["accuracy"], "mean_nfe": r["mean_nfe"], "seed": r["seed"],
                            "minutes": round(r["minutes"], 2),
                            "eval": {"sampler.alpha": r["alpha"]} if r["name"].startswith("alpha-conditioned") else {}})
@@ -215,7 +259,7 @@ def publish(rows: list[dict], heuristics: list[dict], publish_dir: Path) -> str:
         if stale.is_dir() and stale.name not in kept:
             shutil.rmtree(stale)
     # every seed's row too: what a later run needs to add a point without re-running the rest (the ledger is in runs/)
-    extra = {"points": points, "summary": summary, "runs": rows}
+    extra = {"points": points, "summary": summary, "runs": [*rows, *shipped], **(extra or {})}
     return write_pareto([r for r in heuristics if r["block_length"] in {8, 24}] + policy_rows, publish_dir,
                         {"recipe": "unmask frontier"}, title="built-in model: learned policies "
                         "beside every heuristic and the oracle limit", stem="frontier", extra=extra)

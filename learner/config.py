@@ -24,9 +24,12 @@ class PolicyConfig:
     init_bias: float = -2.0  # the output bias at the start: every position unmasks w.p. sigmoid(-2) ~ 0.12
     alpha_conditioned: bool = False  # alpha is an input (beside t and the mask flag): one policy for every trade-off
     # per-position inputs: the paper's top-1 confidence first, then any of margin, entropy, stable_steps,
-    # confidence_ema, confidence_delta, repeat (learner.sampler.POLICY_INPUTS; the env computes only what is asked);
-    # [] = the confidence and what the start needs: a teacher's inputs (imitate), init_from's (train)
+    # confidence_ema, confidence_delta, repeat, hidden (learner.sampler.POLICY_INPUTS; the env computes only what is
+    # asked); [] = the confidence and what the start needs: a teacher's inputs (imitate), init_from's (train)
     inputs: list[str] = field(default_factory=list)
+    # the `hidden` input's width: the dLLM's last hidden state, standardised, through a fixed random projection to this
+    # many numbers per position (envs.confidence.HiddenView); the dLLM's own width (built-in: 256) = the whole state
+    hidden_dims: int = 32
 
 
 @dataclass
@@ -117,7 +120,7 @@ def saved_policy(path: str) -> tuple[PolicyConfig, dict] | None:
         saved = PolicyConfig(**{f.name: shape[f.name] for f in fields(PolicyConfig) if f.name in shape})
         saved = replace(saved, inputs=list(saved.inputs) or ["confidence"])  # saved before inputs: the paper's
         try:
-            check_policy(saved, "its")
+            check_policy(saved, "policy")
         except ValueError as err:
             raise ValueError(f"policy checkpoint {path}: {name} is not a policy this version can run: {err}") from None
         return saved, info_of(data)
@@ -153,11 +156,20 @@ def check_init_from(init_from: str, policy: PolicyConfig, alpha_range: list[floa
                          "grpo.alpha_range (clone several teachers with teacher_alphas, or give a fixed grpo.alpha)")
 
 
-POLICY_INPUTS = ("confidence", "margin", "entropy", "stable_steps", "confidence_ema", "confidence_delta", "repeat")
+POLICY_INPUTS = ("confidence", "margin", "entropy", "stable_steps", "confidence_ema", "confidence_delta", "repeat",
+                 "hidden")
+
+
+def input_width(cfg: PolicyConfig) -> int:
+    """F, the numbers the policy reads per position: one per input, hidden_dims for `hidden`."""
+    inputs = list(cfg.inputs) or ["confidence"]
+    return len(inputs) + (cfg.hidden_dims - 1 if "hidden" in inputs else 0)
 
 
 def check_policy(cfg: PolicyConfig, key: str = "policy") -> None:
     """policy.inputs: [] (resolved by the command), or the confidence first and distinct known inputs."""
+    if cfg.hidden_dims < 1:
+        raise ValueError(f"{key}.hidden_dims must be >= 1 (the hidden input's width), got {cfg.hidden_dims}")
     inputs = list(cfg.inputs)
     if not inputs:
         return

@@ -1,7 +1,8 @@
 """The unmasking policy of arXiv 2512.09106 (§3.2): one DiT block over per-position confidences.
 
     x    = Linear(F -> d)(c)                                  token stream: the dLLM's top-1 confidence (F = 1), or
-                                                              it and the inputs `inputs` adds (history, margin, ...)
+                                                              it and the inputs `inputs` adds (history, margin, ...,
+                                                              hidden_dims numbers of the dLLM's hidden state)
     cond = Embedding(2, d)[m] + MLP(sinusoid(t))              per-position conditioning: mask flag, time
          (+ MLP(log(1 + alpha)))                              and, alpha-conditioned, the reward trade-off
     x    = DiTBlock(x, cond)                                  adaLN-modulated attention (RoPE) + FFN
@@ -33,7 +34,7 @@ from safetensors.torch import load_file, load_model
 from torch import nn
 
 from unmask.envs.files import check_hub, publish_dir, replace_dir
-from unmask.learner.config import PolicyConfig, saved_policy
+from unmask.learner.config import PolicyConfig, input_width, saved_policy
 
 PAPER_URL = "https://arxiv.org/abs/2512.09106"
 
@@ -108,7 +109,7 @@ class UnmaskingPolicy(nn.Module, PyTorchModelHubMixin, library_name="unmask", pa
         config = config or PolicyConfig()
         self.config = cfg = replace(config, inputs=list(config.inputs) or ["confidence"])  # []: the paper's input
         d = cfg.hidden_size
-        self.confidence_in = nn.Linear(len(cfg.inputs), d)  # the paper's policy: the confidence alone
+        self.confidence_in = nn.Linear(input_width(cfg), d)  # the paper's policy: the confidence alone
         self.mask_embed = nn.Embedding(2, d)
         self.time_mlp = nn.Sequential(nn.Linear(cfg.time_embed_size, d), nn.SiLU(), nn.Linear(d, d))
         self.alpha_mlp = nn.Sequential(nn.Linear(1, d), nn.SiLU(), nn.Linear(d, d)) if cfg.alpha_conditioned else None

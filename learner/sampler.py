@@ -10,10 +10,12 @@ An alpha-conditioned policy decodes for `sampler.alpha` at evaluation and for ea
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
 
+from unmask.envs.confidence import HiddenView
 from unmask.envs.config import EnvConfig, SamplerConfig
 from unmask.envs.mdp import Observation
 from unmask.envs.samplers import Sampler
@@ -28,12 +30,29 @@ INPUTS = {  # each of PolicyConfig.inputs (learner.config.POLICY_INPUTS) per pos
     "confidence_ema": lambda obs: obs.confidence_ema,
     "confidence_delta": lambda obs: obs.confidence_delta,
     "repeat": lambda obs: obs.repeat.float(),  # 1 where its token would equal a neighbour's
+    "hidden": lambda obs: obs.hidden,  # [B, L, d] the dLLM's last hidden state: the policy reads its HiddenView
 }
 
 
-def policy_inputs(obs: Observation, names: list[str]) -> torch.Tensor:
-    """[B, L, F] the policy's inputs `names` (PolicyConfig.inputs) from an observation."""
-    return torch.stack([INPUTS[name](obs) for name in names], dim=-1)
+@functools.lru_cache(maxsize=8)
+def hidden_view(width: int, dims: int) -> HiddenView:
+    """The one fixed view of a width-d hidden state at k numbers (made once per process and (d, k))."""
+    return HiddenView(width, dims)
+
+
+def policy_inputs(obs: Observation, names: list[str], hidden_dims: int = 0) -> torch.Tensor:
+    """[B, L, F] the policy's inputs `names` (PolicyConfig.inputs) from an observation; `hidden` is hidden_dims
+    numbers per position (HiddenView of obs.hidden), the others one each."""
+    parts = []
+    for name in names:
+        if name == "hidden":
+            if obs.hidden is None:
+                raise ValueError("the policy reads the dLLM's hidden state, which the env did not compute "
+                                 "(reset it with the policy's features)")
+            parts.append(hidden_view(obs.hidden.shape[-1], hidden_dims)(obs.hidden))
+        else:
+            parts.append(INPUTS[name](obs)[..., None].float())
+    return torch.cat(parts, dim=-1)
 
 
 class PolicySampler(Sampler):
@@ -119,7 +138,7 @@ class PolicySampler(Sampler):
 
     def inputs(self, obs: Observation) -> torch.Tensor:
         """[B, L, F] what its policy reads at each position (PolicyConfig.inputs)."""
-        return policy_inputs(obs, self.policy.config.inputs)
+        return policy_inputs(obs, self.policy.config.inputs, self.policy.config.hidden_dims)
 
     def select(self, obs: Observation) -> torch.Tensor:
         logits, valid = self.logits(obs), obs.valid.to(next(self.policy.parameters()).device)

@@ -10,7 +10,7 @@ import torch
 
 from unmask.envs.mdp import UnmaskingEnv
 from unmask.envs.tasks import Example, Task
-from unmask.learner.config import GRPOConfig
+from unmask.learner.config import GRPOConfig, input_width
 from unmask.learner.grpo import reward
 from unmask.learner.sampler import PolicySampler
 from unmask.rollout.experts import ExpertSteering
@@ -43,7 +43,7 @@ def roll_out(env: UnmaskingEnv, sampler: PolicySampler, prompts: list[list[int]]
     N, L = len(queue), env.L
     slots = N if batch_rows <= 0 else min(batch_rows, N)
     per_step = {name: torch.zeros(N, L, L, dtype=torch.bool) for name in ("mask", "abandoned", "valid", "action")}
-    F = len(sampler.policy.config.inputs)
+    F = input_width(sampler.policy.config)
     rec = {"confidences": torch.zeros(N, L, L), "extra_inputs": torch.zeros(N, L, L, F - 1), **per_step,
            "t": torch.zeros(N, L), "logp": torch.zeros(N, L)}
     canvases, nfe = torch.zeros(N, L, dtype=torch.long), torch.zeros(N, dtype=torch.int32)

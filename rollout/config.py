@@ -166,6 +166,11 @@ class ImitateConfig(DLLMSettings):
     # decoded by one of them, the policy told the trade-off each stands for (teacher_alphas, in the same order)
     # (the default, left_run: the heuristic that makes both modes' frontier on the built-in model, frontier.md)
     teachers: list[str] = field(default_factory=lambda: ["left_run:threshold=0.9;run_threshold=0.4"])
+    # teachers=[auto]: the teacher is chosen from the task: every heuristic of the pareto grid decodes `auto_prompts`
+    # held-out training prompts and the one with the best mean reward correct*((L-NFE+1)/L)^auto_alpha teaches
+    # (rollout.pareto.choose_teacher; the table is in imitate.json)
+    auto_alpha: float = 3.0  # teachers=[auto]: the trade-off it is chosen for (the grpo.alpha you will train at)
+    auto_prompts: int = 200  # teachers=[auto]: training prompts (none of the clone's) each heuristic decodes
     teacher_alphas: list[float] = field(default_factory=list)  # several teachers: the trade-off each stands for
     teacher_block_length: int = 0  # teachers decide in the leftmost block of this many inside the canvas; 0 = BL
     # policy.inputs = [] (the default): the confidence and every input the teachers read (left_run: repeat), so that
@@ -186,13 +191,22 @@ class ImitateConfig(DLLMSettings):
     progress: bool = True  # a progress bar on stderr
 
 
+AUTO = "auto"  # teachers=[auto]: the teacher chosen from the task (rollout.pareto.choose_teacher)
+
+
 def check_imitate(cfg: ImitateConfig) -> None:
     check_finite(cfg)
     check_dllm_settings(cfg)
     check_policy(cfg.policy)
     if not cfg.teachers:
         raise ValueError("teachers must name at least one sampler")
+    if AUTO in cfg.teachers and (len(cfg.teachers) > 1 or cfg.teacher_alphas):
+        raise ValueError("teachers=[auto] chooses one teacher: give it alone, without teacher_alphas")
+    if not cfg.auto_alpha >= 0 or cfg.auto_prompts < 1:
+        raise ValueError(f"auto_alpha must be >= 0 and auto_prompts >= 1, got {cfg.auto_alpha}, {cfg.auto_prompts}")
     for spec in cfg.teachers:
+        if spec == AUTO:
+            continue
         teacher = sampler_spec(spec)
         if teacher.name == "policy":
             raise ValueError(f"teachers: {spec!r} is a learned policy; a teacher is a heuristic or the oracle")

@@ -34,9 +34,10 @@ from unmask.learner.grpo import fallback_sample
 from unmask.learner.imitation import STATE_FIELDS, fit
 from unmask.learner.policy import UnmaskingPolicy, save_policy
 from unmask.learner.sampler import PolicySampler, policy_inputs
-from unmask.rollout.config import ImitateConfig, check_imitate
+from unmask.rollout.config import AUTO, ImitateConfig, check_imitate
 from unmask.rollout.evaluate import examples_to_evaluate, run_episodes, summarize
 from unmask.rollout.generation import EVAL_ROWS
+from unmask.rollout.pareto import choose_teacher
 from unmask.rollout.samplers import make_sampler
 
 
@@ -65,7 +66,8 @@ def collect_states(dllm: DLLM, task: Task, examples: list[Example], teachers: li
                    student: PolicySampler | None, cfg: ImitateConfig, generator: torch.Generator) -> dict:
     """Decode `examples` (by the teachers, or by the student when given) and record, at every step of every row,
     the student's inputs and the teacher's decision there. Example i is its teacher i % len(teachers)'s."""
-    names = list(student.policy.config.inputs if student is not None else cfg.policy.inputs)
+    shape = student.policy.config if student is not None else cfg.policy
+    names, hidden_dims = list(shape.inputs), shape.hidden_dims
     features = tuple(dict.fromkeys([*names, *(f for t in teachers for f in t.features)]))
     env = UnmaskingEnv.from_config(dllm, cfg.env, seed=int(torch.randint(1 << 30, (1,), generator=generator)))
     out: dict[str, list[torch.Tensor]] = {name: [] for name in STATE_FIELDS}
@@ -82,11 +84,11 @@ def collect_states(dllm: DLLM, task: Task, examples: list[Example], teachers: li
         while not env.done:
             decisions = torch.stack([t.select(obs) for t in teachers])
             target = decisions[which, torch.arange(len(prompts))]
-            rows = obs.active.cpu()
-            inputs = policy_inputs(obs, names)
+            running = obs.active.cpu()  # (not `rows`: that is the batch size of the loop above)
+            inputs = policy_inputs(obs, names, hidden_dims)
             for name, value in (("inputs", inputs), ("masked", obs.masked), ("valid", obs.valid), ("t", obs.t),
                                 ("alpha", alpha), ("target", target)):
-                out[name].append(value.detach().cpu()[rows].clone())
+                out[name].append(value.detach().cpu()[running].clone())
             if student is None:
                 action = target
             else:
@@ -104,11 +106,27 @@ def imitate(cfg: ImitateConfig, dllm: DLLM | None = None) -> dict:
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     task = make_task(cfg.task)
-    pool = task.examples("train", cfg.prompts + cfg.dagger_rounds * cfg.dagger_prompts, seed=cfg.seed)
-    if len(pool) < cfg.prompts:
-        raise ValueError(f"the task has {len(pool)} training examples, fewer than prompts={cfg.prompts}")
+    auto = cfg.teachers == [AUTO]
+    held_out = cfg.auto_prompts if auto else 0
+    pool = task.examples("train", cfg.prompts + cfg.dagger_rounds * cfg.dagger_prompts + held_out, seed=cfg.seed)
+    if len(pool) < cfg.prompts + held_out:
+        raise ValueError(f"the task has {len(pool)} training examples, fewer than prompts={cfg.prompts}"
+                         + (f" + auto_prompts={held_out}" if auto else ""))
     dllm = dllm or load_env_dllm(cfg.model, cfg.env, trust_remote_code=cfg.trust_remote_code)
     dllm.encode_prompts([ex.prompt for ex in pool], task.response_prefix)  # a prompt it cannot read: before any bar
+    chosen = None
+    if auto:  # the last auto_prompts of the pool: prompts no round of the clone decodes
+        pool, probe = pool[: len(pool) - held_out], pool[len(pool) - held_out :]
+        spec, candidates = choose_teacher(dllm, task, probe, cfg.env, cfg.auto_alpha, cfg.teacher_block_length,
+                                          cfg.seed)
+        chosen = {"alpha": cfg.auto_alpha, "prompts": len(probe), "teacher": spec, "candidates": candidates,
+                  "seconds": round(time.perf_counter() - started, 1)}
+        if cfg.progress:
+            best = candidates[0]
+            print(f"unmask imitate: teachers=[auto] chose {spec} ({best['accuracy']:.3f} @ {best['mean_nfe']:.2f} "
+                  f"NFE, reward {best['reward']:.3f} at alpha={cfg.auto_alpha:g} on {len(probe)} training prompts)",
+                  file=sys.stderr, flush=True)
+        cfg = dataclasses.replace(cfg, teachers=[spec])
     teachers = teachers_of(cfg)
     for t in teachers:
         t.check_env(cfg.env)
@@ -122,7 +140,7 @@ def imitate(cfg: ImitateConfig, dllm: DLLM | None = None) -> dict:
                file=sys.stderr)
     states: dict[str, torch.Tensor] = {}
     record = {"teachers": [t.describe() for t in teachers], "teacher_alphas": list(cfg.teacher_alphas),
-              "rounds": [], "model": cfg.model}
+              "rounds": [], "model": cfg.model, **({"auto": chosen} if chosen else {})}
     try:
         with sigterm_as_interrupt():
             for r in range(rounds):

@@ -124,11 +124,13 @@ class DreamModel(PreTrainedModel):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, past_key_values: KVCache | None = None,
                 use_cache: bool = False, replace_position: int | None = None, logits_to_keep: int = 0,
-                **_) -> CausalLMOutputWithPast:
+                output_hidden_states: bool = False, **_) -> CausalLMOutputWithPast:
         x, cache = run_layers(self.model.layers, self.model.embed_tokens(input_ids),
                               head_dim=self.config.hidden_size // self.config.num_attention_heads,
                               theta=self.config.rope_theta, attention_mask=attention_mask,
                               position_ids=position_ids, past_key_values=past_key_values,
                               replace_position=replace_position, use_cache=use_cache)
-        logits = self.lm_head(self.model.norm(x[:, -logits_to_keep:]))  # 0 keeps every position
-        return CausalLMOutputWithPast(logits=logits, past_key_values=cache)
+        x = self.model.norm(x[:, -logits_to_keep:])  # 0 keeps every position
+        # output_hidden_states: the last hidden state only (what lm_head reads), not every layer's
+        return CausalLMOutputWithPast(logits=self.lm_head(x), past_key_values=cache,
+                                      hidden_states=(x,) if output_hidden_states else None)

@@ -125,7 +125,7 @@ class LLaDAModelLM(PreTrainedModel):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, past_key_values: KVCache | None = None,
                 use_cache: bool = False, replace_position: int | None = None, logits_to_keep: int = 0,
-                **_) -> CausalLMOutputWithPast:
+                output_hidden_states: bool = False, **_) -> CausalLMOutputWithPast:
         t = self.model.transformer
         x, cache = run_layers(t.blocks, t.wte(input_ids), head_dim=self.config.d_model // self.config.n_heads,
                               theta=self.config.rope_theta, attention_mask=attention_mask,
@@ -133,4 +133,6 @@ class LLaDAModelLM(PreTrainedModel):
                               replace_position=replace_position, use_cache=use_cache)
         x = t.ln_f(x[:, -logits_to_keep:])  # 0 keeps every position
         logits = x @ t.wte.weight.T if self.model.weight_tying else t.ff_out(x)
-        return CausalLMOutputWithPast(logits=logits, past_key_values=cache)
+        # output_hidden_states: the last hidden state only (what the vocabulary projection reads), not every layer's
+        return CausalLMOutputWithPast(logits=logits, past_key_values=cache,
+                                      hidden_states=(x,) if output_hidden_states else None)

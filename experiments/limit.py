@@ -1,0 +1,187 @@
+"""Toward the limit (issue 37): a policy that reads the dLLM's hidden state, the oracle as a teacher, GRPO from both,
+and the teacher chosen from the task (teachers=[auto]), on the built-in `cycles` task and on `commas` (a task of our own
+with its own dLLM, made as docs/guides/own-task.md says). Each part is a real command (`unmask ...`) in a subprocess.
+
+    python -m unmask.experiments.limit task=cycles out_dir=runs/limit [seeds=0,1] [alphas=1,3,10] [iterations=100]
+        [routes=lrh,orh,auto] [modes=8,24] [num_examples=500] [publish=docs/results]
+    python -m unmask.experiments.limit task=commas out_dir=runs/limit-commas [pretrain_minutes=15] ...
+
+Routes, per mode (semi-AR BL = 8; full diffusion BL = L) and training seed:
+
+    lr    the recipe as it is: `unmask imitate` at its defaults (left_run 0.9/0.4, reading confidence and repeat), then
+          `unmask train init_from=` at its defaults from a policy, at each alpha
+    lrh   the same teacher, the student reading the hidden state too (policy.inputs=[confidence,repeat,hidden])
+    orh   the oracle as the teacher (its reference one token per step, in blocks of 8 in full diffusion), the student
+          reading every input (confidence, history, repeat, hidden): the oracle's rule labels the teacher's rollouts and
+          then, in the DAgger round, the student's own canvases
+    auto  `unmask imitate teachers=[auto] auto_alpha=<a>` for each alpha: the heuristic with the best reward at that
+          alpha on 200 held-out training prompts teaches; then GRPO at that alpha
+
+GRPO runs a fixed number of updates (`iterations`), not a wall-clock budget: other work on a shared machine then slows a
+run down without changing what it trains. Minutes are wall-clock, start-up included (and the clone's, for GRPO).
+With task=commas the task's JSONL (`unmask own-tasks family=commas`) and its dLLM (`unmask pretrain`, L = 32, as the
+guide says, `pretrain_minutes`) are parts too, and `unmask pareto` gives its heuristics and oracle line. Resumable: the
+ledger is out_dir/done. With `publish` (cycles), frontier.{md,json,png} there are published again with these points
+(experiments.frontier.republish: every point shipped before re-evaluated on the same prompts).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from unmask.experiments.frontier import evaluate, summarize, unmask
+from unmask.experiments.reproduce import Parts
+
+ORACLE_INPUTS = "policy.inputs=[confidence,stable_steps,confidence_ema,confidence_delta,repeat,hidden]"
+HIDDEN_INPUTS = "policy.inputs=[confidence,repeat,hidden]"
+COMMAS_KEYS = ["task.name=jsonl", "task.verifier=unmask.experiments.own_tasks:free_commas", "env.gen_length=32"]
+NAMES = {"lr": "imitation of left_run", "lrh": "imitation of left_run, reading the hidden state",
+         "orh": "imitation of the oracle, reading the hidden state and history", "auto": "imitation of teachers=auto"}
+
+
+def settings(argv: list[str]) -> dict:
+    a = {"task": "cycles", "out_dir": "", "seeds": "0,1", "alphas": "1,3,10", "iterations": "100",
+         "routes": "lrh,orh,auto", "modes": "", "num_examples": "500", "publish": "", "pretrain_minutes": "15"}
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        if not eq or key not in a:
+            raise SystemExit(f"limit: unknown argument {arg!r}: use key=value with a key of {', '.join(a)}")
+        a[key] = value
+    if a["task"] not in ("cycles", "commas"):
+        raise SystemExit(f"limit: task must be cycles or commas, got {a['task']!r}")
+    a["out_dir"] = a["out_dir"] or f"runs/limit-{a['task']}"
+    length = 24 if a["task"] == "cycles" else 32
+    a["modes"] = [int(x) for x in (a["modes"] or f"8,{length}").split(",")]
+    a["length"] = length
+    return a
+
+
+def task_keys(a: dict, out: Path) -> list[str]:
+    """The keys every command of this task takes (the model and the JSONL for commas)."""
+    if a["task"] == "cycles":
+        return []
+    data = out / "data"
+    return [f"model={out / 'dllm'}", *COMMAS_KEYS, f"task.path={data / 'commas-train.jsonl'}",
+            f"task.test_path={data / 'commas-test.jsonl'}"]
+
+
+def prepare_commas(parts: Parts, a: dict, out: Path) -> None:
+    """The JSONL and its dLLM, made as docs/guides/own-task.md says (`pretrain_minutes` of pretraining)."""
+    data = out / "data"
+    parts.run("commas/data", lambda: {"minutes": unmask("own-tasks", "family=commas", f"out_dir={data}")}, {})
+    minutes = float(a["pretrain_minutes"])
+
+    def pretrain() -> dict:
+        shutil.rmtree(out / "dllm", ignore_errors=True)
+        took = unmask("pretrain", "task.name=jsonl", f"task.path={data / 'commas-train.jsonl'}",
+                      f"task.test_path={data / 'commas-test.jsonl'}", "env.gen_length=32", f"out_dir={out / 'dllm'}",
+                      f"max_minutes={minutes}", "progress=false")
+        return {"minutes": took}
+
+    parts.run("commas/dllm", pretrain, {"minutes": minutes})
+
+
+def heuristics(parts: Parts, a: dict, out: Path, keys: list[str]) -> list[dict]:
+    """Every heuristic and the oracle line in both modes on the test prompts (`unmask pareto`)."""
+    n, where = int(a["num_examples"]), out / "pareto"
+
+    def run() -> list[dict]:
+        unmask("pareto", *keys, "block_lengths=[8]", f"num_examples={n}", f"out_dir={where}", "progress=false")
+        return json.loads((where / "pareto.json").read_text())["rows"]
+
+    return parts.run("pareto", run, {"n": n, "task": a["task"]})
+
+
+def route_parts(parts: Parts, a: dict, out: Path, keys: list[str], route: str, bl: int, seed: int) -> list[dict]:
+    """One route's clone(s) and GRPO runs at one block length and seed, each evaluated: policy rows."""
+    n, iterations, L = int(a["num_examples"]), int(a["iterations"]), a["length"]
+    alphas = [float(x) for x in a["alphas"].split(",")]
+    root = out / f"bl{bl}" / f"s{seed}"
+    full = bl == L
+    points = []
+
+    def clone(name: str, extra: list[str]) -> dict:
+        def run() -> dict:
+            path = root / name
+            shutil.rmtree(path, ignore_errors=True)
+            minutes = unmask("imitate", *keys, f"out_dir={path}", f"env.block_length={bl}", f"seed={seed}",
+                             "eval.num_examples=0", "progress=false", *extra)
+            info = json.loads((path / "imitate.json").read_text())
+            return {"checkpoint": str(path), "minutes": minutes, "teacher": info["teachers"][0],
+                    **({"auto": info["auto"]} if "auto" in info else {})}
+
+        made = parts.run(f"{bl}/s{seed}/{name}", run, {"extra": extra})
+        label = NAMES[route] + (f" (alpha={made['auto']['alpha']:g}: {made['teacher']})" if "auto" in made else "")
+        points.append({"name": label, "route": route, "alpha": None, **made, **parts.run(
+            f"{bl}/s{seed}/{name}/eval", lambda: evaluate(Path(made["checkpoint"]), bl, n), {"n": n, **made})})
+        return made
+
+    def grpo(name: str, start: dict, alpha: float) -> None:
+        def run() -> dict:
+            path = root / name
+            shutil.rmtree(path, ignore_errors=True)
+            took = unmask("train", *keys, f"out_dir={path}", f"env.block_length={bl}", f"seed={seed}",
+                          f"init_from={start['checkpoint']}", f"grpo.alpha={alpha}", f"max_iterations={iterations}",
+                          "eval.num_examples=0", "dump_trajectories=false", "checkpoint_every=50")
+            return {"checkpoint": str(path / "checkpoints" / "best"), "minutes": took + start["minutes"]}
+
+        made = parts.run(f"{bl}/s{seed}/{name}", run, {"iterations": iterations, "start": start["checkpoint"]})
+        label = NAMES[route] + f" + GRPO alpha={alpha:g}"
+        points.append({"name": label, "route": route, "alpha": alpha, "teacher": start["teacher"], **made,
+                       **parts.run(f"{bl}/s{seed}/{name}/eval", lambda: evaluate(Path(made["checkpoint"]), bl, n),
+                                   {"n": n, **made})})
+
+    if route in ("lr", "lrh"):
+        start = clone(f"imitate-{route}", [HIDDEN_INPUTS] if route == "lrh" else [])
+        for alpha in alphas:
+            grpo(f"grpo-{route}-a{alpha:g}", start, alpha)
+    elif route == "orh":
+        oracle = "oracle:block_length=8" if full else "oracle"
+        start = clone("imitate-orh", [f"teachers=[{oracle}]", ORACLE_INPUTS])
+        for alpha in alphas:
+            grpo(f"grpo-orh-a{alpha:g}", start, alpha)
+    elif route == "auto":
+        for alpha in alphas:
+            start = clone(f"imitate-auto-a{alpha:g}", ["teachers=[auto]", f"auto_alpha={alpha:g}"])
+            grpo(f"grpo-auto-a{alpha:g}", start, alpha)
+    else:
+        raise SystemExit(f"limit: unknown route {route!r}: use lr, lrh, orh or auto")
+    mode = "full diffusion" if full else "semi-AR"
+    return [{**p, "mode": mode, "block_length": bl, "seed": seed} for p in points]
+
+
+def main(argv: list[str]) -> None:
+    a = settings(argv)
+    out = Path(a["out_dir"]).resolve()
+    parts = Parts(out, say_as="limit")
+    started = time.perf_counter()
+    if a["task"] == "commas":
+        prepare_commas(parts, a, out)
+    keys = task_keys(a, out)
+    rows = []
+    for seed in (int(s) for s in a["seeds"].split(",")):
+        for bl in a["modes"]:
+            for route in a["routes"].split(","):
+                rows += route_parts(parts, a, out, keys, route, bl, seed)
+    (out / "points.json").write_text(json.dumps(rows, indent=1) + "\n")
+    summary = summarize(rows)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    for line in summary:
+        print(f"{line['block_length']:>3} {line['name']:<80} {line['accuracy']:.3f} "
+              f"[{line['accuracy_min']:.3f}-{line['accuracy_max']:.3f}] @ {line['mean_nfe']:.2f}  "
+              f"{line['minutes']:.1f} min")
+    rules = heuristics(parts, a, out, keys)
+    (out / "heuristics.json").write_text(json.dumps(rules, indent=1) + "\n")
+    if a["publish"]:
+        from unmask.experiments.frontier import republish
+
+        print(republish(rows, rules, Path(a["publish"]), int(a["num_examples"])))
+    print(f"limit: {(time.perf_counter() - started) / 60:.1f} minutes", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
