@@ -250,10 +250,21 @@ def one_line(err: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in argv or os.environ.get("UNMASK_DEBUG", "") not in ("", "0")
-    argv = [a for a in argv if a != "--debug"]
-    if debug:
-        os.environ["UNMASK_DEBUG"] = "1"  # Ray's workers and Tune's trials inherit it
+    if "--debug" not in argv:
+        return run_command(argv)
+    before = os.environ.get("UNMASK_DEBUG")
+    os.environ["UNMASK_DEBUG"] = "1"  # what the command starts (Ray's workers, Tune's trials) inherits it
+    try:
+        return run_command([a for a in argv if a != "--debug"])
+    finally:  # main() called in a process that goes on (a test, a notebook): as it was
+        if before is None:
+            os.environ.pop("UNMASK_DEBUG", None)
+        else:
+            os.environ["UNMASK_DEBUG"] = before
+
+
+def run_command(argv: list[str]) -> int:
+    debug = os.environ.get("UNMASK_DEBUG", "") not in ("", "0")
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0

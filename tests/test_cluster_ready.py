@@ -3,6 +3,7 @@ that counts everything, the dLLM only where Ray gives it a GPU, evaluation insid
 GPU emulation stand in for real ones: the driver never loads a dLLM), and failures that stop in one line."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -81,10 +82,11 @@ def test_a_run_that_cannot_be_placed_is_one_line_before_it_starts(args, message,
     ray.shutdown()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def ray_with_gpus():
     """A local Ray that declares 2 GPUs on this CPU machine: Ray schedules GPU actors and tasks onto them (CUDA is not
-    needed to place them), and the runners' env.emulate_gpu keeps the model itself on the CPU."""
+    needed to place them), and the runners' env.emulate_gpu keeps the model itself on the CPU (one for this file's
+    tests that need it)."""
     ray.shutdown()
     ray.init(address="local", num_cpus=4, num_gpus=2, include_dashboard=False, log_to_driver=False)
     yield
@@ -140,23 +142,32 @@ FLAKY = textwrap.dedent('''
 ''')
 
 
-@pytest.fixture
-def ray_seeing(tmp_path, monkeypatch):
-    """A local Ray whose workers import modules from tmp_path (as `ray job submit --working-dir` gives a cluster)."""
+@pytest.fixture(scope="module")
+def ray_seeing(tmp_path_factory):
+    """A local Ray whose workers import modules from a folder (as `ray job submit --working-dir` gives a cluster): a
+    verifier module and its data there (one for this file's tests that need it)."""
     ray.shutdown()
-    sys.modules.pop("flaky_verifier", None)  # its call counter starts again (the driver's one check passes)
-    (tmp_path / "flaky_verifier.py").write_text(FLAKY)
+    folder = tmp_path_factory.mktemp("seen")
+    (folder / "flaky_verifier.py").write_text(FLAKY)
     rows = [{"prompt": f"{a}{b}?", "answer": f"{b}{a}"} for a in "abc" for b in "abc"] * 20
-    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield tmp_path
-    ray.shutdown()
+    (folder / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(folder))
+        patch.setenv("PYTHONPATH", str(folder))
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+        yield folder
+        ray.shutdown()
+
+
+@pytest.fixture
+def flaky(ray_seeing):
+    sys.modules.pop("flaky_verifier", None)  # its call counter starts again (the driver's one check passes)
+    return ray_seeing
 
 
 @pytest.mark.slow
-def test_a_runner_error_that_keeps_coming_back_stops_the_run_in_one_line(ray_seeing, tiny_model_dir, capsys):
+def test_a_runner_error_that_keeps_coming_back_stops_the_run_in_one_line(flaky, tiny_model_dir, capsys):
+    ray_seeing = flaky
     out = ray_seeing / "run"
     args = ["train", f"out_dir={out}", f"model={tiny_model_dir}", "task=jsonl",
             f"task.path={ray_seeing / 'data.jsonl'}", "task.verifier=flaky_verifier:verify", "env.gen_length=8",
@@ -173,15 +184,16 @@ def test_a_runner_error_that_keeps_coming_back_stops_the_run_in_one_line(ray_see
 
 
 @pytest.mark.slow
-def test_debug_shows_the_whole_traceback(ray_seeing, tiny_model_dir, capsys, monkeypatch):
-    monkeypatch.delenv("UNMASK_DEBUG", raising=False)  # --debug sets it for the process: put back after the test
-    out = ray_seeing / "run"
+def test_debug_shows_the_whole_traceback(flaky, tiny_model_dir, capsys):
+    ray_seeing = flaky
+    out = ray_seeing / "debug-run"
     with pytest.raises(RuntimeError, match="verifier exploded"):
         main(["train", f"out_dir={out}", f"model={tiny_model_dir}", "task=jsonl",
               f"task.path={ray_seeing / 'data.jsonl'}", "task.verifier=flaky_verifier:verify", "env.gen_length=8",
               "env.block_length=8", "rollout.group_size=2", "rollout.prompts_per_sample=2", "groups_per_update=2",
               "max_iterations=5", "max_runner_restarts=0", "eval.num_examples=0", "--debug"])
     assert "Traceback (most recent call last)" in capsys.readouterr().err
+    assert "UNMASK_DEBUG" not in os.environ  # set for the command and what it started, then as it was
 
 
 @pytest.mark.slow
