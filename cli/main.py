@@ -20,10 +20,14 @@ from unmask.envs.pretrain.config import PretrainConfig, check_pretrain
 from unmask.envs.structured import to_yaml
 from unmask.experiments.config import (
     FrontierConfig,
+    LimitConfig,
     OwnTasksConfig,
+    ProbeConfig,
     ReproduceConfig,
     check_frontier,
+    check_limit,
     check_own_tasks,
+    check_probe,
     check_reproduce,
 )
 from unmask.rollout.config import EvalConfig, ImitateConfig, ParetoConfig, check_eval, check_imitate, check_pareto
@@ -149,6 +153,21 @@ def cmd_frontier(cfg: FrontierConfig) -> int:
     return 0
 
 
+def cmd_limit(cfg: LimitConfig) -> int:
+    from unmask.experiments.limit import limit
+
+    limit(cfg)
+    return 0
+
+
+def cmd_probe(cfg: ProbeConfig) -> int:
+    from unmask.experiments.finality_probe import probe
+
+    probe(cfg)
+    print(f"wrote {Path(cfg.out_dir) / 'probe.json'}")
+    return 0
+
+
 def cmd_own_tasks(cfg: OwnTasksConfig) -> int:
     from unmask.experiments.own_tasks import write
 
@@ -180,6 +199,12 @@ COMMANDS: dict[str, Command] = {
                         experiment=True),
     "own-tasks": Command(OwnTasksConfig, check_own_tasks, cmd_own_tasks,
                          "write a task family of our own as JSONL (the outside-task check)", experiment=True),
+    "limit": Command(LimitConfig, check_limit, cmd_limit,
+                     "toward the oracle: hidden-state clones, the oracle as teacher, teachers=[auto], GRPO from each",
+                     experiment=True),
+    "finality-probe": Command(ProbeConfig, check_probe, cmd_probe,
+                              "how well each policy input tells a prediction is already final (the oracle's rule)",
+                              experiment=True),
 }
 
 
@@ -187,9 +212,9 @@ def usage() -> str:
     lines = ["usage: unmask <command> [config=FILE.yaml ...] [key=value ...] [--help | --print-config | --plan] "
              "[--debug]", "",
              "commands:"]
-    lines += [f"  {name:<10} {c.summary}" for name, c in COMMANDS.items() if not c.experiment]
+    lines += [f"  {name:<15} {c.summary}" for name, c in COMMANDS.items() if not c.experiment]
     lines += ["", "experiments (what docs/results was made with):"]
-    lines += [f"  {name:<10} {c.summary}" for name, c in COMMANDS.items() if c.experiment]
+    lines += [f"  {name:<15} {c.summary}" for name, c in COMMANDS.items() if c.experiment]
     lines += ["", "flags:"] + [f"  {flag:<15} {text}" for flag, text in FLAGS.items()]
     lines += ["", "unmask <command> --help lists every key with its default and what it does."]
     return "\n".join(lines)

@@ -94,7 +94,10 @@ class RunOutputs:
         (a disk that fills in the middle of Tune's own writes can leave nothing to resume from)."""
         if self.run_dir is None:
             return
-        free, need = shutil.disk_usage(self.run_dir).free, DISK_HEADROOM + 8 * self.last_bytes
+        probe = self.run_dir  # before its first write the run's directory may not exist yet: its disk is its parent's
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        free, need = shutil.disk_usage(probe).free, DISK_HEADROOM + 8 * self.last_bytes
         if free < need:
             raise DiskFull(f"the disk of {self.run_dir} has {free / 2**20:.0f} MiB free, under the {need / 2**20:.0f} "
                            "MiB a run keeps in hand for its checkpoints: it stopped before writing more (free some "

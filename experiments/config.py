@@ -142,3 +142,66 @@ def check_own_tasks(cfg: OwnTasksConfig) -> None:
     if cfg.train_examples < 1 or cfg.test_examples < 1:
         raise ValueError("train_examples and test_examples must be >= 1")
     check_writable(cfg.out_dir, "out_dir", directory=True)
+
+
+LIMIT_ROUTES = ("lr", "lrh", "orh", "auto")
+
+
+@dataclass
+class LimitConfig:
+    """`unmask limit`: toward the oracle's limit (experiments.limit): clones that read the dLLM's hidden state, the
+    oracle as a teacher, teachers=[auto], GRPO from each; on `cycles` (the built-in model) or `commas` (a task of our
+    own with its own dLLM). Resumable through its ledger in out_dir."""
+
+    task: str = "cycles"  # cycles (the built-in model) | commas (its JSONL and dLLM made first, as the guide says)
+    out_dir: str = ""  # every run, evaluation and the ledger of finished parts ("" = runs/limit-<task>)
+    train_seeds: list[int] = field(default_factory=lambda: [0, 1])  # a clone and its GRPO runs per seed and route
+    alphas: list[float] = field(default_factory=lambda: [1.0, 3.0, 10.0])  # GRPO's trade-off, one run per alpha
+    iterations: int = 100  # GRPO updates per run (a fixed count: a shared machine slows a run without changing it)
+    routes: list[str] = field(default_factory=lambda: ["lrh", "orh", "auto"])  # of lr, lrh, orh, auto (their recipes)
+    block_lengths: list[int] = field(default_factory=list)  # the modes ([] = semi-AR 8 and full diffusion L)
+    num_examples: int = 500  # test prompts per evaluation
+    pretrain_minutes: float = 15.0  # commas: its dLLM's pretraining budget
+    publish: str = ""  # cycles: a directory (docs/results) where frontier.{md,json,png} are published with these points
+
+
+def check_limit(cfg: LimitConfig) -> None:
+    check_finite(cfg)
+    if cfg.task not in ("cycles", "commas"):
+        raise ValueError(f"task must be cycles or commas, got {cfg.task!r}")
+    check_seeds("train_seeds", cfg.train_seeds)
+    unknown = [r for r in cfg.routes if r not in LIMIT_ROUTES]
+    if unknown or not cfg.routes:
+        raise ValueError(f"routes must name one or more of {', '.join(LIMIT_ROUTES)}, got {list(cfg.routes)}")
+    length = 24 if cfg.task == "cycles" else 32
+    if any(b < 1 or length % b for b in cfg.block_lengths):
+        raise ValueError(f"every block length must divide the task's L = {length}, got {list(cfg.block_lengths)}")
+    if not cfg.alphas or min(cfg.alphas) < 0 or cfg.iterations < 1 or cfg.num_examples < 1 or cfg.pretrain_minutes <= 0:
+        raise ValueError("alphas must be >= 0 (one at least), iterations and num_examples >= 1, pretrain_minutes > 0")
+    if cfg.publish and cfg.task != "cycles":
+        raise ValueError("publish= is for task=cycles (docs/results/frontier.* is the built-in model's frontier)")
+    check_writable(cfg.out_dir or f"runs/limit-{cfg.task}", "out_dir", directory=True)
+    if cfg.publish:
+        check_writable(cfg.publish, "publish", directory=True)
+
+
+@dataclass
+class ProbeConfig:
+    """`unmask finality-probe`: how well one forward's view of a position tells that its prediction is already final
+    (the oracle's rule), per input set: a per-position classifier fitted on the oracle's states (experiments.
+    finality_probe). The built-in model and task, L = 24."""
+
+    unused_keys: ClassVar[dict[str, str]] = {f"env.{f}": "the probe reads env.block_length only (L = 24)"
+                                             for f in EnvConfig.__dataclass_fields__ if f != "block_length"}
+
+    env: EnvConfig = field(default_factory=EnvConfig)  # env.block_length: the semi-AR block of the oracle's decodes
+    prompts: int = 1000  # training prompts the oracle decodes (a fifth of them held out for the scores)
+    out_dir: str = "runs/probe"  # probe.json: the scores per input set
+
+
+def check_probe(cfg: ProbeConfig) -> None:
+    if cfg.prompts < 5:
+        raise ValueError(f"prompts must be >= 5 (a fifth is held out), got {cfg.prompts}")
+    if cfg.env.block_length < 1 or 24 % cfg.env.block_length:
+        raise ValueError(f"env.block_length must divide the built-in canvas L = 24, got {cfg.env.block_length}")
+    check_writable(cfg.out_dir, "out_dir", directory=True)

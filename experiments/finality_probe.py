@@ -3,7 +3,7 @@ rule: it equals the token the reference decode wrote there)? A probe, not a poli
 prompts; at every state, every still-masked position is an example (label: prediction == reference token), seen through
 several input sets; a per-position classifier (a 2-layer MLP) is fitted on 80% of the prompts and scored on the rest.
 
-    python -m unmask.experiments.finality_probe [prompts=1000] [block_length=8] [out=runs/probe.json]
+    unmask finality-probe [prompts=1000] [env.block_length=8] [out_dir=runs/probe]
 
 Reported per input set, on held-out prompts' valid positions (those the oracle decides among): the error rate, the
 AUC, and the share of the final positions a cautious student could commit at 99% and 99.9% precision (the threshold
@@ -12,16 +12,18 @@ chosen on the held-out set itself: an upper bound for that classifier).
 
 from __future__ import annotations
 
-import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 
 from unmask.envs.config import SamplerConfig
 from unmask.envs.dllm import load_dllm
+from unmask.envs.files import write_json
 from unmask.envs.mdp import UnmaskingEnv
 from unmask.envs.tasks.cycles import CycleTask
+from unmask.experiments.config import ProbeConfig
 from unmask.learner.sampler import policy_inputs
 from unmask.rollout.samplers import make_sampler
 
@@ -109,13 +111,13 @@ def score(p: torch.Tensor, y: torch.Tensor) -> dict:
     return out
 
 
-def main(argv: list[str]) -> None:
-    a = {"prompts": "1000", "block_length": "8", "out": "runs/probe.json"} | dict(x.split("=", 1) for x in argv)
+def probe(a: ProbeConfig) -> None:
+    """Collect the oracle's states, fit and score a classifier per input set; the scores go to out_dir/probe.json."""
     torch.set_num_threads(1)
     started = time.perf_counter()
-    data = collect(int(a["prompts"]), int(a["block_length"]))
+    data = collect(a.prompts, a.env.block_length)
     held_out = data["prompt"] % 5 == 0
-    results = {"block_length": int(a["block_length"]), "prompts": int(a["prompts"]), "states": len(data["final"]),
+    results = {"block_length": a.env.block_length, "prompts": a.prompts, "states": len(data["final"]),
                "sets": {}}
     for where in ("valid", "masked"):
         keep = data[where]
@@ -126,9 +128,11 @@ def main(argv: list[str]) -> None:
             results["sets"][f"{where}: {label}"] = r = fit_and_score(x, y, ~rows, rows)
             print(f"{where:<6} {label:<36} {r}", flush=True)
     results["seconds"] = round(time.perf_counter() - started, 1)
-    with open(a["out"], "w") as fh:
-        json.dump(results, fh, indent=1)
+    Path(a.out_dir).mkdir(parents=True, exist_ok=True)
+    write_json(Path(a.out_dir) / "probe.json", results)
 
 
-if __name__ == "__main__":
-    main(sys.argv[1:])
+if __name__ == "__main__":  # the same command line as `unmask finality-probe`
+    from unmask.cli.main import main
+
+    raise SystemExit(main(["finality-probe", *sys.argv[1:]]))

@@ -290,6 +290,8 @@ def summarize(rows: list[dict]) -> list[dict]:
                     "accuracy_min": min(acc), "accuracy_max": max(acc),
                     "mean_nfe": statistics.fmean(r["mean_nfe"] for r in runs),
                     "minutes": statistics.fmean(r["minutes"] for r in runs), "seeds": len(runs),
+                    **({"cpu_minutes": statistics.fmean(r["cpu_minutes"] for r in runs)}
+                       if all("cpu_minutes" in r for r in runs) else {}),
                     "checkpoints": [r["checkpoint"] for r in runs], "alpha": runs[0].get("alpha")})
     return out
 

@@ -2,9 +2,11 @@
 and the teacher chosen from the task (teachers=[auto]), on the built-in `cycles` task and on `commas` (a task of our own
 with its own dLLM, made as docs/guides/own-task.md says). Each part is a real command (`unmask ...`) in a subprocess.
 
-    python -m unmask.experiments.limit task=cycles out_dir=runs/limit [seeds=0,1] [alphas=1,3,10] [iterations=100]
-        [routes=lrh,orh,auto] [modes=8,24] [num_examples=500] [publish=docs/results]
-    python -m unmask.experiments.limit task=commas out_dir=runs/limit-commas [pretrain_minutes=15] ...
+    unmask limit task=cycles out_dir=runs/limit [train_seeds=[0,1]] [alphas=[1,3,10]] [iterations=100]
+        [routes=[lrh,orh,auto]] [block_lengths=[8,24]] [num_examples=500] [publish=docs/results]
+    unmask limit task=commas out_dir=runs/limit-commas [pretrain_minutes=15] ...
+
+(`unmask limit --help` lists every key; `python -m unmask.experiments.limit` takes the same command line.)
 
 Routes, per mode (semi-AR BL = 8; full diffusion BL = L) and training seed:
 
@@ -28,12 +30,16 @@ ledger is out_dir/done. With `publish` (cycles), frontier.{md,json,png} there ar
 from __future__ import annotations
 
 import json
+import os
+import resource
 import shutil
 import sys
 import time
 from pathlib import Path
 
-from unmask.experiments.frontier import evaluate, summarize, unmask
+from unmask.experiments.config import LimitConfig
+from unmask.experiments.frontier import evaluate, summarize
+from unmask.experiments.frontier import unmask as unmask_wall
 from unmask.experiments.reproduce import Parts
 
 ORACLE_INPUTS = "policy.inputs=[confidence,stable_steps,confidence_ema,confidence_delta,repeat,hidden]"
@@ -43,37 +49,40 @@ NAMES = {"lr": "imitation of left_run", "lrh": "imitation of left_run, reading t
          "orh": "imitation of the oracle, reading the hidden state and history", "auto": "imitation of teachers=auto"}
 
 
-def settings(argv: list[str]) -> dict:
-    a = {"task": "cycles", "out_dir": "", "seeds": "0,1", "alphas": "1,3,10", "iterations": "100",
-         "routes": "lrh,orh,auto", "modes": "", "num_examples": "500", "publish": "", "pretrain_minutes": "15"}
-    for arg in argv:
-        key, eq, value = arg.partition("=")
-        if not eq or key not in a:
-            raise SystemExit(f"limit: unknown argument {arg!r}: use key=value with a key of {', '.join(a)}")
-        a[key] = value
-    if a["task"] not in ("cycles", "commas"):
-        raise SystemExit(f"limit: task must be cycles or commas, got {a['task']!r}")
-    a["out_dir"] = a["out_dir"] or f"runs/limit-{a['task']}"
-    length = 24 if a["task"] == "cycles" else 32
-    a["modes"] = [int(x) for x in (a["modes"] or f"8,{length}").split(",")]
-    a["length"] = length
-    return a
+CPU = {"minutes": 0.0}  # CPU-minutes of the last command (its reaped descendants', Ray's actors included)
 
 
-def task_keys(a: dict, out: Path) -> list[str]:
+def unmask(*args: str) -> float:
+    """One `unmask` command in a subprocess, with OMP_NUM_THREADS=1 (on a shared 2-core machine a second thread per
+    process only oversubscribes it); returns wall-clock minutes and leaves its CPU-minutes in CPU."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["RAY_worker_niceness"] = "0"  # Ray's actors otherwise yield every core to the other work of the machine
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall = unmask_wall(*args)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU["minutes"] = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / 60
+    return wall
+
+
+def length_of(cfg: LimitConfig) -> int:
+    """The task's canvas L."""
+    return 24 if cfg.task == "cycles" else 32
+
+
+def task_keys(a: LimitConfig, out: Path) -> list[str]:
     """The keys every command of this task takes (the model and the JSONL for commas)."""
-    if a["task"] == "cycles":
+    if a.task == "cycles":
         return []
     data = out / "data"
     return [f"model={out / 'dllm'}", *COMMAS_KEYS, f"task.path={data / 'commas-train.jsonl'}",
             f"task.test_path={data / 'commas-test.jsonl'}"]
 
 
-def prepare_commas(parts: Parts, a: dict, out: Path) -> None:
+def prepare_commas(parts: Parts, a: LimitConfig, out: Path) -> None:
     """The JSONL and its dLLM, made as docs/guides/own-task.md says (`pretrain_minutes` of pretraining)."""
     data = out / "data"
     parts.run("commas/data", lambda: {"minutes": unmask("own-tasks", "family=commas", f"out_dir={data}")}, {})
-    minutes = float(a["pretrain_minutes"])
+    minutes = a.pretrain_minutes
 
     def pretrain() -> dict:
         shutil.rmtree(out / "dllm", ignore_errors=True)
@@ -85,21 +94,20 @@ def prepare_commas(parts: Parts, a: dict, out: Path) -> None:
     parts.run("commas/dllm", pretrain, {"minutes": minutes})
 
 
-def heuristics(parts: Parts, a: dict, out: Path, keys: list[str]) -> list[dict]:
+def heuristics(parts: Parts, a: LimitConfig, out: Path, keys: list[str]) -> list[dict]:
     """Every heuristic and the oracle line in both modes on the test prompts (`unmask pareto`)."""
-    n, where = int(a["num_examples"]), out / "pareto"
+    n, where = a.num_examples, out / "pareto"
 
     def run() -> list[dict]:
         unmask("pareto", *keys, "block_lengths=[8]", f"num_examples={n}", f"out_dir={where}", "progress=false")
         return json.loads((where / "pareto.json").read_text())["rows"]
 
-    return parts.run("pareto", run, {"n": n, "task": a["task"]})
+    return parts.run("pareto", run, {"n": n, "task": a.task})
 
 
-def route_parts(parts: Parts, a: dict, out: Path, keys: list[str], route: str, bl: int, seed: int) -> list[dict]:
+def route_parts(parts: Parts, a: LimitConfig, out: Path, keys: list[str], route: str, bl: int, seed: int) -> list[dict]:
     """One route's clone(s) and GRPO runs at one block length and seed, each evaluated: policy rows."""
-    n, iterations, L = int(a["num_examples"]), int(a["iterations"]), a["length"]
-    alphas = [float(x) for x in a["alphas"].split(",")]
+    n, iterations, L, alphas = a.num_examples, a.iterations, length_of(a), a.alphas
     root = out / f"bl{bl}" / f"s{seed}"
     full = bl == L
     points = []
@@ -111,13 +119,15 @@ def route_parts(parts: Parts, a: dict, out: Path, keys: list[str], route: str, b
             minutes = unmask("imitate", *keys, f"out_dir={path}", f"env.block_length={bl}", f"seed={seed}",
                              "eval.num_examples=0", "progress=false", *extra)
             info = json.loads((path / "imitate.json").read_text())
-            return {"checkpoint": str(path), "minutes": minutes, "teacher": info["teachers"][0],
+            return {"checkpoint": str(path), "minutes": minutes, "cpu_minutes": CPU["minutes"],
+                    "teacher": info["teachers"][0],
                     **({"auto": info["auto"]} if "auto" in info else {})}
 
         made = parts.run(f"{bl}/s{seed}/{name}", run, {"extra": extra})
         label = NAMES[route] + (f" (alpha={made['auto']['alpha']:g}: {made['teacher']})" if "auto" in made else "")
         points.append({"name": label, "route": route, "alpha": None, **made, **parts.run(
-            f"{bl}/s{seed}/{name}/eval", lambda: evaluate(Path(made["checkpoint"]), bl, n), {"n": n, **made})})
+            f"{bl}/s{seed}/{name}/eval", lambda: evaluate(Path(made["checkpoint"]), bl, n, keys=tuple(keys)),
+            {"n": n, **made})})
         return made
 
     def grpo(name: str, start: dict, alpha: float) -> None:
@@ -127,12 +137,14 @@ def route_parts(parts: Parts, a: dict, out: Path, keys: list[str], route: str, b
             took = unmask("train", *keys, f"out_dir={path}", f"env.block_length={bl}", f"seed={seed}",
                           f"init_from={start['checkpoint']}", f"grpo.alpha={alpha}", f"max_iterations={iterations}",
                           "eval.num_examples=0", "dump_trajectories=false", "checkpoint_every=50")
-            return {"checkpoint": str(path / "checkpoints" / "best"), "minutes": took + start["minutes"]}
+            return {"checkpoint": str(path / "checkpoints" / "best"), "minutes": took + start["minutes"],
+                    "cpu_minutes": CPU["minutes"] + start["cpu_minutes"]}
 
         made = parts.run(f"{bl}/s{seed}/{name}", run, {"iterations": iterations, "start": start["checkpoint"]})
         label = NAMES[route] + f" + GRPO alpha={alpha:g}"
         points.append({"name": label, "route": route, "alpha": alpha, "teacher": start["teacher"], **made,
-                       **parts.run(f"{bl}/s{seed}/{name}/eval", lambda: evaluate(Path(made["checkpoint"]), bl, n),
+                       **parts.run(f"{bl}/s{seed}/{name}/eval",
+                                   lambda: evaluate(Path(made["checkpoint"]), bl, n, keys=tuple(keys)),
                                    {"n": n, **made})})
 
     if route in ("lr", "lrh"):
@@ -148,24 +160,23 @@ def route_parts(parts: Parts, a: dict, out: Path, keys: list[str], route: str, b
         for alpha in alphas:
             start = clone(f"imitate-auto-a{alpha:g}", ["teachers=[auto]", f"auto_alpha={alpha:g}"])
             grpo(f"grpo-auto-a{alpha:g}", start, alpha)
-    else:
-        raise SystemExit(f"limit: unknown route {route!r}: use lr, lrh, orh or auto")
     mode = "full diffusion" if full else "semi-AR"
     return [{**p, "mode": mode, "block_length": bl, "seed": seed} for p in points]
 
 
-def main(argv: list[str]) -> None:
-    a = settings(argv)
-    out = Path(a["out_dir"]).resolve()
+def limit(a: LimitConfig) -> None:
+    """Every route, mode and seed of `a` (parts already in the ledger are read back), then the summary, the heuristics
+    and, with `publish`, the frontier pages."""
+    out = Path(a.out_dir or f"runs/limit-{a.task}").resolve()
     parts = Parts(out, say_as="limit")
     started = time.perf_counter()
-    if a["task"] == "commas":
+    if a.task == "commas":
         prepare_commas(parts, a, out)
     keys = task_keys(a, out)
     rows = []
-    for seed in (int(s) for s in a["seeds"].split(",")):
-        for bl in a["modes"]:
-            for route in a["routes"].split(","):
+    for seed in a.train_seeds:
+        for bl in a.block_lengths or [8, length_of(a)]:
+            for route in a.routes:
                 rows += route_parts(parts, a, out, keys, route, bl, seed)
     (out / "points.json").write_text(json.dumps(rows, indent=1) + "\n")
     summary = summarize(rows)
@@ -176,12 +187,14 @@ def main(argv: list[str]) -> None:
               f"{line['minutes']:.1f} min")
     rules = heuristics(parts, a, out, keys)
     (out / "heuristics.json").write_text(json.dumps(rules, indent=1) + "\n")
-    if a["publish"]:
+    if a.publish:
         from unmask.experiments.frontier import republish
 
-        print(republish(rows, rules, Path(a["publish"]), int(a["num_examples"])))
+        print(republish(rows, rules, Path(a.publish), a.num_examples))
     print(f"limit: {(time.perf_counter() - started) / 60:.1f} minutes", file=sys.stderr)
 
 
-if __name__ == "__main__":
-    main(sys.argv[1:])
+if __name__ == "__main__":  # the same command line as `unmask limit`
+    from unmask.cli.main import main
+
+    raise SystemExit(main(["limit", *sys.argv[1:]]))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -10,6 +12,11 @@ from unmask.envs.pretrain.config import ModelSize
 from unmask.envs.pretrain.model import new_builtin_model
 from unmask.envs.tasks.cycles import CycleTask
 from unmask.envs.tokenizer import build_char_tokenizer
+
+# Ray starts its workers at nice 15, yielding to everything else on the machine: with the slow tier's test files side by
+# side on a small machine, one test's actors then starve behind another test's own process for minutes. The suite runs
+# them at the same priority (every Ray this session starts, in-process or in a subprocess, inherits it).
+os.environ.setdefault("RAY_worker_niceness", "0")
 
 TINY = ModelSize(hidden_size=32, num_layers=1, num_heads=2, ffn_size=64)
 

@@ -5,9 +5,11 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,14 +34,21 @@ def ray_head():
         mp.setenv("RAY_AUTH_MODE", "disabled")
         mp.delenv("RAY_ADDRESS", raising=False)
         env = dict(os.environ)
-        gcs, dashboard = free_port(), free_port()
+        gcs, dashboard, agent = free_port(), free_port(), free_port()
+        # Beside other Rays on the machine (another test process's): the job agent on a port of its own (every local
+        # Ray starts a dashboard agent on Ray's default 52365, and the head that came second would never get a job
+        # agent), and a temp folder of its own (a job's driver finds its cluster through <temp>/ray_current_cluster,
+        # which the last Ray started on the machine would otherwise have rewritten). Short: socket paths < 108.
+        temp = tempfile.mkdtemp(prefix="rh", dir="/tmp")
         subprocess.run([RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--num-cpus=3",
                         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-                        "--disable-usage-stats"], check=True, env=env, timeout=180, capture_output=True)
+                        f"--dashboard-agent-listen-port={agent}", f"--temp-dir={temp}", "--disable-usage-stats"],
+                       check=True, env=env, timeout=180, capture_output=True)
         try:
             yield f"http://127.0.0.1:{dashboard}", env
         finally:
             stop_head(gcs)
+            shutil.rmtree(temp, ignore_errors=True)
 
 
 def stop_head(gcs: int) -> None:
@@ -56,9 +65,6 @@ def stop_head(gcs: int) -> None:
         with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
     psutil.wait_procs(list(family.values()), timeout=10)
-    current = Path("/tmp/ray/ray_current_cluster")  # where `ray start` named it for a bare ray.init to join
-    if current.is_file() and current.read_text().strip().endswith(f":{gcs}"):
-        current.unlink()
 
 
 def wait_for_job(address: str, job_id: str, env: dict, timeout_s: float = 480) -> str:

@@ -106,6 +106,13 @@ def test_a_config_file_with_old_keys_is_read_and_says_which(tmp_path, capsys):
     ("frontier", ["grpo_minutes=-1"], "grpo_minutes, paper_minutes and past_minutes must be > 0"),
     ("frontier", ["seed=1"], "unknown key 'seed' for 'unmask frontier'"),
     ("own-tasks", ["family=filter", "family=sort"], "family is given twice (filter and sort): give it once"),
+    ("limit", ["routes=[lr,fast]"], "routes must name one or more of lr, lrh, orh, auto, got ['lr', 'fast']"),
+    ("limit", ["block_lengths=[5]"], "every block length must divide the task's L = 24, got [5]"),
+    ("limit", ["task=commas", "publish=docs/results"], "publish= is for task=cycles"),
+    ("limit", ["seeds=0,1"], "unknown key 'seeds' for 'unmask limit'; did you mean train_seeds?"),
+    ("finality-probe", ["prompts=2"], "prompts must be >= 5 (a fifth is held out), got 2"),
+    ("finality-probe", ["env.block_length=5"], "env.block_length must divide the built-in canvas L = 24, got 5"),
+    ("finality-probe", ["env.gen_length=32"], "the probe reads env.block_length only (L = 24)"),
 ])
 def test_a_wrong_key_or_value_is_one_line_with_a_hint(command, args, message, tmp_path, capsys):
     assert main([command, *args]) == 2
@@ -153,8 +160,9 @@ def test_help_shows_every_key_as_it_is_typed_with_its_description(capsys):
 
 @pytest.mark.slow
 def test_the_experiments_entry_points_take_the_one_parser():
-    for module in ("unmask.experiments.frontier", "unmask.experiments.own_tasks"):
+    for module in ("unmask.experiments.frontier", "unmask.experiments.own_tasks", "unmask.experiments.limit",
+                   "unmask.experiments.finality_probe"):
         bad = subprocess.run([sys.executable, "-m", module, "positional"], capture_output=True, text=True)
         assert bad.returncode == 2 and "expected key=value" in bad.stderr and "Traceback" not in bad.stderr
         shown = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True)
-        assert shown.returncode == 0 and "out_dir=" in shown.stdout
+        assert shown.returncode == 0 and "keys (as typed" in shown.stdout
