@@ -164,5 +164,5 @@ def test_the_experiments_entry_points_take_the_one_parser():
                    "unmask.experiments.finality_probe"):
         bad = subprocess.run([sys.executable, "-m", module, "positional"], capture_output=True, text=True)
         assert bad.returncode == 2 and "expected key=value" in bad.stderr and "Traceback" not in bad.stderr
-        shown = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True)
-        assert shown.returncode == 0 and "keys (as typed" in shown.stdout
+    shown = subprocess.run([sys.executable, "-m", "unmask.experiments.limit", "--help"], capture_output=True, text=True)
+    assert shown.returncode == 0 and "keys (as typed" in shown.stdout and "routes=[lrh,orh,auto]" in shown.stdout
