@@ -295,10 +295,16 @@ def test_pretrain_overwrite_replaces_the_model_files_and_keeps_the_others(tmp_pa
     assert json.loads((out / "pretrain.json").read_text())["steps"] == 2 and (out / "model.safetensors").is_file()
 
 
+def as_at_a_terminal() -> None:
+    """SIGINT as a terminal's Ctrl-C finds it: a suite started as `cmd &` from a script runs with SIGINT ignored, and
+    its children would inherit that (tests/test_reliability.py covers that case with SIGTERM)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_pretrain(out: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "unmask.cli", "pretrain", f"out_dir={out}", "max_minutes=5",
                              "batch_size=16", "log_every=1", "progress=false", "save_every_minutes=0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=as_at_a_terminal)
 
 
 @pytest.mark.slow
@@ -327,7 +333,7 @@ def test_interrupted_eval_keeps_the_previous_result(tmp_path):
     out.write_text('{"previous": true}\n')
     proc = subprocess.Popen([sys.executable, "-m", "unmask.cli", "eval", "num_examples=500", "env.batch_size=1",
                              "sampler=top_k", f"out_dir={tmp_path}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=as_at_a_terminal)
     progress = ""
     while not re.search(r"\b[1-9]\d*/500\b", progress):  # wait until it is decoding, one prompt at a time
         char = proc.stderr.read(1)
