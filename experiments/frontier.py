@@ -154,19 +154,25 @@ def parts_of_mode(parts: Parts, out: Path, mode: str, bl: int, seed: int, a: Fro
     return [{**p, "mode": mode, "block_length": bl, "seed": seed} for p in points]
 
 
+def write_points(rows: list[dict], out: Path, summary_name: str, width: int) -> list[dict]:
+    """Every run's point (out/points.json) and their mean over seeds (out/<summary_name>), printed a line each."""
+    (out / "points.json").write_text(json.dumps(rows, indent=1) + "\n")
+    summary = summarize(rows)
+    (out / summary_name).write_text(json.dumps(summary, indent=1) + "\n")
+    for line in summary:
+        print(f"{line['block_length']:>3} {line['name']:<{width}} {line['accuracy']:.3f} "
+              f"[{line['accuracy_min']:.3f}-{line['accuracy_max']:.3f}] @ {line['mean_nfe']:.2f}  "
+              f"{line['minutes']:.1f} min")
+    return summary
+
+
 def frontier(a: FrontierConfig) -> None:
     """Every part (resumably), the summary; with `publish`, the published frontier."""
     out = Path(a.out_dir).resolve()
     parts = Parts(out, say_as="unmask frontier")
     rows = [row for seed in a.train_seeds for mode, bl in MODES.items()
             for row in parts_of_mode(parts, out, mode, bl, seed, a)]
-    (out / "points.json").write_text(json.dumps(rows, indent=1) + "\n")
-    summary = summarize(rows)
-    (out / "frontier-summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    for line in summary:
-        print(f"{line['block_length']:>3} {line['name']:<45} {line['accuracy']:.3f} "
-              f"[{line['accuracy_min']:.3f}-{line['accuracy_max']:.3f}] @ {line['mean_nfe']:.2f}  "
-              f"{line['minutes']:.1f} min")
+    write_points(rows, out, "frontier-summary.json", width=45)
     if a.publish:
         n = a.num_examples
         grid = [str(c) for c in default_grid(24, 1)]  # a grid that gained a sampler is run again

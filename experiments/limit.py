@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 from unmask.experiments.config import LimitConfig
-from unmask.experiments.frontier import evaluate, summarize
+from unmask.experiments.frontier import evaluate, write_points
 from unmask.experiments.frontier import unmask as unmask_wall
 from unmask.experiments.reproduce import Parts
 
@@ -178,13 +178,7 @@ def limit(a: LimitConfig) -> None:
         for bl in a.block_lengths or [8, length_of(a)]:
             for route in a.routes:
                 rows += route_parts(parts, a, out, keys, route, bl, seed)
-    (out / "points.json").write_text(json.dumps(rows, indent=1) + "\n")
-    summary = summarize(rows)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    for line in summary:
-        print(f"{line['block_length']:>3} {line['name']:<80} {line['accuracy']:.3f} "
-              f"[{line['accuracy_min']:.3f}-{line['accuracy_max']:.3f}] @ {line['mean_nfe']:.2f}  "
-              f"{line['minutes']:.1f} min")
+    write_points(rows, out, "summary.json", width=80)
     rules = heuristics(parts, a, out, keys)
     (out / "heuristics.json").write_text(json.dumps(rules, indent=1) + "\n")
     if a.publish:
