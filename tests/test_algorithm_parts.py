@@ -152,6 +152,20 @@ def test_checkpoint_best_is_the_end_of_the_best_moving_average(tmp_path):
         ("policy_000002_iter_000002", 2), ("policy_000004_iter_000004", 4)]
 
 
+def test_the_disk_check_reads_the_disk_of_a_run_directory_not_made_yet(tmp_path, monkeypatch):
+    """The RLlib API path checks the disk before the run's first write, when its directory may not exist yet."""
+    from unmask.cluster import outputs as module
+    from unmask.envs.files import DiskFull
+
+    run_dir = tmp_path / "not" / "made" / "yet"
+    outputs = RunOutputs(run_dir, "run", OutputSettings(), lambda *a, **k: None)
+    outputs.check_disk()  # the disk of tmp_path, the nearest folder that exists
+    assert not run_dir.exists()
+    monkeypatch.setattr(module, "DISK_HEADROOM", 1 << 62)
+    with pytest.raises(DiskFull, match=f"the disk of {run_dir} has"):
+        outputs.check_disk()
+
+
 def test_the_report_counts_groups_without_a_gradient_and_groups_whose_members_decoded_alike():
     from unmask.cluster.metrics import group_spread
 
