@@ -122,15 +122,22 @@ def choose_teacher(dllm, task, examples, env: EnvConfig, alpha: float, block_len
     mean reward at `alpha` is the teacher. Returns its spec and one row per candidate (best first)."""
     from unmask.envs.samplers import InBlocks
 
-    rows = []
+    candidates = []
     for cfg in default_grid(env.gen_length, env.gen_length // env.block_length, grid):
         sampler = make_sampler(cfg, torch.Generator(device=dllm.device).manual_seed(seed))
         if block_length:
             sampler = InBlocks(sampler, block_length)
         sampler.check_env(env)
-        episodes = run_episodes(dllm, task, examples, sampler, env, seed=seed)
-        result = summarize(episodes, env.gen_length)
+        candidates.append((cfg, sampler))
+    # the deterministic ones in one batched env (what they share is forwarded once: run_together), the others alone
+    shared = [i for i, (_, sampler) in enumerate(candidates) if together([sampler], env)]
+    episodes = dict(zip(shared, run_together(dllm, task, examples, [candidates[i][1] for i in shared], env, seed=seed)
+                        if shared else [], strict=True))
+    rows = []
+    for i, (cfg, sampler) in enumerate(candidates):
+        decoded = episodes[i] if i in episodes else run_episodes(dllm, task, examples, sampler, env, seed=seed)
+        result = summarize(decoded, env.gen_length)
         rows.append({"teacher": spec_of(cfg), "accuracy": result["accuracy"], "mean_nfe": result["mean_nfe"],
-                     "reward": alpha_reward(episodes, env.gen_length, alpha)})
+                     "reward": alpha_reward(decoded, env.gen_length, alpha)})
     rows.sort(key=lambda r: (-r["reward"], r["mean_nfe"]))
     return rows[0]["teacher"], rows

@@ -36,6 +36,14 @@ def test_the_teacher_is_the_best_reward_at_alpha(monkeypatch):
     assert slow["mean_nfe"] == 24 and slow["reward"] == pytest.approx(slow["accuracy"] * (1 / 24) ** 3)
     careful, rows0 = choose_teacher(dllm, CycleTask(), examples, EnvConfig(block_length=8), alpha=0.0)
     assert rows0[0]["accuracy"] == max(r["accuracy"] for r in rows0)  # alpha 0: accuracy alone, then fewer NFE
+    # the candidates decode together (run_together): each one's episodes as alone
+    from unmask.rollout.evaluate import run_episodes, summarize
+    from unmask.rollout.samplers import make_sampler
+
+    for cfg in grid:
+        alone = summarize(run_episodes(dllm, CycleTask(), examples, make_sampler(cfg), EnvConfig(block_length=8)), 24)
+        row = {r["teacher"]: r for r in rows}[spec_of(cfg)]
+        assert (row["accuracy"], row["mean_nfe"]) == (alone["accuracy"], alone["mean_nfe"]), spec_of(cfg)
 
 
 def test_auto_is_one_teacher_alone():
