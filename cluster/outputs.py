@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from unmask.cluster.collector import Collected
 from unmask.cluster.config import OutputSettings
-from unmask.envs.files import DiskFull
+from unmask.envs.files import DiskFull, existing_ancestor
 from unmask.rollout.trajectories import DumpWriter
 
 DISK_HEADROOM = 64 << 20  # free bytes a run keeps in hand (RunOutputs.check_disk)
@@ -94,10 +94,8 @@ class RunOutputs:
         (a disk that fills in the middle of Tune's own writes can leave nothing to resume from)."""
         if self.run_dir is None:
             return
-        probe = self.run_dir  # before its first write the run's directory may not exist yet: its disk is its parent's
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent
-        free, need = shutil.disk_usage(probe).free, DISK_HEADROOM + 8 * self.last_bytes
+        # before its first write the run's directory may not exist yet: its disk is its nearest existing parent's
+        free, need = shutil.disk_usage(existing_ancestor(self.run_dir)).free, DISK_HEADROOM + 8 * self.last_bytes
         if free < need:
             raise DiskFull(f"the disk of {self.run_dir} has {free / 2**20:.0f} MiB free, under the {need / 2**20:.0f} "
                            "MiB a run keeps in hand for its checkpoints: it stopped before writing more (free some "

@@ -43,6 +43,13 @@ def sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+def existing_ancestor(path: Path) -> Path:
+    """`path` itself if it exists, else its nearest ancestor that does (where a new file under `path` would land)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def check_writable(path: str | Path, what: str, directory: bool = False) -> None:
     """Before any work: `path` can be written (its nearest existing ancestor is a writable directory, and it
     is not a directory where a file is wanted or the other way round)."""
@@ -50,9 +57,7 @@ def check_writable(path: str | Path, what: str, directory: bool = False) -> None
     if path.exists() and path.is_dir() != directory:
         raise ValueError(f"{what}={path} is {'a file' if path.is_file() else 'a directory'}, not "
                          f"{'a directory' if directory else 'a file'}")
-    ancestor = path if directory and path.exists() else path.parent  # a file is written beside itself, renamed
-    while not ancestor.exists():
-        ancestor = ancestor.parent
+    ancestor = existing_ancestor(path if directory else path.parent)  # a file is written beside itself, renamed
     if not ancestor.is_dir():
         raise ValueError(f"{what}={path} cannot be created: {ancestor} is a file")
     try:  # by doing it: permission bits say nothing of /proc, read-only mounts or quotas

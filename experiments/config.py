@@ -164,6 +164,11 @@ class LimitConfig:
     pretrain_minutes: float = 15.0  # commas: its dLLM's pretraining budget
     publish: str = ""  # cycles: a directory (docs/results) where frontier.{md,json,png} are published with these points
 
+    @property
+    def gen_length(self) -> int:
+        """The task's canvas L (the built-in model's 24; commas's 32)."""
+        return 24 if self.task == "cycles" else 32
+
 
 def check_limit(cfg: LimitConfig) -> None:
     check_finite(cfg)
@@ -173,9 +178,9 @@ def check_limit(cfg: LimitConfig) -> None:
     unknown = [r for r in cfg.routes if r not in LIMIT_ROUTES]
     if unknown or not cfg.routes:
         raise ValueError(f"routes must name one or more of {', '.join(LIMIT_ROUTES)}, got {list(cfg.routes)}")
-    length = 24 if cfg.task == "cycles" else 32
-    if any(b < 1 or length % b for b in cfg.block_lengths):
-        raise ValueError(f"every block length must divide the task's L = {length}, got {list(cfg.block_lengths)}")
+    if any(b < 1 or cfg.gen_length % b for b in cfg.block_lengths):
+        raise ValueError(f"every block length must divide the task's L = {cfg.gen_length}, got "
+                         f"{list(cfg.block_lengths)}")
     if not cfg.alphas or min(cfg.alphas) < 0 or cfg.iterations < 1 or cfg.num_examples < 1 or cfg.pretrain_minutes <= 0:
         raise ValueError("alphas must be >= 0 (one at least), iterations and num_examples >= 1, pretrain_minutes > 0")
     if cfg.publish and cfg.task != "cycles":

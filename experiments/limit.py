@@ -64,11 +64,6 @@ def unmask(*args: str) -> float:
     return wall
 
 
-def length_of(cfg: LimitConfig) -> int:
-    """The task's canvas L."""
-    return 24 if cfg.task == "cycles" else 32
-
-
 def task_keys(a: LimitConfig, out: Path) -> list[str]:
     """The keys every command of this task takes (the model and the JSONL for commas)."""
     if a.task == "cycles":
@@ -107,7 +102,7 @@ def heuristics(parts: Parts, a: LimitConfig, out: Path, keys: list[str]) -> list
 
 def route_parts(parts: Parts, a: LimitConfig, out: Path, keys: list[str], route: str, bl: int, seed: int) -> list[dict]:
     """One route's clone(s) and GRPO runs at one block length and seed, each evaluated: policy rows."""
-    n, iterations, L, alphas = a.num_examples, a.iterations, length_of(a), a.alphas
+    n, iterations, L, alphas = a.num_examples, a.iterations, a.gen_length, a.alphas
     root = out / f"bl{bl}" / f"s{seed}"
     full = bl == L
     points = []
@@ -175,7 +170,7 @@ def limit(a: LimitConfig) -> None:
     keys = task_keys(a, out)
     rows = []
     for seed in a.train_seeds:
-        for bl in a.block_lengths or [8, length_of(a)]:
+        for bl in a.block_lengths or [8, a.gen_length]:
             for route in a.routes:
                 rows += route_parts(parts, a, out, keys, route, bl, seed)
     write_points(rows, out, "summary.json", width=80)
