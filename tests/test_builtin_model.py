@@ -1,7 +1,8 @@
 """The shipped built-in dLLM: it loads by name and shows the phenomena the project is about.
 
-Measured on 200 test prompts (standard error of an accuracy near 0.9 is about 0.02), with margins
-wide enough that a regression, not noise, fails them. The README's table has the 500-prompt figures.
+Measured on 100 test prompts (standard error of an accuracy near 0.9 is about 0.03; the decode is greedy, so the
+figures are fixed for fixed weights), with margins wide enough that a regression, not noise, fails them. The results
+pages have the 500-prompt figures.
 """
 
 import functools
@@ -22,11 +23,11 @@ pytestmark = pytest.mark.skipif(not (BUILTIN_MODEL_DIR / "model.safetensors").ex
 def measure():
     dllm = load_dllm("builtin")
     task = make_task(TaskConfig())
-    examples = task.examples("test", 200, seed=1)
+    examples = task.examples("test", 100, seed=1)
 
     @functools.cache  # several tests compare against the same decode
     def run(env_block_length: int, **sampler) -> dict:
-        env = EnvConfig(block_length=env_block_length, batch_size=200)
+        env = EnvConfig(block_length=env_block_length, batch_size=100)
         episodes = run_episodes(dllm, task, examples, make_sampler(SamplerConfig(**sampler)), env)
         return summarize(episodes, env.gen_length)
 

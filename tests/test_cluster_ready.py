@@ -83,26 +83,33 @@ def test_a_run_that_cannot_be_placed_is_one_line_before_it_starts(args, message,
 
 
 @pytest.fixture(scope="module")
-def ray_with_gpus():
+def ray_with_gpus(tmp_path_factory):
     """A local Ray that declares 2 GPUs on this CPU machine: Ray schedules GPU actors and tasks onto them (CUDA is not
     needed to place them), and the runners' env.emulate_gpu keeps the model itself on the CPU (one for this file's
-    tests that need it)."""
+    tests that need it). Weights & Biases runs offline into the folder it yields: its logging actor is one of this
+    Ray's workers, which take their environment from the Ray's start."""
     ray.shutdown()
-    ray.init(address="local", num_cpus=4, num_gpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+    wandb_home = tmp_path_factory.mktemp("wandb-home")
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in {"WANDB_MODE": "offline", "WANDB_DIR": str(wandb_home), "WANDB_SILENT": "true"}.items():
+            patch.setenv(key, value)
+        ray.init(address="local", num_cpus=4, num_gpus=2, include_dashboard=False, log_to_driver=False)
+        yield wandb_home
+        ray.shutdown()
 
 
 def tiny_gpu_args(model_dir: str, out: Path) -> list[str]:
     return [f"out_dir={out}", f"model={model_dir}", "task.num_symbols=7", "env.gen_length=16", "env.block_length=8",
             "env.emulate_gpu=h200-llada8b", "env.emulate_tokens=1", "num_gpus_per_env_runner=1",
-            "rollout.group_size=4", "rollout.prompts_per_sample=2", "groups_per_update=2", "max_iterations=2",
+            "rollout.group_size=4", "rollout.prompts_per_sample=2", "rollout.train_pool=64", "groups_per_update=2",
+            "max_iterations=2",
             "checkpoint_every=0", "eval.num_examples=6"]
 
 
 @pytest.mark.slow
 def test_gpu_runners_train_and_the_final_eval_runs_on_a_runner_s_gpu_not_in_the_driver(
         ray_with_gpus, tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """... and the run's metrics reach Weights & Biases and MLflow (offline: files) every iteration."""
     from unmask.envs import dllm
 
     def driver_load(*args, **kwargs):
@@ -110,13 +117,23 @@ def test_gpu_runners_train_and_the_final_eval_runs_on_a_runner_s_gpu_not_in_the_
 
     monkeypatch.setattr(dllm, "load_dllm", driver_load)  # this process is the driver; runners and tasks are others
     out = tmp_path / "run"
-    assert main(["train", *tiny_gpu_args(tiny_model_dir, out)]) == 0, capsys.readouterr().err
+    tracked = ["tracking=[wandb,mlflow]", "tracking_project=unmask-test"]
+    assert main(["train", *tiny_gpu_args(tiny_model_dir, out), *tracked]) == 0, capsys.readouterr().err
     result = json.loads((out / "eval.json").read_text())
     assert result["num_examples"] == 6
     assert result["evaluated_on"]["resources"].get("GPU") == 1.0  # a Ray task with one runner's resources
     console = capsys.readouterr()
     assert "rows in flight per env runner" in console.out
     assert "stopped after iteration 2: it reached max_iterations=2" in console.err
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient((out / "mlruns").resolve().as_uri())
+    [run] = client.search_runs([client.get_experiment_by_name("unmask-test").experiment_id])
+    history = client.get_metric_history(run.info.run_id, "unmask/reward_mean")
+    assert len(history) == 2  # both iterations
+    offline = list((ray_with_gpus / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert offline and offline[0].stat().st_size > 0
 
 
 @pytest.mark.slow
@@ -194,28 +211,6 @@ def test_debug_shows_the_whole_traceback(flaky, tiny_model_dir, capsys):
               "max_iterations=5", "max_runner_restarts=0", "eval.num_examples=0", "--debug"])
     assert "Traceback (most recent call last)" in capsys.readouterr().err
     assert "UNMASK_DEBUG" not in os.environ  # set for the command and what it started, then as it was
-
-
-@pytest.mark.slow
-def test_tracking_logs_every_iteration_to_wandb_and_mlflow_offline(tiny_model_dir, tmp_path, monkeypatch, no_ray):
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-home"))
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    (tmp_path / "wandb-home").mkdir()
-    out = tmp_path / "run"
-    assert main(["train", f"out_dir={out}", f"model={tiny_model_dir}", "task.num_symbols=7", "env.gen_length=16",
-                 "env.block_length=8", "rollout.group_size=4", "rollout.prompts_per_sample=2", "groups_per_update=2",
-                 "max_iterations=2", "checkpoint_every=0", "eval.num_examples=0", "tracking=[wandb,mlflow]",
-                 "tracking_project=unmask-test"]) == 0
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient((out / "mlruns").resolve().as_uri())
-    [run] = client.search_runs([client.get_experiment_by_name("unmask-test").experiment_id])
-    history = client.get_metric_history(run.info.run_id, "unmask/reward_mean")
-    assert len(history) == 2  # both iterations
-    offline = list((tmp_path / "wandb-home" / "wandb").glob("offline-run-*/run-*.wandb"))
-    assert offline and offline[0].stat().st_size > 0
-    ray.shutdown()
 
 
 def test_tracking_needs_its_package_and_a_known_name(tmp_path, capsys):

@@ -118,7 +118,7 @@ def test_a_full_disk_is_one_line_for_imitate_and_pretrain_and_leaves_no_temporar
 
 
 @pytest.mark.slow
-def test_train_stops_before_the_disk_is_full_and_resumes_once_there_is_room(tmpfs, tiny_model_dir, capsys, no_ray):
+def test_train_stops_before_the_disk_is_full_and_resumes_once_there_is_room(tmpfs, tiny_model_dir, capsys, local_ray):
     from unmask.cluster.rundir import verify_seal
 
     roomy_disk = tmpfs("100m")
@@ -126,7 +126,8 @@ def test_train_stops_before_the_disk_is_full_and_resumes_once_there_is_room(tmpf
     filler.write_bytes(b"\0" * (32 * 2**20))  # 68 MiB left: a few iterations above the 64 MiB kept in hand
     run = roomy_disk / "run"
     args = ["train", f"out_dir={run}", f"model={tiny_model_dir}", "task.num_symbols=7", "env.gen_length=16",
-            "env.block_length=8", "rollout.group_size=4", "rollout.prompts_per_sample=2", "groups_per_update=2",
+            "env.block_length=8", "rollout.group_size=4", "rollout.prompts_per_sample=2", "rollout.train_pool=64",
+            "groups_per_update=2", "num_env_runners=0",
             "max_iterations=10", "checkpoint_every=1", "eval.num_examples=0"]
     line = one_line_error(capsys, main(args))
     assert f"the disk of {run} is full" in line or "MiB a run keeps in hand" in line, line
@@ -136,7 +137,6 @@ def test_train_stops_before_the_disk_is_full_and_resumes_once_there_is_room(tmpf
     filler.unlink()
     assert main(["train", f"resume={run}"]) == 0
     assert (run / "checkpoints" / "final" / "config.json").is_file()
-    ray.shutdown()
 
 
 # ---- 4. a policy that names an input this version does not have -------------------------------------------------

@@ -43,7 +43,7 @@ def cli(*args: str) -> list[str]:
 
 def tiny_train(model_dir, run_dir) -> list[str]:
     return ["train", f"out_dir={run_dir}", f"model={model_dir}", "rollout.group_size=4",
-            "rollout.prompts_per_sample=2", "env.batch_size=3", "env.gen_length=16",
+            "rollout.prompts_per_sample=2", "rollout.train_pool=64", "env.batch_size=3", "env.gen_length=16",
             "env.block_length=8",
             "groups_per_update=2", "max_iterations=6", "checkpoint_every=2", "max_policy_lag=0",
             "num_env_runners=2", "eval.num_examples=5", "grpo.reward=additive", "grpo.lr=1e-3", "grpo.warmup_steps=1",
@@ -73,9 +73,14 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(local_ray, tiny_model_
 
     def interrupt_mid_run() -> None:
         deadline = time.time() + 300
-        while not (cut / "trajectories" / "iter_000003").exists() and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.1)
+
+        def wait_for(iteration: str) -> None:
+            while not (cut / "trajectories" / iteration).exists() and time.time() < deadline and proc.poll() is None:
+                time.sleep(0.05)
+
+        wait_for("iter_000001")
         seen["sockets"] = listening(proc.pid)  # mid-run: the local Ray it started (GCS, raylet, workers, agents)
+        wait_for("iter_000003")  # (listing the sockets can take seconds on a loaded machine: done before, not here)
         proc.send_signal(signal.SIGTERM)
 
     watcher = threading.Thread(target=interrupt_mid_run, daemon=True)

@@ -16,7 +16,7 @@ from unmask.rollout.trajectories import read_trajectories
 
 
 def tiny_sweep(model_dir, run_dir, **overrides) -> SweepConfig:
-    rollout = RolloutConfig(group_size=4, prompts_per_sample=2)
+    rollout = RolloutConfig(group_size=4, prompts_per_sample=2, train_pool=64)
     grpo = GRPOConfig(reward="additive", lr=1e-3, warmup_steps=1)
     settings = dict(model=model_dir, task=TaskConfig(num_symbols=7), env=EnvConfig(gen_length=16, block_length=8),
                     rollout=rollout, grpo=grpo, policy=PolicyConfig(init_bias=0.0), out_dir=str(run_dir),
@@ -82,7 +82,7 @@ def test_a_failed_trial_is_reported_not_hidden(local_ray, tiny_model_dir, tmp_pa
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     run_dir = tmp_path / "sweep"
     code = main(["sweep", f"out_dir={run_dir}", f"grid.model=[{tiny_model_dir},{not_a_model}]",
-                 "grid.grpo.alpha=[1.0]", "rollout.group_size=4", "rollout.prompts_per_sample=2",
+                 "grid.grpo.alpha=[1.0]", "rollout.group_size=4", "rollout.prompts_per_sample=2", "rollout.train_pool=64",
                  "env.gen_length=16", "env.block_length=8", "groups_per_update=2",
                  "max_iterations=2", "num_env_runners=0", "checkpoint_every=0", "eval.num_examples=4",
                  "block_lengths=[4]", f"model={tiny_model_dir}"])

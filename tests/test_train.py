@@ -26,7 +26,7 @@ from unmask.rollout.trajectories import SCHEMA_VERSION, TRAJECTORY_SCHEMA, read_
 def tiny_run(model_dir, run_dir, eval_examples: int = 10, **overrides) -> TrainConfig:
     """A policy that starts at s = 0.5 and an additive speed reward: on a random tiny dLLM nothing is
     correct, so the reward is -NFE/L and rises exactly when GRPO teaches the policy to unmask more."""
-    rollout = RolloutConfig(group_size=4, prompts_per_sample=2)
+    rollout = RolloutConfig(group_size=4, prompts_per_sample=2, train_pool=64)  # few prompts: few to build
     grpo = GRPOConfig(reward="additive", alpha=1.0, lr=1e-3, warmup_steps=1)
     settings = dict(model=model_dir, task=TaskConfig(num_symbols=7), env=EnvConfig(gen_length=16, block_length=8),
                     rollout=rollout, grpo=grpo, policy=PolicyConfig(init_bias=0.0), out_dir=str(run_dir),
