@@ -107,8 +107,8 @@ def test_ray_job_submit_stop_and_resume_on_a_real_head(ray_head, tiny_model_dir,
     address, env = ray_head
     run_dir = tmp_path / "stopped"
     job_id = submit(address, env, "train", f"out_dir={run_dir}", f"model={tiny_model_dir}",
-                    "rollout.group_size=4", "rollout.prompts_per_sample=2", "rollout.train_pool=64", "env.gen_length=16",
-                    "env.block_length=8", "groups_per_update=2", "max_iterations=40",
+                    "rollout.group_size=4", "rollout.prompts_per_sample=2", "rollout.train_pool=64",
+                    "env.gen_length=16", "env.block_length=8", "groups_per_update=2", "max_iterations=40",
                     "checkpoint_every=2", "eval.num_examples=5", "num_env_runners=0")
     deadline = time.time() + 300
     while not (run_dir / "trajectories" / "iter_000003").exists() and time.time() < deadline:

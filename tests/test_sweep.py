@@ -82,8 +82,8 @@ def test_a_failed_trial_is_reported_not_hidden(local_ray, tiny_model_dir, tmp_pa
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     run_dir = tmp_path / "sweep"
     code = main(["sweep", f"out_dir={run_dir}", f"grid.model=[{tiny_model_dir},{not_a_model}]",
-                 "grid.grpo.alpha=[1.0]", "rollout.group_size=4", "rollout.prompts_per_sample=2", "rollout.train_pool=64",
-                 "env.gen_length=16", "env.block_length=8", "groups_per_update=2",
+                 "grid.grpo.alpha=[1.0]", "rollout.group_size=4", "rollout.prompts_per_sample=2",
+                 "rollout.train_pool=64", "env.gen_length=16", "env.block_length=8", "groups_per_update=2",
                  "max_iterations=2", "num_env_runners=0", "checkpoint_every=0", "eval.num_examples=4",
                  "block_lengths=[4]", f"model={tiny_model_dir}"])
     out = capsys.readouterr().out
