@@ -18,6 +18,13 @@ from unmask.envs.tokenizer import build_char_tokenizer
 # them at the same priority (every Ray this session starts, in-process or in a subprocess, inherits it).
 os.environ.setdefault("RAY_worker_niceness", "0")
 
+# Side by side (the slow tier's worker processes, `-n`) the cores are shared already: each test process, and what it
+# starts (CLI subprocesses, job drivers; Ray's actors take one thread of their own), runs torch on one thread. A second
+# thread mostly spins on these small tensors: the fast tier took 100 CPU-seconds on two threads, 61 on one.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 TINY = ModelSize(hidden_size=32, num_layers=1, num_heads=2, ffn_size=64)
 
 
