@@ -75,8 +75,10 @@ def test_sigterm_saves_pretrain_and_imitate_even_with_sigint_ignored(tiny_model_
     clone = tmp_path / "clone"
     proc = started_with_sigint_ignored(["imitate", f"model={tiny_model_dir}", f"out_dir={clone}", "task.num_symbols=7",
                                         "env.gen_length=16", "env.block_length=8", "prompts=200", "dagger_rounds=0",
-                                        "steps_per_round=100000", "eval.num_examples=0", "progress=false"])
-    time.sleep(12)  # past loading, into the fit
+                                        "steps_per_round=100000", "eval.num_examples=0", "progress=true"])
+    seen = ""
+    while ", loss " not in seen and proc.poll() is None:  # the progress bar's loss: 50 steps into the fit (not a
+        seen = seen[-200:] + proc.stderr.read(1)  # sleep, which a loaded machine outlasts before the fit starts)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and f"saved the policy so far to {clone}" in err, err[-2000:]
