@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,6 +95,23 @@ def run_together(dllm: DLLM, task: Task, examples: list[Example], samplers: list
             obs = env.step(decision)
         generations.update(zip(chunk, finished(env), strict=True))
     return [[episode(examples[n], generations[s, n], task) for n in range(len(examples))] for s in range(len(samplers))]
+
+
+def run_each(dllm: DLLM, task: Task, examples: list[Example], samplers: list[Sampler], env_cfg: EnvConfig,
+             seed: int = 0, on_done: Callable[[int], None] = lambda n: None) -> list[list[Episode]]:
+    """Each sampler's episodes, as `run_episodes` gives them, in the samplers' order: those that may share one batched
+    env (`together`) run together, so what they share is forwarded once; the others one by one. `on_done(n)` after
+    each n samplers decoded (a progress bar)."""
+    shared = [i for i, sampler in enumerate(samplers) if together([sampler], env_cfg)]
+    episodes = dict(zip(shared, run_together(dllm, task, examples, [samplers[i] for i in shared], env_cfg, seed=seed)
+                        if shared else [], strict=True))
+    if shared:
+        on_done(len(shared))
+    for i, sampler in enumerate(samplers):
+        if i not in episodes:
+            episodes[i] = run_episodes(dllm, task, examples, sampler, env_cfg, seed=seed)
+            on_done(1)
+    return [episodes[i] for i in range(len(samplers))]
 
 
 def together(samplers: list[Sampler], env_cfg: EnvConfig) -> bool:

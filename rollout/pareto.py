@@ -15,7 +15,7 @@ from unmask.envs.tasks import make_task
 from unmask.learner.policy import load_policy
 from unmask.learner.sampler import PolicySampler
 from unmask.rollout.config import ParetoConfig, check_pareto, oracle_blocks, pareto_block_lengths
-from unmask.rollout.evaluate import Episode, examples_to_evaluate, run_episodes, run_together, summarize, together
+from unmask.rollout.evaluate import Episode, examples_to_evaluate, run_each, summarize
 from unmask.rollout.samplers import make_sampler
 
 
@@ -82,15 +82,8 @@ def run_pareto(cfg: ParetoConfig, dllm=None) -> list[dict]:
     with tqdm(total=len(jobs), desc="pareto", disable=not cfg.progress) as bar:
         for env_cfg in {id(e): e for e, _, _ in jobs}.values():
             panel = [i for i, (e, _, _) in enumerate(jobs) if e is env_cfg]
-            shared = [i for i in panel if together([jobs[i][2]], env_cfg)]
-            if shared:
-                episodes.update(zip(shared, run_together(dllm, task, examples, [jobs[i][2] for i in shared], env_cfg,
-                                                         seed=cfg.seed), strict=True))
-                bar.update(len(shared))
-            for i in panel:
-                if i not in episodes:
-                    episodes[i] = run_episodes(dllm, task, examples, jobs[i][2], env_cfg, seed=cfg.seed)
-                    bar.update(1)
+            episodes.update(zip(panel, run_each(dllm, task, examples, [jobs[i][2] for i in panel], env_cfg,
+                                                seed=cfg.seed, on_done=bar.update), strict=True))
     rows = []
     for i, (env_cfg, sampler_cfg, sampler) in enumerate(jobs):
         mode = "full diffusion" if env_cfg.block_length == env_cfg.gen_length else "semi-AR"
@@ -129,13 +122,10 @@ def choose_teacher(dllm, task, examples, env: EnvConfig, alpha: float, block_len
             sampler = InBlocks(sampler, block_length)
         sampler.check_env(env)
         candidates.append((cfg, sampler))
-    # the deterministic ones in one batched env (what they share is forwarded once: run_together), the others alone
-    shared = [i for i, (_, sampler) in enumerate(candidates) if together([sampler], env)]
-    episodes = dict(zip(shared, run_together(dllm, task, examples, [candidates[i][1] for i in shared], env, seed=seed)
-                        if shared else [], strict=True))
+    # the deterministic ones in one batched env (what they share is forwarded once), the others alone
+    decodes = run_each(dllm, task, examples, [sampler for _, sampler in candidates], env, seed=seed)
     rows = []
-    for i, (cfg, sampler) in enumerate(candidates):
-        decoded = episodes[i] if i in episodes else run_episodes(dllm, task, examples, sampler, env, seed=seed)
+    for (cfg, _), decoded in zip(candidates, decodes, strict=True):
         result = summarize(decoded, env.gen_length)
         rows.append({"teacher": spec_of(cfg), "accuracy": result["accuracy"], "mean_nfe": result["mean_nfe"],
                      "reward": alpha_reward(decoded, env.gen_length, alpha)})
