@@ -126,7 +126,7 @@ def decode_figures(model: str, a: dict) -> list[tuple[str, str]]:
 
 def training_figures(model: str, data: Path, a: dict, root: Path) -> list[tuple[str, str]]:
     """`unmask train`: one env runner holding the dLLM on half the GPU, the learner on the other half; 3 iterations
-    and the final evaluation (a Ray task with the runner's resources)."""
+    and the final evaluation (on the env runner, with the dLLM it has loaded)."""
     from unmask.cluster.config import FinalEvalConfig, TrainConfig
     from unmask.cluster.train import train
     from unmask.envs.config import TaskConfig
@@ -151,8 +151,9 @@ def training_figures(model: str, data: Path, a: dict, root: Path) -> list[tuple[
                 f"{len(rows)} iterations in {wall:.0f} s (Ray start and model load included); last iteration "
                 f"{float(last['unmask/trajectories_per_s']):.1f} traj/s, mean NFE "
                 f"{float(last['unmask/nfe_mean']):.1f}, {int(float(last['unmask/rows_in_flight']))} rows in flight"),
-               ("final evaluation, in a Ray task with the runner's resources",
-                f"{result['num_examples']} prompts, ran with {result['evaluated_on']['resources']}")]
+               ("final evaluation, on the env runner's loaded dLLM (else a Ray task with its resources)",
+                f"{result['num_examples']} prompts, ran on env runner {result['evaluated_on'].get('env_runner', '-')} "
+                f"with {result['evaluated_on']['resources']}")]
     if gpu:
         peak = max(float(r["unmask/runner_peak_memory_gib"]) for r in rows) * 2**30
         plan = plan_memory(shape_from_path(model), dtype="bfloat16", gen_length=int(a["gen_length"]),

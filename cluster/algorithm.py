@@ -33,6 +33,7 @@ from unmask.cluster.outputs import RunOutputs
 from unmask.envs.files import write_atomic
 from unmask.learner.learner import LastUpdate
 from unmask.learner.policy import UnmaskingPolicy, save_policy
+from unmask.rollout.config import EvalConfig
 from unmask.rollout.env_runner import RunnerFailure
 from unmask.rollout.trajectories import learner_batch
 
@@ -198,6 +199,22 @@ class UnmaskGRPO(Algorithm):
             "experts": list(self.config.rollout.expert.thresholds), "gen_length": dllm.env.gen_length,
             "block_length": dllm.env.block_length, "kv_cache": dllm.env.kv_cache,
             "model": model_name(dllm.model), "model_path": dllm.model, **extra})
+
+    # ---- the end of a run ---------------------------------------------------------------------------------
+    def evaluate_final(self, cfg: EvalConfig, alpha: float, alpha_range: list[float]) -> dict:
+        """`unmask train`'s final eval, asked for by the driver once Tune has decided that the run ends
+        (cluster.remote.FinalEvalOnRunner), while the env runners still hold the dLLM: on the first healthy runner, or
+        on this process's own when the learner samples itself. The final policy is written first: it is what `cfg`
+        names (unless a stalled run hands over its best)."""
+        if self.run_dir is not None:
+            self.save_policy(self.run_dir / "checkpoints" / "final")
+        if not self.collector.remote:
+            return self.env_runner_group.local_env_runner.evaluate_final(cfg, alpha, alpha_range)
+        runner = self.env_runner_group.healthy_worker_ids()[:1]
+        if not runner:
+            raise RuntimeError("no healthy env runner")
+        return self.env_runner_group.foreach_env_runner(lambda r: r.evaluate_final(cfg, alpha, alpha_range),
+                                                        local_env_runner=False, remote_worker_ids=runner)[0]
 
     # ---- faults and checkpoints (Tune saves every `checkpoint_every` iterations and at the end) -------------
     def restore_env_runners(self, env_runner_group) -> list[int]:

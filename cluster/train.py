@@ -26,11 +26,9 @@ from pathlib import Path
 
 from unmask.cluster.config import TrainConfig, check_train
 from unmask.cluster.rundir import RESERVE_BYTES, claim_run_dir, damage, forget_run, release, reserve, seal
-from unmask.envs.config import SamplerConfig
 from unmask.envs.files import Interrupted, is_local_path, sigterm_as_interrupt, write_atomic
 from unmask.envs.structured import to_yaml
 from unmask.learner.config import trained_network
-from unmask.rollout.config import EvalConfig
 
 
 def say(step: str) -> None:
@@ -205,18 +203,21 @@ def start_local_ray(cpus: float) -> None:
         token.chmod(0o600)  # made by an earlier Ray with a looser umask
 
 
-def tune_run_config(cfg: TrainConfig, label_trials: bool = False):
-    """Where Tune keeps a run (out_dir/tune), when it stops, how often it checkpoints, what it prints."""
+def tune_run_config(cfg: TrainConfig, label_trials: bool = False, final_eval: bool = False):
+    """Where Tune keeps a run (out_dir/tune), when it stops, how often it checkpoints, what it prints; with
+    `final_eval` (one run, `unmask train`), its final eval on a live env runner as it ends."""
     from ray import tune
 
     from unmask.cluster.progress import ProgressPrinter
+    from unmask.cluster.remote import FinalEvalOnRunner
 
     stop = {"training_iteration": cfg.max_iterations}
     if cfg.max_minutes:  # 0: no time budget
         stop["time_total_s"] = cfg.max_minutes * 60
     return tune.RunConfig(
         storage_path=cfg.out_dir, name="tune", verbose=0, stop=stop,
-        callbacks=[ProgressPrinter(label_trials), *tracking_callbacks(cfg)],
+        callbacks=[ProgressPrinter(label_trials), *([FinalEvalOnRunner(cfg)] if final_eval else []),
+                   *tracking_callbacks(cfg)],
         checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=cfg.checkpoint_every, checkpoint_at_end=True,
                                                 num_to_keep=2),
     )
@@ -269,7 +270,7 @@ def train(cfg: TrainConfig) -> dict:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(run_dir / "config.yaml", to_yaml(cfg))
         tuner = tune.Tuner(UnmaskGRPO, param_space=UnmaskGRPOConfig.from_train_config(cfg),
-                           run_config=tune_run_config(cfg))
+                           run_config=tune_run_config(cfg, final_eval=cfg.eval.num_examples > 0))
     reserve(run_dir)
     tune_failed = None
     try:
@@ -298,10 +299,10 @@ def train(cfg: TrainConfig) -> dict:
     collapsed = bool(metrics.get("unmask", {}).get("collapsed", 0))  # stop_after_skipped stopped it
     if iteration < cfg.max_iterations and not reached_time_budget(metrics, cfg) and not collapsed:
         raise Interrupted(f"interrupted at iteration {iteration}; continue with: unmask train resume={run_dir}")
-    policy = run_dir / "checkpoints" / "final"
+    from unmask.cluster.remote import evaluated_policy, final_eval_result
+
+    policy = evaluated_policy(cfg, collapsed)
     if collapsed:
-        best = run_dir / "checkpoints" / "best"
-        policy = best if best.is_dir() else policy
         from unmask.cluster.metrics import stalled_why
 
         print(f"unmask train: stopped at iteration {iteration}: {stalled_why(metrics['unmask'])}; the policy "
@@ -312,19 +313,13 @@ def train(cfg: TrainConfig) -> dict:
         print(f"unmask train: stopped after iteration {iteration}: it reached {why}", file=sys.stderr, flush=True)
     if cfg.eval.num_examples <= 0:
         return metrics.get("unmask", {})
-    from unmask.cluster.remote import on_runner_resources
-    from unmask.rollout.evaluate import write_eval
-
-    say(f"evaluating {policy.name} on {cfg.eval.num_examples} test prompts, with one env runner's resources")
-    eval_cfg = final_eval_config(cfg, policy)
-    result, where = on_runner_resources(cfg, final_eval, eval_cfg, cfg.grpo.alpha, list(cfg.grpo.alpha_range))
-    result["evaluated_on"] = where
+    result = final_eval_result(cfg, metrics, policy)
     response = result.get("alpha_response")
     if response and not response["responds"]:
         (low, high), (nfe_low, nfe_high) = response["alpha"], response["mean_nfe"]
         print(f"unmask train: WARNING: the policy ignores alpha: mean NFE {nfe_low:.2f} at alpha={low:g} and "
               f"{nfe_high:.2f} at alpha={high:g} (it should fall as alpha grows)", file=sys.stderr, flush=True)
-    return write_eval(eval_cfg, result)
+    return result
 
 
 def until(cfg: TrainConfig) -> str:
@@ -377,23 +372,3 @@ def trial_failure(result, error: BaseException, run_dir: Path) -> tuple[str, Pat
 
 def reached_time_budget(metrics: dict, cfg: TrainConfig) -> bool:
     return bool(cfg.max_minutes) and float(metrics.get("time_total_s", 0.0)) >= cfg.max_minutes * 60
-
-
-def final_eval_config(cfg: TrainConfig, policy_dir: Path) -> EvalConfig:
-    sampler = SamplerConfig(name="policy", checkpoint=str(policy_dir), policy_temperature=cfg.eval.policy_temperature)
-    return EvalConfig(model=cfg.model, task=cfg.task, sampler=sampler, env=cfg.env, num_examples=cfg.eval.num_examples,
-                      seed=cfg.seed, progress=False, out_dir=cfg.out_dir, trust_remote_code=cfg.trust_remote_code)
-
-
-def final_eval(eval_cfg: EvalConfig, alpha: float, alpha_range: list[float]) -> dict:
-    """The final policy on the test prompts (where it runs: on_runner_resources); for an alpha-conditioned policy also
-    its NFE at both ends of its range on the same prompts: does it answer to alpha?"""
-    from unmask.rollout.evaluate import evaluate
-
-    result = evaluate(eval_cfg)
-    if alpha_range:
-        ends = [min(alpha_range), max(alpha_range)]
-        nfe = [result["mean_nfe"] if a == alpha else evaluate(dataclasses.replace(
-            eval_cfg, sampler=dataclasses.replace(eval_cfg.sampler, alpha=a)))["mean_nfe"] for a in ends]
-        result["alpha_response"] = {"alpha": ends, "mean_nfe": nfe, "responds": nfe[1] < nfe[0] - 0.05}
-    return result

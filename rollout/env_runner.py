@@ -31,7 +31,8 @@ from unmask.envs.tasks import make_task
 from unmask.learner.grpo import draw_alphas, reward
 from unmask.learner.sampler import PolicySampler
 from unmask.rollout.collect import collect_groups
-from unmask.rollout.evaluate import run_episodes
+from unmask.rollout.config import EvalConfig
+from unmask.rollout.evaluate import final_eval, run_episodes
 from unmask.rollout.experts import ExpertSteering
 from unmask.rollout.trajectories import TrajectoryBatch
 
@@ -198,6 +199,15 @@ class DLLMEnvRunner(EnvRunner, Checkpointable):
             scores.append({"reward": float(reward(correct, nfe, L, alpha, g.reward).mean()),
                            "accuracy": float(correct.float().mean()), "nfe": float(nfe.float().mean())})
         return {key: sum(s[key] for s in scores) / len(scores) for key in scores[0]}
+
+    def evaluate_final(self, cfg: EvalConfig, alpha: float, alpha_range: list[float]) -> dict:
+        """The run's final eval on this runner's dLLM, as it is loaded and where it is (no second copy of the model):
+        the result, with `evaluated_on` (node, Ray resources, runner index)."""
+        result = final_eval(cfg, alpha, alpha_range, dllm=self.dllm)
+        context = ray.get_runtime_context()
+        result["evaluated_on"] = {"node": context.get_node_id(), "resources": dict(context.get_assigned_resources()),
+                                  "env_runner": self.worker_index}
+        return result
 
     def _overruns(self) -> int:
         emulation = getattr(self.dllm, "emulation", None)

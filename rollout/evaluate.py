@@ -197,6 +197,18 @@ def evaluate(cfg: EvalConfig, dllm: DLLM | None = None) -> dict:
     return result
 
 
+def final_eval(cfg: EvalConfig, alpha: float, alpha_range: list[float], dllm: DLLM | None = None) -> dict:
+    """A trained policy on the test prompts (`unmask train`'s final eval); for an alpha-conditioned policy also its NFE
+    at both ends of its range on the same prompts: does it answer to alpha?"""
+    result = evaluate(cfg, dllm)
+    if alpha_range:
+        ends = [min(alpha_range), max(alpha_range)]
+        nfe = [result["mean_nfe"] if a == alpha else evaluate(dataclasses.replace(
+            cfg, sampler=dataclasses.replace(cfg.sampler, alpha=a)), dllm)["mean_nfe"] for a in ends]
+        result["alpha_response"] = {"alpha": ends, "mean_nfe": nfe, "responds": nfe[1] < nfe[0] - 0.05}
+    return result
+
+
 def write_eval(cfg: EvalConfig, result: dict) -> dict:
     """out_dir/eval.json (the summary and the resolved config) and out_dir/eval.examples.jsonl (every example's
     outcome), each written atomically; returns the summary."""

@@ -82,70 +82,6 @@ def test_a_run_that_cannot_be_placed_is_one_line_before_it_starts(args, message,
     ray.shutdown()
 
 
-@pytest.fixture(scope="module")
-def ray_with_gpus(tmp_path_factory):
-    """A local Ray that declares 2 GPUs on this CPU machine: Ray schedules GPU actors and tasks onto them (CUDA is not
-    needed to place them), and the runners' env.emulate_gpu keeps the model itself on the CPU (one for this file's
-    tests that need it). Weights & Biases runs offline into the folder it yields: its logging actor is one of this
-    Ray's workers, which take their environment from the Ray's start."""
-    ray.shutdown()
-    wandb_home = tmp_path_factory.mktemp("wandb-home")
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in {"WANDB_MODE": "offline", "WANDB_DIR": str(wandb_home), "WANDB_SILENT": "true"}.items():
-            patch.setenv(key, value)
-        ray.init(address="local", num_cpus=4, num_gpus=2, include_dashboard=False, log_to_driver=False)
-        yield wandb_home
-        ray.shutdown()
-
-
-def tiny_gpu_args(model_dir: str, out: Path) -> list[str]:
-    return [f"out_dir={out}", f"model={model_dir}", "task.num_symbols=7", "env.gen_length=16", "env.block_length=8",
-            "env.emulate_gpu=h200-llada8b", "env.emulate_tokens=1", "num_gpus_per_env_runner=1",
-            "rollout.group_size=4", "rollout.prompts_per_sample=2", "rollout.train_pool=64", "groups_per_update=2",
-            "max_iterations=2",
-            "checkpoint_every=0", "eval.num_examples=6"]
-
-
-@pytest.mark.slow
-def test_gpu_runners_train_and_the_final_eval_runs_on_a_runner_s_gpu_not_in_the_driver(
-        ray_with_gpus, tiny_model_dir, tmp_path, monkeypatch, capsys):
-    """... and the run's metrics reach Weights & Biases and MLflow (offline: files) every iteration."""
-    from unmask.envs import dllm
-
-    def driver_load(*args, **kwargs):
-        raise AssertionError("the driver loaded a dLLM")
-
-    monkeypatch.setattr(dllm, "load_dllm", driver_load)  # this process is the driver; runners and tasks are others
-    out = tmp_path / "run"
-    tracked = ["tracking=[wandb,mlflow]", "tracking_project=unmask-test"]
-    assert main(["train", *tiny_gpu_args(tiny_model_dir, out), *tracked]) == 0, capsys.readouterr().err
-    result = json.loads((out / "eval.json").read_text())
-    assert result["num_examples"] == 6
-    assert result["evaluated_on"]["resources"].get("GPU") == 1.0  # a Ray task with one runner's resources
-    console = capsys.readouterr()
-    assert "rows in flight per env runner" in console.out
-    assert "stopped after iteration 2: it reached max_iterations=2" in console.err
-
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient((out / "mlruns").resolve().as_uri())
-    [run] = client.search_runs([client.get_experiment_by_name("unmask-test").experiment_id])
-    history = client.get_metric_history(run.info.run_id, "unmask/reward_mean")
-    assert len(history) == 2  # both iterations
-    offline = list((ray_with_gpus / "wandb").glob("offline-run-*/run-*.wandb"))
-    assert offline and offline[0].stat().st_size > 0
-
-
-@pytest.mark.slow
-def test_a_sweep_s_report_runs_on_a_runner_s_resources(ray_with_gpus, tiny_model_dir, tmp_path):
-    out = tmp_path / "sweep"
-    args = [a for a in tiny_gpu_args(tiny_model_dir, out) if not a.startswith("eval.num_examples")]
-    assert main(["sweep", *args, "grid.grpo.alpha=[1.0]", "block_lengths=[8]", "heuristic_grid=small",
-                 "eval.num_examples=4"]) == 0
-    where = json.loads((out / "report-resources.json").read_text())
-    assert where["resources"].get("GPU") == 1.0
-
-
 FLAKY = textwrap.dedent('''
     CALLS = 0
 
@@ -160,26 +96,103 @@ FLAKY = textwrap.dedent('''
 
 
 @pytest.fixture(scope="module")
-def ray_seeing(tmp_path_factory):
-    """A local Ray whose workers import modules from a folder (as `ray job submit --working-dir` gives a cluster): a
-    verifier module and its data there (one for this file's tests that need it)."""
+def ray_with_gpus(tmp_path_factory):
+    """One local Ray for this file's tests that need one. It declares 2 GPUs on this CPU machine: Ray schedules GPU
+    actors and tasks onto them (CUDA is not needed to place them), and the runners' env.emulate_gpu keeps the model
+    itself on the CPU. Its workers import modules from a folder, as `ray job submit --working-dir` gives a cluster (a
+    verifier module and its data there), and Weights & Biases runs offline into another: Ray's workers (the logging
+    actor is one) take their environment from the Ray's start. Yields (that folder, W&B's folder)."""
     ray.shutdown()
-    folder = tmp_path_factory.mktemp("seen")
-    (folder / "flaky_verifier.py").write_text(FLAKY)
+    seen, wandb_home = tmp_path_factory.mktemp("seen"), tmp_path_factory.mktemp("wandb-home")
+    (seen / "flaky_verifier.py").write_text(FLAKY)
     rows = [{"prompt": f"{a}{b}?", "answer": f"{b}{a}"} for a in "abc" for b in "abc"] * 20
-    (folder / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (seen / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.MonkeyPatch.context() as patch:
-        patch.syspath_prepend(str(folder))
-        patch.setenv("PYTHONPATH", str(folder))
-        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
-        yield folder
+        patch.syspath_prepend(str(seen))
+        patch.setenv("PYTHONPATH", str(seen))
+        for key, value in {"WANDB_MODE": "offline", "WANDB_DIR": str(wandb_home), "WANDB_SILENT": "true"}.items():
+            patch.setenv(key, value)
+        ray.init(address="local", num_cpus=4, num_gpus=2, include_dashboard=False, log_to_driver=False)
+        yield seen, wandb_home
         ray.shutdown()
 
 
+def tiny_gpu_args(model_dir: str, out: Path) -> list[str]:
+    return [f"out_dir={out}", f"model={model_dir}", "task.num_symbols=7", "env.gen_length=16", "env.block_length=8",
+            "env.emulate_gpu=h200-llada8b", "env.emulate_tokens=1", "num_gpus_per_env_runner=1",
+            "rollout.group_size=4", "rollout.prompts_per_sample=2", "rollout.train_pool=64", "groups_per_update=2",
+            "max_iterations=2",
+            "checkpoint_every=0", "eval.num_examples=6"]
+
+
+@pytest.mark.slow
+def test_gpu_runners_train_and_the_final_eval_runs_on_the_runner_s_gpu_not_in_the_driver(
+        ray_with_gpus, tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """... and the run's metrics reach Weights & Biases and MLflow (offline: files) every iteration."""
+    from unmask.envs import dllm
+
+    def driver_load(*args, **kwargs):
+        raise AssertionError("the driver loaded a dLLM")
+
+    monkeypatch.setattr(dllm, "load_dllm", driver_load)  # this process is the driver; runners and tasks are others
+    out = tmp_path / "run"
+    tracked = ["tracking=[wandb,mlflow]", "tracking_project=unmask-test"]
+    assert main(["train", *tiny_gpu_args(tiny_model_dir, out), *tracked]) == 0, capsys.readouterr().err
+    result = json.loads((out / "eval.json").read_text())
+    assert result["num_examples"] == 6
+    # on the run's env runner, with the dLLM it had loaded, before the run let it go
+    assert result["evaluated_on"]["env_runner"] == 1 and result["evaluated_on"]["resources"].get("GPU") == 1.0
+    console = capsys.readouterr()
+    assert "rows in flight per env runner" in console.out
+    assert "the run ends after iteration 2: evaluating final on 6 test prompts on an env runner" in console.err
+    assert "stopped after iteration 2: it reached max_iterations=2" in console.err
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient((out / "mlruns").resolve().as_uri())
+    [run] = client.search_runs([client.get_experiment_by_name("unmask-test").experiment_id])
+    history = client.get_metric_history(run.info.run_id, "unmask/reward_mean")
+    assert len(history) == 2  # both iterations
+    offline = list((ray_with_gpus[1] / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert offline and offline[0].stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_a_sweep_s_report_runs_on_a_runner_s_resources(ray_with_gpus, tiny_model_dir, tmp_path):
+    out = tmp_path / "sweep"
+    args = [a for a in tiny_gpu_args(tiny_model_dir, out) if not a.startswith("eval.num_examples")]
+    assert main(["sweep", *args, "grid.grpo.alpha=[1.0]", "block_lengths=[8]", "heuristic_grid=small",
+                 "eval.num_examples=4"]) == 0
+    where = json.loads((out / "report-resources.json").read_text())
+    assert where["resources"].get("GPU") == 1.0
+
+
+
+@pytest.mark.slow
+def test_a_final_eval_no_runner_could_do_runs_in_a_task_with_a_runner_s_resources(ray_with_gpus, tiny_model_dir,
+                                                                                  tmp_path, capsys):
+    from unmask.cluster.config import FinalEvalConfig
+    from unmask.cluster.remote import final_eval_result
+    from unmask.envs.config import EnvConfig, TaskConfig
+    from unmask.learner.config import PolicyConfig
+    from unmask.learner.policy import UnmaskingPolicy, save_policy
+
+    cfg = TrainConfig(model=tiny_model_dir, task=TaskConfig(num_symbols=7), out_dir=str(tmp_path),
+                      env=EnvConfig(gen_length=16, block_length=8, emulate_gpu="h200-llada8b", emulate_tokens=1),
+                      num_gpus_per_env_runner=1, eval=FinalEvalConfig(num_examples=4))
+    policy = save_policy(UnmaskingPolicy(PolicyConfig()), tmp_path / "checkpoints" / "final",
+                         {"gen_length": 16, "block_length": 8, "kv_cache": "none"})
+    result = final_eval_result(cfg, {"final_eval": {"error": "RayActorError: the runner died"}}, policy)
+    assert "the final eval on an env runner failed (RayActorError: the runner died); evaluating in a Ray task" in \
+        capsys.readouterr().err
+    assert result["num_examples"] == 4 and json.loads((tmp_path / "eval.json").read_text()) == result
+    assert result["evaluated_on"]["resources"].get("GPU") == 1.0 and "env_runner" not in result["evaluated_on"]
+
+
 @pytest.fixture
-def flaky(ray_seeing):
+def flaky(ray_with_gpus):
     sys.modules.pop("flaky_verifier", None)  # its call counter starts again (the driver's one check passes)
-    return ray_seeing
+    return ray_with_gpus[0]
 
 
 @pytest.mark.slow

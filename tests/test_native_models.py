@@ -379,7 +379,7 @@ def test_gpu_validation_script_runs_end_to_end_on_cpu(local_ray, tmp_path, monke
                  "prompt_tokens=8", "eval_examples=4", "batch=2", "steps=8", "train_iterations=2", f"out={out}"])
     table = out.read_text()
     for row in ("`unmask eval` placement", "kv_cache=none", "kv_cache=prefix", "kv_cache=dual", "policy share",
-                "`unmask train`", "final evaluation, in a Ray task"):
+                "`unmask train`", "final evaluation, on the env runner"):
         assert row in table, row
-    assert "2 iterations" in table and "cpu, float32" in table
+    assert "2 iterations" in table and "cpu, float32" in table and "ran on env runner 1" in table
     sys.modules.pop("gpu_validation")
