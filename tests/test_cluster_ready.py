@@ -158,19 +158,10 @@ def test_gpu_runners_train_and_the_final_eval_runs_on_the_runner_s_gpu_not_in_th
 
 
 @pytest.mark.slow
-def test_a_sweep_s_report_runs_on_a_runner_s_resources(ray_with_gpus, tiny_model_dir, tmp_path):
-    out = tmp_path / "sweep"
-    args = [a for a in tiny_gpu_args(tiny_model_dir, out) if not a.startswith("eval.num_examples")]
-    assert main(["sweep", *args, "grid.grpo.alpha=[1.0]", "block_lengths=[8]", "heuristic_grid=small",
-                 "eval.num_examples=4"]) == 0
-    where = json.loads((out / "report-resources.json").read_text())
-    assert where["resources"].get("GPU") == 1.0
-
-
-
-@pytest.mark.slow
 def test_a_final_eval_no_runner_could_do_runs_in_a_task_with_a_runner_s_resources(ray_with_gpus, tiny_model_dir,
                                                                                   tmp_path, capsys):
+    """on_runner_resources, the place of this fallback and of a sweep's report (test_sweep): one GPU runner's
+    resources, a GPU among them."""
     from unmask.cluster.config import FinalEvalConfig
     from unmask.cluster.remote import final_eval_result
     from unmask.envs.config import EnvConfig, TaskConfig

@@ -55,6 +55,9 @@ def test_sweep_over_alpha_reports_policies_beside_heuristics_and_resumes(local_r
     assert json.loads((run_dir / "pareto.json").read_text())["rows"] == json.loads(json.dumps(rows))
     assert (run_dir / "pareto.png").stat().st_size > 10_000
     assert "policy alpha=2.0" in (run_dir / "pareto.md").read_text()
+    # the report ran in a Ray task with one runner's resources (here the learner's, num_env_runners=0), not in the
+    # driver: on_runner_resources, whose placement on a GPU runner's resources test_cluster_ready checks
+    assert json.loads((run_dir / "report-resources.json").read_text())["resources"] == {"CPU": 1.0}
 
     # resume: Tuner.restore finds both trials finished and runs nothing new
     before = sorted(p.name for p in (run_dir / "tune").iterdir() if p.is_dir())
