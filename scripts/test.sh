@@ -2,8 +2,9 @@
 # The whole test suite on a fresh or prepared machine (sets up first; setup is idempotent).
 #   bash scripts/test.sh                  the fast tier in this one process, then the slow tier on worker processes
 #   bash scripts/test.sh -m "not slow"    the inner loop: the fast tier alone, in this one process
-# The fast tier is CPU-bound (workers would only share the same cores and import torch twice); the slow tier mostly
-# waits on Ray and subprocesses, so it runs on UNMASK_TEST_WORKERS workers (default 3), whole test files each.
+# The fast tier is CPU-bound (workers would only share the same cores and import torch twice); the slow tier runs on
+# UNMASK_TEST_WORKERS worker processes (default 3: a third overlaps the waits on Ray and subprocess start-ups), whole
+# test files each.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh >/dev/null || exit 1
