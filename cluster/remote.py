@@ -30,11 +30,9 @@ def runner_resources(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def _call_here(fn: Callable, args: tuple) -> tuple[Any, dict]:
-    import ray
+    from unmask.rollout.evaluate import placement
 
-    context = ray.get_runtime_context()
-    where = {"node": context.get_node_id(), "resources": dict(context.get_assigned_resources())}
-    return fn(*args), where
+    return fn(*args), placement()
 
 
 def on_runner_resources(cfg: TrainConfig, fn: Callable, *args) -> tuple[Any, dict]:
@@ -111,8 +109,10 @@ def final_eval_result(cfg: TrainConfig, metrics: dict, policy: Path) -> dict:
     if done:
         print(f"unmask train: the final eval on an env runner failed ({done['error']}); evaluating in a Ray task with "
               "one env runner's resources", file=sys.stderr, flush=True)
+    else:
+        print(f"unmask: evaluating {policy.name} on {cfg.eval.num_examples} test prompts, in a Ray task with one env "
+              "runner's resources ...", file=sys.stderr, flush=True)
     eval_cfg = final_eval_config(cfg, policy)
     result, where = on_runner_resources(cfg, final_eval, eval_cfg, cfg.grpo.alpha, list(cfg.grpo.alpha_range))
     result["evaluated_on"] = where
     return write_eval(eval_cfg, result)
-

@@ -32,7 +32,7 @@ from unmask.learner.grpo import draw_alphas, reward
 from unmask.learner.sampler import PolicySampler
 from unmask.rollout.collect import collect_groups
 from unmask.rollout.config import EvalConfig
-from unmask.rollout.evaluate import final_eval, run_episodes
+from unmask.rollout.evaluate import final_eval, placement, run_episodes
 from unmask.rollout.experts import ExpertSteering
 from unmask.rollout.trajectories import TrajectoryBatch
 
@@ -204,9 +204,7 @@ class DLLMEnvRunner(EnvRunner, Checkpointable):
         """The run's final eval on this runner's dLLM, as it is loaded and where it is (no second copy of the model):
         the result, with `evaluated_on` (node, Ray resources, runner index)."""
         result = final_eval(cfg, alpha, alpha_range, dllm=self.dllm)
-        context = ray.get_runtime_context()
-        result["evaluated_on"] = {"node": context.get_node_id(), "resources": dict(context.get_assigned_resources()),
-                                  "env_runner": self.worker_index}
+        result["evaluated_on"] = {**placement(), "env_runner": self.worker_index}
         return result
 
     def _overruns(self) -> int:

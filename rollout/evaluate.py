@@ -209,6 +209,15 @@ def final_eval(cfg: EvalConfig, alpha: float, alpha_range: list[float], dllm: DL
     return result
 
 
+def placement() -> dict:
+    """Where the calling Ray worker runs (an env runner, a task): its node and the Ray resources it was given, as a
+    result's `evaluated_on` records them."""
+    import ray
+
+    context = ray.get_runtime_context()
+    return {"node": context.get_node_id(), "resources": dict(context.get_assigned_resources())}
+
+
 def write_eval(cfg: EvalConfig, result: dict) -> dict:
     """out_dir/eval.json (the summary and the resolved config) and out_dir/eval.examples.jsonl (every example's
     outcome), each written atomically; returns the summary."""
