@@ -66,6 +66,7 @@ class UnmaskGRPOConfig(AlgorithmConfig):
         for name, schema in TYPED.items():
             setattr(self, name, schema())
         self.init_from = ""  # a saved policy the run starts from (its shape, inputs and conditioning are the run's)
+        self.global_seed: int | None = None  # .debugging(seed=...): each process's global RNGs (envs.seeds)
         self.env_runner_cls = DLLMEnvRunner
         self._dont_auto_sync_env_runner_states = True  # runners pull weights themselves
         self.add_default_connectors_to_learner_pipeline = False
@@ -123,6 +124,13 @@ class UnmaskGRPOConfig(AlgorithmConfig):
             self.init_from = str(init_from)
         self.updates = assign(self.updates if updates is NotProvided else updates, fields)
         return super().training(**fields)
+
+    def debugging(self, *, seed=NotProvided, **fields):
+        """RLlib's debugging settings, except `seed`: it seeds the global RNGs of the learner's process and of each env
+        runner (seed + its index) as RLlib's would, without RLlib's CPU-wide deterministic mode (envs.seeds)."""
+        if seed is not NotProvided:
+            self.global_seed = None if seed is None else int(seed)
+        return super().debugging(**fields)
 
     def outputs(self, *, run_outputs: OutputSettings = NotProvided, **fields):
         """Where trajectory dumps and policy checkpoints go, and how often: a whole `run_outputs=OutputSettings(...)`

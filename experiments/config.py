@@ -42,6 +42,7 @@ class ReproduceConfig:
     max_iterations: int = 100_000  # of each training run (quick: 3)
     num_env_runners: int = 1  # of each training run; 0 = sample in the learner's process (quick)
     groups_per_update: int = 8  # of each training run, also its prompts per sample (quick: 2)
+    train_pool: int = 20_000  # training prompts each training run draws from (quick: 256)
     pretrain_minutes: float = 5.0  # the second dLLM (cycles + the out-of-domain `map` family)
     pretrain_examples: int = 30_000  # of each family in the second dLLM's data (quick: 2000)
     num_examples: int = 500  # test prompts per evaluation (quick: 12)
@@ -57,6 +58,7 @@ class ReproduceConfig:
 
 
 QUICK_REPRODUCE = {"train_minutes": 1.0, "max_iterations": 3, "num_env_runners": 0, "groups_per_update": 2,
+                   "train_pool": 256,
                    "pretrain_minutes": 0.05, "pretrain_examples": 2000, "num_examples": 12, "test_seeds": [0, 1],
                    "imitate_prompts": 24, "imitate_steps": 10}
 
@@ -70,8 +72,8 @@ def check_reproduce(cfg: ReproduceConfig) -> None:
     if cfg.imitate_prompts < 3 or cfg.imitate_steps < 1:
         raise ValueError(f"imitate_prompts must be >= 3 and imitate_steps >= 1, got {cfg.imitate_prompts} and "
                          f"{cfg.imitate_steps}")
-    if cfg.num_env_runners < 0 or cfg.groups_per_update < 1 or cfg.pretrain_examples < 1:
-        raise ValueError("num_env_runners must be >= 0, groups_per_update and pretrain_examples >= 1")
+    if cfg.num_env_runners < 0 or min(cfg.groups_per_update, cfg.pretrain_examples, cfg.train_pool) < 1:
+        raise ValueError("num_env_runners must be >= 0, groups_per_update, pretrain_examples and train_pool >= 1")
     if cfg.alpha < 0 or cfg.lr <= 0:
         raise ValueError(f"alpha must be >= 0 and lr > 0, got alpha={cfg.alpha}, lr={cfg.lr}")
     for key in ("train_seeds", "test_seeds"):

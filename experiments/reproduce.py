@@ -96,15 +96,21 @@ class Parts:
         return result
 
 
-TRAINING_KEYS = ("gen_length", "alpha", "lr", "train_minutes", "max_iterations", "num_env_runners", "groups_per_update")
+TRAINING_KEYS = ("gen_length", "alpha", "lr", "train_minutes", "max_iterations", "num_env_runners", "groups_per_update",
+                 "train_pool")
 DLLM2_KEYS = ("pretrain_minutes", "pretrain_examples", "long_gen_length")
 EVAL_KEYS = ("num_examples", "gen_length", "long_gen_length")
 IMITATE_KEYS = ("gen_length", "block_length", "imitate_prompts", "imitate_steps")
 
 
+LATER_KEYS = {"train_pool": 20_000}  # keys added after ledgers were written, and the value those ledgers ran with
+
+
 def depends(cfg: ReproduceConfig, keys: tuple[str, ...], **more) -> dict:
-    """The settings a part depends on, by name (the canvas's keys read from env.*)."""
-    return {**{k: getattr(cfg.env if k in CANVAS_KEYS else cfg, k) for k in keys}, **more}
+    """The settings a part depends on, by name (the canvas's keys read from env.*). A key added later is named only
+    where it differs from what earlier ledgers ran with, so that their parts still count as done."""
+    values = {k: getattr(cfg.env if k in CANVAS_KEYS else cfg, k) for k in keys}
+    return {**{k: v for k, v in values.items() if LATER_KEYS.get(k, object()) != v}, **more}
 
 
 # ---- the work -------------------------------------------------------------------------------------------------
@@ -124,7 +130,8 @@ def train_policy(cfg: ReproduceConfig, run_dir: Path, seed: int, model: str = "b
     else:  # the paper's method: its training draws have no argmax fallback
         grpo = GRPOConfig(alpha=cfg.alpha, reward=reward, lr=cfg.lr, warmup_steps=20, total_steps=3000, fallback=False)
     train_cfg = TrainConfig(
-        model=model, env=env, seed=seed, rollout=RolloutConfig(prompts_per_sample=cfg.groups_per_update), grpo=grpo,
+        model=model, env=env, seed=seed, rollout=RolloutConfig(prompts_per_sample=cfg.groups_per_update,
+                                                               train_pool=cfg.train_pool), grpo=grpo,
         init_from=init_from,
         out_dir=str(run_dir), max_minutes=cfg.train_minutes, max_iterations=cfg.max_iterations, checkpoint_every=50,
         num_env_runners=cfg.num_env_runners, groups_per_update=cfg.groups_per_update,

@@ -37,6 +37,7 @@ from ray.rllib.core.learner.training_data import TrainingData
 from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
 
 from unmask.envs.optim import adamw, warmup_cosine
+from unmask.envs.seeds import seed_globals
 from unmask.learner.config import GRPOConfig
 from unmask.learner.grpo import (
     bounded,
@@ -89,8 +90,11 @@ class GRPOLearner(TorchLearner):
         return self._weights_seq_no
 
     def build(self) -> None:
-        """RLlib's build, then init_from's weights (a restore sets its own afterwards), and a frozen copy of them when
-        the loss anchors to them."""
+        """RLlib's build (from .debugging(seed=...)'s seed, if one was given: the policy's initial weights), then
+        init_from's weights (a restore sets its own afterwards), and a frozen copy of them when the loss anchors to
+        them."""
+        if getattr(self.config, "global_seed", None) is not None:
+            seed_globals(self.config.global_seed)
         super().build()
         self.anchor = None
         if self.config.init_from:

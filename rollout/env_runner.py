@@ -27,6 +27,7 @@ from unmask.envs.config import SamplerConfig
 from unmask.envs.dllm import load_env_dllm
 from unmask.envs.mdp import UnmaskingEnv
 from unmask.envs.memory import batch_rows
+from unmask.envs.seeds import seed_globals
 from unmask.envs.tasks import make_task
 from unmask.learner.grpo import draw_alphas, reward
 from unmask.learner.sampler import PolicySampler
@@ -83,6 +84,8 @@ class DLLMEnvRunner(EnvRunner, Checkpointable):
     def __init__(self, *, config, **kwargs):
         super().__init__(config=config, **kwargs)
         self.dllm_settings, self.settings, self.grpo = config.dllm, config.rollout, config.grpo
+        if getattr(config, "global_seed", None) is not None:  # .debugging(seed=...), per runner as RLlib's would
+            seed_globals(config.global_seed + self.worker_index)
         self.version = -1  # no weights yet; the algorithm pushes version 0 before the first sample
         self.board = None
         self.groups_made = 0  # group counter: with the runner index it makes every group id unique

@@ -17,6 +17,9 @@ from unmask.envs.tokenizer import build_char_tokenizer
 # side on a small machine, one test's actors then starve behind another test's own process for minutes. The suite runs
 # them at the same priority (every Ray this session starts, in-process or in a subprocess, inherits it).
 os.environ.setdefault("RAY_worker_niceness", "0")
+# Nor does a Ray the suite starts prestart idle workers for its first driver: most of them were never used (on a 2-core
+# machine a few CPU-seconds per Ray start); an actor or task starts its worker when it needs one, as without them.
+os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
 
 # Side by side (the slow tier's worker processes, `-n`) the cores are shared already: each test process, and what it
 # starts (CLI subprocesses, job drivers; Ray's actors take one thread of their own), runs torch on one thread. A second
@@ -79,9 +82,21 @@ def pytest_addoption(parser):
                           "(docs/development/tests.md: Parity)")
 
 
+# The slow tier's longest files (each alone: ~60-120 s of wall), which scripts/test.sh starts first: started last,
+# by xdist's default order (most tests first), one of them ran alone at the end while the other workers sat idle.
+LONGEST_FIRST = ("test_reproduce.py", "test_train.py", "test_cluster_ready.py", "test_rllib_api.py", "test_sweep.py",
+                 "test_resume.py", "test_jobs.py")
+
+
 def pytest_collection_modifyitems(config, items):
     """The GPU tier (`gpu`) skips, with its reason, where torch sees no CUDA device. The external tier needs files from
-    outside the repository: it runs only when asked (--external), and then fails, never skips, without them."""
+    outside the repository: it runs only when asked (--external), and then fails, never skips, without them. The
+    longest files come first (LONGEST_FIRST; scripts/test.sh keeps this order with --no-loadscope-reorder)."""
+    def rank(item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a file, and of the other files, stays
     gpu_tests = [item for item in items if "gpu" in item.keywords]
     if gpu_tests:
         import torch

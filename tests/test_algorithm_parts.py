@@ -197,3 +197,28 @@ def test_every_local_path_a_run_reads_is_made_absolute_before_tune_changes_direc
     assert (done.task.path, done.task.test_path) == (str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"))
     cfg.init_from = "someone/policy-on-the-hub"
     assert absolute_paths(cfg).init_from == "someone/policy-on-the-hub"
+
+
+def test_debugging_seed_seeds_the_learner_without_rllib_s_deterministic_mode():
+    """`.debugging(seed=...)` (`unmask train` gives its seed): the same initial policy for the same seed, another for
+    another seed, and RLlib's own seed (which would switch a CPU build of torch to deterministic algorithms) unset."""
+    import torch
+
+    from unmask.cluster.algorithm_config import UnmaskGRPOConfig
+    from unmask.cluster.config import TrainConfig
+
+    def initial_weights(config) -> list:
+        config = config.environment(gen_length=4, block_length=4)
+        config.validate()  # sets the spaces
+        learner = config.build_learner(env=None)
+        learner.build()
+        return list(learner.module["default_policy"].policy.state_dict().values())
+
+    torch.use_deterministic_algorithms(False)
+    seeded = UnmaskGRPOConfig().debugging(seed=3)
+    assert seeded.global_seed == 3 and seeded.seed is None
+    first, again, other = (initial_weights(UnmaskGRPOConfig().debugging(seed=s)) for s in (3, 3, 4))
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other))
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert UnmaskGRPOConfig.from_train_config(TrainConfig(seed=7)).global_seed == 7

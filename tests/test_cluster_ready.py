@@ -212,7 +212,7 @@ def test_debug_shows_the_whole_traceback(flaky, tiny_model_dir, capsys):
         main(["train", f"out_dir={out}", f"model={tiny_model_dir}", "task=jsonl",
               f"task.path={ray_seeing / 'data.jsonl'}", "task.verifier=flaky_verifier:verify", "env.gen_length=8",
               "env.block_length=8", "rollout.group_size=2", "rollout.prompts_per_sample=2", "groups_per_update=2",
-              "max_iterations=5", "max_runner_restarts=0", "eval.num_examples=0", "--debug"])
+              "max_iterations=5", "num_env_runners=0", "eval.num_examples=0", "--debug"])
     assert "Traceback (most recent call last)" in capsys.readouterr().err
     assert "UNMASK_DEBUG" not in os.environ  # set for the command and what it started, then as it was
 

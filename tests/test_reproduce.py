@@ -33,6 +33,7 @@ def test_reproduce_quick_writes_every_finding_and_resumes(local_ray, tmp_path, c
     assert ("not a test of the policy" in findings[5]["ours"]) == (solved < 0.05)
     assert not findings[5]["holds"] or solved >= 0.05
     assert report["config"]["max_iterations"] == 3 and report["config"]["test_seeds"] == [0, 1]  # the quick preset
+    assert report["config"]["train_pool"] == 256
     recipe = report["dllm2"]["recipe"]  # the second dLLM's recipe is recorded, and its data is on disk
     assert recipe["env"]["gen_length"] == 32 and recipe["init_from"].endswith("builtin_model")
     families = [json.loads(line)["family"] for line in open(recipe["task"]["path"])]
@@ -113,6 +114,12 @@ def test_a_ledger_entry_made_with_other_settings_is_redone_or_refused(tmp_path, 
     assert parts.run("eval/x", lambda: {"accuracy": 0.5}, {"num_examples": 12}) == {"accuracy": 0.5}
     assert parts.run("eval/x", lambda: {"accuracy": 0.9}, {"num_examples": 12}) == {"accuracy": 0.5}  # reused
     assert parts.run("eval/x", lambda: {"accuracy": 0.9}, {"num_examples": 500}) == {"accuracy": 0.9}  # redone
+    from unmask.experiments.config import ReproduceConfig, resolved
+    from unmask.experiments.reproduce import TRAINING_KEYS, depends
+
+    # a key added later (train_pool) is named only where it differs from what earlier ledgers ran with
+    assert "train_pool" not in depends(ReproduceConfig(), TRAINING_KEYS)
+    assert depends(resolved(ReproduceConfig(preset="quick")), TRAINING_KEYS)["train_pool"] == 256
     parts.run("train/full-s0", lambda: {"policy": "p"}, {"train_minutes": 5.0})
     parts.check("train/full-s0", {"train_minutes": 5.0})
     with pytest.raises(ValueError, match=r"full-s0 computed with other settings \(train_minutes=5.0 \(now 10.0\)"):

@@ -2,7 +2,7 @@
 one-line notice, a mistyped key gets a "did you mean", --help describes every key as it is typed, config files merge
 in order, and --print-config resolves and checks a whole config without doing any work."""
 
-import subprocess
+import runpy
 import sys
 
 import pytest
@@ -158,11 +158,22 @@ def test_help_shows_every_key_as_it_is_typed_with_its_description(capsys):
     assert "env.gen_length=24" in out and "env.block_length" not in out  # keys a command does not read are hidden
 
 
-@pytest.mark.slow
-def test_the_experiments_entry_points_take_the_one_parser():
+def run_module(module: str, *args: str) -> int:
+    """`python -m module args...`, in this process (its `__main__` block, as the interpreter runs it)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", [module, *args])
+        patch.delitem(sys.modules, module, raising=False)  # as a fresh interpreter has it: not imported yet
+        with pytest.raises(SystemExit) as exit_:
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+    return exit_.value.code
+
+
+def test_the_experiments_entry_points_take_the_one_parser(capsys):
     for module in ("unmask.experiments.frontier", "unmask.experiments.own_tasks", "unmask.experiments.limit",
                    "unmask.experiments.finality_probe"):
-        bad = subprocess.run([sys.executable, "-m", module, "positional"], capture_output=True, text=True)
-        assert bad.returncode == 2 and "expected key=value" in bad.stderr and "Traceback" not in bad.stderr
-    shown = subprocess.run([sys.executable, "-m", "unmask.experiments.limit", "--help"], capture_output=True, text=True)
-    assert shown.returncode == 0 and "keys (as typed" in shown.stdout and "routes=[lrh,orh,auto]" in shown.stdout
+        assert run_module(module, "positional") == 2
+        err = capsys.readouterr().err
+        assert "expected key=value" in err and "Traceback" not in err
+    assert run_module("unmask.experiments.limit", "--help") == 0
+    shown = capsys.readouterr().out
+    assert "keys (as typed" in shown and "routes=[lrh,orh,auto]" in shown
