@@ -21,20 +21,25 @@ LLADA_CONFIG = REPO / "configs" / "llada8b-gsm8k.yaml"
 
 
 def test_plan_of_the_shipped_cluster_config_needs_no_weights_and_no_ray():
-    probe = ("import sys; from unmask.cli.main import main; code = main(sys.argv[1:]); "
-             "print('RAY' if 'ray' in sys.modules else 'NO RAY'); sys.exit(code)")
-    res = subprocess.run([sys.executable, "-c", probe, "train", f"config={LLADA_CONFIG}", "task=cycles",
-                          "env.device_memory_gb=80", "--plan"], capture_output=True, text=True, cwd=REPO)
+    """Three --plan command lines in one fresh interpreter (each prints its plan and its exit code), then whether any
+    of them imported Ray."""
+    commands = [["train", f"config={LLADA_CONFIG}", "task=cycles", "env.device_memory_gb=80", "--plan"],
+                ["eval", "--plan"],
+                ["eval", "env.device=cuda", "--plan"]]  # a GPU this machine does not have: its memory must be given
+    probe = ("import json, sys; from unmask.cli.main import main\n"
+             "for args in json.loads(sys.argv[1]): print('EXIT', main(args), flush=True)\n"
+             "print('RAY' if 'ray' in sys.modules else 'NO RAY')")
+    res = subprocess.run([sys.executable, "-c", probe, json.dumps(commands)], capture_output=True, text=True,
+                         cwd=REPO)
     assert res.returncode == 0, res.stderr
-    out = res.stdout
-    assert out.strip().endswith("NO RAY") and "nothing loaded, no Ray" in out
-    assert "the known shape of llada-8b (8.02 B parameters)" in out and "weights      14.93 GiB" in out
-    assert "training    16 of 16 (2 prompts x 8)" in out and "8 env runner(s)" in out and "8 GPUs" in out
-    built_in = subprocess.run([sys.executable, "-m", "unmask.cli", "eval", "--plan"], capture_output=True, text=True)
-    assert built_in.returncode == 0 and "evaluation  250 of 250" in built_in.stdout
-    gpu = subprocess.run([sys.executable, "-m", "unmask.cli", "eval", "env.device=cuda", "--plan"], capture_output=True,
-                         text=True)  # a GPU this machine does not have: its memory must be given
-    assert gpu.returncode == 2 and "give its memory with env.device_memory_gb" in gpu.stderr
+    llada, built_in = res.stdout.split("EXIT ")[:2]  # what each printed before its exit code
+    codes = [int(part.split()[0]) for part in res.stdout.split("EXIT ")[1:]]
+    assert codes == [0, 0, 2] and res.stdout.strip().endswith("NO RAY")
+    assert "nothing loaded, no Ray" in llada
+    assert "the known shape of llada-8b (8.02 B parameters)" in llada and "weights      14.93 GiB" in llada
+    assert "training    16 of 16 (2 prompts x 8)" in llada and "8 env runner(s)" in llada and "8 GPUs" in llada
+    assert "evaluation  250 of 250" in built_in
+    assert "give its memory with env.device_memory_gb" in res.stderr
 
 
 def test_the_plan_sizes_batches_and_refuses_a_model_that_cannot_fit(tiny_dllm):
