@@ -89,6 +89,7 @@ def test_reproduce_quick_writes_every_finding_and_resumes(local_ray, tmp_path, c
     (["alpha=-1"], "alpha must be >= 0"),
     (["lr=nan"], "lr must be a finite number"),
     (["train_minutes=nan"], "train_minutes must be a finite number"),
+    (["train_pool=0"], "groups_per_update, pretrain_examples and train_pool >= 1"),
 ])
 def test_bad_reproduce_input_is_one_line(args, message, tmp_path, capsys):
     assert main(["reproduce", f"out_dir={tmp_path / 'r'}", *args]) == 2
